@@ -1,0 +1,9 @@
+//! r1serve: an OpenAI-compatible inference server for DeepSeek-R1 and its
+//! distilled reasoning models.
+//!
+//! Data flows one way: HTTP ([`api`]) → validation → engine queue →
+//! scheduler ([`engine`]) → model step ([`model`], [`kernels`], [`kv_cache`])
+//! → sampler → detokenizer ([`tokenizer`]) → reasoning splitter
+//! ([`reasoning`]) → SSE.
+
+pub mod types;
