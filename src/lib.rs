@@ -7,3 +7,6 @@
 //! ([`reasoning`]) → SSE.
 
 pub mod types;
+pub mod kernels;
+pub mod kv_cache;
+pub mod model;

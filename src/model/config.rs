@@ -1,0 +1,209 @@
+//! Architecture hyper-parameters, read from a GGUF header or an HF
+//! `config.json`, in one explicit struct both model files consume.
+
+use super::weights::GgufFile;
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+
+/// The architectures r1serve can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    /// Llama 2/3 (R1-Distill-Llama-8B/70B, SmolLM2).
+    Llama,
+    /// Qwen2 (R1-Distill-Qwen-1.5B/7B/14B/32B, Qwen2.5).
+    Qwen2,
+}
+
+/// How rotary embeddings pair up dimensions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Pairs `(i, i + d/2)`: HF checkpoints, and Qwen2 in GGUF.
+    Half,
+    /// Pairs `(2i, 2i + 1)`: llama.cpp permutes Llama's q/k weights for this.
+    Interleaved,
+}
+
+/// Llama 3's frequency-dependent RoPE scaling (`rope_scaling.rope_type = "llama3"`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Llama3Scaling {
+    /// Overall scaling factor.
+    pub factor: f32,
+    /// Wavelengths longer than `original / low_freq_factor` are scaled fully.
+    pub low_freq_factor: f32,
+    /// Wavelengths shorter than `original / high_freq_factor` are kept.
+    pub high_freq_factor: f32,
+    /// The context length the model was pre-trained with.
+    pub original_max_position_embeddings: usize,
+}
+
+/// Hyper-parameters of a decoder-only transformer.
+#[derive(Clone, Debug)]
+pub struct ModelConfig {
+    /// Which model file runs it.
+    pub arch: Arch,
+    /// Residual stream width.
+    pub hidden_size: usize,
+    /// MLP inner width.
+    pub intermediate_size: usize,
+    /// Number of decoder layers.
+    pub num_layers: usize,
+    /// Query heads.
+    pub num_heads: usize,
+    /// Key/value heads (GQA when smaller than `num_heads`).
+    pub num_kv_heads: usize,
+    /// Per-head width.
+    pub head_dim: usize,
+    /// Vocabulary size (rows of the embedding).
+    pub vocab_size: usize,
+    /// RMSNorm epsilon.
+    pub rms_norm_eps: f32,
+    /// RoPE base frequency.
+    pub rope_theta: f32,
+    /// RoPE pairing.
+    pub rope_style: RopeStyle,
+    /// Llama 3 frequency scaling, if any.
+    pub rope_scaling: Option<Llama3Scaling>,
+    /// Context length the model supports.
+    pub max_position_embeddings: usize,
+    /// Whether the LM head reuses the embedding matrix.
+    pub tie_word_embeddings: bool,
+}
+
+fn arch_from_name(name: &str, origin: &Path) -> Result<Arch> {
+    match name {
+        "llama" | "LlamaForCausalLM" => Ok(Arch::Llama),
+        "qwen2" | "Qwen2ForCausalLM" => Ok(Arch::Qwen2),
+        other => bail!(
+            "{}: unsupported architecture `{other}` (supported: LlamaForCausalLM/llama, Qwen2ForCausalLM/qwen2)",
+            origin.display()
+        ),
+    }
+}
+
+impl ModelConfig {
+    /// Reads the `<arch>.*` keys of a GGUF header.
+    pub fn from_gguf(file: &GgufFile) -> Result<Self> {
+        let path = &file.path;
+        let arch_name = file
+            .meta_str("general.architecture")
+            .with_context(|| format!("{}: no `general.architecture` key", path.display()))?;
+        let arch = arch_from_name(arch_name, path)?;
+        let md = &file.content.metadata;
+        let get = |key: &str| {
+            md.get(&format!("{arch_name}.{key}"))
+                .with_context(|| format!("{}: missing `{arch_name}.{key}`", path.display()))
+        };
+        let get_usize = |key: &str| -> Result<usize> {
+            let v = get(key)?;
+            v.to_u32()
+                .map(|x| x as usize)
+                .or_else(|_| v.to_u64().map(|x| x as usize))
+                .map_err(|e| anyhow::anyhow!("{}: `{arch_name}.{key}`: {e}", path.display()))
+        };
+        let hidden_size = get_usize("embedding_length")?;
+        let num_heads = get_usize("attention.head_count")?;
+        let num_kv_heads = get_usize("attention.head_count_kv").unwrap_or(num_heads);
+        let head_dim = get_usize("rope.dimension_count").unwrap_or(hidden_size / num_heads);
+        let vocab_size = match md.get("tokenizer.ggml.tokens") {
+            Some(v) => v.to_vec().map(Vec::len).unwrap_or(0),
+            None => 0,
+        };
+        let vocab_size = get_usize("vocab_size").unwrap_or(vocab_size);
+        let rms_norm_eps = get("attention.layer_norm_rms_epsilon")?
+            .to_f32()
+            .map_err(|e| anyhow::anyhow!("{}: rms epsilon: {e}", path.display()))?;
+        let rope_theta = get("rope.freq_base")
+            .ok()
+            .and_then(|v| v.to_f32().ok())
+            .unwrap_or(10_000.0);
+        let has_output = file.content.tensor_infos.contains_key("output.weight");
+        Ok(Self {
+            arch,
+            hidden_size,
+            intermediate_size: get_usize("feed_forward_length")?,
+            num_layers: get_usize("block_count")?,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            vocab_size,
+            rms_norm_eps,
+            rope_theta,
+            rope_style: match arch {
+                Arch::Llama => RopeStyle::Interleaved,
+                Arch::Qwen2 => RopeStyle::Half,
+            },
+            // llama.cpp stores Llama 3 scaling as the `rope_freqs.weight` tensor,
+            // which the model file reads; the header carries no scaling keys.
+            rope_scaling: None,
+            max_position_embeddings: get_usize("context_length")?,
+            tie_word_embeddings: !has_output,
+        })
+    }
+
+    /// Reads an HF `config.json`.
+    pub fn from_hf_config(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        let j: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: invalid JSON", path.display()))?;
+        let arch_name = j
+            .get("architectures")
+            .and_then(|a| a.get(0))
+            .and_then(|a| a.as_str())
+            .with_context(|| format!("{}: no `architectures` entry", path.display()))?;
+        let arch = arch_from_name(arch_name, path)?;
+        let get_usize = |key: &str| -> Result<usize> {
+            j.get(key)
+                .and_then(|v| v.as_u64())
+                .map(|v| v as usize)
+                .with_context(|| format!("{}: missing integer `{key}`", path.display()))
+        };
+        let get_f32 = |key: &str| j.get(key).and_then(|v| v.as_f64()).map(|v| v as f32);
+        let hidden_size = get_usize("hidden_size")?;
+        let num_heads = get_usize("num_attention_heads")?;
+        let rope_scaling = match j.get("rope_scaling") {
+            Some(s) if !s.is_null() => {
+                let kind = s
+                    .get("rope_type")
+                    .or_else(|| s.get("type"))
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("");
+                if kind != "llama3" {
+                    bail!("{}: unsupported rope_scaling type `{kind}`", path.display());
+                }
+                let f = |k: &str| {
+                    s.get(k)
+                        .and_then(|v| v.as_f64())
+                        .with_context(|| format!("{}: rope_scaling.{k} missing", path.display()))
+                };
+                Some(Llama3Scaling {
+                    factor: f("factor")? as f32,
+                    low_freq_factor: f("low_freq_factor")? as f32,
+                    high_freq_factor: f("high_freq_factor")? as f32,
+                    original_max_position_embeddings: f("original_max_position_embeddings")?
+                        as usize,
+                })
+            }
+            _ => None,
+        };
+        Ok(Self {
+            arch,
+            hidden_size,
+            intermediate_size: get_usize("intermediate_size")?,
+            num_layers: get_usize("num_hidden_layers")?,
+            num_heads,
+            num_kv_heads: get_usize("num_key_value_heads").unwrap_or(num_heads),
+            head_dim: get_usize("head_dim").unwrap_or(hidden_size / num_heads),
+            vocab_size: get_usize("vocab_size")?,
+            rms_norm_eps: get_f32("rms_norm_eps").unwrap_or(1e-6),
+            rope_theta: get_f32("rope_theta").unwrap_or(10_000.0),
+            rope_style: RopeStyle::Half,
+            rope_scaling,
+            max_position_embeddings: get_usize("max_position_embeddings").unwrap_or(4096),
+            tie_word_embeddings: j
+                .get("tie_word_embeddings")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false),
+        })
+    }
+}

@@ -1,0 +1,158 @@
+//! One linear-layer abstraction over every weight format, so the model files
+//! never know whether a checkpoint was GGUF-quantized or dense safetensors.
+
+use super::weights::RawTensor;
+use anyhow::{bail, Result};
+use candle_core::quantized::{QMatMul, QStorage, QTensor};
+use candle_core::{Device, Module, Tensor};
+use std::borrow::Cow;
+
+enum Weight {
+    Quantized(QMatMul),
+    Dense(Tensor),
+}
+
+/// `y = x·Wᵀ (+ b)` over row-major f32 activations.
+pub struct Linear {
+    weight: Weight,
+    bias: Option<Vec<f32>>,
+    out_features: usize,
+    in_features: usize,
+}
+
+impl Linear {
+    /// Wraps a `(out_features, in_features)` weight and an optional bias.
+    pub fn new(weight: RawTensor, bias: Option<Vec<f32>>) -> Result<Self> {
+        let dims = weight.dims();
+        let [out_features, in_features] = dims[..] else {
+            bail!("linear weight must be 2-D, got {dims:?}");
+        };
+        if let Some(b) = &bias {
+            if b.len() != out_features {
+                bail!("bias has {} entries, expected {out_features}", b.len());
+            }
+        }
+        let weight = match weight {
+            RawTensor::Quantized(q) => Weight::Quantized(QMatMul::from_qtensor(q)?),
+            RawTensor::Dense(t) => Weight::Dense(t),
+        };
+        Ok(Self {
+            weight,
+            bias,
+            out_features,
+            in_features,
+        })
+    }
+
+    /// Output width.
+    pub fn out_features(&self) -> usize {
+        self.out_features
+    }
+
+    /// Computes `m` rows of output from `m` rows of input.
+    pub fn forward(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
+        debug_assert_eq!(x.len(), m * self.in_features);
+        let xs = Tensor::from_slice(x, (m, self.in_features), &Device::Cpu)?;
+        let ys = match &self.weight {
+            Weight::Quantized(q) => q.forward(&xs)?,
+            Weight::Dense(w) => xs.matmul(&w.t()?)?,
+        };
+        let mut y = ys.flatten_all()?.to_vec1::<f32>()?;
+        if let Some(b) = &self.bias {
+            for row in y.chunks_exact_mut(self.out_features) {
+                for (o, b) in row.iter_mut().zip(b) {
+                    *o += b;
+                }
+            }
+        }
+        Ok(y)
+    }
+}
+
+/// Token embedding table; quantized tables stay quantized and only the rows a
+/// batch needs are dequantized (a Qwen2 table is 0.5 GB in f32).
+pub enum Embedding {
+    /// Quantized rows, `row_bytes` each.
+    Quantized {
+        /// The raw GGML blocks of the whole table.
+        data: Vec<u8>,
+        /// GGML dtype of the blocks.
+        dtype: candle_core::quantized::GgmlDType,
+        /// Bytes of one row.
+        row_bytes: usize,
+        /// Row width.
+        dim: usize,
+    },
+    /// Dense f32 rows.
+    Dense {
+        /// `vocab × dim` values.
+        data: Vec<f32>,
+        /// Row width.
+        dim: usize,
+    },
+}
+
+impl Embedding {
+    /// Builds the table from a `(vocab, dim)` tensor.
+    pub fn new(t: &RawTensor) -> Result<Self> {
+        let dims = t.dims();
+        let [_, dim] = dims[..] else {
+            bail!("embedding must be 2-D, got {dims:?}");
+        };
+        Ok(match t {
+            RawTensor::Quantized(q) => {
+                let dtype = q.dtype();
+                Embedding::Quantized {
+                    data: q.data()?.into_owned(),
+                    dtype,
+                    row_bytes: dim / dtype.block_size() * dtype.type_size(),
+                    dim,
+                }
+            }
+            RawTensor::Dense(d) => Embedding::Dense {
+                data: d.flatten_all()?.to_vec1()?,
+                dim,
+            },
+        })
+    }
+
+    /// Number of rows.
+    pub fn vocab(&self) -> usize {
+        match self {
+            Embedding::Quantized {
+                data, row_bytes, ..
+            } => data.len() / row_bytes,
+            Embedding::Dense { data, dim } => data.len() / dim,
+        }
+    }
+
+    /// Gathers the rows of `ids` into a `ids.len() × dim` buffer.
+    pub fn forward(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        let vocab = self.vocab();
+        if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+            bail!("token id {bad} is outside the vocabulary of {vocab}");
+        }
+        match self {
+            Embedding::Dense { data, dim } => Ok(ids
+                .iter()
+                .flat_map(|&i| &data[i as usize * dim..(i as usize + 1) * dim])
+                .copied()
+                .collect()),
+            Embedding::Quantized {
+                data,
+                dtype,
+                row_bytes,
+                dim,
+            } => {
+                let mut out = Vec::with_capacity(ids.len() * dim);
+                for &i in ids {
+                    let row = &data[i as usize * row_bytes..(i as usize + 1) * row_bytes];
+                    let storage = QStorage::from_data(Cow::Borrowed(row), &Device::Cpu, *dtype)?;
+                    let q = QTensor::new(storage, (1, *dim))?;
+                    out.extend(q.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?);
+                }
+                Ok(out)
+            }
+        }
+    }
+}

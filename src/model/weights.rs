@@ -1,0 +1,266 @@
+//! Where tensors come from: one or more GGUF files (split checkpoints) or a
+//! directory of safetensors shards. Every lookup error names the file and the
+//! tensor, so a broken checkpoint is diagnosed without a debugger.
+//!
+//! Tensor names are GGUF's (`blk.3.attn_q.weight`); the safetensors source
+//! translates them to Hugging Face names (`model.layers.3.self_attn.q_proj.weight`).
+
+use anyhow::{bail, Context, Result};
+use candle_core::quantized::{gguf_file, QTensor};
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// A tensor as stored: still quantized, or dense (upcast to f32).
+pub enum RawTensor {
+    /// A GGML-quantized (or GGUF F16/F32/BF16) tensor.
+    Quantized(QTensor),
+    /// A dense f32 tensor from safetensors.
+    Dense(Tensor),
+}
+
+impl RawTensor {
+    /// The tensor's shape, outermost dimension first.
+    pub fn dims(&self) -> Vec<usize> {
+        match self {
+            RawTensor::Quantized(q) => q.shape().dims().to_vec(),
+            RawTensor::Dense(t) => t.dims().to_vec(),
+        }
+    }
+
+    /// Dense f32 copy, for small tensors such as norms and biases.
+    pub fn to_f32_vec(&self) -> Result<Vec<f32>> {
+        let t = match self {
+            RawTensor::Quantized(q) => q.dequantize(&Device::Cpu)?,
+            RawTensor::Dense(t) => t.clone(),
+        };
+        Ok(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?)
+    }
+}
+
+/// One GGUF file of a (possibly split) checkpoint.
+pub struct GgufFile {
+    /// Path on disk, for error messages.
+    pub path: PathBuf,
+    /// Parsed header.
+    pub content: gguf_file::Content,
+    len: u64,
+}
+
+impl GgufFile {
+    /// Parses the header of `path`, refusing files too short for the tensors
+    /// they declare (a truncated download is the common case).
+    pub fn open(path: &Path) -> Result<Self> {
+        let mut f = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+        let len = f.metadata()?.len();
+        let content = gguf_file::Content::read(&mut f)
+            .map_err(|e| anyhow::anyhow!("{}: not a readable GGUF file: {e}", path.display()))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            content,
+            len,
+        })
+    }
+
+    /// Checks that every declared tensor lies inside the file.
+    pub fn check_complete(&self) -> Result<()> {
+        for (name, info) in &self.content.tensor_infos {
+            let elems = info.shape.elem_count();
+            let bs = info.ggml_dtype.block_size();
+            let bytes = (elems / bs * info.ggml_dtype.type_size()) as u64;
+            let end = self.content.tensor_data_offset + info.offset + bytes;
+            if end > self.len {
+                bail!(
+                    "{}: file is truncated: tensor `{name}` ends at byte {end} but the file has {} bytes",
+                    self.path.display(),
+                    self.len
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// String metadata value, if present.
+    pub fn meta_str(&self, key: &str) -> Option<&str> {
+        self.content
+            .metadata
+            .get(key)
+            .and_then(|v| v.to_string().ok())
+            .map(String::as_str)
+    }
+}
+
+/// The tensors of one checkpoint.
+pub enum WeightSource {
+    /// One or more GGUF files; later files of a split checkpoint hold the rest.
+    Gguf(Vec<GgufFile>),
+    /// Safetensors shards with the file each tensor lives in.
+    Safetensors {
+        /// The directory, for messages.
+        dir: PathBuf,
+        /// Memory-mapped shards.
+        shards: Vec<(PathBuf, candle_core::safetensors::MmapedSafetensors)>,
+        /// Tensor name → shard index.
+        index: HashMap<String, usize>,
+    },
+}
+
+/// Translates a GGUF tensor name into the Hugging Face name.
+fn hf_name(gguf: &str) -> String {
+    const FIXED: &[(&str, &str)] = &[
+        ("token_embd.weight", "model.embed_tokens.weight"),
+        ("output_norm.weight", "model.norm.weight"),
+        ("output.weight", "lm_head.weight"),
+    ];
+    if let Some((_, hf)) = FIXED.iter().find(|(g, _)| *g == gguf) {
+        return hf.to_string();
+    }
+    const PARTS: &[(&str, &str)] = &[
+        ("attn_q", "self_attn.q_proj"),
+        ("attn_k", "self_attn.k_proj"),
+        ("attn_v", "self_attn.v_proj"),
+        ("attn_output", "self_attn.o_proj"),
+        ("attn_norm", "input_layernorm"),
+        ("ffn_norm", "post_attention_layernorm"),
+        ("ffn_gate", "mlp.gate_proj"),
+        ("ffn_up", "mlp.up_proj"),
+        ("ffn_down", "mlp.down_proj"),
+    ];
+    let mut it = gguf.splitn(3, '.');
+    if let (Some("blk"), Some(layer), Some(rest)) = (it.next(), it.next(), it.next()) {
+        if let Some((part, suffix)) = rest.split_once('.') {
+            if let Some((_, hf)) = PARTS.iter().find(|(g, _)| *g == part) {
+                return format!("model.layers.{layer}.{hf}.{suffix}");
+            }
+        }
+    }
+    gguf.to_string()
+}
+
+impl WeightSource {
+    /// Opens the safetensors shards of an HF directory: either the files named
+    /// by `model.safetensors.index.json` or a single `model.safetensors`.
+    pub fn open_safetensors(dir: &Path) -> Result<Self> {
+        let index_path = dir.join("model.safetensors.index.json");
+        let files: Vec<PathBuf> = if index_path.exists() {
+            let text = std::fs::read_to_string(&index_path)
+                .with_context(|| format!("{}: cannot read", index_path.display()))?;
+            let json: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{}: invalid JSON", index_path.display()))?;
+            let map = json
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .with_context(|| format!("{}: no `weight_map` object", index_path.display()))?;
+            let mut files: Vec<String> = map
+                .values()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect();
+            files.sort();
+            files.dedup();
+            files.into_iter().map(|f| dir.join(f)).collect()
+        } else {
+            let single = dir.join("model.safetensors");
+            if !single.exists() {
+                bail!(
+                    "{}: neither model.safetensors nor model.safetensors.index.json found",
+                    dir.display()
+                );
+            }
+            vec![single]
+        };
+        let mut shards = Vec::with_capacity(files.len());
+        let mut index = HashMap::new();
+        for (i, path) in files.into_iter().enumerate() {
+            if !path.exists() {
+                bail!("{}: shard listed in the index is missing", path.display());
+            }
+            // SAFETY: the file is mapped read-only; like every inference
+            // server we rely on checkpoints not being modified while served.
+            let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(&path) }
+                .map_err(|e| anyhow::anyhow!("{}: invalid safetensors file: {e}", path.display()))?;
+            for (name, _) in st.tensors() {
+                index.insert(name, i);
+            }
+            shards.push((path, st));
+        }
+        Ok(WeightSource::Safetensors {
+            dir: dir.to_path_buf(),
+            shards,
+            index,
+        })
+    }
+
+    /// Whether a tensor (GGUF name) exists.
+    pub fn contains(&self, name: &str) -> bool {
+        match self {
+            WeightSource::Gguf(files) => files
+                .iter()
+                .any(|f| f.content.tensor_infos.contains_key(name)),
+            WeightSource::Safetensors { index, .. } => index.contains_key(&hf_name(name)),
+        }
+    }
+
+    /// Loads a tensor by GGUF name and checks its shape (outermost first).
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<RawTensor> {
+        let (t, origin) = match self {
+            WeightSource::Gguf(files) => {
+                let file = files
+                    .iter()
+                    .find(|f| f.content.tensor_infos.contains_key(name))
+                    .with_context(|| {
+                        format!("{}: tensor `{name}` is missing", files[0].path.display())
+                    })?;
+                let mut reader = File::open(&file.path)
+                    .with_context(|| format!("{}: cannot open", file.path.display()))?;
+                let q = file
+                    .content
+                    .tensor(&mut reader, name, &Device::Cpu)
+                    .map_err(|e| {
+                        anyhow::anyhow!("{}: cannot read tensor `{name}`: {e}", file.path.display())
+                    })?;
+                (RawTensor::Quantized(q), file.path.clone())
+            }
+            WeightSource::Safetensors { dir, shards, index } => {
+                let hf = hf_name(name);
+                let &i = index.get(&hf).with_context(|| {
+                    format!("{}: tensor `{hf}` is missing", dir.display())
+                })?;
+                let (path, st) = &shards[i];
+                let t = st
+                    .load(&hf, &Device::Cpu)
+                    .and_then(|t| t.to_dtype(DType::F32))
+                    .map_err(|e| {
+                        anyhow::anyhow!("{}: cannot read tensor `{hf}`: {e}", path.display())
+                    })?;
+                (RawTensor::Dense(t), path.clone())
+            }
+        };
+        let dims = t.dims();
+        if dims != shape {
+            bail!(
+                "{}: tensor `{name}` has shape {dims:?}, expected {shape:?}",
+                origin.display()
+            );
+        }
+        Ok(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hf_name;
+
+    #[test]
+    fn gguf_names_map_to_hf_names() {
+        assert_eq!(
+            hf_name("blk.12.attn_q.bias"),
+            "model.layers.12.self_attn.q_proj.bias"
+        );
+        assert_eq!(
+            hf_name("blk.0.ffn_down.weight"),
+            "model.layers.0.mlp.down_proj.weight"
+        );
+        assert_eq!(hf_name("output.weight"), "lm_head.weight");
+    }
+}

@@ -1,0 +1,119 @@
+//! Helpers shared by the integration tests: where the test checkpoints live
+//! (fetched by `models/fetch.sh`), and a single-sequence runner over the real
+//! engine-facing model interface.
+#![allow(dead_code)]
+
+use r1serve::kv_cache::storage::{KvCache, KvDtype, KvGeometry};
+use r1serve::model::decoder::{BatchSeq, Decoder, ForwardBatch};
+use r1serve::types::BlockId;
+use std::path::PathBuf;
+
+/// Directory of the test checkpoints; tests fail loudly when it is missing.
+pub fn models_dir() -> PathBuf {
+    let dir = std::env::var("R1SERVE_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/r1serve/models")
+        });
+    assert!(
+        dir.is_dir(),
+        "{} missing: run models/fetch.sh first",
+        dir.display()
+    );
+    dir
+}
+
+/// SmolLM2-135M-Instruct Q4_1.
+pub fn smollm2() -> PathBuf {
+    models_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+/// Qwen2.5-Coder-0.5B-Instruct Q4_K_M.
+pub fn qwen05() -> PathBuf {
+    models_dir().join("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
+}
+
+/// The header (tokenizer and template) of DeepSeek-R1-Distill-Qwen-7B Q4_K_M.
+pub fn r1_header() -> PathBuf {
+    models_dir().join("DeepSeek-R1-Distill-Qwen-7B-Q4_K_M.head.gguf")
+}
+
+/// Runs one sequence through a model with a private KV cache: prefill, then
+/// greedy decode. Returns the prompt's last logits and the generated tokens.
+pub fn greedy(model: &Decoder, prompt: &[u32], steps: usize, dtype: KvDtype) -> (Vec<f32>, Vec<u32>) {
+    let cfg = &model.config;
+    let block_size = 16;
+    let blocks = (prompt.len() + steps).div_ceil(block_size);
+    let geometry = KvGeometry {
+        block_size,
+        num_blocks: blocks,
+        num_kv_heads: cfg.num_kv_heads,
+        head_dim: cfg.head_dim,
+    };
+    let mut kv = KvCache::new(geometry, cfg.num_layers, dtype);
+    let table: Vec<BlockId> = (0..blocks as u32).map(BlockId).collect();
+    let step = |kv: &mut KvCache, tokens: &[u32], ctx_len: usize| {
+        let batch = ForwardBatch {
+            tokens: tokens.to_vec(),
+            seqs: vec![BatchSeq {
+                num_tokens: tokens.len(),
+                ctx_len,
+                block_table: table.clone(),
+                want_logits: true,
+            }],
+        };
+        model.forward(&batch, kv).expect("forward").remove(0)
+    };
+    let first = step(&mut kv, prompt, prompt.len());
+    let mut out = vec![argmax(&first)];
+    let mut ctx = prompt.len();
+    while out.len() < steps {
+        ctx += 1;
+        let logits = step(&mut kv, &[*out.last().unwrap()], ctx);
+        out.push(argmax(&logits));
+    }
+    (first, out)
+}
+
+/// Index of the largest value (first one on ties).
+pub fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// max |a - b| / max |b|.
+pub fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
+    a.iter()
+        .zip(b)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+        / scale
+}
+
+/// Five chat prompts as token ids. Until the tokenizer lands this uses fixed
+/// ids from the vocabulary's low range.
+pub fn chat_prompts(_path: &std::path::Path) -> Vec<Vec<u32>> {
+    (0..5u32)
+        .map(|i| (0..(8 + 13 * i)).map(|j| 100 + (j * 37 + i * 11) % 5000).collect())
+        .collect()
+}
+
+/// Feeds `tokens` one at a time and returns the last logits.
+pub fn greedy_forced(model: &Decoder, tokens: &[u32], dtype: KvDtype) -> (Vec<f32>, ()) {
+    let cfg = &model.config;
+    let geometry = KvGeometry { block_size: 16, num_blocks: tokens.len().div_ceil(16), num_kv_heads: cfg.num_kv_heads, head_dim: cfg.head_dim };
+    let mut kv = KvCache::new(geometry, cfg.num_layers, dtype);
+    let table: Vec<BlockId> = (0..geometry.num_blocks as u32).map(BlockId).collect();
+    let mut last = vec![];
+    for (i, t) in tokens.iter().enumerate() {
+        let batch = ForwardBatch { tokens: vec![*t], seqs: vec![BatchSeq { num_tokens: 1, ctx_len: i + 1, block_table: table.clone(), want_logits: true }] };
+        last = model.forward(&batch, &mut kv).unwrap().remove(0);
+    }
+    (last, ())
+}
