@@ -6,4 +6,6 @@
 //! → sampler → detokenizer ([`tokenizer`]) → reasoning splitter
 //! ([`reasoning`]) → SSE.
 
+pub mod api;
+pub mod reasoning;
 pub mod types;
