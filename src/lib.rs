@@ -6,6 +6,8 @@
 //! → sampler → detokenizer ([`tokenizer`]) → reasoning splitter
 //! ([`reasoning`]) → SSE.
 
+pub mod api;
+pub mod reasoning;
 pub mod types;
 pub mod kernels;
 pub mod kv_cache;
