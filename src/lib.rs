@@ -7,6 +7,7 @@
 //! ([`reasoning`]) → SSE.
 
 pub mod api;
+pub mod engine;
 pub mod reasoning;
 pub mod types;
 pub mod kernels;
