@@ -232,10 +232,10 @@ impl Tokenizer {
             .map(|(i, merge)| {
                 // Split at the first space after the first byte, as llama.cpp
                 // does, so that a piece that is itself a space still parses.
-                let at = merge
-                    .get(1..)
-                    .and_then(|rest| rest.find(' '))
-                    .map(|p| p + 1)
+                let first = merge.chars().next().map_or(0, char::len_utf8);
+                let at = merge[first..]
+                    .find(' ')
+                    .map(|p| p + first)
                     .with_context(|| {
                         format!("{file}: tokenizer.ggml.merges[{i}] = {merge:?} is not a pair")
                     })?;
