@@ -79,21 +79,49 @@ fn ids_of(v: &serde_json::Value) -> Vec<u32> {
 fn check_ids_against_fixture(key: &str) {
     let tok = tokenizer(key);
     let fx = fixture("tokenizer", key);
-    assert_eq!(tok.vocab_size() as u64, fx["vocab_size"].as_u64().unwrap(), "{key}: vocab size");
-    assert_eq!(tok.bos_token(), fx["bos_token"].as_str(), "{key}: bos token");
-    assert_eq!(tok.bos_id().map(u64::from), fx["bos_token_id"].as_u64(), "{key}: bos id");
-    assert_eq!(tok.eos_token(), fx["eos_token"].as_str(), "{key}: eos token");
-    assert_eq!(tok.eos_ids(), &[fx["eos_token_id"].as_u64().unwrap() as u32], "{key}: eos ids");
+    assert_eq!(
+        tok.vocab_size() as u64,
+        fx["vocab_size"].as_u64().unwrap(),
+        "{key}: vocab size"
+    );
+    assert_eq!(
+        tok.bos_token(),
+        fx["bos_token"].as_str(),
+        "{key}: bos token"
+    );
+    assert_eq!(
+        tok.bos_id().map(u64::from),
+        fx["bos_token_id"].as_u64(),
+        "{key}: bos id"
+    );
+    assert_eq!(
+        tok.eos_token(),
+        fx["eos_token"].as_str(),
+        "{key}: eos token"
+    );
+    assert_eq!(
+        tok.eos_ids(),
+        &[fx["eos_token_id"].as_u64().unwrap() as u32],
+        "{key}: eos ids"
+    );
     for case in fx["cases"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
         let ids = ids_of(&case["ids"]);
-        assert_eq!(tok.encode(text, false).unwrap(), ids, "{key}: ids of {text:?}");
+        assert_eq!(
+            tok.encode(text, false).unwrap(),
+            ids,
+            "{key}: ids of {text:?}"
+        );
         assert_eq!(
             tok.encode(text, true).unwrap(),
             ids_of(&case["ids_with_special"]),
             "{key}: ids with special tokens of {text:?}"
         );
-        assert_eq!(tok.decode(&ids, false).unwrap(), case["decoded"].as_str().unwrap(), "{key}: decode of {text:?}");
+        assert_eq!(
+            tok.decode(&ids, false).unwrap(),
+            case["decoded"].as_str().unwrap(),
+            "{key}: decode of {text:?}"
+        );
         assert_eq!(
             tok.decode(&ids, true).unwrap(),
             case["decoded_skip_special"].as_str().unwrap(),
@@ -148,7 +176,11 @@ fn extra_eos_ids_are_added_once() {
 fn check_templates(key: &str) {
     let tok = tokenizer(key);
     let fx = fixture("templates", key);
-    assert_eq!(tok.chat_template(), fx["chat_template"].as_str(), "{key}: template source");
+    assert_eq!(
+        tok.chat_template(),
+        fx["chat_template"].as_str(),
+        "{key}: template source"
+    );
     let template = ChatTemplate::from_tokenizer(tok).unwrap();
     let extra = serde_json::Map::new();
     for case in fx["renders"].as_array().unwrap() {
@@ -188,7 +220,9 @@ fn r1_template_passes_null_content_and_tool_calls_through() {
         ]},
         {"role": "tool", "content": "22C"}
     ]);
-    let out = template.render(&messages, true, &serde_json::Map::new()).unwrap();
+    let out = template
+        .render(&messages, true, &serde_json::Map::new())
+        .unwrap();
     assert_eq!(
         out,
         "<｜begin▁of▁sentence｜><｜User｜>Weather in Paris?<｜Assistant｜><｜tool▁calls▁begin｜>\
@@ -206,9 +240,15 @@ fn template_helpers_behave_like_hf() {
                   {{ strftime_now('%Y') | length }}";
     let template = ChatTemplate::new(source, Some("<s>".into()), Some("</s>".into())).unwrap();
     let mut extra = serde_json::Map::new();
-    extra.insert("tools".into(), json!([{"name": "f", "desc": "é 中"}]));
+    // Keys in sorted order so the expectation holds whether or not serde_json
+    // preserves insertion order in this build.
+    extra.insert("tools".into(), json!([{"desc": "é 中", "name": "f"}]));
     let out = template
-        .render(&json!([{"role": "user", "content": " a,b "}]), false, &extra)
+        .render(
+            &json!([{"role": "user", "content": " a,b "}]),
+            false,
+            &extra,
+        )
         .unwrap();
     assert_eq!(
         out,
@@ -218,17 +258,27 @@ fn template_helpers_behave_like_hf() {
 
 #[test]
 fn template_errors_are_reported_not_panicked() {
-    let raising = ChatTemplate::new("{{ raise_exception('roles must alternate') }}", None, None).unwrap();
-    let err = raising.render(&json!([]), false, &serde_json::Map::new()).unwrap_err();
-    assert!(format!("{err:#}").contains("roles must alternate"), "{err:#}");
+    let raising =
+        ChatTemplate::new("{{ raise_exception('roles must alternate') }}", None, None).unwrap();
+    let err = raising
+        .render(&json!([]), false, &serde_json::Map::new())
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("roles must alternate"),
+        "{err:#}"
+    );
 
     assert!(ChatTemplate::new("{% for %}", None, None).is_err());
 
     let ok = ChatTemplate::new("{{ messages | length }}", None, None).unwrap();
-    assert!(ok.render(&json!({"role": "user"}), false, &serde_json::Map::new()).is_err());
+    assert!(ok
+        .render(&json!({"role": "user"}), false, &serde_json::Map::new())
+        .is_err());
 
     let bad_time = ChatTemplate::new("{{ strftime_now('%Q%') }}", None, None).unwrap();
-    assert!(bad_time.render(&json!([]), false, &serde_json::Map::new()).is_err());
+    assert!(bad_time
+        .render(&json!([]), false, &serde_json::Map::new())
+        .is_err());
 }
 
 const STREAM_TEXTS: &[&str] = &[
@@ -275,7 +325,10 @@ fn incremental_decoder_holds_back_split_characters() {
     let tok = tokenizer("r1qwen7b");
     // A four-byte emoji with no single token: byte-level pieces.
     let ids = tok.encode("🫠", false).unwrap();
-    assert!(ids.len() > 1, "expected the emoji to span several tokens: {ids:?}");
+    assert!(
+        ids.len() > 1,
+        "expected the emoji to span several tokens: {ids:?}"
+    );
     let mut dec = IncrementalDecoder::new(false);
     let mut out = String::new();
     for (i, &id) in ids.iter().enumerate() {
@@ -326,7 +379,10 @@ fn edited_content(key: &str, edit: impl FnOnce(&mut HashMap<String, Value>)) -> 
 #[test]
 fn unknown_or_missing_pre_tokenizer_is_an_error() {
     let (content, path) = edited_content("smollm2", |m| {
-        m.insert("tokenizer.ggml.pre".into(), Value::String("mystery-bpe".into()));
+        m.insert(
+            "tokenizer.ggml.pre".into(),
+            Value::String("mystery-bpe".into()),
+        );
     });
     let err = format!("{:#}", Tokenizer::from_gguf(&content, &path).unwrap_err());
     assert!(err.contains("mystery-bpe"), "{err}");
@@ -340,9 +396,12 @@ fn unknown_or_missing_pre_tokenizer_is_an_error() {
     assert!(err.contains(&path.display().to_string()), "{err}");
 }
 
+/// A change made to a real file's metadata to make it invalid.
+type MetadataEdit = Box<dyn FnOnce(&mut HashMap<String, Value>)>;
+
 #[test]
 fn bad_gguf_metadata_is_an_error_naming_the_file() {
-    let cases: Vec<Box<dyn FnOnce(&mut HashMap<String, Value>)>> = vec![
+    let cases: Vec<MetadataEdit> = vec![
         Box::new(|m| {
             m.insert("tokenizer.ggml.model".into(), Value::String("llama".into()));
         }),
@@ -353,10 +412,16 @@ fn bad_gguf_metadata_is_an_error_naming_the_file() {
             m.insert("tokenizer.ggml.eos_token_id".into(), Value::U32(10_000_000));
         }),
         Box::new(|m| {
-            m.insert("tokenizer.ggml.merges".into(), Value::Array(vec![Value::String("nospace".into())]));
+            m.insert(
+                "tokenizer.ggml.merges".into(),
+                Value::Array(vec![Value::String("nospace".into())]),
+            );
         }),
         Box::new(|m| {
-            m.insert("tokenizer.ggml.token_type".into(), Value::Array(vec![Value::I32(1)]));
+            m.insert(
+                "tokenizer.ggml.token_type".into(),
+                Value::Array(vec![Value::I32(1)]),
+            );
         }),
         Box::new(|m| {
             m.insert("tokenizer.ggml.pre".into(), Value::U8(3));
@@ -380,11 +445,17 @@ fn temp_dir(name: &str) -> PathBuf {
 fn missing_tokenizer_json_is_an_error_naming_the_path() {
     let dir = temp_dir("missing");
     let err = format!("{:#}", Tokenizer::from_hf_dir(&dir).unwrap_err());
-    assert!(err.contains(&dir.join("tokenizer.json").display().to_string()), "{err}");
+    assert!(
+        err.contains(&dir.join("tokenizer.json").display().to_string()),
+        "{err}"
+    );
 
     std::fs::write(dir.join("tokenizer.json"), "{ not json").unwrap();
     let err = format!("{:#}", Tokenizer::from_hf_dir(&dir).unwrap_err());
-    assert!(err.contains(&dir.join("tokenizer.json").display().to_string()), "{err}");
+    assert!(
+        err.contains(&dir.join("tokenizer.json").display().to_string()),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -392,7 +463,9 @@ fn missing_tokenizer_json_is_an_error_naming_the_path() {
 fn hf_dir_gives_the_same_ids_as_gguf() {
     let gguf = tokenizer("r1qwen7b");
     let dir = temp_dir("hfdir");
-    gguf.inner().save(dir.join("tokenizer.json"), false).unwrap();
+    gguf.inner()
+        .save(dir.join("tokenizer.json"), false)
+        .unwrap();
     let config = json!({
         "add_bos_token": true,
         "bos_token": {"__type": "AddedToken", "content": "<｜begin▁of▁sentence｜>", "special": true},
@@ -415,7 +488,11 @@ fn hf_dir_gives_the_same_ids_as_gguf() {
     for case in fx["cases"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
         for add in [false, true] {
-            assert_eq!(hf.encode(text, add).unwrap(), gguf.encode(text, add).unwrap(), "{text:?}");
+            assert_eq!(
+                hf.encode(text, add).unwrap(),
+                gguf.encode(text, add).unwrap(),
+                "{text:?}"
+            );
         }
     }
 }

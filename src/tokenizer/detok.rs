@@ -88,3 +88,21 @@ fn suffix_after<'a>(full: &'a str, prefix: &str) -> &'a str {
         .unwrap_or_else(|| prefix.len().min(full.len()));
     full.get(common..).unwrap_or("")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::suffix_after;
+
+    #[test]
+    fn suffix_after_prefix() {
+        assert_eq!(suffix_after("hello world", "hello"), " world");
+        assert_eq!(suffix_after("héllo", "h"), "éllo");
+        assert_eq!(suffix_after("abc", "abc"), "");
+    }
+
+    #[test]
+    fn suffix_after_rewritten_prefix() {
+        assert_eq!(suffix_after("ab😀d", "ab\u{FFFD}"), "😀d");
+        assert_eq!(suffix_after("ab", "abcd"), "");
+    }
+}

@@ -22,8 +22,7 @@ const TOKEN_TYPE_USER_DEFINED: i64 = 4;
 /// The split applied by llama.cpp for GPT-2 style vocabularies. llama.cpp
 /// keeps the text a regex does not match as pieces of its own, which is what
 /// the trailing `|\s+` of the original GPT-2 regex amounts to.
-const GPT2_SPLIT: &str =
-    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
+const GPT2_SPLIT: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
 
 /// llama.cpp's LLAMA3 split: the `tokenizer.json` regex with `(?i:...)`
 /// spelled out as character classes.
@@ -93,7 +92,10 @@ impl<'a> Meta<'a> {
             Value::I32(x) => i64::from(*x),
             Value::I64(x) => *x,
             Value::U64(x) => i64::try_from(*x).with_context(|| {
-                format!("{}: metadata {key} value {x} is too large", self.path.display())
+                format!(
+                    "{}: metadata {key} value {x} is too large",
+                    self.path.display()
+                )
             })?,
             v => bail!(
                 "{}: metadata {key} should be an integer, found {:?}",

@@ -27,9 +27,16 @@ fn chat_template(value: &Value, file: &Path) -> Result<Option<String>> {
         Value::Array(list) => {
             for entry in list {
                 if entry.get("name").and_then(Value::as_str) == Some("default") {
-                    let template = entry.get("template").and_then(Value::as_str).with_context(|| {
-                        format!("{}: the default chat_template has no template string", file.display())
-                    })?;
+                    let template =
+                        entry
+                            .get("template")
+                            .and_then(Value::as_str)
+                            .with_context(|| {
+                                format!(
+                                    "{}: the default chat_template has no template string",
+                                    file.display()
+                                )
+                            })?;
                     return Ok(Some(template.to_owned()));
                 }
             }

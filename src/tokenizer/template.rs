@@ -200,7 +200,10 @@ fn tojson(value: &Value, indent: Option<Value>, kwargs: Kwargs) -> Result<Value,
         )
     })?;
     let json = String::from_utf8(buf).map_err(|_| {
-        Error::new(ErrorKind::InvalidOperation, "tojson: produced invalid UTF-8")
+        Error::new(
+            ErrorKind::InvalidOperation,
+            "tojson: produced invalid UTF-8",
+        )
     })?;
     Ok(Value::from_safe_string(if ensure_ascii {
         escape_non_ascii(&json)
@@ -225,4 +228,59 @@ fn escape_non_ascii(json: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(source: &str, extra: serde_json::Value) -> String {
+        let template = ChatTemplate::new(source, None, None).unwrap();
+        let extra = extra.as_object().cloned().unwrap_or_default();
+        template
+            .render(&serde_json::json!([]), false, &extra)
+            .unwrap()
+    }
+
+    #[test]
+    fn tojson_spacing_matches_python() {
+        let v = serde_json::json!({"v": [1, {"a": [true, null, "x\ny"]}, [], {}]});
+        assert_eq!(
+            render("{{ v | tojson }}", v.clone()),
+            r#"[1, {"a": [true, null, "x\ny"]}, [], {}]"#
+        );
+        assert_eq!(
+            render("{{ v | tojson(1) }}", v),
+            "[\n 1,\n {\n  \"a\": [\n   true,\n   null,\n   \"x\\ny\"\n  ]\n },\n [],\n {}\n]"
+        );
+    }
+
+    #[test]
+    fn tojson_ensure_ascii_escapes_like_python() {
+        assert_eq!(escape_non_ascii("\"é😀\""), r#""\u00e9\ud83d\ude00""#);
+        assert_eq!(
+            render(
+                "{{ v | tojson(ensure_ascii=true) }}",
+                serde_json::json!({"v": "é"})
+            ),
+            r#""\u00e9""#
+        );
+    }
+
+    #[test]
+    fn whitespace_control_matches_hf() {
+        // trim_blocks drops the newline after a block tag, lstrip_blocks the
+        // indentation before it, and the final newline is not kept.
+        let source =
+            "{% for i in [1, 2] %}\n    {% if i %}\n{{ i }}\n    {% endif %}\n{% endfor %}\n";
+        assert_eq!(render(source, serde_json::json!({})), "1\n2\n");
+    }
+
+    #[test]
+    fn unknown_tojson_argument_is_an_error() {
+        let template = ChatTemplate::new("{{ 1 | tojson(bogus=1) }}", None, None).unwrap();
+        assert!(template
+            .render(&serde_json::json!([]), false, &serde_json::Map::new())
+            .is_err());
+    }
 }
