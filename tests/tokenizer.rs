@@ -343,7 +343,7 @@ fn incremental_decoder_holds_back_split_characters() {
 }
 
 #[test]
-fn incremental_decoder_window_stays_small_and_flushes_garbage() {
+fn incremental_decoder_long_text_and_invalid_bytes() {
     let tok = tokenizer("qwen25coder");
     let text = "word ".repeat(2000);
     let ids = tok.encode(&text, false).unwrap();
@@ -477,7 +477,21 @@ fn hf_dir_gives_the_same_ids_as_gguf() {
     });
     std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
     let hf = Tokenizer::from_hf_dir(&dir).unwrap();
+
+    // Without add_bos_token the post-processor decides (this tokenizer.json
+    // has none), and a chat_template.jinja file stands in for the config's.
+    let minimal = json!({"bos_token": "<｜begin▁of▁sentence｜>", "eos_token": null});
+    std::fs::write(dir.join("tokenizer_config.json"), minimal.to_string()).unwrap();
+    std::fs::write(dir.join("chat_template.jinja"), "{{ bos_token }}").unwrap();
+    let bare = Tokenizer::from_hf_dir(&dir).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
+    assert!(!bare.add_bos_token());
+    assert_eq!(bare.eos_ids(), &[] as &[u32]);
+    assert_eq!(bare.chat_template(), Some("{{ bos_token }}"));
+    assert_eq!(
+        bare.encode("hi", true).unwrap(),
+        gguf.encode("hi", false).unwrap()
+    );
 
     assert_eq!(hf.vocab_size(), gguf.vocab_size());
     assert_eq!(hf.bos_id(), gguf.bos_id());

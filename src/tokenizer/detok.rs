@@ -27,6 +27,9 @@ pub struct IncrementalDecoder {
     /// `ids[read_offset..]` is pending.
     ids: Vec<TokenId>,
     read_offset: usize,
+    /// `ids[..read_offset]` decoded on its own, kept so each push decodes
+    /// the window once.
+    prefix_text: String,
 }
 
 impl IncrementalDecoder {
@@ -37,6 +40,7 @@ impl IncrementalDecoder {
             skip_special_tokens,
             ids: Vec::new(),
             read_offset: 0,
+            prefix_text: String::new(),
         }
     }
 
@@ -44,30 +48,30 @@ impl IncrementalDecoder {
     /// the id ends in the middle of a UTF-8 character.
     pub fn push(&mut self, tok: &Tokenizer, id: TokenId) -> Result<String> {
         self.ids.push(id);
-        let prefix = tok.decode(&self.ids[..self.read_offset], self.skip_special_tokens)?;
         let full = tok.decode(&self.ids, self.skip_special_tokens)?;
         let pending = self.ids.len() - self.read_offset;
-        if full.len() <= prefix.len() && pending < MAX_PENDING {
+        if full.len() <= self.prefix_text.len() && pending < MAX_PENDING {
             return Ok(String::new());
         }
         if full.ends_with(char::REPLACEMENT_CHARACTER) && pending < MAX_PENDING {
             return Ok(String::new());
         }
-        let delta = suffix_after(&full, &prefix).to_owned();
+        let delta = suffix_after(&full, &self.prefix_text).to_owned();
         // The newly emitted ids become the next prefix.
         self.ids.drain(..self.read_offset);
         self.read_offset = self.ids.len();
+        self.prefix_text = tok.decode(&self.ids, self.skip_special_tokens)?;
         Ok(delta)
     }
 
     /// Returns whatever is still held back (an incomplete character decodes to
     /// U+FFFD) and resets the decoder.
     pub fn flush(&mut self, tok: &Tokenizer) -> Result<String> {
-        let prefix = tok.decode(&self.ids[..self.read_offset], self.skip_special_tokens)?;
         let full = tok.decode(&self.ids, self.skip_special_tokens)?;
-        let delta = suffix_after(&full, &prefix).to_owned();
+        let delta = suffix_after(&full, &self.prefix_text).to_owned();
         self.ids.clear();
         self.read_offset = 0;
+        self.prefix_text.clear();
         Ok(delta)
     }
 }
