@@ -8,8 +8,10 @@
 
 pub mod api;
 pub mod engine;
-pub mod reasoning;
-pub mod types;
+pub mod generate;
 pub mod kernels;
 pub mod kv_cache;
 pub mod model;
+pub mod reasoning;
+pub mod tokenizer;
+pub mod types;
