@@ -149,7 +149,11 @@ impl Embedding {
                     let row = &data[i as usize * row_bytes..(i as usize + 1) * row_bytes];
                     let storage = QStorage::from_data(Cow::Borrowed(row), &Device::Cpu, *dtype)?;
                     let q = QTensor::new(storage, (1, *dim))?;
-                    out.extend(q.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?);
+                    out.extend(
+                        q.dequantize(&Device::Cpu)?
+                            .flatten_all()?
+                            .to_vec1::<f32>()?,
+                    );
                 }
                 Ok(out)
             }
