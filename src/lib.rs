@@ -6,4 +6,5 @@
 //! → sampler → detokenizer ([`tokenizer`]) → reasoning splitter
 //! ([`reasoning`]) → SSE.
 
+pub mod kernels;
 pub mod types;
