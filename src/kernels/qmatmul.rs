@@ -449,6 +449,7 @@ pub(crate) fn f16_at(b: &[u8], o: usize) -> f32 {
 
 /// ggml's `get_scale_min_k4`: the eight 6-bit scales and mins of a Q4_K /
 /// Q5_K super-block.
+#[inline]
 pub(crate) fn k4_scales(s: &[u8]) -> ([u8; 8], [u8; 8]) {
     let mut sc = [0u8; 8];
     let mut mn = [0u8; 8];

@@ -85,17 +85,17 @@ const Q8_0: u8 = 4;
 
 /// Instantiates the kernels for one instruction set. `$features` is the
 /// `target_feature` list; `$prims` must define `dot_u8_i8(u, x) -> i32x8`
-/// (sum of `u[i] * x[i]` over each group of four bytes; `u ≤ 128`, `x` any
-/// i8 except the `u`·`x` pair sums must fit i16 for AVX2) and
-/// `dot_scaled(u, x, sv)` (the same, with lane groups weighted by the scale
-/// vector built by `scale_vec`).
+/// (sum of `u[i] * x[i]` over each group of four bytes) and
+/// `dot_scaled_acc(acc, u, x, sv) -> i32x8` (`acc` plus the byte-pair
+/// products weighted by the i16 lanes of `sv`). Callers keep `u ≤ 128` and
+/// every `u·x` byte-pair sum within i16, so neither primitive saturates.
 macro_rules! simd_kernels {
     ($name:ident, $features:literal, { $($prims:item)* }) => {
         #[cfg(target_arch = "x86_64")]
         mod $name {
             use std::arch::x86_64::*;
 
-            use super::super::qmatmul::{f16_at, k4_scales, Q8x32, Q8xK, QK, QK_K};
+            use super::super::qmatmul::{k4_scales, Q8x32, Q8xK, QK};
             use super::{Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
 
             $($prims)*
@@ -150,6 +150,25 @@ macro_rules! simd_kernels {
                 let bit = _mm256_set1_epi64x(0x8040201008040201u64 as i64);
                 let set = _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit);
                 _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+            }
+
+            /// The little-endian f16 at `b[o..o + 2]`, converted with F16C
+            /// (inline, unlike `half`'s runtime-dispatched call, which would
+            /// force every accumulator register to be spilled around it).
+            #[target_feature(enable = $features)]
+            #[inline]
+            fn f16_at(b: &[u8], o: usize) -> f32 {
+                let bits = u16::from_le_bytes([b[o], b[o + 1]]);
+                _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+            }
+
+            /// The sixteen i16 block sums of a Q8_K block.
+            #[target_feature(enable = $features)]
+            #[inline]
+            fn load_bsums(y: &Q8xK) -> __m256i {
+                // SAFETY: `bsums` is 16 × i16 = 32 readable bytes; the load is
+                // unaligned.
+                unsafe { _mm256_loadu_si256(y.bsums.as_ptr().cast()) }
             }
 
             /// Adds `v` to lane 0 of an i32x8 accumulator.
@@ -227,44 +246,47 @@ macro_rules! simd_kernels {
             #[target_feature(enable = $features)]
             pub(super) fn dot_q4k<const R: usize>(w: &[u8], xs: [&[Q8xK]; R]) -> [f32; R] {
                 let mut acc = [_mm256_setzero_ps(); R];
-                let mut mins = [0f32; R];
+                let mut accm = [_mm256_setzero_ps(); R];
                 let mask = _mm256_set1_epi8(0xF);
                 for (b, blk) in w.chunks_exact(144).enumerate() {
                     let d = f16_at(blk, 0);
                     let dmin = f16_at(blk, 2);
                     let (sc, mn) = k4_scales(&blk[4..16]);
+                    // mins[j / 2] for each of the sixteen 16-element bsums.
+                    let mn = _mm_cvtsi64_si128(u64::from_le_bytes(mn) as i64);
+                    let mins16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mn, mn));
                     let mut q = [_mm256_setzero_si256(); 8];
                     let mut sv = [_mm256_setzero_si256(); 8];
                     for c in 0..4 {
                         let raw = load32(&blk[16 + 32 * c..]);
                         q[2 * c] = _mm256_and_si256(raw, mask);
                         q[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
-                        sv[2 * c] = scale_vec(sc[2 * c] as i32, sc[2 * c] as i32);
-                        sv[2 * c + 1] = scale_vec(sc[2 * c + 1] as i32, sc[2 * c + 1] as i32);
+                        sv[2 * c] = _mm256_set1_epi16(sc[2 * c] as i16);
+                        sv[2 * c + 1] = _mm256_set1_epi16(sc[2 * c + 1] as i16);
                     }
                     for r in 0..R {
                         let y = &xs[r][b];
                         let mut isum = _mm256_setzero_si256();
                         for s in 0..8 {
                             let x = load32i(&y.qs[QK * s..]);
-                            isum = _mm256_add_epi32(isum, dot_scaled(q[s], x, sv[s]));
+                            isum = dot_scaled_acc(isum, q[s], x, sv[s]);
                         }
                         acc[r] = _mm256_fmadd_ps(
                             _mm256_cvtepi32_ps(isum),
                             _mm256_set1_ps(d * y.d),
                             acc[r],
                         );
-                        let mut msum = 0i32;
-                        for s in 0..8 {
-                            msum += mn[s] as i32
-                                * (y.bsums[2 * s] as i32 + y.bsums[2 * s + 1] as i32);
-                        }
-                        mins[r] += dmin * y.d * msum as f32;
+                        let msum = _mm256_madd_epi16(mins16, load_bsums(y));
+                        accm[r] = _mm256_fmadd_ps(
+                            _mm256_cvtepi32_ps(msum),
+                            _mm256_set1_ps(dmin * y.d),
+                            accm[r],
+                        );
                     }
                 }
                 let mut out = [0f32; R];
                 for r in 0..R {
-                    out[r] = hsum(acc[r]) - mins[r];
+                    out[r] = hsum(_mm256_sub_ps(acc[r], accm[r]));
                 }
                 out
             }
@@ -300,26 +322,25 @@ macro_rules! simd_kernels {
                             q[4 * h + p] = _mm256_or_si256(lb[p], hb[p]);
                         }
                     }
-                    let mut scales = [0i32; 16];
-                    for (s, &v) in scales.iter_mut().zip(sc) {
-                        *s = v as i8 as i32;
-                    }
                     for t in 0..8 {
-                        sv[t] = scale_vec(scales[2 * t], scales[2 * t + 1]);
+                        sv[t] = _mm256_set_m128i(
+                            _mm_set1_epi16(sc[2 * t + 1] as i8 as i16),
+                            _mm_set1_epi16(sc[2 * t] as i8 as i16),
+                        );
                     }
+                    // SAFETY: `sc` is 16 readable bytes; the load is unaligned.
+                    let scales16 =
+                        _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(sc.as_ptr().cast()) });
                     for r in 0..R {
                         let y = &xs[r][b];
                         let mut isum = _mm256_setzero_si256();
                         for t in 0..8 {
                             let x = load32i(&y.qs[QK * t..]);
-                            isum = _mm256_add_epi32(isum, dot_scaled(q[t], x, sv[t]));
+                            isum = dot_scaled_acc(isum, q[t], x, sv[t]);
                         }
                         // Quants are stored +32; remove 32·Σ scale·Σx exactly.
-                        let mut off = 0i32;
-                        for j in 0..QK_K / 16 {
-                            off += scales[j] * y.bsums[j] as i32;
-                        }
-                        isum = add_lane0(isum, -32 * off);
+                        let off = _mm256_madd_epi16(scales16, load_bsums(y));
+                        isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(off, 5));
                         acc[r] = _mm256_fmadd_ps(
                             _mm256_cvtepi32_ps(isum),
                             _mm256_set1_ps(d * y.d),
@@ -346,18 +367,12 @@ simd_kernels!(avx2, "avx2,fma,f16c", {
         _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1))
     }
 
-    /// Scales for bytes 0..16 (`s0`) and 16..32 (`s1`) as i16 lanes.
+    /// `acc + Σ sv·(u·x)`: the i16 scales ride along in the widening
+    /// `vpmaddwd`.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    fn scale_vec(s0: i32, s1: i32) -> __m256i {
-        _mm256_set_m128i(_mm_set1_epi16(s1 as i16), _mm_set1_epi16(s0 as i16))
-    }
-
-    /// The scale multiply rides along in the widening `vpmaddwd`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    fn dot_scaled(u: __m256i, x: __m256i, sv: __m256i) -> __m256i {
-        _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), sv)
+    fn dot_scaled_acc(acc: __m256i, u: __m256i, x: __m256i, sv: __m256i) -> __m256i {
+        _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), sv))
     }
 });
 
@@ -372,17 +387,13 @@ simd_kernels!(
             _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x)
         }
 
-        /// Scales for bytes 0..16 (`s0`) and 16..32 (`s1`) as i32 lanes.
+        /// `acc + Σ sv·(u·x)`: `vpmaddubsw` then `vpdpwssd`, which fuses the
+        /// scale multiply, widening and accumulation (cheaper than
+        /// `vpdpbusd` followed by a 32-bit multiply).
         #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
         #[inline]
-        fn scale_vec(s0: i32, s1: i32) -> __m256i {
-            _mm256_set_m128i(_mm_set1_epi32(s1), _mm_set1_epi32(s0))
-        }
-
-        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-        #[inline]
-        fn dot_scaled(u: __m256i, x: __m256i, sv: __m256i) -> __m256i {
-            _mm256_mullo_epi32(dot_u8_i8(u, x), sv)
+        fn dot_scaled_acc(acc: __m256i, u: __m256i, x: __m256i, sv: __m256i) -> __m256i {
+            _mm256_dpwssd_epi32(acc, _mm256_maddubs_epi16(u, x), sv)
         }
     }
 );
