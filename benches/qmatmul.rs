@@ -1,7 +1,9 @@
 //! Quantized matmul: r1serve's tiled kernels vs candle's `QMatMul::forward`
 //! on Qwen2.5-0.5B shapes, plus m=1 weight bandwidth vs a plain memcpy.
 //!
-//! `cargo bench --bench qmatmul` (set `QMM_QUICK=1` for fewer shapes).
+//! `cargo bench --bench qmatmul`; `QMM_QUICK=1` skips the LM head and
+//! shortens timing, `QMM_ONLY=Q5_0` keeps one dtype, `QMM_NO_CANDLE=1` times
+//! only ours.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -52,7 +54,12 @@ fn main() -> anyhow::Result<()> {
     let budget = Duration::from_millis(if quick { 200 } else { 600 });
     // candle's scalar path needs ~1 ns per multiply-add; skip calls that
     // would take many seconds each.
-    let candle_max_macs = 4e9;
+    let candle_max_macs = if std::env::var_os("QMM_NO_CANDLE").is_some() {
+        0.0
+    } else {
+        4e9
+    };
+    let only = std::env::var("QMM_ONLY").ok();
     let dtypes = [
         GgmlDType::Q4K,
         GgmlDType::Q6K,
@@ -75,7 +82,8 @@ fn main() -> anyhow::Result<()> {
         for (k, n) in shapes {
             // k-quants need k % 256 == 0: Qwen2.5-0.5B uses them only for
             // ffn_down (k = 4864).
-            if (quick && n > 10_000) || k % dtype.block_size() != 0 {
+            let skip_dtype = only.as_ref().is_some_and(|o| *o != format!("{dtype:?}"));
+            if (quick && n > 10_000) || k % dtype.block_size() != 0 || skip_dtype {
                 continue;
             }
             let w = tensor_2d(&values(n * k, (n + k) as u64), n, k)?;

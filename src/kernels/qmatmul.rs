@@ -106,15 +106,17 @@ pub struct QMatrix {
 }
 
 /// An activation block in Q8_0 / Q8_1 form. `d` and `s` are the f16 values
-/// candle stores, widened to f32; `sum` is the exact sum of `qs`, used to
-/// turn the unsigned-weight dot product back into the signed one.
+/// candle stores, widened to f32; `corr = −offset·Σqs` is the exact integer
+/// correction that turns a dot product with the unsigned stored quants of
+/// Q4_0 (offset 8) or Q5_0 (offset 16) into the signed one (0 for the other
+/// types), precomputed so the kernels spend one add on it.
 #[derive(Debug, Clone, Copy)]
 #[repr(C, align(32))]
 pub(crate) struct Q8x32 {
     pub(crate) qs: [i8; QK],
     pub(crate) d: f32,
     pub(crate) s: f32,
-    pub(crate) sum: i32,
+    pub(crate) corr: i32,
 }
 
 /// An activation block in Q8_K form (identical values to candle's `BlockQ8K`).
@@ -263,14 +265,19 @@ impl QMatrix {
         } else {
             let kb = k / QK;
             let with_s = matches!(self.dtype, GgmlDType::Q4_1 | GgmlDType::Q5_1);
+            let offset = match self.dtype {
+                GgmlDType::Q4_0 => 8,
+                GgmlDType::Q5_0 => 16,
+                _ => 0,
+            };
             let mut blocks = vec![Q8x32::ZERO; m * kb];
             if m > 1 {
                 blocks
                     .par_chunks_mut(kb)
                     .zip(x.par_chunks(k))
-                    .for_each(|(b, row)| quantize_row_q8(row, b, with_s));
+                    .for_each(|(b, row)| quantize_row_q8(row, b, with_s, offset));
             } else {
-                quantize_row_q8(x, &mut blocks, with_s);
+                quantize_row_q8(x, &mut blocks, with_s, offset);
             }
             Activations::B32(blocks)
         }
@@ -381,7 +388,7 @@ impl Q8x32 {
         qs: [0; QK],
         d: 0.0,
         s: 0.0,
-        sum: 0,
+        corr: 0,
     };
 }
 
@@ -394,8 +401,9 @@ impl Q8xK {
 }
 
 /// candle's `BlockQ8_0::from_float` (and `BlockQ8_1::from_float` when
-/// `with_s`), keeping the exact block sum alongside.
-pub(crate) fn quantize_row_q8(x: &[f32], out: &mut [Q8x32], with_s: bool) {
+/// `with_s`), plus the offset correction `corr` for weights stored with
+/// `offset`.
+pub(crate) fn quantize_row_q8(x: &[f32], out: &mut [Q8x32], with_s: bool, offset: i32) {
     for (xs, y) in x.chunks_exact(QK).zip(out.iter_mut()) {
         let amax = xs.iter().fold(0f32, |a, &v| a.max(v.abs()));
         let d = amax / 127.0;
@@ -407,7 +415,7 @@ pub(crate) fn quantize_row_q8(x: &[f32], out: &mut [Q8x32], with_s: bool) {
             sum += *q as i32;
         }
         y.d = d16.to_f32();
-        y.sum = sum;
+        y.corr = -offset * sum;
         y.s = if with_s {
             (f16::from_f32(sum as f32) * d16).to_f32()
         } else {

@@ -7,7 +7,8 @@
 //! instruction sets: the `simd_kernels!` macro instantiates it twice with a
 //! different integer dot-product primitive and `target_feature` list. The
 //! offset (8 for Q4_0, 16 for Q5_0, 32 for Q6_K) is subtracted exactly via the
-//! activation block sums, so the integer results equal ggml's.
+//! activation block sums (precomputed per call), so the integer results equal
+//! ggml's.
 //!
 //! Each kernel decodes a weight block once and applies it to `R ≤ 4`
 //! activation rows, which is where batched calls save work.
@@ -203,27 +204,27 @@ macro_rules! simd_kernels {
                 let mut mins = [0f32; R];
                 for (b, blk) in w.chunks_exact(bytes).enumerate() {
                     let d = f16_at(blk, 0);
-                    let (u, off, m) = match K {
-                        Q4_0 => (nibbles(&blk[2..18]), 8, 0.0),
-                        Q4_1 => (nibbles(&blk[4..20]), 0, f16_at(blk, 2)),
+                    let (u, m) = match K {
+                        Q4_0 => (nibbles(&blk[2..18]), 0.0),
+                        Q4_1 => (nibbles(&blk[4..20]), f16_at(blk, 2)),
                         Q5_0 | Q5_1 => {
                             let o = if K == Q5_0 { 2 } else { 4 };
                             let qh = u32::from_le_bytes([blk[o], blk[o + 1], blk[o + 2], blk[o + 3]]);
                             let u = _mm256_or_si256(nibbles(&blk[o + 4..o + 20]), high_bits(qh));
                             if K == Q5_0 {
-                                (u, 16, 0.0)
+                                (u, 0.0)
                             } else {
-                                (u, 0, f16_at(blk, 2))
+                                (u, f16_at(blk, 2))
                             }
                         }
-                        _ => (load32(&blk[2..2 + QK]), 0, 0.0),
+                        _ => (load32(&blk[2..2 + QK]), 0.0),
                     };
                     for r in 0..R {
                         let y = &xs[r][b];
                         let x = load32i(&y.qs);
                         let mut p = if K == Q8_0 { dot_i8_i8(u, x) } else { dot_u8_i8(u, x) };
-                        if off != 0 {
-                            p = add_lane0(p, -off * y.sum);
+                        if K == Q4_0 || K == Q5_0 {
+                            p = add_lane0(p, y.corr);
                         }
                         acc[r] = _mm256_fmadd_ps(
                             _mm256_cvtepi32_ps(p),
