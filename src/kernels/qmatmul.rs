@@ -25,10 +25,10 @@
 //! The server binary is built for generic x86-64, so compile-time
 //! `target_feature` flags cannot be relied on (candle's SIMD paths vanish
 //! without `-C target-feature=+avx2`). The CPU is probed once
-//! ([`Isa::detect`]) and the best of three kernels is used: AVX-512 VNNI
-//! (`vpdpbusd` on 256-bit vectors), AVX2+FMA, or portable scalar code that
-//! also covers the types without a SIMD kernel (Q5_1 fast path aside: Q2_K,
-//! Q3_K, Q5_K).
+//! ([`Isa::detect`]) and the best kernel set is used: AVX-512 VNNI or
+//! AVX-VNNI (`vpdpbusd` on 256-bit vectors), AVX2+FMA, or portable scalar
+//! code, which also covers the types without a SIMD kernel (Q2_K, Q3_K,
+//! Q5_K).
 
 use std::sync::OnceLock;
 
@@ -48,47 +48,61 @@ pub(crate) const QK_K: usize = 256;
 const ROWS: usize = 4;
 
 /// Which instruction set a matmul uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isa {
     /// Portable Rust, any CPU.
     Scalar,
     /// AVX2 + FMA + F16C (Haswell and later).
     Avx2,
-    /// AVX2 kernels with the integer dot products done by AVX-512 VNNI
-    /// `vpdpbusd` on 256-bit registers (Ice Lake / Zen 4 and later).
+    /// The AVX2 kernels with integer dot products done by AVX-VNNI
+    /// `vpdpbusd` (Alder Lake, Sapphire Rapids, Zen 5).
+    AvxVnni,
+    /// The AVX2 kernels with integer dot products done by AVX-512 VNNI
+    /// `vpdpbusd` on 256-bit registers (Ice Lake, Zen 4 and later).
     Avx512Vnni,
 }
 
 impl Isa {
-    /// The best instruction set this CPU supports, probed once per process.
-    pub fn detect() -> Isa {
-        static DETECTED: OnceLock<Isa> = OnceLock::new();
-        *DETECTED.get_or_init(|| {
+    /// All variants, from most to least preferred.
+    const PREFERENCE: [Isa; 4] = [Isa::Avx512Vnni, Isa::AvxVnni, Isa::Avx2, Isa::Scalar];
+
+    /// Whether this CPU can run the kernels of `self` (probed once per
+    /// process).
+    pub fn is_supported(self) -> bool {
+        static SUPPORTED: OnceLock<[bool; 4]> = OnceLock::new();
+        let s = SUPPORTED.get_or_init(|| {
             #[cfg(target_arch = "x86_64")]
             {
                 let avx2 = is_x86_feature_detected!("avx2")
                     && is_x86_feature_detected!("fma")
                     && is_x86_feature_detected!("f16c");
-                let vnni = is_x86_feature_detected!("avx512f")
+                let avx512vnni = avx2
+                    && is_x86_feature_detected!("avx512f")
                     && is_x86_feature_detected!("avx512bw")
                     && is_x86_feature_detected!("avx512vl")
                     && is_x86_feature_detected!("avx512vnni");
-                if avx2 && vnni {
-                    return Isa::Avx512Vnni;
-                }
-                if avx2 {
-                    return Isa::Avx2;
-                }
+                let avxvnni = avx2 && is_x86_feature_detected!("avxvnni");
+                [true, avx2, avxvnni, avx512vnni]
             }
-            Isa::Scalar
-        })
+            #[cfg(not(target_arch = "x86_64"))]
+            [true, false, false, false]
+        });
+        s[self as usize]
     }
 
-    /// Every instruction set usable on this CPU, weakest first.
-    pub fn available() -> Vec<Isa> {
-        [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni]
+    /// The best instruction set this CPU supports.
+    pub fn detect() -> Isa {
+        Self::PREFERENCE
             .into_iter()
-            .filter(|&isa| isa <= Isa::detect())
+            .find(|isa| isa.is_supported())
+            .unwrap_or(Isa::Scalar)
+    }
+
+    /// Every instruction set usable on this CPU.
+    pub fn available() -> Vec<Isa> {
+        Self::PREFERENCE
+            .into_iter()
+            .filter(|isa| isa.is_supported())
             .collect()
     }
 }
@@ -212,8 +226,9 @@ impl QMatrix {
         self.matmul_with(Isa::detect(), x, m, out)
     }
 
-    /// [`QMatrix::matmul`] restricted to `isa` (or the best available below
-    /// it); used to test and compare the kernels against each other.
+    /// [`QMatrix::matmul`] with the kernels of `isa` (or of [`Isa::detect`]
+    /// when this CPU cannot run `isa`); used to test and compare the kernels
+    /// against each other.
     ///
     /// # Panics
     ///
@@ -224,7 +239,11 @@ impl QMatrix {
         if m == 0 || self.n == 0 {
             return;
         }
-        let isa = isa.min(Isa::detect());
+        let isa = if isa.is_supported() {
+            isa
+        } else {
+            Isa::detect()
+        };
         let xq = self.quantize_activations(x, m);
         let tile = tile_rows(self.n);
         if m == 1 {
@@ -296,53 +315,38 @@ impl QMatrix {
                 let j = j0 + jj;
                 let w = &self.data[j * self.row_bytes..(j + 1) * self.row_bytes];
                 let mut res = [0f32; ROWS];
-                match xq {
-                    Activations::B32(xs) => {
-                        let kb = self.k / QK;
-                        let row = |i: usize| &xs[(i0 + i) * kb..(i0 + i + 1) * kb];
-                        match r {
-                            1 => res[..1].copy_from_slice(&dot32(isa, self.dtype, w, [row(0)])),
-                            2 => res[..2].copy_from_slice(&dot32(
-                                isa,
-                                self.dtype,
-                                w,
-                                [row(0), row(1)],
-                            )),
-                            3 => res[..3].copy_from_slice(&dot32(
-                                isa,
-                                self.dtype,
-                                w,
-                                [row(0), row(1), row(2)],
-                            )),
-                            _ => res = dot32(isa, self.dtype, w, [row(0), row(1), row(2), row(3)]),
-                        }
-                    }
-                    Activations::K(xs) => {
-                        let kb = self.k / QK_K;
-                        let row = |i: usize| &xs[(i0 + i) * kb..(i0 + i + 1) * kb];
-                        match r {
-                            1 => res[..1].copy_from_slice(&dotk(isa, self.dtype, w, [row(0)])),
-                            2 => res[..2].copy_from_slice(&dotk(
-                                isa,
-                                self.dtype,
-                                w,
-                                [row(0), row(1)],
-                            )),
-                            3 => res[..3].copy_from_slice(&dotk(
-                                isa,
-                                self.dtype,
-                                w,
-                                [row(0), row(1), row(2)],
-                            )),
-                            _ => res = dotk(isa, self.dtype, w, [row(0), row(1), row(2), row(3)]),
-                        }
-                    }
+                match r {
+                    1 => res[..1].copy_from_slice(&self.dot_rows::<1>(isa, xq, i0, w)),
+                    2 => res[..2].copy_from_slice(&self.dot_rows::<2>(isa, xq, i0, w)),
+                    3 => res[..3].copy_from_slice(&self.dot_rows::<3>(isa, xq, i0, w)),
+                    _ => res = self.dot_rows::<ROWS>(isa, xq, i0, w),
                 }
                 o[jj * m + i0..jj * m + i0 + r].copy_from_slice(&res[..r]);
             }
             i0 += r;
         }
     }
+}
+
+impl QMatrix {
+    /// Dot products of weight row `w` with activation rows `i0..i0 + R`.
+    fn dot_rows<const R: usize>(
+        &self,
+        isa: Isa,
+        xq: &Activations,
+        i0: usize,
+        w: &[u8],
+    ) -> [f32; R] {
+        match xq {
+            Activations::B32(xs) => dot32(isa, self.dtype, w, rows(xs, self.k / QK, i0)),
+            Activations::K(xs) => dotk(isa, self.dtype, w, rows(xs, self.k / QK_K, i0)),
+        }
+    }
+}
+
+/// Rows `i0..i0 + R` of a row-major matrix of blocks with `kb` blocks a row.
+fn rows<B, const R: usize>(xs: &[B], kb: usize, i0: usize) -> [&[B]; R] {
+    std::array::from_fn(|i| &xs[(i0 + i) * kb..(i0 + i + 1) * kb])
 }
 
 /// Weight rows per rayon task: about eight tasks per thread so both threads

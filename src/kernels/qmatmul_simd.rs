@@ -28,10 +28,16 @@ pub(super) fn dot32<const R: usize>(
     #[cfg(target_arch = "x86_64")]
     {
         use GgmlDType as T;
-        // SAFETY: `isa` never exceeds `Isa::detect()`, so the CPU supports
-        // every feature the called kernel is compiled for.
+        // SAFETY: `QMatrix::matmul_with` only passes an `isa` whose
+        // `is_supported()` is true, so the CPU has every feature the called
+        // kernel is compiled for.
         unsafe {
             match (isa, dtype) {
+                (Isa::AvxVnni, T::Q4_0) => return Some(avxvnni::dot32::<Q4_0, R>(w, xs)),
+                (Isa::AvxVnni, T::Q4_1) => return Some(avxvnni::dot32::<Q4_1, R>(w, xs)),
+                (Isa::AvxVnni, T::Q5_0) => return Some(avxvnni::dot32::<Q5_0, R>(w, xs)),
+                (Isa::AvxVnni, T::Q5_1) => return Some(avxvnni::dot32::<Q5_1, R>(w, xs)),
+                (Isa::AvxVnni, T::Q8_0) => return Some(avxvnni::dot32::<Q8_0, R>(w, xs)),
                 (Isa::Avx512Vnni, T::Q4_0) => return Some(vnni::dot32::<Q4_0, R>(w, xs)),
                 (Isa::Avx512Vnni, T::Q4_1) => return Some(vnni::dot32::<Q4_1, R>(w, xs)),
                 (Isa::Avx512Vnni, T::Q5_0) => return Some(vnni::dot32::<Q5_0, R>(w, xs)),
@@ -61,10 +67,13 @@ pub(super) fn dotk<const R: usize>(
     #[cfg(target_arch = "x86_64")]
     {
         use GgmlDType as T;
-        // SAFETY: `isa` never exceeds `Isa::detect()`, so the CPU supports
-        // every feature the called kernel is compiled for.
+        // SAFETY: `QMatrix::matmul_with` only passes an `isa` whose
+        // `is_supported()` is true, so the CPU has every feature the called
+        // kernel is compiled for.
         unsafe {
             match (isa, dtype) {
+                (Isa::AvxVnni, T::Q4K) => return Some(avxvnni::dot_q4k::<R>(w, xs)),
+                (Isa::AvxVnni, T::Q6K) => return Some(avxvnni::dot_q6k::<R>(w, xs)),
                 (Isa::Avx512Vnni, T::Q4K) => return Some(vnni::dot_q4k::<R>(w, xs)),
                 (Isa::Avx512Vnni, T::Q6K) => return Some(vnni::dot_q6k::<R>(w, xs)),
                 (Isa::Avx2, T::Q4K) => return Some(avx2::dot_q4k::<R>(w, xs)),
@@ -398,3 +407,19 @@ simd_kernels!(
         }
     }
 );
+
+simd_kernels!(avxvnni, "avx2,fma,f16c,avxvnni", {
+    /// One VEX-encoded `vpdpbusd`: u8·i8 products summed in groups of four.
+    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+    #[inline]
+    fn dot_u8_i8(u: __m256i, x: __m256i) -> __m256i {
+        _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, x)
+    }
+
+    /// `acc + Σ sv·(u·x)`: `vpmaddubsw` then the fused VEX `vpdpwssd`.
+    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+    #[inline]
+    fn dot_scaled_acc(acc: __m256i, u: __m256i, x: __m256i, sv: __m256i) -> __m256i {
+        _mm256_dpwssd_avx_epi32(acc, _mm256_maddubs_epi16(u, x), sv)
+    }
+});

@@ -139,3 +139,11 @@ fn rejects_unsupported_and_misshapen() {
     assert!(!QMatrix::supported(GgmlDType::F16));
     assert!(QMatrix::supported(GgmlDType::Q6K));
 }
+
+#[test]
+fn isa_detection_is_consistent() {
+    let available = Isa::available();
+    assert!(available.contains(&Isa::Scalar));
+    assert!(available.contains(&Isa::detect()));
+    assert_eq!(available[0], Isa::detect());
+}
