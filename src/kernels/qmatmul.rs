@@ -125,7 +125,7 @@ pub struct QMatrix {
 /// Q4_0 (offset 8) or Q5_0 (offset 16) into the signed one (0 for the other
 /// types), precomputed so the kernels spend one add on it.
 #[derive(Debug, Clone, Copy)]
-#[repr(C, align(32))]
+#[repr(C)]
 pub(crate) struct Q8x32 {
     pub(crate) qs: [i8; QK],
     pub(crate) d: f32,
@@ -135,7 +135,7 @@ pub(crate) struct Q8x32 {
 
 /// An activation block in Q8_K form (identical values to candle's `BlockQ8K`).
 #[derive(Debug, Clone, Copy)]
-#[repr(C, align(32))]
+#[repr(C)]
 pub(crate) struct Q8xK {
     pub(crate) qs: [i8; QK_K],
     pub(crate) d: f32,
@@ -245,25 +245,22 @@ impl QMatrix {
             Isa::detect()
         };
         let xq = self.quantize_activations(x, m);
+        // Tiles are column blocks of `out`: hand each task the pieces of
+        // every output row that fall in its tile, so tasks write disjoint
+        // memory directly.
         let tile = tile_rows(self.n);
-        if m == 1 {
-            // One row: the transposed tile layout equals the output layout.
-            out.par_chunks_mut(tile)
-                .enumerate()
-                .for_each(|(t, o)| self.tile(isa, &xq, 1, t * tile, o));
-        } else {
-            // Tiles are column blocks of `out`; compute them transposed into
-            // contiguous chunks so tasks own disjoint memory, then transpose.
-            let mut tmp = vec![0f32; self.n * m];
-            tmp.par_chunks_mut(tile * m)
-                .enumerate()
-                .for_each(|(t, o)| self.tile(isa, &xq, m, t * tile, o));
-            for (j, col) in tmp.chunks_exact(m).enumerate() {
-                for (i, &v) in col.iter().enumerate() {
-                    out[i * self.n + j] = v;
-                }
+        let mut tiles: Vec<Vec<&mut [f32]>> = (0..self.n.div_ceil(tile))
+            .map(|_| Vec::with_capacity(m))
+            .collect();
+        for row in out.chunks_exact_mut(self.n) {
+            for (pieces, piece) in tiles.iter_mut().zip(row.chunks_mut(tile)) {
+                pieces.push(piece);
             }
         }
+        tiles
+            .into_par_iter()
+            .enumerate()
+            .for_each(|(t, mut o)| self.tile(isa, &xq, t * tile, &mut o));
     }
 
     fn quantize_activations(&self, x: &[f32], m: usize) -> Activations {
@@ -302,16 +299,17 @@ impl QMatrix {
         }
     }
 
-    /// Computes weight rows `j0..j0 + o.len() / m` for all `m` activation
-    /// rows into `o`, laid out `o[(j - j0) * m + i]`.
-    fn tile(&self, isa: Isa, xq: &Activations, m: usize, j0: usize, o: &mut [f32]) {
-        let rows = o.len() / m;
+    /// Computes weight rows `j0..j0 + width` for all activation rows `i`
+    /// into `o[i][j - j0]`.
+    fn tile(&self, isa: Isa, xq: &Activations, j0: usize, o: &mut [&mut [f32]]) {
+        let m = o.len();
+        let width = o.first().map_or(0, |row| row.len());
         // Activation rows outermost: a group of up to ROWS rows stays in L1
         // while the tile's weight rows (a few tens of KiB) cycle through L2.
         let mut i0 = 0;
         while i0 < m {
             let r = (m - i0).min(ROWS);
-            for jj in 0..rows {
+            for jj in 0..width {
                 let j = j0 + jj;
                 let w = &self.data[j * self.row_bytes..(j + 1) * self.row_bytes];
                 let mut res = [0f32; ROWS];
@@ -321,14 +319,14 @@ impl QMatrix {
                     3 => res[..3].copy_from_slice(&self.dot_rows::<3>(isa, xq, i0, w)),
                     _ => res = self.dot_rows::<ROWS>(isa, xq, i0, w),
                 }
-                o[jj * m + i0..jj * m + i0 + r].copy_from_slice(&res[..r]);
+                for (row, &v) in o[i0..i0 + r].iter_mut().zip(&res) {
+                    row[jj] = v;
+                }
             }
             i0 += r;
         }
     }
-}
 
-impl QMatrix {
     /// Dot products of weight row `w` with activation rows `i0..i0 + R`.
     fn dot_rows<const R: usize>(
         &self,
