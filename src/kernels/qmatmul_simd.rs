@@ -94,8 +94,8 @@ const Q5_1: u8 = 3;
 const Q8_0: u8 = 4;
 
 /// Instantiates the kernels for one instruction set. `$features` is the
-/// `target_feature` list; `$prims` must define `dot_u8_i8(u, x) -> i32x8`
-/// (sum of `u[i] * x[i]` over each group of four bytes) and
+/// `target_feature` list; `$prims` must define `dot_u8_i8_acc(acc, u, x) ->
+/// i32x8` (`acc` plus `u[i] * x[i]` summed over each group of four bytes) and
 /// `dot_scaled_acc(acc, u, x, sv) -> i32x8` (`acc` plus the byte-pair
 /// products weighted by the i16 lanes of `sv`). Callers keep `u ≤ 128` and
 /// every `u·x` byte-pair sum within i16, so neither primitive saturates.
@@ -113,8 +113,8 @@ macro_rules! simd_kernels {
             /// Signed × signed bytes via the unsigned primitive: |w| · (x·sign w).
             #[target_feature(enable = $features)]
             #[inline]
-            fn dot_i8_i8(w: __m256i, x: __m256i) -> __m256i {
-                dot_u8_i8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
+            fn dot_i8_i8_acc(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
+                dot_u8_i8_acc(acc, _mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
             }
 
             #[target_feature(enable = $features)]
@@ -181,13 +181,6 @@ macro_rules! simd_kernels {
                 unsafe { _mm256_loadu_si256(y.bsums.as_ptr().cast()) }
             }
 
-            /// Adds `v` to lane 0 of an i32x8 accumulator.
-            #[target_feature(enable = $features)]
-            #[inline]
-            fn add_lane0(acc: __m256i, v: i32) -> __m256i {
-                _mm256_add_epi32(acc, _mm256_zextsi128_si256(_mm_cvtsi32_si128(v)))
-            }
-
             #[target_feature(enable = $features)]
             #[inline]
             fn hsum(v: __m256) -> f32 {
@@ -231,10 +224,17 @@ macro_rules! simd_kernels {
                     for r in 0..R {
                         let y = &xs[r][b];
                         let x = load32i(&y.qs);
-                        let mut p = if K == Q8_0 { dot_i8_i8(u, x) } else { dot_u8_i8(u, x) };
-                        if K == Q4_0 || K == Q5_0 {
-                            p = add_lane0(p, y.corr);
-                        }
+                        // The offset correction seeds lane 0 of the integer sum.
+                        let init = if K == Q4_0 || K == Q5_0 {
+                            _mm256_zextsi128_si256(_mm_cvtsi32_si128(y.corr))
+                        } else {
+                            _mm256_setzero_si256()
+                        };
+                        let p = if K == Q8_0 {
+                            dot_i8_i8_acc(init, u, x)
+                        } else {
+                            dot_u8_i8_acc(init, u, x)
+                        };
                         acc[r] = _mm256_fmadd_ps(
                             _mm256_cvtepi32_ps(p),
                             _mm256_set1_ps(d * y.d),
@@ -373,8 +373,9 @@ simd_kernels!(avx2, "avx2,fma,f16c", {
     /// then `vpmaddwd` with ones to widen to i32.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    fn dot_u8_i8(u: __m256i, x: __m256i) -> __m256i {
-        _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1))
+    fn dot_u8_i8_acc(acc: __m256i, u: __m256i, x: __m256i) -> __m256i {
+        let pairs = _mm256_maddubs_epi16(u, x);
+        _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
     }
 
     /// `acc + Σ sv·(u·x)`: the i16 scales ride along in the widening
@@ -393,8 +394,8 @@ simd_kernels!(
         /// One `vpdpbusd`: u8·i8 products summed in groups of four into i32.
         #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
         #[inline]
-        fn dot_u8_i8(u: __m256i, x: __m256i) -> __m256i {
-            _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x)
+        fn dot_u8_i8_acc(acc: __m256i, u: __m256i, x: __m256i) -> __m256i {
+            _mm256_dpbusd_epi32(acc, u, x)
         }
 
         /// `acc + Σ sv·(u·x)`: `vpmaddubsw` then `vpdpwssd`, which fuses the
@@ -412,8 +413,8 @@ simd_kernels!(avxvnni, "avx2,fma,f16c,avxvnni", {
     /// One VEX-encoded `vpdpbusd`: u8·i8 products summed in groups of four.
     #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
     #[inline]
-    fn dot_u8_i8(u: __m256i, x: __m256i) -> __m256i {
-        _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, x)
+    fn dot_u8_i8_acc(acc: __m256i, u: __m256i, x: __m256i) -> __m256i {
+        _mm256_dpbusd_avx_epi32(acc, u, x)
     }
 
     /// `acc + Σ sv·(u·x)`: `vpmaddubsw` then the fused VEX `vpdpwssd`.
