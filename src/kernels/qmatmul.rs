@@ -246,21 +246,21 @@ impl QMatrix {
         };
         let xq = self.quantize_activations(x, m);
         // Tiles are column blocks of `out`: hand each task the pieces of
-        // every output row that fall in its tile, so tasks write disjoint
-        // memory directly.
+        // every output row that fall in its tile (tile-major, `m` pieces a
+        // tile), so tasks write disjoint memory directly.
         let tile = tile_rows(self.n);
-        let mut tiles: Vec<Vec<&mut [f32]>> = (0..self.n.div_ceil(tile))
-            .map(|_| Vec::with_capacity(m))
+        let mut rows: Vec<_> = out
+            .chunks_exact_mut(self.n)
+            .map(|row| row.chunks_mut(tile))
             .collect();
-        for row in out.chunks_exact_mut(self.n) {
-            for (pieces, piece) in tiles.iter_mut().zip(row.chunks_mut(tile)) {
-                pieces.push(piece);
-            }
+        let mut pieces = Vec::with_capacity(m * self.n.div_ceil(tile));
+        for _ in 0..self.n.div_ceil(tile) {
+            pieces.extend(rows.iter_mut().filter_map(Iterator::next));
         }
-        tiles
-            .into_par_iter()
+        pieces
+            .par_chunks_mut(m)
             .enumerate()
-            .for_each(|(t, mut o)| self.tile(isa, &xq, t * tile, &mut o));
+            .for_each(|(t, o)| self.tile(isa, &xq, t * tile, o));
     }
 
     fn quantize_activations(&self, x: &[f32], m: usize) -> Activations {
