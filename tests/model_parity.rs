@@ -7,7 +7,7 @@
 //! implementations into ~1% logit differences (r1serve's own f64 reference
 //! attention drifts from its f32 kernel just as much). So token-exact parity
 //! is checked with the weights dequantized to f32 in both engines
-//! (`CANDLE_DEQUANTIZE_ALL`, read once per thread by candle), where the
+//! (`CANDLE_DEQUANTIZE_ALL` for candle, `R1SERVE_DEQUANTIZE_ALL` for r1serve), where the
 //! arithmetic is deterministic enough to compare logits to 1e-3; the
 //! quantized path is checked against candle within the drift bound.
 

@@ -82,6 +82,7 @@ pub fn check(path: &Path, qwen: bool, exact: bool) {
         // SAFETY: set before any model is built; tests in this binary all
         // want the same value.
         std::env::set_var("CANDLE_DEQUANTIZE_ALL", "1");
+        std::env::set_var("R1SERVE_DEQUANTIZE_ALL", "1");
     }
     let src = source::resolve(path.to_str().unwrap(), None).unwrap();
     let (weights, config) = open_weights(&src).unwrap();
