@@ -8,8 +8,9 @@
 
 pub mod api;
 pub mod engine;
-pub mod reasoning;
-pub mod types;
 pub mod kernels;
 pub mod kv_cache;
+pub mod metrics;
 pub mod model;
+pub mod reasoning;
+pub mod types;

@@ -1,0 +1,51 @@
+//! The seam between the HTTP layer and the model: one trait for the engine
+//! and one for prompt text ↔ tokens.
+//!
+//! Handlers depend only on these traits (modelled on TGI's `Backend` trait in
+//! `router/src/infer/mod.rs`), so that the whole request path — validation,
+//! streaming, reasoning split, usage, metrics — can be unit-tested against a
+//! scripted engine, and so that the HTTP code never names engine internals.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use serde_json::{Map, Value};
+
+use crate::engine::types::{EngineError, EngineRequest, EngineStats, RequestOutput};
+use crate::types::TokenId;
+
+/// A request's outputs as they are produced. Dropping it aborts the request
+/// in the engine, which is how a client disconnect frees KV blocks.
+pub type OutputStream = Pin<Box<dyn Stream<Item = RequestOutput> + Send>>;
+
+/// What the HTTP layer needs from the inference engine.
+pub trait InferenceBackend: Send + Sync + 'static {
+    /// Queues a request; the stream yields its outputs until `finished`.
+    fn add_request(&self, request: EngineRequest) -> Result<OutputStream, EngineError>;
+    /// Current queue, cache and counter values, for `/metrics`.
+    fn stats(&self) -> EngineStats;
+    /// Stops the engine after the HTTP server has drained.
+    fn shutdown(&self);
+}
+
+/// What the HTTP layer needs from the tokenizer and chat template. Calls may
+/// take milliseconds on long prompts, so handlers run them on the blocking
+/// pool.
+pub trait PromptCodec: Send + Sync + 'static {
+    /// Tokenizes `text`, adding BOS when `add_special_tokens` and the
+    /// tokenizer has one.
+    fn encode(&self, text: &str, add_special_tokens: bool) -> anyhow::Result<Vec<TokenId>>;
+    /// Turns ids back into text.
+    fn decode(&self, ids: &[TokenId], skip_special_tokens: bool) -> anyhow::Result<String>;
+    /// Number of ids the model can emit; larger `logit_bias` keys are
+    /// rejected.
+    fn vocab_size(&self) -> usize;
+    /// Renders a conversation (a JSON array of messages) with the chat
+    /// template.
+    fn render_chat(
+        &self,
+        messages: &Value,
+        add_generation_prompt: bool,
+        extra: &Map<String, Value>,
+    ) -> anyhow::Result<String>;
+}
