@@ -15,3 +15,6 @@ pub mod server;
 pub mod sse;
 pub mod state;
 pub mod tokenize;
+
+#[cfg(test)]
+mod tests;
