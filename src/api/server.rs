@@ -80,7 +80,10 @@ where
     };
     loading.abort();
     if let Some(model) = state.try_model() {
-        model.engine.shutdown();
+        // Stopping joins the engine thread, which may be mid-step.
+        if let Err(error) = tokio::task::spawn_blocking(move || model.engine.shutdown()).await {
+            tracing::error!(%error, "engine shutdown panicked");
+        }
     }
     outcome
 }
