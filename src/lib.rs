@@ -8,9 +8,11 @@
 
 pub mod api;
 pub mod engine;
+pub mod generate;
 pub mod kernels;
 pub mod kv_cache;
 pub mod metrics;
 pub mod model;
 pub mod reasoning;
+pub mod tokenizer;
 pub mod types;

@@ -5,13 +5,22 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use r1serve::api::backend::TokenizerCodec;
+use r1serve::api::protocol::unix_timestamp;
 use r1serve::api::router::RouterConfig;
 use r1serve::api::server::{serve, ServerOptions};
 use r1serve::api::state::{AppState, ServedModel};
+use r1serve::engine::{Engine, EngineConfig};
+use r1serve::kv_cache::storage::KvDtype;
 use r1serve::metrics::Metrics;
+use r1serve::model::load::{load, LoadOptions};
+use r1serve::reasoning::{ReasoningParser, THINK_END, THINK_START};
+use r1serve::tokenizer::ChatTemplate;
 
 /// OpenAI-compatible inference server for DeepSeek-R1 distilled models.
 #[derive(Debug, Parser)]
@@ -185,12 +194,78 @@ fn run_serve(args: ServeArgs) -> Result<()> {
     })
 }
 
-/// Loads the model and starts the engine. Runs on a blocking thread.
+/// Loads the model, picks the chat template and reasoning parser, and
+/// starts the engine. Runs on a blocking thread: it reads gigabytes.
 fn load_model(args: &ServeArgs) -> Result<ServedModel> {
-    bail!(
-        "cannot load '{}': this build has no inference engine yet",
-        args.model
-    )
+    let loaded = load(
+        &args.model,
+        &LoadOptions {
+            revision: args.revision.clone(),
+        },
+    )?;
+    let tokenizer = Arc::clone(&loaded.tokenizer);
+    let template_source = match &args.chat_template {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading --chat-template {}", path.display()))?,
+        ),
+        None => tokenizer.chat_template().map(str::to_string),
+    };
+    let template = template_source
+        .as_deref()
+        .map(|source| {
+            ChatTemplate::new(
+                source,
+                tokenizer.bos_token().map(str::to_string),
+                tokenizer.eos_token().map(str::to_string),
+            )
+        })
+        .transpose()
+        .context("compiling the chat template")?;
+    let reasoning = match args.reasoning_parser {
+        ReasoningParserArg::DeepseekR1 => ReasoningParser::DeepSeekR1,
+        ReasoningParserArg::None => ReasoningParser::None,
+        ReasoningParserArg::Auto => {
+            let has_tokens = tokenizer.token_to_id(THINK_START).is_some()
+                && tokenizer.token_to_id(THINK_END).is_some();
+            let template_thinks = template_source
+                .as_deref()
+                .is_some_and(|t| t.contains(THINK_START));
+            if has_tokens || template_thinks {
+                ReasoningParser::DeepSeekR1
+            } else {
+                ReasoningParser::None
+            }
+        }
+    };
+    let engine = Engine::start(
+        loaded.decoder,
+        Arc::clone(&tokenizer),
+        EngineConfig {
+            block_size: args.block_size,
+            kv_cache_memory: args.kv_cache_memory,
+            kv_dtype: match args.kv_cache_dtype {
+                KvCacheDtype::F16 => KvDtype::F16,
+                KvCacheDtype::F32 => KvDtype::F32,
+            },
+            max_num_seqs: args.max_num_seqs,
+            max_num_batched_tokens: args.max_num_batched_tokens,
+            max_model_len: args.max_model_len,
+            max_waiting_requests: args.max_waiting_requests,
+            enable_prefix_caching: !args.no_prefix_caching,
+        },
+    )?;
+    tracing::info!(reasoning_parser = %reasoning, "engine started");
+    Ok(ServedModel {
+        max_model_len: engine.max_model_len(),
+        engine: Arc::new(engine),
+        codec: Arc::new(TokenizerCodec::new(tokenizer, template)),
+        name: args.served_model_name.clone().unwrap_or(loaded.name),
+        default_temperature: loaded.default_temperature,
+        default_top_p: loaded.default_top_p,
+        reasoning,
+        created: unix_timestamp(),
+    })
 }
 
 #[cfg(test)]

@@ -7,11 +7,14 @@
 //! scripted engine, and so that the HTTP code never names engine internals.
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use futures::Stream;
 use serde_json::{Map, Value};
 
 use crate::engine::types::{EngineError, EngineRequest, EngineStats, RequestOutput};
+use crate::engine::EngineHandle;
+use crate::tokenizer::{ChatTemplate, Tokenizer};
 use crate::types::TokenId;
 
 /// A request's outputs as they are produced. Dropping it aborts the request
@@ -48,4 +51,64 @@ pub trait PromptCodec: Send + Sync + 'static {
         add_generation_prompt: bool,
         extra: &Map<String, Value>,
     ) -> anyhow::Result<String>;
+}
+
+impl InferenceBackend for EngineHandle {
+    fn add_request(&self, request: EngineRequest) -> Result<OutputStream, EngineError> {
+        EngineHandle::add_request(self, request).map(|stream| Box::pin(stream) as OutputStream)
+    }
+
+    fn stats(&self) -> EngineStats {
+        EngineHandle::stats(self)
+    }
+
+    fn shutdown(&self) {
+        EngineHandle::shutdown(self);
+    }
+}
+
+/// The model's tokenizer together with the chat template being served
+/// (the model's own or `--chat-template`).
+pub struct TokenizerCodec {
+    tokenizer: Arc<Tokenizer>,
+    template: Option<ChatTemplate>,
+}
+
+impl TokenizerCodec {
+    /// Pairs a tokenizer with a template; without one, chat requests fail
+    /// with a 400 that points at `--chat-template`.
+    pub fn new(tokenizer: Arc<Tokenizer>, template: Option<ChatTemplate>) -> Self {
+        Self {
+            tokenizer,
+            template,
+        }
+    }
+}
+
+impl PromptCodec for TokenizerCodec {
+    fn encode(&self, text: &str, add_special_tokens: bool) -> anyhow::Result<Vec<TokenId>> {
+        self.tokenizer.encode(text, add_special_tokens)
+    }
+
+    fn decode(&self, ids: &[TokenId], skip_special_tokens: bool) -> anyhow::Result<String> {
+        self.tokenizer.decode(ids, skip_special_tokens)
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.tokenizer.vocab_size()
+    }
+
+    fn render_chat(
+        &self,
+        messages: &Value,
+        add_generation_prompt: bool,
+        extra: &Map<String, Value>,
+    ) -> anyhow::Result<String> {
+        let template = self.template.as_ref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "the model has no chat template; start the server with --chat-template or use /v1/completions"
+            )
+        })?;
+        template.render(messages, add_generation_prompt, extra)
+    }
 }

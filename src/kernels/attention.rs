@@ -94,8 +94,18 @@ pub fn write_kv(
     Ok(())
 }
 
-#[inline]
+/// Dot product with a fixed summation order: eight lanes accumulate
+/// elements `i ≡ lane (mod 8)`, then lanes are summed pairwise. The AVX2
+/// version below follows the same order, so results are bit-identical.
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if a.len() % 8 == 0 && std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 was detected and both slices hold a multiple of 8.
+            return unsafe { dot_avx2(a, b) };
+        }
+    }
     let mut acc = [0f32; 8];
     let (ac, ar) = a.split_at(a.len() / 8 * 8);
     let (bc, br) = b.split_at(ac.len());
@@ -111,12 +121,65 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let mut acc = _mm256_setzero_ps();
+    let mut i = 0;
+    while i + 8 <= n {
+        let x = _mm256_loadu_ps(a.as_ptr().add(i));
+        let y = _mm256_loadu_ps(b.as_ptr().add(i));
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(x, y));
+        i += 8;
+    }
+    let mut l = [0f32; 8];
+    _mm256_storeu_ps(l.as_mut_ptr(), acc);
+    ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]))
+}
+
 /// Queries are processed this many at a time so the score buffer stays small
 /// for long prefill chunks.
 const Q_CHUNK: usize = 32;
 
 /// Attention of one sequence for one KV head; returns `q_len × group × head_dim`.
+/// Dispatches once per call to a copy compiled for AVX2/FMA/F16C when the CPU
+/// has them; the body fixes its summation order explicitly, so both copies
+/// give bit-identical results.
 fn attend_one(
+    q: &[f32],
+    layer: &LayerKv,
+    geom: &KvGeometry,
+    seq: &AttnSeq,
+    kv_head: usize,
+    shape: &AttnShape,
+) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c") {
+            // SAFETY: the required CPU features were just detected.
+            return unsafe { attend_one_avx2(q, layer, geom, seq, kv_head, shape) };
+        }
+    }
+    attend_one_body(q, layer, geom, seq, kv_head, shape)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn attend_one_avx2(
+    q: &[f32],
+    layer: &LayerKv,
+    geom: &KvGeometry,
+    seq: &AttnSeq,
+    kv_head: usize,
+    shape: &AttnShape,
+) -> Vec<f32> {
+    attend_one_body(q, layer, geom, seq, kv_head, shape)
+}
+
+#[inline(always)]
+fn attend_one_body(
     q: &[f32],
     layer: &LayerKv,
     geom: &KvGeometry,

@@ -1,4 +1,7 @@
-//! The paged KV cache: fixed-size blocks of keys and values, owned by a
-//! pool with reference counts and a prefix cache.
+//! The paged KV cache: fixed-size blocks of keys and values ([`storage`]),
+//! owned by a pool with reference counts and a prefix cache
+//! ([`block_pool`]), handed out per sequence by the [`manager`].
 
+pub mod block_pool;
+pub mod manager;
 pub mod storage;

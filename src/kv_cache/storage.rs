@@ -74,8 +74,11 @@ pub enum KvBuf {
 
 impl KvBuf {
     fn zeros(dtype: KvDtype, n: usize) -> Self {
+        use half::vec::HalfBitsVecExt;
         match dtype {
-            KvDtype::F16 => KvBuf::F16(vec![f16::ZERO; n]),
+            // Zeroed integer vectors come from calloc, so the pool's pages are
+            // committed only when first written, not all at startup.
+            KvDtype::F16 => KvBuf::F16(vec![0u16; n].reinterpret_into()),
             KvDtype::F32 => KvBuf::F32(vec![0.0; n]),
         }
     }
@@ -93,6 +96,7 @@ impl KvBuf {
     }
 
     /// Loads `dst.len()` elements from offset `at` as f32.
+    #[inline(always)]
     pub fn read(&self, at: usize, dst: &mut [f32]) {
         use half::slice::HalfFloatSliceExt;
         match self {

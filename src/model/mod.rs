@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod decoder;
+pub mod load;
 pub mod layers;
 pub mod linear;
 pub mod llama;

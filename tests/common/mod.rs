@@ -117,3 +117,95 @@ pub fn greedy_forced(model: &Decoder, tokens: &[u32], dtype: KvDtype) -> (Vec<f3
     }
     (last, ())
 }
+
+/// Engine helpers: start an engine on a test checkpoint and drain requests.
+pub mod engine {
+    use futures::StreamExt;
+    use r1serve::engine::types::{EngineRequest, FinishReason, RequestUsage, SamplingParams};
+    use r1serve::engine::{Engine, EngineConfig, EngineHandle};
+    use r1serve::model::load::{load, LoadOptions};
+    use r1serve::tokenizer::Tokenizer;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    /// Loads `path` and starts an engine with `config`.
+    pub fn start(path: &Path, config: EngineConfig) -> (EngineHandle, Arc<Tokenizer>) {
+        let m = load(path.to_str().unwrap(), &LoadOptions::default()).expect("load");
+        let tok = m.tokenizer.clone();
+        (Engine::start(m.decoder, tok.clone(), config).expect("engine"), tok)
+    }
+
+    /// Everything a finished request produced.
+    #[derive(Debug, Clone, Default)]
+    pub struct Collected {
+        /// Tokens per sample index.
+        pub tokens: Vec<Vec<u32>>,
+        /// Text per sample index.
+        pub text: Vec<String>,
+        /// Finish reason per sample index.
+        pub finish: Vec<Option<FinishReason>>,
+        /// Final usage.
+        pub usage: RequestUsage,
+        /// Outputs received (steps with news).
+        pub outputs: usize,
+    }
+
+    /// Runs a request to the end.
+    pub async fn run(h: &EngineHandle, prompt: Vec<u32>, params: SamplingParams) -> Collected {
+        let n = params.n;
+        let mut s = h.add_request(EngineRequest { prompt, params }).expect("add");
+        let mut c = Collected {
+            tokens: vec![Vec::new(); n],
+            text: vec![String::new(); n],
+            finish: vec![None; n],
+            ..Default::default()
+        };
+        while let Some(o) = s.next().await {
+            c.outputs += 1;
+            c.usage = o.usage;
+            for sample in o.samples {
+                c.tokens[sample.index].extend(sample.token_ids);
+                c.text[sample.index].push_str(&sample.text);
+                if sample.finish_reason.is_some() {
+                    c.finish[sample.index] = sample.finish_reason;
+                }
+            }
+            if o.finished {
+                break;
+            }
+        }
+        c
+    }
+
+    /// Greedy parameters for `max_tokens` tokens that ignore EOS.
+    pub fn greedy(max_tokens: usize) -> SamplingParams {
+        SamplingParams {
+            temperature: 0.0,
+            max_tokens,
+            ignore_eos: true,
+            ..Default::default()
+        }
+    }
+
+    /// A prompt of about `n` tokens of varied English text.
+    pub fn text_prompt(tok: &Tokenizer, n: usize, salt: usize) -> Vec<u32> {
+        const WORDS: &[&str] = &[
+            "the", "model", "reasons", "about", "prime", "numbers", "and", "writes", "a", "short",
+            "proof", "that", "every", "integer", "greater", "than", "one", "has", "factor",
+            "river", "mountain", "city", "quietly", "because", "Rust", "compiler", "checks",
+        ];
+        let mut text = format!("Question {salt}:");
+        let mut i = salt * 7 + 3;
+        let mut ids = Vec::new();
+        while ids.len() < n {
+            for _ in 0..16 {
+                i = (i * 31 + 17) % 1009;
+                text.push(' ');
+                text.push_str(WORDS[i % WORDS.len()]);
+            }
+            ids = tok.encode(&text, false).unwrap();
+        }
+        ids.truncate(n);
+        ids
+    }
+}

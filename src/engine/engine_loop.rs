@@ -1,0 +1,454 @@
+//! The engine thread: drain commands, schedule, run the model, sample,
+//! stream outputs. The logic lives in the scheduler, sampler and stop
+//! matcher; this loop only wires them together.
+
+use super::sampler::{sample, SampleContext};
+use super::scheduler::{Scheduler, SchedulerConfig};
+use super::sequence::Sequence;
+use super::types::{
+    EngineRequest, FinishReason, RequestOutput, RequestUsage, SampleOutput, SamplingParams,
+};
+use super::{Admission, Command, EngineHandle, Shared};
+use crate::kv_cache::manager::KvCacheManager;
+use crate::kv_cache::storage::{KvCache, KvDtype, KvGeometry};
+use crate::model::decoder::{BatchSeq, Decoder, ForwardBatch};
+use crate::tokenizer::Tokenizer;
+use crate::types::{RequestId, SeqId, TokenId};
+use anyhow::{bail, Result};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use tokio::sync::mpsc::UnboundedSender;
+
+/// Engine settings; every default is documented here once.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Tokens per KV block (default 16).
+    pub block_size: usize,
+    /// KV pool budget in bytes; default: 40% of available memory, capped
+    /// at what `max_num_seqs` full-length sequences need.
+    pub kv_cache_memory: Option<u64>,
+    /// Element type of the KV cache (default f16).
+    pub kv_dtype: KvDtype,
+    /// Most sequences running at once (default 64).
+    pub max_num_seqs: usize,
+    /// Most tokens through the model per step (default 2048).
+    pub max_num_batched_tokens: usize,
+    /// Context limit; default: the model's own.
+    pub max_model_len: Option<usize>,
+    /// Requests allowed to wait before new ones are refused (default 256).
+    pub max_waiting_requests: usize,
+    /// Reuse KV blocks of shared prefixes (default on).
+    pub enable_prefix_caching: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            block_size: 16,
+            kv_cache_memory: None,
+            kv_dtype: KvDtype::F16,
+            max_num_seqs: 64,
+            max_num_batched_tokens: 2048,
+            max_model_len: None,
+            max_waiting_requests: 256,
+            enable_prefix_caching: true,
+        }
+    }
+}
+
+fn available_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemAvailable:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(4 << 30, |kb| kb * 1024)
+}
+
+struct RequestState {
+    tx: UnboundedSender<RequestOutput>,
+    seqs: Vec<SeqId>,
+    usage: RequestUsage,
+    admitted: bool,
+    remaining: usize,
+}
+
+/// Starts engines.
+pub struct Engine;
+
+impl Engine {
+    /// Sizes the KV pool, starts the engine thread and returns its handle.
+    pub fn start(
+        model: Decoder,
+        tokenizer: Arc<Tokenizer>,
+        config: EngineConfig,
+    ) -> Result<EngineHandle> {
+        let mc = &model.config;
+        let max_model_len = config.max_model_len.unwrap_or(mc.max_position_embeddings);
+        if config.block_size == 0 || max_model_len == 0 {
+            bail!("block size and max model length must be positive");
+        }
+        let probe = KvGeometry {
+            block_size: config.block_size,
+            num_blocks: 0,
+            num_kv_heads: mc.num_kv_heads,
+            head_dim: mc.head_dim,
+        };
+        let block_bytes =
+            (config.block_size * probe.bytes_per_token(mc.num_layers, config.kv_dtype)) as u64;
+        let budget = config.kv_cache_memory.unwrap_or_else(|| {
+            let want = (config.max_num_seqs * max_model_len) as u64 * block_bytes
+                / config.block_size as u64;
+            (available_memory() * 2 / 5).min(want)
+        });
+        let num_blocks = (budget / block_bytes) as usize;
+        let min_blocks = max_model_len.div_ceil(config.block_size).min(2);
+        if num_blocks < min_blocks {
+            bail!(
+                "a KV cache of {budget} bytes holds {num_blocks} blocks; at least {min_blocks} are needed"
+            );
+        }
+        let geometry = KvGeometry { num_blocks, ..probe };
+        tracing::info!(
+            "KV cache: {num_blocks} blocks x {} tokens = {} tokens, {:.1} MiB ({:?})",
+            config.block_size,
+            num_blocks * config.block_size,
+            (num_blocks as u64 * block_bytes) as f64 / (1 << 20) as f64,
+            config.kv_dtype
+        );
+        let cache = KvCache::new(geometry, mc.num_layers, config.kv_dtype);
+        let (tx, rx) = mpsc::channel();
+        let shared = Arc::new(Shared {
+            tx: Mutex::new(tx),
+            stats: Mutex::new(Default::default()),
+            waiting: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
+            admission: Admission {
+                max_model_len,
+                max_waiting: config.max_waiting_requests,
+                num_blocks,
+                block_size: config.block_size,
+            },
+            thread: Mutex::new(None),
+        });
+        let mut eos: Vec<TokenId> = tokenizer.eos_ids().to_vec();
+        eos.sort_unstable();
+        eos.dedup();
+        let looper = EngineLoop {
+            kv: KvCacheManager::new(num_blocks, config.block_size, config.enable_prefix_caching),
+            sched: Scheduler::new(SchedulerConfig {
+                max_num_seqs: config.max_num_seqs,
+                max_num_batched_tokens: config.max_num_batched_tokens,
+            }),
+            model,
+            tokenizer,
+            cache,
+            requests: HashMap::new(),
+            rx,
+            shared: shared.clone(),
+            eos,
+            next_seq: 0,
+            max_model_len,
+            prefix_caching: config.enable_prefix_caching,
+            steps: 0,
+            step_tokens: 0,
+        };
+        let thread = std::thread::Builder::new()
+            .name("r1serve-engine".into())
+            .spawn(move || looper.run())?;
+        if let Ok(mut t) = shared.thread.lock() {
+            *t = Some(thread);
+        }
+        Ok(EngineHandle { shared })
+    }
+}
+
+struct EngineLoop {
+    model: Decoder,
+    tokenizer: Arc<Tokenizer>,
+    kv: KvCacheManager,
+    cache: KvCache,
+    sched: Scheduler,
+    requests: HashMap<RequestId, RequestState>,
+    rx: mpsc::Receiver<Command>,
+    shared: Arc<Shared>,
+    eos: Vec<TokenId>,
+    next_seq: u64,
+    max_model_len: usize,
+    prefix_caching: bool,
+    steps: u64,
+    step_tokens: u64,
+}
+
+impl EngineLoop {
+    fn run(mut self) {
+        loop {
+            if !self.sched.has_work() {
+                match self.rx.recv() {
+                    Ok(cmd) => {
+                        if !self.handle(cmd) {
+                            break;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            let mut stop = false;
+            while let Ok(cmd) = self.rx.try_recv() {
+                if !self.handle(cmd) {
+                    stop = true;
+                    break;
+                }
+            }
+            if stop {
+                break;
+            }
+            if self.sched.has_work() {
+                self.step();
+            }
+            self.publish_stats();
+        }
+        let ids: Vec<RequestId> = self.requests.keys().copied().collect();
+        for id in ids {
+            self.finish_request(id, FinishReason::Abort);
+        }
+        self.publish_stats();
+    }
+
+    /// Applies a command; false means shut down.
+    fn handle(&mut self, cmd: Command) -> bool {
+        match cmd {
+            Command::Add(id, req, tx) => self.add(id, req, tx),
+            Command::Abort(id) => self.finish_request(id, FinishReason::Abort),
+            Command::Shutdown => return false,
+        }
+        true
+    }
+
+    fn add(&mut self, id: RequestId, req: EngineRequest, tx: UnboundedSender<RequestOutput>) {
+        let n = req.params.n.max(1);
+        let params = Arc::new(req.params);
+        let mut seqs = Vec::with_capacity(n);
+        for index in 0..n {
+            let sid = SeqId(self.next_seq);
+            self.next_seq += 1;
+            let mut seq = Sequence::new(sid, id, index, req.prompt.clone(), params.clone());
+            if index > 0 && self.prefix_caching {
+                seq.wait_for = seqs.first().copied();
+            }
+            seqs.push(sid);
+            self.sched.add(seq);
+        }
+        self.requests.insert(
+            id,
+            RequestState {
+                tx,
+                seqs,
+                usage: RequestUsage {
+                    prompt_tokens: req.prompt.len(),
+                    ..Default::default()
+                },
+                admitted: false,
+                remaining: n,
+            },
+        );
+    }
+
+    /// Ends a whole request (abort or shutdown), freeing all its blocks.
+    fn finish_request(&mut self, id: RequestId, reason: FinishReason) {
+        let Some(req) = self.requests.remove(&id) else {
+            return;
+        };
+        if !req.admitted {
+            self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+        let mut samples = Vec::new();
+        for sid in &req.seqs {
+            if let Some(seq) = self.sched.remove(*sid, &mut self.kv) {
+                samples.push(SampleOutput {
+                    index: seq.index,
+                    token_ids: Vec::new(),
+                    text: String::new(),
+                    logprobs: Vec::new(),
+                    finish_reason: Some(reason),
+                    stop_reason: None,
+                });
+            }
+        }
+        let _ = req.tx.send(RequestOutput {
+            samples,
+            usage: req.usage,
+            finished: true,
+        });
+    }
+
+    fn step(&mut self) {
+        let plan = self.sched.schedule(&mut self.kv);
+        if plan.scheduled.is_empty() {
+            return;
+        }
+        let mut batch = ForwardBatch::default();
+        for &(sid, n) in &plan.scheduled {
+            let seq = &self.sched.seqs[&sid];
+            if let Some(req) = self.requests.get_mut(&seq.request) {
+                if !req.admitted {
+                    req.admitted = true;
+                    self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
+                }
+                if seq.index == 0 && seq.cached_prompt.is_some() {
+                    req.usage.cached_tokens = seq.cached_prompt.unwrap_or(0);
+                }
+            }
+            let start = seq.num_computed;
+            batch.tokens.extend_from_slice(&seq.tokens[start..start + n]);
+            batch.seqs.push(BatchSeq {
+                num_tokens: n,
+                ctx_len: start + n,
+                block_table: self.kv.block_table(sid).to_vec(),
+                want_logits: start + n == seq.tokens.len(),
+            });
+        }
+        self.steps += 1;
+        self.step_tokens += batch.tokens.len() as u64;
+        let logits = match self.model.forward(&batch, &mut self.cache) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("model step failed: {e:#}");
+                let reqs: Vec<RequestId> = plan
+                    .scheduled
+                    .iter()
+                    .filter_map(|(s, _)| self.sched.seqs.get(s).map(|q| q.request))
+                    .collect();
+                for r in reqs {
+                    self.finish_request(r, FinishReason::Abort);
+                }
+                return;
+            }
+        };
+        let mut logits = logits.into_iter();
+        let mut outputs: HashMap<RequestId, Vec<SampleOutput>> = HashMap::new();
+        for (&(sid, n), bs) in plan.scheduled.iter().zip(&batch.seqs) {
+            let Some(seq) = self.sched.seqs.get_mut(&sid) else {
+                continue;
+            };
+            seq.num_computed += n;
+            self.kv.commit(sid, &seq.tokens, seq.num_computed);
+            if !bs.want_logits {
+                continue;
+            }
+            let Some(mut l) = logits.next() else {
+                continue;
+            };
+            let out = sample_and_advance(seq, &mut l, &self.eos, &self.tokenizer, self.max_model_len);
+            let request = seq.request;
+            if out.finish_reason.is_some() {
+                self.sched.remove(sid, &mut self.kv);
+            }
+            outputs.entry(request).or_default().push(out);
+        }
+        for (rid, samples) in outputs {
+            let Some(req) = self.requests.get_mut(&rid) else {
+                continue;
+            };
+            req.usage.completion_tokens += samples.iter().map(|s| s.token_ids.len()).sum::<usize>();
+            req.remaining -= samples.iter().filter(|s| s.finish_reason.is_some()).count();
+            let finished = req.remaining == 0;
+            let _ = req.tx.send(RequestOutput {
+                samples,
+                usage: req.usage,
+                finished,
+            });
+            if finished {
+                self.requests.remove(&rid);
+            }
+        }
+    }
+
+    fn publish_stats(&self) {
+        let prefix = self.kv.prefix_stats();
+        if let Ok(mut s) = self.shared.stats.lock() {
+            s.running = self.sched.num_running();
+            s.waiting = self.sched.num_waiting();
+            s.kv_usage = self.kv.usage();
+            s.free_blocks = self.kv.num_free_blocks();
+            s.total_blocks = self.kv.num_blocks();
+            s.prefix_queries = prefix.queries;
+            s.prefix_hits = prefix.hits;
+            s.preemptions = self.sched.preemptions();
+            s.steps = self.steps;
+            s.step_tokens = self.step_tokens;
+        }
+    }
+}
+
+/// Samples the next token of `seq`, appends it, and turns it into text,
+/// deciding whether the sequence ends here.
+fn sample_and_advance(
+    seq: &mut Sequence,
+    logits: &mut [f32],
+    eos: &[TokenId],
+    tokenizer: &Tokenizer,
+    max_model_len: usize,
+) -> SampleOutput {
+    let params: Arc<SamplingParams> = seq.params.clone();
+    let mut stop_ids: Vec<TokenId> = params.stop_token_ids.clone();
+    if !params.ignore_eos {
+        stop_ids.extend_from_slice(eos);
+    }
+    let (token, logprob) = sample(
+        logits,
+        &params,
+        &mut seq.sampler,
+        &SampleContext {
+            all_tokens: &seq.tokens,
+            num_generated: seq.num_generated(),
+            stop_ids: &stop_ids,
+        },
+    );
+    seq.tokens.push(token);
+    seq.sampler.observe(token);
+
+    let ends_by_token = stop_ids.contains(&token);
+    let mut text = String::new();
+    let mut stop_reason = None;
+    let mut finish = None;
+    if ends_by_token {
+        finish = Some(FinishReason::Stop);
+        if params.stop_token_ids.contains(&token) {
+            stop_reason = Some(token.to_string());
+        }
+    } else {
+        let delta = seq.detok.push(tokenizer, token).unwrap_or_default();
+        let (emit, hit) = seq.stop.push(&delta);
+        text = emit;
+        if hit.is_some() {
+            finish = Some(FinishReason::Stop);
+            stop_reason = hit;
+        }
+    }
+    if finish.is_none()
+        && (seq.num_generated() >= params.max_tokens || seq.tokens.len() >= max_model_len)
+    {
+        finish = Some(FinishReason::Length);
+    }
+    if finish.is_some() && stop_reason.is_none() && !ends_by_token {
+        // Length: release text held for a possible stop string or an
+        // incomplete character.
+        let tail = seq.detok.flush(tokenizer).unwrap_or_default();
+        let (more, _) = seq.stop.push(&tail);
+        text.push_str(&more);
+        text.push_str(&seq.stop.flush());
+    }
+    SampleOutput {
+        index: seq.index,
+        token_ids: vec![token],
+        text,
+        logprobs: logprob.into_iter().collect(),
+        finish_reason: finish,
+        stop_reason,
+    }
+}

@@ -1,0 +1,319 @@
+//! Turning logits into tokens, one sequence at a time, with everything a
+//! request can ask for: logit bias, repetition/presence/frequency penalties,
+//! min_tokens, temperature, top-k, top-p, min-p, a private seeded random
+//! stream, and log-probabilities of the raw logits.
+//!
+//! Each sequence draws from its own RNG, so the tokens a seeded request gets
+//! do not depend on what else is in the batch.
+
+use super::types::{SamplingParams, TokenLogprob};
+use crate::types::TokenId;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::HashMap;
+
+/// Per-sequence sampling state.
+pub struct SamplerState {
+    rng: StdRng,
+    /// Occurrences of each generated token, for presence/frequency penalties.
+    output_counts: HashMap<TokenId, u32>,
+}
+
+impl SamplerState {
+    /// State for sample `index` of a request; a seeded request gives each of
+    /// its samples a distinct but reproducible stream.
+    pub fn new(seed: Option<u64>, index: usize) -> Self {
+        let rng = match seed {
+            Some(s) => StdRng::seed_from_u64(s ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+            None => StdRng::from_os_rng(),
+        };
+        Self {
+            rng,
+            output_counts: HashMap::new(),
+        }
+    }
+
+    /// Records a generated token.
+    pub fn observe(&mut self, token: TokenId) {
+        *self.output_counts.entry(token).or_default() += 1;
+    }
+}
+
+/// What the sampler needs to know about the sequence besides its logits.
+pub struct SampleContext<'a> {
+    /// Prompt and generated tokens (for the repetition penalty).
+    pub all_tokens: &'a [TokenId],
+    /// Tokens generated so far.
+    pub num_generated: usize,
+    /// Tokens that end generation (EOS and stop ids), masked before min_tokens.
+    pub stop_ids: &'a [TokenId],
+}
+
+fn log_softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let sum: f32 = logits.iter().map(|v| (v - max).exp()).sum();
+    let lse = max + sum.ln();
+    logits.iter().map(|v| v - lse).collect()
+}
+
+fn top_n(values: &[f32], n: usize) -> Vec<(TokenId, f32)> {
+    let mut idx: Vec<usize> = (0..values.len()).collect();
+    let n = n.min(values.len());
+    if n == 0 {
+        return Vec::new();
+    }
+    idx.select_nth_unstable_by(n - 1, |&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
+    idx.truncate(n);
+    idx.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
+    idx.into_iter().map(|i| (i as TokenId, values[i])).collect()
+}
+
+/// Samples one token from `logits` (modified in place) and returns it with
+/// its logprob entry when the request asked for logprobs.
+pub fn sample(
+    logits: &mut [f32],
+    params: &SamplingParams,
+    state: &mut SamplerState,
+    ctx: &SampleContext,
+) -> (TokenId, Option<TokenLogprob>) {
+    // Log-probabilities are reported on the model's raw distribution, as
+    // OpenAI and vLLM do, before any request-specific processing.
+    let raw_logprobs = params.logprobs.map(|_| log_softmax(logits));
+
+    for &(tok, bias) in &params.logit_bias {
+        if let Some(l) = logits.get_mut(tok as usize) {
+            *l += bias;
+        }
+    }
+    if params.repetition_penalty != 1.0 {
+        let mut seen: Vec<TokenId> = ctx.all_tokens.to_vec();
+        seen.sort_unstable();
+        seen.dedup();
+        for t in seen {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l = if *l > 0.0 {
+                    *l / params.repetition_penalty
+                } else {
+                    *l * params.repetition_penalty
+                };
+            }
+        }
+    }
+    if params.presence_penalty != 0.0 || params.frequency_penalty != 0.0 {
+        for (&t, &c) in &state.output_counts {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l -= params.presence_penalty + params.frequency_penalty * c as f32;
+            }
+        }
+    }
+    if ctx.num_generated < params.min_tokens {
+        for &t in ctx.stop_ids {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+    }
+
+    let token = if params.temperature <= 0.0 {
+        top_n(logits, 1).first().map_or(0, |(t, _)| *t)
+    } else {
+        sample_random(logits, params, &mut state.rng)
+    };
+
+    let logprob = raw_logprobs.map(|lp| TokenLogprob {
+        token,
+        logprob: lp[token as usize],
+        top: top_n(&lp, params.logprobs.unwrap_or(0)),
+    });
+    (token, logprob)
+}
+
+fn sample_random(logits: &[f32], params: &SamplingParams, rng: &mut StdRng) -> TokenId {
+    let inv_t = 1.0 / params.temperature;
+    // Candidates sorted by logit; top-k bounds the sort for big vocabularies.
+    let k = if params.top_k > 0 {
+        params.top_k.min(logits.len())
+    } else {
+        logits.len()
+    };
+    // Without top-k, sorting a 150k vocabulary per token would dominate the
+    // step; tokens more than 30 nats (after temperature) below the best have
+    // probability under 1e-13 and are dropped before sorting.
+    let mut cand = if params.top_k == 0 {
+        let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let floor = max - 30.0 * params.temperature;
+        let kept: Vec<f32> = logits.iter().map(|&l| if l >= floor { l } else { f32::NEG_INFINITY }).collect();
+        let n = kept.iter().filter(|l| l.is_finite()).count();
+        top_n(&kept, n)
+    } else {
+        top_n(logits, k)
+    };
+    cand.retain(|(_, l)| l.is_finite());
+    if cand.is_empty() {
+        return 0;
+    }
+    let max = cand[0].1;
+    let mut probs: Vec<f32> = cand.iter().map(|(_, l)| ((l - max) * inv_t).exp()).collect();
+    let total: f32 = probs.iter().sum();
+    probs.iter_mut().for_each(|p| *p /= total);
+    let mut keep = probs.len();
+    if params.top_p < 1.0 {
+        let mut acc = 0.0;
+        for (i, p) in probs.iter().enumerate() {
+            acc += p;
+            if acc >= params.top_p {
+                keep = i + 1;
+                break;
+            }
+        }
+    }
+    if params.min_p > 0.0 {
+        let floor = params.min_p * probs[0];
+        keep = keep.min(probs.iter().take_while(|&&p| p >= floor).count().max(1));
+    }
+    let total: f32 = probs[..keep].iter().sum();
+    let mut u: f32 = rng.random::<f32>() * total;
+    for (i, p) in probs[..keep].iter().enumerate() {
+        if u < *p {
+            return cand[i].0;
+        }
+        u -= p;
+    }
+    cand[keep - 1].0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx<'a>(all: &'a [TokenId], stop: &'a [TokenId], n: usize) -> SampleContext<'a> {
+        SampleContext {
+            all_tokens: all,
+            num_generated: n,
+            stop_ids: stop,
+        }
+    }
+
+    fn greedy() -> SamplingParams {
+        SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn greedy_takes_the_argmax() {
+        let mut s = SamplerState::new(Some(1), 0);
+        let (t, _) = sample(&mut [0.1, 3.0, 2.0], &greedy(), &mut s, &ctx(&[], &[], 0));
+        assert_eq!(t, 1);
+    }
+
+    #[test]
+    fn logit_bias_changes_the_choice() {
+        let p = SamplingParams {
+            logit_bias: vec![(2, 5.0)],
+            ..greedy()
+        };
+        let mut s = SamplerState::new(Some(1), 0);
+        assert_eq!(sample(&mut [0.1, 3.0, 2.0], &p, &mut s, &ctx(&[], &[], 0)).0, 2);
+    }
+
+    #[test]
+    fn repetition_penalty_demotes_seen_tokens() {
+        let p = SamplingParams {
+            repetition_penalty: 2.0,
+            ..greedy()
+        };
+        let mut s = SamplerState::new(Some(1), 0);
+        assert_eq!(sample(&mut [0.1, 3.0, 2.0], &p, &mut s, &ctx(&[1], &[], 0)).0, 2);
+    }
+
+    #[test]
+    fn presence_and_frequency_penalties_use_output_counts() {
+        for (pres, freq) in [(1.5, 0.0), (0.0, 0.6)] {
+            let p = SamplingParams {
+                presence_penalty: pres,
+                frequency_penalty: freq,
+                ..greedy()
+            };
+            let mut s = SamplerState::new(Some(1), 0);
+            s.observe(1);
+            s.observe(1);
+            assert_eq!(sample(&mut [0.1, 3.0, 2.0], &p, &mut s, &ctx(&[], &[], 0)).0, 2);
+        }
+    }
+
+    #[test]
+    fn min_tokens_masks_stop_ids() {
+        let p = SamplingParams {
+            min_tokens: 2,
+            ..greedy()
+        };
+        let mut s = SamplerState::new(Some(1), 0);
+        assert_eq!(sample(&mut [0.1, 3.0, 2.0], &p, &mut s, &ctx(&[], &[1], 1)).0, 2);
+        assert_eq!(sample(&mut [0.1, 3.0, 2.0], &p, &mut s, &ctx(&[], &[1], 2)).0, 1);
+    }
+
+    fn histogram(p: &SamplingParams, logits: &[f32], draws: usize) -> Vec<usize> {
+        let mut s = SamplerState::new(Some(7), 0);
+        let mut h = vec![0; logits.len()];
+        for _ in 0..draws {
+            let mut l = logits.to_vec();
+            h[sample(&mut l, p, &mut s, &ctx(&[], &[], 0)).0 as usize] += 1;
+        }
+        h
+    }
+
+    #[test]
+    fn top_k_top_p_and_min_p_cut_the_tail() {
+        let logits = [2.0, 1.9, 1.8, -1.0];
+        let base = SamplingParams {
+            temperature: 1.0,
+            ..Default::default()
+        };
+        assert!(histogram(&base, &logits, 2000)[3] > 0);
+        let k = SamplingParams { top_k: 2, ..base.clone() };
+        let h = histogram(&k, &logits, 2000);
+        assert!(h[2] == 0 && h[3] == 0 && h[0] > 0 && h[1] > 0);
+        let tp = SamplingParams { top_p: 0.5, ..base.clone() };
+        let h = histogram(&tp, &logits, 2000);
+        assert!(h[2] == 0 && h[3] == 0, "{h:?}");
+        let mp = SamplingParams { min_p: 0.5, ..base.clone() };
+        assert_eq!(histogram(&mp, &logits, 2000)[3], 0);
+    }
+
+    #[test]
+    fn temperature_sharpens() {
+        let logits = [1.0, 0.0];
+        let hot = SamplingParams { temperature: 2.0, ..Default::default() };
+        let cold = SamplingParams { temperature: 0.2, ..Default::default() };
+        assert!(histogram(&hot, &logits, 3000)[1] > histogram(&cold, &logits, 3000)[1] * 5);
+    }
+
+    #[test]
+    fn seeds_reproduce_and_differ() {
+        let p = SamplingParams { temperature: 1.0, ..Default::default() };
+        let logits: Vec<f32> = (0..50).map(|i| (i % 7) as f32 * 0.3).collect();
+        let run = |seed, index| {
+            let mut s = SamplerState::new(Some(seed), index);
+            (0..20)
+                .map(|_| sample(&mut logits.clone(), &p, &mut s, &ctx(&[], &[], 0)).0)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(run(3, 0), run(3, 0));
+        assert_ne!(run(3, 0), run(4, 0));
+        assert_ne!(run(3, 0), run(3, 1));
+    }
+
+    #[test]
+    fn logprobs_are_log_softmax_of_raw_logits() {
+        let p = SamplingParams { logprobs: Some(2), logit_bias: vec![(0, 10.0)], ..greedy() };
+        let mut s = SamplerState::new(Some(1), 0);
+        let (t, lp) = sample(&mut [0.0, 1.0, 0.5], &p, &mut s, &ctx(&[], &[], 0));
+        let lp = lp.unwrap();
+        assert_eq!(t, 0);
+        let lse = (1f32.exp() + 1.0 + 0.5f32.exp()).ln();
+        assert!((lp.logprob - (0.0 - lse)).abs() < 1e-6);
+        assert_eq!(lp.top.iter().map(|x| x.0).collect::<Vec<_>>(), vec![1, 2]);
+    }
+}

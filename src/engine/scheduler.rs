@@ -1,0 +1,285 @@
+//! The iteration-level scheduler. Every step, each scheduled sequence's
+//! computed tokens catch up with its tokens within the step's token budget
+//! (vLLM v1's rule): a decode is a catch-up of one token, a prefill chunk a
+//! catch-up of many, so chunked prefill and recompute after preemption need
+//! no special mode.
+//!
+//! Running sequences that decode go first, then running prefills, then new
+//! admissions. When blocks run out, the most recently admitted running
+//! sequence is preempted: its blocks are freed and it goes back to the head
+//! of the queue, to be recomputed (through the prefix cache when possible).
+
+use super::sequence::{SeqStatus, Sequence};
+use crate::kv_cache::manager::KvCacheManager;
+use crate::types::SeqId;
+use std::collections::{HashMap, VecDeque};
+
+/// Limits of one step.
+#[derive(Clone, Copy, Debug)]
+pub struct SchedulerConfig {
+    /// Most sequences running at once.
+    pub max_num_seqs: usize,
+    /// Most tokens through the model in one step.
+    pub max_num_batched_tokens: usize,
+}
+
+/// What to run this step: sequence ids with their number of new tokens.
+#[derive(Debug, Default)]
+pub struct SchedulerOutput {
+    /// `(sequence, tokens to compute)` in batch order.
+    pub scheduled: Vec<(SeqId, usize)>,
+    /// Sequences preempted to make room.
+    pub preempted: Vec<SeqId>,
+}
+
+/// Queue and running set over a sequence table the scheduler owns.
+pub struct Scheduler {
+    config: SchedulerConfig,
+    /// Every live sequence.
+    pub seqs: HashMap<SeqId, Sequence>,
+    waiting: VecDeque<SeqId>,
+    /// In admission order; the last is the first preempted.
+    running: Vec<SeqId>,
+    preemptions: u64,
+}
+
+impl Scheduler {
+    /// An empty scheduler.
+    pub fn new(config: SchedulerConfig) -> Self {
+        Self {
+            config,
+            seqs: HashMap::new(),
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            preemptions: 0,
+        }
+    }
+
+    /// Queues a new sequence at the tail.
+    pub fn add(&mut self, seq: Sequence) {
+        self.waiting.push_back(seq.id);
+        self.seqs.insert(seq.id, seq);
+    }
+
+    /// Removes a sequence wherever it is and frees its blocks.
+    pub fn remove(&mut self, id: SeqId, kv: &mut KvCacheManager) -> Option<Sequence> {
+        self.waiting.retain(|s| *s != id);
+        self.running.retain(|s| *s != id);
+        kv.free(id);
+        self.seqs.remove(&id)
+    }
+
+    /// Sequences running.
+    pub fn num_running(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Sequences waiting.
+    pub fn num_waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Preemptions since start.
+    pub fn preemptions(&self) -> u64 {
+        self.preemptions
+    }
+
+    /// Whether there is anything to do.
+    pub fn has_work(&self) -> bool {
+        !self.seqs.is_empty()
+    }
+
+    fn preempt_last(&mut self, kv: &mut KvCacheManager) -> Option<SeqId> {
+        let victim = self.running.pop()?;
+        kv.free(victim);
+        if let Some(s) = self.seqs.get_mut(&victim) {
+            s.num_computed = 0;
+            s.status = SeqStatus::Waiting;
+        }
+        self.waiting.push_front(victim);
+        self.preemptions += 1;
+        Some(victim)
+    }
+
+    /// Plans one step.
+    pub fn schedule(&mut self, kv: &mut KvCacheManager) -> SchedulerOutput {
+        let mut out = SchedulerOutput::default();
+        let mut budget = self.config.max_num_batched_tokens;
+
+        // Decodes first, so a long prefill never stalls running streams;
+        // then prefill chunks of running sequences, in admission order.
+        let mut order: Vec<SeqId> = self.running.clone();
+        order.sort_by_key(|id| self.seqs[id].num_uncomputed() > 1);
+        for id in order {
+            if budget == 0 {
+                break;
+            }
+            if !self.running.contains(&id) {
+                continue; // preempted earlier in this loop
+            }
+            let seq = &self.seqs[&id];
+            let n = seq.num_uncomputed().min(budget);
+            if n == 0 {
+                continue;
+            }
+            let target = seq.num_computed + n;
+            let mut ok = kv.allocate(id, &[], target);
+            while !ok {
+                let Some(victim) = self.preempt_last(kv) else {
+                    break;
+                };
+                out.preempted.push(victim);
+                out.scheduled.retain(|(s, _)| *s != victim);
+                if victim == id {
+                    break;
+                }
+                ok = kv.allocate(id, &[], target);
+            }
+            if ok {
+                out.scheduled.push((id, n));
+                budget -= n;
+            }
+        }
+        // After a preemption nothing new is admitted this step: the pool is
+        // short, and admitting would only thrash.
+        if out.preempted.is_empty() {
+            self.admit(kv, &mut budget, &mut out);
+        }
+        out
+    }
+
+    fn admit(&mut self, kv: &mut KvCacheManager, budget: &mut usize, out: &mut SchedulerOutput) {
+        let mut i = 0;
+        while *budget > 0 && self.running.len() < self.config.max_num_seqs && i < self.waiting.len() {
+            let id = self.waiting[i];
+            let seq = &self.seqs[&id];
+            if let Some(parent) = seq.wait_for {
+                if self.seqs.get(&parent).is_some_and(|p| p.in_prefill()) {
+                    i += 1;
+                    continue;
+                }
+            }
+            let prefix = kv.cached_prefix(&seq.tokens);
+            let computed = prefix.len() * kv.block_size();
+            let n = (seq.tokens.len() - computed).min(*budget);
+            if !kv.allocate(id, &prefix, computed + n) {
+                break;
+            }
+            let seq = self.seqs.get_mut(&id).expect("waiting sequence exists");
+            if seq.cached_prompt.is_none() {
+                seq.cached_prompt = Some(computed.min(seq.prompt_len));
+                kv.record_lookup(seq.prompt_len, computed.min(seq.prompt_len));
+            }
+            seq.num_computed = computed;
+            seq.status = SeqStatus::Running;
+            self.waiting.remove(i);
+            self.running.push(id);
+            out.scheduled.push((id, n));
+            *budget -= n;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::types::SamplingParams;
+    use crate::types::RequestId;
+    use std::sync::Arc;
+
+    fn seq(id: u64, prompt: usize) -> Sequence {
+        Sequence::new(
+            SeqId(id),
+            RequestId(id),
+            0,
+            (0..prompt as u32).map(|t| t + 1000 * id as u32).collect(),
+            Arc::new(SamplingParams::default()),
+        )
+    }
+
+    /// Applies a step as the engine would: computed tokens catch up, and a
+    /// sequence whose prompt is done gets one new token.
+    fn run_step(s: &mut Scheduler, kv: &mut KvCacheManager, out: &SchedulerOutput) {
+        for &(id, n) in &out.scheduled {
+            let seq = s.seqs.get_mut(&id).unwrap();
+            seq.num_computed += n;
+            kv.commit(id, &seq.tokens, seq.num_computed);
+            if seq.num_computed == seq.tokens.len() {
+                seq.tokens.push(7);
+            }
+        }
+    }
+
+    fn cfg(seqs: usize, tokens: usize) -> SchedulerConfig {
+        SchedulerConfig {
+            max_num_seqs: seqs,
+            max_num_batched_tokens: tokens,
+        }
+    }
+
+    #[test]
+    fn long_prompt_is_chunked_while_decodes_continue() {
+        let mut kv = KvCacheManager::new(100, 16, true);
+        let mut s = Scheduler::new(cfg(8, 64));
+        s.add(seq(1, 10));
+        let o = s.schedule(&mut kv);
+        run_step(&mut s, &mut kv, &o);
+        s.add(seq(2, 300));
+        for _ in 0..5 {
+            let o = s.schedule(&mut kv);
+            assert_eq!(o.scheduled[0], (SeqId(1), 1), "decode first");
+            let total: usize = o.scheduled.iter().map(|x| x.1).sum();
+            assert!(total <= 64);
+            run_step(&mut s, &mut kv, &o);
+        }
+    }
+
+    #[test]
+    fn out_of_blocks_preempts_the_newest_and_resumes_it() {
+        let mut kv = KvCacheManager::new(4, 4, false);
+        let mut s = Scheduler::new(cfg(8, 100));
+        s.add(seq(1, 7));
+        s.add(seq(2, 7));
+        let o = s.schedule(&mut kv);
+        assert_eq!(o.scheduled.len(), 2);
+        run_step(&mut s, &mut kv, &o);
+        // Both need a third block at 9 tokens; only the oldest can have it.
+        let mut preempted = false;
+        for _ in 0..3 {
+            let o = s.schedule(&mut kv);
+            preempted |= o.preempted.contains(&SeqId(2));
+            run_step(&mut s, &mut kv, &o);
+        }
+        assert!(preempted);
+        assert_eq!(s.seqs[&SeqId(2)].status, SeqStatus::Waiting);
+        assert_eq!(s.preemptions(), 1);
+        s.remove(SeqId(1), &mut kv);
+        let o = s.schedule(&mut kv);
+        assert_eq!(o.scheduled, vec![(SeqId(2), 8)], "recomputes prompt and output");
+    }
+
+    #[test]
+    fn max_num_seqs_bounds_admission() {
+        let mut kv = KvCacheManager::new(100, 16, true);
+        let mut s = Scheduler::new(cfg(2, 1000));
+        for i in 1..=3 {
+            s.add(seq(i, 5));
+        }
+        let o = s.schedule(&mut kv);
+        assert_eq!(o.scheduled.len(), 2);
+        assert_eq!(s.num_waiting(), 1);
+    }
+
+    #[test]
+    fn removal_returns_every_block() {
+        let mut kv = KvCacheManager::new(10, 4, true);
+        let mut s = Scheduler::new(cfg(4, 100));
+        s.add(seq(1, 9));
+        s.add(seq(2, 5));
+        let o = s.schedule(&mut kv);
+        run_step(&mut s, &mut kv, &o);
+        s.remove(SeqId(1), &mut kv);
+        s.remove(SeqId(2), &mut kv);
+        assert_eq!(kv.num_free_blocks(), 10);
+    }
+}

@@ -1,0 +1,93 @@
+//! One sequence in the engine: its tokens, how many of them have KV in the
+//! cache, and its generation state (sampler, detokenizer, stop matcher).
+
+use super::sampler::SamplerState;
+use super::stop::StopChecker;
+use super::types::{FinishReason, SamplingParams};
+use crate::tokenizer::detok::IncrementalDecoder;
+use crate::types::{RequestId, SeqId, TokenId};
+use std::sync::Arc;
+
+/// A sequence's place in the scheduler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SeqStatus {
+    /// Queued (new or preempted).
+    Waiting,
+    /// Holding KV blocks and scheduled every step.
+    Running,
+    /// Done; about to be removed.
+    Finished(FinishReason),
+}
+
+/// A sample of a request.
+pub struct Sequence {
+    /// Engine-wide id.
+    pub id: SeqId,
+    /// Owning request.
+    pub request: RequestId,
+    /// Sample index within the request.
+    pub index: usize,
+    /// Prompt followed by generated tokens.
+    pub tokens: Vec<TokenId>,
+    /// Length of the prompt part of `tokens`.
+    pub prompt_len: usize,
+    /// Tokens whose KV is in the cache; catches up with `tokens.len()`.
+    pub num_computed: usize,
+    /// Prompt tokens served by the prefix cache on first admission.
+    pub cached_prompt: Option<usize>,
+    /// Scheduling state.
+    pub status: SeqStatus,
+    /// Another sample whose prompt this one waits for, so it can reuse the
+    /// prompt's blocks through the prefix cache instead of recomputing them.
+    pub wait_for: Option<SeqId>,
+    /// Sampling parameters (shared by the request's samples).
+    pub params: Arc<SamplingParams>,
+    /// Random stream and penalty counts.
+    pub sampler: SamplerState,
+    /// Text streaming state.
+    pub detok: IncrementalDecoder,
+    /// Stop-string matcher.
+    pub stop: StopChecker,
+}
+
+impl Sequence {
+    /// A waiting sequence for `prompt`.
+    pub fn new(
+        id: SeqId,
+        request: RequestId,
+        index: usize,
+        prompt: Vec<TokenId>,
+        params: Arc<SamplingParams>,
+    ) -> Self {
+        Self {
+            id,
+            request,
+            index,
+            prompt_len: prompt.len(),
+            tokens: prompt,
+            num_computed: 0,
+            cached_prompt: None,
+            status: SeqStatus::Waiting,
+            wait_for: None,
+            sampler: SamplerState::new(params.seed, index),
+            detok: IncrementalDecoder::new(params.skip_special_tokens),
+            stop: StopChecker::new(&params.stop),
+            params,
+        }
+    }
+
+    /// Tokens generated so far.
+    pub fn num_generated(&self) -> usize {
+        self.tokens.len() - self.prompt_len
+    }
+
+    /// Tokens still to be run through the model.
+    pub fn num_uncomputed(&self) -> usize {
+        self.tokens.len() - self.num_computed
+    }
+
+    /// Whether the prompt is still being computed.
+    pub fn in_prefill(&self) -> bool {
+        self.num_computed < self.prompt_len
+    }
+}

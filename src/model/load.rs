@@ -1,0 +1,90 @@
+//! From `--model` to a runnable model: resolve the source, read weights and
+//! configuration, build the tokenizer, and pick up generation defaults
+//! (`generation_config.json`: EOS ids, temperature, top_p).
+
+use super::decoder::Decoder;
+use super::source::{resolve, ResolvedSource};
+use super::weights::WeightSource;
+use super::{build, open_weights};
+use crate::tokenizer::Tokenizer;
+use anyhow::{Context, Result};
+use std::path::Path;
+use std::sync::Arc;
+
+/// How to load a model.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// Hub revision (branch, tag or commit); default `main`.
+    pub revision: Option<String>,
+}
+
+/// A model ready to serve.
+pub struct LoadedModel {
+    /// The network.
+    pub decoder: Decoder,
+    /// Its tokenizer (with the chat template).
+    pub tokenizer: Arc<Tokenizer>,
+    /// A name for `/v1/models`: the repo id, directory or file name.
+    pub name: String,
+    /// The model's context length.
+    pub max_model_len: usize,
+    /// Sampling temperature the checkpoint recommends.
+    pub default_temperature: Option<f32>,
+    /// Nucleus mass the checkpoint recommends.
+    pub default_top_p: Option<f32>,
+}
+
+fn name_of(spec: &str) -> String {
+    let p = Path::new(spec);
+    if p.exists() {
+        p.file_name()
+            .map(|n| n.to_string_lossy().trim_end_matches(".gguf").to_string())
+            .unwrap_or_else(|| spec.to_string())
+    } else {
+        spec.to_string()
+    }
+}
+
+/// Loads everything `spec` names.
+pub fn load(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
+    let source = resolve(spec, opts.revision.as_deref())?;
+    let (weights, config) = open_weights(&source)?;
+    let mut tokenizer = match (&source, &weights) {
+        (ResolvedSource::Gguf(parts), WeightSource::Gguf(files)) => {
+            Tokenizer::from_gguf(&files[0].content, &parts[0])?
+        }
+        (ResolvedSource::HfDir(dir), _) => Tokenizer::from_hf_dir(dir)?,
+        _ => unreachable!("open_weights matches the source kind"),
+    };
+    let mut default_temperature = None;
+    let mut default_top_p = None;
+    if let ResolvedSource::HfDir(dir) = &source {
+        let gen = dir.join("generation_config.json");
+        if gen.exists() {
+            let text = std::fs::read_to_string(&gen)
+                .with_context(|| format!("{}: cannot read", gen.display()))?;
+            let j: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{}: invalid JSON", gen.display()))?;
+            let eos: Vec<u32> = match j.get("eos_token_id") {
+                Some(serde_json::Value::Number(n)) => n.as_u64().into_iter().map(|v| v as u32).collect(),
+                Some(serde_json::Value::Array(a)) => {
+                    a.iter().filter_map(|v| v.as_u64()).map(|v| v as u32).collect()
+                }
+                _ => Vec::new(),
+            };
+            tokenizer.add_eos_ids(&eos);
+            default_temperature = j.get("temperature").and_then(|v| v.as_f64()).map(|v| v as f32);
+            default_top_p = j.get("top_p").and_then(|v| v.as_f64()).map(|v| v as f32);
+        }
+    }
+    let max_model_len = config.max_position_embeddings;
+    let decoder = build(&weights, config)?;
+    Ok(LoadedModel {
+        decoder,
+        tokenizer: Arc::new(tokenizer),
+        name: name_of(spec),
+        max_model_len,
+        default_temperature,
+        default_top_p,
+    })
+}

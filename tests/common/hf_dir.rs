@@ -1,0 +1,99 @@
+//! Builds a Hugging Face-layout directory (config.json, two safetensors
+//! shards with an index, tokenizer files) from the Qwen2.5-0.5B GGUF by
+//! dequantizing every tensor, so the safetensors path is tested on real
+//! weights. Cached next to the checkpoints; rebuilt when missing.
+
+use candle_core::quantized::gguf_file;
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+fn hf_name(g: &str) -> String {
+    let fixed = [
+        ("token_embd.weight", "model.embed_tokens.weight"),
+        ("output_norm.weight", "model.norm.weight"),
+        ("output.weight", "lm_head.weight"),
+    ];
+    if let Some((_, h)) = fixed.iter().find(|(k, _)| *k == g) {
+        return h.to_string();
+    }
+    let parts = [
+        ("attn_q", "self_attn.q_proj"),
+        ("attn_k", "self_attn.k_proj"),
+        ("attn_v", "self_attn.v_proj"),
+        ("attn_output", "self_attn.o_proj"),
+        ("attn_norm", "input_layernorm"),
+        ("ffn_norm", "post_attention_layernorm"),
+        ("ffn_gate", "mlp.gate_proj"),
+        ("ffn_up", "mlp.up_proj"),
+        ("ffn_down", "mlp.down_proj"),
+    ];
+    let rest = g.strip_prefix("blk.").expect("block tensor");
+    let (layer, rest) = rest.split_once('.').unwrap();
+    let (part, suffix) = rest.split_once('.').unwrap();
+    let hf = parts.iter().find(|(k, _)| *k == part).unwrap().1;
+    format!("model.layers.{layer}.{hf}.{suffix}")
+}
+
+/// The directory, built on first use.
+pub fn qwen05_hf_dir(gguf: &Path, tokenizer_json: impl Fn(&Path)) -> PathBuf {
+    let dir = gguf.parent().unwrap().join("hf-qwen2.5-coder-0.5b-bf16");
+    if dir.join("complete").exists() {
+        return dir;
+    }
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut f = std::fs::File::open(gguf).unwrap();
+    let ct = gguf_file::Content::read(&mut f).unwrap();
+    let md = |k: &str| ct.metadata[k].clone();
+    let mut names: Vec<String> = ct.tensor_infos.keys().cloned().collect();
+    names.sort();
+    let mut shards: [HashMap<String, Tensor>; 2] = [HashMap::new(), HashMap::new()];
+    let mut index = serde_json::Map::new();
+    for name in &names {
+        let t = ct
+            .tensor(&mut f, name, &Device::Cpu)
+            .unwrap()
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap();
+        let hf = hf_name(name);
+        let shard = usize::from(name.starts_with("blk.1") || name.starts_with("blk.2"));
+        let file = format!("model-0000{}-of-00002.safetensors", shard + 1);
+        index.insert(hf.clone(), serde_json::Value::String(file));
+        shards[shard].insert(hf, t);
+    }
+    for (i, s) in shards.iter().enumerate() {
+        candle_core::safetensors::save(s, dir.join(format!("model-0000{}-of-00002.safetensors", i + 1)))
+            .unwrap();
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": index});
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let u = |k: &str| md(k).to_u32().unwrap() as usize;
+    let heads = u("qwen2.attention.head_count");
+    let config = serde_json::json!({
+        "architectures": ["Qwen2ForCausalLM"],
+        "model_type": "qwen2",
+        "vocab_size": md("tokenizer.ggml.tokens").to_vec().unwrap().len(),
+        "hidden_size": u("qwen2.embedding_length"),
+        "intermediate_size": u("qwen2.feed_forward_length"),
+        "num_hidden_layers": u("qwen2.block_count"),
+        "num_attention_heads": heads,
+        "num_key_value_heads": u("qwen2.attention.head_count_kv"),
+        "max_position_embeddings": u("qwen2.context_length"),
+        "sliding_window": u("qwen2.context_length"),
+        "max_window_layers": u("qwen2.block_count"),
+        "tie_word_embeddings": !ct.tensor_infos.contains_key("output.weight"),
+        "rope_theta": md("qwen2.rope.freq_base").to_f32().unwrap(),
+        "rms_norm_eps": md("qwen2.attention.layer_norm_rms_epsilon").to_f32().unwrap(),
+        "use_sliding_window": false,
+        "hidden_act": "silu",
+        "torch_dtype": "bfloat16",
+    });
+    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config).unwrap()).unwrap();
+    let gen = serde_json::json!({"eos_token_id": [151645, 151643], "temperature": 0.7, "top_p": 0.8});
+    std::fs::write(dir.join("generation_config.json"), gen.to_string()).unwrap();
+    tokenizer_json(&dir);
+    std::fs::write(dir.join("complete"), b"").unwrap();
+    dir
+}
