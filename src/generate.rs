@@ -40,14 +40,8 @@ pub async fn run(opts: GenerateOptions) -> Result<()> {
     )?;
     let tokenizer = model.tokenizer.clone();
     let prompt = if opts.chat {
-        let template = tokenizer
-            .chat_template()
-            .context("--chat: the model has no chat template")?;
-        let template = crate::tokenizer::template::ChatTemplate::new(
-            template,
-            tokenizer.bos_token(),
-            tokenizer.eos_token(),
-        )?;
+        let template = crate::tokenizer::ChatTemplate::from_tokenizer(&tokenizer)
+            .context("--chat needs the model's chat template")?;
         let messages = serde_json::json!([{"role": "user", "content": opts.prompt}]);
         let text = template.render(&messages, true, &serde_json::Map::new())?;
         tokenizer.encode(&text, false)?

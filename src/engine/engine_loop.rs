@@ -399,13 +399,14 @@ fn sample_and_advance(
     if !params.ignore_eos {
         stop_ids.extend_from_slice(eos);
     }
+    let num_generated = seq.num_generated();
     let (token, logprob) = sample(
         logits,
         &params,
         &mut seq.sampler,
         &SampleContext {
             all_tokens: &seq.tokens,
-            num_generated: seq.num_generated(),
+            num_generated,
             stop_ids: &stop_ids,
         },
     );

@@ -4,7 +4,7 @@
 use super::sampler::SamplerState;
 use super::stop::StopChecker;
 use super::types::{FinishReason, SamplingParams};
-use crate::tokenizer::detok::IncrementalDecoder;
+use crate::tokenizer::IncrementalDecoder;
 use crate::types::{RequestId, SeqId, TokenId};
 use std::sync::Arc;
 

@@ -72,7 +72,7 @@ pub fn load(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
                 }
                 _ => Vec::new(),
             };
-            tokenizer.add_eos_ids(&eos);
+            tokenizer.add_eos_ids(eos);
             default_temperature = j.get("temperature").and_then(|v| v.as_f64()).map(|v| v as f32);
             default_top_p = j.get("top_p").and_then(|v| v.as_f64()).map(|v| v as f32);
         }
