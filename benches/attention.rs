@@ -34,17 +34,34 @@ fn main() {
     println!("| context | attention | KV bytes | GB/s | memcpy GB/s | ratio |\n|---|---|---|---|---|---|");
     for &ctx in &CONTEXTS {
         let blocks = ctx / bs;
-        let geometry = KvGeometry { block_size: bs, num_blocks: blocks, num_kv_heads: kv_heads, head_dim: hd };
+        let geometry = KvGeometry {
+            block_size: bs,
+            num_blocks: blocks,
+            num_kv_heads: kv_heads,
+            head_dim: hd,
+        };
         let mut cache = KvCache::new(geometry, 1, KvDtype::F16);
         let table: Vec<BlockId> = (0..blocks as u32).map(BlockId).collect();
-        let data: Vec<f32> = (0..ctx * kv_heads * hd).map(|i| ((i * 7) % 13) as f32 * 0.01).collect();
+        let data: Vec<f32> = (0..ctx * kv_heads * hd)
+            .map(|i| ((i * 7) % 13) as f32 * 0.01)
+            .collect();
         write_kv(&mut cache.layers[0].k, &geometry, &table, 0, &data).unwrap();
         write_kv(&mut cache.layers[0].v, &geometry, &table, 0, &data).unwrap();
         let q = vec![0.1f32; heads * hd];
         let mut out = vec![0f32; heads * hd];
-        let seqs = [AttnSeq { q_start: 0, q_len: 1, ctx_len: ctx, block_table: &table }];
-        let shape = AttnShape { num_heads: heads, scale: 0.125 };
-        let t = time(|| paged_attention(&q, &mut out, &cache.layers[0], &geometry, &seqs, &shape).unwrap());
+        let seqs = [AttnSeq {
+            q_start: 0,
+            q_len: 1,
+            ctx_len: ctx,
+            block_table: &table,
+        }];
+        let shape = AttnShape {
+            num_heads: heads,
+            scale: 0.125,
+        };
+        let t = time(|| {
+            paged_attention(&q, &mut out, &cache.layers[0], &geometry, &seqs, &shape).unwrap()
+        });
         let bytes = 2 * ctx * kv_heads * hd * 2;
         let src = vec![1u8; bytes];
         let mut dst = vec![0u8; bytes];
@@ -54,18 +71,28 @@ fn main() {
         });
         let gbs = bytes as f64 / t / 1e9;
         let mgbs = bytes as f64 / tm / 1e9;
-        println!("| {ctx} | {:.3} ms | {:.1} MiB | {gbs:.1} | {mgbs:.1} | {:.2} |", t * 1e3, bytes as f64 / (1 << 20) as f64, gbs / mgbs);
+        println!(
+            "| {ctx} | {:.3} ms | {:.1} MiB | {gbs:.1} | {mgbs:.1} | {:.2} |",
+            t * 1e3,
+            bytes as f64 / (1 << 20) as f64,
+            gbs / mgbs
+        );
     }
 
-    let path = std::env::var("R1SERVE_MODELS").map(PathBuf::from).unwrap_or_else(|_| {
-        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/r1serve/models")
-    }).join("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
+    let path = std::env::var("R1SERVE_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/r1serve/models")
+        })
+        .join("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
     let src = source::resolve(path.to_str().unwrap(), None).expect("run models/fetch.sh");
     let (weights, config) = open_weights(&src).unwrap();
     let model = build(&weights, config).unwrap();
     let c = &model.config;
     println!("\n## Qwen2.5-0.5B Q4_K_M decode step (f16 KV)\n");
-    println!("| context | batch 1 | batch 8 | batch 1 vs 1k | batch 8 vs 1k |\n|---|---|---|---|---|");
+    println!(
+        "| context | batch 1 | batch 8 | batch 1 vs 1k | batch 8 vs 1k |\n|---|---|---|---|---|"
+    );
     let mut base = (0.0, 0.0);
     for &ctx in &CONTEXTS {
         let mut row = Vec::new();
@@ -78,17 +105,29 @@ fn main() {
                 head_dim: c.head_dim,
             };
             let mut cache = KvCache::new(geometry, c.num_layers, KvDtype::F16);
-            let fill: Vec<f32> = (0..ctx * c.num_kv_heads * c.head_dim).map(|i| ((i * 5) % 11) as f32 * 0.02).collect();
+            let fill: Vec<f32> = (0..ctx * c.num_kv_heads * c.head_dim)
+                .map(|i| ((i * 5) % 11) as f32 * 0.02)
+                .collect();
             let mut seqs = Vec::new();
             for b in 0..batch {
-                let table: Vec<BlockId> = (0..per_seq).map(|i| BlockId((b * per_seq + i) as u32)).collect();
+                let table: Vec<BlockId> = (0..per_seq)
+                    .map(|i| BlockId((b * per_seq + i) as u32))
+                    .collect();
                 for layer in &mut cache.layers {
                     write_kv(&mut layer.k, &geometry, &table, 0, &fill).unwrap();
                     write_kv(&mut layer.v, &geometry, &table, 0, &fill).unwrap();
                 }
-                seqs.push(BatchSeq { num_tokens: 1, ctx_len: ctx + 1, block_table: table, want_logits: true });
+                seqs.push(BatchSeq {
+                    num_tokens: 1,
+                    ctx_len: ctx + 1,
+                    block_table: table,
+                    want_logits: true,
+                });
             }
-            let fb = ForwardBatch { tokens: vec![1000; batch], seqs };
+            let fb = ForwardBatch {
+                tokens: vec![1000; batch],
+                seqs,
+            };
             row.push(time(|| {
                 model.forward(&fb, &mut cache).unwrap();
             }));
@@ -96,6 +135,12 @@ fn main() {
         if ctx == CONTEXTS[0] {
             base = (row[0], row[1]);
         }
-        println!("| {ctx} | {:.1} ms | {:.1} ms | {:.2}x | {:.2}x |", row[0] * 1e3, row[1] * 1e3, row[0] / base.0, row[1] / base.1);
+        println!(
+            "| {ctx} | {:.1} ms | {:.1} ms | {:.2}x | {:.2}x |",
+            row[0] * 1e3,
+            row[1] * 1e3,
+            row[0] / base.0,
+            row[1] / base.1
+        );
     }
 }

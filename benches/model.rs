@@ -17,19 +17,26 @@ const PREFILL: usize = 512;
 const DECODE: usize = 64;
 
 fn models_dir() -> PathBuf {
-    std::env::var("R1SERVE_MODELS").map(PathBuf::from).unwrap_or_else(|_| {
-        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/r1serve/models")
-    })
+    std::env::var("R1SERVE_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/r1serve/models")
+        })
 }
 
 fn prompt(vocab: usize) -> Vec<u32> {
-    (0..PREFILL as u32).map(|i| 100 + (i * 7919) % (vocab as u32 - 200)).collect()
+    (0..PREFILL as u32)
+        .map(|i| 100 + (i * 7919) % (vocab as u32 - 200))
+        .collect()
 }
 
 fn argmax(v: &[f32]) -> u32 {
     v.iter()
         .enumerate()
-        .fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b })
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |b, (i, &x)| if x > b.1 { (i, x) } else { b },
+        )
         .0 as u32
 }
 
@@ -71,12 +78,22 @@ trait Candle {
 }
 impl Candle for candle_transformers::models::quantized_llama::ModelWeights {
     fn fwd(&mut self, x: &Tensor, pos: usize) -> Vec<f32> {
-        self.forward(x, pos).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+        self.forward(x, pos)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
     }
 }
 impl Candle for candle_transformers::models::quantized_qwen2::ModelWeights {
     fn fwd(&mut self, x: &Tensor, pos: usize) -> Vec<f32> {
-        self.forward(x, pos).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+        self.forward(x, pos)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
     }
 }
 
@@ -94,8 +111,16 @@ fn theirs(m: &mut dyn Candle, tokens: &[u32]) -> (f64, f64) {
 
 fn main() {
     let files = [
-        ("SmolLM2-135M Q4_1", "SmolLM2-135M-Instruct.Q4_1.gguf", false),
-        ("Qwen2.5-0.5B Q4_K_M", "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", true),
+        (
+            "SmolLM2-135M Q4_1",
+            "SmolLM2-135M-Instruct.Q4_1.gguf",
+            false,
+        ),
+        (
+            "Qwen2.5-0.5B Q4_K_M",
+            "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+            true,
+        ),
     ];
     println!(
         "threads: {} (rayon)\n\n| model | engine | prefill {PREFILL} tok/s | decode tok/s |\n|---|---|---|---|",
@@ -119,13 +144,21 @@ fn main() {
         let ct = gguf_file::Content::read(&mut f).unwrap();
         let mut reference: Box<dyn Candle> = if qwen {
             Box::new(
-                candle_transformers::models::quantized_qwen2::ModelWeights::from_gguf(ct, &mut f, &Device::Cpu)
-                    .unwrap(),
+                candle_transformers::models::quantized_qwen2::ModelWeights::from_gguf(
+                    ct,
+                    &mut f,
+                    &Device::Cpu,
+                )
+                .unwrap(),
             )
         } else {
             Box::new(
-                candle_transformers::models::quantized_llama::ModelWeights::from_gguf(ct, &mut f, &Device::Cpu)
-                    .unwrap(),
+                candle_transformers::models::quantized_llama::ModelWeights::from_gguf(
+                    ct,
+                    &mut f,
+                    &Device::Cpu,
+                )
+                .unwrap(),
             )
         };
         let (tp, td) = theirs(reference.as_mut(), &tokens);

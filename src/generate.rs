@@ -49,7 +49,10 @@ pub async fn run(opts: GenerateOptions) -> Result<()> {
         tokenizer.encode(&opts.prompt, true)?
     };
     let params = SamplingParams {
-        temperature: opts.temperature.or(model.default_temperature).unwrap_or(0.0),
+        temperature: opts
+            .temperature
+            .or(model.default_temperature)
+            .unwrap_or(0.0),
         top_p: opts.top_p.or(model.default_top_p).unwrap_or(1.0),
         seed: opts.seed,
         max_tokens: opts.max_tokens,

@@ -12,7 +12,10 @@ use r1serve::types::BlockId;
 struct Lcg(u64);
 impl Lcg {
     fn next(&mut self) -> f32 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
     fn below(&mut self, n: usize) -> usize {
@@ -21,7 +24,14 @@ impl Lcg {
 }
 
 /// Runs one batch of `(ctx_len, q_len)` sequences and compares.
-fn run(cases: &[(usize, usize)], kv_heads: usize, group: usize, block_size: usize, dtype: KvDtype, seed: u64) {
+fn run(
+    cases: &[(usize, usize)],
+    kv_heads: usize,
+    group: usize,
+    block_size: usize,
+    dtype: KvDtype,
+    seed: u64,
+) {
     let mut rng = Lcg(seed);
     let hd = 64;
     let heads = kv_heads * group;
@@ -40,7 +50,9 @@ fn run(cases: &[(usize, usize)], kv_heads: usize, group: usize, block_size: usiz
     }
     let mut tables = Vec::new();
     for &(ctx, _) in cases {
-        let table: Vec<BlockId> = (0..ctx.div_ceil(block_size)).map(|_| BlockId(free.pop().unwrap())).collect();
+        let table: Vec<BlockId> = (0..ctx.div_ceil(block_size))
+            .map(|_| BlockId(free.pop().unwrap()))
+            .collect();
         let k: Vec<f32> = (0..ctx * kv_heads * hd).map(|_| rng.next()).collect();
         let v: Vec<f32> = (0..ctx * kv_heads * hd).map(|_| rng.next()).collect();
         write_kv(&mut cache.layers[0].k, &geometry, &table, 0, &k).unwrap();
@@ -52,23 +64,44 @@ fn run(cases: &[(usize, usize)], kv_heads: usize, group: usize, block_size: usiz
     let mut seqs = Vec::new();
     let mut start = 0;
     for (i, &(ctx, ql)) in cases.iter().enumerate() {
-        seqs.push(AttnSeq { q_start: start, q_len: ql, ctx_len: ctx, block_table: &tables[i] });
+        seqs.push(AttnSeq {
+            q_start: start,
+            q_len: ql,
+            ctx_len: ctx,
+            block_table: &tables[i],
+        });
         start += ql;
     }
-    let shape = AttnShape { num_heads: heads, scale: 1.0 / (hd as f32).sqrt() };
+    let shape = AttnShape {
+        num_heads: heads,
+        scale: 1.0 / (hd as f32).sqrt(),
+    };
     let mut fast = vec![0f32; q.len()];
     let mut slow = vec![0f32; q.len()];
     paged_attention(&q, &mut fast, &cache.layers[0], &geometry, &seqs, &shape).unwrap();
     paged_attention_reference(&q, &mut slow, &cache.layers[0], &geometry, &seqs, &shape).unwrap();
-    let err = fast.iter().zip(&slow).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    assert!(err < 1e-4, "cases {cases:?} gqa {group} bs {block_size}: max error {err}");
+    let err = fast
+        .iter()
+        .zip(&slow)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        err < 1e-4,
+        "cases {cases:?} gqa {group} bs {block_size}: max error {err}"
+    );
 }
 
 #[test]
 fn decode_matches_reference_across_gqa_and_block_sizes() {
     for (i, &group) in [1usize, 2, 7].iter().enumerate() {
         for &bs in &[8usize, 16, 32] {
-            run(&[(1, 1), (17, 1), (300, 1), (5000, 1)], 2, group, bs, KvDtype::F16, 7 + i as u64);
+            run(
+                &[(1, 1), (17, 1), (300, 1), (5000, 1)],
+                2,
+                group,
+                bs,
+                KvDtype::F16,
+                7 + i as u64,
+            );
         }
     }
 }
@@ -77,7 +110,14 @@ fn decode_matches_reference_across_gqa_and_block_sizes() {
 fn prefill_with_cached_prefix_matches_reference() {
     for (i, &group) in [1usize, 2, 7].iter().enumerate() {
         for &bs in &[8usize, 16, 32] {
-            run(&[(5, 5), (16, 16), (100, 37), (700, 70), (33, 1)], 2, group, bs, KvDtype::F32, 100 + i as u64);
+            run(
+                &[(5, 5), (16, 16), (100, 37), (700, 70), (33, 1)],
+                2,
+                group,
+                bs,
+                KvDtype::F32,
+                100 + i as u64,
+            );
         }
     }
 }
@@ -89,15 +129,33 @@ fn long_prefill_chunk_matches_reference() {
 
 #[test]
 fn bad_block_tables_are_errors_not_panics() {
-    let geometry = KvGeometry { block_size: 16, num_blocks: 2, num_kv_heads: 1, head_dim: 8 };
+    let geometry = KvGeometry {
+        block_size: 16,
+        num_blocks: 2,
+        num_kv_heads: 1,
+        head_dim: 8,
+    };
     let cache = KvCache::new(geometry, 1, KvDtype::F32);
     let q = vec![0f32; 8];
     let mut out = vec![0f32; 8];
-    let shape = AttnShape { num_heads: 1, scale: 1.0 };
+    let shape = AttnShape {
+        num_heads: 1,
+        scale: 1.0,
+    };
     let short = [BlockId(0)];
-    let seqs = [AttnSeq { q_start: 0, q_len: 1, ctx_len: 40, block_table: &short }];
+    let seqs = [AttnSeq {
+        q_start: 0,
+        q_len: 1,
+        ctx_len: 40,
+        block_table: &short,
+    }];
     assert!(paged_attention(&q, &mut out, &cache.layers[0], &geometry, &seqs, &shape).is_err());
     let outside = [BlockId(5)];
-    let seqs = [AttnSeq { q_start: 0, q_len: 1, ctx_len: 1, block_table: &outside }];
+    let seqs = [AttnSeq {
+        q_start: 0,
+        q_len: 1,
+        ctx_len: 1,
+        block_table: &outside,
+    }];
     assert!(paged_attention(&q, &mut out, &cache.layers[0], &geometry, &seqs, &shape).is_err());
 }

@@ -43,8 +43,11 @@ fn batch_invariance(path: &Path) {
     rt().block_on(async {
         let (h, tok) = start(path, config(256));
         let lens = [5usize, 17, 33, 64, 100, 150, 200, 280, 350, 420, 550, 700];
-        let prompts: Vec<Vec<u32>> =
-            lens.iter().enumerate().map(|(i, &n)| text_prompt(&tok, n, i)).collect();
+        let prompts: Vec<Vec<u32>> = lens
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| text_prompt(&tok, n, i))
+            .collect();
         let mut alone = Vec::new();
         for p in &prompts {
             alone.push(run(&h, p.clone(), greedy(48)).await.tokens[0].clone());
@@ -54,7 +57,11 @@ fn batch_invariance(path: &Path) {
         h.shutdown();
         let together = join_all(prompts.iter().map(|p| run(&h2, p.clone(), greedy(48)))).await;
         for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
-            assert_eq!(a, &t.tokens[0], "prompt {i} ({} tokens) differs in a batch", lens[i]);
+            assert_eq!(
+                a, &t.tokens[0],
+                "prompt {i} ({} tokens) differs in a batch",
+                lens[i]
+            );
         }
         let s = wait_idle(&h2).await;
         assert_eq!(s.free_blocks, s.total_blocks);
@@ -82,7 +89,8 @@ fn preemption_resumes_with_identical_tokens_and_frees_everything() {
         free.shutdown();
         // Blocks for exactly two sequences of 40+63+40 tokens (16-token blocks).
         let mc_bytes_per_block = {
-            let m = r1serve::model::load::load(path.to_str().unwrap(), &Default::default()).unwrap();
+            let m =
+                r1serve::model::load::load(path.to_str().unwrap(), &Default::default()).unwrap();
             let c = &m.decoder.config;
             16 * 2 * c.num_layers * c.num_kv_heads * c.head_dim * 2
         };
@@ -150,7 +158,10 @@ fn chunked_prefill_matches_and_running_stream_keeps_decoding() {
         );
         let short = text_prompt(&tok, 10, 3);
         let mut stream = h
-            .add_request(EngineRequest { prompt: short, params: greedy(200) })
+            .add_request(EngineRequest {
+                prompt: short,
+                params: greedy(200),
+            })
             .unwrap();
         stream.next().await.unwrap(); // decoding now
         let steps_before = h.stats().steps;
@@ -158,7 +169,11 @@ fn chunked_prefill_matches_and_running_stream_keeps_decoding() {
         let drain = async {
             let mut got = 0u64;
             while let Some(o) = stream.next().await {
-                got += o.samples.iter().map(|s| s.token_ids.len() as u64).sum::<u64>();
+                got += o
+                    .samples
+                    .iter()
+                    .map(|s| s.token_ids.len() as u64)
+                    .sum::<u64>();
                 if o.finished {
                     break;
                 }
@@ -195,7 +210,11 @@ fn seeded_sampling_is_reproducible_across_batch_compositions() {
             .map(|i| {
                 let mut q = params.clone();
                 q.seed = Some(i);
-                run(&h, text_prompt(&tok, 20 + i as usize * 30, 10 + i as usize), q)
+                run(
+                    &h,
+                    text_prompt(&tok, 20 + i as usize * 30, 10 + i as usize),
+                    q,
+                )
             })
             .collect();
         let (mixed, _) = futures::join!(run(&h, p.clone(), params.clone()), join_all(others));
@@ -222,7 +241,10 @@ fn n_samples_share_prompt_blocks_and_differ() {
             ..Default::default()
         };
         let mut stream = h
-            .add_request(EngineRequest { prompt: p.clone(), params: params.clone() })
+            .add_request(EngineRequest {
+                prompt: p.clone(),
+                params: params.clone(),
+            })
             .unwrap();
         let mut max_used = 0;
         let mut tokens = vec![Vec::new(); 4];
@@ -238,9 +260,15 @@ fn n_samples_share_prompt_blocks_and_differ() {
         }
         // 160 prompt tokens = 10 full blocks shared; each sample adds at most
         // 3 blocks of its own (30 tokens plus its last prompt block).
-        assert!(max_used <= 10 + 4 * 3, "prompt blocks not shared: {max_used} in use");
+        assert!(
+            max_used <= 10 + 4 * 3,
+            "prompt blocks not shared: {max_used} in use"
+        );
         assert!(tokens.iter().all(|t| t.len() == 30));
-        assert!(tokens[0] != tokens[1] || tokens[1] != tokens[2], "samples identical");
+        assert!(
+            tokens[0] != tokens[1] || tokens[1] != tokens[2],
+            "samples identical"
+        );
         let s = wait_idle(&h).await;
         assert_eq!(s.free_blocks, s.total_blocks);
         h.shutdown();
@@ -253,7 +281,10 @@ fn abort_returns_every_block_within_a_step() {
         let path = common::smollm2();
         let (h, tok) = start(&path, config(64));
         let mut s = h
-            .add_request(EngineRequest { prompt: text_prompt(&tok, 300, 8), params: greedy(500) })
+            .add_request(EngineRequest {
+                prompt: text_prompt(&tok, 300, 8),
+                params: greedy(500),
+            })
             .unwrap();
         s.next().await.unwrap();
         s.next().await.unwrap();
@@ -270,14 +301,18 @@ fn abort_returns_every_block_within_a_step() {
 fn stop_strings_max_tokens_and_eos() {
     rt().block_on(async {
         let path = common::smollm2();
-        let (h, tok) = start(&path, config(64));
-        let p = text_prompt(&tok, 20, 11);
+        let (h, _) = start(&path, config(64));
+        let p = common::chat_prompts(&path)[2].clone();
         let free = run(&h, p.clone(), greedy(30)).await;
         assert_eq!(free.finish[0], Some(FinishReason::Length));
         assert_eq!(free.tokens[0].len(), 30);
         // Stop on a piece of the text the model is known to produce.
         let text = &free.text[0];
-        let mid = text.char_indices().map(|(i, _)| i).nth(text.chars().count() / 2).unwrap();
+        let mid = text
+            .char_indices()
+            .map(|(i, _)| i)
+            .nth(text.chars().count() / 2)
+            .unwrap();
         let stop: String = text[mid..].chars().take(3).collect();
         let mut params = greedy(30);
         params.stop = vec![stop.clone()];
@@ -285,11 +320,13 @@ fn stop_strings_max_tokens_and_eos() {
         assert_eq!(stopped.finish[0], Some(FinishReason::Stop));
         assert!(!stopped.text[0].contains(&stop));
         assert!(text.starts_with(&stopped.text[0]));
-        // Stop token: the first generated token ends it at once.
+        // Stop token: generation ends right after its first occurrence.
+        let t = &free.tokens[0];
+        let k = (1..t.len()).find(|&k| !t[..k].contains(&t[k])).unwrap();
         let mut params = greedy(30);
-        params.stop_token_ids = vec![free.tokens[0][2]];
+        params.stop_token_ids = vec![t[k]];
         let by_token = run(&h, p, params).await;
-        assert_eq!(by_token.tokens[0].len(), 3);
+        assert_eq!(by_token.tokens[0].len(), k + 1);
         assert_eq!(by_token.finish[0], Some(FinishReason::Stop));
         h.shutdown();
     });
@@ -306,12 +343,21 @@ fn queue_limit_and_context_limit_are_enforced() {
         },
     );
     let err = h
-        .add_request(EngineRequest { prompt: text_prompt(&tok, 5, 0), params: greedy(4) })
+        .add_request(EngineRequest {
+            prompt: text_prompt(&tok, 5, 0),
+            params: greedy(4),
+        })
         .err()
         .unwrap();
-    assert!(matches!(err, r1serve::engine::types::EngineError::QueueFull(_)));
+    assert!(matches!(
+        err,
+        r1serve::engine::types::EngineError::QueueFull(_)
+    ));
     let err = h
-        .add_request(EngineRequest { prompt: text_prompt(&tok, 100, 0), params: greedy(4090) })
+        .add_request(EngineRequest {
+            prompt: text_prompt(&tok, 100, 0),
+            params: greedy(4090),
+        })
         .err()
         .unwrap();
     assert!(err.to_string().contains("4096"), "{err}");

@@ -112,7 +112,10 @@ impl Engine {
                 "a KV cache of {budget} bytes holds {num_blocks} blocks; at least {min_blocks} are needed"
             );
         }
-        let geometry = KvGeometry { num_blocks, ..probe };
+        let geometry = KvGeometry {
+            num_blocks,
+            ..probe
+        };
         tracing::info!(
             "KV cache: {num_blocks} blocks x {} tokens = {} tokens, {:.1} MiB ({:?})",
             config.block_size,
@@ -304,7 +307,9 @@ impl EngineLoop {
                 }
             }
             let start = seq.num_computed;
-            batch.tokens.extend_from_slice(&seq.tokens[start..start + n]);
+            batch
+                .tokens
+                .extend_from_slice(&seq.tokens[start..start + n]);
             batch.seqs.push(BatchSeq {
                 num_tokens: n,
                 ctx_len: start + n,
@@ -343,7 +348,8 @@ impl EngineLoop {
             let Some(mut l) = logits.next() else {
                 continue;
             };
-            let out = sample_and_advance(seq, &mut l, &self.eos, &self.tokenizer, self.max_model_len);
+            let out =
+                sample_and_advance(seq, &mut l, &self.eos, &self.tokenizer, self.max_model_len);
             let request = seq.request;
             if out.finish_reason.is_some() {
                 self.sched.remove(sid, &mut self.kv);

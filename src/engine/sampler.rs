@@ -24,7 +24,9 @@ impl SamplerState {
     /// its samples a distinct but reproducible stream.
     pub fn new(seed: Option<u64>, index: usize) -> Self {
         let rng = match seed {
-            Some(s) => StdRng::seed_from_u64(s ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+            Some(s) => {
+                StdRng::seed_from_u64(s ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            }
             None => StdRng::from_os_rng(),
         };
         Self {
@@ -62,7 +64,9 @@ fn top_n(values: &[f32], n: usize) -> Vec<(TokenId, f32)> {
     if n == 0 {
         return Vec::new();
     }
-    idx.select_nth_unstable_by(n - 1, |&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
+    idx.select_nth_unstable_by(n - 1, |&a, &b| {
+        values[b].total_cmp(&values[a]).then(a.cmp(&b))
+    });
     idx.truncate(n);
     idx.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
     idx.into_iter().map(|i| (i as TokenId, values[i])).collect()
@@ -142,7 +146,10 @@ fn sample_random(logits: &[f32], params: &SamplingParams, rng: &mut StdRng) -> T
     let mut cand = if params.top_k == 0 {
         let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
         let floor = max - 30.0 * params.temperature;
-        let kept: Vec<f32> = logits.iter().map(|&l| if l >= floor { l } else { f32::NEG_INFINITY }).collect();
+        let kept: Vec<f32> = logits
+            .iter()
+            .map(|&l| if l >= floor { l } else { f32::NEG_INFINITY })
+            .collect();
         let n = kept.iter().filter(|l| l.is_finite()).count();
         top_n(&kept, n)
     } else {
@@ -153,7 +160,10 @@ fn sample_random(logits: &[f32], params: &SamplingParams, rng: &mut StdRng) -> T
         return 0;
     }
     let max = cand[0].1;
-    let mut probs: Vec<f32> = cand.iter().map(|(_, l)| ((l - max) * inv_t).exp()).collect();
+    let mut probs: Vec<f32> = cand
+        .iter()
+        .map(|(_, l)| ((l - max) * inv_t).exp())
+        .collect();
     let total: f32 = probs.iter().sum();
     probs.iter_mut().for_each(|p| *p /= total);
     let mut keep = probs.len();
@@ -215,7 +225,10 @@ mod tests {
             ..greedy()
         };
         let mut s = SamplerState::new(Some(1), 0);
-        assert_eq!(sample(&mut [0.1, 3.0, 2.0], &p, &mut s, &ctx(&[], &[], 0)).0, 2);
+        assert_eq!(
+            sample(&mut [0.1, 3.0, 2.0], &p, &mut s, &ctx(&[], &[], 0)).0,
+            2
+        );
     }
 
     #[test]
@@ -225,7 +238,10 @@ mod tests {
             ..greedy()
         };
         let mut s = SamplerState::new(Some(1), 0);
-        assert_eq!(sample(&mut [0.1, 3.0, 2.0], &p, &mut s, &ctx(&[1], &[], 0)).0, 2);
+        assert_eq!(
+            sample(&mut [0.1, 3.0, 2.0], &p, &mut s, &ctx(&[1], &[], 0)).0,
+            2
+        );
     }
 
     #[test]
@@ -239,7 +255,10 @@ mod tests {
             let mut s = SamplerState::new(Some(1), 0);
             s.observe(1);
             s.observe(1);
-            assert_eq!(sample(&mut [0.1, 3.0, 2.0], &p, &mut s, &ctx(&[], &[], 0)).0, 2);
+            assert_eq!(
+                sample(&mut [0.1, 3.0, 2.0], &p, &mut s, &ctx(&[], &[], 0)).0,
+                2
+            );
         }
     }
 
@@ -250,8 +269,14 @@ mod tests {
             ..greedy()
         };
         let mut s = SamplerState::new(Some(1), 0);
-        assert_eq!(sample(&mut [0.1, 3.0, 2.0], &p, &mut s, &ctx(&[], &[1], 1)).0, 2);
-        assert_eq!(sample(&mut [0.1, 3.0, 2.0], &p, &mut s, &ctx(&[], &[1], 2)).0, 1);
+        assert_eq!(
+            sample(&mut [0.1, 3.0, 2.0], &p, &mut s, &ctx(&[], &[1], 1)).0,
+            2
+        );
+        assert_eq!(
+            sample(&mut [0.1, 3.0, 2.0], &p, &mut s, &ctx(&[], &[1], 2)).0,
+            1
+        );
     }
 
     fn histogram(p: &SamplingParams, logits: &[f32], draws: usize) -> Vec<usize> {
@@ -272,27 +297,45 @@ mod tests {
             ..Default::default()
         };
         assert!(histogram(&base, &logits, 2000)[3] > 0);
-        let k = SamplingParams { top_k: 2, ..base.clone() };
+        let k = SamplingParams {
+            top_k: 2,
+            ..base.clone()
+        };
         let h = histogram(&k, &logits, 2000);
         assert!(h[2] == 0 && h[3] == 0 && h[0] > 0 && h[1] > 0);
-        let tp = SamplingParams { top_p: 0.5, ..base.clone() };
+        let tp = SamplingParams {
+            top_p: 0.5,
+            ..base.clone()
+        };
         let h = histogram(&tp, &logits, 2000);
         assert!(h[2] == 0 && h[3] == 0, "{h:?}");
-        let mp = SamplingParams { min_p: 0.5, ..base.clone() };
+        let mp = SamplingParams {
+            min_p: 0.5,
+            ..base.clone()
+        };
         assert_eq!(histogram(&mp, &logits, 2000)[3], 0);
     }
 
     #[test]
     fn temperature_sharpens() {
         let logits = [1.0, 0.0];
-        let hot = SamplingParams { temperature: 2.0, ..Default::default() };
-        let cold = SamplingParams { temperature: 0.2, ..Default::default() };
+        let hot = SamplingParams {
+            temperature: 2.0,
+            ..Default::default()
+        };
+        let cold = SamplingParams {
+            temperature: 0.2,
+            ..Default::default()
+        };
         assert!(histogram(&hot, &logits, 3000)[1] > histogram(&cold, &logits, 3000)[1] * 5);
     }
 
     #[test]
     fn seeds_reproduce_and_differ() {
-        let p = SamplingParams { temperature: 1.0, ..Default::default() };
+        let p = SamplingParams {
+            temperature: 1.0,
+            ..Default::default()
+        };
         let logits: Vec<f32> = (0..50).map(|i| (i % 7) as f32 * 0.3).collect();
         let run = |seed, index| {
             let mut s = SamplerState::new(Some(seed), index);
@@ -307,7 +350,11 @@ mod tests {
 
     #[test]
     fn logprobs_are_log_softmax_of_raw_logits() {
-        let p = SamplingParams { logprobs: Some(2), logit_bias: vec![(0, 10.0)], ..greedy() };
+        let p = SamplingParams {
+            logprobs: Some(2),
+            logit_bias: vec![(0, 10.0)],
+            ..greedy()
+        };
         let mut s = SamplerState::new(Some(1), 0);
         let (t, lp) = sample(&mut [0.0, 1.0, 0.5], &p, &mut s, &ctx(&[], &[], 0));
         let lp = lp.unwrap();

@@ -150,7 +150,8 @@ impl Scheduler {
 
     fn admit(&mut self, kv: &mut KvCacheManager, budget: &mut usize, out: &mut SchedulerOutput) {
         let mut i = 0;
-        while *budget > 0 && self.running.len() < self.config.max_num_seqs && i < self.waiting.len() {
+        while *budget > 0 && self.running.len() < self.config.max_num_seqs && i < self.waiting.len()
+        {
             let id = self.waiting[i];
             let seq = &self.seqs[&id];
             if let Some(parent) = seq.wait_for {
@@ -255,7 +256,11 @@ mod tests {
         assert_eq!(s.preemptions(), 1);
         s.remove(SeqId(1), &mut kv);
         let o = s.schedule(&mut kv);
-        assert_eq!(o.scheduled, vec![(SeqId(2), 8)], "recomputes prompt and output");
+        assert_eq!(
+            o.scheduled,
+            vec![(SeqId(2), 8)],
+            "recomputes prompt and output"
+        );
     }
 
     #[test]

@@ -103,7 +103,10 @@ mod tests {
 
     #[test]
     fn multibyte_stop_strings() {
-        assert_eq!(run(&["停止"], &["好的停", "止了"]), ("好的".into(), Some("停止".into())));
+        assert_eq!(
+            run(&["停止"], &["好的停", "止了"]),
+            ("好的".into(), Some("停止".into()))
+        );
     }
 
     #[test]

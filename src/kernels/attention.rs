@@ -48,7 +48,11 @@ fn check(seqs: &[AttnSeq], geom: &KvGeometry, q_rows: usize, shape: &AttnShape) 
     }
     for s in seqs {
         if s.q_len == 0 || s.q_len > s.ctx_len {
-            bail!("sequence has {} queries for a context of {}", s.q_len, s.ctx_len);
+            bail!(
+                "sequence has {} queries for a context of {}",
+                s.q_len,
+                s.ctx_len
+            );
         }
         if s.q_start + s.q_len > q_rows {
             bail!("sequence queries exceed the batch");
@@ -205,7 +209,9 @@ fn attend_one_body(
         };
         for (b, block) in seq.block_table[..span.div_ceil(bs)].iter().enumerate() {
             let n = bs.min(span - b * bs);
-            layer.k.read(geom.offset(block.index(), kv_head, 0), &mut kv[..n * hd]);
+            layer
+                .k
+                .read(geom.offset(block.index(), kv_head, 0), &mut kv[..n * hd]);
             for j in 0..n {
                 let kp = b * bs + j;
                 let key = &kv[j * hd..(j + 1) * hd];
@@ -220,7 +226,9 @@ fn attend_one_body(
         let mut sums = vec![0f32; rows];
         for (r, row) in scores.chunks_exact_mut(span).enumerate() {
             let valid = first_pos + c0 + r / group + 1;
-            let max = row[..valid].iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            let max = row[..valid]
+                .iter()
+                .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
             let mut sum = 0f32;
             for v in &mut row[..valid] {
                 *v = (*v - max).exp();
@@ -231,7 +239,9 @@ fn attend_one_body(
         let acc = &mut out[c0 * group * hd..c1 * group * hd];
         for (b, block) in seq.block_table[..span.div_ceil(bs)].iter().enumerate() {
             let n = bs.min(span - b * bs);
-            layer.v.read(geom.offset(block.index(), kv_head, 0), &mut kv[..n * hd]);
+            layer
+                .v
+                .read(geom.offset(block.index(), kv_head, 0), &mut kv[..n * hd]);
             for j in 0..n {
                 let kp = b * bs + j;
                 let val = &kv[j * hd..(j + 1) * hd];
@@ -311,7 +321,9 @@ pub fn paged_attention_reference(
                 let mut scores = Vec::with_capacity(pos + 1);
                 for p in 0..=pos {
                     let block = seq.block_table[p / geom.block_size].index();
-                    layer.k.read(geom.offset(block, kvh, p % geom.block_size), &mut k);
+                    layer
+                        .k
+                        .read(geom.offset(block, kvh, p % geom.block_size), &mut k);
                     let s: f64 = qv.iter().zip(&k).map(|(a, b)| *a as f64 * *b as f64).sum();
                     scores.push(s * shape.scale as f64);
                 }
@@ -321,7 +333,9 @@ pub fn paged_attention_reference(
                 let mut acc = vec![0f64; hd];
                 for (p, e) in exps.iter().enumerate() {
                     let block = seq.block_table[p / geom.block_size].index();
-                    layer.v.read(geom.offset(block, kvh, p % geom.block_size), &mut v);
+                    layer
+                        .v
+                        .read(geom.offset(block, kvh, p % geom.block_size), &mut v);
                     for (a, x) in acc.iter_mut().zip(&v) {
                         *a += e / total * *x as f64;
                     }

@@ -1,4 +1,10 @@
-//! Compute kernels behind one interface: CPU implementations here, each with
-//! a slow reference the tests compare against.
+//! Compute kernels for the CPU path, each with a slow reference the tests
+//! compare against: paged attention ([`attention`]) and the quantized matrix
+//! multiplication used by every linear layer of a GGUF checkpoint
+//! ([`qmatmul`], SIMD inner loops in `qmatmul_simd`).
 
 pub mod attention;
+pub mod qmatmul;
+mod qmatmul_simd;
+
+pub use qmatmul::{matmul_reference, Isa, QMatrix};

@@ -112,7 +112,10 @@ impl KvCacheManager {
     pub fn allocate(&mut self, seq: SeqId, prefix: &[BlockId], total_tokens: usize) -> bool {
         let have = self.seqs.get(&seq).map_or(0, |s| s.blocks.len());
         let revived = if have == 0 {
-            prefix.iter().filter(|b| self.pool.ref_count(**b) == 0).count()
+            prefix
+                .iter()
+                .filter(|b| self.pool.ref_count(**b) == 0)
+                .count()
         } else {
             0
         };
@@ -151,7 +154,11 @@ impl KvCacheManager {
         while entry.hashes.len() < full {
             let i = entry.hashes.len();
             let parent = entry.hashes.last().copied();
-            let h = hash_block(parent, &tokens[i * self.block_size..(i + 1) * self.block_size], 0);
+            let h = hash_block(
+                parent,
+                &tokens[i * self.block_size..(i + 1) * self.block_size],
+                0,
+            );
             self.pool.register(entry.blocks[i], h);
             entry.hashes.push(h);
         }

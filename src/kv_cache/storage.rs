@@ -29,7 +29,9 @@ impl std::str::FromStr for KvDtype {
         match s {
             "f16" | "float16" | "auto" => Ok(KvDtype::F16),
             "f32" | "float32" => Ok(KvDtype::F32),
-            other => Err(format!("unknown KV cache dtype `{other}` (expected f16 or f32)")),
+            other => Err(format!(
+                "unknown KV cache dtype `{other}` (expected f16 or f32)"
+            )),
         }
     }
 }

@@ -94,7 +94,11 @@ impl Decoder {
             bail!("batch has {t} tokens but its sequences claim {total}");
         }
         if kv.layers.len() != self.layers.len() {
-            bail!("KV cache has {} layers, model {}", kv.layers.len(), self.layers.len());
+            bail!(
+                "KV cache has {} layers, model {}",
+                kv.layers.len(),
+                self.layers.len()
+            );
         }
         let mut positions = Vec::with_capacity(t);
         let mut attn_seqs = Vec::with_capacity(batch.seqs.len());

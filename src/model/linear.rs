@@ -8,8 +8,21 @@ use candle_core::{Device, Module, Tensor};
 use std::borrow::Cow;
 
 enum Weight {
+    /// r1serve's own kernels (runtime-dispatched SIMD, tiled over the batch).
+    Fast(crate::kernels::QMatrix),
+    /// Block types r1serve has no kernel for go through candle.
     Quantized(QMatMul),
     Dense(Tensor),
+}
+
+/// `R1SERVE_DEQUANTIZE_ALL=1` dequantizes GGUF weights to f32 at load time:
+/// slower and bigger, but free of 8-bit activation quantization, which makes
+/// exact comparisons with reference implementations possible.
+fn dequantize_all() -> bool {
+    static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FLAG.get_or_init(|| {
+        std::env::var("R1SERVE_DEQUANTIZE_ALL").is_ok_and(|v| !v.is_empty() && v != "0")
+    })
 }
 
 /// `y = x·Wᵀ (+ b)` over row-major f32 activations.
@@ -33,6 +46,10 @@ impl Linear {
             }
         }
         let weight = match weight {
+            RawTensor::Quantized(q) if dequantize_all() => Weight::Dense(q.dequantize(&Device::Cpu)?),
+            RawTensor::Quantized(q) if crate::kernels::QMatrix::supported(q.dtype()) => {
+                Weight::Fast(crate::kernels::QMatrix::from_qtensor(&q)?)
+            }
             RawTensor::Quantized(q) => Weight::Quantized(QMatMul::from_qtensor(q)?),
             RawTensor::Dense(t) => Weight::Dense(t),
         };
@@ -52,12 +69,21 @@ impl Linear {
     /// Computes `m` rows of output from `m` rows of input.
     pub fn forward(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
         debug_assert_eq!(x.len(), m * self.in_features);
-        let xs = Tensor::from_slice(x, (m, self.in_features), &Device::Cpu)?;
-        let ys = match &self.weight {
-            Weight::Quantized(q) => q.forward(&xs)?,
-            Weight::Dense(w) => xs.matmul(&w.t()?)?,
+        let mut y = match &self.weight {
+            Weight::Fast(q) => {
+                let mut y = vec![0f32; m * self.out_features];
+                q.matmul(x, m, &mut y);
+                y
+            }
+            Weight::Quantized(q) => {
+                let xs = Tensor::from_slice(x, (m, self.in_features), &Device::Cpu)?;
+                q.forward(&xs)?.flatten_all()?.to_vec1::<f32>()?
+            }
+            Weight::Dense(w) => {
+                let xs = Tensor::from_slice(x, (m, self.in_features), &Device::Cpu)?;
+                xs.matmul(&w.t()?)?.flatten_all()?.to_vec1::<f32>()?
+            }
         };
-        let mut y = ys.flatten_all()?.to_vec1::<f32>()?;
         if let Some(b) = &self.bias {
             for row in y.chunks_exact_mut(self.out_features) {
                 for (o, b) in row.iter_mut().zip(b) {
@@ -149,7 +175,11 @@ impl Embedding {
                     let row = &data[i as usize * row_bytes..(i as usize + 1) * row_bytes];
                     let storage = QStorage::from_data(Cow::Borrowed(row), &Device::Cpu, *dtype)?;
                     let q = QTensor::new(storage, (1, *dim))?;
-                    out.extend(q.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?);
+                    out.extend(
+                        q.dequantize(&Device::Cpu)?
+                            .flatten_all()?
+                            .to_vec1::<f32>()?,
+                    );
                 }
                 Ok(out)
             }

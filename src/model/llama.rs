@@ -12,7 +12,11 @@ use anyhow::Result;
 /// Builds a Llama model from its weights.
 pub fn load(weights: &WeightSource, config: ModelConfig) -> Result<Decoder> {
     let factors = if weights.contains("rope_freqs.weight") {
-        Some(weights.get("rope_freqs.weight", &[config.head_dim / 2])?.to_f32_vec()?)
+        Some(
+            weights
+                .get("rope_freqs.weight", &[config.head_dim / 2])?
+                .to_f32_vec()?,
+        )
     } else {
         None
     };

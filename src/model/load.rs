@@ -66,14 +66,21 @@ pub fn load(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
             let j: serde_json::Value = serde_json::from_str(&text)
                 .with_context(|| format!("{}: invalid JSON", gen.display()))?;
             let eos: Vec<u32> = match j.get("eos_token_id") {
-                Some(serde_json::Value::Number(n)) => n.as_u64().into_iter().map(|v| v as u32).collect(),
-                Some(serde_json::Value::Array(a)) => {
-                    a.iter().filter_map(|v| v.as_u64()).map(|v| v as u32).collect()
+                Some(serde_json::Value::Number(n)) => {
+                    n.as_u64().into_iter().map(|v| v as u32).collect()
                 }
+                Some(serde_json::Value::Array(a)) => a
+                    .iter()
+                    .filter_map(|v| v.as_u64())
+                    .map(|v| v as u32)
+                    .collect(),
                 _ => Vec::new(),
             };
             tokenizer.add_eos_ids(eos);
-            default_temperature = j.get("temperature").and_then(|v| v.as_f64()).map(|v| v as f32);
+            default_temperature = j
+                .get("temperature")
+                .and_then(|v| v.as_f64())
+                .map(|v| v as f32);
             default_top_p = j.get("top_p").and_then(|v| v.as_f64()).map(|v| v as f32);
         }
     }

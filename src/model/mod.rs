@@ -5,10 +5,10 @@
 
 pub mod config;
 pub mod decoder;
-pub mod load;
 pub mod layers;
 pub mod linear;
 pub mod llama;
+pub mod load;
 pub mod qwen2;
 pub mod source;
 pub mod weights;

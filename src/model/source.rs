@@ -57,7 +57,10 @@ pub fn resolve(spec: &str, revision: Option<&str>) -> Result<ResolvedSource> {
             .collect();
         return match ggufs.len() {
             1 => Ok(ResolvedSource::Gguf(gguf_parts(&ggufs[0])?)),
-            0 => bail!("{}: directory has neither config.json nor a .gguf file", path.display()),
+            0 => bail!(
+                "{}: directory has neither config.json nor a .gguf file",
+                path.display()
+            ),
             _ => bail!(
                 "{}: directory holds several .gguf files; name one of them",
                 path.display()
@@ -213,7 +216,9 @@ mod tests {
 
     #[test]
     fn repo_ids_are_recognized() {
-        assert!(looks_like_repo_id("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"));
+        assert!(looks_like_repo_id(
+            "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
+        ));
         assert!(looks_like_repo_id("org/repo:file-Q4_K_M.gguf"));
         assert!(!looks_like_repo_id("model.gguf"));
         assert!(!looks_like_repo_id("/abs/path"));

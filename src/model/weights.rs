@@ -177,8 +177,9 @@ impl WeightSource {
             }
             // SAFETY: the file is mapped read-only; like every inference
             // server we rely on checkpoints not being modified while served.
-            let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(&path) }
-                .map_err(|e| anyhow::anyhow!("{}: invalid safetensors file: {e}", path.display()))?;
+            let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(&path) }.map_err(
+                |e| anyhow::anyhow!("{}: invalid safetensors file: {e}", path.display()),
+            )?;
             for (name, _) in st.tensors() {
                 index.insert(name, i);
             }
@@ -223,9 +224,9 @@ impl WeightSource {
             }
             WeightSource::Safetensors { dir, shards, index } => {
                 let hf = hf_name(name);
-                let &i = index.get(&hf).with_context(|| {
-                    format!("{}: tensor `{hf}` is missing", dir.display())
-                })?;
+                let &i = index
+                    .get(&hf)
+                    .with_context(|| format!("{}: tensor `{hf}` is missing", dir.display()))?;
                 let (path, st) = &shards[i];
                 let t = st
                     .load(&hf, &Device::Cpu)

@@ -64,8 +64,11 @@ pub fn qwen05_hf_dir(gguf: &Path, tokenizer_json: impl Fn(&Path)) -> PathBuf {
         shards[shard].insert(hf, t);
     }
     for (i, s) in shards.iter().enumerate() {
-        candle_core::safetensors::save(s, dir.join(format!("model-0000{}-of-00002.safetensors", i + 1)))
-            .unwrap();
+        candle_core::safetensors::save(
+            s,
+            dir.join(format!("model-0000{}-of-00002.safetensors", i + 1)),
+        )
+        .unwrap();
     }
     let index = serde_json::json!({"metadata": {}, "weight_map": index});
     std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
@@ -90,8 +93,13 @@ pub fn qwen05_hf_dir(gguf: &Path, tokenizer_json: impl Fn(&Path)) -> PathBuf {
         "hidden_act": "silu",
         "torch_dtype": "bfloat16",
     });
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config).unwrap()).unwrap();
-    let gen = serde_json::json!({"eos_token_id": [151645, 151643], "temperature": 0.7, "top_p": 0.8});
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&config).unwrap(),
+    )
+    .unwrap();
+    let gen =
+        serde_json::json!({"eos_token_id": [151645, 151643], "temperature": 0.7, "top_p": 0.8});
     std::fs::write(dir.join("generation_config.json"), gen.to_string()).unwrap();
     tokenizer_json(&dir);
     std::fs::write(dir.join("complete"), b"").unwrap();

@@ -40,7 +40,12 @@ pub fn r1_header() -> PathBuf {
 
 /// Runs one sequence through a model with a private KV cache: prefill, then
 /// greedy decode. Returns the prompt's last logits and the generated tokens.
-pub fn greedy(model: &Decoder, prompt: &[u32], steps: usize, dtype: KvDtype) -> (Vec<f32>, Vec<u32>) {
+pub fn greedy(
+    model: &Decoder,
+    prompt: &[u32],
+    steps: usize,
+    dtype: KvDtype,
+) -> (Vec<f32>, Vec<u32>) {
     let cfg = &model.config;
     let block_size = 16;
     let blocks = (prompt.len() + steps).div_ceil(block_size);
@@ -90,33 +95,67 @@ pub fn argmax(v: &[f32]) -> u32 {
 pub fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
-    a.iter()
-        .zip(b)
-        .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
-        / scale
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
-/// Five chat prompts as token ids. Until the tokenizer lands this uses fixed
-/// ids from the vocabulary's low range.
-pub fn chat_prompts(_path: &std::path::Path) -> Vec<Vec<u32>> {
-    (0..5u32)
-        .map(|i| (0..(8 + 13 * i)).map(|j| 100 + (j * 37 + i * 11) % 5000).collect())
+/// Five chat prompts rendered with the model's own template and tokenizer.
+pub fn chat_prompts(path: &std::path::Path) -> Vec<Vec<u32>> {
+    let file = r1serve::model::weights::GgufFile::open(path).expect("gguf");
+    let tok = r1serve::tokenizer::Tokenizer::from_gguf(&file.content, path).expect("tokenizer");
+    let template = r1serve::tokenizer::ChatTemplate::from_tokenizer(&tok).expect("template");
+    let questions = [
+        "What is the capital of France?",
+        "Write a Python function that reverses a string.",
+        "Explain why the sky is blue in two sentences.",
+        "¿Cuál es la raíz cuadrada de 144? Responde brevemente.",
+        "List three prime numbers greater than 100.",
+    ];
+    questions
+        .iter()
+        .enumerate()
+        .map(|(i, q)| {
+            let mut messages = vec![];
+            if i % 2 == 1 {
+                messages.push(serde_json::json!({"role": "system", "content": "You are a concise assistant."}));
+            }
+            messages.push(serde_json::json!({"role": "user", "content": q}));
+            let text = template
+                .render(&serde_json::Value::Array(messages), true, &serde_json::Map::new())
+                .expect("render");
+            tok.encode(&text, false).expect("encode")
+        })
         .collect()
 }
 
 /// Feeds `tokens` one at a time and returns the last logits.
 pub fn greedy_forced(model: &Decoder, tokens: &[u32], dtype: KvDtype) -> (Vec<f32>, ()) {
     let cfg = &model.config;
-    let geometry = KvGeometry { block_size: 16, num_blocks: tokens.len().div_ceil(16), num_kv_heads: cfg.num_kv_heads, head_dim: cfg.head_dim };
+    let geometry = KvGeometry {
+        block_size: 16,
+        num_blocks: tokens.len().div_ceil(16),
+        num_kv_heads: cfg.num_kv_heads,
+        head_dim: cfg.head_dim,
+    };
     let mut kv = KvCache::new(geometry, cfg.num_layers, dtype);
     let table: Vec<BlockId> = (0..geometry.num_blocks as u32).map(BlockId).collect();
     let mut last = vec![];
     for (i, t) in tokens.iter().enumerate() {
-        let batch = ForwardBatch { tokens: vec![*t], seqs: vec![BatchSeq { num_tokens: 1, ctx_len: i + 1, block_table: table.clone(), want_logits: true }] };
+        let batch = ForwardBatch {
+            tokens: vec![*t],
+            seqs: vec![BatchSeq {
+                num_tokens: 1,
+                ctx_len: i + 1,
+                block_table: table.clone(),
+                want_logits: true,
+            }],
+        };
         last = model.forward(&batch, &mut kv).unwrap().remove(0);
     }
     (last, ())
 }
+
+pub mod hf_dir;
+pub mod parity;
 
 /// Engine helpers: start an engine on a test checkpoint and drain requests.
 pub mod engine {
@@ -132,7 +171,10 @@ pub mod engine {
     pub fn start(path: &Path, config: EngineConfig) -> (EngineHandle, Arc<Tokenizer>) {
         let m = load(path.to_str().unwrap(), &LoadOptions::default()).expect("load");
         let tok = m.tokenizer.clone();
-        (Engine::start(m.decoder, tok.clone(), config).expect("engine"), tok)
+        (
+            Engine::start(m.decoder, tok.clone(), config).expect("engine"),
+            tok,
+        )
     }
 
     /// Everything a finished request produced.
@@ -153,7 +195,9 @@ pub mod engine {
     /// Runs a request to the end.
     pub async fn run(h: &EngineHandle, prompt: Vec<u32>, params: SamplingParams) -> Collected {
         let n = params.n;
-        let mut s = h.add_request(EngineRequest { prompt, params }).expect("add");
+        let mut s = h
+            .add_request(EngineRequest { prompt, params })
+            .expect("add");
         let mut c = Collected {
             tokens: vec![Vec::new(); n],
             text: vec![String::new(); n],

@@ -1,0 +1,673 @@
+//! Quantized matrix multiplication `out[m×n] = x[m×k] · Wᵀ` for GGUF weights.
+//!
+//! # Math
+//!
+//! The arithmetic is exactly ggml's (and candle's): every activation row is
+//! quantized to the weight type's "vec-dot" type (Q8_0 for Q4_0/Q5_0/Q8_0,
+//! Q8_1 for Q4_1/Q5_1, Q8_K for the k-quants) with candle's rounding, each
+//! block's dot product is computed in integers, and the per-block scales are
+//! combined in f32. Only the order of the f32 summation differs from candle,
+//! so results agree to about 1e-6 relative.
+//!
+//! # Why tiles
+//!
+//! candle computes one activation row at a time, so a batch of `m` rows
+//! streams the whole weight matrix from memory `m` times. Here the output
+//! columns (= weight rows) are split into tiles; one rayon task owns a tile
+//! and computes it for *all* activation rows, so each weight byte is read from
+//! DRAM once per call and reused from cache. Inside a task up to four
+//! activation rows share one decoded weight block held in registers, which
+//! removes most of the unpacking work for batches. Tiles are small enough
+//! that even `n = 128` gives every thread several tasks.
+//!
+//! # Why runtime dispatch
+//!
+//! The server binary is built for generic x86-64, so compile-time
+//! `target_feature` flags cannot be relied on (candle's SIMD paths vanish
+//! without `-C target-feature=+avx2`). The CPU is probed once
+//! ([`Isa::detect`]) and the best kernel set is used: AVX-512 VNNI or
+//! AVX-VNNI (`vpdpbusd` on 256-bit vectors), AVX2+FMA, or portable scalar
+//! code, which also covers the types without a SIMD kernel (Q2_K, Q3_K,
+//! Q5_K).
+
+use std::sync::OnceLock;
+
+use anyhow::{bail, ensure, Context, Result};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use half::f16;
+use rayon::prelude::*;
+
+use super::qmatmul_simd;
+
+/// Elements per block of the 32-element formats (Q4_0 … Q8_0).
+pub(crate) const QK: usize = 32;
+/// Elements per super-block of the k-quant formats.
+pub(crate) const QK_K: usize = 256;
+/// Most activation rows that share one decoded weight block.
+const ROWS: usize = 4;
+
+/// Which instruction set a matmul uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// Portable Rust, any CPU.
+    Scalar,
+    /// AVX2 + FMA + F16C (Haswell and later).
+    Avx2,
+    /// The AVX2 kernels with integer dot products done by AVX-VNNI
+    /// `vpdpbusd` (Alder Lake, Sapphire Rapids, Zen 5).
+    AvxVnni,
+    /// The AVX2 kernels with integer dot products done by AVX-512 VNNI
+    /// `vpdpbusd` on 256-bit registers (Ice Lake, Zen 4 and later).
+    Avx512Vnni,
+}
+
+impl Isa {
+    /// All variants, from most to least preferred.
+    const PREFERENCE: [Isa; 4] = [Isa::Avx512Vnni, Isa::AvxVnni, Isa::Avx2, Isa::Scalar];
+
+    /// Whether this CPU can run the kernels of `self` (probed once per
+    /// process).
+    pub fn is_supported(self) -> bool {
+        static SUPPORTED: OnceLock<[bool; 4]> = OnceLock::new();
+        let s = SUPPORTED.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            {
+                let avx2 = is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c");
+                let avx512vnni = avx2
+                    && is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512vnni");
+                let avxvnni = avx2 && is_x86_feature_detected!("avxvnni");
+                [true, avx2, avxvnni, avx512vnni]
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            [true, false, false, false]
+        });
+        s[self as usize]
+    }
+
+    /// The best instruction set this CPU supports.
+    pub fn detect() -> Isa {
+        Self::PREFERENCE
+            .into_iter()
+            .find(|isa| isa.is_supported())
+            .unwrap_or(Isa::Scalar)
+    }
+
+    /// Every instruction set usable on this CPU.
+    pub fn available() -> Vec<Isa> {
+        Self::PREFERENCE
+            .into_iter()
+            .filter(|isa| isa.is_supported())
+            .collect()
+    }
+}
+
+/// A quantized weight matrix of shape `(n, k)` in ggml block layout, ready for
+/// [`QMatrix::matmul`].
+#[derive(Debug, Clone)]
+pub struct QMatrix {
+    dtype: GgmlDType,
+    n: usize,
+    k: usize,
+    /// Bytes of one weight row (`k / block_size * type_size`).
+    row_bytes: usize,
+    data: Vec<u8>,
+}
+
+/// An activation block in Q8_0 / Q8_1 form. `d` and `s` are the f16 values
+/// candle stores, widened to f32; `corr = −offset·Σqs` is the exact integer
+/// correction that turns a dot product with the unsigned stored quants of
+/// Q4_0 (offset 8) or Q5_0 (offset 16) into the signed one (0 for the other
+/// types), precomputed so the kernels spend one add on it.
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+pub(crate) struct Q8x32 {
+    pub(crate) qs: [i8; QK],
+    pub(crate) d: f32,
+    pub(crate) s: f32,
+    pub(crate) corr: i32,
+}
+
+/// An activation block in Q8_K form (identical values to candle's `BlockQ8K`).
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+pub(crate) struct Q8xK {
+    pub(crate) qs: [i8; QK_K],
+    pub(crate) d: f32,
+    pub(crate) bsums: [i16; QK_K / 16],
+}
+
+/// Activation rows quantized to the weight type's vec-dot type.
+enum Activations {
+    B32(Vec<Q8x32>),
+    K(Vec<Q8xK>),
+}
+
+impl QMatrix {
+    /// Whether [`QMatrix`] can hold weights of this type.
+    pub fn supported(dtype: GgmlDType) -> bool {
+        matches!(
+            dtype,
+            GgmlDType::Q4_0
+                | GgmlDType::Q4_1
+                | GgmlDType::Q5_0
+                | GgmlDType::Q5_1
+                | GgmlDType::Q8_0
+                | GgmlDType::Q2K
+                | GgmlDType::Q3K
+                | GgmlDType::Q4K
+                | GgmlDType::Q5K
+                | GgmlDType::Q6K
+        )
+    }
+
+    /// Copies the raw blocks of a 2-D quantized tensor of shape `(n, k)`.
+    pub fn from_qtensor(t: &QTensor) -> Result<Self> {
+        let dtype = t.dtype();
+        ensure!(
+            Self::supported(dtype),
+            "quantized matmul does not support {dtype:?}"
+        );
+        let (n, k) = t.shape().dims2().context("quantized matmul weight")?;
+        let bs = dtype.block_size();
+        ensure!(
+            k % bs == 0,
+            "k = {k} is not a multiple of the {dtype:?} block size {bs}"
+        );
+        let row_bytes = k / bs * dtype.type_size();
+        let data = t.data()?.into_owned();
+        if data.len() != n * row_bytes {
+            bail!(
+                "{dtype:?} tensor ({n}, {k}) has {} bytes, expected {}",
+                data.len(),
+                n * row_bytes
+            );
+        }
+        Ok(Self {
+            dtype,
+            n,
+            k,
+            row_bytes,
+            data,
+        })
+    }
+
+    /// The ggml type of the weights.
+    pub fn dtype(&self) -> GgmlDType {
+        self.dtype
+    }
+
+    /// Number of output features (weight rows).
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Number of input features (weight columns).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Size of the weights in bytes, i.e. what one call reads from memory.
+    pub fn size_in_bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    /// `out[m×n] = x[m×k] · Wᵀ` using the best instruction set of this CPU.
+    ///
+    /// # Panics
+    ///
+    /// If `x.len() != m * k` or `out.len() != m * n`.
+    pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32]) {
+        self.matmul_with(Isa::detect(), x, m, out)
+    }
+
+    /// [`QMatrix::matmul`] with the kernels of `isa` (or of [`Isa::detect`]
+    /// when this CPU cannot run `isa`); used to test and compare the kernels
+    /// against each other.
+    ///
+    /// # Panics
+    ///
+    /// If `x.len() != m * k` or `out.len() != m * n`.
+    pub fn matmul_with(&self, isa: Isa, x: &[f32], m: usize, out: &mut [f32]) {
+        assert_eq!(x.len(), m * self.k, "x must be m×k = {m}×{}", self.k);
+        assert_eq!(out.len(), m * self.n, "out must be m×n = {m}×{}", self.n);
+        if m == 0 || self.n == 0 {
+            return;
+        }
+        let isa = if isa.is_supported() {
+            isa
+        } else {
+            Isa::detect()
+        };
+        let xq = self.quantize_activations(x, m);
+        // Tiles are column blocks of `out`: hand each task the pieces of
+        // every output row that fall in its tile (tile-major, `m` pieces a
+        // tile), so tasks write disjoint memory directly.
+        let tile = tile_rows(self.n);
+        let mut rows: Vec<_> = out
+            .chunks_exact_mut(self.n)
+            .map(|row| row.chunks_mut(tile))
+            .collect();
+        let mut pieces = Vec::with_capacity(m * self.n.div_ceil(tile));
+        for _ in 0..self.n.div_ceil(tile) {
+            pieces.extend(rows.iter_mut().filter_map(Iterator::next));
+        }
+        pieces
+            .par_chunks_mut(m)
+            .enumerate()
+            .for_each(|(t, o)| self.tile(isa, &xq, t * tile, o));
+    }
+
+    fn quantize_activations(&self, x: &[f32], m: usize) -> Activations {
+        let k = self.k;
+        // Quantization is cheap per row; only spread it over threads for batches.
+        if is_k_quant(self.dtype) {
+            let kb = k / QK_K;
+            let mut blocks = vec![Q8xK::ZERO; m * kb];
+            if m > 1 {
+                blocks
+                    .par_chunks_mut(kb)
+                    .zip(x.par_chunks(k))
+                    .for_each(|(b, row)| quantize_row_q8k(row, b));
+            } else {
+                quantize_row_q8k(x, &mut blocks);
+            }
+            Activations::K(blocks)
+        } else {
+            let kb = k / QK;
+            let with_s = matches!(self.dtype, GgmlDType::Q4_1 | GgmlDType::Q5_1);
+            let offset = match self.dtype {
+                GgmlDType::Q4_0 => 8,
+                GgmlDType::Q5_0 => 16,
+                _ => 0,
+            };
+            let mut blocks = vec![Q8x32::ZERO; m * kb];
+            if m > 1 {
+                blocks
+                    .par_chunks_mut(kb)
+                    .zip(x.par_chunks(k))
+                    .for_each(|(b, row)| quantize_row_q8(row, b, with_s, offset));
+            } else {
+                quantize_row_q8(x, &mut blocks, with_s, offset);
+            }
+            Activations::B32(blocks)
+        }
+    }
+
+    /// Computes weight rows `j0..j0 + width` for all activation rows `i`
+    /// into `o[i][j - j0]`.
+    fn tile(&self, isa: Isa, xq: &Activations, j0: usize, o: &mut [&mut [f32]]) {
+        let m = o.len();
+        let width = o.first().map_or(0, |row| row.len());
+        // Activation rows outermost: a group of up to ROWS rows stays in L1
+        // while the tile's weight rows (a few tens of KiB) cycle through L2.
+        let mut i0 = 0;
+        while i0 < m {
+            let r = (m - i0).min(ROWS);
+            for jj in 0..width {
+                let j = j0 + jj;
+                let w = &self.data[j * self.row_bytes..(j + 1) * self.row_bytes];
+                let mut res = [0f32; ROWS];
+                match r {
+                    1 => res[..1].copy_from_slice(&self.dot_rows::<1>(isa, xq, i0, w)),
+                    2 => res[..2].copy_from_slice(&self.dot_rows::<2>(isa, xq, i0, w)),
+                    3 => res[..3].copy_from_slice(&self.dot_rows::<3>(isa, xq, i0, w)),
+                    _ => res = self.dot_rows::<ROWS>(isa, xq, i0, w),
+                }
+                for (row, &v) in o[i0..i0 + r].iter_mut().zip(&res) {
+                    row[jj] = v;
+                }
+            }
+            i0 += r;
+        }
+    }
+
+    /// Dot products of weight row `w` with activation rows `i0..i0 + R`.
+    fn dot_rows<const R: usize>(
+        &self,
+        isa: Isa,
+        xq: &Activations,
+        i0: usize,
+        w: &[u8],
+    ) -> [f32; R] {
+        match xq {
+            Activations::B32(xs) => dot32(isa, self.dtype, w, rows(xs, self.k / QK, i0)),
+            Activations::K(xs) => dotk(isa, self.dtype, w, rows(xs, self.k / QK_K, i0)),
+        }
+    }
+}
+
+/// Rows `i0..i0 + R` of a row-major matrix of blocks with `kb` blocks a row.
+fn rows<B, const R: usize>(xs: &[B], kb: usize, i0: usize) -> [&[B]; R] {
+    std::array::from_fn(|i| &xs[(i0 + i) * kb..(i0 + i + 1) * kb])
+}
+
+/// Weight rows per rayon task: about eight tasks per thread so both threads
+/// of a 2-core box stay busy even for `n = 128`, capped at 64 rows so a tile
+/// of the widest rows still fits in L2.
+fn tile_rows(n: usize) -> usize {
+    let tasks = rayon::current_num_threads().max(1) * 8;
+    n.div_ceil(tasks).clamp(1, 64)
+}
+
+fn is_k_quant(dtype: GgmlDType) -> bool {
+    matches!(
+        dtype,
+        GgmlDType::Q2K | GgmlDType::Q3K | GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K
+    )
+}
+
+/// Dot products of one weight row (32-element block type) with `R`
+/// activation rows.
+fn dot32<const R: usize>(isa: Isa, dtype: GgmlDType, w: &[u8], xs: [&[Q8x32]; R]) -> [f32; R] {
+    qmatmul_simd::dot32(isa, dtype, w, xs).unwrap_or_else(|| {
+        let mut out = [0f32; R];
+        for (o, x) in out.iter_mut().zip(xs) {
+            *o = dot32_scalar(dtype, w, x);
+        }
+        out
+    })
+}
+
+/// Dot products of one weight row (k-quant type) with `R` activation rows.
+fn dotk<const R: usize>(isa: Isa, dtype: GgmlDType, w: &[u8], xs: [&[Q8xK]; R]) -> [f32; R] {
+    qmatmul_simd::dotk(isa, dtype, w, xs).unwrap_or_else(|| {
+        let mut out = [0f32; R];
+        for (o, x) in out.iter_mut().zip(xs) {
+            *o = dotk_scalar(dtype, w, x);
+        }
+        out
+    })
+}
+
+impl Q8x32 {
+    const ZERO: Self = Self {
+        qs: [0; QK],
+        d: 0.0,
+        s: 0.0,
+        corr: 0,
+    };
+}
+
+impl Q8xK {
+    const ZERO: Self = Self {
+        qs: [0; QK_K],
+        d: 0.0,
+        bsums: [0; QK_K / 16],
+    };
+}
+
+/// candle's `BlockQ8_0::from_float` (and `BlockQ8_1::from_float` when
+/// `with_s`), plus the offset correction `corr` for weights stored with
+/// `offset`.
+pub(crate) fn quantize_row_q8(x: &[f32], out: &mut [Q8x32], with_s: bool, offset: i32) {
+    for (xs, y) in x.chunks_exact(QK).zip(out.iter_mut()) {
+        let amax = xs.iter().fold(0f32, |a, &v| a.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let d16 = f16::from_f32(d);
+        let mut sum = 0i32;
+        for (q, &v) in y.qs.iter_mut().zip(xs) {
+            *q = (v * id).round() as i8;
+            sum += *q as i32;
+        }
+        y.d = d16.to_f32();
+        y.corr = -offset * sum;
+        y.s = if with_s {
+            (f16::from_f32(sum as f32) * d16).to_f32()
+        } else {
+            0.0
+        };
+    }
+}
+
+/// candle's `BlockQ8K::from_float`.
+pub(crate) fn quantize_row_q8k(x: &[f32], out: &mut [Q8xK]) {
+    for (xs, y) in x.chunks_exact(QK_K).zip(out.iter_mut()) {
+        let mut max = 0f32;
+        let mut amax = 0f32;
+        for &v in xs {
+            if amax < v.abs() {
+                amax = v.abs();
+                max = v;
+            }
+        }
+        if amax == 0.0 {
+            *y = Q8xK::ZERO;
+            continue;
+        }
+        let iscale = -128f32 / max;
+        for (q, &v) in y.qs.iter_mut().zip(xs) {
+            *q = (iscale * v).round().min(127.0) as i8;
+        }
+        for (bs, qs) in y.bsums.iter_mut().zip(y.qs.chunks_exact(16)) {
+            *bs = qs.iter().map(|&q| q as i32).sum::<i32>() as i16;
+        }
+        y.d = 1.0 / iscale;
+    }
+}
+
+/// Reads the little-endian f16 at `b[o..o + 2]`.
+pub(crate) fn f16_at(b: &[u8], o: usize) -> f32 {
+    f16::from_bits(u16::from_le_bytes([b[o], b[o + 1]])).to_f32()
+}
+
+/// ggml's `get_scale_min_k4`: the eight 6-bit scales and mins of a Q4_K /
+/// Q5_K super-block.
+#[inline]
+pub(crate) fn k4_scales(s: &[u8]) -> ([u8; 8], [u8; 8]) {
+    let mut sc = [0u8; 8];
+    let mut mn = [0u8; 8];
+    for j in 0..8 {
+        if j < 4 {
+            sc[j] = s[j] & 63;
+            mn[j] = s[j + 4] & 63;
+        } else {
+            sc[j] = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
+            mn[j] = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+        }
+    }
+    (sc, mn)
+}
+
+/// Scalar dot product of one weight row of a 32-element block type with one
+/// activation row: per block the weights are unpacked to signed integers,
+/// dotted in i32 and scaled in f32, as in ggml's reference code.
+fn dot32_scalar(dtype: GgmlDType, w: &[u8], x: &[Q8x32]) -> f32 {
+    let bytes = dtype.type_size();
+    let mut sumf = 0f32;
+    let mut v = [0i32; QK];
+    for (blk, y) in w.chunks_exact(bytes).zip(x) {
+        let d = f16_at(blk, 0);
+        let mut min = 0f32;
+        match dtype {
+            GgmlDType::Q4_0 | GgmlDType::Q4_1 => {
+                let (qs, off) = if dtype == GgmlDType::Q4_0 {
+                    (&blk[2..18], 8)
+                } else {
+                    min = f16_at(blk, 2) * y.s;
+                    (&blk[4..20], 0)
+                };
+                for j in 0..QK / 2 {
+                    v[j] = (qs[j] & 0xF) as i32 - off;
+                    v[j + QK / 2] = (qs[j] >> 4) as i32 - off;
+                }
+            }
+            GgmlDType::Q5_0 | GgmlDType::Q5_1 => {
+                let (qh, qs, off) = if dtype == GgmlDType::Q5_0 {
+                    (&blk[2..6], &blk[6..22], 16)
+                } else {
+                    min = f16_at(blk, 2) * y.s;
+                    (&blk[4..8], &blk[8..24], 0)
+                };
+                let qh = u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]);
+                for j in 0..QK / 2 {
+                    let h0 = ((qh >> j) & 1) << 4;
+                    let h1 = ((qh >> (j + 16)) & 1) << 4;
+                    v[j] = ((qs[j] & 0xF) as u32 | h0) as i32 - off;
+                    v[j + QK / 2] = ((qs[j] >> 4) as u32 | h1) as i32 - off;
+                }
+            }
+            _ => {
+                for (vj, &q) in v.iter_mut().zip(&blk[2..2 + QK]) {
+                    *vj = q as i8 as i32;
+                }
+            }
+        }
+        let sumi: i32 = v.iter().zip(&y.qs).map(|(&a, &b)| a * b as i32).sum();
+        sumf += sumi as f32 * d * y.d + min;
+    }
+    sumf
+}
+
+/// A k-quant super-block unpacked to integers: `q` are the quants,
+/// `scales[j]` / `mins[j]` apply to elements `16j..16j + 16`, and the block's
+/// value is `d·Σ scales·(q·x) − dmin·Σ mins·bsums` (times the activation
+/// scale).
+struct KBlock {
+    q: [i32; QK_K],
+    scales: [i32; 16],
+    mins: [i32; 16],
+    d: f32,
+    dmin: f32,
+}
+
+fn unpack_k(dtype: GgmlDType, blk: &[u8], kb: &mut KBlock) {
+    kb.mins = [0; 16];
+    kb.dmin = 0.0;
+    match dtype {
+        GgmlDType::Q2K => {
+            let (scales, qs) = (&blk[0..16], &blk[16..80]);
+            kb.d = f16_at(blk, 80);
+            kb.dmin = f16_at(blk, 82);
+            for ((sc, mn), &s) in kb.scales.iter_mut().zip(&mut kb.mins).zip(scales) {
+                *sc = (s & 0xF) as i32;
+                *mn = (s >> 4) as i32;
+            }
+            for (e, q) in kb.q.iter_mut().enumerate() {
+                let (half, step, l) = (e / 128, (e % 128) / 32, e % 32);
+                *q = ((qs[32 * half + l] >> (2 * step)) & 3) as i32;
+            }
+        }
+        GgmlDType::Q3K => {
+            let (hmask, qs, s) = (&blk[0..32], &blk[32..96], &blk[96..108]);
+            kb.d = f16_at(blk, 108);
+            for j in 0..16 {
+                // ggml packs sixteen 6-bit scales: low nibbles in s[0..8],
+                // high two bits in s[8..12].
+                let low = if j < 8 { s[j] & 0xF } else { s[j - 8] >> 4 };
+                let high = (s[8 + j % 4] >> (2 * (j / 4))) & 3;
+                kb.scales[j] = (low | (high << 4)) as i32 - 32;
+            }
+            for (e, q) in kb.q.iter_mut().enumerate() {
+                let (half, step, l) = (e / 128, (e % 128) / 32, e % 32);
+                let low = ((qs[32 * half + l] >> (2 * step)) & 3) as i32;
+                let bit = hmask[l] & (1 << (4 * half + step)) != 0;
+                *q = low - if bit { 0 } else { 4 };
+            }
+        }
+        GgmlDType::Q4K | GgmlDType::Q5K => {
+            kb.d = f16_at(blk, 0);
+            kb.dmin = f16_at(blk, 2);
+            let (sc, mn) = k4_scales(&blk[4..16]);
+            for j in 0..16 {
+                kb.scales[j] = sc[j / 2] as i32;
+                kb.mins[j] = mn[j / 2] as i32;
+            }
+            let (qh, qs) = if dtype == GgmlDType::Q5K {
+                (Some(&blk[16..48]), &blk[48..176])
+            } else {
+                (None, &blk[16..144])
+            };
+            for (e, q) in kb.q.iter_mut().enumerate() {
+                let (chunk, hi, l) = (e / 64, (e % 64) / 32, e % 32);
+                let byte = qs[32 * chunk + l];
+                let nib = if hi == 1 { byte >> 4 } else { byte & 0xF } as i32;
+                let high = qh.map_or(0, |qh| {
+                    if qh[l] & (1 << (2 * chunk + hi)) != 0 {
+                        16
+                    } else {
+                        0
+                    }
+                });
+                *q = nib + high;
+            }
+        }
+        _ => {
+            let (ql, qh, sc) = (&blk[0..128], &blk[128..192], &blk[192..208]);
+            kb.d = f16_at(blk, 208);
+            for (s, &v) in kb.scales.iter_mut().zip(sc) {
+                *s = v as i8 as i32;
+            }
+            for (e, q) in kb.q.iter_mut().enumerate() {
+                let (half, part, l) = (e / 128, (e % 128) / 32, e % 32);
+                let lq = ql[64 * half + 32 * (part % 2) + l];
+                let low = if part >= 2 { lq >> 4 } else { lq & 0xF };
+                let high = (qh[32 * half + l] >> (2 * part)) & 3;
+                *q = (low | (high << 4)) as i32 - 32;
+            }
+        }
+    }
+}
+
+/// Scalar dot product of one k-quant weight row with one activation row.
+fn dotk_scalar(dtype: GgmlDType, w: &[u8], x: &[Q8xK]) -> f32 {
+    let mut kb = KBlock {
+        q: [0; QK_K],
+        scales: [0; 16],
+        mins: [0; 16],
+        d: 0.0,
+        dmin: 0.0,
+    };
+    let mut sumf = 0f32;
+    for (blk, y) in w.chunks_exact(dtype.type_size()).zip(x) {
+        unpack_k(dtype, blk, &mut kb);
+        let mut isum = 0i32;
+        let mut msum = 0i32;
+        for j in 0..16 {
+            let qs = &kb.q[16 * j..16 * j + 16];
+            let xs = &y.qs[16 * j..16 * j + 16];
+            let dot: i32 = qs.iter().zip(xs).map(|(&a, &b)| a * b as i32).sum();
+            isum += kb.scales[j] * dot;
+            msum += kb.mins[j] * y.bsums[j] as i32;
+        }
+        sumf += kb.d * y.d * isum as f32 - kb.dmin * y.d * msum as f32;
+    }
+    sumf
+}
+
+/// Slow, obviously correct reference: dequantizes `w` with candle and does
+/// plain f32 dot products (no activation quantization, so it differs from
+/// [`QMatrix::matmul`] by the activation rounding error).
+pub fn matmul_reference(w: &QTensor, x: &[f32], m: usize) -> Result<Vec<f32>> {
+    let (n, k) = w.shape().dims2()?;
+    ensure!(x.len() == m * k, "x must be m×k = {m}×{k}");
+    let wf: Vec<f32> = w
+        .dequantize(&Device::Cpu)?
+        .flatten_all()?
+        .to_vec1::<f32>()
+        .context("dequantized weights")?;
+    let mut out = vec![0f32; m * n];
+    for i in 0..m {
+        let xr = &x[i * k..(i + 1) * k];
+        for j in 0..n {
+            let wr = &wf[j * k..(j + 1) * k];
+            out[i * n + j] = xr.iter().zip(wr).map(|(a, b)| a * b).sum();
+        }
+    }
+    Ok(out)
+}
+
+/// Builds a `(rows, cols)` f32 tensor; a small helper for tests and benches.
+pub fn tensor_2d(data: &[f32], rows: usize, cols: usize) -> Result<Tensor> {
+    Ok(Tensor::from_slice(data, (rows, cols), &Device::Cpu)?)
+}
+
+#[cfg(test)]
+#[path = "qmatmul_tests.rs"]
+mod tests;

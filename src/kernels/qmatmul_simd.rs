@@ -1,0 +1,426 @@
+//! x86-64 SIMD inner loops for [`super::qmatmul`].
+//!
+//! Every kernel reduces a weight block to a vector of *unsigned* bytes (the
+//! raw quants, before ggml's offset is subtracted) and multiplies it with the
+//! signed activation bytes. That is the operand order of both AVX2
+//! `vpmaddubsw` and AVX-512 VNNI `vpdpbusd`, so one kernel body serves both
+//! instruction sets: the `simd_kernels!` macro instantiates it twice with a
+//! different integer dot-product primitive and `target_feature` list. The
+//! offset (8 for Q4_0, 16 for Q5_0, 32 for Q6_K) is subtracted exactly via the
+//! activation block sums (precomputed per call), so the integer results equal
+//! ggml's.
+//!
+//! Each kernel decodes a weight block once and applies it to `R ≤ 4`
+//! activation rows, which is where batched calls save work.
+
+use candle_core::quantized::GgmlDType;
+
+use super::qmatmul::{Isa, Q8x32, Q8xK};
+
+/// SIMD dot products of one 32-element-block weight row with `R` activation
+/// rows, or `None` when `isa` has no kernel for `dtype`.
+pub(super) fn dot32<const R: usize>(
+    isa: Isa,
+    dtype: GgmlDType,
+    w: &[u8],
+    xs: [&[Q8x32]; R],
+) -> Option<[f32; R]> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use GgmlDType as T;
+        // SAFETY: `QMatrix::matmul_with` only passes an `isa` whose
+        // `is_supported()` is true, so the CPU has every feature the called
+        // kernel is compiled for.
+        unsafe {
+            match (isa, dtype) {
+                (Isa::AvxVnni, T::Q4_0) => return Some(avxvnni::dot32::<Q4_0, R>(w, xs)),
+                (Isa::AvxVnni, T::Q4_1) => return Some(avxvnni::dot32::<Q4_1, R>(w, xs)),
+                (Isa::AvxVnni, T::Q5_0) => return Some(avxvnni::dot32::<Q5_0, R>(w, xs)),
+                (Isa::AvxVnni, T::Q5_1) => return Some(avxvnni::dot32::<Q5_1, R>(w, xs)),
+                (Isa::AvxVnni, T::Q8_0) => return Some(avxvnni::dot32::<Q8_0, R>(w, xs)),
+                (Isa::Avx512Vnni, T::Q4_0) => return Some(vnni::dot32::<Q4_0, R>(w, xs)),
+                (Isa::Avx512Vnni, T::Q4_1) => return Some(vnni::dot32::<Q4_1, R>(w, xs)),
+                (Isa::Avx512Vnni, T::Q5_0) => return Some(vnni::dot32::<Q5_0, R>(w, xs)),
+                (Isa::Avx512Vnni, T::Q5_1) => return Some(vnni::dot32::<Q5_1, R>(w, xs)),
+                (Isa::Avx512Vnni, T::Q8_0) => return Some(vnni::dot32::<Q8_0, R>(w, xs)),
+                (Isa::Avx2, T::Q4_0) => return Some(avx2::dot32::<Q4_0, R>(w, xs)),
+                (Isa::Avx2, T::Q4_1) => return Some(avx2::dot32::<Q4_1, R>(w, xs)),
+                (Isa::Avx2, T::Q5_0) => return Some(avx2::dot32::<Q5_0, R>(w, xs)),
+                (Isa::Avx2, T::Q5_1) => return Some(avx2::dot32::<Q5_1, R>(w, xs)),
+                (Isa::Avx2, T::Q8_0) => return Some(avx2::dot32::<Q8_0, R>(w, xs)),
+                _ => {}
+            }
+        }
+    }
+    let _ = (isa, dtype, w, xs);
+    None
+}
+
+/// SIMD dot products of one k-quant weight row with `R` activation rows, or
+/// `None` when `isa` has no kernel for `dtype`.
+pub(super) fn dotk<const R: usize>(
+    isa: Isa,
+    dtype: GgmlDType,
+    w: &[u8],
+    xs: [&[Q8xK]; R],
+) -> Option<[f32; R]> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use GgmlDType as T;
+        // SAFETY: `QMatrix::matmul_with` only passes an `isa` whose
+        // `is_supported()` is true, so the CPU has every feature the called
+        // kernel is compiled for.
+        unsafe {
+            match (isa, dtype) {
+                (Isa::AvxVnni, T::Q4K) => return Some(avxvnni::dot_q4k::<R>(w, xs)),
+                (Isa::AvxVnni, T::Q6K) => return Some(avxvnni::dot_q6k::<R>(w, xs)),
+                (Isa::Avx512Vnni, T::Q4K) => return Some(vnni::dot_q4k::<R>(w, xs)),
+                (Isa::Avx512Vnni, T::Q6K) => return Some(vnni::dot_q6k::<R>(w, xs)),
+                (Isa::Avx2, T::Q4K) => return Some(avx2::dot_q4k::<R>(w, xs)),
+                (Isa::Avx2, T::Q6K) => return Some(avx2::dot_q6k::<R>(w, xs)),
+                _ => {}
+            }
+        }
+    }
+    let _ = (isa, dtype, w, xs);
+    None
+}
+
+/// Kernel selectors for `dot32` (const generics cannot take enums).
+const Q4_0: u8 = 0;
+const Q4_1: u8 = 1;
+const Q5_0: u8 = 2;
+const Q5_1: u8 = 3;
+const Q8_0: u8 = 4;
+
+/// Instantiates the kernels for one instruction set. `$features` is the
+/// `target_feature` list; `$prims` must define `dot_u8_i8_acc(acc, u, x) ->
+/// i32x8` (`acc` plus `u[i] * x[i]` summed over each group of four bytes) and
+/// `dot_scaled_acc(acc, u, x, sv) -> i32x8` (`acc` plus the byte-pair
+/// products weighted by the i16 lanes of `sv`). Callers keep `u ≤ 128` and
+/// every `u·x` byte-pair sum within i16, so neither primitive saturates.
+macro_rules! simd_kernels {
+    ($name:ident, $features:literal, { $($prims:item)* }) => {
+        #[cfg(target_arch = "x86_64")]
+        mod $name {
+            use std::arch::x86_64::*;
+
+            use super::super::qmatmul::{k4_scales, Q8x32, Q8xK, QK};
+            use super::{Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
+
+            $($prims)*
+
+            /// Signed × signed bytes via the unsigned primitive: |w| · (x·sign w).
+            #[target_feature(enable = $features)]
+            #[inline]
+            fn dot_i8_i8_acc(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
+                dot_u8_i8_acc(acc, _mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
+            }
+
+            #[target_feature(enable = $features)]
+            #[inline]
+            fn load32(b: &[u8]) -> __m256i {
+                let b = &b[..32];
+                // SAFETY: `b` holds 32 readable bytes; the load is unaligned.
+                unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
+            }
+
+            #[target_feature(enable = $features)]
+            #[inline]
+            fn load32i(b: &[i8]) -> __m256i {
+                let b = &b[..32];
+                // SAFETY: `b` holds 32 readable bytes; the load is unaligned.
+                unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
+            }
+
+            /// 16 bytes of packed nibbles → 32 bytes: low nibbles first, then
+            /// high nibbles (ggml's element order).
+            #[target_feature(enable = $features)]
+            #[inline]
+            fn nibbles(b: &[u8]) -> __m256i {
+                let b = &b[..16];
+                // SAFETY: `b` holds 16 readable bytes; the load is unaligned.
+                let v = unsafe { _mm_loadu_si128(b.as_ptr().cast()) };
+                let lo = _mm_and_si128(v, _mm_set1_epi8(0xF));
+                let hi = _mm_and_si128(_mm_srli_epi16(v, 4), _mm_set1_epi8(0xF));
+                _mm256_set_m128i(hi, lo)
+            }
+
+            /// The 32 bits of `qh` as bytes: 0x10 where the bit is set.
+            #[target_feature(enable = $features)]
+            #[inline]
+            fn high_bits(qh: u32) -> __m256i {
+                let shuf = _mm256_set_epi64x(
+                    0x0303030303030303,
+                    0x0202020202020202,
+                    0x0101010101010101,
+                    0,
+                );
+                let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(qh as i32), shuf);
+                let bit = _mm256_set1_epi64x(0x8040201008040201u64 as i64);
+                let set = _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit);
+                _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+            }
+
+            /// The little-endian f16 at `b[o..o + 2]`, converted with F16C
+            /// (inline, unlike `half`'s runtime-dispatched call, which would
+            /// force every accumulator register to be spilled around it).
+            #[target_feature(enable = $features)]
+            #[inline]
+            fn f16_at(b: &[u8], o: usize) -> f32 {
+                let bits = u16::from_le_bytes([b[o], b[o + 1]]);
+                _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+            }
+
+            /// The sixteen i16 block sums of a Q8_K block.
+            #[target_feature(enable = $features)]
+            #[inline]
+            fn load_bsums(y: &Q8xK) -> __m256i {
+                // SAFETY: `bsums` is 16 × i16 = 32 readable bytes; the load is
+                // unaligned.
+                unsafe { _mm256_loadu_si256(y.bsums.as_ptr().cast()) }
+            }
+
+            #[target_feature(enable = $features)]
+            #[inline]
+            fn hsum(v: __m256) -> f32 {
+                let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+                let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+                _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
+            }
+
+            /// Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 row · `R` Q8 rows.
+            #[target_feature(enable = $features)]
+            pub(super) fn dot32<const K: u8, const R: usize>(
+                w: &[u8],
+                xs: [&[Q8x32]; R],
+            ) -> [f32; R] {
+                let bytes = match K {
+                    Q4_0 => 18,
+                    Q4_1 => 20,
+                    Q5_0 => 22,
+                    Q5_1 => 24,
+                    _ => 34,
+                };
+                let mut acc = [_mm256_setzero_ps(); R];
+                let mut mins = [0f32; R];
+                for (b, blk) in w.chunks_exact(bytes).enumerate() {
+                    let d = f16_at(blk, 0);
+                    let (u, m) = match K {
+                        Q4_0 => (nibbles(&blk[2..18]), 0.0),
+                        Q4_1 => (nibbles(&blk[4..20]), f16_at(blk, 2)),
+                        Q5_0 | Q5_1 => {
+                            let o = if K == Q5_0 { 2 } else { 4 };
+                            let qh = u32::from_le_bytes([blk[o], blk[o + 1], blk[o + 2], blk[o + 3]]);
+                            let u = _mm256_or_si256(nibbles(&blk[o + 4..o + 20]), high_bits(qh));
+                            if K == Q5_0 {
+                                (u, 0.0)
+                            } else {
+                                (u, f16_at(blk, 2))
+                            }
+                        }
+                        _ => (load32(&blk[2..2 + QK]), 0.0),
+                    };
+                    for r in 0..R {
+                        let y = &xs[r][b];
+                        let x = load32i(&y.qs);
+                        // The offset correction seeds lane 0 of the integer sum.
+                        let init = if K == Q4_0 || K == Q5_0 {
+                            _mm256_zextsi128_si256(_mm_cvtsi32_si128(y.corr))
+                        } else {
+                            _mm256_setzero_si256()
+                        };
+                        let p = if K == Q8_0 {
+                            dot_i8_i8_acc(init, u, x)
+                        } else {
+                            dot_u8_i8_acc(init, u, x)
+                        };
+                        acc[r] = _mm256_fmadd_ps(
+                            _mm256_cvtepi32_ps(p),
+                            _mm256_set1_ps(d * y.d),
+                            acc[r],
+                        );
+                        if K == Q4_1 || K == Q5_1 {
+                            mins[r] += m * y.s;
+                        }
+                    }
+                }
+                let mut out = [0f32; R];
+                for r in 0..R {
+                    out[r] = hsum(acc[r]) + mins[r];
+                }
+                out
+            }
+
+            /// Q4_K row · `R` Q8_K rows.
+            #[target_feature(enable = $features)]
+            pub(super) fn dot_q4k<const R: usize>(w: &[u8], xs: [&[Q8xK]; R]) -> [f32; R] {
+                let mut acc = [_mm256_setzero_ps(); R];
+                let mut accm = [_mm256_setzero_ps(); R];
+                let mask = _mm256_set1_epi8(0xF);
+                for (b, blk) in w.chunks_exact(144).enumerate() {
+                    let d = f16_at(blk, 0);
+                    let dmin = f16_at(blk, 2);
+                    let (sc, mn) = k4_scales(&blk[4..16]);
+                    // mins[j / 2] for each of the sixteen 16-element bsums.
+                    let mn = _mm_cvtsi64_si128(u64::from_le_bytes(mn) as i64);
+                    let mins16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mn, mn));
+                    let mut q = [_mm256_setzero_si256(); 8];
+                    let mut sv = [_mm256_setzero_si256(); 8];
+                    for c in 0..4 {
+                        let raw = load32(&blk[16 + 32 * c..]);
+                        q[2 * c] = _mm256_and_si256(raw, mask);
+                        q[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
+                        sv[2 * c] = _mm256_set1_epi16(sc[2 * c] as i16);
+                        sv[2 * c + 1] = _mm256_set1_epi16(sc[2 * c + 1] as i16);
+                    }
+                    for r in 0..R {
+                        let y = &xs[r][b];
+                        let mut isum = _mm256_setzero_si256();
+                        for s in 0..8 {
+                            let x = load32i(&y.qs[QK * s..]);
+                            isum = dot_scaled_acc(isum, q[s], x, sv[s]);
+                        }
+                        acc[r] = _mm256_fmadd_ps(
+                            _mm256_cvtepi32_ps(isum),
+                            _mm256_set1_ps(d * y.d),
+                            acc[r],
+                        );
+                        let msum = _mm256_madd_epi16(mins16, load_bsums(y));
+                        accm[r] = _mm256_fmadd_ps(
+                            _mm256_cvtepi32_ps(msum),
+                            _mm256_set1_ps(dmin * y.d),
+                            accm[r],
+                        );
+                    }
+                }
+                let mut out = [0f32; R];
+                for r in 0..R {
+                    out[r] = hsum(_mm256_sub_ps(acc[r], accm[r]));
+                }
+                out
+            }
+
+            /// Q6_K row · `R` Q8_K rows.
+            #[target_feature(enable = $features)]
+            pub(super) fn dot_q6k<const R: usize>(w: &[u8], xs: [&[Q8xK]; R]) -> [f32; R] {
+                let mut acc = [_mm256_setzero_ps(); R];
+                let m4 = _mm256_set1_epi8(0xF);
+                let m2 = _mm256_set1_epi8(0x30);
+                for (b, blk) in w.chunks_exact(210).enumerate() {
+                    let d = f16_at(blk, 208);
+                    let sc = &blk[192..208];
+                    let mut q = [_mm256_setzero_si256(); 8];
+                    let mut sv = [_mm256_setzero_si256(); 8];
+                    for h in 0..2 {
+                        let ql0 = load32(&blk[64 * h..]);
+                        let ql1 = load32(&blk[64 * h + 32..]);
+                        let qh = load32(&blk[128 + 32 * h..]);
+                        let hb = [
+                            _mm256_and_si256(_mm256_slli_epi16(qh, 4), m2),
+                            _mm256_and_si256(_mm256_slli_epi16(qh, 2), m2),
+                            _mm256_and_si256(qh, m2),
+                            _mm256_and_si256(_mm256_srli_epi16(qh, 2), m2),
+                        ];
+                        let lb = [
+                            _mm256_and_si256(ql0, m4),
+                            _mm256_and_si256(ql1, m4),
+                            _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                            _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                        ];
+                        for p in 0..4 {
+                            q[4 * h + p] = _mm256_or_si256(lb[p], hb[p]);
+                        }
+                    }
+                    for t in 0..8 {
+                        sv[t] = _mm256_set_m128i(
+                            _mm_set1_epi16(sc[2 * t + 1] as i8 as i16),
+                            _mm_set1_epi16(sc[2 * t] as i8 as i16),
+                        );
+                    }
+                    // SAFETY: `sc` is 16 readable bytes; the load is unaligned.
+                    let scales16 =
+                        _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(sc.as_ptr().cast()) });
+                    for r in 0..R {
+                        let y = &xs[r][b];
+                        let mut isum = _mm256_setzero_si256();
+                        for t in 0..8 {
+                            let x = load32i(&y.qs[QK * t..]);
+                            isum = dot_scaled_acc(isum, q[t], x, sv[t]);
+                        }
+                        // Quants are stored +32; remove 32·Σ scale·Σx exactly.
+                        let off = _mm256_madd_epi16(scales16, load_bsums(y));
+                        isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(off, 5));
+                        acc[r] = _mm256_fmadd_ps(
+                            _mm256_cvtepi32_ps(isum),
+                            _mm256_set1_ps(d * y.d),
+                            acc[r],
+                        );
+                    }
+                }
+                let mut out = [0f32; R];
+                for r in 0..R {
+                    out[r] = hsum(acc[r]);
+                }
+                out
+            }
+        }
+    };
+}
+
+simd_kernels!(avx2, "avx2,fma,f16c", {
+    /// `vpmaddubsw` pairs (no saturation for the operand ranges used here),
+    /// then `vpmaddwd` with ones to widen to i32.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn dot_u8_i8_acc(acc: __m256i, u: __m256i, x: __m256i) -> __m256i {
+        let pairs = _mm256_maddubs_epi16(u, x);
+        _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+    }
+
+    /// `acc + Σ sv·(u·x)`: the i16 scales ride along in the widening
+    /// `vpmaddwd`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn dot_scaled_acc(acc: __m256i, u: __m256i, x: __m256i, sv: __m256i) -> __m256i {
+        _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), sv))
+    }
+});
+
+simd_kernels!(
+    vnni,
+    "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
+    {
+        /// One `vpdpbusd`: u8·i8 products summed in groups of four into i32.
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        #[inline]
+        fn dot_u8_i8_acc(acc: __m256i, u: __m256i, x: __m256i) -> __m256i {
+            _mm256_dpbusd_epi32(acc, u, x)
+        }
+
+        /// `acc + Σ sv·(u·x)`: `vpmaddubsw` then `vpdpwssd`, which fuses the
+        /// scale multiply, widening and accumulation (cheaper than
+        /// `vpdpbusd` followed by a 32-bit multiply).
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        #[inline]
+        fn dot_scaled_acc(acc: __m256i, u: __m256i, x: __m256i, sv: __m256i) -> __m256i {
+            _mm256_dpwssd_epi32(acc, _mm256_maddubs_epi16(u, x), sv)
+        }
+    }
+);
+
+simd_kernels!(avxvnni, "avx2,fma,f16c,avxvnni", {
+    /// One VEX-encoded `vpdpbusd`: u8·i8 products summed in groups of four.
+    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+    #[inline]
+    fn dot_u8_i8_acc(acc: __m256i, u: __m256i, x: __m256i) -> __m256i {
+        _mm256_dpbusd_avx_epi32(acc, u, x)
+    }
+
+    /// `acc + Σ sv·(u·x)`: `vpmaddubsw` then the fused VEX `vpdpwssd`.
+    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+    #[inline]
+    fn dot_scaled_acc(acc: __m256i, u: __m256i, x: __m256i, sv: __m256i) -> __m256i {
+        _mm256_dpwssd_avx_epi32(acc, _mm256_maddubs_epi16(u, x), sv)
+    }
+});

@@ -1,0 +1,149 @@
+//! Fast kernels vs candle's `QMatMul::forward` (same activation quantization,
+//! so only f32 summation order differs) and vs the dequantized reference.
+
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::Module;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::*;
+
+const ALL: [GgmlDType; 10] = [
+    GgmlDType::Q4_0,
+    GgmlDType::Q4_1,
+    GgmlDType::Q5_0,
+    GgmlDType::Q5_1,
+    GgmlDType::Q8_0,
+    GgmlDType::Q2K,
+    GgmlDType::Q3K,
+    GgmlDType::Q4K,
+    GgmlDType::Q5K,
+    GgmlDType::Q6K,
+];
+
+fn random(len: usize, seed: u64) -> Vec<f32> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+fn weights(dtype: GgmlDType, n: usize, k: usize, seed: u64) -> Arc<QTensor> {
+    let w = tensor_2d(&random(n * k, seed), n, k).unwrap();
+    Arc::new(QTensor::quantize(&w, dtype).unwrap())
+}
+
+fn candle(q: &Arc<QTensor>, x: &[f32], m: usize) -> Vec<f32> {
+    let (_, k) = q.shape().dims2().unwrap();
+    let mm = QMatMul::from_arc(q.clone()).unwrap();
+    let xt = tensor_2d(x, m, k).unwrap();
+    mm.forward(&xt)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+/// Largest |a - b| relative to the largest |b|.
+fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0f32, |s, v| s.max(v.abs())).max(1e-30);
+    a.iter().zip(b).fold(0f32, |e, (x, y)| e.max((x - y).abs())) / scale
+}
+
+fn check(dtype: GgmlDType, m: usize, k: usize, n: usize) {
+    let q = weights(dtype, n, k, (m * 31 + k * 7 + n) as u64);
+    let x = random(m * k, 99 + m as u64);
+    let want = candle(&q, &x, m);
+    let w = QMatrix::from_qtensor(&q).unwrap();
+    assert_eq!((w.n(), w.k(), w.dtype()), (n, k, dtype));
+    for isa in Isa::available() {
+        let mut got = vec![f32::NAN; m * n];
+        w.matmul_with(isa, &x, m, &mut got);
+        let e = rel_err(&got, &want);
+        assert!(
+            e < 1e-5,
+            "{dtype:?} {isa:?} m={m} k={k} n={n}: rel err {e} vs candle"
+        );
+    }
+}
+
+#[test]
+fn matches_candle_all_dtypes() {
+    for dtype in ALL {
+        for (m, k, n) in [(1, 256, 8), (3, 512, 33), (5, 768, 20)] {
+            check(dtype, m, k, n);
+        }
+    }
+}
+
+#[test]
+fn matches_candle_model_shapes() {
+    let shapes = [
+        (1, 896, 576),
+        (3, 896, 640),
+        (17, 896, 4864),
+        (1, 4864, 896),
+        (3, 4864, 600),
+        (2, 576, 1536),
+        (17, 576, 576),
+    ];
+    let dtypes = [
+        GgmlDType::Q4_0,
+        GgmlDType::Q4_1,
+        GgmlDType::Q5_0,
+        GgmlDType::Q8_0,
+        GgmlDType::Q4K,
+        GgmlDType::Q6K,
+    ];
+    for dtype in dtypes {
+        for (m, k, n) in shapes {
+            if k % dtype.block_size() == 0 {
+                check(dtype, m, k, n);
+            }
+        }
+    }
+}
+
+#[test]
+fn close_to_dequantized_reference() {
+    let (m, k, n) = (3, 512, 40);
+    let x = random(m * k, 5);
+    for dtype in ALL {
+        let q = weights(dtype, n, k, 11);
+        let want = matmul_reference(&q, &x, m).unwrap();
+        let mut got = vec![0f32; m * n];
+        QMatrix::from_qtensor(&q).unwrap().matmul(&x, m, &mut got);
+        // Only the activations' 8-bit rounding separates the two.
+        let e = rel_err(&got, &want);
+        assert!(e < 2e-2, "{dtype:?}: rel err {e} vs dequantized reference");
+    }
+}
+
+#[test]
+fn zero_activations_and_empty_batch() {
+    let q = weights(GgmlDType::Q4K, 16, 256, 3);
+    let w = QMatrix::from_qtensor(&q).unwrap();
+    let mut out = vec![1f32; 2 * 16];
+    w.matmul(&[0f32; 2 * 256], 2, &mut out);
+    assert!(out.iter().all(|&v| v == 0.0));
+    w.matmul(&[], 0, &mut []);
+}
+
+#[test]
+fn rejects_unsupported_and_misshapen() {
+    let t = tensor_2d(&random(64 * 4, 1), 4, 64).unwrap();
+    let f = QTensor::quantize(&t, GgmlDType::F32).unwrap();
+    assert!(QMatrix::from_qtensor(&f).is_err());
+    assert!(!QMatrix::supported(GgmlDType::F16));
+    assert!(QMatrix::supported(GgmlDType::Q6K));
+}
+
+#[test]
+fn isa_detection_is_consistent() {
+    let available = Isa::available();
+    assert!(available.contains(&Isa::Scalar));
+    assert!(available.contains(&Isa::detect()));
+    assert_eq!(available[0], Isa::detect());
+}
