@@ -11,6 +11,7 @@ pub mod engine;
 pub mod generate;
 pub mod kernels;
 pub mod kv_cache;
+pub mod metrics;
 pub mod model;
 pub mod reasoning;
 pub mod tokenizer;

@@ -1,1 +1,321 @@
-fn main() {}
+//! The `r1serve` command line. `serve` runs the OpenAI-compatible server;
+//! flags follow `vllm serve` so deployment scripts carry over.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use r1serve::api::backend::TokenizerCodec;
+use r1serve::api::protocol::unix_timestamp;
+use r1serve::api::router::RouterConfig;
+use r1serve::api::server::{serve, ServerOptions};
+use r1serve::api::state::{AppState, ServedModel};
+use r1serve::engine::{Engine, EngineConfig};
+use r1serve::kv_cache::storage::KvDtype;
+use r1serve::metrics::Metrics;
+use r1serve::model::load::{load, LoadOptions};
+use r1serve::reasoning::{ReasoningParser, THINK_END, THINK_START};
+use r1serve::tokenizer::ChatTemplate;
+
+/// OpenAI-compatible inference server for DeepSeek-R1 distilled models.
+#[derive(Debug, Parser)]
+#[command(name = "r1serve", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve a model over the OpenAI HTTP API.
+    Serve(Box<ServeArgs>),
+}
+
+/// Element type of the KV cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum KvCacheDtype {
+    /// Half precision: half the memory, the usual choice.
+    F16,
+    /// Full precision, for debugging numerical differences.
+    F32,
+}
+
+/// How chat output is split into `reasoning_content` and `content`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ReasoningParserArg {
+    /// `<think>` … `</think>` blocks.
+    #[value(name = "deepseek_r1")]
+    DeepseekR1,
+    /// Everything is content.
+    None,
+    /// `deepseek_r1` when the tokenizer has `<think>` and `</think>` tokens
+    /// or the chat template mentions `<think>`, else `none`.
+    Auto,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Model to serve: a GGUF file, a Hugging Face directory, or a Hub repo
+    /// id (`org/name`, optionally `org/name:file.gguf`).
+    #[arg(long, value_name = "SRC")]
+    model: String,
+    /// Hub revision (branch, tag or commit) when `--model` is a repo id.
+    #[arg(long)]
+    revision: Option<String>,
+    /// Name clients pass as `model`; defaults to the model's own name.
+    #[arg(long)]
+    served_model_name: Option<String>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+    /// Port to listen on.
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// Accepted API key (repeatable). Without one, no key is required.
+    #[arg(long = "api-key", env = "R1SERVE_API_KEY", value_name = "KEY")]
+    api_keys: Vec<String>,
+    /// Context length (prompt + completion); defaults to the model's.
+    #[arg(long)]
+    max_model_len: Option<usize>,
+    /// Most sequences decoded together.
+    #[arg(long, default_value_t = 64)]
+    max_num_seqs: usize,
+    /// Most tokens processed in one engine step.
+    #[arg(long, default_value_t = 2048)]
+    max_num_batched_tokens: usize,
+    /// Memory for the KV cache, e.g. `4GiB` or `512MiB`; defaults to what
+    /// the device can spare.
+    #[arg(long, value_parser = parse_bytes, value_name = "SIZE")]
+    kv_cache_memory: Option<u64>,
+    /// Tokens per KV-cache block.
+    #[arg(long, default_value_t = 16)]
+    block_size: usize,
+    /// Element type of the KV cache.
+    #[arg(long, value_enum, default_value_t = KvCacheDtype::F16)]
+    kv_cache_dtype: KvCacheDtype,
+    /// Disable reuse of KV blocks across requests with a common prefix.
+    #[arg(long)]
+    no_prefix_caching: bool,
+    /// Jinja chat template file replacing the model's own.
+    #[arg(long, value_name = "FILE")]
+    chat_template: Option<PathBuf>,
+    /// How to split reasoning from the answer.
+    #[arg(long, value_enum, default_value_t = ReasoningParserArg::Auto)]
+    reasoning_parser: ReasoningParserArg,
+    /// Requests allowed to wait for admission before new ones get 503.
+    #[arg(long, default_value_t = 256)]
+    max_waiting_requests: usize,
+    /// Origin allowed by CORS (repeatable); `*` allows any.
+    #[arg(long = "allowed-origins", value_name = "ORIGIN")]
+    allowed_origins: Vec<String>,
+    /// Seconds in-flight requests may take to finish after SIGINT/SIGTERM.
+    #[arg(long, default_value_t = 30)]
+    shutdown_timeout: u64,
+    /// Largest accepted request body, e.g. `8MiB`.
+    #[arg(long, value_parser = parse_bytes, default_value = "8MiB", value_name = "SIZE")]
+    max_body_bytes: u64,
+}
+
+/// Parses a byte size: a number with an optional unit, binary (`KiB`,
+/// `MiB`, `GiB`, `TiB`, and the bare `K`, `M`, `G`, `T`) or decimal (`KB`,
+/// `MB`, `GB`, `TB`), case-insensitive.
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size such as 4GiB or 512MiB"))?;
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kib" => 1024.0,
+        "m" | "mib" => 1024.0 * 1024.0,
+        "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "t" | "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        other => return Err(format!("unknown size unit '{other}' in '{text}'")),
+    };
+    let bytes = number * scale;
+    if bytes.is_finite() && bytes >= 1.0 && bytes < u64::MAX as f64 {
+        Ok(bytes as u64)
+    } else {
+        Err(format!("size '{text}' is out of range"))
+    }
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match Cli::parse().command {
+        Command::Serve(args) => run_serve(*args),
+    }
+}
+
+fn run_serve(args: ServeArgs) -> Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let metrics = Metrics::install()?;
+        let api_keys: Vec<String> = args
+            .api_keys
+            .iter()
+            .map(|k| k.trim().to_string())
+            .filter(|k| !k.is_empty())
+            .collect();
+        let state = AppState::new(api_keys, metrics);
+        let options = ServerOptions {
+            addr: SocketAddr::new(args.host, args.port),
+            router: RouterConfig {
+                max_body_bytes: usize::try_from(args.max_body_bytes)
+                    .context("--max-body-bytes is too large for this platform")?,
+                allowed_origins: args.allowed_origins.clone(),
+            },
+            shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
+        };
+        let load = async move {
+            tokio::task::spawn_blocking(move || load_model(&args))
+                .await
+                .context("model loading panicked")?
+        };
+        serve(options, state, load).await
+    })
+}
+
+/// Loads the model, picks the chat template and reasoning parser, and
+/// starts the engine. Runs on a blocking thread: it reads gigabytes.
+fn load_model(args: &ServeArgs) -> Result<ServedModel> {
+    let loaded = load(
+        &args.model,
+        &LoadOptions {
+            revision: args.revision.clone(),
+        },
+    )?;
+    let tokenizer = Arc::clone(&loaded.tokenizer);
+    let template_source = match &args.chat_template {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading --chat-template {}", path.display()))?,
+        ),
+        None => tokenizer.chat_template().map(str::to_string),
+    };
+    let template = template_source
+        .as_deref()
+        .map(|source| {
+            ChatTemplate::new(
+                source,
+                tokenizer.bos_token().map(str::to_string),
+                tokenizer.eos_token().map(str::to_string),
+            )
+        })
+        .transpose()
+        .context("compiling the chat template")?;
+    let reasoning = match args.reasoning_parser {
+        ReasoningParserArg::DeepseekR1 => ReasoningParser::DeepSeekR1,
+        ReasoningParserArg::None => ReasoningParser::None,
+        ReasoningParserArg::Auto => {
+            let has_tokens = tokenizer.token_to_id(THINK_START).is_some()
+                && tokenizer.token_to_id(THINK_END).is_some();
+            let template_thinks = template_source
+                .as_deref()
+                .is_some_and(|t| t.contains(THINK_START));
+            if has_tokens || template_thinks {
+                ReasoningParser::DeepSeekR1
+            } else {
+                ReasoningParser::None
+            }
+        }
+    };
+    let engine = Engine::start(
+        loaded.decoder,
+        Arc::clone(&tokenizer),
+        EngineConfig {
+            block_size: args.block_size,
+            kv_cache_memory: args.kv_cache_memory,
+            kv_dtype: match args.kv_cache_dtype {
+                KvCacheDtype::F16 => KvDtype::F16,
+                KvCacheDtype::F32 => KvDtype::F32,
+            },
+            max_num_seqs: args.max_num_seqs,
+            max_num_batched_tokens: args.max_num_batched_tokens,
+            max_model_len: args.max_model_len,
+            max_waiting_requests: args.max_waiting_requests,
+            enable_prefix_caching: !args.no_prefix_caching,
+        },
+    )?;
+    tracing::info!(reasoning_parser = %reasoning, "engine started");
+    Ok(ServedModel {
+        max_model_len: engine.max_model_len(),
+        engine: Arc::new(engine),
+        codec: Arc::new(TokenizerCodec::new(tokenizer, template)),
+        name: args.served_model_name.clone().unwrap_or(loaded.name),
+        default_temperature: loaded.default_temperature,
+        default_top_p: loaded.default_top_p,
+        reasoning,
+        created: unix_timestamp(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(parse_bytes("4GiB"), Ok(4 << 30));
+        assert_eq!(parse_bytes("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("512mib"), Ok(512 << 20));
+        assert_eq!(parse_bytes("1.5G"), Ok(3 << 29));
+        assert_eq!(parse_bytes("2GB"), Ok(2_000_000_000));
+        assert_eq!(parse_bytes("1024"), Ok(1024));
+        assert!(parse_bytes("4XB").is_err());
+        assert!(parse_bytes("GiB").is_err());
+        assert!(parse_bytes("0").is_err());
+    }
+
+    #[test]
+    fn cli_defaults_and_repeatable_flags() {
+        let cli = Cli::try_parse_from([
+            "r1serve",
+            "serve",
+            "--model",
+            "m.gguf",
+            "--api-key",
+            "a",
+            "--api-key",
+            "b",
+            "--allowed-origins",
+            "*",
+            "--reasoning-parser",
+            "deepseek_r1",
+            "--kv-cache-memory",
+            "1GiB",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command;
+        assert_eq!(args.api_keys, ["a", "b"]);
+        assert_eq!(args.allowed_origins, ["*"]);
+        assert_eq!(args.reasoning_parser, ReasoningParserArg::DeepseekR1);
+        assert_eq!(args.kv_cache_memory, Some(1 << 30));
+        assert_eq!(args.port, 8000);
+        assert_eq!(args.max_num_seqs, 64);
+        assert_eq!(args.max_num_batched_tokens, 2048);
+        assert_eq!(args.block_size, 16);
+        assert_eq!(args.max_waiting_requests, 256);
+        assert_eq!(args.max_body_bytes, 8 << 20);
+        assert_eq!(args.kv_cache_dtype, KvCacheDtype::F16);
+        assert!(!args.no_prefix_caching);
+    }
+}

@@ -1,0 +1,114 @@
+//! The seam between the HTTP layer and the model: one trait for the engine
+//! and one for prompt text ↔ tokens.
+//!
+//! Handlers depend only on these traits (modelled on TGI's `Backend` trait in
+//! `router/src/infer/mod.rs`), so that the whole request path — validation,
+//! streaming, reasoning split, usage, metrics — can be unit-tested against a
+//! scripted engine, and so that the HTTP code never names engine internals.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use serde_json::{Map, Value};
+
+use crate::engine::types::{EngineError, EngineRequest, EngineStats, RequestOutput};
+use crate::engine::EngineHandle;
+use crate::tokenizer::{ChatTemplate, Tokenizer};
+use crate::types::TokenId;
+
+/// A request's outputs as they are produced. Dropping it aborts the request
+/// in the engine, which is how a client disconnect frees KV blocks.
+pub type OutputStream = Pin<Box<dyn Stream<Item = RequestOutput> + Send>>;
+
+/// What the HTTP layer needs from the inference engine.
+pub trait InferenceBackend: Send + Sync + 'static {
+    /// Queues a request; the stream yields its outputs until `finished`.
+    fn add_request(&self, request: EngineRequest) -> Result<OutputStream, EngineError>;
+    /// Current queue, cache and counter values, for `/metrics`.
+    fn stats(&self) -> EngineStats;
+    /// Stops the engine after the HTTP server has drained.
+    fn shutdown(&self);
+}
+
+/// What the HTTP layer needs from the tokenizer and chat template. Calls may
+/// take milliseconds on long prompts, so handlers run them on the blocking
+/// pool.
+pub trait PromptCodec: Send + Sync + 'static {
+    /// Tokenizes `text`, adding BOS when `add_special_tokens` and the
+    /// tokenizer has one.
+    fn encode(&self, text: &str, add_special_tokens: bool) -> anyhow::Result<Vec<TokenId>>;
+    /// Turns ids back into text.
+    fn decode(&self, ids: &[TokenId], skip_special_tokens: bool) -> anyhow::Result<String>;
+    /// Number of ids the model can emit; larger `logit_bias` keys are
+    /// rejected.
+    fn vocab_size(&self) -> usize;
+    /// Renders a conversation (a JSON array of messages) with the chat
+    /// template.
+    fn render_chat(
+        &self,
+        messages: &Value,
+        add_generation_prompt: bool,
+        extra: &Map<String, Value>,
+    ) -> anyhow::Result<String>;
+}
+
+impl InferenceBackend for EngineHandle {
+    fn add_request(&self, request: EngineRequest) -> Result<OutputStream, EngineError> {
+        EngineHandle::add_request(self, request).map(|stream| Box::pin(stream) as OutputStream)
+    }
+
+    fn stats(&self) -> EngineStats {
+        EngineHandle::stats(self)
+    }
+
+    fn shutdown(&self) {
+        EngineHandle::shutdown(self);
+    }
+}
+
+/// The model's tokenizer together with the chat template being served
+/// (the model's own or `--chat-template`).
+pub struct TokenizerCodec {
+    tokenizer: Arc<Tokenizer>,
+    template: Option<ChatTemplate>,
+}
+
+impl TokenizerCodec {
+    /// Pairs a tokenizer with a template; without one, chat requests fail
+    /// with a 400 that points at `--chat-template`.
+    pub fn new(tokenizer: Arc<Tokenizer>, template: Option<ChatTemplate>) -> Self {
+        Self {
+            tokenizer,
+            template,
+        }
+    }
+}
+
+impl PromptCodec for TokenizerCodec {
+    fn encode(&self, text: &str, add_special_tokens: bool) -> anyhow::Result<Vec<TokenId>> {
+        self.tokenizer.encode(text, add_special_tokens)
+    }
+
+    fn decode(&self, ids: &[TokenId], skip_special_tokens: bool) -> anyhow::Result<String> {
+        self.tokenizer.decode(ids, skip_special_tokens)
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.tokenizer.vocab_size()
+    }
+
+    fn render_chat(
+        &self,
+        messages: &Value,
+        add_generation_prompt: bool,
+        extra: &Map<String, Value>,
+    ) -> anyhow::Result<String> {
+        let template = self.template.as_ref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "the model has no chat template; start the server with --chat-template or use /v1/completions"
+            )
+        })?;
+        template.render(messages, add_generation_prompt, extra)
+    }
+}

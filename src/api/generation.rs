@@ -1,0 +1,334 @@
+//! The part of a completion request shared by the chat and legacy routes:
+//! turning checked parameters into an engine request, submitting it, and
+//! following its outputs through the reasoning splitter while keeping the
+//! usage and metrics books.
+//!
+//! The route modules only decide how each [`ChoiceUpdate`] is framed.
+
+use std::time::Instant;
+
+use futures::StreamExt;
+
+use super::backend::{OutputStream, PromptCodec};
+use super::error::{ApiError, ErrorKind};
+use super::protocol::{
+    CompletionTokensDetails, FinishReason, GenerationParams, PromptTokensDetails, Usage,
+};
+use super::state::ServedModel;
+use crate::engine::types::{
+    EngineError, EngineRequest, FinishReason as EngineFinish, RequestUsage, SampleOutput,
+    SamplingParams, TokenLogprob,
+};
+use crate::metrics::{Completion, RequestRecorder};
+use crate::reasoning::{ReasoningParser, ReasoningSplitter};
+use crate::types::TokenId;
+
+/// Seconds a client is told to wait when the queue is full: long enough for
+/// a few decode steps to free slots, short enough not to idle the server.
+const QUEUE_FULL_RETRY_AFTER: u64 = 1;
+
+/// Builds the engine's sampling parameters, filling what the client left
+/// out from the model's defaults and checking the length budget.
+///
+/// `default_max_tokens` is the route's default for an absent `max_tokens`:
+/// `None` means "the rest of the context".
+pub fn sampling_params(
+    model: &ServedModel,
+    params: &GenerationParams,
+    prompt_len: usize,
+    default_max_tokens: Option<usize>,
+) -> Result<SamplingParams, ApiError> {
+    let max_len = model.max_model_len;
+    let requested = params.max_tokens.map(|m| m as usize).or(default_max_tokens);
+    let max_tokens = match requested {
+        Some(max_tokens) if prompt_len + max_tokens > max_len => {
+            return Err(too_long(max_len, prompt_len, max_tokens));
+        }
+        Some(max_tokens) => max_tokens,
+        None if prompt_len >= max_len => return Err(too_long(max_len, prompt_len, 1)),
+        None => max_len - prompt_len,
+    };
+    let vocab = model.codec.vocab_size();
+    if let Some(&(id, _)) = params
+        .logit_bias
+        .iter()
+        .find(|(id, _)| *id as usize >= vocab)
+    {
+        return Err(ApiError::bad_request(
+            "logit_bias",
+            format!("'logit_bias' token {id} is outside the vocabulary of {vocab} tokens"),
+        ));
+    }
+    Ok(SamplingParams {
+        temperature: params
+            .temperature
+            .or(model.default_temperature)
+            .unwrap_or(1.0),
+        top_p: params.top_p.or(model.default_top_p).unwrap_or(1.0),
+        top_k: params.top_k.map_or(0, |k| k as usize),
+        min_p: params.min_p.unwrap_or(0.0),
+        repetition_penalty: params.repetition_penalty,
+        presence_penalty: params.presence_penalty,
+        frequency_penalty: params.frequency_penalty,
+        logit_bias: params.logit_bias.clone(),
+        seed: params.seed,
+        logprobs: params.logprobs.map(|k| k as usize),
+        max_tokens,
+        min_tokens: params.min_tokens as usize,
+        ignore_eos: params.ignore_eos,
+        stop_token_ids: Vec::new(),
+        stop: params.stop.clone(),
+        n: params.n as usize,
+        skip_special_tokens: true,
+    })
+}
+
+/// The 400 for a request that cannot fit the context, worded as OpenAI
+/// words it so clients that parse the numbers keep working.
+fn too_long(max_len: usize, prompt: usize, completion: usize) -> ApiError {
+    ApiError::bad_request(
+        "messages",
+        format!(
+            "This model's maximum context length is {max_len} tokens. However, you requested \
+             {} tokens ({prompt} in the prompt, {completion} for the completion). Please reduce \
+             the length of the prompt or the completion.",
+            prompt + completion
+        ),
+    )
+    .with_code("context_length_exceeded")
+}
+
+/// Maps an engine refusal to what the client sees.
+fn engine_error(error: EngineError) -> ApiError {
+    match error {
+        EngineError::QueueFull(_) => ApiError::overloaded(QUEUE_FULL_RETRY_AFTER),
+        EngineError::TooLong {
+            max,
+            prompt,
+            completion,
+            ..
+        } => too_long(max, prompt, completion),
+        EngineError::TooLargeForCache { .. } => {
+            ApiError::bad_request("messages", error.to_string())
+        }
+        EngineError::Stopped => shutting_down(),
+    }
+}
+
+fn shutting_down() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Server,
+        "The server is shutting down",
+    )
+}
+
+/// Runs blocking tokenizer or template work off the async threads, mapping
+/// a panic in it to a 500 instead of taking the connection down.
+pub async fn blocking<T, F>(work: F) -> Result<T, ApiError>
+where
+    F: FnOnce() -> Result<T, ApiError> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(ApiError::internal)?
+}
+
+/// One choice's news from one engine output, already split into reasoning
+/// and content.
+#[derive(Clone, Debug, Default)]
+pub struct ChoiceUpdate {
+    /// Choice index.
+    pub index: u32,
+    /// New reasoning text.
+    pub reasoning: String,
+    /// New answer text (all text, for the legacy route).
+    pub content: String,
+    /// Logprobs of the tokens of this update, when requested.
+    pub logprobs: Vec<TokenLogprob>,
+    /// Set on the choice's last update.
+    pub finish_reason: Option<FinishReason>,
+}
+
+/// Per-choice bookkeeping.
+struct ChoiceState {
+    splitter: ReasoningSplitter,
+    reasoning_tokens: usize,
+    finished: bool,
+    length: bool,
+}
+
+impl ChoiceState {
+    fn push(&mut self, sample: SampleOutput) -> Result<ChoiceUpdate, ApiError> {
+        let was_reasoning = self.splitter.in_reasoning();
+        let had_end = self.splitter.saw_reasoning_end();
+        let mut split = self.splitter.push(&sample.text);
+        // The token that closes the block is reasoning too; the rule matches
+        // how OpenAI counts reasoning tokens (the whole hidden trace).
+        if was_reasoning || (!had_end && self.splitter.saw_reasoning_end()) {
+            self.reasoning_tokens += sample.token_ids.len();
+        }
+        let finish_reason = match sample.finish_reason {
+            None => None,
+            Some(reason) => {
+                let tail = self.splitter.finish();
+                split.reasoning.push_str(&tail.reasoning);
+                split.content.push_str(&tail.content);
+                self.finished = true;
+                match reason {
+                    EngineFinish::Stop => Some(FinishReason::Stop),
+                    EngineFinish::Length => {
+                        self.length = true;
+                        Some(FinishReason::Length)
+                    }
+                    EngineFinish::Abort => return Err(shutting_down()),
+                }
+            }
+        };
+        Ok(ChoiceUpdate {
+            index: u32::try_from(sample.index).unwrap_or(u32::MAX),
+            reasoning: split.reasoning,
+            content: split.content,
+            logprobs: sample.logprobs,
+            finish_reason,
+        })
+    }
+}
+
+/// A submitted request: its output stream, its metrics recorder and the
+/// state of each choice. Dropping it drops the stream, which aborts the
+/// request in the engine.
+pub struct Generation {
+    outputs: OutputStream,
+    recorder: RequestRecorder,
+    choices: Vec<ChoiceState>,
+    usage: RequestUsage,
+    done: bool,
+}
+
+impl Generation {
+    /// Submits `prompt` to the engine. `arrived` is when the HTTP request
+    /// came in; `reasoning` and `starts_in_reasoning` configure the splitter
+    /// of every choice.
+    pub fn submit(
+        model: &ServedModel,
+        prompt: Vec<TokenId>,
+        params: SamplingParams,
+        arrived: Instant,
+        reasoning: ReasoningParser,
+        starts_in_reasoning: bool,
+    ) -> Result<Self, ApiError> {
+        let n = params.n;
+        let outputs = model
+            .engine
+            .add_request(EngineRequest { prompt, params })
+            .map_err(engine_error)?;
+        let choices = (0..n)
+            .map(|_| ChoiceState {
+                splitter: ReasoningSplitter::new(reasoning, starts_in_reasoning),
+                reasoning_tokens: 0,
+                finished: false,
+                length: false,
+            })
+            .collect();
+        Ok(Self {
+            outputs,
+            recorder: RequestRecorder::new(arrived),
+            choices,
+            usage: RequestUsage::default(),
+            done: false,
+        })
+    }
+
+    /// The updates of the next engine output, or `None` once every choice
+    /// has finished. An engine that ends the stream early (or aborts the
+    /// request) yields an error.
+    pub async fn next(&mut self) -> Option<Result<Vec<ChoiceUpdate>, ApiError>> {
+        if self.done {
+            return None;
+        }
+        let Some(output) = self.outputs.next().await else {
+            self.done = true;
+            return Some(Err(shutting_down()));
+        };
+        let new_tokens = output.samples.iter().map(|s| s.token_ids.len()).sum();
+        self.recorder.on_output(new_tokens, output.usage);
+        self.usage = output.usage;
+        let mut updates = Vec::with_capacity(output.samples.len());
+        for sample in output.samples {
+            let Some(choice) = self.choices.get_mut(sample.index) else {
+                self.done = true;
+                return Some(Err(ApiError::internal(format!(
+                    "engine returned sample {} of a request with {} choices",
+                    sample.index,
+                    self.choices.len()
+                ))));
+            };
+            match choice.push(sample) {
+                Ok(update) => {
+                    if !update.content.is_empty() {
+                        self.recorder.on_answer_text();
+                    }
+                    updates.push(update);
+                }
+                Err(error) => {
+                    self.done = true;
+                    return Some(Err(error));
+                }
+            }
+        }
+        if output.finished || self.choices.iter().all(|c| c.finished) {
+            self.done = true;
+            self.recorder.finish(Completion {
+                finished_reason: if self.choices.iter().any(|c| c.length) {
+                    "length"
+                } else {
+                    "stop"
+                },
+                reasoning_tokens: self.reasoning_tokens(),
+                ended_in_reasoning: self.choices.iter().any(|c| c.splitter.in_reasoning()),
+            });
+        }
+        Some(Ok(updates))
+    }
+
+    /// Whether choice `index` ended (or so far is) inside its reasoning
+    /// block; its `content` is then `null`, as the answer never started.
+    pub fn in_reasoning(&self, index: usize) -> bool {
+        self.choices
+            .get(index)
+            .is_some_and(|c| c.splitter.in_reasoning())
+    }
+
+    fn reasoning_tokens(&self) -> usize {
+        self.choices.iter().map(|c| c.reasoning_tokens).sum()
+    }
+
+    /// Token accounting so far, in OpenAI's shape.
+    pub fn usage(&self) -> Usage {
+        let prompt = to_u32(self.usage.prompt_tokens);
+        let completion = to_u32(self.usage.completion_tokens);
+        Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: prompt.saturating_add(completion),
+            prompt_tokens_details: Some(PromptTokensDetails {
+                cached_tokens: to_u32(self.usage.cached_tokens),
+            }),
+            completion_tokens_details: Some(CompletionTokensDetails {
+                reasoning_tokens: to_u32(self.reasoning_tokens()),
+            }),
+        }
+    }
+}
+
+fn to_u32(value: usize) -> u32 {
+    u32::try_from(value).unwrap_or(u32::MAX)
+}
+
+/// The text of one token as clients see it in logprobs. Decoding a single
+/// token is microseconds of work, so it runs inline.
+pub fn token_text(codec: &dyn PromptCodec, id: TokenId) -> String {
+    codec.decode(&[id], false).unwrap_or_default()
+}

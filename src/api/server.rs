@@ -1,0 +1,118 @@
+//! Running the HTTP server: bind first, load the model in the background,
+//! and shut down gracefully on SIGINT/SIGTERM.
+
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::router::{router, RouterConfig};
+use super::state::{AppState, ServedModel};
+
+/// How the server listens and stops.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// Address to bind.
+    pub addr: SocketAddr,
+    /// Router settings.
+    pub router: RouterConfig,
+    /// How long in-flight requests may run after a shutdown signal.
+    pub shutdown_timeout: Duration,
+}
+
+/// Binds `options.addr`, serves `state` while `load` produces the model
+/// (`/health` answers 503 until it does), and returns after a shutdown
+/// signal once in-flight requests have finished or the timeout passed, with
+/// the engine stopped. A failed load is returned as the error.
+pub async fn serve<L>(options: ServerOptions, state: AppState, load: L) -> Result<()>
+where
+    L: Future<Output = Result<ServedModel>> + Send + 'static,
+{
+    let listener = TcpListener::bind(options.addr)
+        .await
+        .with_context(|| format!("binding {}", options.addr))?;
+    tracing::info!(addr = %listener.local_addr()?, "listening; loading the model");
+    let app = router(state.clone(), &options.router);
+
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        // A closed channel also means stop: the sender is gone.
+        let _ = stop_rx.wait_for(|stop| *stop).await;
+    });
+    let mut server = tokio::spawn(server.into_future());
+
+    let loading_state = state.clone();
+    let mut loading = tokio::spawn(async move {
+        let model = load.await?;
+        tracing::info!(model = %model.name, max_model_len = model.max_model_len, "model loaded; ready");
+        loading_state.set_model(model);
+        anyhow::Ok(())
+    });
+
+    let mut load_pending = true;
+    let outcome = loop {
+        tokio::select! {
+            result = &mut server => break result.context("server task failed")?.context("server error"),
+            result = &mut loading, if load_pending => {
+                load_pending = false;
+                if let Err(error) = result.context("model loading task failed").and_then(|r| r) {
+                    let _ = stop_tx.send(true);
+                    server.abort();
+                    return Err(error.context("loading the model"));
+                }
+            }
+            () = shutdown_signal() => {
+                tracing::info!(timeout = ?options.shutdown_timeout, "shutting down: draining in-flight requests");
+                let _ = stop_tx.send(true);
+                break match tokio::time::timeout(options.shutdown_timeout, &mut server).await {
+                    Ok(result) => result.context("server task failed")?.context("server error"),
+                    Err(_) => {
+                        tracing::warn!("shutdown timeout reached; dropping remaining requests");
+                        server.abort();
+                        Ok(())
+                    }
+                };
+            }
+        }
+    };
+    loading.abort();
+    if let Some(model) = state.try_model() {
+        // Stopping joins the engine thread, which may be mid-step.
+        if let Err(error) = tokio::task::spawn_blocking(move || model.engine.shutdown()).await {
+            tracing::error!(%error, "engine shutdown panicked");
+        }
+    }
+    outcome
+}
+
+/// Resolves on SIGINT (Ctrl-C) or, on Unix, SIGTERM (what orchestrators
+/// send).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,122 @@
+//! Shared state of the HTTP server: what every handler can reach.
+//!
+//! The port is bound before the model loads, so the model lives in a
+//! [`OnceLock`] that is filled once loading succeeds; until then handlers
+//! that need it answer 503 and `/health` reports loading.
+
+use std::sync::{Arc, OnceLock};
+
+use axum::http::StatusCode;
+use subtle::ConstantTimeEq;
+
+use super::backend::{InferenceBackend, PromptCodec};
+use super::error::{ApiError, ErrorKind};
+use crate::metrics::Metrics;
+use crate::reasoning::ReasoningParser;
+
+/// A loaded model, ready to serve.
+pub struct ServedModel {
+    /// The engine running it.
+    pub engine: Arc<dyn InferenceBackend>,
+    /// Its tokenizer and chat template.
+    pub codec: Arc<dyn PromptCodec>,
+    /// The name clients pass as `model`.
+    pub name: String,
+    /// Prompt plus completion limit in tokens.
+    pub max_model_len: usize,
+    /// `temperature` when the client sends none (from
+    /// `generation_config.json`); 1.0 when the model has none.
+    pub default_temperature: Option<f32>,
+    /// `top_p` when the client sends none.
+    pub default_top_p: Option<f32>,
+    /// How chat output is split into reasoning and content.
+    pub reasoning: ReasoningParser,
+    /// Unix time the model finished loading, reported as `created`.
+    pub created: u64,
+}
+
+impl ServedModel {
+    /// Checks the `model` field of a request: absent is fine (there is one
+    /// model), anything else must be the served name.
+    pub fn check_name(&self, requested: Option<&str>) -> Result<(), ApiError> {
+        match requested {
+            Some(name) if name != self.name => Err(ApiError::model_not_found(name)),
+            _ => Ok(()),
+        }
+    }
+}
+
+struct Inner {
+    model: OnceLock<Arc<ServedModel>>,
+    api_keys: Vec<String>,
+    metrics: Metrics,
+}
+
+/// Cheaply clonable handle to the server state.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+impl AppState {
+    /// State for a server that has not loaded its model yet. An empty
+    /// `api_keys` disables authentication.
+    pub fn new(api_keys: Vec<String>, metrics: Metrics) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                model: OnceLock::new(),
+                api_keys,
+                metrics,
+            }),
+        }
+    }
+
+    /// Publishes the loaded model; later calls are ignored because a server
+    /// serves exactly one model for its lifetime.
+    pub fn set_model(&self, model: ServedModel) {
+        if self.inner.model.set(Arc::new(model)).is_err() {
+            tracing::warn!("a model is already being served; ignoring the second one");
+        }
+    }
+
+    /// The served model, if loading has finished.
+    pub fn try_model(&self) -> Option<Arc<ServedModel>> {
+        self.inner.model.get().cloned()
+    }
+
+    /// The served model, or 503 while it is still loading.
+    pub fn model(&self) -> Result<Arc<ServedModel>, ApiError> {
+        self.try_model().ok_or_else(|| ApiError {
+            retry_after: Some(5),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorKind::Server,
+                "The model is still loading, please retry later",
+            )
+        })
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Whether authentication is on.
+    pub fn requires_key(&self) -> bool {
+        !self.inner.api_keys.is_empty()
+    }
+
+    /// Whether `key` is one of the configured keys. Every key is compared,
+    /// each in constant time, so the timing reveals neither which key
+    /// matched nor how much of a guess was right (only, unavoidably, the
+    /// lengths involved).
+    pub fn key_is_valid(&self, key: &str) -> bool {
+        self.inner
+            .api_keys
+            .iter()
+            .fold(subtle::Choice::from(0), |found, valid| {
+                found | valid.as_bytes().ct_eq(key.as_bytes())
+            })
+            .into()
+    }
+}

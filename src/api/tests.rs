@@ -1,0 +1,648 @@
+//! Router-level tests against a scripted engine and a byte tokenizer, so the
+//! whole HTTP path (validation → engine → reasoning split → SSE) is checked
+//! without loading a model. End-to-end tests with real models live in
+//! `tests/server.rs`.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use axum::body::{to_bytes, Body};
+use axum::http::{header, Request, StatusCode};
+use axum::Router;
+use futures::StreamExt;
+use serde_json::{json, Map, Value};
+use tower::ServiceExt;
+
+use super::backend::{InferenceBackend, OutputStream, PromptCodec};
+use super::router::{router, RouterConfig};
+use super::state::{AppState, ServedModel};
+use crate::engine::types::{
+    EngineError, EngineRequest, EngineStats, FinishReason, RequestOutput, RequestUsage,
+    SampleOutput, TokenLogprob,
+};
+use crate::metrics::Metrics;
+use crate::reasoning::ReasoningParser;
+use crate::types::TokenId;
+
+/// One byte per token, so token counts are easy to predict.
+struct ByteCodec {
+    /// Appended to the rendered chat prompt, e.g. `<think>\n`.
+    generation_suffix: &'static str,
+}
+
+impl PromptCodec for ByteCodec {
+    fn encode(&self, text: &str, _add_special_tokens: bool) -> anyhow::Result<Vec<TokenId>> {
+        Ok(text.bytes().map(TokenId::from).collect())
+    }
+    fn decode(&self, ids: &[TokenId], _skip: bool) -> anyhow::Result<String> {
+        let bytes: Vec<u8> = ids.iter().map(|&id| id as u8).collect();
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+    fn vocab_size(&self) -> usize {
+        256
+    }
+    fn render_chat(
+        &self,
+        messages: &Value,
+        add_generation_prompt: bool,
+        _extra: &Map<String, Value>,
+    ) -> anyhow::Result<String> {
+        let mut out = String::new();
+        for m in messages.as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "<{}>{}",
+                m["role"].as_str().unwrap_or(""),
+                m["content"].as_str().unwrap_or("")
+            ));
+        }
+        if add_generation_prompt {
+            out.push_str("<assistant>");
+            out.push_str(self.generation_suffix);
+        }
+        Ok(out)
+    }
+}
+
+/// Emits `script` one piece per token for every choice, then finishes with
+/// `Stop`, or with `Length` when `max_tokens` cuts it short. With `hang`, the
+/// stream stalls after the first token, for disconnect tests.
+struct ScriptedEngine {
+    script: Vec<&'static str>,
+    hang: bool,
+    queue_full: bool,
+    live: Arc<AtomicUsize>,
+    last_request: Mutex<Option<EngineRequest>>,
+}
+
+/// Counts live request streams; a drop is an abort.
+struct LiveGuard(Arc<AtomicUsize>);
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl InferenceBackend for ScriptedEngine {
+    fn add_request(&self, request: EngineRequest) -> Result<OutputStream, EngineError> {
+        if self.queue_full {
+            return Err(EngineError::QueueFull(0));
+        }
+        *self.last_request.lock().unwrap() = Some(request.clone());
+        let prompt_tokens = request.prompt.len();
+        let steps = self.script.len().min(request.params.max_tokens);
+        let length = steps < self.script.len();
+        let n = request.params.n;
+        let logprobs = request.params.logprobs;
+        let outputs: Vec<RequestOutput> = (0..steps)
+            .map(|step| {
+                let last = step + 1 == steps;
+                RequestOutput {
+                    samples: (0..n)
+                        .map(|index| SampleOutput {
+                            index,
+                            token_ids: vec![1],
+                            text: self.script[step].to_string(),
+                            logprobs: logprobs
+                                .map(|k| TokenLogprob {
+                                    token: u32::from(b'a'),
+                                    logprob: -0.5,
+                                    top: vec![(u32::from(b'b'), -1.0); k],
+                                })
+                                .into_iter()
+                                .collect(),
+                            finish_reason: last.then_some(if length {
+                                FinishReason::Length
+                            } else {
+                                FinishReason::Stop
+                            }),
+                            stop_reason: None,
+                        })
+                        .collect(),
+                    usage: RequestUsage {
+                        prompt_tokens,
+                        cached_tokens: 0,
+                        completion_tokens: (step + 1) * n,
+                    },
+                    finished: last,
+                }
+            })
+            .collect();
+        self.live.fetch_add(1, Ordering::SeqCst);
+        let guard = LiveGuard(Arc::clone(&self.live));
+        let first = futures::stream::iter(outputs.clone().into_iter().take(1));
+        let rest: OutputStream = if self.hang {
+            Box::pin(futures::stream::pending())
+        } else {
+            Box::pin(futures::stream::iter(outputs.into_iter().skip(1)))
+        };
+        Ok(Box::pin(first.chain(rest).map(move |o| {
+            let _keep_alive = &guard;
+            o
+        })))
+    }
+    fn stats(&self) -> EngineStats {
+        EngineStats {
+            running: self.live.load(Ordering::SeqCst),
+            ..EngineStats::default()
+        }
+    }
+    fn shutdown(&self) {}
+}
+
+fn metrics() -> Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS
+        .get_or_init(|| Metrics::install().expect("only these tests install a recorder"))
+        .clone()
+}
+
+struct Harness {
+    app: Router,
+    engine: Arc<ScriptedEngine>,
+}
+
+struct Setup {
+    script: Vec<&'static str>,
+    suffix: &'static str,
+    reasoning: ReasoningParser,
+    keys: Vec<String>,
+    hang: bool,
+    queue_full: bool,
+    load: bool,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self {
+            script: vec!["<think>", "hmm", "</think>", "\n\n", "Hi", "!"],
+            suffix: "",
+            reasoning: ReasoningParser::DeepSeekR1,
+            keys: Vec::new(),
+            hang: false,
+            queue_full: false,
+            load: true,
+        }
+    }
+}
+
+fn harness(setup: Setup) -> Harness {
+    let engine = Arc::new(ScriptedEngine {
+        script: setup.script,
+        hang: setup.hang,
+        queue_full: setup.queue_full,
+        live: Arc::new(AtomicUsize::new(0)),
+        last_request: Mutex::new(None),
+    });
+    let state = AppState::new(setup.keys, metrics());
+    if setup.load {
+        state.set_model(ServedModel {
+            engine: engine.clone(),
+            codec: Arc::new(ByteCodec {
+                generation_suffix: setup.suffix,
+            }),
+            name: "test-model".into(),
+            max_model_len: 128,
+            default_temperature: Some(0.6),
+            default_top_p: Some(0.95),
+            reasoning: setup.reasoning,
+            created: 1,
+        });
+    }
+    let app = router(
+        state,
+        &RouterConfig {
+            max_body_bytes: 4096,
+            allowed_origins: vec!["*".into()],
+        },
+    );
+    Harness { app, engine }
+}
+
+impl Harness {
+    async fn send(&self, request: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+        let response = self.app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = to_bytes(response.into_body(), 1 << 24).await.unwrap();
+        (status, headers, body.to_vec())
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let (status, _, bytes) = self.send(post(path, body)).await;
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    async fn post_raw(&self, path: &str, body: Value) -> (StatusCode, String) {
+        let (status, _, bytes) = self.send(post(path, body)).await;
+        (status, String::from_utf8(bytes).unwrap())
+    }
+}
+
+fn post(path: &str, body: Value) -> Request<Body> {
+    Request::post(path)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+fn events(body: &str) -> Vec<Value> {
+    assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
+    body.split("\n\n")
+        .filter(|e| !e.is_empty() && *e != "data: [DONE]")
+        .map(|e| serde_json::from_str(e.strip_prefix("data: ").unwrap()).unwrap())
+        .collect()
+}
+
+fn user(text: &str) -> Value {
+    json!([{"role": "user", "content": text}])
+}
+
+#[tokio::test]
+async fn chat_splits_reasoning_and_counts_tokens() {
+    let h = harness(Setup::default());
+    let (status, body) = h
+        .post(
+            "/v1/chat/completions",
+            json!({"messages": user("hey"), "model": "test-model"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["object"], "chat.completion");
+    let message = &body["choices"][0]["message"];
+    assert_eq!(message["role"], "assistant");
+    assert_eq!(message["reasoning_content"], "hmm");
+    assert_eq!(message["content"], "Hi!");
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+    assert_eq!(body["choices"][0]["logprobs"], Value::Null);
+    let usage = &body["usage"];
+    assert_eq!(usage["completion_tokens"], 6);
+    assert_eq!(usage["prompt_tokens"], "<user>hey<assistant>".len());
+    assert_eq!(usage["total_tokens"], 6 + "<user>hey<assistant>".len());
+    // "hmm" and "</think>" are reasoning; "<think>" itself arrives before
+    // the block opens.
+    assert_eq!(usage["completion_tokens_details"]["reasoning_tokens"], 2);
+    let request = h.engine.last_request.lock().unwrap().clone().unwrap();
+    assert_eq!(request.params.temperature, 0.6, "model default applies");
+    assert_eq!(request.params.top_p, 0.95);
+    assert_eq!(
+        request.params.max_tokens,
+        128 - "<user>hey<assistant>".len()
+    );
+}
+
+#[tokio::test]
+async fn chat_stream_matches_openai_framing() {
+    let h = harness(Setup::default());
+    let (status, raw) = h
+        .post_raw(
+            "/v1/chat/completions",
+            json!({"messages": user("hey"), "stream": true,
+                   "stream_options": {"include_usage": true}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(raw.starts_with("data: {\"id\":\"chatcmpl-"), "{raw}");
+    let chunks = events(&raw);
+    let first = &chunks[0];
+    assert_eq!(first["object"], "chat.completion.chunk");
+    assert_eq!(
+        first["choices"][0]["delta"],
+        json!({"role": "assistant", "content": ""})
+    );
+    assert_eq!(first["usage"], Value::Null);
+    let id = first["id"].clone();
+    let mut reasoning = String::new();
+    let mut content = String::new();
+    for chunk in &chunks {
+        assert_eq!(chunk["id"], id);
+        for choice in chunk["choices"].as_array().unwrap() {
+            reasoning.push_str(choice["delta"]["reasoning_content"].as_str().unwrap_or(""));
+            content.push_str(choice["delta"]["content"].as_str().unwrap_or(""));
+        }
+    }
+    assert_eq!((reasoning.as_str(), content.as_str()), ("hmm", "Hi!"));
+    let last_choice = &chunks[chunks.len() - 2];
+    assert_eq!(last_choice["choices"][0]["finish_reason"], "stop");
+    let usage = chunks.last().unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(
+        usage["usage"]["completion_tokens_details"]["reasoning_tokens"],
+        2
+    );
+}
+
+#[tokio::test]
+async fn stream_without_usage_omits_the_field() {
+    let h = harness(Setup::default());
+    let (_, raw) = h
+        .post_raw(
+            "/v1/chat/completions",
+            json!({"messages": user("x"), "stream": true}),
+        )
+        .await;
+    for chunk in events(&raw) {
+        assert!(chunk.get("usage").is_none(), "{chunk}");
+        assert_eq!(chunk["choices"].as_array().unwrap().len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn prompt_opened_reasoning_and_unclosed_block() {
+    let h = harness(Setup {
+        script: vec!["step ", "one ", "two", "</think>", "answer"],
+        suffix: "<think>\n",
+        ..Setup::default()
+    });
+    let (_, body) = h
+        .post(
+            "/v1/chat/completions",
+            json!({"messages": user("q"), "max_tokens": 3}),
+        )
+        .await;
+    let choice = &body["choices"][0];
+    assert_eq!(choice["message"]["content"], Value::Null);
+    assert_eq!(choice["message"]["reasoning_content"], "step one two");
+    assert_eq!(choice["finish_reason"], "length");
+    assert_eq!(
+        body["usage"]["completion_tokens_details"]["reasoning_tokens"],
+        3
+    );
+    assert_eq!(body["usage"]["completion_tokens"], 3);
+
+    let (_, body) = h
+        .post(
+            "/v1/chat/completions",
+            json!({"messages": user("q"), "include_reasoning": false}),
+        )
+        .await;
+    let message = &body["choices"][0]["message"];
+    assert!(message.get("reasoning_content").is_none(), "{message}");
+    assert_eq!(message["content"], "answer");
+    assert_eq!(
+        body["usage"]["completion_tokens_details"]["reasoning_tokens"],
+        4
+    );
+}
+
+#[tokio::test]
+async fn n_choices_stream_interleaved_with_logprobs() {
+    let h = harness(Setup {
+        script: vec!["a", "b"],
+        reasoning: ReasoningParser::None,
+        ..Setup::default()
+    });
+    let (_, raw) = h
+        .post_raw(
+            "/v1/chat/completions",
+            json!({"messages": user("x"), "n": 2, "stream": true, "logprobs": true, "top_logprobs": 2}),
+        )
+        .await;
+    let indices: Vec<u64> = events(&raw)
+        .iter()
+        .map(|c| c["choices"][0]["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(indices, [0, 1, 0, 1, 0, 1]);
+    let chunk = &events(&raw)[2];
+    let logprob = &chunk["choices"][0]["logprobs"]["content"][0];
+    assert_eq!(logprob["token"], "a");
+    assert_eq!(logprob["bytes"], json!([97]));
+    assert_eq!(logprob["top_logprobs"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn completions_plain_echo_and_logprobs() {
+    let h = harness(Setup {
+        script: vec!["1", "2", "3"],
+        ..Setup::default()
+    });
+    let (status, body) = h
+        .post(
+            "/v1/completions",
+            json!({"prompt": "count:", "echo": true, "n": 2}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["object"], "text_completion");
+    assert_eq!(body["choices"][1]["text"], "count:123");
+    assert_eq!(body["usage"]["prompt_tokens"], 6);
+    assert_eq!(body["usage"]["completion_tokens"], 6);
+
+    let (_, body) = h
+        .post(
+            "/v1/completions",
+            json!({"prompt": [99, 100], "logprobs": 1, "max_tokens": 2}),
+        )
+        .await;
+    let logprobs = &body["choices"][0]["logprobs"];
+    assert_eq!(logprobs["tokens"], json!(["a", "a"]));
+    assert_eq!(logprobs["text_offset"], json!([0, 1]));
+    assert_eq!(logprobs["top_logprobs"][0], json!({"b": -1.0}));
+    assert_eq!(body["choices"][0]["finish_reason"], "length");
+
+    let (_, raw) = h
+        .post_raw("/v1/completions", json!({"prompt": "x", "stream": true}))
+        .await;
+    let text: String = events(&raw)
+        .iter()
+        .map(|c| c["choices"][0]["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(text, "123");
+}
+
+#[tokio::test]
+async fn error_statuses() {
+    let h = harness(Setup::default());
+    let (status, body) = h
+        .post(
+            "/v1/chat/completions",
+            json!({"messages": user("x"), "model": "gpt-4"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"]["code"], "model_not_found");
+
+    let (status, body) = h
+        .post(
+            "/v1/chat/completions",
+            json!({"messages": user("x"), "max_tokens": 200}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("128") && message.contains("200"),
+        "{message}"
+    );
+
+    let (status, _) = h
+        .post(
+            "/v1/chat/completions",
+            json!({"messages": user("x"), "temperature": 3}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    let (status, _, _) = h
+        .send(
+            Request::post("/v1/completions")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from("{not json"))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    let big = "x".repeat(5000);
+    let (status, _, bytes) = h
+        .send(post("/v1/completions", json!({"prompt": big})))
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    let body: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+
+    let (status, _) = h.post("/nope", json!({})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let (status, body) = h.post("/detokenize", json!({"tokens": [1000]})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}
+
+#[tokio::test]
+async fn queue_full_is_503_with_retry_after() {
+    let h = harness(Setup {
+        queue_full: true,
+        ..Setup::default()
+    });
+    let (status, headers, _) = h
+        .send(post("/v1/chat/completions", json!({"messages": user("x")})))
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(headers[header::RETRY_AFTER], "1");
+}
+
+#[tokio::test]
+async fn api_keys_guard_everything_but_health() {
+    let h = harness(Setup {
+        keys: vec!["k1".into(), "k2".into()],
+        ..Setup::default()
+    });
+    let get = |path: &str, key: Option<&str>| {
+        let mut builder = Request::get(path);
+        if let Some(key) = key {
+            builder = builder.header(header::AUTHORIZATION, format!("Bearer {key}"));
+        }
+        builder.body(Body::empty()).unwrap()
+    };
+    assert_eq!(h.send(get("/health", None)).await.0, StatusCode::OK);
+    assert_eq!(
+        h.send(get("/v1/models", None)).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        h.send(get("/metrics", Some("k"))).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        h.send(get("/v1/models", Some("k2"))).await.0,
+        StatusCode::OK
+    );
+    let (status, _, body) = h.send(get("/v1/models/test-model", Some("k1"))).await;
+    assert_eq!(status, StatusCode::OK);
+    let model: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(model["id"], "test-model");
+    assert_eq!(
+        h.send(get("/v1/models/other/model", Some("k1"))).await.0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn loading_server_reports_503() {
+    let h = harness(Setup {
+        load: false,
+        ..Setup::default()
+    });
+    let (status, _, _) = h
+        .send(Request::get("/health").body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let (status, _) = h.post("/v1/completions", json!({"prompt": "x"})).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn request_id_is_echoed_or_minted() {
+    let h = harness(Setup::default());
+    let (_, headers, _) = h
+        .send(
+            Request::get("/health")
+                .header("x-request-id", "abc")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(headers["x-request-id"], "abc");
+    let (_, headers, _) = h
+        .send(Request::get("/health").body(Body::empty()).unwrap())
+        .await;
+    assert!(!headers["x-request-id"].is_empty());
+}
+
+#[tokio::test]
+async fn dropping_the_stream_aborts_the_request() {
+    let h = harness(Setup {
+        hang: true,
+        ..Setup::default()
+    });
+    let response = h
+        .app
+        .clone()
+        .oneshot(post(
+            "/v1/chat/completions",
+            json!({"messages": user("x"), "stream": true}),
+        ))
+        .await
+        .unwrap();
+    let mut body = response.into_body().into_data_stream();
+    // The role chunk, then the first token's chunk; then the engine stalls.
+    body.next().await.unwrap().unwrap();
+    assert_eq!(h.engine.live.load(Ordering::SeqCst), 1);
+    drop(body);
+    assert_eq!(h.engine.live.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn tokenize_and_metrics() {
+    let h = harness(Setup::default());
+    let (_, body) = h.post("/tokenize", json!({"prompt": "hi"})).await;
+    assert_eq!(
+        body,
+        json!({"count": 2, "max_model_len": 128, "tokens": [104, 105]})
+    );
+    let (_, body) = h.post("/tokenize", json!({"messages": user("hi")})).await;
+    assert_eq!(body["count"], "<user>hi<assistant>".len());
+    let (_, body) = h.post("/detokenize", json!({"tokens": [104, 105]})).await;
+    assert_eq!(body, json!({"prompt": "hi"}));
+    h.post("/v1/chat/completions", json!({"messages": user("x")}))
+        .await;
+    let (status, headers, body) = h
+        .send(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = String::from_utf8(body).unwrap();
+    for name in [
+        "r1serve:num_requests_running",
+        "r1serve:request_success_total",
+        "r1serve:reasoning_tokens_total",
+    ] {
+        assert!(text.contains(name), "{name} missing from\n{text}");
+    }
+}

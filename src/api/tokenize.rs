@@ -1,0 +1,81 @@
+//! `POST /tokenize` and `POST /detokenize`, in vLLM's shapes, for clients
+//! that budget context or debug templates.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+
+use super::error::{ApiError, Json};
+use super::generation::blocking;
+use super::protocol::{
+    text_messages, DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse,
+};
+use super::state::AppState;
+
+/// Handles `POST /tokenize`: a prompt, or messages rendered with the chat
+/// template exactly as `/v1/chat/completions` would.
+pub async fn tokenize(
+    State(state): State<AppState>,
+    Json(request): Json<TokenizeRequest>,
+) -> Result<Json<TokenizeResponse>, ApiError> {
+    let model = state.model()?;
+    let codec = Arc::clone(&model.codec);
+    let tokens = match request {
+        TokenizeRequest::Chat(chat) => {
+            model.check_name(chat.model.as_deref())?;
+            let messages =
+                serde_json::to_value(text_messages(&chat.messages)?).map_err(ApiError::internal)?;
+            let kwargs = chat.chat_template_kwargs.unwrap_or_default();
+            blocking(move || {
+                let prompt = codec
+                    .render_chat(&messages, chat.add_generation_prompt, &kwargs)
+                    .map_err(|e| {
+                        ApiError::bad_request("messages", format!("chat template error: {e}"))
+                    })?;
+                codec
+                    .encode(&prompt, chat.add_special_tokens)
+                    .map_err(ApiError::internal)
+            })
+            .await?
+        }
+        TokenizeRequest::Text(text) => {
+            model.check_name(text.model.as_deref())?;
+            blocking(move || {
+                codec
+                    .encode(&text.prompt, text.add_special_tokens)
+                    .map_err(ApiError::internal)
+            })
+            .await?
+        }
+    };
+    Ok(Json(TokenizeResponse {
+        count: tokens.len(),
+        max_model_len: model.max_model_len,
+        tokens,
+    }))
+}
+
+/// Handles `POST /detokenize`. Special tokens are kept, so the text shows
+/// exactly what the ids are.
+pub async fn detokenize(
+    State(state): State<AppState>,
+    Json(request): Json<DetokenizeRequest>,
+) -> Result<Json<DetokenizeResponse>, ApiError> {
+    let model = state.model()?;
+    model.check_name(request.model.as_deref())?;
+    let vocab = model.codec.vocab_size();
+    if let Some(bad) = request.tokens.iter().find(|&&id| id as usize >= vocab) {
+        return Err(ApiError::bad_request(
+            "tokens",
+            format!("token {bad} is outside the vocabulary of {vocab} tokens"),
+        ));
+    }
+    let codec = Arc::clone(&model.codec);
+    let prompt = blocking(move || {
+        codec
+            .decode(&request.tokens, false)
+            .map_err(ApiError::internal)
+    })
+    .await?;
+    Ok(Json(DetokenizeResponse { prompt }))
+}

@@ -1,0 +1,765 @@
+//! End-to-end tests of `r1serve serve`: the real binary on a free port with
+//! real (small) models, spoken to over HTTP.
+//!
+//! Models come from `$R1SERVE_MODELS` or `~/.cache/r1serve/models`
+//! (`models/fetch.sh` downloads them); a missing model fails the test rather
+//! than skipping it, so CI cannot pass without exercising the server.
+//! Each test starts its own server and runs its checks in sequence: loading
+//! a model costs more than the checks, and a CPU-only CI box has few cores.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use reqwest::{Client, Response, StatusCode};
+use serde_json::{json, Value};
+
+const SMOL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+const QWEN: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
+const KEY: &str = "test-key";
+
+fn model_path(file: &str) -> PathBuf {
+    let dir = std::env::var_os("R1SERVE_MODELS")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/r1serve/models")))
+        .expect("set R1SERVE_MODELS or HOME");
+    let path = dir.join(file);
+    assert!(
+        path.is_file(),
+        "test model {} is missing; run models/fetch.sh",
+        path.display()
+    );
+    path
+}
+
+/// A free port: bind port 0, read the port, release it. Another process
+/// could take it in between, which is unlikely enough on a test machine.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+/// A running server process, killed on drop.
+struct Server {
+    child: Child,
+    base: String,
+    client: Client,
+    key: Option<&'static str>,
+}
+
+impl Server {
+    async fn start(model: &str, extra: &[&str], key: Option<&'static str>) -> Server {
+        let port = free_port();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_r1serve"));
+        command
+            .args(["serve", "--model"])
+            .arg(model_path(model))
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--max-model-len", "2048", "--kv-cache-memory", "256MiB"])
+            .args(extra)
+            .env_remove("R1SERVE_API_KEY")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        if let Some(key) = key {
+            command.args(["--api-key", key]);
+        }
+        let child = command.spawn().expect("cannot start r1serve");
+        let mut server = Server {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            client: Client::new(),
+            key,
+        };
+        server.wait_ready().await;
+        server
+    }
+
+    /// Polls `/health` until 200; the port is bound before the model
+    /// loads, so 503 (or a refused connection very early) means "wait".
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let mut saw_loading = false;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("cannot poll r1serve") {
+                panic!("r1serve exited during startup: {status}");
+            }
+            if let Ok(response) = self.client.get(self.url("/health")).send().await {
+                match response.status() {
+                    StatusCode::OK => break,
+                    StatusCode::SERVICE_UNAVAILABLE => saw_loading = true,
+                    other => panic!("/health answered {other}"),
+                }
+            }
+            assert!(Instant::now() < deadline, "server not ready after 300 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Not asserted: a tiny model may load before the first poll.
+        let _ = saw_loading;
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn authed(&self, builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match self.key {
+            Some(key) => builder.bearer_auth(key),
+            None => builder,
+        }
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> Response {
+        self.authed(self.client.post(self.url(path)).json(body))
+            .send()
+            .await
+            .expect("request failed")
+    }
+
+    async fn get(&self, path: &str) -> Response {
+        self.authed(self.client.get(self.url(path)))
+            .send()
+            .await
+            .expect("request failed")
+    }
+
+    async fn post_ok(&self, path: &str, body: &Value) -> Value {
+        let response = self.post(path, body).await;
+        let status = response.status();
+        let text = response.text().await.expect("body");
+        assert_eq!(status, StatusCode::OK, "{path} {body}: {text}");
+        serde_json::from_str(&text).expect("JSON body")
+    }
+
+    /// Streams `body` and returns the raw SSE text after checking its
+    /// framing byte for byte.
+    async fn stream_raw(&self, path: &str, body: &Value) -> String {
+        let response = self.post(path, body).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        let text = response.text().await.expect("stream body");
+        check_sse_framing(&text);
+        text
+    }
+
+    async fn stream(&self, path: &str, body: &Value) -> Vec<Value> {
+        events(&self.stream_raw(path, body).await)
+    }
+
+    async fn metric(&self, name: &str) -> f64 {
+        let text = self.get("/metrics").await.text().await.expect("metrics");
+        text.lines()
+            .find_map(|line| {
+                let (key, value) = line.split_once(' ')?;
+                (key == name).then(|| value.trim().parse().ok())?
+            })
+            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// OpenAI's framing: only `data: <json>` events separated by a blank line,
+/// ending with `data: [DONE]`; no comments, ids or event names.
+fn check_sse_framing(text: &str) {
+    assert!(
+        text.ends_with("data: [DONE]\n\n"),
+        "stream must end with [DONE]: {text:?}"
+    );
+    let body = &text[..text.len() - 2];
+    for event in body.split("\n\n") {
+        assert!(event.starts_with("data: "), "bad event {event:?}");
+        assert!(!event.contains('\n'), "multi-line event {event:?}");
+        let payload = &event["data: ".len()..];
+        if payload != "[DONE]" {
+            let value: Value = serde_json::from_str(payload).expect("event is JSON");
+            // Re-serializing reorders keys but keeps the length of compact
+            // JSON, so equal lengths mean no whitespace between tokens.
+            assert_eq!(
+                payload.len(),
+                value.to_string().len(),
+                "event JSON must be compact: {payload}"
+            );
+        }
+    }
+    assert_eq!(text.matches("data: [DONE]").count(), 1);
+}
+
+fn events(text: &str) -> Vec<Value> {
+    text.split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter(|p| *p != "[DONE]")
+        .map(|p| serde_json::from_str(p).expect("event JSON"))
+        .collect()
+}
+
+fn chat(content: &str, extra: Value) -> Value {
+    let mut body = json!({"messages": [{"role": "user", "content": content}]});
+    if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+        body.extend(extra.clone());
+    }
+    body
+}
+
+/// Joins the text fields of streamed chat chunks per choice index.
+fn joined(chunks: &[Value], field: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for chunk in chunks {
+        for choice in chunk["choices"].as_array().expect("choices") {
+            let index = choice["index"].as_u64().expect("index") as usize;
+            if out.len() <= index {
+                out.resize(index + 1, String::new());
+            }
+            let text = if field == "text" {
+                &choice["text"]
+            } else {
+                &choice["delta"][field]
+            };
+            out[index].push_str(text.as_str().unwrap_or(""));
+        }
+    }
+    out
+}
+
+fn usage_adds_up(usage: &Value) {
+    let prompt = usage["prompt_tokens"].as_u64().expect("prompt_tokens");
+    let completion = usage["completion_tokens"]
+        .as_u64()
+        .expect("completion_tokens");
+    assert_eq!(
+        usage["total_tokens"].as_u64(),
+        Some(prompt + completion),
+        "{usage}"
+    );
+    assert!(prompt > 0, "{usage}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn smollm_serves_the_openai_api() {
+    let server = Server::start(SMOL, &["--max-body-bytes", "65536"], Some(KEY)).await;
+    routes_and_errors(&server).await;
+    chat_stream_matches_non_stream(&server).await;
+    completions_behave(&server).await;
+    sampling_options(&server).await;
+    disconnect_frees_the_request(&server).await;
+    concurrent_streams_complete(&server).await;
+    python_openai_client(&server).await;
+}
+
+async fn routes_and_errors(server: &Server) {
+    let models = server
+        .get("/v1/models")
+        .await
+        .json::<Value>()
+        .await
+        .expect("json");
+    assert_eq!(models["object"], "list");
+    let name = models["data"][0]["id"]
+        .as_str()
+        .expect("model id")
+        .to_string();
+    let model = server.get(&format!("/v1/models/{name}")).await;
+    assert_eq!(model.status(), StatusCode::OK);
+    let missing = server.get("/v1/models/nope").await;
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    let body: Value = missing.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "model_not_found");
+
+    // 401 everywhere but /health.
+    for path in ["/v1/models", "/metrics"] {
+        let response = server
+            .client
+            .get(server.url(path))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{path}");
+    }
+    let response = server
+        .client
+        .post(server.url("/v1/chat/completions"))
+        .bearer_auth("wrong")
+        .json(&chat("hi", json!({})))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let health = server
+        .client
+        .get(server.url("/health"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(health.status(), StatusCode::OK);
+
+    // 400s: malformed JSON, out-of-range values, over-long requests.
+    let response = server
+        .authed(server.client.post(server.url("/v1/chat/completions")))
+        .header("content-type", "application/json")
+        .body("{\"messages\": [")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    for bad in [
+        json!({"temperature": 2.5}),
+        json!({"top_p": 0}),
+        json!({"n": 0}),
+        json!({"max_tokens": 0}),
+        json!({"logprobs": true, "top_logprobs": 21}),
+        json!({"tools": [{"type": "function", "function": {"name": "f"}}]}),
+    ] {
+        let response = server
+            .post("/v1/chat/completions", &chat("hi", bad.clone()))
+            .await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{bad}");
+    }
+    let response = server
+        .post(
+            "/v1/chat/completions",
+            &chat("hi", json!({"max_tokens": 5000})),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let message = response.json::<Value>().await.expect("json")["error"]["message"]
+        .as_str()
+        .expect("message")
+        .to_string();
+    assert!(
+        message.contains("2048") && message.contains("5000"),
+        "{message}"
+    );
+    let response = server
+        .post(
+            "/v1/chat/completions",
+            &chat("hi", json!({"model": "gpt-4o"})),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+
+    // 413 over --max-body-bytes, still in the OpenAI envelope.
+    let response = server
+        .post("/v1/completions", &json!({"prompt": "x".repeat(70_000)}))
+        .await;
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let body: Value = response.json().await.expect("json");
+    assert!(body["error"]["message"].is_string());
+
+    // tokenize / detokenize round trip, and agreement with chat usage.
+    let tokens = server
+        .post_ok(
+            "/tokenize",
+            &json!({"prompt": "Hello world", "add_special_tokens": false}),
+        )
+        .await;
+    assert_eq!(
+        tokens["count"],
+        tokens["tokens"].as_array().expect("tokens").len()
+    );
+    assert_eq!(tokens["max_model_len"], 2048);
+    let text = server
+        .post_ok("/detokenize", &json!({"tokens": tokens["tokens"]}))
+        .await;
+    assert_eq!(text["prompt"], "Hello world");
+    let templated = server
+        .post_ok(
+            "/tokenize",
+            &json!({"messages": [{"role": "user", "content": "Hi"}]}),
+        )
+        .await;
+    let reply = server
+        .post_ok(
+            "/v1/chat/completions",
+            &chat("Hi", json!({"max_tokens": 4})),
+        )
+        .await;
+    assert_eq!(reply["usage"]["prompt_tokens"], templated["count"]);
+
+    // Request ids are minted and echoed.
+    let response = server
+        .authed(server.client.get(server.url("/v1/models")))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.headers()["x-request-id"], "abc-123");
+}
+
+async fn chat_stream_matches_non_stream(server: &Server) {
+    let body = chat(
+        "Write one sentence about the sea.",
+        json!({"temperature": 0, "max_tokens": 24}),
+    );
+    let reply = server.post_ok("/v1/chat/completions", &body).await;
+    assert_eq!(reply["object"], "chat.completion");
+    assert!(reply["id"].as_str().expect("id").starts_with("chatcmpl-"));
+    let choice = &reply["choices"][0];
+    assert_eq!(choice["message"]["role"], "assistant");
+    let text = choice["message"]["content"].as_str().expect("content");
+    assert!(!text.is_empty());
+    usage_adds_up(&reply["usage"]);
+    let completion = reply["usage"]["completion_tokens"]
+        .as_u64()
+        .expect("tokens");
+    assert!(completion <= 24);
+    if choice["finish_reason"] == "length" {
+        assert_eq!(completion, 24);
+    } else {
+        assert_eq!(choice["finish_reason"], "stop");
+    }
+
+    let mut streamed_body = body.clone();
+    streamed_body["stream"] = json!(true);
+    streamed_body["stream_options"] = json!({"include_usage": true});
+    let chunks = server.stream("/v1/chat/completions", &streamed_body).await;
+    let first = &chunks[0];
+    assert_eq!(first["object"], "chat.completion.chunk");
+    assert_eq!(
+        first["choices"][0]["delta"],
+        json!({"role": "assistant", "content": ""})
+    );
+    assert!(first["usage"].is_null() && first.get("usage").is_some());
+    assert!(chunks
+        .iter()
+        .all(|c| c["id"] == first["id"] && c["created"] == first["created"]));
+    assert_eq!(joined(&chunks, "content")[0], text, "streamed text differs");
+    let finish: Vec<&Value> = chunks
+        .iter()
+        .flat_map(|c| c["choices"].as_array().into_iter().flatten())
+        .map(|c| &c["finish_reason"])
+        .filter(|f| !f.is_null())
+        .collect();
+    assert_eq!(finish, [&choice["finish_reason"]]);
+    let usage_chunk = chunks.last().expect("usage chunk");
+    assert_eq!(usage_chunk["choices"], json!([]));
+    assert_eq!(usage_chunk["usage"]["completion_tokens"], completion);
+    usage_adds_up(&usage_chunk["usage"]);
+
+    // Without include_usage the field is absent altogether.
+    streamed_body
+        .as_object_mut()
+        .expect("object")
+        .remove("stream_options");
+    let chunks = server.stream("/v1/chat/completions", &streamed_body).await;
+    assert!(chunks.iter().all(|c| c.get("usage").is_none()));
+}
+
+async fn completions_behave(server: &Server) {
+    let body = json!({"prompt": "The capital of France is", "max_tokens": 12, "temperature": 0});
+    let reply = server.post_ok("/v1/completions", &body).await;
+    assert_eq!(reply["object"], "text_completion");
+    let text = reply["choices"][0]["text"]
+        .as_str()
+        .expect("text")
+        .to_string();
+    usage_adds_up(&reply["usage"]);
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let chunks = server.stream("/v1/completions", &streamed).await;
+    assert_eq!(joined(&chunks, "text")[0], text);
+
+    let echoed = server
+        .post_ok(
+            "/v1/completions",
+            &json!({"prompt": "Once upon", "max_tokens": 3, "echo": true}),
+        )
+        .await;
+    assert!(echoed["choices"][0]["text"]
+        .as_str()
+        .expect("text")
+        .starts_with("Once upon"));
+
+    let logprobs = server
+        .post_ok(
+            "/v1/completions",
+            &json!({"prompt": "1, 2, 3,", "max_tokens": 4, "temperature": 0, "logprobs": 2}),
+        )
+        .await;
+    let lp = &logprobs["choices"][0]["logprobs"];
+    let count = logprobs["usage"]["completion_tokens"]
+        .as_u64()
+        .expect("tokens") as usize;
+    assert_eq!(lp["tokens"].as_array().expect("tokens").len(), count);
+    assert_eq!(lp["token_logprobs"].as_array().expect("lps").len(), count);
+    assert_eq!(lp["text_offset"].as_array().expect("offsets").len(), count);
+    assert!(lp["top_logprobs"][0].as_object().expect("top").len() <= 2);
+}
+
+async fn sampling_options(server: &Server) {
+    // n > 1: every index present, usage counts all choices.
+    let reply = server
+        .post_ok(
+            "/v1/chat/completions",
+            &chat(
+                "Say something.",
+                json!({"n": 3, "max_tokens": 8, "temperature": 1.0, "seed": 1}),
+            ),
+        )
+        .await;
+    let choices = reply["choices"].as_array().expect("choices");
+    assert_eq!(choices.len(), 3);
+    for (i, choice) in choices.iter().enumerate() {
+        assert_eq!(choice["index"], i);
+    }
+    assert!(
+        reply["usage"]["completion_tokens"]
+            .as_u64()
+            .expect("tokens")
+            <= 24
+    );
+    let chunks = server
+        .stream(
+            "/v1/chat/completions",
+            &chat(
+                "Say something.",
+                json!({"n": 2, "max_tokens": 6, "stream": true}),
+            ),
+        )
+        .await;
+    let indices: Vec<u64> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["index"].as_u64())
+        .collect();
+    assert!(indices.contains(&0) && indices.contains(&1));
+    assert_eq!(joined(&chunks, "content").len(), 2);
+
+    // The same seed gives the same sample.
+    let seeded = chat(
+        "Pick a random word.",
+        json!({"temperature": 1.0, "seed": 1234, "max_tokens": 10}),
+    );
+    let a = server.post_ok("/v1/chat/completions", &seeded).await;
+    let b = server.post_ok("/v1/chat/completions", &seeded).await;
+    assert_eq!(
+        a["choices"][0]["message"]["content"],
+        b["choices"][0]["message"]["content"]
+    );
+
+    // A stop string from the greedy output cuts it there.
+    let greedy = chat(
+        "Count from one to twenty in words.",
+        json!({"temperature": 0, "max_tokens": 40}),
+    );
+    let full = server.post_ok("/v1/chat/completions", &greedy).await;
+    let full_text = full["choices"][0]["message"]["content"]
+        .as_str()
+        .expect("content")
+        .to_string();
+    let words: Vec<&str> = full_text.split_whitespace().collect();
+    if words.len() >= 4 {
+        let stop = words[3];
+        let mut stopped_body = greedy.clone();
+        stopped_body["stop"] = json!([stop]);
+        let stopped = server.post_ok("/v1/chat/completions", &stopped_body).await;
+        let text = stopped["choices"][0]["message"]["content"]
+            .as_str()
+            .expect("content");
+        assert!(!text.contains(stop), "{text:?} contains stop {stop:?}");
+        assert!(
+            full_text.starts_with(text),
+            "{text:?} is not a prefix of {full_text:?}"
+        );
+        assert_eq!(stopped["choices"][0]["finish_reason"], "stop");
+    }
+
+    // Chat logprobs: one entry per token, the requested alternatives.
+    let reply = server
+        .post_ok(
+            "/v1/chat/completions",
+            &chat(
+                "Hi",
+                json!({"max_tokens": 5, "temperature": 0, "logprobs": true, "top_logprobs": 3}),
+            ),
+        )
+        .await;
+    let entries = reply["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .expect("logprobs");
+    assert_eq!(
+        entries.len() as u64,
+        reply["usage"]["completion_tokens"]
+            .as_u64()
+            .expect("tokens")
+    );
+    for entry in entries {
+        let top = entry["top_logprobs"].as_array().expect("top");
+        assert_eq!(top.len(), 3);
+        let best = top[0]["logprob"].as_f64().expect("logprob");
+        // Greedy picks the most likely token.
+        assert!(
+            entry["logprob"].as_f64().expect("logprob") >= best - 1e-4,
+            "{entry}"
+        );
+        assert!(entry["bytes"].is_array());
+    }
+}
+
+async fn disconnect_frees_the_request(server: &Server) {
+    let response = server
+        .post(
+            "/v1/completions",
+            &json!({"prompt": "Tell me a long story.", "max_tokens": 1500, "ignore_eos": true, "stream": true}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.bytes_stream();
+    body.next()
+        .await
+        .expect("first chunk")
+        .expect("chunk bytes");
+    assert!(server.metric("r1serve:num_requests_running").await >= 1.0);
+    drop(body);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let running = server.metric("r1serve:num_requests_running").await;
+        let usage = server.metric("r1serve:kv_cache_usage_perc").await;
+        if running == 0.0 && usage == 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "request still running after disconnect ({running}, {usage})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        server
+            .metric("r1serve:request_success_total{finished_reason=\"abort\"}")
+            .await
+            >= 1.0
+    );
+}
+
+async fn concurrent_streams_complete(server: &Server) {
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let client = server.client.clone();
+            let url = server.url("/v1/chat/completions");
+            let body = chat(
+                &format!("Say the number {i}."),
+                json!({"max_tokens": 12, "stream": true}),
+            );
+            tokio::spawn(async move {
+                let response = client
+                    .post(url)
+                    .bearer_auth(KEY)
+                    .json(&body)
+                    .send()
+                    .await
+                    .expect("send");
+                assert_eq!(response.status(), StatusCode::OK);
+                let text = response.text().await.expect("body");
+                check_sse_framing(&text);
+                events(&text)
+            })
+        })
+        .collect();
+    for task in tasks {
+        let chunks = task.await.expect("stream task");
+        assert!(chunks
+            .iter()
+            .any(|c| !c["choices"][0]["finish_reason"].is_null()));
+    }
+}
+
+/// Runs `tests/openai_client.py` (the official `openai` package) against
+/// the server.
+async fn python_openai_client(server: &Server) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openai_client.py");
+    let output = tokio::process::Command::new("python3")
+        .arg(script)
+        .env("OPENAI_BASE_URL", server.url("/v1"))
+        .env("OPENAI_API_KEY", KEY)
+        .output()
+        .await
+        .expect("cannot run python3");
+    assert!(
+        output.status.success(),
+        "openai_client.py failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test]
+async fn full_queue_answers_503() {
+    let server = Server::start(SMOL, &["--max-waiting-requests", "0"], None).await;
+    let response = server
+        .post(
+            "/v1/chat/completions",
+            &chat("hi", json!({"max_tokens": 2})),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().contains_key("retry-after"));
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["error"]["type"], "server_error");
+}
+
+/// A Qwen chat template whose generation prompt opens the reasoning, as the
+/// DeepSeek-R1 distills' templates do.
+const R1_STYLE_TEMPLATE: &str = "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}";
+
+#[tokio::test]
+async fn reasoning_lands_in_reasoning_content() {
+    let dir = std::env::temp_dir().join(format!("r1serve-template-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let template = dir.join("r1.jinja");
+    std::fs::write(&template, R1_STYLE_TEMPLATE).expect("write template");
+    let template_arg = template.to_string_lossy().into_owned();
+    let server = Server::start(QWEN, &["--chat-template", &template_arg], None).await;
+
+    let body = chat(
+        "What is 17 * 23?",
+        json!({"max_tokens": 8, "temperature": 0}),
+    );
+    let reply = server.post_ok("/v1/chat/completions", &body).await;
+    let choice = &reply["choices"][0];
+    assert_eq!(choice["finish_reason"], "length");
+    assert!(choice["message"]["content"].is_null(), "{choice}");
+    let reasoning = choice["message"]["reasoning_content"]
+        .as_str()
+        .expect("reasoning");
+    assert!(!reasoning.is_empty());
+    let usage = &reply["usage"];
+    assert_eq!(usage["completion_tokens"], 8);
+    assert_eq!(
+        usage["completion_tokens_details"]["reasoning_tokens"],
+        usage["completion_tokens"]
+    );
+
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    let chunks = server.stream("/v1/chat/completions", &streamed).await;
+    assert_eq!(joined(&chunks, "reasoning_content")[0], reasoning);
+    assert_eq!(joined(&chunks, "content")[0], "");
+    let usage = &chunks.last().expect("usage")["usage"];
+    assert_eq!(usage["completion_tokens_details"]["reasoning_tokens"], 8);
+
+    let mut hidden = body.clone();
+    hidden["include_reasoning"] = json!(false);
+    let reply = server.post_ok("/v1/chat/completions", &hidden).await;
+    assert!(reply["choices"][0]["message"]
+        .get("reasoning_content")
+        .is_none());
+    assert_eq!(
+        reply["usage"]["completion_tokens_details"]["reasoning_tokens"],
+        8
+    );
+
+    let metric = server.metric("r1serve:finished_in_reasoning_total").await;
+    assert!(metric >= 1.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
