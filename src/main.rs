@@ -1,5 +1,6 @@
 //! The `r1serve` command line. `serve` runs the OpenAI-compatible server;
-//! flags follow `vllm serve` so deployment scripts carry over.
+//! flags follow `vllm serve` so deployment scripts carry over. `generate`
+//! runs one prompt through the same engine and reports its speed.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -34,6 +35,36 @@ struct Cli {
 enum Command {
     /// Serve a model over the OpenAI HTTP API.
     Serve(Box<ServeArgs>),
+    /// Generate text for one prompt, streamed to stdout.
+    Generate(GenerateArgs),
+}
+
+#[derive(Debug, Args)]
+struct GenerateArgs {
+    /// Model: a GGUF file, a Hugging Face directory, or a Hub repo id.
+    #[arg(long, value_name = "SRC")]
+    model: String,
+    /// Hub revision (branch, tag or commit) when `--model` is a repo id.
+    #[arg(long)]
+    revision: Option<String>,
+    /// The prompt.
+    #[arg(long)]
+    prompt: String,
+    /// Wrap the prompt as a user message with the model's chat template.
+    #[arg(long)]
+    chat: bool,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// Sampling temperature; default: the model's recommendation, else greedy.
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Nucleus sampling mass; default: the model's recommendation, else 1.
+    #[arg(long)]
+    top_p: Option<f32>,
+    /// Random seed.
+    #[arg(long)]
+    seed: Option<u64>,
 }
 
 /// Element type of the KV cache.
@@ -162,6 +193,19 @@ fn main() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Serve(args) => run_serve(*args),
+        Command::Generate(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(r1serve::generate::run(r1serve::generate::GenerateOptions {
+                model: args.model,
+                revision: args.revision,
+                prompt: args.prompt,
+                chat: args.chat,
+                max_tokens: args.max_tokens,
+                temperature: args.temperature,
+                top_p: args.top_p,
+                seed: args.seed,
+            }))
+        }
     }
 }
 
