@@ -348,7 +348,9 @@ mod tests {
             "1GiB",
         ])
         .unwrap();
-        let Command::Serve(args) = cli.command;
+        let Command::Serve(args) = cli.command else {
+            panic!("parsed as another command");
+        };
         assert_eq!(args.api_keys, ["a", "b"]);
         assert_eq!(args.allowed_origins, ["*"]);
         assert_eq!(args.reasoning_parser, ReasoningParserArg::DeepseekR1);

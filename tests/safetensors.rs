@@ -47,8 +47,10 @@ fn safetensors_qwen2_matches_candle_transformers_qwen2() {
         .collect();
     shards.sort();
     // SAFETY: test-owned files, not modified while mapped.
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&shards, DType::F32, &Device::Cpu).unwrap() };
-    let mut reference = candle_transformers::models::qwen2::ModelForCausalLM::new(&cfg, vb).unwrap();
+    let vb =
+        unsafe { VarBuilder::from_mmaped_safetensors(&shards, DType::F32, &Device::Cpu).unwrap() };
+    let mut reference =
+        candle_transformers::models::qwen2::ModelForCausalLM::new(&cfg, vb).unwrap();
     for prompt in prompts.iter().take(2) {
         reference.clear_kv_cache();
         let input = |t: &[u32]| Tensor::new(t, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
@@ -57,11 +59,18 @@ fn safetensors_qwen2_matches_candle_transformers_qwen2() {
         let mut want = vec![argmax(&first)];
         while want.len() < 16 {
             let pos = prompt.len() + want.len() - 1;
-            let l = logits(reference.forward(&input(&[*want.last().unwrap()]), pos).unwrap());
+            let l = logits(
+                reference
+                    .forward(&input(&[*want.last().unwrap()]), pos)
+                    .unwrap(),
+            );
             want.push(argmax(&l));
         }
         let (ours_first, got) = greedy(&m.decoder, prompt, 16, KvDtype::F32);
-        assert_eq!(got, want, "greedy tokens differ from candle-transformers qwen2");
+        assert_eq!(
+            got, want,
+            "greedy tokens differ from candle-transformers qwen2"
+        );
         assert!(common::rel_diff(&ours_first, &first) < 1e-3);
     }
 }
@@ -73,7 +82,12 @@ fn tiny_dir(name: &str, config: serde_json::Value, tensors: &[(&str, Vec<usize>)
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
     let map: HashMap<String, Tensor> = tensors
         .iter()
-        .map(|(n, s)| (n.to_string(), Tensor::zeros(s.as_slice(), DType::F32, &Device::Cpu).unwrap()))
+        .map(|(n, s)| {
+            (
+                n.to_string(),
+                Tensor::zeros(s.as_slice(), DType::F32, &Device::Cpu).unwrap(),
+            )
+        })
         .collect();
     candle_core::safetensors::save(&map, dir.join("model.safetensors")).unwrap();
     dir
@@ -127,7 +141,10 @@ fn missing_tensor_names_file_and_tensor() {
     t.retain(|(n, _)| !n.ends_with("o_proj.weight"));
     let dir = tiny_dir("missing", tiny_config("LlamaForCausalLM"), &t);
     let e = load_err(&dir);
-    assert!(e.contains("o_proj.weight") && e.contains("missing") && e.contains(dir.to_str().unwrap()), "{e}");
+    assert!(
+        e.contains("o_proj.weight") && e.contains("missing") && e.contains(dir.to_str().unwrap()),
+        "{e}"
+    );
 }
 
 #[test]
@@ -136,14 +153,20 @@ fn wrong_shape_names_file_tensor_and_shapes() {
     t[4].1 = vec![8, 7];
     let dir = tiny_dir("shape", tiny_config("LlamaForCausalLM"), &t);
     let e = load_err(&dir);
-    assert!(e.contains("model.safetensors") && e.contains("[8, 7]") && e.contains("[8, 8]"), "{e}");
+    assert!(
+        e.contains("model.safetensors") && e.contains("[8, 7]") && e.contains("[8, 8]"),
+        "{e}"
+    );
 }
 
 #[test]
 fn unknown_architecture_is_named() {
     let dir = tiny_dir("arch", tiny_config("MambaForCausalLM"), &tiny_tensors());
     let e = load_err(&dir);
-    assert!(e.contains("MambaForCausalLM") && e.contains("config.json"), "{e}");
+    assert!(
+        e.contains("MambaForCausalLM") && e.contains("config.json"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -167,7 +190,10 @@ fn truncated_gguf_is_named() {
         Err(e) => format!("{e:#}"),
     };
     std::fs::remove_file(&dst).unwrap();
-    assert!(e.contains("truncated") && e.contains(dst.to_str().unwrap()), "{e}");
+    assert!(
+        e.contains("truncated") && e.contains(dst.to_str().unwrap()),
+        "{e}"
+    );
     // A header cut short is also an error, not a panic.
     std::fs::write(&dst, &bytes[..1000]).unwrap();
     assert!(load(dst.to_str().unwrap(), &LoadOptions::default()).is_err());
@@ -180,7 +206,10 @@ fn unsupported_gguf_architecture_is_named() {
     let src = common::smollm2();
     let bytes = std::fs::read(&src).unwrap();
     let needle = b"\x05\x00\x00\x00\x00\x00\x00\x00llama";
-    let pos = bytes.windows(needle.len()).position(|w| w == needle).expect("arch string");
+    let pos = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("arch string");
     let mut patched = bytes.clone();
     patched[pos + 8..pos + 13].copy_from_slice(b"mamba");
     let dst = std::env::temp_dir().join(format!("r1serve-arch-{}.gguf", std::process::id()));
@@ -190,7 +219,10 @@ fn unsupported_gguf_architecture_is_named() {
         Err(e) => format!("{e:#}"),
     };
     std::fs::remove_file(&dst).unwrap();
-    assert!(e.contains("mamba") && e.contains("unsupported architecture"), "{e}");
+    assert!(
+        e.contains("mamba") && e.contains("unsupported architecture"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -201,7 +233,11 @@ fn offline_hub_cache_resolves_repo_ids() {
     let snap = repo.join("snapshots/0123456789abcdef0123456789abcdef01234567");
     std::fs::create_dir_all(&snap).unwrap();
     std::fs::create_dir_all(repo.join("refs")).unwrap();
-    std::fs::write(repo.join("refs/main"), "0123456789abcdef0123456789abcdef01234567").unwrap();
+    std::fs::write(
+        repo.join("refs/main"),
+        "0123456789abcdef0123456789abcdef01234567",
+    )
+    .unwrap();
     let dir = tiny_dir("hub", tiny_config("LlamaForCausalLM"), &tiny_tensors());
     for f in ["config.json", "model.safetensors"] {
         std::fs::copy(dir.join(f), snap.join(f)).unwrap();
@@ -213,11 +249,20 @@ fn offline_hub_cache_resolves_repo_ids() {
         .arg(format!("HF_HOME={}", home.display()))
         .arg("HF_HUB_OFFLINE=1")
         .arg(std::env::current_exe().unwrap())
-        .args(["--exact", "offline_resolve_child", "--nocapture", "--include-ignored"])
+        .args([
+            "--exact",
+            "offline_resolve_child",
+            "--nocapture",
+            "--include-ignored",
+        ])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("1 passed"), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        text.contains("1 passed"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::fs::remove_dir_all(&home).unwrap();
 }
 
@@ -232,5 +277,8 @@ fn offline_resolve_child() {
     };
     assert!(dir.join("config.json").exists());
     let missing = r1serve::model::source::resolve("test-org/absent", None).unwrap_err();
-    assert!(format!("{missing:#}").contains("HF_HUB_OFFLINE"), "{missing:#}");
+    assert!(
+        format!("{missing:#}").contains("HF_HUB_OFFLINE"),
+        "{missing:#}"
+    );
 }

@@ -39,7 +39,7 @@ pub struct AttnShape {
 }
 
 fn check(seqs: &[AttnSeq], geom: &KvGeometry, q_rows: usize, shape: &AttnShape) -> Result<()> {
-    if shape.num_heads % geom.num_kv_heads != 0 {
+    if geom.num_kv_heads == 0 || !shape.num_heads.is_multiple_of(geom.num_kv_heads) {
         bail!(
             "{} query heads are not a multiple of {} KV heads",
             shape.num_heads,
@@ -105,7 +105,7 @@ pub fn write_kv(
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
-        if a.len() % 8 == 0 && std::arch::is_x86_feature_detected!("avx2") {
+        if a.len().is_multiple_of(8) && std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: AVX2 was detected and both slices hold a multiple of 8.
             return unsafe { dot_avx2(a, b) };
         }

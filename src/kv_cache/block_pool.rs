@@ -210,8 +210,8 @@ mod tests {
                         }
                     }
                 }
-                for b in 0..n {
-                    prop_assert_eq!(pool.ref_count(BlockId(b as u32)), holders[b]);
+                for (b, &held) in holders.iter().enumerate() {
+                    prop_assert_eq!(pool.ref_count(BlockId(b as u32)), held);
                 }
                 let free = holders.iter().filter(|&&c| c == 0).count();
                 prop_assert_eq!(pool.num_free(), free);

@@ -46,7 +46,9 @@ impl Linear {
             }
         }
         let weight = match weight {
-            RawTensor::Quantized(q) if dequantize_all() => Weight::Dense(q.dequantize(&Device::Cpu)?),
+            RawTensor::Quantized(q) if dequantize_all() => {
+                Weight::Dense(q.dequantize(&Device::Cpu)?)
+            }
             RawTensor::Quantized(q) if crate::kernels::QMatrix::supported(q.dtype()) => {
                 Weight::Fast(crate::kernels::QMatrix::from_qtensor(&q)?)
             }
