@@ -255,10 +255,12 @@ mod tests {
         assert_eq!(s.seqs[&SeqId(2)].status, SeqStatus::Waiting);
         assert_eq!(s.preemptions(), 1);
         s.remove(SeqId(1), &mut kv);
+        let all = s.seqs[&SeqId(2)].tokens.len();
+        assert!(all > 7, "it had generated before being preempted");
         let o = s.schedule(&mut kv);
         assert_eq!(
             o.scheduled,
-            vec![(SeqId(2), 8)],
+            vec![(SeqId(2), all)],
             "recomputes prompt and output"
         );
     }
