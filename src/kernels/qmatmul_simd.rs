@@ -3,9 +3,10 @@
 //! Every kernel reduces a weight block to a vector of *unsigned* bytes (the
 //! raw quants, before ggml's offset is subtracted) and multiplies it with the
 //! signed activation bytes. That is the operand order of both AVX2
-//! `vpmaddubsw` and AVX-512 VNNI `vpdpbusd`, so one kernel body serves both
-//! instruction sets: the `simd_kernels!` macro instantiates it twice with a
-//! different integer dot-product primitive and `target_feature` list. The
+//! `vpmaddubsw` and VNNI `vpdpbusd`, so one kernel body serves every
+//! instruction set: the `simd_kernels!` macro instantiates it for AVX2,
+//! AVX-VNNI and AVX-512 VNNI with a different integer dot-product primitive
+//! and `target_feature` list. The
 //! offset (8 for Q4_0, 16 for Q5_0, 32 for Q6_K) is subtracted exactly via the
 //! activation block sums (precomputed per call), so the integer results equal
 //! ggml's.
@@ -28,9 +29,11 @@ pub(super) fn dot32<const R: usize>(
     #[cfg(target_arch = "x86_64")]
     {
         use GgmlDType as T;
-        // SAFETY: `QMatrix::matmul_with` only passes an `isa` whose
-        // `is_supported()` is true, so the CPU has every feature the called
-        // kernel is compiled for.
+        if !isa.is_supported() {
+            return None;
+        }
+        // SAFETY: `isa.is_supported()` was checked above, so the CPU has
+        // every feature the called kernel is compiled for.
         unsafe {
             match (isa, dtype) {
                 (Isa::AvxVnni, T::Q4_0) => return Some(avxvnni::dot32::<Q4_0, R>(w, xs)),
@@ -52,6 +55,7 @@ pub(super) fn dot32<const R: usize>(
             }
         }
     }
+    // No kernel for this pair (or not an x86-64 target).
     let _ = (isa, dtype, w, xs);
     None
 }
@@ -67,9 +71,11 @@ pub(super) fn dotk<const R: usize>(
     #[cfg(target_arch = "x86_64")]
     {
         use GgmlDType as T;
-        // SAFETY: `QMatrix::matmul_with` only passes an `isa` whose
-        // `is_supported()` is true, so the CPU has every feature the called
-        // kernel is compiled for.
+        if !isa.is_supported() {
+            return None;
+        }
+        // SAFETY: `isa.is_supported()` was checked above, so the CPU has
+        // every feature the called kernel is compiled for.
         unsafe {
             match (isa, dtype) {
                 (Isa::AvxVnni, T::Q4K) => return Some(avxvnni::dot_q4k::<R>(w, xs)),
@@ -82,6 +88,7 @@ pub(super) fn dotk<const R: usize>(
             }
         }
     }
+    // No kernel for this pair (or not an x86-64 target).
     let _ = (isa, dtype, w, xs);
     None
 }
