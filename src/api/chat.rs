@@ -66,6 +66,9 @@ pub async fn chat_completions(
     if chat.params.stream {
         Ok(reply.stream(generation, chat.params.n))
     } else {
+        // Collected inside the handler future: when a client hangs up
+        // mid-request hyper drops that future, and with it the generation,
+        // which aborts the request in the engine.
         reply.collect(generation, chat.params.n).await
     }
 }

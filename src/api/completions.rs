@@ -97,6 +97,9 @@ pub async fn completions(
     if completion.params.stream {
         Ok(reply.stream(generation, completion.params.n))
     } else {
+        // Collected inside the handler future: when a client hangs up
+        // mid-request hyper drops that future, and with it the generation,
+        // which aborts the request in the engine.
         reply.collect(generation, completion.params.n).await
     }
 }
