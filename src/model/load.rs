@@ -54,7 +54,7 @@ pub fn load(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
             Tokenizer::from_gguf(&files[0].content, &parts[0])?
         }
         (ResolvedSource::HfDir(dir), _) => Tokenizer::from_hf_dir(dir)?,
-        _ => unreachable!("open_weights matches the source kind"),
+        _ => anyhow::bail!("{spec}: weights and tokenizer source kinds disagree"),
     };
     let mut default_temperature = None;
     let mut default_top_p = None;
