@@ -103,13 +103,6 @@ pub fn write_kv(
 /// version below follows the same order, so results are bit-identical.
 #[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if a.len().is_multiple_of(8) && std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: AVX2 was detected and both slices hold a multiple of 8.
-            return unsafe { dot_avx2(a, b) };
-        }
-    }
     let mut acc = [0f32; 8];
     let (ac, ar) = a.split_at(a.len() / 8 * 8);
     let (bc, br) = b.split_at(ac.len());
@@ -166,7 +159,39 @@ fn attend_one(
             return unsafe { attend_one_avx2(q, layer, geom, seq, kv_head, shape) };
         }
     }
-    attend_one_body(q, layer, geom, seq, kv_head, shape)
+    attend_one_body::<PortableDot>(q, layer, geom, seq, kv_head, shape)
+}
+
+/// The dot product the kernel body uses, chosen once per call instead of
+/// per key.
+trait Dot {
+    fn dot(a: &[f32], b: &[f32]) -> f32;
+}
+
+struct PortableDot;
+
+impl Dot for PortableDot {
+    #[inline(always)]
+    fn dot(a: &[f32], b: &[f32]) -> f32 {
+        dot(a, b)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+struct Avx2Dot;
+
+#[cfg(target_arch = "x86_64")]
+impl Dot for Avx2Dot {
+    #[inline(always)]
+    fn dot(a: &[f32], b: &[f32]) -> f32 {
+        if a.len().is_multiple_of(8) {
+            // SAFETY: only reached from `attend_one_avx2`, which runs after
+            // AVX2 was detected; the length is a multiple of 8.
+            unsafe { dot_avx2(a, b) }
+        } else {
+            dot(a, b)
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -179,11 +204,11 @@ unsafe fn attend_one_avx2(
     kv_head: usize,
     shape: &AttnShape,
 ) -> Vec<f32> {
-    attend_one_body(q, layer, geom, seq, kv_head, shape)
+    attend_one_body::<Avx2Dot>(q, layer, geom, seq, kv_head, shape)
 }
 
 #[inline(always)]
-fn attend_one_body(
+fn attend_one_body<D: Dot>(
     q: &[f32],
     layer: &LayerKv,
     geom: &KvGeometry,
@@ -218,7 +243,7 @@ fn attend_one_body(
                 for i in c0.max(kp.saturating_sub(first_pos))..c1 {
                     for g in 0..group {
                         let r = (i - c0) * group + g;
-                        scores[r * span + kp] = dot(query(i, g), key) * shape.scale;
+                        scores[r * span + kp] = D::dot(query(i, g), key) * shape.scale;
                     }
                 }
             }

@@ -107,7 +107,7 @@ pub enum WeightSource {
 }
 
 /// Translates a GGUF tensor name into the Hugging Face name.
-fn hf_name(gguf: &str) -> String {
+pub fn hf_name(gguf: &str) -> String {
     const FIXED: &[(&str, &str)] = &[
         ("token_embd.weight", "model.embed_tokens.weight"),
         ("output_norm.weight", "model.norm.weight"),

@@ -5,35 +5,9 @@
 
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
+use r1serve::model::weights::hf_name;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-
-fn hf_name(g: &str) -> String {
-    let fixed = [
-        ("token_embd.weight", "model.embed_tokens.weight"),
-        ("output_norm.weight", "model.norm.weight"),
-        ("output.weight", "lm_head.weight"),
-    ];
-    if let Some((_, h)) = fixed.iter().find(|(k, _)| *k == g) {
-        return h.to_string();
-    }
-    let parts = [
-        ("attn_q", "self_attn.q_proj"),
-        ("attn_k", "self_attn.k_proj"),
-        ("attn_v", "self_attn.v_proj"),
-        ("attn_output", "self_attn.o_proj"),
-        ("attn_norm", "input_layernorm"),
-        ("ffn_norm", "post_attention_layernorm"),
-        ("ffn_gate", "mlp.gate_proj"),
-        ("ffn_up", "mlp.up_proj"),
-        ("ffn_down", "mlp.down_proj"),
-    ];
-    let rest = g.strip_prefix("blk.").expect("block tensor");
-    let (layer, rest) = rest.split_once('.').unwrap();
-    let (part, suffix) = rest.split_once('.').unwrap();
-    let hf = parts.iter().find(|(k, _)| *k == part).unwrap().1;
-    format!("model.layers.{layer}.{hf}.{suffix}")
-}
 
 /// The directory, built on first use.
 pub fn qwen05_hf_dir(gguf: &Path, tokenizer_json: impl Fn(&Path)) -> PathBuf {
