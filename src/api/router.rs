@@ -124,21 +124,31 @@ async fn require_api_key(State(state): State<AppState>, request: Request, next: 
     }
 }
 
-/// Gives the body limit's plain-text 413 the OpenAI error envelope.
+/// Gives the body limit's plain-text 413 the OpenAI error envelope, and
+/// tells the client the connection ends: the rest of the oversized body is
+/// never read, so a client reusing the connection would see it cut off.
 async fn json_payload_too_large<B>(response: axum::http::Response<B>) -> Response
 where
     B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
     B::Error: Into<axum::BoxError>,
 {
+    if response.status() != StatusCode::PAYLOAD_TOO_LARGE {
+        return response.map(axum::body::Body::new);
+    }
     let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if response.status() == StatusCode::PAYLOAD_TOO_LARGE && !is_json {
-        ApiError::payload_too_large().into_response()
-    } else {
+    let mut response = if is_json {
         response.map(axum::body::Body::new)
-    }
+    } else {
+        ApiError::payload_too_large().into_response()
+    };
+    response.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 async fn not_found(request: Request) -> ApiError {
