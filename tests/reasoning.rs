@@ -1,0 +1,169 @@
+//! R1-style outputs encoded with the real DeepSeek-R1 tokenizer (from the
+//! R1-Distill GGUF header), fed token by token through the incremental
+//! detokenizer and the reasoning splitter exactly as the server does, give
+//! exactly the expected reasoning, content and reasoning-token count.
+
+mod common;
+
+use r1serve::reasoning::{prompt_opens_reasoning, ReasoningParser, ReasoningSplitter};
+use r1serve::tokenizer::{ChatTemplate, IncrementalDecoder, Tokenizer};
+
+fn r1() -> Tokenizer {
+    let path = common::r1_header();
+    let file = r1serve::model::weights::GgufFile::open(&path).expect("gguf header");
+    Tokenizer::from_gguf(&file.content, &path).expect("tokenizer")
+}
+
+/// (reasoning, content, reasoning tokens) from streaming `ids`.
+fn stream(tok: &Tokenizer, ids: &[u32], starts_in_reasoning: bool) -> (String, String, usize) {
+    let mut detok = IncrementalDecoder::new(true);
+    let mut split = ReasoningSplitter::new(ReasoningParser::DeepSeekR1, starts_in_reasoning);
+    let (mut reasoning, mut content, mut counted) = (String::new(), String::new(), 0);
+    for &id in ids {
+        let was_reasoning = split.in_reasoning();
+        let ended_before = split.saw_reasoning_end();
+        let s = split.push(&detok.push(tok, id).unwrap());
+        if was_reasoning || (!ended_before && split.saw_reasoning_end()) {
+            counted += 1;
+        }
+        reasoning.push_str(&s.reasoning);
+        content.push_str(&s.content);
+    }
+    let s = split.push(&detok.flush(tok).unwrap());
+    reasoning.push_str(&s.reasoning);
+    content.push_str(&s.content);
+    let s = split.finish();
+    reasoning.push_str(&s.reasoning);
+    content.push_str(&s.content);
+    (reasoning, content, counted)
+}
+
+fn ids(tok: &Tokenizer, pieces: &[&str]) -> Vec<u32> {
+    pieces
+        .iter()
+        .flat_map(|p| tok.encode(p, false).unwrap())
+        .collect()
+}
+
+/// This GGUF carries the first R1 template, whose generation prompt ends at
+/// `<｜Assistant｜>`; DeepSeek's later template appends `<think>\n`. The
+/// starting state must follow whichever the prompt does.
+#[test]
+fn starting_state_follows_the_rendered_prompt() {
+    let tok = r1();
+    assert_eq!(tok.token_to_id("<think>"), Some(151648));
+    assert_eq!(tok.token_to_id("</think>"), Some(151649));
+    let template = ChatTemplate::from_tokenizer(&tok).unwrap();
+    let prompt = template
+        .render(
+            &serde_json::json!([{"role": "user", "content": "2+2?"}]),
+            true,
+            &Default::default(),
+        )
+        .unwrap();
+    assert!(prompt.ends_with("<｜Assistant｜>"), "{prompt:?}");
+    assert!(!prompt_opens_reasoning(&prompt));
+    assert!(prompt_opens_reasoning(&format!("{prompt}<think>\n")));
+    assert!(!prompt_opens_reasoning(&format!(
+        "{prompt}<think>\nx</think>\n\ny"
+    )));
+}
+
+#[test]
+fn forced_think_start() {
+    let tok = r1();
+    let out = ids(
+        &tok,
+        &[
+            "The user asks 2+2. That is 4.\n",
+            "</think>",
+            "\n\n",
+            "2 + 2 = 4.",
+        ],
+    );
+    let (r, c, n) = stream(&tok, &out, true);
+    assert_eq!(r, "The user asks 2+2. That is 4.\n");
+    assert_eq!(c, "2 + 2 = 4.");
+    let close = out.iter().position(|&t| t == 151649).unwrap();
+    assert_eq!(n, close + 1, "reasoning tokens run through </think>");
+}
+
+#[test]
+fn model_emitted_think() {
+    let tok = r1();
+    let out = ids(
+        &tok,
+        &[
+            "<think>",
+            "\nLet me think: 3*3=9.\n",
+            "</think>",
+            "\n\nNine.",
+        ],
+    );
+    let (r, c, _) = stream(&tok, &out, false);
+    assert_eq!(r, "\nLet me think: 3*3=9.\n");
+    assert_eq!(c, "Nine.");
+}
+
+#[test]
+fn tags_split_over_several_tokens() {
+    let tok = r1();
+    let out = ids(
+        &tok,
+        &[
+            "Reasoning ",
+            "here.",
+            "</",
+            "thi",
+            "nk",
+            ">",
+            "\n\n",
+            "Answer ",
+            "there.",
+        ],
+    );
+    assert!(
+        !out.contains(&151649),
+        "the closing tag must arrive in pieces"
+    );
+    let (r, c, _) = stream(&tok, &out, true);
+    assert_eq!(r, "Reasoning here.");
+    assert_eq!(c, "Answer there.");
+}
+
+#[test]
+fn unclosed_reasoning_is_all_reasoning() {
+    let tok = r1();
+    let out = ids(
+        &tok,
+        &["Still thinking about 数学 and émojis 🤔 when the budget ran out"],
+    );
+    let (r, c, n) = stream(&tok, &out, true);
+    assert_eq!(
+        r,
+        "Still thinking about 数学 and émojis 🤔 when the budget ran out"
+    );
+    assert_eq!(c, "");
+    assert_eq!(n, out.len());
+}
+
+#[test]
+fn empty_reasoning() {
+    let tok = r1();
+    let out = ids(&tok, &["\n\n", "</think>", "\n\n", "Hello!"]);
+    let (r, c, _) = stream(&tok, &out, true);
+    assert_eq!(r.trim(), "");
+    assert_eq!(c, "Hello!");
+}
+
+#[test]
+fn text_before_model_emitted_think_is_content() {
+    let tok = r1();
+    let out = ids(
+        &tok,
+        &["Sure. ", "<think>", "plan", "</think>", "\n\nDone."],
+    );
+    let (r, c, _) = stream(&tok, &out, false);
+    assert_eq!(r, "plan");
+    assert_eq!(c, "Sure. Done.");
+}
