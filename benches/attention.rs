@@ -45,8 +45,7 @@ fn main() {
         let data: Vec<f32> = (0..ctx * kv_heads * hd)
             .map(|i| ((i * 7) % 13) as f32 * 0.01)
             .collect();
-        write_kv(&mut cache.layers[0].k, &geometry, &table, 0, &data).unwrap();
-        write_kv(&mut cache.layers[0].v, &geometry, &table, 0, &data).unwrap();
+        write_kv(&mut cache.layers[0], &geometry, &table, 0, &data, &data).unwrap();
         let q = vec![0.1f32; heads * hd];
         let mut out = vec![0f32; heads * hd];
         let seqs = [AttnSeq {
@@ -114,8 +113,7 @@ fn main() {
                     .map(|i| BlockId((b * per_seq + i) as u32))
                     .collect();
                 for layer in &mut cache.layers {
-                    write_kv(&mut layer.k, &geometry, &table, 0, &fill).unwrap();
-                    write_kv(&mut layer.v, &geometry, &table, 0, &fill).unwrap();
+                    write_kv(layer, &geometry, &table, 0, &fill, &fill).unwrap();
                 }
                 seqs.push(BatchSeq {
                     num_tokens: 1,

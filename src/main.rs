@@ -119,8 +119,8 @@ struct ServeArgs {
     /// Most tokens processed in one engine step.
     #[arg(long, default_value_t = 2048)]
     max_num_batched_tokens: usize,
-    /// Memory for the KV cache, e.g. `4GiB` or `512MiB`; defaults to what
-    /// the device can spare.
+    /// Memory for the KV cache, e.g. `4GiB` or `512MiB`, all committed at
+    /// startup; defaults to 40% of available memory.
     #[arg(long, value_parser = parse_bytes, value_name = "SIZE")]
     kv_cache_memory: Option<u64>,
     /// Tokens per KV-cache block.

@@ -32,8 +32,20 @@ fn run(
     dtype: KvDtype,
     seed: u64,
 ) {
+    run_hd(cases, kv_heads, group, block_size, 64, dtype, seed);
+}
+
+/// [`run`] with a head dimension of choice.
+fn run_hd(
+    cases: &[(usize, usize)],
+    kv_heads: usize,
+    group: usize,
+    block_size: usize,
+    hd: usize,
+    dtype: KvDtype,
+    seed: u64,
+) {
     let mut rng = Lcg(seed);
-    let hd = 64;
     let heads = kv_heads * group;
     let blocks_needed: usize = cases.iter().map(|(c, _)| c.div_ceil(block_size)).sum();
     let geometry = KvGeometry {
@@ -55,8 +67,7 @@ fn run(
             .collect();
         let k: Vec<f32> = (0..ctx * kv_heads * hd).map(|_| rng.next()).collect();
         let v: Vec<f32> = (0..ctx * kv_heads * hd).map(|_| rng.next()).collect();
-        write_kv(&mut cache.layers[0].k, &geometry, &table, 0, &k).unwrap();
-        write_kv(&mut cache.layers[0].v, &geometry, &table, 0, &v).unwrap();
+        write_kv(&mut cache.layers[0], &geometry, &table, 0, &k, &v).unwrap();
         tables.push(table);
     }
     let rows: usize = cases.iter().map(|(_, q)| q).sum();
@@ -125,6 +136,106 @@ fn prefill_with_cached_prefix_matches_reference() {
 #[test]
 fn long_prefill_chunk_matches_reference() {
     run(&[(2000, 300)], 1, 7, 16, KvDtype::F16, 3);
+}
+
+#[test]
+fn head_dims_that_are_not_a_multiple_of_16_match_reference() {
+    for (i, &hd) in [8usize, 40, 80, 136].iter().enumerate() {
+        run_hd(
+            &[(1, 1), (50, 50), (333, 1), (90, 17)],
+            2,
+            3,
+            16,
+            hd,
+            KvDtype::F16,
+            50 + i as u64,
+        );
+        run_hd(
+            &[(70, 9), (20, 1)],
+            1,
+            2,
+            8,
+            hd,
+            KvDtype::F32,
+            60 + i as u64,
+        );
+    }
+}
+
+/// A query's output must not depend on how its sequence's queries are
+/// chunked or what else is in the batch: the engine's batch invariance
+/// rests on this, so the comparison is bit for bit.
+#[test]
+fn outputs_are_bit_identical_across_chunkings_and_batches() {
+    let (kv_heads, group, hd, bs) = (2usize, 7usize, 64usize, 16usize);
+    let heads = kv_heads * group;
+    let ctx = 333usize;
+    let mut rng = Lcg(99);
+    let geometry = KvGeometry {
+        block_size: bs,
+        num_blocks: 2 * ctx.div_ceil(bs),
+        num_kv_heads: kv_heads,
+        head_dim: hd,
+    };
+    let mut cache = KvCache::new(geometry, 1, KvDtype::F16);
+    let a: Vec<BlockId> = (0..ctx.div_ceil(bs) as u32).map(BlockId).collect();
+    let b: Vec<BlockId> = (ctx.div_ceil(bs) as u32..2 * ctx.div_ceil(bs) as u32)
+        .rev()
+        .map(BlockId)
+        .collect();
+    for table in [&a, &b] {
+        let k: Vec<f32> = (0..ctx * kv_heads * hd).map(|_| rng.next()).collect();
+        let v: Vec<f32> = (0..ctx * kv_heads * hd).map(|_| rng.next()).collect();
+        write_kv(&mut cache.layers[0], &geometry, table, 0, &k, &v).unwrap();
+    }
+    let row = heads * hd;
+    let qa: Vec<f32> = (0..ctx * row).map(|_| rng.next() * 3.0).collect();
+    let qb: Vec<f32> = (0..ctx * row).map(|_| rng.next() * 3.0).collect();
+    let shape = AttnShape {
+        num_heads: heads,
+        scale: 1.0 / (hd as f32).sqrt(),
+    };
+    // Sequence A's queries `from..to` (A's context ending at `to`), alone or
+    // after sequence B's last `b_len` queries in the same batch.
+    let attend = |from: usize, to: usize, b_len: usize| -> Vec<u32> {
+        let mut q = qb[(ctx - b_len) * row..].to_vec();
+        q.extend_from_slice(&qa[from * row..to * row]);
+        let mut seqs = Vec::new();
+        if b_len > 0 {
+            seqs.push(AttnSeq {
+                q_start: 0,
+                q_len: b_len,
+                ctx_len: ctx,
+                block_table: &b,
+            });
+        }
+        seqs.push(AttnSeq {
+            q_start: b_len,
+            q_len: to - from,
+            ctx_len: to,
+            block_table: &a,
+        });
+        let mut out = vec![0f32; q.len()];
+        paged_attention(&q, &mut out, &cache.layers[0], &geometry, &seqs, &shape).unwrap();
+        out[b_len * row..]
+            .iter()
+            .map(|x| x.to_bits())
+            .collect::<Vec<u32>>()
+    };
+    let whole = attend(0, ctx, 0);
+    for (from, to, b_len) in [
+        (0, 100, 0),
+        (100, 333, 5),
+        (200, 201, 0),
+        (332, 333, 1),
+        (17, 250, 40),
+        (331, 333, 333),
+    ] {
+        assert!(
+            attend(from, to, b_len) == whole[from * row..to * row],
+            "queries {from}..{to} with {b_len} other rows differ from the whole prefill"
+        );
+    }
 }
 
 #[test]

@@ -123,7 +123,13 @@ impl Engine {
             (num_blocks as u64 * block_bytes) as f64 / (1 << 20) as f64,
             config.kv_dtype
         );
-        let cache = KvCache::new(geometry, mc.num_layers, config.kv_dtype);
+        let started = std::time::Instant::now();
+        let mut cache = KvCache::new(geometry, mc.num_layers, config.kv_dtype);
+        cache.commit();
+        tracing::info!(
+            "KV cache committed in {:.2} s",
+            started.elapsed().as_secs_f64()
+        );
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
             tx: Mutex::new(tx),

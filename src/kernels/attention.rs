@@ -3,18 +3,22 @@
 //! block tables (a prefill chunk with a cached prefix and a one-token decode
 //! are the same case). GQA shares each K/V head between `group` query heads.
 //!
-//! The fast kernel streams each sequence's blocks once per KV head (one block
-//! of one head is contiguous), converts them to f32 in a small buffer, and
-//! accumulates in f32. Every query's scores are computed key by key in
-//! position order, independent of how queries are chunked or batched, so a
-//! sequence's output does not depend on what else is in the step.
+//! The fast kernel ([`super::attention_simd`]) runs one job per sequence, KV
+//! head and range of queries, in parallel; each streams its head's blocks
+//! (contiguous per block) straight from the 16-bit cache into SIMD registers
+//! and accumulates in f32. A row's result depends only on absolute
+//! positions, not on how queries are chunked or batched, so a sequence's
+//! output does not depend on what else is in the step.
 //! [`paged_attention_reference`] is the slow, obviously-correct version the
 //! tests compare against.
 
-use crate::kv_cache::storage::{KvBuf, KvGeometry, LayerKv};
+use super::attention_simd::{attend, scratch_len, Job};
+use super::simd::{self, SimdLoad, LANES};
+use crate::kv_cache::storage::{KvElem, KvGeometry, KvPair, LayerKv};
 use crate::types::BlockId;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
+use std::cell::RefCell;
 
 /// One sequence's part of an attention call.
 #[derive(Clone, Copy, Debug)]
@@ -71,222 +75,123 @@ fn check(seqs: &[AttnSeq], geom: &KvGeometry, q_rows: usize, shape: &AttnShape) 
     Ok(())
 }
 
-/// Writes `new` (`tokens × kv_heads × head_dim`) into the slots of positions
-/// `start_pos..start_pos + tokens` of a sequence.
+/// Writes keys `k` and values `v` (each `tokens × kv_heads × head_dim`) into
+/// the slots of positions `start_pos..start_pos + tokens` of a sequence.
 pub fn write_kv(
-    buf: &mut KvBuf,
+    layer: &mut LayerKv,
     geom: &KvGeometry,
     block_table: &[BlockId],
     start_pos: usize,
-    new: &[f32],
+    k: &[f32],
+    v: &[f32],
 ) -> Result<()> {
-    let row = geom.num_kv_heads * geom.head_dim;
-    let tokens = new.len() / row;
+    let (hd, row) = (geom.head_dim, geom.num_kv_heads * geom.head_dim);
+    if k.len() != v.len() || !k.len().is_multiple_of(row) {
+        bail!("keys and values must both be whole rows of {row} elements");
+    }
+    let tokens = k.len() / row;
     if (start_pos + tokens).div_ceil(geom.block_size) > block_table.len() {
         bail!("block table too short for position {}", start_pos + tokens);
     }
-    for (t, src) in new.chunks_exact(row).enumerate() {
+    for (t, (kt, vt)) in k.chunks_exact(row).zip(v.chunks_exact(row)).enumerate() {
         let pos = start_pos + t;
         let block = block_table[pos / geom.block_size].index();
         if block >= geom.num_blocks {
             bail!("block {block} is outside the pool");
         }
-        for (h, head) in src.chunks_exact(geom.head_dim).enumerate() {
-            buf.write(geom.offset(block, h, pos % geom.block_size), head);
+        for h in 0..geom.num_kv_heads {
+            let at = h * hd..(h + 1) * hd;
+            layer.write(
+                geom,
+                block,
+                h,
+                pos % geom.block_size,
+                &kt[at.clone()],
+                &vt[at],
+            );
         }
     }
     Ok(())
 }
 
-/// Dot product with a fixed summation order: eight lanes accumulate
-/// elements `i ≡ lane (mod 8)`, then lanes are summed pairwise. The AVX2
-/// version below follows the same order, so results are bit-identical.
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ac, ar) = a.split_at(a.len() / 8 * 8);
-    let (bc, br) = b.split_at(ac.len());
-    for (x, y) in ac.chunks_exact(8).zip(bc.chunks_exact(8)) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for (x, y) in ar.iter().zip(br) {
-        s += x * y;
-    }
-    s
-}
+/// Most floats of scores one job keeps; a long prefill chunk is split into
+/// jobs of fewer queries to stay under it (results do not depend on the
+/// split).
+const SCORE_BUDGET: usize = 1 << 20;
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
-    let n = a.len().min(b.len());
-    let mut acc = _mm256_setzero_ps();
-    let mut i = 0;
-    while i + 8 <= n {
-        let x = _mm256_loadu_ps(a.as_ptr().add(i));
-        let y = _mm256_loadu_ps(b.as_ptr().add(i));
-        acc = _mm256_add_ps(acc, _mm256_mul_ps(x, y));
-        i += 8;
-    }
-    let mut l = [0f32; 8];
-    _mm256_storeu_ps(l.as_mut_ptr(), acc);
-    ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]))
-}
-
-/// Queries are processed this many at a time so the score buffer stays small
-/// for long prefill chunks.
-const Q_CHUNK: usize = 32;
-
-/// Attention of one sequence for one KV head; returns `q_len × group × head_dim`.
-/// Dispatches once per call to a copy compiled for AVX2/FMA/F16C when the CPU
-/// has them; the body fixes its summation order explicitly, so both copies
-/// give bit-identical results.
-fn attend_one(
-    q: &[f32],
-    layer: &LayerKv,
-    geom: &KvGeometry,
-    seq: &AttnSeq,
-    kv_head: usize,
-    shape: &AttnShape,
-) -> Vec<f32> {
+/// Instruction sets the kernel body is compiled for.
+#[derive(Clone, Copy)]
+enum Isa {
     #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c") {
-            // SAFETY: the required CPU features were just detected.
-            return unsafe { attend_one_avx2(q, layer, geom, seq, kv_head, shape) };
+    Avx512,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    Portable,
+}
+
+impl Isa {
+    fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c");
+            if avx2 && is_x86_feature_detected!("avx512f") {
+                return Isa::Avx512;
+            }
+            if avx2 {
+                return Isa::Avx2;
+            }
         }
-    }
-    attend_one_body::<PortableDot>(q, layer, geom, seq, kv_head, shape)
-}
-
-/// The dot product the kernel body uses, chosen once per call instead of
-/// per key.
-trait Dot {
-    fn dot(a: &[f32], b: &[f32]) -> f32;
-}
-
-struct PortableDot;
-
-impl Dot for PortableDot {
-    #[inline(always)]
-    fn dot(a: &[f32], b: &[f32]) -> f32 {
-        dot(a, b)
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-struct Avx2Dot;
-
-#[cfg(target_arch = "x86_64")]
-impl Dot for Avx2Dot {
-    #[inline(always)]
-    fn dot(a: &[f32], b: &[f32]) -> f32 {
-        if a.len().is_multiple_of(8) {
-            // SAFETY: only reached from `attend_one_avx2`, which runs after
-            // AVX2 was detected; the length is a multiple of 8.
-            unsafe { dot_avx2(a, b) }
-        } else {
-            dot(a, b)
-        }
+        Isa::Portable
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,f16c")]
-unsafe fn attend_one_avx2(
-    q: &[f32],
-    layer: &LayerKv,
-    geom: &KvGeometry,
-    seq: &AttnSeq,
-    kv_head: usize,
-    shape: &AttnShape,
-) -> Vec<f32> {
-    attend_one_body::<Avx2Dot>(q, layer, geom, seq, kv_head, shape)
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn attend_avx512<E: KvElem + SimdLoad>(
+    job: &Job<'_, E>,
+    scratch: &mut [f32],
+    out: &mut [f32],
+) {
+    attend::<simd::Avx512, E>(job, scratch, out)
 }
 
-#[inline(always)]
-fn attend_one_body<D: Dot>(
-    q: &[f32],
-    layer: &LayerKv,
-    geom: &KvGeometry,
-    seq: &AttnSeq,
-    kv_head: usize,
-    shape: &AttnShape,
-) -> Vec<f32> {
-    let hd = geom.head_dim;
-    let bs = geom.block_size;
-    let group = shape.num_heads / geom.num_kv_heads;
-    let q_row = shape.num_heads * hd;
-    let first_pos = seq.ctx_len - seq.q_len;
-    let mut out = vec![0f32; seq.q_len * group * hd];
-    let mut kv = vec![0f32; bs * hd];
-    for c0 in (0..seq.q_len).step_by(Q_CHUNK) {
-        let c1 = (c0 + Q_CHUNK).min(seq.q_len);
-        let rows = (c1 - c0) * group;
-        let span = first_pos + c1;
-        let mut scores = vec![f32::NEG_INFINITY; rows * span];
-        let query = |i: usize, g: usize| {
-            let at = (seq.q_start + i) * q_row + (kv_head * group + g) * hd;
-            &q[at..at + hd]
-        };
-        for (b, block) in seq.block_table[..span.div_ceil(bs)].iter().enumerate() {
-            let n = bs.min(span - b * bs);
-            layer
-                .k
-                .read(geom.offset(block.index(), kv_head, 0), &mut kv[..n * hd]);
-            for j in 0..n {
-                let kp = b * bs + j;
-                let key = &kv[j * hd..(j + 1) * hd];
-                for i in c0.max(kp.saturating_sub(first_pos))..c1 {
-                    for g in 0..group {
-                        let r = (i - c0) * group + g;
-                        scores[r * span + kp] = D::dot(query(i, g), key) * shape.scale;
-                    }
-                }
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn attend_avx2<E: KvElem + SimdLoad>(
+    job: &Job<'_, E>,
+    scratch: &mut [f32],
+    out: &mut [f32],
+) {
+    attend::<simd::Avx2, E>(job, scratch, out)
+}
+
+thread_local! {
+    /// Per-thread score and accumulator space, reused across calls.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs one job on this thread; returns its `rows × head_dim` output.
+fn run_job<E: KvElem + SimdLoad>(isa: Isa, job: &Job<'_, E>) -> Vec<f32> {
+    let mut out = vec![0f32; job.rows() * job.geom.head_dim];
+    SCRATCH.with_borrow_mut(|scratch| {
+        let need = scratch_len(job);
+        if scratch.len() < need {
+            scratch.resize(need, 0.0);
+        }
+        // SAFETY: `paged_attention` checked the job's sequence against the
+        // pool and the batch; the ISA variants run only where detected.
+        unsafe {
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => attend_avx512(job, scratch, &mut out),
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => attend_avx2(job, scratch, &mut out),
+                Isa::Portable => attend::<simd::Portable, E>(job, scratch, &mut out),
             }
         }
-        let mut sums = vec![0f32; rows];
-        for (r, row) in scores.chunks_exact_mut(span).enumerate() {
-            let valid = first_pos + c0 + r / group + 1;
-            let max = row[..valid]
-                .iter()
-                .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            let mut sum = 0f32;
-            for v in &mut row[..valid] {
-                *v = (*v - max).exp();
-                sum += *v;
-            }
-            sums[r] = sum;
-        }
-        let acc = &mut out[c0 * group * hd..c1 * group * hd];
-        for (b, block) in seq.block_table[..span.div_ceil(bs)].iter().enumerate() {
-            let n = bs.min(span - b * bs);
-            layer
-                .v
-                .read(geom.offset(block.index(), kv_head, 0), &mut kv[..n * hd]);
-            for j in 0..n {
-                let kp = b * bs + j;
-                let val = &kv[j * hd..(j + 1) * hd];
-                for i in c0.max(kp.saturating_sub(first_pos))..c1 {
-                    for g in 0..group {
-                        let r = (i - c0) * group + g;
-                        let w = scores[r * span + kp];
-                        for (a, v) in acc[r * hd..(r + 1) * hd].iter_mut().zip(val) {
-                            *a += w * v;
-                        }
-                    }
-                }
-            }
-        }
-        for (r, sum) in sums.iter().enumerate() {
-            for a in &mut acc[r * hd..(r + 1) * hd] {
-                *a /= sum;
-            }
-        }
-    }
+    });
     out
 }
 
@@ -302,23 +207,53 @@ pub fn paged_attention(
 ) -> Result<()> {
     let q_row = shape.num_heads * geom.head_dim;
     check(seqs, geom, q.len() / q_row, shape)?;
-    let group = shape.num_heads / geom.num_kv_heads;
-    let tasks: Vec<(usize, usize)> = (0..seqs.len())
-        .flat_map(|s| (0..geom.num_kv_heads).map(move |h| (s, h)))
-        .collect();
-    let results: Vec<Vec<f32>> = tasks
-        .par_iter()
-        .map(|&(s, h)| attend_one(q, layer, geom, &seqs[s], h, shape))
-        .collect();
-    let hd = geom.head_dim;
-    for (&(s, h), res) in tasks.iter().zip(&results) {
-        let seq = &seqs[s];
-        for i in 0..seq.q_len {
-            let dst = (seq.q_start + i) * q_row + h * group * hd;
-            out[dst..dst + group * hd].copy_from_slice(&res[i * group * hd..(i + 1) * group * hd]);
-        }
+    if out.len() != q.len() {
+        bail!("output has {} elements for {} queries", out.len(), q.len());
+    }
+    match layer {
+        LayerKv::F16(kv) => attend_batch(q, out, kv, geom, seqs, shape),
+        LayerKv::F32(kv) => attend_batch(q, out, kv, geom, seqs, shape),
     }
     Ok(())
+}
+
+fn attend_batch<E: KvElem + SimdLoad>(
+    q: &[f32],
+    out: &mut [f32],
+    kv: &KvPair<E>,
+    geom: &KvGeometry,
+    seqs: &[AttnSeq],
+    shape: &AttnShape,
+) {
+    let isa = Isa::detect();
+    let group = shape.num_heads / geom.num_kv_heads;
+    let mut jobs = Vec::new();
+    for seq in seqs {
+        let per_job = (SCORE_BUDGET / (group * (seq.ctx_len + 2 * LANES))).clamp(1, seq.q_len);
+        for kv_head in 0..geom.num_kv_heads {
+            for c0 in (0..seq.q_len).step_by(per_job) {
+                jobs.push(Job {
+                    kv,
+                    geom,
+                    seq,
+                    q,
+                    group,
+                    scale: shape.scale,
+                    kv_head,
+                    queries: c0..(c0 + per_job).min(seq.q_len),
+                });
+            }
+        }
+    }
+    let results: Vec<Vec<f32>> = jobs.par_iter().map(|job| run_job(isa, job)).collect();
+    let hd = geom.head_dim;
+    let q_row = shape.num_heads * hd;
+    for (job, res) in jobs.iter().zip(&results) {
+        for (i, part) in job.queries.clone().zip(res.chunks_exact(group * hd)) {
+            let dst = (job.seq.q_start + i) * q_row + job.kv_head * group * hd;
+            out[dst..dst + group * hd].copy_from_slice(part);
+        }
+    }
 }
 
 /// Slow reference: gathers each position's K and V one by one and computes
@@ -346,9 +281,7 @@ pub fn paged_attention_reference(
                 let mut scores = Vec::with_capacity(pos + 1);
                 for p in 0..=pos {
                     let block = seq.block_table[p / geom.block_size].index();
-                    layer
-                        .k
-                        .read(geom.offset(block, kvh, p % geom.block_size), &mut k);
+                    layer.read(geom, block, kvh, p % geom.block_size, &mut k, &mut v);
                     let s: f64 = qv.iter().zip(&k).map(|(a, b)| *a as f64 * *b as f64).sum();
                     scores.push(s * shape.scale as f64);
                 }
@@ -358,9 +291,7 @@ pub fn paged_attention_reference(
                 let mut acc = vec![0f64; hd];
                 for (p, e) in exps.iter().enumerate() {
                     let block = seq.block_table[p / geom.block_size].index();
-                    layer
-                        .v
-                        .read(geom.offset(block, kvh, p % geom.block_size), &mut v);
+                    layer.read(geom, block, kvh, p % geom.block_size, &mut k, &mut v);
                     for (a, x) in acc.iter_mut().zip(&v) {
                         *a += e / total * *x as f64;
                     }
@@ -373,4 +304,79 @@ pub fn paged_attention_reference(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv_cache::storage::{KvCache, KvDtype};
+
+    fn bits<E: KvElem + SimdLoad>(
+        isa: Isa,
+        kv: &KvPair<E>,
+        geom: &KvGeometry,
+        seq: &AttnSeq,
+        q: &[f32],
+    ) -> Vec<u32> {
+        let job = Job {
+            kv,
+            geom,
+            seq,
+            q,
+            group: 3,
+            scale: 0.1,
+            kv_head: 0,
+            queries: 0..seq.q_len,
+        };
+        run_job(isa, &job).iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// Every instruction set this CPU has gives the portable kernel's bits,
+    /// with a head dimension that leaves a partial vector.
+    #[test]
+    fn instruction_sets_agree_bit_for_bit() {
+        let geom = KvGeometry {
+            block_size: 16,
+            num_blocks: 8,
+            num_kv_heads: 1,
+            head_dim: 72,
+        };
+        let mut isas = vec![Isa::Portable];
+        #[cfg(target_arch = "x86_64")]
+        match Isa::detect() {
+            Isa::Avx512 => isas.extend([Isa::Avx2, Isa::Avx512]),
+            Isa::Avx2 => isas.push(Isa::Avx2),
+            Isa::Portable => {}
+        }
+        for dtype in [KvDtype::F16, KvDtype::F32] {
+            let mut cache = KvCache::new(geom, 1, dtype);
+            let table: Vec<BlockId> = (0..8).rev().map(BlockId).collect();
+            let n = 120 * 72;
+            let k: Vec<f32> = (0..n)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.03)
+                .collect();
+            let v: Vec<f32> = (0..n)
+                .map(|i| ((i * 53 % 97) as f32 - 48.0) * 0.02)
+                .collect();
+            write_kv(&mut cache.layers[0], &geom, &table, 0, &k, &v).unwrap();
+            let q: Vec<f32> = (0..40 * 3 * 72)
+                .map(|i| ((i * 29 % 89) as f32 - 44.0) * 0.05)
+                .collect();
+            let seq = AttnSeq {
+                q_start: 0,
+                q_len: 40,
+                ctx_len: 120,
+                block_table: &table,
+            };
+            let results: Vec<Vec<u32>> = isas
+                .iter()
+                .map(|&isa| match &cache.layers[0] {
+                    LayerKv::F16(kv) => bits(isa, kv, &geom, &seq, &q),
+                    LayerKv::F32(kv) => bits(isa, kv, &geom, &seq, &q),
+                })
+                .collect();
+            assert_eq!(results.len(), isas.len());
+            assert!(results.iter().all(|r| *r == results[0]), "{dtype:?}");
+        }
+    }
 }

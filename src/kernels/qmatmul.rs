@@ -44,8 +44,11 @@ use super::qmatmul_simd;
 pub(crate) const QK: usize = 32;
 /// Elements per super-block of the k-quant formats.
 pub(crate) const QK_K: usize = 256;
-/// Most activation rows that share one decoded weight block.
-const ROWS: usize = 4;
+/// Most activation rows that share one decoded weight block: batches of
+/// eight or more go eight at a time, the rest four or fewer.
+const ROWS: usize = 8;
+/// The largest group below [`ROWS`] with its own kernel.
+const SMALL_ROWS: usize = 4;
 
 /// Which instruction set a matmul uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -308,7 +311,11 @@ impl QMatrix {
         // while the tile's weight rows (a few tens of KiB) cycle through L2.
         let mut i0 = 0;
         while i0 < m {
-            let r = (m - i0).min(ROWS);
+            let r = if m - i0 >= ROWS {
+                ROWS
+            } else {
+                (m - i0).min(SMALL_ROWS)
+            };
             for jj in 0..width {
                 let j = j0 + jj;
                 let w = &self.data[j * self.row_bytes..(j + 1) * self.row_bytes];
@@ -317,6 +324,8 @@ impl QMatrix {
                     1 => res[..1].copy_from_slice(&self.dot_rows::<1>(isa, xq, i0, w)),
                     2 => res[..2].copy_from_slice(&self.dot_rows::<2>(isa, xq, i0, w)),
                     3 => res[..3].copy_from_slice(&self.dot_rows::<3>(isa, xq, i0, w)),
+                    SMALL_ROWS => res[..SMALL_ROWS]
+                        .copy_from_slice(&self.dot_rows::<SMALL_ROWS>(isa, xq, i0, w)),
                     _ => res = self.dot_rows::<ROWS>(isa, xq, i0, w),
                 }
                 for (row, &v) in o[i0..i0 + r].iter_mut().zip(&res) {

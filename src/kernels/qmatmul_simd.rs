@@ -11,7 +11,7 @@
 //! activation block sums (precomputed per call), so the integer results equal
 //! ggml's.
 //!
-//! Each kernel decodes a weight block once and applies it to `R ≤ 4`
+//! Each kernel decodes a weight block once and applies it to `R ≤ 8`
 //! activation rows, which is where batched calls save work.
 
 use candle_core::quantized::GgmlDType;

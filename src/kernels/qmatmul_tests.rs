@@ -72,7 +72,7 @@ fn check(dtype: GgmlDType, m: usize, k: usize, n: usize) {
 #[test]
 fn matches_candle_all_dtypes() {
     for dtype in ALL {
-        for (m, k, n) in [(1, 256, 8), (3, 512, 33), (5, 768, 20)] {
+        for (m, k, n) in [(1, 256, 8), (3, 512, 33), (5, 768, 20), (13, 256, 9)] {
             check(dtype, m, k, n);
         }
     }

@@ -1,6 +1,6 @@
 //! The KV tensors themselves: per layer, one K and one V buffer laid out by
-//! block, `[block][kv_head][slot][dim]`, so one head's keys in one block are
-//! contiguous and the attention kernel streams them without gathering.
+//! block and head, `[block][kv_head][..]`, so one head's part of a block is
+//! contiguous and the attention kernel streams it without gathering.
 
 use half::f16;
 
@@ -55,9 +55,9 @@ impl KvGeometry {
         self.block_size * self.num_kv_heads * self.head_dim
     }
 
-    /// Offset of `(block, head, slot)` in a layer buffer.
-    pub fn offset(&self, block: usize, head: usize, slot: usize) -> usize {
-        ((block * self.num_kv_heads + head) * self.block_size + slot) * self.head_dim
+    /// Offset of one head's part of `block` in a layer buffer.
+    pub fn head_base(&self, block: usize, head: usize) -> usize {
+        (block * self.num_kv_heads + head) * self.block_size * self.head_dim
     }
 
     /// Bytes one token occupies across all layers, K and V.
@@ -66,54 +66,181 @@ impl KvGeometry {
     }
 }
 
-/// One layer's K or V storage.
-pub enum KvBuf {
-    /// Half-precision elements.
-    F16(Vec<f16>),
-    /// Single-precision elements.
-    F32(Vec<f32>),
+/// Element types the cache stores.
+pub trait KvElem: Copy + Send + Sync + 'static {
+    /// Zero.
+    const ZERO: Self;
+    /// Rounds an f32 to this type.
+    fn from_f32(x: f32) -> Self;
+    /// Widens to f32.
+    fn to_f32(self) -> f32;
 }
 
-impl KvBuf {
-    fn zeros(dtype: KvDtype, n: usize) -> Self {
-        use half::vec::HalfBitsVecExt;
-        match dtype {
-            // Zeroed integer vectors come from calloc, so the pool's pages are
-            // committed only when first written, not all at startup.
-            KvDtype::F16 => KvBuf::F16(vec![0u16; n].reinterpret_into()),
-            KvDtype::F32 => KvBuf::F32(vec![0.0; n]),
-        }
-    }
-
-    /// Stores `src` at element offset `at`.
-    pub fn write(&mut self, at: usize, src: &[f32]) {
-        match self {
-            KvBuf::F16(b) => {
-                for (d, s) in b[at..at + src.len()].iter_mut().zip(src) {
-                    *d = f16::from_f32(*s);
-                }
-            }
-            KvBuf::F32(b) => b[at..at + src.len()].copy_from_slice(src),
-        }
-    }
-
-    /// Loads `dst.len()` elements from offset `at` as f32.
+impl KvElem for f16 {
+    const ZERO: Self = f16::ZERO;
     #[inline(always)]
-    pub fn read(&self, at: usize, dst: &mut [f32]) {
-        use half::slice::HalfFloatSliceExt;
-        match self {
-            KvBuf::F16(b) => b[at..at + dst.len()].convert_to_f32_slice(dst),
-            KvBuf::F32(b) => dst.copy_from_slice(&b[at..at + dst.len()]),
+    fn from_f32(x: f32) -> Self {
+        f16::from_f32(x)
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+}
+
+impl KvElem for f32 {
+    const ZERO: Self = 0.0;
+    #[inline(always)]
+    fn from_f32(x: f32) -> Self {
+        x
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+/// One layer's keys and values in one element type.
+///
+/// Within a block, one head's values are stored slot-major (`[slot][dim]`,
+/// a token's value row is contiguous) and its keys dimension-major
+/// (`[dim][slot]`): a SIMD vector then holds one dimension of consecutive
+/// keys, so scores for many keys accumulate lane-wise without a horizontal
+/// sum per key.
+pub struct KvPair<E> {
+    k: Vec<E>,
+    v: Vec<E>,
+}
+
+impl<E: KvElem> KvPair<E> {
+    fn zeros(n: usize) -> Self {
+        // The allocator may hand out zero pages lazily (f32 zeros come from
+        // calloc); the engine makes them resident with `KvCache::commit`.
+        Self {
+            k: vec![E::ZERO; n],
+            v: vec![E::ZERO; n],
+        }
+    }
+
+    /// All keys of the layer, laid out as described on the type.
+    pub fn keys(&self) -> &[E] {
+        &self.k
+    }
+
+    /// All values of the layer, laid out as described on the type.
+    pub fn values(&self) -> &[E] {
+        &self.v
+    }
+
+    fn write(
+        &mut self,
+        geom: &KvGeometry,
+        block: usize,
+        head: usize,
+        slot: usize,
+        k: &[f32],
+        v: &[f32],
+    ) {
+        let base = geom.head_base(block, head);
+        let bs = geom.block_size;
+        for (d, x) in k.iter().enumerate() {
+            self.k[base + d * bs + slot] = E::from_f32(*x);
+        }
+        let row = &mut self.v[base + slot * geom.head_dim..][..geom.head_dim];
+        for (d, x) in row.iter_mut().zip(v) {
+            *d = E::from_f32(*x);
+        }
+    }
+
+    fn read(
+        &self,
+        geom: &KvGeometry,
+        block: usize,
+        head: usize,
+        slot: usize,
+        k: &mut [f32],
+        v: &mut [f32],
+    ) {
+        let base = geom.head_base(block, head);
+        let bs = geom.block_size;
+        for (d, x) in k.iter_mut().enumerate() {
+            *x = self.k[base + d * bs + slot].to_f32();
+        }
+        for (x, e) in v.iter_mut().zip(&self.v[base + slot * geom.head_dim..]) {
+            *x = e.to_f32();
+        }
+    }
+
+    fn commit(&mut self) {
+        use rayon::prelude::*;
+        let per_page = (4096 / std::mem::size_of::<E>()).max(1);
+        for buf in [&mut self.k, &mut self.v] {
+            buf.par_chunks_mut(per_page * 256).for_each(|chunk| {
+                for page in chunk.chunks_mut(per_page) {
+                    // SAFETY: `page` is a valid, exclusive element; the
+                    // volatile write is not elided, so the page is faulted in.
+                    unsafe { std::ptr::write_volatile(page.as_mut_ptr(), E::ZERO) };
+                }
+            });
         }
     }
 }
 
-/// K and V of one layer.
-pub struct LayerKv {
-    /// Keys.
-    pub k: KvBuf,
-    /// Values.
-    pub v: KvBuf,
+/// K and V of one layer, in the cache's element type.
+pub enum LayerKv {
+    /// Half precision.
+    F16(KvPair<f16>),
+    /// Single precision.
+    F32(KvPair<f32>),
+}
+
+impl LayerKv {
+    fn zeros(dtype: KvDtype, n: usize) -> Self {
+        match dtype {
+            KvDtype::F16 => LayerKv::F16(KvPair::zeros(n)),
+            KvDtype::F32 => LayerKv::F32(KvPair::zeros(n)),
+        }
+    }
+
+    /// Stores one token's key and value (`head_dim` each) of `head` in
+    /// `slot` of `block`.
+    pub fn write(
+        &mut self,
+        geom: &KvGeometry,
+        block: usize,
+        head: usize,
+        slot: usize,
+        k: &[f32],
+        v: &[f32],
+    ) {
+        match self {
+            LayerKv::F16(p) => p.write(geom, block, head, slot, k, v),
+            LayerKv::F32(p) => p.write(geom, block, head, slot, k, v),
+        }
+    }
+
+    /// Loads one token's key and value of `head` from `slot` of `block`.
+    pub fn read(
+        &self,
+        geom: &KvGeometry,
+        block: usize,
+        head: usize,
+        slot: usize,
+        k: &mut [f32],
+        v: &mut [f32],
+    ) {
+        match self {
+            LayerKv::F16(p) => p.read(geom, block, head, slot, k, v),
+            LayerKv::F32(p) => p.read(geom, block, head, slot, k, v),
+        }
+    }
+
+    fn commit(&mut self) {
+        match self {
+            LayerKv::F16(p) => p.commit(),
+            LayerKv::F32(p) => p.commit(),
+        }
+    }
 }
 
 /// The whole paged cache, allocated once at startup with a fixed budget.
@@ -127,19 +254,24 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    /// Allocates `geometry.num_blocks` blocks for each of `num_layers` layers.
+    /// Allocates `geometry.num_blocks` zeroed blocks for each of
+    /// `num_layers` layers; see [`KvCache::commit`] for residency.
     pub fn new(geometry: KvGeometry, num_layers: usize, dtype: KvDtype) -> Self {
         let n = geometry.num_blocks * geometry.block_elems();
-        let layers = (0..num_layers)
-            .map(|_| LayerKv {
-                k: KvBuf::zeros(dtype, n),
-                v: KvBuf::zeros(dtype, n),
-            })
-            .collect();
+        let layers = (0..num_layers).map(|_| LayerKv::zeros(dtype, n)).collect();
         Self {
             geometry,
             dtype,
             layers,
+        }
+    }
+
+    /// Touches every page of the pool so the whole budget is resident now:
+    /// a server then fails at startup rather than mid-request when the
+    /// memory is not there, and its RSS stays flat as blocks are reused.
+    pub fn commit(&mut self) {
+        for layer in &mut self.layers {
+            layer.commit();
         }
     }
 }

@@ -135,8 +135,14 @@ impl Decoder {
             for (s, a) in batch.seqs.iter().zip(&attn_seqs) {
                 let rows = a.q_start * kv_row..(a.q_start + a.q_len) * kv_row;
                 let start = s.ctx_len - s.num_tokens;
-                write_kv(&mut cache.k, &geom, &s.block_table, start, &k[rows.clone()])?;
-                write_kv(&mut cache.v, &geom, &s.block_table, start, &v[rows])?;
+                write_kv(
+                    cache,
+                    &geom,
+                    &s.block_table,
+                    start,
+                    &k[rows.clone()],
+                    &v[rows],
+                )?;
             }
             let mut attn = vec![0f32; q.len()];
             paged_attention(&q, &mut attn, cache, &geom, &attn_seqs, &shape)?;

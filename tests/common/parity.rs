@@ -108,8 +108,13 @@ pub fn check(path: &Path, qwen: bool, exact: bool) {
             assert!(d < 1e-3, "logits differ by {d} (relative to the largest)");
             assert_eq!(tokens, ref_tokens, "greedy tokens differ");
         } else {
+            // Both engines quantize activations to 8 bits before every
+            // matmul, so last-bit differences in f32 (summation order, exp)
+            // flip roundings and grow through the layers: 1.6–5.2% has been
+            // seen across kernel revisions that agree within 5e-6 in exact
+            // mode. A wrong kernel differs by order 1.
             assert!(
-                d < 0.05,
+                d < 0.08,
                 "quantized logits differ by {d}, beyond activation-quantization drift"
             );
         }

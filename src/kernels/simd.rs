@@ -1,0 +1,464 @@
+//! A 16-lane f32 vector with one interface over AVX-512, AVX2 (two 8-lane
+//! halves) and plain arrays, so a kernel body is written once and compiled
+//! per instruction set. Every operation is exactly rounded IEEE arithmetic
+//! (fused multiply-add included) and reductions use one fixed order, so the
+//! three implementations give bit-identical results.
+
+use half::f16;
+
+/// Lanes per vector.
+pub const LANES: usize = 16;
+
+/// Sixteen f32 lanes. Methods are `unsafe` because they are only sound
+/// inside a function compiled for the implementation's instruction set, and
+/// loads and stores take raw pointers to 16 valid elements.
+pub trait F32x16: Copy {
+    /// All lanes `x`.
+    unsafe fn splat(x: f32) -> Self;
+    /// Loads 16 f32 from `p`.
+    unsafe fn load(p: *const f32) -> Self;
+    /// Loads 16 f16 from `p`, widened to f32.
+    unsafe fn load_f16(p: *const f16) -> Self;
+    /// Stores the lanes to `p`.
+    unsafe fn store(self, p: *mut f32);
+    /// Lane-wise `self + o`.
+    unsafe fn add(self, o: Self) -> Self;
+    /// Lane-wise `self * o`.
+    unsafe fn mul(self, o: Self) -> Self;
+    /// Lane-wise `self * b + c` with one rounding.
+    unsafe fn fma(self, b: Self, c: Self) -> Self;
+    /// Lane-wise maximum.
+    unsafe fn max(self, o: Self) -> Self;
+    /// Lane-wise minimum.
+    unsafe fn min(self, o: Self) -> Self;
+    /// Rounds to the nearest integer, ties to even.
+    unsafe fn round(self) -> Self;
+    /// `2^self` for lanes holding integers in `-126..=127`.
+    unsafe fn pow2i(self) -> Self;
+    /// `v` where `self >= t`, zero elsewhere.
+    unsafe fn zero_below(self, t: f32, v: Self) -> Self;
+
+    /// All lanes zero.
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        Self::splat(0.0)
+    }
+
+    /// Sum of the lanes, pairwise in a fixed tree.
+    #[inline(always)]
+    unsafe fn reduce_add(self) -> f32 {
+        let mut a = [0f32; LANES];
+        self.store(a.as_mut_ptr());
+        let mut n = LANES;
+        while n > 1 {
+            n /= 2;
+            for i in 0..n {
+                a[i] += a[i + n];
+            }
+        }
+        a[0]
+    }
+
+    /// Largest lane.
+    #[inline(always)]
+    unsafe fn reduce_max(self) -> f32 {
+        let mut a = [0f32; LANES];
+        self.store(a.as_mut_ptr());
+        a.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x))
+    }
+
+    /// `e^self`, relative error below 2e-7; exactly zero below
+    /// `ln(f32::MIN_POSITIVE)` (so `-inf` gives 0).
+    #[inline(always)]
+    unsafe fn exp(self) -> Self {
+        const LOW: f32 = -87.336_54;
+        const HIGH: f32 = 88.0;
+        const LN2_HI: f32 = 0.693_145_75;
+        const LN2_LO: f32 = 1.428_606_8e-6;
+        let x = self.max(Self::splat(LOW)).min(Self::splat(HIGH));
+        let n = x.mul(Self::splat(std::f32::consts::LOG2_E)).round();
+        let r = n.fma(Self::splat(-LN2_HI), x);
+        let r = n.fma(Self::splat(-LN2_LO), r);
+        // Taylor series of e^r to degree 7 on |r| <= ln2/2.
+        let mut p = Self::splat(1.0 / 5040.0);
+        for c in [
+            1.0 / 720.0,
+            1.0 / 120.0,
+            1.0 / 24.0,
+            1.0 / 6.0,
+            0.5,
+            1.0,
+            1.0,
+        ] {
+            p = p.fma(r, Self::splat(c));
+        }
+        self.zero_below(LOW, p.mul(n.pow2i()))
+    }
+}
+
+/// Element types a kernel can load sixteen at a time as f32.
+pub trait SimdLoad: Copy {
+    /// Loads 16 elements from `p`.
+    unsafe fn load16<S: F32x16>(p: *const Self) -> S;
+    /// Loads `n < 16` elements from `p`, the other lanes zero.
+    unsafe fn load_partial<S: F32x16>(p: *const Self, n: usize) -> S;
+}
+
+impl SimdLoad for f32 {
+    #[inline(always)]
+    unsafe fn load16<S: F32x16>(p: *const f32) -> S {
+        S::load(p)
+    }
+    #[inline(always)]
+    unsafe fn load_partial<S: F32x16>(p: *const f32, n: usize) -> S {
+        let mut a = [0f32; LANES];
+        std::ptr::copy_nonoverlapping(p, a.as_mut_ptr(), n);
+        S::load(a.as_ptr())
+    }
+}
+
+impl SimdLoad for f16 {
+    #[inline(always)]
+    unsafe fn load16<S: F32x16>(p: *const f16) -> S {
+        S::load_f16(p)
+    }
+    #[inline(always)]
+    unsafe fn load_partial<S: F32x16>(p: *const f16, n: usize) -> S {
+        let mut a = [f16::ZERO; LANES];
+        std::ptr::copy_nonoverlapping(p, a.as_mut_ptr(), n);
+        S::load_f16(a.as_ptr())
+    }
+}
+
+/// The portable implementation: plain arrays, for any CPU.
+#[derive(Clone, Copy)]
+pub struct Portable([f32; LANES]);
+
+impl Portable {
+    #[inline(always)]
+    fn map2(self, o: Self, f: impl Fn(f32, f32) -> f32) -> Self {
+        Portable(std::array::from_fn(|i| f(self.0[i], o.0[i])))
+    }
+}
+
+impl F32x16 for Portable {
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> Self {
+        Portable([x; LANES])
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        Portable(std::ptr::read_unaligned(p as *const [f32; LANES]))
+    }
+    #[inline(always)]
+    unsafe fn load_f16(p: *const f16) -> Self {
+        let h = std::ptr::read_unaligned(p as *const [f16; LANES]);
+        Portable(h.map(f16::to_f32))
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        std::ptr::write_unaligned(p as *mut [f32; LANES], self.0)
+    }
+    #[inline(always)]
+    unsafe fn add(self, o: Self) -> Self {
+        self.map2(o, |a, b| a + b)
+    }
+    #[inline(always)]
+    unsafe fn mul(self, o: Self) -> Self {
+        self.map2(o, |a, b| a * b)
+    }
+    #[inline(always)]
+    unsafe fn fma(self, b: Self, c: Self) -> Self {
+        Portable(std::array::from_fn(|i| self.0[i].mul_add(b.0[i], c.0[i])))
+    }
+    #[inline(always)]
+    unsafe fn max(self, o: Self) -> Self {
+        // Same operand order as `maxps`: the second operand wins on NaN.
+        self.map2(o, |a, b| if a > b { a } else { b })
+    }
+    #[inline(always)]
+    unsafe fn min(self, o: Self) -> Self {
+        self.map2(o, |a, b| if a < b { a } else { b })
+    }
+    #[inline(always)]
+    unsafe fn round(self) -> Self {
+        Portable(self.0.map(f32::round_ties_even))
+    }
+    #[inline(always)]
+    unsafe fn pow2i(self) -> Self {
+        Portable(
+            self.0
+                .map(|n| f32::from_bits(((n as i32 + 127) as u32) << 23)),
+        )
+    }
+    #[inline(always)]
+    unsafe fn zero_below(self, t: f32, v: Self) -> Self {
+        Portable(std::array::from_fn(|i| {
+            if self.0[i] >= t {
+                v.0[i]
+            } else {
+                0.0
+            }
+        }))
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub use x86::{Avx2, Avx512};
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{F32x16, LANES};
+    use half::f16;
+    use std::arch::x86_64::*;
+
+    /// AVX-512F: one register. Needs `avx512f`.
+    #[derive(Clone, Copy)]
+    pub struct Avx512(__m512);
+
+    impl F32x16 for Avx512 {
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> Self {
+            Avx512(_mm512_set1_ps(x))
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            Avx512(_mm512_loadu_ps(p))
+        }
+        #[inline(always)]
+        unsafe fn load_f16(p: *const f16) -> Self {
+            Avx512(_mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)))
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            _mm512_storeu_ps(p, self.0)
+        }
+        #[inline(always)]
+        unsafe fn add(self, o: Self) -> Self {
+            Avx512(_mm512_add_ps(self.0, o.0))
+        }
+        #[inline(always)]
+        unsafe fn mul(self, o: Self) -> Self {
+            Avx512(_mm512_mul_ps(self.0, o.0))
+        }
+        #[inline(always)]
+        unsafe fn fma(self, b: Self, c: Self) -> Self {
+            Avx512(_mm512_fmadd_ps(self.0, b.0, c.0))
+        }
+        #[inline(always)]
+        unsafe fn max(self, o: Self) -> Self {
+            Avx512(_mm512_max_ps(self.0, o.0))
+        }
+        #[inline(always)]
+        unsafe fn min(self, o: Self) -> Self {
+            Avx512(_mm512_min_ps(self.0, o.0))
+        }
+        #[inline(always)]
+        unsafe fn round(self) -> Self {
+            Avx512(_mm512_roundscale_ps::<
+                { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
+            >(self.0))
+        }
+        #[inline(always)]
+        unsafe fn pow2i(self) -> Self {
+            let n = _mm512_add_epi32(_mm512_cvtps_epi32(self.0), _mm512_set1_epi32(127));
+            Avx512(_mm512_castsi512_ps(_mm512_slli_epi32::<23>(n)))
+        }
+        #[inline(always)]
+        unsafe fn zero_below(self, t: f32, v: Self) -> Self {
+            let keep = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(self.0, _mm512_set1_ps(t));
+            Avx512(_mm512_maskz_mov_ps(keep, v.0))
+        }
+    }
+
+    /// AVX2 with FMA and F16C: two 8-lane halves.
+    #[derive(Clone, Copy)]
+    pub struct Avx2(__m256, __m256);
+
+    impl Avx2 {
+        #[inline(always)]
+        unsafe fn map2(self, o: Self, f: impl Fn(__m256, __m256) -> __m256) -> Self {
+            Avx2(f(self.0, o.0), f(self.1, o.1))
+        }
+    }
+
+    impl F32x16 for Avx2 {
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> Self {
+            Avx2(_mm256_set1_ps(x), _mm256_set1_ps(x))
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            Avx2(_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(LANES / 2)))
+        }
+        #[inline(always)]
+        unsafe fn load_f16(p: *const f16) -> Self {
+            Avx2(
+                _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)),
+                _mm256_cvtph_ps(_mm_loadu_si128(p.add(LANES / 2) as *const __m128i)),
+            )
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            _mm256_storeu_ps(p, self.0);
+            _mm256_storeu_ps(p.add(LANES / 2), self.1);
+        }
+        #[inline(always)]
+        unsafe fn add(self, o: Self) -> Self {
+            self.map2(o, |a, b| _mm256_add_ps(a, b))
+        }
+        #[inline(always)]
+        unsafe fn mul(self, o: Self) -> Self {
+            self.map2(o, |a, b| _mm256_mul_ps(a, b))
+        }
+        #[inline(always)]
+        unsafe fn fma(self, b: Self, c: Self) -> Self {
+            Avx2(
+                _mm256_fmadd_ps(self.0, b.0, c.0),
+                _mm256_fmadd_ps(self.1, b.1, c.1),
+            )
+        }
+        #[inline(always)]
+        unsafe fn max(self, o: Self) -> Self {
+            self.map2(o, |a, b| _mm256_max_ps(a, b))
+        }
+        #[inline(always)]
+        unsafe fn min(self, o: Self) -> Self {
+            self.map2(o, |a, b| _mm256_min_ps(a, b))
+        }
+        #[inline(always)]
+        unsafe fn round(self) -> Self {
+            const MODE: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+            Avx2(
+                _mm256_round_ps::<MODE>(self.0),
+                _mm256_round_ps::<MODE>(self.1),
+            )
+        }
+        #[inline(always)]
+        unsafe fn pow2i(self) -> Self {
+            let one = |x: __m256| {
+                let n = _mm256_add_epi32(_mm256_cvtps_epi32(x), _mm256_set1_epi32(127));
+                _mm256_castsi256_ps(_mm256_slli_epi32::<23>(n))
+            };
+            Avx2(one(self.0), one(self.1))
+        }
+        #[inline(always)]
+        unsafe fn zero_below(self, t: f32, v: Self) -> Self {
+            let t = _mm256_set1_ps(t);
+            Avx2(
+                _mm256_and_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(self.0, t), v.0),
+                _mm256_and_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(self.1, t), v.1),
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `f` on every implementation this CPU supports and checks they agree bit for bit.
+    fn all_agree(input: &[f32; LANES], f: fn(&[f32; LANES]) -> [[u32; LANES]; 3]) {
+        let r = f(input);
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+            {
+                assert_eq!(r[0], r[1], "AVX2 differs from portable for {input:?}");
+            }
+            if is_x86_feature_detected!("avx512f") {
+                assert_eq!(r[0], r[2], "AVX-512 differs from portable for {input:?}");
+            }
+        }
+    }
+
+    unsafe fn exp_bits<S: F32x16>(x: &[f32; LANES]) -> [u32; LANES] {
+        let mut out = [0f32; LANES];
+        S::load(x.as_ptr()).exp().store(out.as_mut_ptr());
+        out.map(f32::to_bits)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn exp_avx2(x: &[f32; LANES]) -> [u32; LANES] {
+        exp_bits::<Avx2>(x)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn exp_avx512(x: &[f32; LANES]) -> [u32; LANES] {
+        exp_bits::<Avx512>(x)
+    }
+
+    fn exp_all(x: &[f32; LANES]) -> [[u32; LANES]; 3] {
+        // SAFETY: the x86 variants' results are only compared when
+        // `all_agree` detected their features; otherwise they are not run.
+        unsafe {
+            let p = exp_bits::<Portable>(x);
+            #[cfg(target_arch = "x86_64")]
+            {
+                let a2 = if is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
+                {
+                    exp_avx2(x)
+                } else {
+                    p
+                };
+                let a5 = if is_x86_feature_detected!("avx512f") {
+                    exp_avx512(x)
+                } else {
+                    p
+                };
+                [p, a2, a5]
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            [p, p, p]
+        }
+    }
+
+    #[test]
+    fn exp_is_accurate_and_identical_across_instruction_sets() {
+        let mut worst = 0f64;
+        for k in 0..2000 {
+            let input: [f32; LANES] =
+                std::array::from_fn(|i| -100.0 + (k * LANES + i) as f32 * 0.0031);
+            all_agree(&input, exp_all);
+            let got = exp_all(&input)[0];
+            for (x, g) in input.iter().zip(got) {
+                let g = f32::from_bits(g) as f64;
+                let want = (*x as f64).exp();
+                if *x < -87.336_54 {
+                    assert_eq!(g, 0.0, "exp({x}) must flush to zero");
+                } else {
+                    worst = worst.max(((g - want) / want).abs());
+                }
+            }
+        }
+        assert!(worst < 2e-7, "worst relative error {worst}");
+        let special = [
+            f32::NEG_INFINITY,
+            0.0,
+            -0.0,
+            1.0,
+            88.0,
+            -87.0,
+            -1e30,
+            1e-30,
+            -0.5,
+            0.5,
+            2.0,
+            -2.0,
+            -10.0,
+            -20.0,
+            -40.0,
+            -80.0,
+        ];
+        all_agree(&special, exp_all);
+        let got = exp_all(&special)[0].map(f32::from_bits);
+        assert_eq!(got[0], 0.0);
+        assert_eq!(got[1], 1.0);
+    }
+}
