@@ -1,6 +1,6 @@
 //! Compute kernels for the CPU path, each with a slow reference the tests
 //! compare against: paged attention ([`attention`], its SIMD body in
-//! `attention_simd` over the vector types of [`simd`]) and the quantized matrix
+//! `attention_simd` over the vector types of `simd`) and the quantized matrix
 //! multiplication used by every linear layer of a GGUF checkpoint
 //! ([`qmatmul`], SIMD inner loops in `qmatmul_simd`).
 
@@ -8,6 +8,6 @@ pub mod attention;
 mod attention_simd;
 pub mod qmatmul;
 mod qmatmul_simd;
-pub mod simd;
+mod simd;
 
 pub use qmatmul::{matmul_reference, Isa, QMatrix};

@@ -49,6 +49,9 @@ pub(crate) const QK_K: usize = 256;
 const ROWS: usize = 8;
 /// The largest group below [`ROWS`] with its own kernel.
 const SMALL_ROWS: usize = 4;
+/// Rows per group for the 512-bit pair kernel, which has the registers for
+/// sixteen accumulators.
+const PAIR_ROWS: usize = 16;
 
 /// Which instruction set a matmul uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,6 +152,48 @@ pub(crate) struct Q8xK {
 enum Activations {
     B32(Vec<Q8x32>),
     K(Vec<Q8xK>),
+    Pairs(Vec<Q8Pair>),
+}
+
+/// Two consecutive Q8_0 activation blocks laid out for one 512-bit
+/// `vpdpbusd`: lanes 0–7 of `scale` and `corr` belong to the first block,
+/// lanes 8–15 to the second. `corr` carries the block's exact offset
+/// correction in its first lane of each half, zeros elsewhere, so it seeds
+/// the integer accumulator directly.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
+pub(crate) struct Q8Pair {
+    pub(crate) qs: [i8; 2 * QK],
+    pub(crate) scale: [f32; 16],
+    pub(crate) corr: [i32; 16],
+}
+
+impl Q8Pair {
+    const ZERO: Self = Self {
+        qs: [0; 2 * QK],
+        scale: [0.0; 16],
+        corr: [0; 16],
+    };
+
+    fn pack(out: &mut [Q8Pair], blocks: &[Q8x32]) {
+        for (p, b) in out.iter_mut().zip(blocks.chunks_exact(2)) {
+            p.qs[..QK].copy_from_slice(&b[0].qs);
+            p.qs[QK..].copy_from_slice(&b[1].qs);
+            p.scale[..8].fill(b[0].d);
+            p.scale[8..].fill(b[1].d);
+            p.corr = [0; 16];
+            p.corr[0] = b[0].corr;
+            p.corr[8] = b[1].corr;
+        }
+    }
+}
+
+/// Whether the pair layout and its AVX-512 kernel serve this call: types
+/// whose quants become unsigned with a fixed offset, an even block count.
+fn uses_pairs(isa: Isa, dtype: GgmlDType, k: usize) -> bool {
+    isa == Isa::Avx512Vnni
+        && matches!(dtype, GgmlDType::Q4_0 | GgmlDType::Q5_0 | GgmlDType::Q8_0)
+        && (k / QK).is_multiple_of(2)
 }
 
 impl QMatrix {
@@ -247,7 +292,7 @@ impl QMatrix {
         } else {
             Isa::detect()
         };
-        let xq = self.quantize_activations(x, m);
+        let xq = self.quantize_activations(isa, x, m);
         // Tiles are column blocks of `out`: hand each task the pieces of
         // every output row that fall in its tile (tile-major, `m` pieces a
         // tile), so tasks write disjoint memory directly.
@@ -266,8 +311,33 @@ impl QMatrix {
             .for_each(|(t, o)| self.tile(isa, &xq, t * tile, o));
     }
 
-    fn quantize_activations(&self, x: &[f32], m: usize) -> Activations {
+    fn quantize_activations(&self, isa: Isa, x: &[f32], m: usize) -> Activations {
         let k = self.k;
+        if uses_pairs(isa, self.dtype, k) {
+            // Q8_0 quants are made unsigned by the kernel (+128), so they get
+            // an offset correction like Q4_0 and Q5_0.
+            let offset = match self.dtype {
+                GgmlDType::Q4_0 => 8,
+                GgmlDType::Q5_0 => 16,
+                _ => 128,
+            };
+            let kb = k / QK;
+            let mut pairs = vec![Q8Pair::ZERO; m * kb / 2];
+            let one = |p: &mut [Q8Pair], row: &[f32]| {
+                let mut blocks = vec![Q8x32::ZERO; kb];
+                quantize_row_q8(row, &mut blocks, false, offset);
+                Q8Pair::pack(p, &blocks);
+            };
+            if m > 1 {
+                pairs
+                    .par_chunks_mut(kb / 2)
+                    .zip(x.par_chunks(k))
+                    .for_each(|(p, row)| one(p, row));
+            } else {
+                one(&mut pairs, x);
+            }
+            return Activations::Pairs(pairs);
+        }
         // Quantization is cheap per row; only spread it over threads for batches.
         if is_k_quant(self.dtype) {
             let kb = k / QK_K;
@@ -307,11 +377,14 @@ impl QMatrix {
     fn tile(&self, isa: Isa, xq: &Activations, j0: usize, o: &mut [&mut [f32]]) {
         let m = o.len();
         let width = o.first().map_or(0, |row| row.len());
-        // Activation rows outermost: a group of up to ROWS rows stays in L1
+        // Activation rows outermost: a group of rows stays in L1
         // while the tile's weight rows (a few tens of KiB) cycle through L2.
         let mut i0 = 0;
         while i0 < m {
-            let r = if m - i0 >= ROWS {
+            let pairs = matches!(xq, Activations::Pairs(_));
+            let r = if pairs && m - i0 >= PAIR_ROWS {
+                PAIR_ROWS
+            } else if m - i0 >= ROWS {
                 ROWS
             } else {
                 (m - i0).min(SMALL_ROWS)
@@ -319,14 +392,15 @@ impl QMatrix {
             for jj in 0..width {
                 let j = j0 + jj;
                 let w = &self.data[j * self.row_bytes..(j + 1) * self.row_bytes];
-                let mut res = [0f32; ROWS];
+                let mut res = [0f32; PAIR_ROWS];
                 match r {
                     1 => res[..1].copy_from_slice(&self.dot_rows::<1>(isa, xq, i0, w)),
                     2 => res[..2].copy_from_slice(&self.dot_rows::<2>(isa, xq, i0, w)),
                     3 => res[..3].copy_from_slice(&self.dot_rows::<3>(isa, xq, i0, w)),
                     SMALL_ROWS => res[..SMALL_ROWS]
                         .copy_from_slice(&self.dot_rows::<SMALL_ROWS>(isa, xq, i0, w)),
-                    _ => res = self.dot_rows::<ROWS>(isa, xq, i0, w),
+                    ROWS => res[..ROWS].copy_from_slice(&self.dot_rows::<ROWS>(isa, xq, i0, w)),
+                    _ => res = self.dot_rows::<PAIR_ROWS>(isa, xq, i0, w),
                 }
                 for (row, &v) in o[i0..i0 + r].iter_mut().zip(&res) {
                     row[jj] = v;
@@ -347,6 +421,10 @@ impl QMatrix {
         match xq {
             Activations::B32(xs) => dot32(isa, self.dtype, w, rows(xs, self.k / QK, i0)),
             Activations::K(xs) => dotk(isa, self.dtype, w, rows(xs, self.k / QK_K, i0)),
+            Activations::Pairs(xs) => {
+                qmatmul_simd::dot32_pairs(isa, self.dtype, w, rows(xs, self.k / QK / 2, i0))
+                    .expect("pairs are only built where their kernel runs")
+            }
         }
     }
 }

@@ -16,7 +16,7 @@
 
 use candle_core::quantized::GgmlDType;
 
-use super::qmatmul::{Isa, Q8x32, Q8xK};
+use super::qmatmul::{Isa, Q8Pair, Q8x32, Q8xK};
 
 /// SIMD dot products of one 32-element-block weight row with `R` activation
 /// rows, or `None` when `isa` has no kernel for `dtype`.
@@ -93,6 +93,36 @@ pub(super) fn dotk<const R: usize>(
     None
 }
 
+/// AVX-512 VNNI dot products of one Q4_0 / Q5_0 / Q8_0 weight row with `R`
+/// activation rows in [`Q8Pair`] form, two blocks per 512-bit step, or
+/// `None` when `isa` or `dtype` has no such kernel.
+pub(super) fn dot32_pairs<const R: usize>(
+    isa: Isa,
+    dtype: GgmlDType,
+    w: &[u8],
+    xs: [&[Q8Pair]; R],
+) -> Option<[f32; R]> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use GgmlDType as T;
+        if isa != Isa::Avx512Vnni || !isa.is_supported() {
+            return None;
+        }
+        // SAFETY: `isa.is_supported()` was checked above, so the CPU has
+        // every feature the called kernel is compiled for.
+        unsafe {
+            match dtype {
+                T::Q4_0 => return Some(pairs::dot::<Q4_0, R>(w, xs)),
+                T::Q5_0 => return Some(pairs::dot::<Q5_0, R>(w, xs)),
+                T::Q8_0 => return Some(pairs::dot::<Q8_0, R>(w, xs)),
+                _ => {}
+            }
+        }
+    }
+    let _ = (isa, dtype, w, xs);
+    None
+}
+
 /// Kernel selectors for `dot32` (const generics cannot take enums).
 const Q4_0: u8 = 0;
 const Q4_1: u8 = 1;
@@ -126,7 +156,7 @@ macro_rules! simd_kernels {
 
             #[target_feature(enable = $features)]
             #[inline]
-            fn load32(b: &[u8]) -> __m256i {
+            pub(super) fn load32(b: &[u8]) -> __m256i {
                 let b = &b[..32];
                 // SAFETY: `b` holds 32 readable bytes; the load is unaligned.
                 unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
@@ -144,7 +174,7 @@ macro_rules! simd_kernels {
             /// high nibbles (ggml's element order).
             #[target_feature(enable = $features)]
             #[inline]
-            fn nibbles(b: &[u8]) -> __m256i {
+            pub(super) fn nibbles(b: &[u8]) -> __m256i {
                 let b = &b[..16];
                 // SAFETY: `b` holds 16 readable bytes; the load is unaligned.
                 let v = unsafe { _mm_loadu_si128(b.as_ptr().cast()) };
@@ -156,7 +186,7 @@ macro_rules! simd_kernels {
             /// The 32 bits of `qh` as bytes: 0x10 where the bit is set.
             #[target_feature(enable = $features)]
             #[inline]
-            fn high_bits(qh: u32) -> __m256i {
+            pub(super) fn high_bits(qh: u32) -> __m256i {
                 let shuf = _mm256_set_epi64x(
                     0x0303030303030303,
                     0x0202020202020202,
@@ -174,7 +204,7 @@ macro_rules! simd_kernels {
             /// force every accumulator register to be spilled around it).
             #[target_feature(enable = $features)]
             #[inline]
-            fn f16_at(b: &[u8], o: usize) -> f32 {
+            pub(super) fn f16_at(b: &[u8], o: usize) -> f32 {
                 let bits = u16::from_le_bytes([b[o], b[o + 1]]);
                 _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
             }
@@ -431,3 +461,70 @@ simd_kernels!(avxvnni, "avx2,fma,f16c,avxvnni", {
         _mm256_dpwssd_avx_epi32(acc, _mm256_maddubs_epi16(u, x), sv)
     }
 });
+
+/// The 512-bit pair kernel: each weight block is decoded to unsigned bytes
+/// as in `vnni::dot32` (Q8_0 gets +128), two blocks fill one register, and
+/// every activation row costs one `vpdpbusd`, one conversion and two float
+/// operations per two blocks. The offset corrections ride in the integer
+/// accumulator's seed, so integer sums equal the 256-bit kernels'.
+#[cfg(target_arch = "x86_64")]
+mod pairs {
+    use std::arch::x86_64::*;
+
+    use super::super::qmatmul::{Q8Pair, QK};
+    use super::vnni::{f16_at, high_bits, load32, nibbles};
+    use super::{Q4_0, Q5_0};
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    fn unsigned_quants<const K: u8>(blk: &[u8]) -> __m256i {
+        match K {
+            Q4_0 => nibbles(&blk[2..18]),
+            Q5_0 => {
+                let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
+                _mm256_or_si256(nibbles(&blk[6..22]), high_bits(qh))
+            }
+            _ => _mm256_xor_si256(load32(&blk[2..2 + QK]), _mm256_set1_epi8(-128)),
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(super) fn dot<const K: u8, const R: usize>(w: &[u8], xs: [&[Q8Pair]; R]) -> [f32; R] {
+        let bytes = match K {
+            Q4_0 => 18,
+            Q5_0 => 22,
+            _ => 34,
+        };
+        let mut acc = [_mm512_setzero_ps(); R];
+        for (p, two) in w.chunks_exact(2 * bytes).enumerate() {
+            let (b0, b1) = two.split_at(bytes);
+            let u = _mm512_inserti64x4::<1>(
+                _mm512_castsi256_si512(unsigned_quants::<K>(b0)),
+                unsigned_quants::<K>(b1),
+            );
+            let dw = _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+                _mm512_castpd256_pd512(_mm256_castps_pd(_mm256_set1_ps(f16_at(b0, 0)))),
+                _mm256_castps_pd(_mm256_set1_ps(f16_at(b1, 0))),
+            ));
+            for r in 0..R {
+                let y = &xs[r][p];
+                // SAFETY: `Q8Pair` is 64-byte aligned and each field loaded
+                // is exactly 64 bytes.
+                let (x, seed, dx) = unsafe {
+                    (
+                        _mm512_load_si512(y.qs.as_ptr().cast()),
+                        _mm512_load_si512(y.corr.as_ptr().cast()),
+                        _mm512_load_ps(y.scale.as_ptr()),
+                    )
+                };
+                let s = _mm512_dpbusd_epi32(seed, u, x);
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, dx), acc[r]);
+            }
+        }
+        let mut out = [0f32; R];
+        for r in 0..R {
+            out[r] = _mm512_reduce_add_ps(acc[r]);
+        }
+        out
+    }
+}
