@@ -1,0 +1,43 @@
+//! Serde types for the OpenAI API as it appears on the wire, plus the
+//! validation that turns a request into checked generation parameters.
+//!
+//! Request types accept everything OpenAI clients send: unknown fields are
+//! ignored, and OpenAI features this server does not implement (tools,
+//! structured output, audio, …) are captured so that validation can reject
+//! them with a 400 naming the parameter instead of silently ignoring them.
+//! Response types serialize exactly as OpenAI does, including which fields
+//! are `null` and which are absent, since some clients depend on both.
+//!
+//! Split by direction: [`request`] (request bodies and their validation),
+//! [`response`] (responses, stream chunks, logprob serialization) and
+//! [`utility`] (models list, tokenize and detokenize).
+
+mod request;
+mod response;
+#[cfg(test)]
+mod tests;
+mod utility;
+
+pub use request::*;
+pub use response::*;
+pub use utility::*;
+
+/// Most `n` a request may ask for; each choice occupies its own sequence.
+pub const MAX_N: i64 = 128;
+/// Most alternatives per position for `top_logprobs` / legacy `logprobs`.
+/// OpenAI's limit is 20 for chat and 5 for completions; 20 is used for both.
+pub const MAX_TOP_LOGPROBS: i64 = 20;
+/// Most stop strings per request. OpenAI allows 4; vLLM has no limit. 16
+/// keeps clients written for either working while bounding the per-token
+/// matching cost.
+pub const MAX_STOP_SEQUENCES: usize = 16;
+/// What OpenAI reports for a logprob of −∞; JSON cannot encode infinities and
+/// serde_json would otherwise write `null`.
+pub const MIN_LOGPROB: f32 = -9999.0;
+
+/// `object` of a non-streaming chat completion.
+pub const OBJECT_CHAT_COMPLETION: &str = "chat.completion";
+/// `object` of a streamed chat completion chunk.
+pub const OBJECT_CHAT_COMPLETION_CHUNK: &str = "chat.completion.chunk";
+/// `object` of legacy completions, streamed or not.
+pub const OBJECT_TEXT_COMPLETION: &str = "text_completion";

@@ -1,0 +1,710 @@
+//! Request bodies as clients send them, and their validation into checked
+//! generation parameters.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::*;
+use crate::api::error::ApiError;
+use crate::types::TokenId;
+
+/// Author of a chat message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// System prompt.
+    System,
+    /// OpenAI's newer name for a system prompt.
+    Developer,
+    /// End user.
+    User,
+    /// The model.
+    Assistant,
+    /// A tool result.
+    Tool,
+}
+
+/// One part of an array-form message content. Only `{"type": "text"}` is
+/// supported; other types are kept so validation can name them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ContentPart {
+    /// The part type, e.g. `"text"` or `"image_url"`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The text of a `text` part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+/// Message content: a plain string or a list of parts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum MessageContent {
+    /// `"content": "…"`.
+    Text(String),
+    /// `"content": [{"type": "text", "text": "…"}, …]`.
+    Parts(Vec<ContentPart>),
+}
+
+/// A chat message as sent by the client.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct ChatMessage {
+    /// Who wrote the message.
+    pub role: Role,
+    /// The text; `null` is allowed (e.g. for assistant tool-call turns).
+    #[serde(default)]
+    pub content: Option<MessageContent>,
+    /// Reasoning of an earlier assistant turn, as returned by this server.
+    #[serde(default)]
+    pub reasoning_content: Option<String>,
+    /// Optional participant name; accepted and ignored.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Tool calls of an assistant turn; rejected when non-empty.
+    #[serde(default)]
+    pub tool_calls: Option<Value>,
+}
+
+/// A chat message reduced to plain text, ready for the chat template.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TextMessage {
+    /// Who wrote the message.
+    pub role: Role,
+    /// The text, with array parts joined by `\n` as vLLM does.
+    pub content: String,
+    /// Reasoning of an earlier assistant turn, if the client sent it back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+}
+
+/// `stop`: one string or a list.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum StopSequences {
+    /// `"stop": "…"`.
+    One(String),
+    /// `"stop": ["…", …]`.
+    Many(Vec<String>),
+}
+
+/// `stream_options`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct StreamOptions {
+    /// Send a final chunk with usage and empty `choices`.
+    #[serde(default)]
+    pub include_usage: Option<bool>,
+}
+
+/// Sampling and streaming fields shared by chat and legacy completions.
+///
+/// Integers that have a valid range are read as `i64` so that out-of-range
+/// values produce this module's precise errors rather than serde's.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct SamplingFields {
+    /// Most tokens to generate (deprecated in chat for
+    /// `max_completion_tokens`).
+    #[serde(default)]
+    pub max_tokens: Option<i64>,
+    /// Sampling temperature, 0–2; 0 means greedy.
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    /// Nucleus sampling mass, (0, 1].
+    #[serde(default)]
+    pub top_p: Option<f32>,
+    /// Top-k cutoff; -1 or 0 disables it.
+    #[serde(default)]
+    pub top_k: Option<i64>,
+    /// Min-p cutoff, [0, 1].
+    #[serde(default)]
+    pub min_p: Option<f32>,
+    /// Number of choices.
+    #[serde(default)]
+    pub n: Option<i64>,
+    /// Stop strings.
+    #[serde(default)]
+    pub stop: Option<StopSequences>,
+    /// Sampling seed.
+    #[serde(default)]
+    pub seed: Option<i64>,
+    /// OpenAI presence penalty, [-2, 2].
+    #[serde(default)]
+    pub presence_penalty: Option<f32>,
+    /// OpenAI frequency penalty, [-2, 2].
+    #[serde(default)]
+    pub frequency_penalty: Option<f32>,
+    /// Multiplicative repetition penalty (vLLM extension), > 0.
+    #[serde(default)]
+    pub repetition_penalty: Option<f32>,
+    /// Token id (as a string) → bias added to its logit, [-100, 100].
+    #[serde(default)]
+    pub logit_bias: Option<HashMap<String, f32>>,
+    /// Stream the answer as server-sent events.
+    #[serde(default)]
+    pub stream: Option<bool>,
+    /// Streaming options.
+    #[serde(default)]
+    pub stream_options: Option<StreamOptions>,
+    /// End-user id; accepted and ignored.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Keep generating past EOS (vLLM extension, for benchmarking).
+    #[serde(default)]
+    pub ignore_eos: Option<bool>,
+    /// Suppress EOS and stop strings until this many tokens (vLLM extension).
+    #[serde(default)]
+    pub min_tokens: Option<i64>,
+}
+
+/// OpenAI chat parameters this server does not implement. Each is kept as
+/// raw JSON so validation can tell a harmless value (`"tool_choice":
+/// "none"`, `"response_format": {"type": "text"}`) from a real request.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct UnsupportedChatFields {
+    /// Tool definitions.
+    #[serde(default)]
+    pub tools: Option<Value>,
+    /// Tool selection.
+    #[serde(default)]
+    pub tool_choice: Option<Value>,
+    /// Legacy function definitions.
+    #[serde(default)]
+    pub functions: Option<Value>,
+    /// Legacy function selection.
+    #[serde(default)]
+    pub function_call: Option<Value>,
+    /// Structured output format.
+    #[serde(default)]
+    pub response_format: Option<Value>,
+    /// Audio output options.
+    #[serde(default)]
+    pub audio: Option<Value>,
+    /// Output modalities.
+    #[serde(default)]
+    pub modalities: Option<Value>,
+    /// Predicted output.
+    #[serde(default)]
+    pub prediction: Option<Value>,
+    /// Parallel tool calls; meaningless without tools.
+    #[serde(default)]
+    pub parallel_tool_calls: Option<Value>,
+}
+
+impl UnsupportedChatFields {
+    /// The first parameter whose value asks for an unimplemented feature.
+    ///
+    /// Values that request nothing are accepted, because common clients send
+    /// them by default: empty `tools`/`functions`, `tool_choice` or
+    /// `function_call` of `"none"`, `response_format` `{"type": "text"}`,
+    /// `modalities` `["text"]`, and any `parallel_tool_calls` (it only
+    /// qualifies `tools`, which are rejected on their own).
+    pub fn first_used(&self) -> Option<&'static str> {
+        let non_empty_list = |v: &Option<Value>| match v {
+            None | Some(Value::Null) => false,
+            Some(Value::Array(items)) => !items.is_empty(),
+            Some(_) => true,
+        };
+        let not_none = |v: &Option<Value>| match v {
+            None | Some(Value::Null) => false,
+            Some(Value::String(s)) => s != "none",
+            Some(_) => true,
+        };
+        let present = |v: &Option<Value>| !matches!(v, None | Some(Value::Null));
+        let text_format = |v: &Option<Value>| match v {
+            None | Some(Value::Null) => true,
+            Some(Value::Object(o)) => o.get("type").and_then(Value::as_str) == Some("text"),
+            Some(_) => false,
+        };
+        let text_modalities = |v: &Option<Value>| match v {
+            None | Some(Value::Null) => true,
+            Some(Value::Array(items)) => items.iter().all(|m| m.as_str() == Some("text")),
+            Some(_) => false,
+        };
+        [
+            ("tools", non_empty_list(&self.tools)),
+            ("tool_choice", not_none(&self.tool_choice)),
+            ("functions", non_empty_list(&self.functions)),
+            ("function_call", not_none(&self.function_call)),
+            ("response_format", !text_format(&self.response_format)),
+            ("audio", present(&self.audio)),
+            ("modalities", !text_modalities(&self.modalities)),
+            ("prediction", present(&self.prediction)),
+        ]
+        .into_iter()
+        .find_map(|(name, used)| used.then_some(name))
+    }
+}
+
+/// `POST /v1/chat/completions` body.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct ChatCompletionRequest {
+    /// Model name; optional because the server serves one model.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// The conversation.
+    pub messages: Vec<ChatMessage>,
+    /// Sampling and streaming fields.
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
+    /// Most tokens to generate; takes precedence over `max_tokens`.
+    #[serde(default)]
+    pub max_completion_tokens: Option<i64>,
+    /// Return per-token logprobs.
+    #[serde(default)]
+    pub logprobs: Option<bool>,
+    /// Alternatives per position, 0–20; requires `logprobs`.
+    #[serde(default)]
+    pub top_logprobs: Option<i64>,
+    /// Extra variables for the chat template.
+    #[serde(default)]
+    pub chat_template_kwargs: Option<Map<String, Value>>,
+    /// Whether to return `reasoning_content` (default true).
+    #[serde(default)]
+    pub include_reasoning: Option<bool>,
+    /// Unimplemented OpenAI parameters.
+    #[serde(flatten)]
+    pub unsupported: UnsupportedChatFields,
+}
+
+/// `POST /v1/completions` prompt as sent.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum CompletionPrompt {
+    /// One string.
+    Text(String),
+    /// One pre-tokenized prompt.
+    Tokens(Vec<TokenId>),
+    /// A batch of strings; only a batch of one is accepted.
+    Texts(Vec<String>),
+    /// A batch of token lists; only a batch of one is accepted.
+    TokenLists(Vec<Vec<TokenId>>),
+}
+
+/// `POST /v1/completions` body.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct CompletionRequest {
+    /// Model name; optional because the server serves one model.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// The prompt.
+    pub prompt: CompletionPrompt,
+    /// Sampling and streaming fields.
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
+    /// Legacy logprobs: number of alternatives per position, 0–20.
+    #[serde(default)]
+    pub logprobs: Option<i64>,
+    /// Prepend the prompt to the returned text.
+    #[serde(default)]
+    pub echo: Option<bool>,
+    /// Insertion suffix; not supported.
+    #[serde(default)]
+    pub suffix: Option<String>,
+    /// Server-side best-of; only `best_of == n` is supported.
+    #[serde(default)]
+    pub best_of: Option<i64>,
+}
+
+/// A validated prompt for a legacy completion.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Prompt {
+    /// Text to tokenize.
+    Text(String),
+    /// Token ids to use as-is.
+    Tokens(Vec<TokenId>),
+}
+
+/// Checked generation parameters shared by both endpoints.
+///
+/// `None` in the sampling knobs means "not set by the client", so the server
+/// can apply the model's `generation_config.json` defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GenerationParams {
+    /// Most tokens to generate; `None` means up to the context length.
+    pub max_tokens: Option<u32>,
+    /// Tokens to generate before EOS or a stop string may end the output.
+    pub min_tokens: u32,
+    /// Temperature in [0, 2].
+    pub temperature: Option<f32>,
+    /// Nucleus mass in (0, 1].
+    pub top_p: Option<f32>,
+    /// Top-k cutoff; `None` when disabled.
+    pub top_k: Option<u32>,
+    /// Min-p in [0, 1].
+    pub min_p: Option<f32>,
+    /// Number of choices, 1..=128.
+    pub n: u32,
+    /// Sampling seed; negative client seeds are reinterpreted bitwise so
+    /// each stays distinct and reproducible.
+    pub seed: Option<u64>,
+    /// Presence penalty in [-2, 2].
+    pub presence_penalty: f32,
+    /// Frequency penalty in [-2, 2].
+    pub frequency_penalty: f32,
+    /// Repetition penalty, > 0 (1 disables it).
+    pub repetition_penalty: f32,
+    /// Logit biases sorted by token id; ids are not yet checked against the
+    /// vocabulary size, which this module does not know.
+    pub logit_bias: Vec<(TokenId, f32)>,
+    /// Non-empty stop strings, at most [`MAX_STOP_SEQUENCES`].
+    pub stop: Vec<String>,
+    /// `Some(k)`: return logprobs with `k` alternatives per position.
+    pub logprobs: Option<u32>,
+    /// Keep generating past EOS.
+    pub ignore_eos: bool,
+    /// Stream the answer.
+    pub stream: bool,
+    /// Send a usage chunk at the end of the stream.
+    pub include_usage: bool,
+}
+
+/// A checked chat request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidatedChat {
+    /// The conversation as plain text.
+    pub messages: Vec<TextMessage>,
+    /// Generation parameters.
+    pub params: GenerationParams,
+    /// Whether to return `reasoning_content`.
+    pub include_reasoning: bool,
+}
+
+/// A checked legacy completion request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidatedCompletion {
+    /// The prompt.
+    pub prompt: Prompt,
+    /// Prepend the prompt to the output text.
+    pub echo: bool,
+    /// Generation parameters.
+    pub params: GenerationParams,
+}
+
+fn in_range(param: &str, value: f32, lo: f32, hi: f32) -> Result<f32, ApiError> {
+    if (lo..=hi).contains(&value) {
+        Ok(value)
+    } else {
+        Err(ApiError::bad_request(
+            param,
+            format!("'{param}' must be between {lo} and {hi}, got {value}"),
+        ))
+    }
+}
+
+fn int_in_range(param: &str, value: i64, lo: i64, hi: i64) -> Result<u32, ApiError> {
+    if (lo..=hi).contains(&value) {
+        u32::try_from(value).map_err(|_| ApiError::bad_request(param, "value out of range"))
+    } else {
+        Err(ApiError::bad_request(
+            param,
+            format!("'{param}' must be between {lo} and {hi}, got {value}"),
+        ))
+    }
+}
+
+fn validate_top_logprobs(param: &str, value: i64) -> Result<u32, ApiError> {
+    int_in_range(param, value, 0, MAX_TOP_LOGPROBS)
+}
+
+impl SamplingFields {
+    /// Checks every field. `max_tokens` is passed separately with the name
+    /// the client used, since chat prefers `max_completion_tokens`.
+    pub fn validate(
+        &self,
+        max_tokens: Option<(&str, i64)>,
+        logprobs: Option<u32>,
+    ) -> Result<GenerationParams, ApiError> {
+        let max_tokens = max_tokens
+            .map(|(param, v)| int_in_range(param, v, 1, i64::from(u32::MAX)))
+            .transpose()?;
+        let min_tokens = self
+            .min_tokens
+            .map(|v| int_in_range("min_tokens", v, 0, i64::from(u32::MAX)))
+            .transpose()?
+            .unwrap_or(0);
+        if let Some(max) = max_tokens {
+            if min_tokens > max {
+                return Err(ApiError::bad_request(
+                    "min_tokens",
+                    format!("'min_tokens' ({min_tokens}) must not exceed 'max_tokens' ({max})"),
+                ));
+            }
+        }
+        let temperature = self
+            .temperature
+            .map(|t| in_range("temperature", t, 0.0, 2.0))
+            .transpose()?;
+        let top_p = self
+            .top_p
+            .map(|p| {
+                if p > 0.0 && p <= 1.0 {
+                    Ok(p)
+                } else {
+                    Err(ApiError::bad_request(
+                        "top_p",
+                        format!("'top_p' must be in (0, 1], got {p}"),
+                    ))
+                }
+            })
+            .transpose()?;
+        let top_k = match self.top_k {
+            None | Some(-1) | Some(0) => None,
+            Some(k) if k >= 1 => Some(u32::try_from(k).unwrap_or(u32::MAX)),
+            Some(k) => {
+                return Err(ApiError::bad_request(
+                    "top_k",
+                    format!("'top_k' must be -1 (disabled) or at least 1, got {k}"),
+                ))
+            }
+        };
+        let min_p = self
+            .min_p
+            .map(|p| in_range("min_p", p, 0.0, 1.0))
+            .transpose()?;
+        let n = int_in_range("n", self.n.unwrap_or(1), 1, MAX_N)?;
+        let presence_penalty = in_range(
+            "presence_penalty",
+            self.presence_penalty.unwrap_or(0.0),
+            -2.0,
+            2.0,
+        )?;
+        let frequency_penalty = in_range(
+            "frequency_penalty",
+            self.frequency_penalty.unwrap_or(0.0),
+            -2.0,
+            2.0,
+        )?;
+        let repetition_penalty = self.repetition_penalty.unwrap_or(1.0);
+        if !(repetition_penalty > 0.0 && repetition_penalty.is_finite()) {
+            return Err(ApiError::bad_request(
+                "repetition_penalty",
+                format!("'repetition_penalty' must be greater than 0, got {repetition_penalty}"),
+            ));
+        }
+        Ok(GenerationParams {
+            max_tokens,
+            min_tokens,
+            temperature,
+            top_p,
+            top_k,
+            min_p,
+            n,
+            // Bitwise reinterpretation: a negative seed is as valid as any.
+            seed: self.seed.map(|s| s as u64),
+            presence_penalty,
+            frequency_penalty,
+            repetition_penalty,
+            logit_bias: self.validate_logit_bias()?,
+            stop: self.validate_stop()?,
+            logprobs,
+            ignore_eos: self.ignore_eos.unwrap_or(false),
+            stream: self.stream.unwrap_or(false),
+            // `stream_options` without `stream` is ignored rather than
+            // rejected: it asks for nothing a non-streaming reply lacks.
+            include_usage: self
+                .stream_options
+                .as_ref()
+                .and_then(|o| o.include_usage)
+                .unwrap_or(false),
+        })
+    }
+
+    fn validate_logit_bias(&self) -> Result<Vec<(TokenId, f32)>, ApiError> {
+        let Some(map) = &self.logit_bias else {
+            return Ok(Vec::new());
+        };
+        let mut biases = map
+            .iter()
+            .map(|(key, &bias)| {
+                let id = key.trim().parse::<TokenId>().map_err(|_| {
+                    ApiError::bad_request(
+                        "logit_bias",
+                        format!("'logit_bias' key '{key}' is not a token id"),
+                    )
+                })?;
+                if !(-100.0..=100.0).contains(&bias) {
+                    return Err(ApiError::bad_request(
+                        "logit_bias",
+                        format!(
+                            "'logit_bias' value for token {id} must be between -100 and 100, got {bias}"
+                        ),
+                    ));
+                }
+                Ok((id, bias))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        biases.sort_by_key(|&(id, _)| id);
+        Ok(biases)
+    }
+
+    fn validate_stop(&self) -> Result<Vec<String>, ApiError> {
+        let stop = match &self.stop {
+            None => Vec::new(),
+            Some(StopSequences::One(s)) => vec![s.clone()],
+            Some(StopSequences::Many(list)) => list.clone(),
+        };
+        if stop.len() > MAX_STOP_SEQUENCES {
+            return Err(ApiError::bad_request(
+                "stop",
+                format!(
+                    "'stop' may hold at most {MAX_STOP_SEQUENCES} strings, got {}",
+                    stop.len()
+                ),
+            ));
+        }
+        if stop.iter().any(String::is_empty) {
+            return Err(ApiError::bad_request(
+                "stop",
+                "'stop' strings must not be empty",
+            ));
+        }
+        Ok(stop)
+    }
+}
+
+/// Reduces client messages to plain text, rejecting what the chat template
+/// cannot represent: non-text content parts and tool calls.
+pub fn text_messages(messages: &[ChatMessage]) -> Result<Vec<TextMessage>, ApiError> {
+    if messages.is_empty() {
+        return Err(ApiError::bad_request(
+            "messages",
+            "'messages' must not be empty",
+        ));
+    }
+    messages
+        .iter()
+        .enumerate()
+        .map(|(i, message)| {
+            let has_tool_calls = match &message.tool_calls {
+                None | Some(Value::Null) => false,
+                Some(Value::Array(calls)) => !calls.is_empty(),
+                Some(_) => true,
+            };
+            if has_tool_calls {
+                return Err(ApiError::bad_request(
+                    format!("messages[{i}].tool_calls"),
+                    "tool calls are not supported by this server",
+                ));
+            }
+            let content = match &message.content {
+                None => String::new(),
+                Some(MessageContent::Text(text)) => text.clone(),
+                Some(MessageContent::Parts(parts)) => parts
+                    .iter()
+                    .enumerate()
+                    .map(|(j, part)| match (part.kind.as_str(), &part.text) {
+                        ("text", Some(text)) => Ok(text.as_str()),
+                        ("text", None) => Err(ApiError::bad_request(
+                            format!("messages[{i}].content[{j}].text"),
+                            "text content part is missing 'text'",
+                        )),
+                        (other, _) => Err(ApiError::bad_request(
+                            format!("messages[{i}].content[{j}].type"),
+                            format!("content part type '{other}' is not supported; only 'text' is"),
+                        )),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?
+                    .join("\n"),
+            };
+            Ok(TextMessage {
+                role: message.role,
+                content,
+                reasoning_content: message.reasoning_content.clone(),
+            })
+        })
+        .collect()
+}
+
+impl ChatCompletionRequest {
+    /// Checks the whole request: unsupported parameters, messages and
+    /// generation parameters.
+    pub fn validate(&self) -> Result<ValidatedChat, ApiError> {
+        if let Some(param) = self.unsupported.first_used() {
+            return Err(ApiError::unsupported_param(param));
+        }
+        let messages = text_messages(&self.messages)?;
+        let logprobs = self.logprobs.unwrap_or(false);
+        let top_logprobs = self
+            .top_logprobs
+            .map(|k| validate_top_logprobs("top_logprobs", k))
+            .transpose()?;
+        if !logprobs && top_logprobs.is_some_and(|k| k > 0) {
+            return Err(ApiError::bad_request(
+                "top_logprobs",
+                "'top_logprobs' requires 'logprobs' to be true",
+            ));
+        }
+        let max_tokens = match (self.max_completion_tokens, self.sampling.max_tokens) {
+            (Some(v), _) => Some(("max_completion_tokens", v)),
+            (None, Some(v)) => Some(("max_tokens", v)),
+            (None, None) => None,
+        };
+        let params = self
+            .sampling
+            .validate(max_tokens, logprobs.then(|| top_logprobs.unwrap_or(0)))?;
+        Ok(ValidatedChat {
+            messages,
+            params,
+            include_reasoning: self.include_reasoning.unwrap_or(true),
+        })
+    }
+}
+
+impl CompletionRequest {
+    /// Checks the whole request: prompt shape, unsupported options and
+    /// generation parameters.
+    pub fn validate(&self) -> Result<ValidatedCompletion, ApiError> {
+        let batch_error = |len: usize| {
+            ApiError::bad_request(
+                "prompt",
+                format!(
+                    "batched prompts are not supported: send one prompt per request (got {len})"
+                ),
+            )
+        };
+        let prompt = match &self.prompt {
+            CompletionPrompt::Text(text) => Prompt::Text(text.clone()),
+            CompletionPrompt::Tokens(tokens) => Prompt::Tokens(tokens.clone()),
+            CompletionPrompt::Texts(texts) => match texts.as_slice() {
+                [text] => Prompt::Text(text.clone()),
+                _ => return Err(batch_error(texts.len())),
+            },
+            CompletionPrompt::TokenLists(lists) => match lists.as_slice() {
+                [tokens] => Prompt::Tokens(tokens.clone()),
+                _ => return Err(batch_error(lists.len())),
+            },
+        };
+        if matches!(&prompt, Prompt::Tokens(tokens) if tokens.is_empty()) {
+            return Err(ApiError::bad_request(
+                "prompt",
+                "'prompt' must not be empty",
+            ));
+        }
+        if self.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+            return Err(ApiError::unsupported_param("suffix"));
+        }
+        let logprobs = self
+            .logprobs
+            .map(|k| validate_top_logprobs("logprobs", k))
+            .transpose()?;
+        let max_tokens = self.sampling.max_tokens.map(|v| ("max_tokens", v));
+        let params = self.sampling.validate(max_tokens, logprobs)?;
+        if let Some(best_of) = self.best_of {
+            if best_of != i64::from(params.n) {
+                return Err(ApiError::bad_request(
+                    "best_of",
+                    format!(
+                        "'best_of' must equal 'n' ({}); server-side best-of is not supported",
+                        params.n
+                    ),
+                ));
+            }
+        }
+        Ok(ValidatedCompletion {
+            prompt,
+            echo: self.echo.unwrap_or(false),
+            params,
+        })
+    }
+}

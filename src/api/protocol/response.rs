@@ -1,0 +1,438 @@
+//! Responses and stream chunks, serialized exactly as OpenAI does.
+
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::de::{MapAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::*;
+
+/// Why a choice stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// EOS or a stop string.
+    Stop,
+    /// `max_tokens` or the context length was reached.
+    Length,
+}
+
+/// Token accounting.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Tokens in the prompt.
+    pub prompt_tokens: u32,
+    /// Tokens generated, over all choices.
+    pub completion_tokens: u32,
+    /// Sum of the two.
+    pub total_tokens: u32,
+    /// Prompt breakdown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens_details: Option<PromptTokensDetails>,
+    /// Completion breakdown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_tokens_details: Option<CompletionTokensDetails>,
+}
+
+/// `usage.prompt_tokens_details`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromptTokensDetails {
+    /// Prompt tokens served from the prefix cache.
+    pub cached_tokens: u32,
+}
+
+/// `usage.completion_tokens_details`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompletionTokensDetails {
+    /// Generated tokens that belong to the reasoning.
+    pub reasoning_tokens: u32,
+}
+
+fn serialize_logprob<S: Serializer>(value: &f32, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_f32(finite_logprob(*value))
+}
+
+fn finite_logprob(value: f32) -> f32 {
+    if value.is_finite() {
+        value
+    } else {
+        MIN_LOGPROB
+    }
+}
+
+fn serialize_optional_logprobs<S: Serializer>(
+    values: &[Option<f32>],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(values.iter().map(|v| v.map(finite_logprob)))
+}
+
+/// Distinguishes an absent field (`None`) from an explicit `null`
+/// (`Some(None)`), which serde's default handling collapses.
+fn double_option<'de, T, D>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: Deserialize<'de>,
+    D: Deserializer<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// One alternative in chat logprobs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TopLogprob {
+    /// The token text.
+    pub token: String,
+    /// Its log probability; −∞ is sent as [`MIN_LOGPROB`].
+    #[serde(serialize_with = "serialize_logprob")]
+    pub logprob: f32,
+    /// UTF-8 bytes of the token (tokens may hold partial characters).
+    pub bytes: Option<Vec<u8>>,
+}
+
+/// One sampled token in chat logprobs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChatTokenLogprob {
+    /// The token text.
+    pub token: String,
+    /// Its log probability; −∞ is sent as [`MIN_LOGPROB`].
+    #[serde(serialize_with = "serialize_logprob")]
+    pub logprob: f32,
+    /// UTF-8 bytes of the token.
+    pub bytes: Option<Vec<u8>>,
+    /// The most likely alternatives at this position.
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+/// `choices[].logprobs` of a chat completion.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChatLogprobs {
+    /// Per-token entries.
+    pub content: Option<Vec<ChatTokenLogprob>>,
+}
+
+/// The assistant message of a non-streaming chat choice.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AssistantMessage {
+    /// Always [`Role::Assistant`].
+    pub role: Role,
+    /// The answer; `null` when the output ended inside the reasoning.
+    pub content: Option<String>,
+    /// The reasoning, omitted when there is none or it was not requested.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+}
+
+/// One choice of a non-streaming chat completion.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChatChoice {
+    /// Choice index, 0..n.
+    pub index: u32,
+    /// The generated message.
+    pub message: AssistantMessage,
+    /// Logprobs, `null` unless requested.
+    pub logprobs: Option<ChatLogprobs>,
+    /// Why generation stopped.
+    pub finish_reason: Option<FinishReason>,
+}
+
+/// `POST /v1/chat/completions` response.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChatCompletionResponse {
+    /// `chatcmpl-…`.
+    pub id: String,
+    /// Always [`OBJECT_CHAT_COMPLETION`].
+    pub object: String,
+    /// Unix seconds.
+    pub created: u64,
+    /// Served model name.
+    pub model: String,
+    /// Build fingerprint; omitted when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_fingerprint: Option<String>,
+    /// The choices.
+    pub choices: Vec<ChatChoice>,
+    /// Token accounting.
+    pub usage: Usage,
+}
+
+impl ChatCompletionResponse {
+    /// A response with `object` set.
+    pub fn new(
+        id: String,
+        created: u64,
+        model: String,
+        choices: Vec<ChatChoice>,
+        usage: Usage,
+    ) -> Self {
+        Self {
+            id,
+            object: OBJECT_CHAT_COMPLETION.to_string(),
+            created,
+            model,
+            system_fingerprint: None,
+            choices,
+            usage,
+        }
+    }
+}
+
+/// The delta of a streamed chat choice; absent fields mean "no change".
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Delta {
+    /// Sent in the first chunk of each choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    /// New answer text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    /// New reasoning text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+}
+
+/// One choice of a streamed chat chunk.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChunkChoice {
+    /// Choice index, 0..n.
+    pub index: u32,
+    /// What changed.
+    pub delta: Delta,
+    /// Logprobs of the tokens in this delta, `null` unless requested.
+    pub logprobs: Option<ChatLogprobs>,
+    /// `null` until the choice's last chunk.
+    pub finish_reason: Option<FinishReason>,
+}
+
+/// One `data:` event of a streamed chat completion.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChatCompletionChunk {
+    /// Same `chatcmpl-…` id in every chunk of a stream.
+    pub id: String,
+    /// Always [`OBJECT_CHAT_COMPLETION_CHUNK`].
+    pub object: String,
+    /// Unix seconds, the same in every chunk.
+    pub created: u64,
+    /// Served model name.
+    pub model: String,
+    /// Build fingerprint; omitted when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_fingerprint: Option<String>,
+    /// Choices that changed; empty in the usage chunk.
+    pub choices: Vec<ChunkChoice>,
+    /// As OpenAI: absent (`None`) unless `include_usage` was set; then
+    /// `null` (`Some(None)`) in every chunk but the final usage chunk.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "double_option"
+    )]
+    pub usage: Option<Option<Usage>>,
+}
+
+impl ChatCompletionChunk {
+    /// A chunk with `object` set; `include_usage` decides between an absent
+    /// and a `null` usage field.
+    pub fn new(
+        id: String,
+        created: u64,
+        model: String,
+        choices: Vec<ChunkChoice>,
+        include_usage: bool,
+    ) -> Self {
+        Self {
+            id,
+            object: OBJECT_CHAT_COMPLETION_CHUNK.to_string(),
+            created,
+            model,
+            system_fingerprint: None,
+            choices,
+            usage: include_usage.then_some(None),
+        }
+    }
+
+    /// The final usage chunk: no choices, usage filled in.
+    pub fn usage_only(id: String, created: u64, model: String, usage: Usage) -> Self {
+        Self {
+            usage: Some(Some(usage)),
+            ..Self::new(id, created, model, Vec::new(), true)
+        }
+    }
+}
+
+/// Top alternatives at one position of legacy logprobs: a JSON object from
+/// token text to logprob, kept in the order given (most likely first)
+/// rather than sorted by key.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TopLogprobMap(pub Vec<(String, f32)>);
+
+impl Serialize for TopLogprobMap {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (token, logprob) in &self.0 {
+            map.serialize_entry(token, &finite_logprob(*logprob))?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for TopLogprobMap {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MapVisitor;
+        impl<'de> Visitor<'de> for MapVisitor {
+            type Value = TopLogprobMap;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map from token to logprob")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+                let mut entries = Vec::with_capacity(access.size_hint().unwrap_or(0));
+                while let Some(entry) = access.next_entry::<String, f32>()? {
+                    entries.push(entry);
+                }
+                Ok(TopLogprobMap(entries))
+            }
+        }
+        deserializer.deserialize_map(MapVisitor)
+    }
+}
+
+/// Legacy completion logprobs: parallel arrays, one entry per token.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CompletionLogprobs {
+    /// Token texts.
+    pub tokens: Vec<String>,
+    /// Logprob of each token; `null` for the first echoed prompt token.
+    #[serde(serialize_with = "serialize_optional_logprobs")]
+    pub token_logprobs: Vec<Option<f32>>,
+    /// Alternatives per position; `null` where not available.
+    pub top_logprobs: Vec<Option<TopLogprobMap>>,
+    /// Character offset of each token in the returned text.
+    pub text_offset: Vec<u32>,
+}
+
+/// One choice of a legacy completion, streamed or not.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CompletionChoice {
+    /// Choice index, 0..n.
+    pub index: u32,
+    /// Generated text (the whole text, or this chunk's part of it).
+    pub text: String,
+    /// Logprobs, `null` unless requested.
+    pub logprobs: Option<CompletionLogprobs>,
+    /// `null` until the choice's last chunk.
+    pub finish_reason: Option<FinishReason>,
+}
+
+/// `POST /v1/completions` response.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CompletionResponse {
+    /// `cmpl-…`.
+    pub id: String,
+    /// Always [`OBJECT_TEXT_COMPLETION`].
+    pub object: String,
+    /// Unix seconds.
+    pub created: u64,
+    /// Served model name.
+    pub model: String,
+    /// Build fingerprint; omitted when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_fingerprint: Option<String>,
+    /// The choices.
+    pub choices: Vec<CompletionChoice>,
+    /// Token accounting.
+    pub usage: Usage,
+}
+
+impl CompletionResponse {
+    /// A response with `object` set.
+    pub fn new(
+        id: String,
+        created: u64,
+        model: String,
+        choices: Vec<CompletionChoice>,
+        usage: Usage,
+    ) -> Self {
+        Self {
+            id,
+            object: OBJECT_TEXT_COMPLETION.to_string(),
+            created,
+            model,
+            system_fingerprint: None,
+            choices,
+            usage,
+        }
+    }
+}
+
+/// One `data:` event of a streamed legacy completion.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CompletionChunk {
+    /// Same `cmpl-…` id in every chunk.
+    pub id: String,
+    /// Always [`OBJECT_TEXT_COMPLETION`], as OpenAI streams it.
+    pub object: String,
+    /// Unix seconds.
+    pub created: u64,
+    /// Served model name.
+    pub model: String,
+    /// Build fingerprint; omitted when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_fingerprint: Option<String>,
+    /// Choices that changed; empty in the usage chunk.
+    pub choices: Vec<CompletionChoice>,
+    /// Same three states as [`ChatCompletionChunk::usage`].
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "double_option"
+    )]
+    pub usage: Option<Option<Usage>>,
+}
+
+impl CompletionChunk {
+    /// A chunk with `object` set; see [`ChatCompletionChunk::new`].
+    pub fn new(
+        id: String,
+        created: u64,
+        model: String,
+        choices: Vec<CompletionChoice>,
+        include_usage: bool,
+    ) -> Self {
+        Self {
+            id,
+            object: OBJECT_TEXT_COMPLETION.to_string(),
+            created,
+            model,
+            system_fingerprint: None,
+            choices,
+            usage: include_usage.then_some(None),
+        }
+    }
+
+    /// The final usage chunk: no choices, usage filled in.
+    pub fn usage_only(id: String, created: u64, model: String, usage: Usage) -> Self {
+        Self {
+            usage: Some(Some(usage)),
+            ..Self::new(id, created, model, Vec::new(), true)
+        }
+    }
+}
+
+/// A fresh `chatcmpl-…` id.
+pub fn chat_completion_id() -> String {
+    format!("chatcmpl-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A fresh `cmpl-…` id.
+pub fn completion_id() -> String {
+    format!("cmpl-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Current Unix time in seconds for `created`; 0 if the clock is before
+/// 1970, rather than failing a request over it.
+pub fn unix_timestamp() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

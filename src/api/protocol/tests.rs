@@ -1,0 +1,620 @@
+use super::*;
+use crate::api::error::ApiError;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+fn base_chat() -> Value {
+    json!({"model": "r1", "messages": [{"role": "user", "content": "hi"}]})
+}
+
+/// Base chat request with `extra` fields merged in.
+fn chat_with(extra: Value) -> ChatCompletionRequest {
+    let mut body = base_chat();
+    if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+        body.extend(extra.clone());
+    }
+    serde_json::from_value(body).unwrap()
+}
+
+fn chat_error(extra: Value) -> ApiError {
+    chat_with(extra).validate().unwrap_err()
+}
+
+/// Asserts that `extra` fails validation naming `param`.
+fn assert_rejected(extra: Value, param: &str) {
+    let error = chat_error(extra.clone());
+    assert_eq!(error.status, axum::http::StatusCode::BAD_REQUEST, "{extra}");
+    assert_eq!(
+        error.param.as_deref(),
+        Some(param),
+        "{extra}: {}",
+        error.message
+    );
+}
+
+fn completion_with(extra: Value) -> CompletionRequest {
+    let mut body = json!({"model": "r1", "prompt": "hi"});
+    if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+        body.extend(extra.clone());
+    }
+    serde_json::from_value(body).unwrap()
+}
+
+/// Serializes `value` and compares it with the literal JSON.
+fn assert_wire<T: Serialize>(value: &T, literal: &str) {
+    let expected: Value = serde_json::from_str(literal).unwrap();
+    // Through text, because `to_value` widens f32 to f64 digits that the
+    // wire never carries.
+    let wire: Value = serde_json::from_str(&serde_json::to_string(value).unwrap()).unwrap();
+    assert_eq!(wire, expected);
+}
+
+/// Parses an OpenAI literal and checks it serializes back identically.
+fn round_trip<T: Serialize + for<'de> Deserialize<'de>>(literal: &str) -> T {
+    let parsed: T = serde_json::from_str(literal).unwrap();
+    assert_wire(&parsed, literal);
+    parsed
+}
+
+#[test]
+fn full_chat_request_parses_and_validates() {
+    let request: ChatCompletionRequest = serde_json::from_value(json!({
+        "model": "r1",
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "developer", "content": null},
+            {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+            {"role": "assistant", "content": "x", "reasoning_content": "why", "tool_calls": []},
+            {"role": "tool", "content": "result", "tool_call_id": "t1"}
+        ],
+        "max_tokens": 10, "max_completion_tokens": 20, "temperature": 0.6,
+        "top_p": 0.95, "top_k": 40, "min_p": 0.05, "n": 2, "stop": "END",
+        "seed": -1, "presence_penalty": 0.5, "frequency_penalty": -0.5,
+        "repetition_penalty": 1.1, "logit_bias": {"42": -100, "7": 5.5},
+        "logprobs": true, "top_logprobs": 3, "stream": true,
+        "stream_options": {"include_usage": true}, "user": "u",
+        "chat_template_kwargs": {"enable_thinking": true},
+        "include_reasoning": false, "ignore_eos": true, "min_tokens": 5,
+        "some_future_field": {"x": 1},
+        "response_format": {"type": "text"}, "tool_choice": "none", "tools": [],
+        "modalities": ["text"], "parallel_tool_calls": true
+    }))
+    .unwrap();
+    let checked = request.validate().unwrap();
+    assert!(!checked.include_reasoning);
+    let contents: Vec<&str> = checked
+        .messages
+        .iter()
+        .map(|m| m.content.as_str())
+        .collect();
+    assert_eq!(contents, ["be brief", "", "a\nb", "x", "result"]);
+    assert_eq!(
+        checked.messages[3].reasoning_content.as_deref(),
+        Some("why")
+    );
+    assert_eq!(checked.messages[4].role, Role::Tool);
+    let p = checked.params;
+    assert_eq!(p.max_tokens, Some(20));
+    assert_eq!(p.min_tokens, 5);
+    assert_eq!(p.temperature, Some(0.6));
+    assert_eq!(p.top_p, Some(0.95));
+    assert_eq!(p.top_k, Some(40));
+    assert_eq!(p.min_p, Some(0.05));
+    assert_eq!(p.n, 2);
+    assert_eq!(p.stop, ["END"]);
+    assert_eq!(p.seed, Some(u64::MAX));
+    assert_eq!((p.presence_penalty, p.frequency_penalty), (0.5, -0.5));
+    assert_eq!(p.repetition_penalty, 1.1);
+    assert_eq!(p.logit_bias, [(7, 5.5), (42, -100.0)]);
+    assert_eq!(p.logprobs, Some(3));
+    assert!(p.stream && p.include_usage && p.ignore_eos);
+    assert_eq!(
+        request.chat_template_kwargs.unwrap()["enable_thinking"],
+        Value::Bool(true)
+    );
+}
+
+#[test]
+fn minimal_chat_request_defaults() {
+    let checked = chat_with(json!({})).validate().unwrap();
+    let p = checked.params;
+    assert!(checked.include_reasoning);
+    assert_eq!(
+        (p.max_tokens, p.temperature, p.top_p, p.top_k),
+        (None, None, None, None)
+    );
+    assert_eq!((p.n, p.min_tokens, p.repetition_penalty), (1, 0, 1.0));
+    assert_eq!(p.logprobs, None);
+    assert!(!p.stream && !p.include_usage && !p.ignore_eos);
+    assert!(p.stop.is_empty() && p.logit_bias.is_empty());
+}
+
+#[test]
+fn model_is_optional_and_stop_list_accepted() {
+    let request: ChatCompletionRequest =
+        serde_json::from_value(json!({"messages": [{"role": "user", "content": "x"}],
+                                      "stop": ["a", "b"], "max_tokens": 3}))
+        .unwrap();
+    assert_eq!(request.model, None);
+    let p = request.validate().unwrap().params;
+    assert_eq!(p.stop, ["a", "b"]);
+    assert_eq!(p.max_tokens, Some(3));
+}
+
+#[test]
+fn unknown_role_fails_to_parse() {
+    let body = json!({"messages": [{"role": "robot", "content": "x"}]});
+    assert!(serde_json::from_value::<ChatCompletionRequest>(body).is_err());
+}
+
+#[test]
+fn unsupported_parameters_are_named() {
+    for (extra, param) in [
+        (json!({"tools": [{"type": "function"}]}), "tools"),
+        (json!({"tool_choice": "auto"}), "tool_choice"),
+        (json!({"tool_choice": {"type": "function"}}), "tool_choice"),
+        (json!({"functions": [{"name": "f"}]}), "functions"),
+        (json!({"function_call": "auto"}), "function_call"),
+        (
+            json!({"response_format": {"type": "json_object"}}),
+            "response_format",
+        ),
+        (json!({"response_format": "text"}), "response_format"),
+        (json!({"audio": {"voice": "alloy"}}), "audio"),
+        (json!({"modalities": ["text", "audio"]}), "modalities"),
+        (json!({"prediction": {"type": "content"}}), "prediction"),
+    ] {
+        let error = chat_error(extra);
+        assert_eq!(error.param.as_deref(), Some(param));
+        assert_eq!(error.code.as_deref(), Some("unsupported_parameter"));
+    }
+}
+
+#[test]
+fn harmless_unsupported_values_are_accepted() {
+    let extra = json!({"tools": null, "tool_choice": null, "functions": [],
+                       "function_call": "none", "response_format": null,
+                       "audio": null, "modalities": null, "prediction": null,
+                       "parallel_tool_calls": false});
+    assert!(chat_with(extra).validate().is_ok());
+}
+
+#[test]
+fn message_rules() {
+    assert_rejected(json!({"messages": []}), "messages");
+    assert_rejected(
+        json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}),
+        "messages[0].content[0].type",
+    );
+    assert_rejected(
+        json!({"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": [{"type": "text"}]}]}),
+        "messages[1].content[0].text",
+    );
+    assert_rejected(
+        json!({"messages": [{"role": "assistant", "content": null, "tool_calls": [{"id": "c"}]}]}),
+        "messages[0].tool_calls",
+    );
+}
+
+#[test]
+fn sampling_range_rules() {
+    for (extra, param) in [
+        (json!({"temperature": -0.1}), "temperature"),
+        (json!({"temperature": 2.01}), "temperature"),
+        (json!({"top_p": 0.0}), "top_p"),
+        (json!({"top_p": 1.01}), "top_p"),
+        (json!({"top_k": -2}), "top_k"),
+        (json!({"min_p": -0.01}), "min_p"),
+        (json!({"min_p": 1.01}), "min_p"),
+        (json!({"n": 0}), "n"),
+        (json!({"n": 129}), "n"),
+        (json!({"presence_penalty": 2.5}), "presence_penalty"),
+        (json!({"presence_penalty": -2.5}), "presence_penalty"),
+        (json!({"frequency_penalty": 2.5}), "frequency_penalty"),
+        (json!({"frequency_penalty": -2.5}), "frequency_penalty"),
+        (json!({"repetition_penalty": 0.0}), "repetition_penalty"),
+        (json!({"repetition_penalty": -1.0}), "repetition_penalty"),
+        (json!({"max_tokens": 0}), "max_tokens"),
+        (json!({"max_tokens": -5}), "max_tokens"),
+        (json!({"max_tokens": 5_000_000_000_i64}), "max_tokens"),
+        (
+            json!({"max_completion_tokens": 0, "max_tokens": 5}),
+            "max_completion_tokens",
+        ),
+        (json!({"min_tokens": -1}), "min_tokens"),
+        (json!({"min_tokens": 10, "max_tokens": 5}), "min_tokens"),
+    ] {
+        assert_rejected(extra, param);
+    }
+}
+
+#[test]
+fn sampling_boundaries_are_accepted() {
+    for extra in [
+        json!({"temperature": 0, "top_p": 1, "min_p": 0, "n": 1}),
+        json!({"temperature": 2, "top_p": 0.001, "min_p": 1, "n": 128}),
+        json!({"presence_penalty": -2, "frequency_penalty": 2, "repetition_penalty": 0.01}),
+        json!({"min_tokens": 5, "max_tokens": 5}),
+    ] {
+        assert!(chat_with(extra.clone()).validate().is_ok(), "{extra}");
+    }
+    for (top_k, expected) in [(-1, None), (0, None), (1, Some(1)), (50, Some(50))] {
+        let p = chat_with(json!({"top_k": top_k}))
+            .validate()
+            .unwrap()
+            .params;
+        assert_eq!(p.top_k, expected);
+    }
+}
+
+#[test]
+fn logprobs_rules() {
+    assert_rejected(
+        json!({"logprobs": true, "top_logprobs": 21}),
+        "top_logprobs",
+    );
+    assert_rejected(
+        json!({"logprobs": true, "top_logprobs": -1}),
+        "top_logprobs",
+    );
+    assert_rejected(json!({"top_logprobs": 2}), "top_logprobs");
+    assert_rejected(
+        json!({"logprobs": false, "top_logprobs": 2}),
+        "top_logprobs",
+    );
+    let p = chat_with(json!({"logprobs": true}))
+        .validate()
+        .unwrap()
+        .params;
+    assert_eq!(p.logprobs, Some(0));
+    let p = chat_with(json!({"top_logprobs": 0}))
+        .validate()
+        .unwrap()
+        .params;
+    assert_eq!(p.logprobs, None);
+}
+
+#[test]
+fn logit_bias_rules() {
+    assert_rejected(json!({"logit_bias": {"abc": 1}}), "logit_bias");
+    assert_rejected(json!({"logit_bias": {"-3": 1}}), "logit_bias");
+    assert_rejected(json!({"logit_bias": {"5": 100.5}}), "logit_bias");
+    assert_rejected(json!({"logit_bias": {"5": -101}}), "logit_bias");
+    let p = chat_with(json!({"logit_bias": {"5": 100, "3": -100}}))
+        .validate()
+        .unwrap()
+        .params;
+    assert_eq!(p.logit_bias, [(3, -100.0), (5, 100.0)]);
+}
+
+#[test]
+fn stop_rules() {
+    let many: Vec<String> = (0..=MAX_STOP_SEQUENCES).map(|i| i.to_string()).collect();
+    assert_rejected(json!({"stop": many}), "stop");
+    assert_rejected(json!({"stop": ""}), "stop");
+    assert_rejected(json!({"stop": ["a", ""]}), "stop");
+    let sixteen: Vec<String> = (0..MAX_STOP_SEQUENCES).map(|i| i.to_string()).collect();
+    assert!(chat_with(json!({ "stop": sixteen })).validate().is_ok());
+}
+
+#[test]
+fn completion_prompt_shapes() {
+    let cases = [
+        (json!("text"), Prompt::Text("text".into())),
+        (json!([1, 2, 3]), Prompt::Tokens(vec![1, 2, 3])),
+        (json!(["only"]), Prompt::Text("only".into())),
+        (json!([[4, 5]]), Prompt::Tokens(vec![4, 5])),
+        (json!(""), Prompt::Text(String::new())),
+    ];
+    for (prompt, expected) in cases {
+        let checked = completion_with(json!({ "prompt": prompt }))
+            .validate()
+            .unwrap();
+        assert_eq!(checked.prompt, expected);
+    }
+}
+
+#[test]
+fn completion_rules() {
+    let error = |extra: Value| completion_with(extra).validate().unwrap_err();
+    assert_eq!(
+        error(json!({"prompt": ["a", "b"]})).param.as_deref(),
+        Some("prompt")
+    );
+    assert!(error(json!({"prompt": ["a", "b"]}))
+        .message
+        .contains("one prompt per request"));
+    assert_eq!(
+        error(json!({"prompt": [[1], [2]]})).param.as_deref(),
+        Some("prompt")
+    );
+    assert_eq!(
+        error(json!({"prompt": []})).param.as_deref(),
+        Some("prompt")
+    );
+    assert_eq!(
+        error(json!({"suffix": "end"})).param.as_deref(),
+        Some("suffix")
+    );
+    assert_eq!(
+        error(json!({"best_of": 3, "n": 2})).param.as_deref(),
+        Some("best_of")
+    );
+    assert_eq!(
+        error(json!({"logprobs": 21})).param.as_deref(),
+        Some("logprobs")
+    );
+    assert_eq!(
+        error(json!({"logprobs": -1})).param.as_deref(),
+        Some("logprobs")
+    );
+    assert_eq!(
+        error(json!({"temperature": 3})).param.as_deref(),
+        Some("temperature")
+    );
+
+    let ok = completion_with(json!({"best_of": 2, "n": 2, "echo": true, "logprobs": 5,
+                                    "suffix": "", "max_tokens": 7}))
+    .validate()
+    .unwrap();
+    assert!(ok.echo);
+    assert_eq!(ok.params.logprobs, Some(5));
+    assert_eq!(ok.params.max_tokens, Some(7));
+    assert!(serde_json::from_value::<CompletionRequest>(json!({"prompt": [-1]})).is_err());
+    assert!(serde_json::from_value::<CompletionRequest>(json!({"model": "x"})).is_err());
+}
+
+#[test]
+fn chat_completion_matches_openai_docs() {
+    let literal = r#"{
+      "id": "chatcmpl-123",
+      "object": "chat.completion",
+      "created": 1677652288,
+      "model": "gpt-4o-mini",
+      "system_fingerprint": "fp_44709d6fcb",
+      "choices": [{
+        "index": 0,
+        "message": {"role": "assistant", "content": "\n\nHello there, how may I assist you today?"},
+        "logprobs": null,
+        "finish_reason": "stop"
+      }],
+      "usage": {"prompt_tokens": 9, "completion_tokens": 12, "total_tokens": 21,
+                "completion_tokens_details": {"reasoning_tokens": 0}}
+    }"#;
+    let parsed: ChatCompletionResponse = round_trip(literal);
+    assert_eq!(parsed.choices[0].finish_reason, Some(FinishReason::Stop));
+}
+
+#[test]
+fn chat_completion_built_by_constructor() {
+    let response = ChatCompletionResponse::new(
+        "chatcmpl-1".into(),
+        7,
+        "r1".into(),
+        vec![ChatChoice {
+            index: 0,
+            message: AssistantMessage {
+                role: Role::Assistant,
+                content: None,
+                reasoning_content: Some("thinking".into()),
+            },
+            logprobs: None,
+            finish_reason: Some(FinishReason::Length),
+        }],
+        Usage {
+            prompt_tokens: 3,
+            completion_tokens: 4,
+            total_tokens: 7,
+            prompt_tokens_details: Some(PromptTokensDetails { cached_tokens: 2 }),
+            completion_tokens_details: Some(CompletionTokensDetails {
+                reasoning_tokens: 4,
+            }),
+        },
+    );
+    assert_wire(
+        &response,
+        r#"{"id":"chatcmpl-1","object":"chat.completion","created":7,"model":"r1",
+            "choices":[{"index":0,"message":{"role":"assistant","content":null,
+            "reasoning_content":"thinking"},"logprobs":null,"finish_reason":"length"}],
+            "usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7,
+            "prompt_tokens_details":{"cached_tokens":2},
+            "completion_tokens_details":{"reasoning_tokens":4}}}"#,
+    );
+}
+
+#[test]
+fn chat_chunks_match_openai_docs() {
+    round_trip::<ChatCompletionChunk>(
+        r#"{"id":"chatcmpl-123","object":"chat.completion.chunk","created":1694268190,"model":"gpt-4o-mini","system_fingerprint":"fp_44709d6fcb","choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}"#,
+    );
+    round_trip::<ChatCompletionChunk>(
+        r#"{"id":"chatcmpl-123","object":"chat.completion.chunk","created":1694268190,"model":"gpt-4o-mini","system_fingerprint":"fp_44709d6fcb","choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}]}"#,
+    );
+    let with_null: ChatCompletionChunk = round_trip(
+        r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"Hi"},"logprobs":null,"finish_reason":null}],"usage":null}"#,
+    );
+    assert_eq!(with_null.usage, Some(None));
+    let usage: ChatCompletionChunk = round_trip(
+        r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":12,"total_tokens":21}}"#,
+    );
+    assert_eq!(usage.usage.flatten().map(|u| u.total_tokens), Some(21));
+}
+
+#[test]
+fn chunk_usage_field_three_states() {
+    let choice = ChunkChoice {
+        index: 0,
+        delta: Delta {
+            reasoning_content: Some("r".into()),
+            ..Delta::default()
+        },
+        logprobs: None,
+        finish_reason: None,
+    };
+    let plain = ChatCompletionChunk::new("c".into(), 1, "m".into(), vec![choice.clone()], false);
+    assert_eq!(
+        serde_json::to_string(&plain).unwrap(),
+        r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"reasoning_content":"r"},"logprobs":null,"finish_reason":null}]}"#
+    );
+    let nulled = ChatCompletionChunk::new("c".into(), 1, "m".into(), vec![choice], true);
+    assert!(serde_json::to_string(&nulled)
+        .unwrap()
+        .ends_with(r#""usage":null}"#));
+    let last = ChatCompletionChunk::usage_only("c".into(), 1, "m".into(), Usage::default());
+    assert_eq!(
+        serde_json::to_string(&last).unwrap(),
+        r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[],"usage":{"prompt_tokens":0,"completion_tokens":0,"total_tokens":0}}"#
+    );
+}
+
+#[test]
+fn chat_logprobs_shape_and_infinity() {
+    let literal = r#"{"content":[{"token":"Hello","logprob":-0.31725305,"bytes":[72,101,108,108,111],
+        "top_logprobs":[{"token":"Hello","logprob":-0.31725305,"bytes":[72,101,108,108,111]},
+                        {"token":"Hi","logprob":-1.3190403,"bytes":[72,105]}]}]}"#;
+    round_trip::<ChatLogprobs>(literal);
+    let entry = ChatTokenLogprob {
+        token: "x".into(),
+        logprob: f32::NEG_INFINITY,
+        bytes: None,
+        top_logprobs: vec![TopLogprob {
+            token: "y".into(),
+            logprob: f32::NAN,
+            bytes: Some(vec![121]),
+        }],
+    };
+    assert_wire(
+        &entry,
+        r#"{"token":"x","logprob":-9999.0,"bytes":null,
+            "top_logprobs":[{"token":"y","logprob":-9999.0,"bytes":[121]}]}"#,
+    );
+}
+
+#[test]
+fn completion_matches_openai_docs() {
+    round_trip::<CompletionResponse>(
+        r#"{
+          "id": "cmpl-uqkvlQyYK7bGYrRHQ0eXlWi7",
+          "object": "text_completion",
+          "created": 1589478378,
+          "model": "gpt-3.5-turbo-instruct",
+          "system_fingerprint": "fp_44709d6fcb",
+          "choices": [{"text": "\n\nThis is indeed a test", "index": 0, "logprobs": null, "finish_reason": "length"}],
+          "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}
+        }"#,
+    );
+    round_trip::<CompletionChunk>(
+        r#"{"id":"cmpl-1","object":"text_completion","created":1,"model":"m","choices":[{"text":"Hi","index":0,"logprobs":null,"finish_reason":null}]}"#,
+    );
+}
+
+#[test]
+fn legacy_logprobs_keep_order_and_nulls() {
+    let literal = r#"{"tokens":["\n","This"],"token_logprobs":[null,-0.5],
+        "top_logprobs":[null,{"This":-0.5,"A":-1.25}],"text_offset":[0,1]}"#;
+    let parsed: CompletionLogprobs = round_trip(literal);
+    let order: Vec<&str> = parsed.top_logprobs[1]
+        .as_ref()
+        .unwrap()
+        .0
+        .iter()
+        .map(|(t, _)| t.as_str())
+        .collect();
+    assert_eq!(order, ["This", "A"]);
+    let logprobs = CompletionLogprobs {
+        tokens: vec!["a".into()],
+        token_logprobs: vec![Some(f32::NEG_INFINITY)],
+        top_logprobs: vec![Some(TopLogprobMap(vec![
+            ("z".into(), -1.0),
+            ("a".into(), f32::NEG_INFINITY),
+        ]))],
+        text_offset: vec![0],
+    };
+    assert_eq!(
+        serde_json::to_string(&logprobs).unwrap(),
+        r#"{"tokens":["a"],"token_logprobs":[-9999.0],"top_logprobs":[{"z":-1.0,"a":-9999.0}],"text_offset":[0]}"#
+    );
+}
+
+#[test]
+fn completion_chunk_constructors() {
+    let usage = CompletionChunk::usage_only("cmpl-1".into(), 1, "m".into(), Usage::default());
+    assert_eq!(usage.object, OBJECT_TEXT_COMPLETION);
+    assert!(usage.choices.is_empty());
+    let plain = CompletionChunk::new("cmpl-1".into(), 1, "m".into(), Vec::new(), false);
+    assert!(!serde_json::to_string(&plain).unwrap().contains("usage"));
+    let response =
+        CompletionResponse::new("cmpl-1".into(), 1, "m".into(), Vec::new(), Usage::default());
+    assert_eq!(response.object, "text_completion");
+}
+
+#[test]
+fn model_list_matches_openai_docs() {
+    let list: ModelList = round_trip(
+        r#"{"object":"list","data":[{"id":"model-id-0","object":"model","created":1686935002,"owned_by":"organization-owner"}]}"#,
+    );
+    assert_eq!(
+        list,
+        ModelList::new(vec![Model::new(
+            "model-id-0".into(),
+            1686935002,
+            "organization-owner".into(),
+            None
+        )])
+    );
+    assert_wire(
+        &ModelList::new(vec![Model::new(
+            "r1".into(),
+            1,
+            "r1serve".into(),
+            Some(4096),
+        )]),
+        r#"{"object":"list","data":[{"id":"r1","object":"model","created":1,"owned_by":"r1serve","max_model_len":4096}]}"#,
+    );
+}
+
+#[test]
+fn tokenize_shapes() {
+    let text: TokenizeRequest = serde_json::from_str(r#"{"prompt":"hi"}"#).unwrap();
+    assert_eq!(
+        text,
+        TokenizeRequest::Text(TokenizeTextRequest {
+            model: None,
+            prompt: "hi".into(),
+            add_special_tokens: true
+        })
+    );
+    let chat: TokenizeRequest = serde_json::from_str(
+        r#"{"model":"r1","messages":[{"role":"user","content":"hi"}],"add_generation_prompt":false}"#,
+    )
+    .unwrap();
+    let TokenizeRequest::Chat(chat) = chat else {
+        panic!("expected the chat shape");
+    };
+    assert!(!chat.add_generation_prompt && !chat.add_special_tokens);
+    assert!(serde_json::from_str::<TokenizeRequest>(r#"{"tokens":[1]}"#).is_err());
+    assert_wire(
+        &TokenizeResponse {
+            count: 2,
+            max_model_len: 4096,
+            tokens: vec![1, 2],
+        },
+        r#"{"count":2,"max_model_len":4096,"tokens":[1,2]}"#,
+    );
+    let detok: DetokenizeRequest = serde_json::from_str(r#"{"tokens":[1,2]}"#).unwrap();
+    assert_eq!(detok.tokens, [1, 2]);
+    assert_wire(
+        &DetokenizeResponse {
+            prompt: "hi".into(),
+        },
+        r#"{"prompt":"hi"}"#,
+    );
+}
+
+#[test]
+fn ids_and_timestamp() {
+    assert!(chat_completion_id().starts_with("chatcmpl-"));
+    assert!(completion_id().starts_with("cmpl-"));
+    assert_ne!(chat_completion_id(), chat_completion_id());
+    assert!(unix_timestamp() > 1_600_000_000);
+}
