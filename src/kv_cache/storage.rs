@@ -70,6 +70,8 @@ impl KvGeometry {
 pub trait KvElem: Copy + Send + Sync + 'static {
     /// Zero.
     const ZERO: Self;
+    /// `n` zeros, from calloc, so pages are only committed when touched.
+    fn zeros(n: usize) -> Vec<Self>;
     /// Rounds an f32 to this type.
     fn from_f32(x: f32) -> Self;
     /// Widens to f32.
@@ -78,6 +80,12 @@ pub trait KvElem: Copy + Send + Sync + 'static {
 
 impl KvElem for f16 {
     const ZERO: Self = f16::ZERO;
+    fn zeros(n: usize) -> Vec<Self> {
+        use half::vec::HalfBitsVecExt;
+        // `vec!` zero-fills only the standard integer and float types with
+        // calloc; f16 goes through its bit pattern.
+        vec![0u16; n].reinterpret_into()
+    }
     #[inline(always)]
     fn from_f32(x: f32) -> Self {
         f16::from_f32(x)
@@ -90,6 +98,9 @@ impl KvElem for f16 {
 
 impl KvElem for f32 {
     const ZERO: Self = 0.0;
+    fn zeros(n: usize) -> Vec<Self> {
+        vec![0.0; n]
+    }
     #[inline(always)]
     fn from_f32(x: f32) -> Self {
         x
@@ -114,11 +125,11 @@ pub struct KvPair<E> {
 
 impl<E: KvElem> KvPair<E> {
     fn zeros(n: usize) -> Self {
-        // The allocator may hand out zero pages lazily (f32 zeros come from
-        // calloc); the engine makes them resident with `KvCache::commit`.
+        // Lazily committed zero pages; the engine makes them resident up
+        // front with `KvCache::commit`.
         Self {
-            k: vec![E::ZERO; n],
-            v: vec![E::ZERO; n],
+            k: E::zeros(n),
+            v: E::zeros(n),
         }
     }
 
