@@ -14,7 +14,7 @@
 
 use super::attention_simd::{attend, scratch_len, Job};
 use super::simd::{self, SimdLoad, LANES};
-use crate::kv_cache::storage::{KvElem, KvGeometry, KvPair, LayerKv};
+use crate::kv_cache::storage::{KvElem, KvGeometry, KvPair, LayerKv, SlotAddr};
 use crate::types::BlockId;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
@@ -99,16 +99,14 @@ pub fn write_kv(
         if block >= geom.num_blocks {
             bail!("block {block} is outside the pool");
         }
-        for h in 0..geom.num_kv_heads {
-            let at = h * hd..(h + 1) * hd;
-            layer.write(
-                geom,
+        for head in 0..geom.num_kv_heads {
+            let at = SlotAddr {
                 block,
-                h,
-                pos % geom.block_size,
-                &kt[at.clone()],
-                &vt[at],
-            );
+                head,
+                slot: pos % geom.block_size,
+            };
+            let dims = head * hd..(head + 1) * hd;
+            layer.write(geom, at, &kt[dims.clone()], &vt[dims]);
         }
     }
     Ok(())
@@ -279,9 +277,13 @@ pub fn paged_attention_reference(
                 let kvh = head / group;
                 let qv = &q[(seq.q_start + i) * q_row + head * hd..][..hd];
                 let mut scores = Vec::with_capacity(pos + 1);
+                let addr = |p: usize| SlotAddr {
+                    block: seq.block_table[p / geom.block_size].index(),
+                    head: kvh,
+                    slot: p % geom.block_size,
+                };
                 for p in 0..=pos {
-                    let block = seq.block_table[p / geom.block_size].index();
-                    layer.read(geom, block, kvh, p % geom.block_size, &mut k, &mut v);
+                    layer.read(geom, addr(p), &mut k, &mut v);
                     let s: f64 = qv.iter().zip(&k).map(|(a, b)| *a as f64 * *b as f64).sum();
                     scores.push(s * shape.scale as f64);
                 }
@@ -290,8 +292,7 @@ pub fn paged_attention_reference(
                 let total: f64 = exps.iter().sum();
                 let mut acc = vec![0f64; hd];
                 for (p, e) in exps.iter().enumerate() {
-                    let block = seq.block_table[p / geom.block_size].index();
-                    layer.read(geom, block, kvh, p % geom.block_size, &mut k, &mut v);
+                    layer.read(geom, addr(p), &mut k, &mut v);
                     for (a, x) in acc.iter_mut().zip(&v) {
                         *a += e / total * *x as f64;
                     }

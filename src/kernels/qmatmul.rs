@@ -174,18 +174,6 @@ impl Q8Pair {
         scale: [0.0; 16],
         corr: [0; 16],
     };
-
-    fn pack(out: &mut [Q8Pair], blocks: &[Q8x32]) {
-        for (p, b) in out.iter_mut().zip(blocks.chunks_exact(2)) {
-            p.qs[..QK].copy_from_slice(&b[0].qs);
-            p.qs[QK..].copy_from_slice(&b[1].qs);
-            p.scale[..8].fill(b[0].d);
-            p.scale[8..].fill(b[1].d);
-            p.corr = [0; 16];
-            p.corr[0] = b[0].corr;
-            p.corr[8] = b[1].corr;
-        }
-    }
 }
 
 /// Whether the pair layout and its AVX-512 kernel serve this call: types
@@ -321,20 +309,15 @@ impl QMatrix {
                 GgmlDType::Q5_0 => 16,
                 _ => 128,
             };
-            let kb = k / QK;
-            let mut pairs = vec![Q8Pair::ZERO; m * kb / 2];
-            let one = |p: &mut [Q8Pair], row: &[f32]| {
-                let mut blocks = vec![Q8x32::ZERO; kb];
-                quantize_row_q8(row, &mut blocks, false, offset);
-                Q8Pair::pack(p, &blocks);
-            };
+            let pairs_per_row = k / (2 * QK);
+            let mut pairs = vec![Q8Pair::ZERO; m * pairs_per_row];
             if m > 1 {
                 pairs
-                    .par_chunks_mut(kb / 2)
+                    .par_chunks_mut(pairs_per_row)
                     .zip(x.par_chunks(k))
-                    .for_each(|(p, row)| one(p, row));
+                    .for_each(|(p, row)| quantize_row_pairs(row, p, offset));
             } else {
-                one(&mut pairs, x);
+                quantize_row_pairs(x, &mut pairs, offset);
             }
             return Activations::Pairs(pairs);
         }
@@ -379,9 +362,9 @@ impl QMatrix {
         let width = o.first().map_or(0, |row| row.len());
         // Activation rows outermost: a group of rows stays in L1
         // while the tile's weight rows (a few tens of KiB) cycle through L2.
+        let pairs = matches!(xq, Activations::Pairs(_));
         let mut i0 = 0;
         while i0 < m {
-            let pairs = matches!(xq, Activations::Pairs(_));
             let r = if pairs && m - i0 >= PAIR_ROWS {
                 PAIR_ROWS
             } else if m - i0 >= ROWS {
@@ -494,15 +477,7 @@ impl Q8xK {
 /// `offset`.
 pub(crate) fn quantize_row_q8(x: &[f32], out: &mut [Q8x32], with_s: bool, offset: i32) {
     for (xs, y) in x.chunks_exact(QK).zip(out.iter_mut()) {
-        let amax = xs.iter().fold(0f32, |a, &v| a.max(v.abs()));
-        let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        let d16 = f16::from_f32(d);
-        let mut sum = 0i32;
-        for (q, &v) in y.qs.iter_mut().zip(xs) {
-            *q = (v * id).round() as i8;
-            sum += *q as i32;
-        }
+        let (d16, sum) = quantize_block_q8(xs, &mut y.qs);
         y.d = d16.to_f32();
         y.corr = -offset * sum;
         y.s = if with_s {
@@ -511,6 +486,32 @@ pub(crate) fn quantize_row_q8(x: &[f32], out: &mut [Q8x32], with_s: bool, offset
             0.0
         };
     }
+}
+
+/// [`quantize_row_q8`] straight into the pair layout (`with_s` false).
+fn quantize_row_pairs(x: &[f32], out: &mut [Q8Pair], offset: i32) {
+    for (xs, p) in x.chunks_exact(2 * QK).zip(out.iter_mut()) {
+        let (lo, hi) = p.qs.split_at_mut(QK);
+        for (half, (xs, qs)) in [(&xs[..QK], lo), (&xs[QK..], hi)].into_iter().enumerate() {
+            let (d16, sum) = quantize_block_q8(xs, qs);
+            p.scale[8 * half..8 * half + 8].fill(d16.to_f32());
+            p.corr[8 * half] = -offset * sum;
+        }
+    }
+}
+
+/// One block of candle's Q8_0 quantization: the quants into `qs`, and the
+/// f16 scale and the sum of the quants.
+fn quantize_block_q8(xs: &[f32], qs: &mut [i8]) -> (f16, i32) {
+    let amax = xs.iter().fold(0f32, |a, &v| a.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut sum = 0i32;
+    for (q, &v) in qs.iter_mut().zip(xs) {
+        *q = (v * id).round() as i8;
+        sum += *q as i32;
+    }
+    (f16::from_f32(d), sum)
 }
 
 /// candle's `BlockQ8K::from_float`.

@@ -66,6 +66,17 @@ impl KvGeometry {
     }
 }
 
+/// Where one token's key and value for one head live in a layer's buffers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotAddr {
+    /// Block index in the pool.
+    pub block: usize,
+    /// KV head.
+    pub head: usize,
+    /// Slot within the block.
+    pub slot: usize,
+}
+
 /// Element types the cache stores.
 pub trait KvElem: Copy + Send + Sync + 'static {
     /// Zero.
@@ -143,41 +154,23 @@ impl<E: KvElem> KvPair<E> {
         &self.v
     }
 
-    fn write(
-        &mut self,
-        geom: &KvGeometry,
-        block: usize,
-        head: usize,
-        slot: usize,
-        k: &[f32],
-        v: &[f32],
-    ) {
-        let base = geom.head_base(block, head);
-        let bs = geom.block_size;
+    fn write(&mut self, geom: &KvGeometry, at: SlotAddr, k: &[f32], v: &[f32]) {
+        let base = geom.head_base(at.block, at.head);
         for (d, x) in k.iter().enumerate() {
-            self.k[base + d * bs + slot] = E::from_f32(*x);
+            self.k[base + d * geom.block_size + at.slot] = E::from_f32(*x);
         }
-        let row = &mut self.v[base + slot * geom.head_dim..][..geom.head_dim];
+        let row = &mut self.v[base + at.slot * geom.head_dim..][..geom.head_dim];
         for (d, x) in row.iter_mut().zip(v) {
             *d = E::from_f32(*x);
         }
     }
 
-    fn read(
-        &self,
-        geom: &KvGeometry,
-        block: usize,
-        head: usize,
-        slot: usize,
-        k: &mut [f32],
-        v: &mut [f32],
-    ) {
-        let base = geom.head_base(block, head);
-        let bs = geom.block_size;
+    fn read(&self, geom: &KvGeometry, at: SlotAddr, k: &mut [f32], v: &mut [f32]) {
+        let base = geom.head_base(at.block, at.head);
         for (d, x) in k.iter_mut().enumerate() {
-            *x = self.k[base + d * bs + slot].to_f32();
+            *x = self.k[base + d * geom.block_size + at.slot].to_f32();
         }
-        for (x, e) in v.iter_mut().zip(&self.v[base + slot * geom.head_dim..]) {
+        for (x, e) in v.iter_mut().zip(&self.v[base + at.slot * geom.head_dim..]) {
             *x = e.to_f32();
         }
     }
@@ -213,36 +206,19 @@ impl LayerKv {
         }
     }
 
-    /// Stores one token's key and value (`head_dim` each) of `head` in
-    /// `slot` of `block`.
-    pub fn write(
-        &mut self,
-        geom: &KvGeometry,
-        block: usize,
-        head: usize,
-        slot: usize,
-        k: &[f32],
-        v: &[f32],
-    ) {
+    /// Stores one token's key and value (`head_dim` each) at `at`.
+    pub fn write(&mut self, geom: &KvGeometry, at: SlotAddr, k: &[f32], v: &[f32]) {
         match self {
-            LayerKv::F16(p) => p.write(geom, block, head, slot, k, v),
-            LayerKv::F32(p) => p.write(geom, block, head, slot, k, v),
+            LayerKv::F16(p) => p.write(geom, at, k, v),
+            LayerKv::F32(p) => p.write(geom, at, k, v),
         }
     }
 
-    /// Loads one token's key and value of `head` from `slot` of `block`.
-    pub fn read(
-        &self,
-        geom: &KvGeometry,
-        block: usize,
-        head: usize,
-        slot: usize,
-        k: &mut [f32],
-        v: &mut [f32],
-    ) {
+    /// Loads one token's key and value from `at`.
+    pub fn read(&self, geom: &KvGeometry, at: SlotAddr, k: &mut [f32], v: &mut [f32]) {
         match self {
-            LayerKv::F16(p) => p.read(geom, block, head, slot, k, v),
-            LayerKv::F32(p) => p.read(geom, block, head, slot, k, v),
+            LayerKv::F16(p) => p.read(geom, at, k, v),
+            LayerKv::F32(p) => p.read(geom, at, k, v),
         }
     }
 
