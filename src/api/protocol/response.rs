@@ -137,47 +137,6 @@ pub struct ChatChoice {
     pub finish_reason: Option<FinishReason>,
 }
 
-/// `POST /v1/chat/completions` response.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ChatCompletionResponse {
-    /// `chatcmpl-…`.
-    pub id: String,
-    /// Always [`OBJECT_CHAT_COMPLETION`].
-    pub object: String,
-    /// Unix seconds.
-    pub created: u64,
-    /// Served model name.
-    pub model: String,
-    /// Build fingerprint; omitted when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub system_fingerprint: Option<String>,
-    /// The choices.
-    pub choices: Vec<ChatChoice>,
-    /// Token accounting.
-    pub usage: Usage,
-}
-
-impl ChatCompletionResponse {
-    /// A response with `object` set.
-    pub fn new(
-        id: String,
-        created: u64,
-        model: String,
-        choices: Vec<ChatChoice>,
-        usage: Usage,
-    ) -> Self {
-        Self {
-            id,
-            object: OBJECT_CHAT_COMPLETION.to_string(),
-            created,
-            model,
-            system_fingerprint: None,
-            choices,
-            usage,
-        }
-    }
-}
-
 /// The delta of a streamed chat choice; absent fields mean "no change".
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Delta {
@@ -203,62 +162,6 @@ pub struct ChunkChoice {
     pub logprobs: Option<ChatLogprobs>,
     /// `null` until the choice's last chunk.
     pub finish_reason: Option<FinishReason>,
-}
-
-/// One `data:` event of a streamed chat completion.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ChatCompletionChunk {
-    /// Same `chatcmpl-…` id in every chunk of a stream.
-    pub id: String,
-    /// Always [`OBJECT_CHAT_COMPLETION_CHUNK`].
-    pub object: String,
-    /// Unix seconds, the same in every chunk.
-    pub created: u64,
-    /// Served model name.
-    pub model: String,
-    /// Build fingerprint; omitted when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub system_fingerprint: Option<String>,
-    /// Choices that changed; empty in the usage chunk.
-    pub choices: Vec<ChunkChoice>,
-    /// As OpenAI: absent (`None`) unless `include_usage` was set; then
-    /// `null` (`Some(None)`) in every chunk but the final usage chunk.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "double_option"
-    )]
-    pub usage: Option<Option<Usage>>,
-}
-
-impl ChatCompletionChunk {
-    /// A chunk with `object` set; `include_usage` decides between an absent
-    /// and a `null` usage field.
-    pub fn new(
-        id: String,
-        created: u64,
-        model: String,
-        choices: Vec<ChunkChoice>,
-        include_usage: bool,
-    ) -> Self {
-        Self {
-            id,
-            object: OBJECT_CHAT_COMPLETION_CHUNK.to_string(),
-            created,
-            model,
-            system_fingerprint: None,
-            choices,
-            usage: include_usage.then_some(None),
-        }
-    }
-
-    /// The final usage chunk: no choices, usage filled in.
-    pub fn usage_only(id: String, created: u64, model: String, usage: Usage) -> Self {
-        Self {
-            usage: Some(Some(usage)),
-            ..Self::new(id, created, model, Vec::new(), true)
-        }
-    }
 }
 
 /// Top alternatives at one position of legacy logprobs: a JSON object from
@@ -324,12 +227,13 @@ pub struct CompletionChoice {
     pub finish_reason: Option<FinishReason>,
 }
 
-/// `POST /v1/completions` response.
+/// A non-streaming completion, chat or legacy; `C` is the choice type,
+/// which fixes `object`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct CompletionResponse {
-    /// `cmpl-…`.
+pub struct Response<C> {
+    /// `chatcmpl-…` or `cmpl-…`.
     pub id: String,
-    /// Always [`OBJECT_TEXT_COMPLETION`].
+    /// [`ResponseChoice::OBJECT`] of `C`.
     pub object: String,
     /// Unix seconds.
     pub created: u64,
@@ -339,23 +243,31 @@ pub struct CompletionResponse {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system_fingerprint: Option<String>,
     /// The choices.
-    pub choices: Vec<CompletionChoice>,
+    pub choices: Vec<C>,
     /// Token accounting.
     pub usage: Usage,
 }
 
-impl CompletionResponse {
+/// Choice types of non-streaming responses.
+pub trait ResponseChoice {
+    /// The response's `object`.
+    const OBJECT: &'static str;
+}
+
+impl ResponseChoice for ChatChoice {
+    const OBJECT: &'static str = OBJECT_CHAT_COMPLETION;
+}
+
+impl ResponseChoice for CompletionChoice {
+    const OBJECT: &'static str = OBJECT_TEXT_COMPLETION;
+}
+
+impl<C: ResponseChoice> Response<C> {
     /// A response with `object` set.
-    pub fn new(
-        id: String,
-        created: u64,
-        model: String,
-        choices: Vec<CompletionChoice>,
-        usage: Usage,
-    ) -> Self {
+    pub fn new(id: String, created: u64, model: String, choices: Vec<C>, usage: Usage) -> Self {
         Self {
             id,
-            object: OBJECT_TEXT_COMPLETION.to_string(),
+            object: C::OBJECT.to_string(),
             created,
             model,
             system_fingerprint: None,
@@ -365,14 +277,20 @@ impl CompletionResponse {
     }
 }
 
-/// One `data:` event of a streamed legacy completion.
+/// `POST /v1/chat/completions` response.
+pub type ChatCompletionResponse = Response<ChatChoice>;
+/// `POST /v1/completions` response.
+pub type CompletionResponse = Response<CompletionChoice>;
+
+/// One `data:` event of a stream, chat or legacy; `C` is the choice type,
+/// which fixes `object`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct CompletionChunk {
-    /// Same `cmpl-…` id in every chunk.
+pub struct Chunk<C> {
+    /// Same id in every chunk of a stream.
     pub id: String,
-    /// Always [`OBJECT_TEXT_COMPLETION`], as OpenAI streams it.
+    /// [`StreamChoice::OBJECT`] of `C`.
     pub object: String,
-    /// Unix seconds.
+    /// Unix seconds, the same in every chunk.
     pub created: u64,
     /// Served model name.
     pub model: String,
@@ -380,8 +298,9 @@ pub struct CompletionChunk {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system_fingerprint: Option<String>,
     /// Choices that changed; empty in the usage chunk.
-    pub choices: Vec<CompletionChoice>,
-    /// Same three states as [`ChatCompletionChunk::usage`].
+    pub choices: Vec<C>,
+    /// As OpenAI: absent (`None`) unless `include_usage` was set; then
+    /// `null` (`Some(None)`) in every chunk but the final usage chunk.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
@@ -390,18 +309,34 @@ pub struct CompletionChunk {
     pub usage: Option<Option<Usage>>,
 }
 
-impl CompletionChunk {
-    /// A chunk with `object` set; see [`ChatCompletionChunk::new`].
+/// Choice types of stream chunks.
+pub trait StreamChoice {
+    /// The chunk's `object` (legacy completions stream with the same
+    /// `object` as their responses, as OpenAI does).
+    const OBJECT: &'static str;
+}
+
+impl StreamChoice for ChunkChoice {
+    const OBJECT: &'static str = OBJECT_CHAT_COMPLETION_CHUNK;
+}
+
+impl StreamChoice for CompletionChoice {
+    const OBJECT: &'static str = OBJECT_TEXT_COMPLETION;
+}
+
+impl<C: StreamChoice> Chunk<C> {
+    /// A chunk with `object` set; `include_usage` decides between an absent
+    /// and a `null` usage field.
     pub fn new(
         id: String,
         created: u64,
         model: String,
-        choices: Vec<CompletionChoice>,
+        choices: Vec<C>,
         include_usage: bool,
     ) -> Self {
         Self {
             id,
-            object: OBJECT_TEXT_COMPLETION.to_string(),
+            object: C::OBJECT.to_string(),
             created,
             model,
             system_fingerprint: None,
@@ -418,6 +353,11 @@ impl CompletionChunk {
         }
     }
 }
+
+/// A streamed chat completion's event.
+pub type ChatCompletionChunk = Chunk<ChunkChoice>;
+/// A streamed legacy completion's event.
+pub type CompletionChunk = Chunk<CompletionChoice>;
 
 /// A fresh `chatcmpl-…` id.
 pub fn chat_completion_id() -> String {
