@@ -6,12 +6,14 @@
 //!
 //! `cargo bench --bench attention`
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use r1serve::kernels::attention::{paged_attention, write_kv, AttnSeq, AttnShape};
 use r1serve::kv_cache::storage::{KvCache, KvDtype, KvGeometry};
 use r1serve::model::decoder::{BatchSeq, ForwardBatch};
 use r1serve::model::{build, open_weights, source};
 use r1serve::types::BlockId;
-use std::path::PathBuf;
 use std::time::Instant;
 
 const CONTEXTS: [usize; 4] = [1024, 4096, 16384, 32768];
@@ -78,12 +80,7 @@ fn main() {
         );
     }
 
-    let path = std::env::var("R1SERVE_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/r1serve/models")
-        })
-        .join("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
+    let path = common::model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
     let src = source::resolve(path.to_str().unwrap(), None).expect("run models/fetch.sh");
     let (weights, config) = open_weights(&src).unwrap();
     let model = build(&weights, config).unwrap();

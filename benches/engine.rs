@@ -15,12 +15,14 @@
 //!   tokens per sequence and 50 sequential requests instead of 1, 4, 8, 16,
 //!   32, 128 tokens and 500 requests.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use futures::StreamExt;
 use r1serve::engine::types::{EngineRequest, SamplingParams};
 use r1serve::engine::{Engine, EngineConfig, EngineHandle};
 use r1serve::model::load::{load, LoadOptions};
 use r1serve::tokenizer::Tokenizer;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -59,26 +61,10 @@ const SHORT_TOKENS: usize = 8;
 /// one-time allocations (scratch buffers, thread pools) are not counted.
 const WARMUP_REQUESTS: usize = 10;
 
-/// A checkpoint from `$R1SERVE_MODELS` or `~/.cache/r1serve/models`; exits
-/// with a message when it is missing.
-fn model(file: &str) -> PathBuf {
-    let dir = std::env::var("R1SERVE_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/r1serve/models")
-        });
-    let path = dir.join(file);
-    if !path.is_file() {
-        eprintln!("{}: missing, run models/fetch.sh", path.display());
-        std::process::exit(1);
-    }
-    path
-}
-
 /// Loads `file` and starts an engine with a small, fixed KV cache, so that
 /// the pool does not scale with the machine's free memory.
 fn start(file: &str) -> (EngineHandle, Arc<Tokenizer>) {
-    let path = model(file);
+    let path = common::model(file);
     let m = load(path.to_str().expect("UTF-8 path"), &LoadOptions::default()).expect("load");
     let tok = m.tokenizer.clone();
     let config = EngineConfig {

@@ -16,6 +16,9 @@
 //! - `R1SERVE_BENCH_QUICK=1`: a smoke run, with levels 1 and 8 and 16
 //!   tokens per request instead of 1, 8, 32 and 64 tokens.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use futures::StreamExt;
 use r1serve::engine::types::{EngineRequest, SamplingParams};
 use r1serve::engine::{Engine, EngineConfig, EngineHandle};
@@ -60,20 +63,9 @@ impl Plan {
     }
 }
 
-/// The checkpoint, from `$R1SERVE_MODELS` or `~/.cache/r1serve/models`;
-/// exits with a message when it is missing.
+/// The checkpoint; fails with a message when it is missing.
 fn model_path() -> PathBuf {
-    let dir = std::env::var("R1SERVE_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/r1serve/models")
-        });
-    let path = dir.join(MODEL);
-    if !path.is_file() {
-        eprintln!("{}: missing, run models/fetch.sh", path.display());
-        std::process::exit(1);
-    }
-    path
+    common::model(MODEL)
 }
 
 /// The chat messages of client `i`.

@@ -4,40 +4,24 @@
 //!
 //! `cargo bench --bench model` (checkpoints from `models/fetch.sh`).
 
-use candle_core::quantized::gguf_file;
-use candle_core::{Device, Tensor};
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::argmax;
+use common::parity::{load_reference, Reference};
 use r1serve::kv_cache::storage::{KvCache, KvDtype, KvGeometry};
 use r1serve::model::decoder::{BatchSeq, Decoder, ForwardBatch};
 use r1serve::model::{build, open_weights, source};
 use r1serve::types::BlockId;
-use std::path::PathBuf;
 use std::time::Instant;
 
 const PREFILL: usize = 512;
 const DECODE: usize = 64;
 
-fn models_dir() -> PathBuf {
-    std::env::var("R1SERVE_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/r1serve/models")
-        })
-}
-
 fn prompt(vocab: usize) -> Vec<u32> {
     (0..PREFILL as u32)
         .map(|i| 100 + (i * 7919) % (vocab as u32 - 200))
         .collect()
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    v.iter()
-        .enumerate()
-        .fold(
-            (0, f32::NEG_INFINITY),
-            |b, (i, &x)| if x > b.1 { (i, x) } else { b },
-        )
-        .0 as u32
 }
 
 /// (prefill tok/s, decode tok/s) of r1serve.
@@ -73,38 +57,14 @@ fn ours(model: &Decoder, tokens: &[u32]) -> (f64, f64) {
     (prefill, DECODE as f64 / t.elapsed().as_secs_f64())
 }
 
-trait Candle {
-    fn fwd(&mut self, x: &Tensor, pos: usize) -> Vec<f32>;
-}
-impl Candle for candle_transformers::models::quantized_llama::ModelWeights {
-    fn fwd(&mut self, x: &Tensor, pos: usize) -> Vec<f32> {
-        self.forward(x, pos)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap()
-    }
-}
-impl Candle for candle_transformers::models::quantized_qwen2::ModelWeights {
-    fn fwd(&mut self, x: &Tensor, pos: usize) -> Vec<f32> {
-        self.forward(x, pos)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap()
-    }
-}
-
-fn theirs(m: &mut dyn Candle, tokens: &[u32]) -> (f64, f64) {
-    let input = |t: &[u32]| Tensor::new(t, &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+/// (prefill tok/s, decode tok/s) of candle-transformers.
+fn theirs(m: &mut dyn Reference, tokens: &[u32]) -> (f64, f64) {
     let t = Instant::now();
-    let mut next = argmax(&m.fwd(&input(tokens), 0));
+    let mut next = argmax(&m.forward(tokens, 0));
     let prefill = tokens.len() as f64 / t.elapsed().as_secs_f64();
     let t = Instant::now();
     for i in 0..DECODE {
-        next = argmax(&m.fwd(&input(&[next]), tokens.len() + i));
+        next = argmax(&m.forward(&[next], tokens.len() + i));
     }
     (prefill, DECODE as f64 / t.elapsed().as_secs_f64())
 }
@@ -127,11 +87,7 @@ fn main() {
         rayon::current_num_threads()
     );
     for (label, file, qwen) in files {
-        let path = models_dir().join(file);
-        if !path.exists() {
-            eprintln!("{}: missing, run models/fetch.sh", path.display());
-            std::process::exit(1);
-        }
+        let path = common::model(file);
         let src = source::resolve(path.to_str().unwrap(), None).unwrap();
         let (weights, config) = open_weights(&src).unwrap();
         let vocab = config.vocab_size;
@@ -140,27 +96,7 @@ fn main() {
         ours(&model, &tokens[..32]); // warm-up
         let (op, od) = ours(&model, &tokens);
         drop(model);
-        let mut f = std::fs::File::open(&path).unwrap();
-        let ct = gguf_file::Content::read(&mut f).unwrap();
-        let mut reference: Box<dyn Candle> = if qwen {
-            Box::new(
-                candle_transformers::models::quantized_qwen2::ModelWeights::from_gguf(
-                    ct,
-                    &mut f,
-                    &Device::Cpu,
-                )
-                .unwrap(),
-            )
-        } else {
-            Box::new(
-                candle_transformers::models::quantized_llama::ModelWeights::from_gguf(
-                    ct,
-                    &mut f,
-                    &Device::Cpu,
-                )
-                .unwrap(),
-            )
-        };
+        let mut reference = load_reference(&path, qwen);
         let (tp, td) = theirs(reference.as_mut(), &tokens);
         println!("| {label} | r1serve | {op:.1} | {od:.1} |");
         println!("| {label} | candle-transformers | {tp:.1} | {td:.1} |");

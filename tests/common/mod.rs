@@ -23,6 +23,17 @@ pub fn models_dir() -> PathBuf {
     dir
 }
 
+/// One checkpoint in [`models_dir`]; fails loudly when it is missing.
+pub fn model(file: &str) -> PathBuf {
+    let path = models_dir().join(file);
+    assert!(
+        path.is_file(),
+        "{} missing: run models/fetch.sh first",
+        path.display()
+    );
+    path
+}
+
 /// SmolLM2-135M-Instruct Q4_1.
 pub fn smollm2() -> PathBuf {
     models_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf")

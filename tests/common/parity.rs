@@ -8,7 +8,10 @@ use r1serve::kv_cache::storage::KvDtype;
 use r1serve::model::{build, open_weights, source};
 use std::path::Path;
 
-trait Reference {
+/// candle-transformers' quantized model of a checkpoint, token in,
+/// logits out.
+pub trait Reference {
+    /// Logits of the last of `tokens`, which start at position `pos`.
     fn forward(&mut self, tokens: &[u32], pos: usize) -> Vec<f32>;
 }
 
@@ -48,7 +51,9 @@ fn reference_greedy(r: &mut dyn Reference, prompt: &[u32], steps: usize) -> (Vec
     (first, out)
 }
 
-fn load_reference(path: &Path, qwen: bool) -> Box<dyn Reference> {
+/// candle-transformers' quantized Qwen2 (`qwen`) or Llama for the GGUF at
+/// `path`.
+pub fn load_reference(path: &Path, qwen: bool) -> Box<dyn Reference> {
     let mut f = std::fs::File::open(path).unwrap();
     let ct = gguf_file::Content::read(&mut f).unwrap();
     if qwen {
