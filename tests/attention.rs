@@ -54,7 +54,7 @@ fn run_hd(
         num_kv_heads: kv_heads,
         head_dim: hd,
     };
-    let mut cache = KvCache::new(geometry, 1, dtype);
+    let mut cache = KvCache::new(geometry, 1, dtype).unwrap();
     // Scatter sequences over shuffled blocks, as a real pool would.
     let mut free: Vec<u32> = (0..geometry.num_blocks as u32).collect();
     for i in (1..free.len()).rev() {
@@ -104,9 +104,10 @@ fn run_hd(
 #[test]
 fn decode_matches_reference_across_gqa_and_block_sizes() {
     for (i, &group) in [1usize, 2, 7].iter().enumerate() {
-        for &bs in &[8usize, 16, 32] {
+        // 24: groups of 16 keys straddle blocks and start mid-group.
+        for &bs in &[8usize, 16, 24, 32] {
             run(
-                &[(1, 1), (17, 1), (300, 1), (5000, 1)],
+                &[(1, 1), (17, 1), (30, 1), (300, 1), (5000, 1)],
                 2,
                 group,
                 bs,
@@ -120,9 +121,9 @@ fn decode_matches_reference_across_gqa_and_block_sizes() {
 #[test]
 fn prefill_with_cached_prefix_matches_reference() {
     for (i, &group) in [1usize, 2, 7].iter().enumerate() {
-        for &bs in &[8usize, 16, 32] {
+        for &bs in &[8usize, 16, 24, 32] {
             run(
-                &[(5, 5), (16, 16), (100, 37), (700, 70), (33, 1)],
+                &[(5, 5), (16, 16), (30, 30), (100, 37), (700, 70), (33, 1)],
                 2,
                 group,
                 bs,
@@ -177,7 +178,7 @@ fn outputs_are_bit_identical_across_chunkings_and_batches() {
         num_kv_heads: kv_heads,
         head_dim: hd,
     };
-    let mut cache = KvCache::new(geometry, 1, KvDtype::F16);
+    let mut cache = KvCache::new(geometry, 1, KvDtype::F16).unwrap();
     let a: Vec<BlockId> = (0..ctx.div_ceil(bs) as u32).map(BlockId).collect();
     let b: Vec<BlockId> = (ctx.div_ceil(bs) as u32..2 * ctx.div_ceil(bs) as u32)
         .rev()
@@ -246,7 +247,7 @@ fn bad_block_tables_are_errors_not_panics() {
         num_kv_heads: 1,
         head_dim: 8,
     };
-    let cache = KvCache::new(geometry, 1, KvDtype::F32);
+    let cache = KvCache::new(geometry, 1, KvDtype::F32).unwrap();
     let q = vec![0f32; 8];
     let mut out = vec![0f32; 8];
     let shape = AttnShape {

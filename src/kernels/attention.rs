@@ -174,10 +174,13 @@ thread_local! {
 fn run_job<E: KvElem + SimdLoad>(isa: Isa, job: &Job<'_, E>) -> Vec<f32> {
     let mut out = vec![0f32; job.rows() * job.geom.head_dim];
     SCRATCH.with_borrow_mut(|scratch| {
-        let need = scratch_len(job);
+        // Starts on a cache line: the kernel stores whole 64-byte vectors.
+        let need = scratch_len(job) + LANES;
         if scratch.len() < need {
             scratch.resize(need, 0.0);
         }
+        let start = scratch.as_ptr().align_offset(64).min(LANES);
+        let scratch = &mut scratch[start..];
         // SAFETY: `paged_attention` checked the job's sequence against the
         // pool and the batch; the ISA variants run only where detected.
         unsafe {
@@ -350,7 +353,7 @@ mod tests {
             Isa::Portable => {}
         }
         for dtype in [KvDtype::F16, KvDtype::F32] {
-            let mut cache = KvCache::new(geom, 1, dtype);
+            let mut cache = KvCache::new(geom, 1, dtype).unwrap();
             let table: Vec<BlockId> = (0..8).rev().map(BlockId).collect();
             let n = 120 * 72;
             let k: Vec<f32> = (0..n)

@@ -96,6 +96,26 @@ pub trait F32x16: Copy {
     }
 }
 
+/// Asks the CPU to start loading the cache lines of `len` elements from `p`
+/// into L1. Only a hint: it never faults and changes no result, so `p` need
+/// not point into a live allocation.
+#[inline(always)]
+pub fn prefetch<T>(p: *const T, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let bytes = len * std::mem::size_of::<T>();
+        let base = p.cast::<i8>();
+        for off in (0..bytes).step_by(64) {
+            // SAFETY: a prefetch reads nothing architecturally and cannot
+            // fault; SSE is part of the x86-64 baseline.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(off)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, len);
+}
+
 /// Element types a kernel can load sixteen at a time as f32.
 pub trait SimdLoad: Copy {
     /// Loads 16 elements from `p`.

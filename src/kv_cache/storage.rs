@@ -1,8 +1,12 @@
 //! The KV tensors themselves: per layer, one K and one V buffer laid out by
-//! block and head, `[block][kv_head][..]`, so one head's part of a block is
-//! contiguous and the attention kernel streams it without gathering.
+//! head and block, `[kv_head][block][..]`, so one head's part of a block is
+//! contiguous and the attention kernel streams it without gathering, and a
+//! head's consecutive blocks (a sequence's usual allocation) are one stream.
 
+use anyhow::{Context, Result};
 use half::f16;
+use memmap2::MmapMut;
+use std::marker::PhantomData;
 
 /// Element type of the stored keys and values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,7 +61,7 @@ impl KvGeometry {
 
     /// Offset of one head's part of `block` in a layer buffer.
     pub fn head_base(&self, block: usize, head: usize) -> usize {
-        (block * self.num_kv_heads + head) * self.block_size * self.head_dim
+        (head * self.num_blocks + block) * self.block_size * self.head_dim
     }
 
     /// Bytes one token occupies across all layers, K and V.
@@ -81,8 +85,6 @@ pub struct SlotAddr {
 pub trait KvElem: Copy + Send + Sync + 'static {
     /// Zero.
     const ZERO: Self;
-    /// `n` zeros, from calloc, so pages are only committed when touched.
-    fn zeros(n: usize) -> Vec<Self>;
     /// Rounds an f32 to this type.
     fn from_f32(x: f32) -> Self;
     /// Widens to f32.
@@ -91,12 +93,6 @@ pub trait KvElem: Copy + Send + Sync + 'static {
 
 impl KvElem for f16 {
     const ZERO: Self = f16::ZERO;
-    fn zeros(n: usize) -> Vec<Self> {
-        use half::vec::HalfBitsVecExt;
-        // `vec!` zero-fills only the standard integer and float types with
-        // calloc; f16 goes through its bit pattern.
-        vec![0u16; n].reinterpret_into()
-    }
     #[inline(always)]
     fn from_f32(x: f32) -> Self {
         f16::from_f32(x)
@@ -109,9 +105,6 @@ impl KvElem for f16 {
 
 impl KvElem for f32 {
     const ZERO: Self = 0.0;
-    fn zeros(n: usize) -> Vec<Self> {
-        vec![0.0; n]
-    }
     #[inline(always)]
     fn from_f32(x: f32) -> Self {
         x
@@ -130,36 +123,73 @@ impl KvElem for f32 {
 /// keys, so scores for many keys accumulate lane-wise without a horizontal
 /// sum per key.
 pub struct KvPair<E> {
-    k: Vec<E>,
-    v: Vec<E>,
+    k: KvBuffer<E>,
+    v: KvBuffer<E>,
+}
+
+/// One layer's keys or values in an anonymous mapping: zeroed, page-aligned
+/// (vector loads of a head's part of a block never straddle cache lines) and
+/// committed only when touched. On Linux it asks for transparent huge pages:
+/// decode streams the whole cache, and with 4 KiB pages every 4 KiB costs a
+/// TLB walk, two levels deep under a hypervisor.
+struct KvBuffer<E> {
+    map: MmapMut,
+    len: usize,
+    elem: PhantomData<E>,
+}
+
+impl<E: KvElem> KvBuffer<E> {
+    fn zeros(len: usize) -> Result<Self> {
+        let bytes = len * std::mem::size_of::<E>();
+        let map = MmapMut::map_anon(bytes.max(1))
+            .with_context(|| format!("cannot map {bytes} bytes for the KV cache"))?;
+        // Only a hint: without huge pages the cache works the same.
+        #[cfg(target_os = "linux")]
+        let _ = map.advise(memmap2::Advice::HugePage);
+        Ok(Self {
+            map,
+            len,
+            elem: PhantomData,
+        })
+    }
+
+    fn get(&self) -> &[E] {
+        // SAFETY: the mapping holds `len` elements' bytes, is page-aligned,
+        // and every bit pattern is a valid `E` (plain floats).
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().cast(), self.len) }
+    }
+
+    fn get_mut(&mut self) -> &mut [E] {
+        // SAFETY: as in `get`, and `&mut self` makes the view exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr().cast(), self.len) }
+    }
 }
 
 impl<E: KvElem> KvPair<E> {
-    fn zeros(n: usize) -> Self {
-        // Lazily committed zero pages; the engine makes them resident up
-        // front with `KvCache::commit`.
-        Self {
-            k: E::zeros(n),
-            v: E::zeros(n),
-        }
+    fn zeros(n: usize) -> Result<Self> {
+        Ok(Self {
+            k: KvBuffer::zeros(n)?,
+            v: KvBuffer::zeros(n)?,
+        })
     }
 
     /// All keys of the layer, laid out as described on the type.
     pub fn keys(&self) -> &[E] {
-        &self.k
+        self.k.get()
     }
 
     /// All values of the layer, laid out as described on the type.
     pub fn values(&self) -> &[E] {
-        &self.v
+        self.v.get()
     }
 
     fn write(&mut self, geom: &KvGeometry, at: SlotAddr, k: &[f32], v: &[f32]) {
         let base = geom.head_base(at.block, at.head);
+        let keys = self.k.get_mut();
         for (d, x) in k.iter().enumerate() {
-            self.k[base + d * geom.block_size + at.slot] = E::from_f32(*x);
+            keys[base + d * geom.block_size + at.slot] = E::from_f32(*x);
         }
-        let row = &mut self.v[base + at.slot * geom.head_dim..][..geom.head_dim];
+        let row = &mut self.v.get_mut()[base + at.slot * geom.head_dim..][..geom.head_dim];
         for (d, x) in row.iter_mut().zip(v) {
             *d = E::from_f32(*x);
         }
@@ -167,10 +197,14 @@ impl<E: KvElem> KvPair<E> {
 
     fn read(&self, geom: &KvGeometry, at: SlotAddr, k: &mut [f32], v: &mut [f32]) {
         let base = geom.head_base(at.block, at.head);
+        let keys = self.keys();
         for (d, x) in k.iter_mut().enumerate() {
-            *x = self.k[base + d * geom.block_size + at.slot].to_f32();
+            *x = keys[base + d * geom.block_size + at.slot].to_f32();
         }
-        for (x, e) in v.iter_mut().zip(&self.v[base + at.slot * geom.head_dim..]) {
+        for (x, e) in v
+            .iter_mut()
+            .zip(&self.values()[base + at.slot * geom.head_dim..])
+        {
             *x = e.to_f32();
         }
     }
@@ -179,13 +213,15 @@ impl<E: KvElem> KvPair<E> {
         use rayon::prelude::*;
         let per_page = (4096 / std::mem::size_of::<E>()).max(1);
         for buf in [&mut self.k, &mut self.v] {
-            buf.par_chunks_mut(per_page * 256).for_each(|chunk| {
-                for page in chunk.chunks_mut(per_page) {
-                    // SAFETY: `page` is a valid, exclusive element; the
-                    // volatile write is not elided, so the page is faulted in.
-                    unsafe { std::ptr::write_volatile(page.as_mut_ptr(), E::ZERO) };
-                }
-            });
+            buf.get_mut()
+                .par_chunks_mut(per_page * 256)
+                .for_each(|chunk| {
+                    for page in chunk.chunks_mut(per_page) {
+                        // SAFETY: `page` is a valid, exclusive element; the
+                        // volatile write is not elided, so the page is faulted in.
+                        unsafe { std::ptr::write_volatile(page.as_mut_ptr(), E::ZERO) };
+                    }
+                });
         }
     }
 }
@@ -199,11 +235,11 @@ pub enum LayerKv {
 }
 
 impl LayerKv {
-    fn zeros(dtype: KvDtype, n: usize) -> Self {
-        match dtype {
-            KvDtype::F16 => LayerKv::F16(KvPair::zeros(n)),
-            KvDtype::F32 => LayerKv::F32(KvPair::zeros(n)),
-        }
+    fn zeros(dtype: KvDtype, n: usize) -> Result<Self> {
+        Ok(match dtype {
+            KvDtype::F16 => LayerKv::F16(KvPair::zeros(n)?),
+            KvDtype::F32 => LayerKv::F32(KvPair::zeros(n)?),
+        })
     }
 
     /// Stores one token's key and value (`head_dim` each) at `at`.
@@ -243,14 +279,16 @@ pub struct KvCache {
 impl KvCache {
     /// Allocates `geometry.num_blocks` zeroed blocks for each of
     /// `num_layers` layers; see [`KvCache::commit`] for residency.
-    pub fn new(geometry: KvGeometry, num_layers: usize, dtype: KvDtype) -> Self {
+    pub fn new(geometry: KvGeometry, num_layers: usize, dtype: KvDtype) -> Result<Self> {
         let n = geometry.num_blocks * geometry.block_elems();
-        let layers = (0..num_layers).map(|_| LayerKv::zeros(dtype, n)).collect();
-        Self {
+        let layers = (0..num_layers)
+            .map(|_| LayerKv::zeros(dtype, n))
+            .collect::<Result<_>>()?;
+        Ok(Self {
             geometry,
             dtype,
             layers,
-        }
+        })
     }
 
     /// Touches every page of the pool so the whole budget is resident now:

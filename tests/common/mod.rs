@@ -66,7 +66,7 @@ pub fn greedy(
         num_kv_heads: cfg.num_kv_heads,
         head_dim: cfg.head_dim,
     };
-    let mut kv = KvCache::new(geometry, cfg.num_layers, dtype);
+    let mut kv = KvCache::new(geometry, cfg.num_layers, dtype).unwrap();
     let table: Vec<BlockId> = (0..blocks as u32).map(BlockId).collect();
     let step = |kv: &mut KvCache, tokens: &[u32], ctx_len: usize| {
         let batch = ForwardBatch {
@@ -147,7 +147,7 @@ pub fn greedy_forced(model: &Decoder, tokens: &[u32], dtype: KvDtype) -> (Vec<f3
         num_kv_heads: cfg.num_kv_heads,
         head_dim: cfg.head_dim,
     };
-    let mut kv = KvCache::new(geometry, cfg.num_layers, dtype);
+    let mut kv = KvCache::new(geometry, cfg.num_layers, dtype).unwrap();
     let table: Vec<BlockId> = (0..geometry.num_blocks as u32).map(BlockId).collect();
     let mut last = vec![];
     for (i, t) in tokens.iter().enumerate() {
