@@ -1,6 +1,7 @@
 //! Long-context decode cost. Two tables from one run:
 //! 1. the paged-attention op alone over 1k–32k contexts, as bytes of KV read
-//!    per second against a plain memcpy of the same bytes;
+//!    per second against a plain memcpy of the same bytes, both for one
+//!    layer repeated (hot in cache) and for 24 layers in turn (as a step);
 //! 2. a whole Qwen2.5-0.5B decode step (batch 1 and 8) at those contexts,
 //!    with the KV cache filled directly (values do not change the cost).
 //!
@@ -30,54 +31,86 @@ fn time<F: FnMut()>(mut f: F) -> f64 {
 }
 
 fn main() {
-    // Qwen2.5-0.5B attention geometry: 14 query heads, 2 KV heads, 64 dims.
-    let (kv_heads, heads, hd, bs) = (2usize, 14usize, 64usize, 16usize);
-    println!("## Paged attention op (one layer, batch 1, f16 KV)\n");
-    println!("| context | attention | KV bytes | GB/s | memcpy GB/s | ratio |\n|---|---|---|---|---|---|");
+    // As in the server, whose engine loop runs on a worker of its pool.
+    let pool = rayon::ThreadPoolBuilder::new().build().unwrap();
+    pool.install(run);
+}
+
+/// Qwen2.5-0.5B's attention geometry: 14 query heads over 2 KV heads of 64
+/// dimensions, in 24 layers.
+const KV_HEADS: usize = 2;
+const HEADS: usize = 14;
+const HEAD_DIM: usize = 64;
+const LAYERS: usize = 24;
+/// Tokens per block, the server's default.
+const BLOCK: usize = 16;
+
+/// Times the op and a memcpy of the same bytes, per call, over 24 calls.
+/// `layers` 1: the same layer 24 times, its KV hot in cache. `layers` 24:
+/// every layer in turn, as a decode step reads them, so each layer's KV (and
+/// each memcpy's buffers) has left the caches when it comes round again.
+fn op_row(ctx: usize, layers: usize) {
+    let bs = BLOCK;
+    let blocks = ctx / bs;
+    let geometry = KvGeometry {
+        block_size: bs,
+        num_blocks: blocks,
+        num_kv_heads: KV_HEADS,
+        head_dim: HEAD_DIM,
+    };
+    let mut cache = KvCache::new(geometry, layers, KvDtype::F16).unwrap();
+    let table: Vec<BlockId> = (0..blocks as u32).map(BlockId).collect();
+    let data: Vec<f32> = (0..ctx * KV_HEADS * HEAD_DIM)
+        .map(|i| ((i * 7) % 13) as f32 * 0.01)
+        .collect();
+    for layer in &mut cache.layers {
+        write_kv(layer, &geometry, &table, 0, &data, &data).unwrap();
+    }
+    let q = vec![0.1f32; HEADS * HEAD_DIM];
+    let mut out = vec![0f32; HEADS * HEAD_DIM];
+    let seqs = [AttnSeq {
+        q_start: 0,
+        q_len: 1,
+        ctx_len: ctx,
+        block_table: &table,
+    }];
+    let shape = AttnShape {
+        num_heads: HEADS,
+        scale: 0.125,
+    };
+    let t = time(|| {
+        for layer in cache.layers.iter().cycle().take(LAYERS) {
+            paged_attention(&q, &mut out, layer, &geometry, &seqs, &shape).unwrap();
+        }
+    }) / LAYERS as f64;
+    let bytes = 2 * ctx * KV_HEADS * HEAD_DIM * 2;
+    let src: Vec<Vec<u8>> = (0..layers).map(|_| vec![1u8; bytes]).collect();
+    let mut dst: Vec<Vec<u8>> = (0..layers).map(|_| vec![0u8; bytes]).collect();
+    let tm = time(|| {
+        for i in 0..LAYERS {
+            dst[i % layers].copy_from_slice(std::hint::black_box(&src[i % layers]));
+        }
+        std::hint::black_box(&dst);
+    }) / LAYERS as f64;
+    let gbs = bytes as f64 / t / 1e9;
+    let mgbs = bytes as f64 / tm / 1e9;
+    let regime = if layers == 1 { "hot" } else { "step" };
+    println!(
+        "| {ctx} | {regime} | {:.3} ms | {:.1} MiB | {gbs:.1} | {mgbs:.1} | {:.2} |",
+        t * 1e3,
+        bytes as f64 / (1 << 20) as f64,
+        gbs / mgbs
+    );
+}
+
+fn run() {
+    println!("## Paged attention op (batch 1, f16 KV, per layer)\n");
+    println!(
+        "| context | layers | attention | KV bytes | GB/s | memcpy GB/s | ratio |\n|---|---|---|---|---|---|---|"
+    );
     for &ctx in &CONTEXTS {
-        let blocks = ctx / bs;
-        let geometry = KvGeometry {
-            block_size: bs,
-            num_blocks: blocks,
-            num_kv_heads: kv_heads,
-            head_dim: hd,
-        };
-        let mut cache = KvCache::new(geometry, 1, KvDtype::F16);
-        let table: Vec<BlockId> = (0..blocks as u32).map(BlockId).collect();
-        let data: Vec<f32> = (0..ctx * kv_heads * hd)
-            .map(|i| ((i * 7) % 13) as f32 * 0.01)
-            .collect();
-        write_kv(&mut cache.layers[0], &geometry, &table, 0, &data, &data).unwrap();
-        let q = vec![0.1f32; heads * hd];
-        let mut out = vec![0f32; heads * hd];
-        let seqs = [AttnSeq {
-            q_start: 0,
-            q_len: 1,
-            ctx_len: ctx,
-            block_table: &table,
-        }];
-        let shape = AttnShape {
-            num_heads: heads,
-            scale: 0.125,
-        };
-        let t = time(|| {
-            paged_attention(&q, &mut out, &cache.layers[0], &geometry, &seqs, &shape).unwrap()
-        });
-        let bytes = 2 * ctx * kv_heads * hd * 2;
-        let src = vec![1u8; bytes];
-        let mut dst = vec![0u8; bytes];
-        let tm = time(|| {
-            dst.copy_from_slice(std::hint::black_box(&src));
-            std::hint::black_box(&dst);
-        });
-        let gbs = bytes as f64 / t / 1e9;
-        let mgbs = bytes as f64 / tm / 1e9;
-        println!(
-            "| {ctx} | {:.3} ms | {:.1} MiB | {gbs:.1} | {mgbs:.1} | {:.2} |",
-            t * 1e3,
-            bytes as f64 / (1 << 20) as f64,
-            gbs / mgbs
-        );
+        op_row(ctx, 1);
+        op_row(ctx, LAYERS);
     }
 
     let path = common::model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
@@ -93,14 +126,14 @@ fn main() {
     for &ctx in &CONTEXTS {
         let mut row = Vec::new();
         for batch in [1usize, 8] {
-            let per_seq = ctx.div_ceil(bs) + 1;
+            let per_seq = ctx.div_ceil(BLOCK) + 1;
             let geometry = KvGeometry {
-                block_size: bs,
+                block_size: BLOCK,
                 num_blocks: per_seq * batch,
                 num_kv_heads: c.num_kv_heads,
                 head_dim: c.head_dim,
             };
-            let mut cache = KvCache::new(geometry, c.num_layers, KvDtype::F16);
+            let mut cache = KvCache::new(geometry, c.num_layers, KvDtype::F16).unwrap();
             let fill: Vec<f32> = (0..ctx * c.num_kv_heads * c.head_dim)
                 .map(|i| ((i * 5) % 11) as f32 * 0.02)
                 .collect();

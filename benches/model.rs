@@ -33,7 +33,7 @@ fn ours(model: &Decoder, tokens: &[u32]) -> (f64, f64) {
         num_kv_heads: c.num_kv_heads,
         head_dim: c.head_dim,
     };
-    let mut kv = KvCache::new(geometry, c.num_layers, KvDtype::F16);
+    let mut kv = KvCache::new(geometry, c.num_layers, KvDtype::F16).unwrap();
     let table: Vec<BlockId> = (0..geometry.num_blocks as u32).map(BlockId).collect();
     let run = |kv: &mut KvCache, toks: Vec<u32>, ctx_len: usize| {
         let batch = ForwardBatch {
@@ -70,6 +70,12 @@ fn theirs(m: &mut dyn Reference, tokens: &[u32]) -> (f64, f64) {
 }
 
 fn main() {
+    // As in the server, whose engine loop runs on a worker of its pool.
+    let pool = rayon::ThreadPoolBuilder::new().build().unwrap();
+    pool.install(run);
+}
+
+fn run() {
     let files = [
         (
             "SmolLM2-135M Q4_1",

@@ -123,9 +123,17 @@ impl Engine {
             (num_blocks as u64 * block_bytes) as f64 / (1 << 20) as f64,
             config.kv_dtype
         );
+        // The loop runs on a worker of its own pool: the kernels' parallel
+        // loops then start from inside the pool, where the calling thread
+        // takes part and the other workers are still spinning from the last
+        // call, rather than handing each matmul to sleeping threads and
+        // blocking until one of them wakes this thread again.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .thread_name(|i| format!("r1serve-worker-{i}"))
+            .build()?;
         let started = std::time::Instant::now();
-        let mut cache = KvCache::new(geometry, mc.num_layers, config.kv_dtype);
-        cache.commit();
+        let mut cache = KvCache::new(geometry, mc.num_layers, config.kv_dtype)?;
+        pool.install(|| cache.commit());
         tracing::info!(
             "KV cache committed in {:.2} s",
             started.elapsed().as_secs_f64()
@@ -168,7 +176,7 @@ impl Engine {
         };
         let thread = std::thread::Builder::new()
             .name("r1serve-engine".into())
-            .spawn(move || looper.run())?;
+            .spawn(move || pool.install(|| looper.run()))?;
         if let Ok(mut t) = shared.thread.lock() {
             *t = Some(thread);
         }
