@@ -156,23 +156,21 @@ enum Activations {
 }
 
 /// Two consecutive Q8_0 activation blocks laid out for one 512-bit
-/// `vpdpbusd`: lanes 0–7 of `scale` and `corr` belong to the first block,
-/// lanes 8–15 to the second. `corr` carries the block's exact offset
-/// correction in its first lane of each half, zeros elsewhere, so it seeds
-/// the integer accumulator directly.
+/// `vpdpbusd`, whose first operand must be unsigned: `qs` holds the quants
+/// plus 128 (the weights stay signed, and the kernel removes `128·Σw` per
+/// weight block, once for all rows). Lanes 0–7 of `scale` belong to the
+/// first block, lanes 8–15 to the second.
 #[derive(Debug, Clone, Copy)]
 #[repr(C, align(64))]
 pub(crate) struct Q8Pair {
-    pub(crate) qs: [i8; 2 * QK],
+    pub(crate) qs: [u8; 2 * QK],
     pub(crate) scale: [f32; 16],
-    pub(crate) corr: [i32; 16],
 }
 
 impl Q8Pair {
     const ZERO: Self = Self {
-        qs: [0; 2 * QK],
+        qs: [128; 2 * QK],
         scale: [0.0; 16],
-        corr: [0; 16],
     };
 }
 
@@ -302,22 +300,15 @@ impl QMatrix {
     fn quantize_activations(&self, isa: Isa, x: &[f32], m: usize) -> Activations {
         let k = self.k;
         if uses_pairs(isa, self.dtype, k) {
-            // Q8_0 quants are made unsigned by the kernel (+128), so they get
-            // an offset correction like Q4_0 and Q5_0.
-            let offset = match self.dtype {
-                GgmlDType::Q4_0 => 8,
-                GgmlDType::Q5_0 => 16,
-                _ => 128,
-            };
             let pairs_per_row = k / (2 * QK);
             let mut pairs = vec![Q8Pair::ZERO; m * pairs_per_row];
             if m > 1 {
                 pairs
                     .par_chunks_mut(pairs_per_row)
                     .zip(x.par_chunks(k))
-                    .for_each(|(p, row)| quantize_row_pairs(row, p, offset));
+                    .for_each(|(p, row)| quantize_row_pairs(row, p));
             } else {
-                quantize_row_pairs(x, &mut pairs, offset);
+                quantize_row_pairs(x, &mut pairs);
             }
             return Activations::Pairs(pairs);
         }
@@ -488,14 +479,16 @@ pub(crate) fn quantize_row_q8(x: &[f32], out: &mut [Q8x32], with_s: bool, offset
     }
 }
 
-/// [`quantize_row_q8`] straight into the pair layout (`with_s` false).
-fn quantize_row_pairs(x: &[f32], out: &mut [Q8Pair], offset: i32) {
+/// [`quantize_row_q8`] straight into the pair layout.
+fn quantize_row_pairs(x: &[f32], out: &mut [Q8Pair]) {
+    let mut qs = [0i8; QK];
     for (xs, p) in x.chunks_exact(2 * QK).zip(out.iter_mut()) {
-        let (lo, hi) = p.qs.split_at_mut(QK);
-        for (half, (xs, qs)) in [(&xs[..QK], lo), (&xs[QK..], hi)].into_iter().enumerate() {
-            let (d16, sum) = quantize_block_q8(xs, qs);
+        for (half, xs) in xs.chunks_exact(QK).enumerate() {
+            let (d16, _) = quantize_block_q8(xs, &mut qs);
+            for (u, q) in p.qs[half * QK..(half + 1) * QK].iter_mut().zip(&qs) {
+                *u = (*q as u8) ^ 0x80;
+            }
             p.scale[8 * half..8 * half + 8].fill(d16.to_f32());
-            p.corr[8 * half] = -offset * sum;
         }
     }
 }

@@ -80,8 +80,8 @@ pub(super) fn dotk<const R: usize>(
             match (isa, dtype) {
                 (Isa::AvxVnni, T::Q4K) => return Some(avxvnni::dot_q4k::<R>(w, xs)),
                 (Isa::AvxVnni, T::Q6K) => return Some(avxvnni::dot_q6k::<R>(w, xs)),
-                (Isa::Avx512Vnni, T::Q4K) => return Some(vnni::dot_q4k::<R>(w, xs)),
-                (Isa::Avx512Vnni, T::Q6K) => return Some(vnni::dot_q6k::<R>(w, xs)),
+                (Isa::Avx512Vnni, T::Q4K) => return Some(wide::dot_q4k::<R>(w, xs)),
+                (Isa::Avx512Vnni, T::Q6K) => return Some(wide::dot_q6k::<R>(w, xs)),
                 (Isa::Avx2, T::Q4K) => return Some(avx2::dot_q4k::<R>(w, xs)),
                 (Isa::Avx2, T::Q6K) => return Some(avx2::dot_q6k::<R>(w, xs)),
                 _ => {}
@@ -132,17 +132,19 @@ const Q8_0: u8 = 4;
 
 /// Instantiates the kernels for one instruction set. `$features` is the
 /// `target_feature` list; `$prims` must define `dot_u8_i8_acc(acc, u, x) ->
-/// i32x8` (`acc` plus `u[i] * x[i]` summed over each group of four bytes) and
-/// `dot_scaled_acc(acc, u, x, sv) -> i32x8` (`acc` plus the byte-pair
-/// products weighted by the i16 lanes of `sv`). Callers keep `u ≤ 128` and
-/// every `u·x` byte-pair sum within i16, so neither primitive saturates.
+/// i32x8` (`acc` plus `u[i] * x[i]` summed over each group of four bytes)
+/// and, with `kquants: yes` (the Q4_K / Q6_K kernels; AVX-512 has its own in
+/// [`wide`]), `dot_scaled_acc(acc, u, x, sv) -> i32x8` (`acc` plus the
+/// byte-pair products weighted by the i16 lanes of `sv`). Callers keep
+/// `u ≤ 128` and every `u·x` byte-pair sum within i16, so neither primitive
+/// saturates.
 macro_rules! simd_kernels {
-    ($name:ident, $features:literal, { $($prims:item)* }) => {
+    ($name:ident, $features:literal, kquants: $kq:ident, { $($prims:item)* }) => {
         #[cfg(target_arch = "x86_64")]
         mod $name {
             use std::arch::x86_64::*;
 
-            use super::super::qmatmul::{k4_scales, Q8x32, Q8xK, QK};
+            use super::super::qmatmul::{Q8x32, QK};
             use super::{Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
 
             $($prims)*
@@ -207,15 +209,6 @@ macro_rules! simd_kernels {
             pub(super) fn f16_at(b: &[u8], o: usize) -> f32 {
                 let bits = u16::from_le_bytes([b[o], b[o + 1]]);
                 _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
-            }
-
-            /// The sixteen i16 block sums of a Q8_K block.
-            #[target_feature(enable = $features)]
-            #[inline]
-            fn load_bsums(y: &Q8xK) -> __m256i {
-                // SAFETY: `bsums` is 16 × i16 = 32 readable bytes; the load is
-                // unaligned.
-                unsafe { _mm256_loadu_si256(y.bsums.as_ptr().cast()) }
             }
 
             #[target_feature(enable = $features)]
@@ -289,123 +282,138 @@ macro_rules! simd_kernels {
                 out
             }
 
-            /// Q4_K row · `R` Q8_K rows.
-            #[target_feature(enable = $features)]
-            pub(super) fn dot_q4k<const R: usize>(w: &[u8], xs: [&[Q8xK]; R]) -> [f32; R] {
-                let mut acc = [_mm256_setzero_ps(); R];
-                let mut accm = [_mm256_setzero_ps(); R];
-                let mask = _mm256_set1_epi8(0xF);
-                for (b, blk) in w.chunks_exact(144).enumerate() {
-                    let d = f16_at(blk, 0);
-                    let dmin = f16_at(blk, 2);
-                    let (sc, mn) = k4_scales(&blk[4..16]);
-                    // mins[j / 2] for each of the sixteen 16-element bsums.
-                    let mn = _mm_cvtsi64_si128(u64::from_le_bytes(mn) as i64);
-                    let mins16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mn, mn));
-                    let mut q = [_mm256_setzero_si256(); 8];
-                    let mut sv = [_mm256_setzero_si256(); 8];
-                    for c in 0..4 {
-                        let raw = load32(&blk[16 + 32 * c..]);
-                        q[2 * c] = _mm256_and_si256(raw, mask);
-                        q[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
-                        sv[2 * c] = _mm256_set1_epi16(sc[2 * c] as i16);
-                        sv[2 * c + 1] = _mm256_set1_epi16(sc[2 * c + 1] as i16);
-                    }
-                    for r in 0..R {
-                        let y = &xs[r][b];
-                        let mut isum = _mm256_setzero_si256();
-                        for s in 0..8 {
-                            let x = load32i(&y.qs[QK * s..]);
-                            isum = dot_scaled_acc(isum, q[s], x, sv[s]);
-                        }
-                        acc[r] = _mm256_fmadd_ps(
-                            _mm256_cvtepi32_ps(isum),
-                            _mm256_set1_ps(d * y.d),
-                            acc[r],
-                        );
-                        let msum = _mm256_madd_epi16(mins16, load_bsums(y));
-                        accm[r] = _mm256_fmadd_ps(
-                            _mm256_cvtepi32_ps(msum),
-                            _mm256_set1_ps(dmin * y.d),
-                            accm[r],
-                        );
-                    }
-                }
-                let mut out = [0f32; R];
-                for r in 0..R {
-                    out[r] = hsum(_mm256_sub_ps(acc[r], accm[r]));
-                }
-                out
-            }
-
-            /// Q6_K row · `R` Q8_K rows.
-            #[target_feature(enable = $features)]
-            pub(super) fn dot_q6k<const R: usize>(w: &[u8], xs: [&[Q8xK]; R]) -> [f32; R] {
-                let mut acc = [_mm256_setzero_ps(); R];
-                let m4 = _mm256_set1_epi8(0xF);
-                let m2 = _mm256_set1_epi8(0x30);
-                for (b, blk) in w.chunks_exact(210).enumerate() {
-                    let d = f16_at(blk, 208);
-                    let sc = &blk[192..208];
-                    let mut q = [_mm256_setzero_si256(); 8];
-                    let mut sv = [_mm256_setzero_si256(); 8];
-                    for h in 0..2 {
-                        let ql0 = load32(&blk[64 * h..]);
-                        let ql1 = load32(&blk[64 * h + 32..]);
-                        let qh = load32(&blk[128 + 32 * h..]);
-                        let hb = [
-                            _mm256_and_si256(_mm256_slli_epi16(qh, 4), m2),
-                            _mm256_and_si256(_mm256_slli_epi16(qh, 2), m2),
-                            _mm256_and_si256(qh, m2),
-                            _mm256_and_si256(_mm256_srli_epi16(qh, 2), m2),
-                        ];
-                        let lb = [
-                            _mm256_and_si256(ql0, m4),
-                            _mm256_and_si256(ql1, m4),
-                            _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
-                            _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                        ];
-                        for p in 0..4 {
-                            q[4 * h + p] = _mm256_or_si256(lb[p], hb[p]);
-                        }
-                    }
-                    for t in 0..8 {
-                        sv[t] = _mm256_set_m128i(
-                            _mm_set1_epi16(sc[2 * t + 1] as i8 as i16),
-                            _mm_set1_epi16(sc[2 * t] as i8 as i16),
-                        );
-                    }
-                    // SAFETY: `sc` is 16 readable bytes; the load is unaligned.
-                    let scales16 =
-                        _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(sc.as_ptr().cast()) });
-                    for r in 0..R {
-                        let y = &xs[r][b];
-                        let mut isum = _mm256_setzero_si256();
-                        for t in 0..8 {
-                            let x = load32i(&y.qs[QK * t..]);
-                            isum = dot_scaled_acc(isum, q[t], x, sv[t]);
-                        }
-                        // Quants are stored +32; remove 32·Σ scale·Σx exactly.
-                        let off = _mm256_madd_epi16(scales16, load_bsums(y));
-                        isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(off, 5));
-                        acc[r] = _mm256_fmadd_ps(
-                            _mm256_cvtepi32_ps(isum),
-                            _mm256_set1_ps(d * y.d),
-                            acc[r],
-                        );
-                    }
-                }
-                let mut out = [0f32; R];
-                for r in 0..R {
-                    out[r] = hsum(acc[r]);
-                }
-                out
-            }
+            simd_kernels!(@kquants $kq, $features);
         }
     };
+    (@kquants yes, $features:literal) => {
+        use super::super::qmatmul::{k4_scales, Q8xK};
+
+        /// The sixteen i16 block sums of a Q8_K block.
+        #[target_feature(enable = $features)]
+        #[inline]
+        fn load_bsums(y: &Q8xK) -> __m256i {
+            // SAFETY: `bsums` is 16 × i16 = 32 readable bytes; the load is
+            // unaligned.
+            unsafe { _mm256_loadu_si256(y.bsums.as_ptr().cast()) }
+        }
+
+        /// Q4_K row · `R` Q8_K rows.
+        #[target_feature(enable = $features)]
+        pub(super) fn dot_q4k<const R: usize>(w: &[u8], xs: [&[Q8xK]; R]) -> [f32; R] {
+            let mut acc = [_mm256_setzero_ps(); R];
+            let mut accm = [_mm256_setzero_ps(); R];
+            let mask = _mm256_set1_epi8(0xF);
+            for (b, blk) in w.chunks_exact(144).enumerate() {
+                let d = f16_at(blk, 0);
+                let dmin = f16_at(blk, 2);
+                let (sc, mn) = k4_scales(&blk[4..16]);
+                // mins[j / 2] for each of the sixteen 16-element bsums.
+                let mn = _mm_cvtsi64_si128(u64::from_le_bytes(mn) as i64);
+                let mins16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mn, mn));
+                let mut q = [_mm256_setzero_si256(); 8];
+                let mut sv = [_mm256_setzero_si256(); 8];
+                for c in 0..4 {
+                    let raw = load32(&blk[16 + 32 * c..]);
+                    q[2 * c] = _mm256_and_si256(raw, mask);
+                    q[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
+                    sv[2 * c] = _mm256_set1_epi16(sc[2 * c] as i16);
+                    sv[2 * c + 1] = _mm256_set1_epi16(sc[2 * c + 1] as i16);
+                }
+                for r in 0..R {
+                    let y = &xs[r][b];
+                    let mut isum = _mm256_setzero_si256();
+                    for s in 0..8 {
+                        let x = load32i(&y.qs[QK * s..]);
+                        isum = dot_scaled_acc(isum, q[s], x, sv[s]);
+                    }
+                    acc[r] = _mm256_fmadd_ps(
+                        _mm256_cvtepi32_ps(isum),
+                        _mm256_set1_ps(d * y.d),
+                        acc[r],
+                    );
+                    let msum = _mm256_madd_epi16(mins16, load_bsums(y));
+                    accm[r] = _mm256_fmadd_ps(
+                        _mm256_cvtepi32_ps(msum),
+                        _mm256_set1_ps(dmin * y.d),
+                        accm[r],
+                    );
+                }
+            }
+            let mut out = [0f32; R];
+            for r in 0..R {
+                out[r] = hsum(_mm256_sub_ps(acc[r], accm[r]));
+            }
+            out
+        }
+
+        /// Q6_K row · `R` Q8_K rows.
+        #[target_feature(enable = $features)]
+        pub(super) fn dot_q6k<const R: usize>(w: &[u8], xs: [&[Q8xK]; R]) -> [f32; R] {
+            let mut acc = [_mm256_setzero_ps(); R];
+            let m4 = _mm256_set1_epi8(0xF);
+            let m2 = _mm256_set1_epi8(0x30);
+            for (b, blk) in w.chunks_exact(210).enumerate() {
+                let d = f16_at(blk, 208);
+                let sc = &blk[192..208];
+                let mut q = [_mm256_setzero_si256(); 8];
+                let mut sv = [_mm256_setzero_si256(); 8];
+                for h in 0..2 {
+                    let ql0 = load32(&blk[64 * h..]);
+                    let ql1 = load32(&blk[64 * h + 32..]);
+                    let qh = load32(&blk[128 + 32 * h..]);
+                    let hb = [
+                        _mm256_and_si256(_mm256_slli_epi16(qh, 4), m2),
+                        _mm256_and_si256(_mm256_slli_epi16(qh, 2), m2),
+                        _mm256_and_si256(qh, m2),
+                        _mm256_and_si256(_mm256_srli_epi16(qh, 2), m2),
+                    ];
+                    let lb = [
+                        _mm256_and_si256(ql0, m4),
+                        _mm256_and_si256(ql1, m4),
+                        _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                        _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                    ];
+                    for p in 0..4 {
+                        q[4 * h + p] = _mm256_or_si256(lb[p], hb[p]);
+                    }
+                }
+                for t in 0..8 {
+                    sv[t] = _mm256_set_m128i(
+                        _mm_set1_epi16(sc[2 * t + 1] as i8 as i16),
+                        _mm_set1_epi16(sc[2 * t] as i8 as i16),
+                    );
+                }
+                // SAFETY: `sc` is 16 readable bytes; the load is unaligned.
+                let scales16 =
+                    _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(sc.as_ptr().cast()) });
+                for r in 0..R {
+                    let y = &xs[r][b];
+                    let mut isum = _mm256_setzero_si256();
+                    for t in 0..8 {
+                        let x = load32i(&y.qs[QK * t..]);
+                        isum = dot_scaled_acc(isum, q[t], x, sv[t]);
+                    }
+                    // Quants are stored +32; remove 32·Σ scale·Σx exactly.
+                    let off = _mm256_madd_epi16(scales16, load_bsums(y));
+                    isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(off, 5));
+                    acc[r] = _mm256_fmadd_ps(
+                        _mm256_cvtepi32_ps(isum),
+                        _mm256_set1_ps(d * y.d),
+                        acc[r],
+                    );
+                }
+            }
+            let mut out = [0f32; R];
+            for r in 0..R {
+                out[r] = hsum(acc[r]);
+            }
+            out
+        }
+    };
+    (@kquants no, $features:literal) => {};
 }
 
-simd_kernels!(avx2, "avx2,fma,f16c", {
+simd_kernels!(avx2, "avx2,fma,f16c", kquants: yes, {
     /// `vpmaddubsw` pairs (no saturation for the operand ranges used here),
     /// then `vpmaddwd` with ones to widen to i32.
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -427,6 +435,7 @@ simd_kernels!(avx2, "avx2,fma,f16c", {
 simd_kernels!(
     vnni,
     "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
+    kquants: no,
     {
         /// One `vpdpbusd`: u8·i8 products summed in groups of four into i32.
         #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -435,18 +444,10 @@ simd_kernels!(
             _mm256_dpbusd_epi32(acc, u, x)
         }
 
-        /// `acc + Σ sv·(u·x)`: `vpmaddubsw` then `vpdpwssd`, which fuses the
-        /// scale multiply, widening and accumulation (cheaper than
-        /// `vpdpbusd` followed by a 32-bit multiply).
-        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-        #[inline]
-        fn dot_scaled_acc(acc: __m256i, u: __m256i, x: __m256i, sv: __m256i) -> __m256i {
-            _mm256_dpwssd_epi32(acc, _mm256_maddubs_epi16(u, x), sv)
-        }
     }
 );
 
-simd_kernels!(avxvnni, "avx2,fma,f16c,avxvnni", {
+simd_kernels!(avxvnni, "avx2,fma,f16c,avxvnni", kquants: yes, {
     /// One VEX-encoded `vpdpbusd`: u8·i8 products summed in groups of four.
     #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
     #[inline]
@@ -462,11 +463,13 @@ simd_kernels!(avxvnni, "avx2,fma,f16c,avxvnni", {
     }
 });
 
-/// The 512-bit pair kernel: each weight block is decoded to unsigned bytes
-/// as in `vnni::dot32` (Q8_0 gets +128), two blocks fill one register, and
+/// The 512-bit pair kernel: each weight block is decoded to signed bytes
+/// (Q4_0 −8, Q5_0 −16, Q8_0 as stored), two blocks fill one register, and
 /// every activation row costs one `vpdpbusd`, one conversion and two float
-/// operations per two blocks. The offset corrections ride in the integer
-/// accumulator's seed, so integer sums equal the 256-bit kernels'.
+/// operations per two blocks. `vpdpbusd` wants its first operand unsigned, so
+/// the activations come +128 and the integer accumulator is seeded with
+/// `−128·Σw` per four weights, computed once per weight register for all
+/// rows: the integer sums equal the 256-bit kernels'.
 #[cfg(target_arch = "x86_64")]
 mod pairs {
     use std::arch::x86_64::*;
@@ -477,14 +480,15 @@ mod pairs {
 
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     #[inline]
-    fn unsigned_quants<const K: u8>(blk: &[u8]) -> __m256i {
+    fn signed_quants<const K: u8>(blk: &[u8]) -> __m256i {
         match K {
-            Q4_0 => nibbles(&blk[2..18]),
+            Q4_0 => _mm256_sub_epi8(nibbles(&blk[2..18]), _mm256_set1_epi8(8)),
             Q5_0 => {
                 let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
-                _mm256_or_si256(nibbles(&blk[6..22]), high_bits(qh))
+                let u = _mm256_or_si256(nibbles(&blk[6..22]), high_bits(qh));
+                _mm256_sub_epi8(u, _mm256_set1_epi8(16))
             }
-            _ => _mm256_xor_si256(load32(&blk[2..2 + QK]), _mm256_set1_epi8(-128)),
+            _ => load32(&blk[2..2 + QK]),
         }
     }
 
@@ -498,9 +502,13 @@ mod pairs {
         let mut acc = [_mm512_setzero_ps(); R];
         for (p, two) in w.chunks_exact(2 * bytes).enumerate() {
             let (b0, b1) = two.split_at(bytes);
-            let u = _mm512_inserti64x4::<1>(
-                _mm512_castsi256_si512(unsigned_quants::<K>(b0)),
-                unsigned_quants::<K>(b1),
+            let s = _mm512_inserti64x4::<1>(
+                _mm512_castsi256_si512(signed_quants::<K>(b0)),
+                signed_quants::<K>(b1),
+            );
+            let seed = _mm512_sub_epi32(
+                _mm512_setzero_si512(),
+                _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(-128), s),
             );
             let dw = _mm512_castpd_ps(_mm512_insertf64x4::<1>(
                 _mm512_castpd256_pd512(_mm256_castps_pd(_mm256_set1_ps(f16_at(b0, 0)))),
@@ -510,15 +518,174 @@ mod pairs {
                 let y = &xs[r][p];
                 // SAFETY: `Q8Pair` is 64-byte aligned and each field loaded
                 // is exactly 64 bytes.
-                let (x, seed, dx) = unsafe {
+                let (x, dx) = unsafe {
                     (
                         _mm512_load_si512(y.qs.as_ptr().cast()),
-                        _mm512_load_si512(y.corr.as_ptr().cast()),
                         _mm512_load_ps(y.scale.as_ptr()),
                     )
                 };
-                let s = _mm512_dpbusd_epi32(seed, u, x);
-                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, dx), acc[r]);
+                let sum = _mm512_dpbusd_epi32(seed, x, s);
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dw, dx), acc[r]);
+            }
+        }
+        let mut out = [0f32; R];
+        for r in 0..R {
+            out[r] = _mm512_reduce_add_ps(acc[r]);
+        }
+        out
+    }
+}
+
+/// 512-bit Q4_K / Q6_K kernels for several activation rows: two 32-element
+/// sub-blocks (with their scales) fill one register, so each row costs half
+/// the `vpmaddubsw` / `vpdpwssd` pairs and loads of the 256-bit kernels. The
+/// integer sums per sub-block are the 256-bit kernels', regrouped.
+#[cfg(target_arch = "x86_64")]
+mod wide {
+    use std::arch::x86_64::*;
+
+    use super::super::qmatmul::{k4_scales, Q8xK, QK};
+    use super::vnni::{f16_at, load32};
+
+    /// `[lo | hi]` in one 512-bit register.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    fn join(lo: __m256i, hi: __m256i) -> __m512i {
+        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+    }
+
+    /// Activations of sub-blocks `2j` and `2j + 1`.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    fn load64(y: &Q8xK, j: usize) -> __m512i {
+        let b = &y.qs[2 * QK * j..2 * QK * (j + 1)];
+        // SAFETY: `b` holds 64 readable bytes; the load is unaligned.
+        unsafe { _mm512_loadu_si512(b.as_ptr().cast()) }
+    }
+
+    /// The sixteen i16 block sums of a Q8_K block.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    fn load_bsums(y: &Q8xK) -> __m256i {
+        // SAFETY: `bsums` is 16 × i16 = 32 readable bytes; unaligned load.
+        unsafe { _mm256_loadu_si256(y.bsums.as_ptr().cast()) }
+    }
+
+    /// Σ over four register pairs of `sv · (q · x)` for one activation row.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    fn scaled_sum(q: &[__m512i; 4], sv: &[__m512i; 4], y: &Q8xK) -> __m512i {
+        let mut isum = _mm512_setzero_si512();
+        for j in 0..4 {
+            isum = _mm512_dpwssd_epi32(isum, _mm512_maddubs_epi16(q[j], load64(y, j)), sv[j]);
+        }
+        isum
+    }
+
+    /// Q4_K row · `R` Q8_K rows.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(super) fn dot_q4k<const R: usize>(w: &[u8], xs: [&[Q8xK]; R]) -> [f32; R] {
+        let mut acc = [_mm512_setzero_ps(); R];
+        let mut accm = [_mm256_setzero_ps(); R];
+        let mask = _mm256_set1_epi8(0xF);
+        for (b, blk) in w.chunks_exact(144).enumerate() {
+            let d = f16_at(blk, 0);
+            let dmin = f16_at(blk, 2);
+            let (sc, mn) = k4_scales(&blk[4..16]);
+            // mins[j / 2] for each of the sixteen 16-element bsums.
+            let mn = _mm_cvtsi64_si128(u64::from_le_bytes(mn) as i64);
+            let mins16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mn, mn));
+            let mut q = [_mm512_setzero_si512(); 4];
+            let mut sv = [_mm512_setzero_si512(); 4];
+            for c in 0..4 {
+                // Sub-blocks 2c and 2c + 1 are the low and high nibbles of
+                // the same 32 bytes.
+                let raw = load32(&blk[16 + 32 * c..]);
+                q[c] = join(
+                    _mm256_and_si256(raw, mask),
+                    _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask),
+                );
+                sv[c] = join(
+                    _mm256_set1_epi16(sc[2 * c] as i16),
+                    _mm256_set1_epi16(sc[2 * c + 1] as i16),
+                );
+            }
+            for r in 0..R {
+                let y = &xs[r][b];
+                acc[r] = _mm512_fmadd_ps(
+                    _mm512_cvtepi32_ps(scaled_sum(&q, &sv, y)),
+                    _mm512_set1_ps(d * y.d),
+                    acc[r],
+                );
+                let msum = _mm256_madd_epi16(mins16, load_bsums(y));
+                accm[r] = _mm256_fmadd_ps(
+                    _mm256_cvtepi32_ps(msum),
+                    _mm256_set1_ps(dmin * y.d),
+                    accm[r],
+                );
+            }
+        }
+        let mut out = [0f32; R];
+        for r in 0..R {
+            out[r] = _mm512_reduce_add_ps(_mm512_sub_ps(acc[r], _mm512_zextps256_ps512(accm[r])));
+        }
+        out
+    }
+
+    /// Q6_K row · `R` Q8_K rows.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(super) fn dot_q6k<const R: usize>(w: &[u8], xs: [&[Q8xK]; R]) -> [f32; R] {
+        let mut acc = [_mm512_setzero_ps(); R];
+        let m4 = _mm256_set1_epi8(0xF);
+        let m2 = _mm256_set1_epi8(0x30);
+        for (b, blk) in w.chunks_exact(210).enumerate() {
+            let d = f16_at(blk, 208);
+            let sc = &blk[192..208];
+            let mut q = [_mm256_setzero_si256(); 8];
+            for h in 0..2 {
+                let ql0 = load32(&blk[64 * h..]);
+                let ql1 = load32(&blk[64 * h + 32..]);
+                let qh = load32(&blk[128 + 32 * h..]);
+                let hb = [
+                    _mm256_and_si256(_mm256_slli_epi16(qh, 4), m2),
+                    _mm256_and_si256(_mm256_slli_epi16(qh, 2), m2),
+                    _mm256_and_si256(qh, m2),
+                    _mm256_and_si256(_mm256_srli_epi16(qh, 2), m2),
+                ];
+                let lb = [
+                    _mm256_and_si256(ql0, m4),
+                    _mm256_and_si256(ql1, m4),
+                    _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                ];
+                for p in 0..4 {
+                    q[4 * h + p] = _mm256_or_si256(lb[p], hb[p]);
+                }
+            }
+            // Each 32-element sub-block has two 16-element scales.
+            let sv256 = |t: usize| {
+                _mm256_set_m128i(
+                    _mm_set1_epi16(sc[2 * t + 1] as i8 as i16),
+                    _mm_set1_epi16(sc[2 * t] as i8 as i16),
+                )
+            };
+            let mut qq = [_mm512_setzero_si512(); 4];
+            let mut sv = [_mm512_setzero_si512(); 4];
+            for j in 0..4 {
+                qq[j] = join(q[2 * j], q[2 * j + 1]);
+                sv[j] = join(sv256(2 * j), sv256(2 * j + 1));
+            }
+            // SAFETY: `sc` is 16 readable bytes; the load is unaligned.
+            let scales16 = _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(sc.as_ptr().cast()) });
+            for r in 0..R {
+                let y = &xs[r][b];
+                // Quants are stored +32; remove 32·Σ scale·Σx exactly.
+                let off = _mm256_madd_epi16(scales16, load_bsums(y));
+                let isum = _mm512_sub_epi32(
+                    scaled_sum(&qq, &sv, y),
+                    _mm512_zextsi256_si512(_mm256_slli_epi32(off, 5)),
+                );
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(d * y.d), acc[r]);
             }
         }
         let mut out = [0f32; R];
