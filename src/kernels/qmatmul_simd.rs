@@ -144,7 +144,7 @@ macro_rules! simd_kernels {
         mod $name {
             use std::arch::x86_64::*;
 
-            use super::super::qmatmul::{Q8x32, QK};
+            use super::super::qmatmul::{k4_scales, Q8x32, Q8xK, QK};
             use super::{Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
 
             $($prims)*
@@ -282,32 +282,23 @@ macro_rules! simd_kernels {
                 out
             }
 
-            simd_kernels!(@kquants $kq, $features);
-        }
-    };
-    (@kquants yes, $features:literal) => {
-        use super::super::qmatmul::{k4_scales, Q8xK};
+            /// The sixteen i16 block sums of a Q8_K block.
+            #[target_feature(enable = $features)]
+            #[inline]
+            pub(super) fn load_bsums(y: &Q8xK) -> __m256i {
+                // SAFETY: `bsums` is 16 × i16 = 32 readable bytes; the load is
+                // unaligned.
+                unsafe { _mm256_loadu_si256(y.bsums.as_ptr().cast()) }
+            }
 
-        /// The sixteen i16 block sums of a Q8_K block.
-        #[target_feature(enable = $features)]
-        #[inline]
-        fn load_bsums(y: &Q8xK) -> __m256i {
-            // SAFETY: `bsums` is 16 × i16 = 32 readable bytes; the load is
-            // unaligned.
-            unsafe { _mm256_loadu_si256(y.bsums.as_ptr().cast()) }
-        }
-
-        /// Q4_K row · `R` Q8_K rows.
-        #[target_feature(enable = $features)]
-        pub(super) fn dot_q4k<const R: usize>(w: &[u8], xs: [&[Q8xK]; R]) -> [f32; R] {
-            let mut acc = [_mm256_setzero_ps(); R];
-            let mut accm = [_mm256_setzero_ps(); R];
-            let mask = _mm256_set1_epi8(0xF);
-            for (b, blk) in w.chunks_exact(144).enumerate() {
-                let d = f16_at(blk, 0);
-                let dmin = f16_at(blk, 2);
+            /// A Q4_K superblock's eight 32-element sub-blocks as unsigned
+            /// bytes, their scales as i16 lanes, and the mins of its sixteen
+            /// 16-element halves as i16 (to weigh the activations' bsums).
+            #[target_feature(enable = $features)]
+            #[inline]
+            pub(super) fn q4k_unpack(blk: &[u8]) -> ([__m256i; 8], [__m256i; 8], __m256i) {
+                let mask = _mm256_set1_epi8(0xF);
                 let (sc, mn) = k4_scales(&blk[4..16]);
-                // mins[j / 2] for each of the sixteen 16-element bsums.
                 let mn = _mm_cvtsi64_si128(u64::from_le_bytes(mn) as i64);
                 let mins16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mn, mn));
                 let mut q = [_mm256_setzero_si256(); 8];
@@ -319,6 +310,64 @@ macro_rules! simd_kernels {
                     sv[2 * c] = _mm256_set1_epi16(sc[2 * c] as i16);
                     sv[2 * c + 1] = _mm256_set1_epi16(sc[2 * c + 1] as i16);
                 }
+                (q, sv, mins16)
+            }
+
+            /// A Q6_K superblock's eight 32-element sub-blocks as unsigned
+            /// bytes (stored +32), the scales of each sub-block's two halves
+            /// as i16 lanes, and all sixteen scales as i16.
+            #[target_feature(enable = $features)]
+            #[inline]
+            pub(super) fn q6k_unpack(blk: &[u8]) -> ([__m256i; 8], [__m256i; 8], __m256i) {
+                let m4 = _mm256_set1_epi8(0xF);
+                let m2 = _mm256_set1_epi8(0x30);
+                let sc = &blk[192..208];
+                let mut q = [_mm256_setzero_si256(); 8];
+                let mut sv = [_mm256_setzero_si256(); 8];
+                for h in 0..2 {
+                    let ql0 = load32(&blk[64 * h..]);
+                    let ql1 = load32(&blk[64 * h + 32..]);
+                    let qh = load32(&blk[128 + 32 * h..]);
+                    let hb = [
+                        _mm256_and_si256(_mm256_slli_epi16(qh, 4), m2),
+                        _mm256_and_si256(_mm256_slli_epi16(qh, 2), m2),
+                        _mm256_and_si256(qh, m2),
+                        _mm256_and_si256(_mm256_srli_epi16(qh, 2), m2),
+                    ];
+                    let lb = [
+                        _mm256_and_si256(ql0, m4),
+                        _mm256_and_si256(ql1, m4),
+                        _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                        _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                    ];
+                    for p in 0..4 {
+                        q[4 * h + p] = _mm256_or_si256(lb[p], hb[p]);
+                    }
+                }
+                for (t, v) in sv.iter_mut().enumerate() {
+                    *v = _mm256_set_m128i(
+                        _mm_set1_epi16(sc[2 * t + 1] as i8 as i16),
+                        _mm_set1_epi16(sc[2 * t] as i8 as i16),
+                    );
+                }
+                // SAFETY: `sc` is 16 readable bytes; the load is unaligned.
+                let scales16 = _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(sc.as_ptr().cast()) });
+                (q, sv, scales16)
+            }
+
+            simd_kernels!(@kquants $kq, $features);
+        }
+    };
+    (@kquants yes, $features:literal) => {
+        /// Q4_K row · `R` Q8_K rows.
+        #[target_feature(enable = $features)]
+        pub(super) fn dot_q4k<const R: usize>(w: &[u8], xs: [&[Q8xK]; R]) -> [f32; R] {
+            let mut acc = [_mm256_setzero_ps(); R];
+            let mut accm = [_mm256_setzero_ps(); R];
+            for (b, blk) in w.chunks_exact(144).enumerate() {
+                let d = f16_at(blk, 0);
+                let dmin = f16_at(blk, 2);
+                let (q, sv, mins16) = q4k_unpack(blk);
                 for r in 0..R {
                     let y = &xs[r][b];
                     let mut isum = _mm256_setzero_si256();
@@ -350,42 +399,9 @@ macro_rules! simd_kernels {
         #[target_feature(enable = $features)]
         pub(super) fn dot_q6k<const R: usize>(w: &[u8], xs: [&[Q8xK]; R]) -> [f32; R] {
             let mut acc = [_mm256_setzero_ps(); R];
-            let m4 = _mm256_set1_epi8(0xF);
-            let m2 = _mm256_set1_epi8(0x30);
             for (b, blk) in w.chunks_exact(210).enumerate() {
                 let d = f16_at(blk, 208);
-                let sc = &blk[192..208];
-                let mut q = [_mm256_setzero_si256(); 8];
-                let mut sv = [_mm256_setzero_si256(); 8];
-                for h in 0..2 {
-                    let ql0 = load32(&blk[64 * h..]);
-                    let ql1 = load32(&blk[64 * h + 32..]);
-                    let qh = load32(&blk[128 + 32 * h..]);
-                    let hb = [
-                        _mm256_and_si256(_mm256_slli_epi16(qh, 4), m2),
-                        _mm256_and_si256(_mm256_slli_epi16(qh, 2), m2),
-                        _mm256_and_si256(qh, m2),
-                        _mm256_and_si256(_mm256_srli_epi16(qh, 2), m2),
-                    ];
-                    let lb = [
-                        _mm256_and_si256(ql0, m4),
-                        _mm256_and_si256(ql1, m4),
-                        _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
-                        _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                    ];
-                    for p in 0..4 {
-                        q[4 * h + p] = _mm256_or_si256(lb[p], hb[p]);
-                    }
-                }
-                for t in 0..8 {
-                    sv[t] = _mm256_set_m128i(
-                        _mm_set1_epi16(sc[2 * t + 1] as i8 as i16),
-                        _mm_set1_epi16(sc[2 * t] as i8 as i16),
-                    );
-                }
-                // SAFETY: `sc` is 16 readable bytes; the load is unaligned.
-                let scales16 =
-                    _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(sc.as_ptr().cast()) });
+                let (q, sv, scales16) = q6k_unpack(blk);
                 for r in 0..R {
                     let y = &xs[r][b];
                     let mut isum = _mm256_setzero_si256();
@@ -544,14 +560,25 @@ mod pairs {
 mod wide {
     use std::arch::x86_64::*;
 
-    use super::super::qmatmul::{k4_scales, Q8xK, QK};
-    use super::vnni::{f16_at, load32};
+    use super::super::qmatmul::{Q8xK, QK};
+    use super::vnni::{f16_at, load_bsums, q4k_unpack, q6k_unpack};
 
     /// `[lo | hi]` in one 512-bit register.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     #[inline]
     fn join(lo: __m256i, hi: __m256i) -> __m512i {
         _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+    }
+
+    /// Sub-blocks `2j` and `2j + 1` in register `j`.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    fn pair_up(v: [__m256i; 8]) -> [__m512i; 4] {
+        let mut out = [_mm512_setzero_si512(); 4];
+        for (j, o) in out.iter_mut().enumerate() {
+            *o = join(v[2 * j], v[2 * j + 1]);
+        }
+        out
     }
 
     /// Activations of sub-blocks `2j` and `2j + 1`.
@@ -561,14 +588,6 @@ mod wide {
         let b = &y.qs[2 * QK * j..2 * QK * (j + 1)];
         // SAFETY: `b` holds 64 readable bytes; the load is unaligned.
         unsafe { _mm512_loadu_si512(b.as_ptr().cast()) }
-    }
-
-    /// The sixteen i16 block sums of a Q8_K block.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    #[inline]
-    fn load_bsums(y: &Q8xK) -> __m256i {
-        // SAFETY: `bsums` is 16 × i16 = 32 readable bytes; unaligned load.
-        unsafe { _mm256_loadu_si256(y.bsums.as_ptr().cast()) }
     }
 
     /// Σ over four register pairs of `sv · (q · x)` for one activation row.
@@ -587,29 +606,11 @@ mod wide {
     pub(super) fn dot_q4k<const R: usize>(w: &[u8], xs: [&[Q8xK]; R]) -> [f32; R] {
         let mut acc = [_mm512_setzero_ps(); R];
         let mut accm = [_mm256_setzero_ps(); R];
-        let mask = _mm256_set1_epi8(0xF);
         for (b, blk) in w.chunks_exact(144).enumerate() {
             let d = f16_at(blk, 0);
             let dmin = f16_at(blk, 2);
-            let (sc, mn) = k4_scales(&blk[4..16]);
-            // mins[j / 2] for each of the sixteen 16-element bsums.
-            let mn = _mm_cvtsi64_si128(u64::from_le_bytes(mn) as i64);
-            let mins16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mn, mn));
-            let mut q = [_mm512_setzero_si512(); 4];
-            let mut sv = [_mm512_setzero_si512(); 4];
-            for c in 0..4 {
-                // Sub-blocks 2c and 2c + 1 are the low and high nibbles of
-                // the same 32 bytes.
-                let raw = load32(&blk[16 + 32 * c..]);
-                q[c] = join(
-                    _mm256_and_si256(raw, mask),
-                    _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask),
-                );
-                sv[c] = join(
-                    _mm256_set1_epi16(sc[2 * c] as i16),
-                    _mm256_set1_epi16(sc[2 * c + 1] as i16),
-                );
-            }
+            let (q8, sv8, mins16) = q4k_unpack(blk);
+            let (q, sv) = (pair_up(q8), pair_up(sv8));
             for r in 0..R {
                 let y = &xs[r][b];
                 acc[r] = _mm512_fmadd_ps(
@@ -636,47 +637,10 @@ mod wide {
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     pub(super) fn dot_q6k<const R: usize>(w: &[u8], xs: [&[Q8xK]; R]) -> [f32; R] {
         let mut acc = [_mm512_setzero_ps(); R];
-        let m4 = _mm256_set1_epi8(0xF);
-        let m2 = _mm256_set1_epi8(0x30);
         for (b, blk) in w.chunks_exact(210).enumerate() {
             let d = f16_at(blk, 208);
-            let sc = &blk[192..208];
-            let mut q = [_mm256_setzero_si256(); 8];
-            for h in 0..2 {
-                let ql0 = load32(&blk[64 * h..]);
-                let ql1 = load32(&blk[64 * h + 32..]);
-                let qh = load32(&blk[128 + 32 * h..]);
-                let hb = [
-                    _mm256_and_si256(_mm256_slli_epi16(qh, 4), m2),
-                    _mm256_and_si256(_mm256_slli_epi16(qh, 2), m2),
-                    _mm256_and_si256(qh, m2),
-                    _mm256_and_si256(_mm256_srli_epi16(qh, 2), m2),
-                ];
-                let lb = [
-                    _mm256_and_si256(ql0, m4),
-                    _mm256_and_si256(ql1, m4),
-                    _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
-                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                ];
-                for p in 0..4 {
-                    q[4 * h + p] = _mm256_or_si256(lb[p], hb[p]);
-                }
-            }
-            // Each 32-element sub-block has two 16-element scales.
-            let sv256 = |t: usize| {
-                _mm256_set_m128i(
-                    _mm_set1_epi16(sc[2 * t + 1] as i8 as i16),
-                    _mm_set1_epi16(sc[2 * t] as i8 as i16),
-                )
-            };
-            let mut qq = [_mm512_setzero_si512(); 4];
-            let mut sv = [_mm512_setzero_si512(); 4];
-            for j in 0..4 {
-                qq[j] = join(q[2 * j], q[2 * j + 1]);
-                sv[j] = join(sv256(2 * j), sv256(2 * j + 1));
-            }
-            // SAFETY: `sc` is 16 readable bytes; the load is unaligned.
-            let scales16 = _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(sc.as_ptr().cast()) });
+            let (q8, sv8, scales16) = q6k_unpack(blk);
+            let (qq, sv) = (pair_up(q8), pair_up(sv8));
             for r in 0..R {
                 let y = &xs[r][b];
                 // Quants are stored +32; remove 32·Σ scale·Σx exactly.
