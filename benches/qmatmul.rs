@@ -1,6 +1,9 @@
 //! Quantized matmul: r1serve's tiled kernels vs candle's `QMatMul::forward`
 //! on Qwen2.5-0.5B shapes, plus m=1 weight bandwidth vs a plain memcpy.
 //!
+//! On AMX machines the AVX-512 VNNI kernels (the next best instruction set)
+//! are timed in the same run ("avx512", "gain").
+//!
 //! `cargo bench --bench qmatmul`; `QMM_QUICK=1` skips the LM head and
 //! shortens timing, `QMM_ONLY=Q5_0` keeps one dtype, `QMM_NO_CANDLE=1` times
 //! only ours.
@@ -75,8 +78,8 @@ fn main() -> anyhow::Result<()> {
         rayon::current_num_threads()
     );
     println!(
-        "{:<5} {:>5} {:>6} {:>4} | {:>10} {:>10} {:>7} | {:>8} {:>8}",
-        "dtype", "k", "n", "m", "ours", "candle", "speedup", "GB/s", "memcpy"
+        "{:<5} {:>5} {:>6} {:>4} | {:>10} {:>10} {:>7} | {:>8} {:>8} | {:>10} {:>7}",
+        "dtype", "k", "n", "m", "ours", "candle", "speedup", "GB/s", "memcpy", "avx512", "gain"
     );
     for dtype in dtypes {
         for (k, n) in shapes {
@@ -90,11 +93,18 @@ fn main() -> anyhow::Result<()> {
             let q = std::sync::Arc::new(QTensor::quantize(&w, dtype)?);
             drop(w);
             let ours = QMatrix::from_qtensor(&q)?;
+            // With AMX, the AVX-512 kernels it replaces are timed alongside.
+            let avx512 = (ours.isa() == Isa::Amx)
+                .then(|| QMatrix::from_qtensor_for(&q, Isa::Avx512Vnni))
+                .transpose()?;
             let theirs = QMatMul::from_arc(q.clone())?;
             for m in ms {
                 let x = values(m * k, m as u64);
                 let mut out = vec![0f32; m * n];
                 let t_ours = time(budget, || ours.matmul(black_box(&x), m, &mut out));
+                let t_avx512 = avx512
+                    .as_ref()
+                    .map(|w| time(budget, || w.matmul(black_box(&x), m, &mut out)));
                 let t_candle = if (m * n * k) as f64 <= candle_max_macs {
                     let xt = tensor_2d(&x, m, k)?;
                     Some(time(budget, || {
@@ -116,7 +126,7 @@ fn main() -> anyhow::Result<()> {
                     (String::new(), String::new())
                 };
                 println!(
-                    "{:<5} {:>5} {:>6} {:>4} | {:>10} {:>10} {:>7} | {:>8} {:>8}",
+                    "{:<5} {:>5} {:>6} {:>4} | {:>10} {:>10} {:>7} | {:>8} {:>8} | {:>10} {:>7}",
                     format!("{dtype:?}"),
                     k,
                     n,
@@ -125,7 +135,9 @@ fn main() -> anyhow::Result<()> {
                     t_candle.map_or("-".into(), fmt_time),
                     t_candle.map_or("-".into(), |t| format!("{:.1}x", t / t_ours)),
                     gbs,
-                    copy
+                    copy,
+                    t_avx512.map_or("-".into(), fmt_time),
+                    t_avx512.map_or("-".into(), |t| format!("{:.1}x", t / t_ours)),
                 );
             }
         }

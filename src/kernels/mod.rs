@@ -4,10 +4,14 @@
 //! multiplication used by every linear layer of a GGUF checkpoint
 //! ([`qmatmul`], SIMD inner loops in `qmatmul_simd`).
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 pub mod attention;
 mod attention_simd;
 pub mod qmatmul;
 mod qmatmul_simd;
+#[cfg(target_arch = "x86_64")]
+mod qmatmul_tiled;
 mod simd;
 
 pub use qmatmul::{matmul_reference, Isa, QMatrix};

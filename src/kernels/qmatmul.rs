@@ -25,10 +25,12 @@
 //! The server binary is built for generic x86-64, so compile-time
 //! `target_feature` flags cannot be relied on (candle's SIMD paths vanish
 //! without `-C target-feature=+avx2`). The CPU is probed once
-//! ([`Isa::detect`]) and the best kernel set is used: AVX-512 VNNI or
-//! AVX-VNNI (`vpdpbusd` on 256-bit vectors), AVX2+FMA, or portable scalar
-//! code, which also covers the types without a SIMD kernel (Q2_K, Q3_K,
-//! Q5_K).
+//! ([`Isa::detect`]) and the best kernel set is used: AMX-INT8 tiles for the
+//! 32-element block types (weights repacked at load, `qmatmul_tiled`),
+//! AVX-512 VNNI or AVX-VNNI (`vpdpbusd`), AVX2+FMA, or portable scalar code,
+//! which also covers the types without a SIMD kernel (Q2_K, Q3_K, Q5_K).
+//! One matrix always runs the same kernels whatever the batch size, so a
+//! row's result never depends on the rows computed with it.
 
 use std::sync::OnceLock;
 
@@ -39,6 +41,8 @@ use half::f16;
 use rayon::prelude::*;
 
 use super::qmatmul_simd;
+#[cfg(target_arch = "x86_64")]
+use super::qmatmul_tiled;
 
 /// Elements per block of the 32-element formats (Q4_0 … Q8_0).
 pub(crate) const QK: usize = 32;
@@ -66,16 +70,26 @@ pub enum Isa {
     /// The AVX2 kernels with integer dot products done by AVX-512 VNNI
     /// `vpdpbusd` on 256-bit registers (Ice Lake, Zen 4 and later).
     Avx512Vnni,
+    /// [`Isa::Avx512Vnni`], except that the 32-element block types are
+    /// repacked at load for AMX-INT8 tile multiplies (Sapphire Rapids and
+    /// later; Linux must grant the tile state).
+    Amx,
 }
 
 impl Isa {
     /// All variants, from most to least preferred.
-    const PREFERENCE: [Isa; 4] = [Isa::Avx512Vnni, Isa::AvxVnni, Isa::Avx2, Isa::Scalar];
+    const PREFERENCE: [Isa; 5] = [
+        Isa::Amx,
+        Isa::Avx512Vnni,
+        Isa::AvxVnni,
+        Isa::Avx2,
+        Isa::Scalar,
+    ];
 
     /// Whether this CPU can run the kernels of `self` (probed once per
     /// process).
     pub fn is_supported(self) -> bool {
-        static SUPPORTED: OnceLock<[bool; 4]> = OnceLock::new();
+        static SUPPORTED: OnceLock<[bool; 5]> = OnceLock::new();
         let s = SUPPORTED.get_or_init(|| {
             #[cfg(target_arch = "x86_64")]
             {
@@ -88,10 +102,11 @@ impl Isa {
                     && is_x86_feature_detected!("avx512vl")
                     && is_x86_feature_detected!("avx512vnni");
                 let avxvnni = avx2 && is_x86_feature_detected!("avxvnni");
-                [true, avx2, avxvnni, avx512vnni]
+                let amx = avx512vnni && super::amx::available();
+                [true, avx2, avxvnni, avx512vnni, amx]
             }
             #[cfg(not(target_arch = "x86_64"))]
-            [true, false, false, false]
+            [true, false, false, false, false]
         });
         s[self as usize]
     }
@@ -113,16 +128,27 @@ impl Isa {
     }
 }
 
-/// A quantized weight matrix of shape `(n, k)` in ggml block layout, ready for
-/// [`QMatrix::matmul`].
+/// A quantized weight matrix of shape `(n, k)`, laid out for the kernels of
+/// one instruction set and ready for [`QMatrix::matmul`].
 #[derive(Debug, Clone)]
 pub struct QMatrix {
     dtype: GgmlDType,
     n: usize,
     k: usize,
-    /// Bytes of one weight row (`k / block_size * type_size`).
+    /// The kernels this matrix runs with (the layout depends on them).
+    isa: Isa,
+    /// Bytes of one ggml weight row (`k / block_size * type_size`).
     row_bytes: usize,
-    data: Vec<u8>,
+    storage: Storage,
+}
+
+#[derive(Debug, Clone)]
+enum Storage {
+    /// ggml's blocks, row after row.
+    Rows(Vec<u8>),
+    /// Repacked for the AMX kernels.
+    #[cfg(target_arch = "x86_64")]
+    Tiled(qmatmul_tiled::TiledWeights),
 }
 
 /// An activation block in Q8_0 / Q8_1 form. `d` and `s` are the f16 values
@@ -200,8 +226,16 @@ impl QMatrix {
         )
     }
 
-    /// Copies the raw blocks of a 2-D quantized tensor of shape `(n, k)`.
+    /// Copies a 2-D quantized tensor of shape `(n, k)` for the best
+    /// instruction set of this CPU.
     pub fn from_qtensor(t: &QTensor) -> Result<Self> {
+        Self::from_qtensor_for(t, Isa::detect())
+    }
+
+    /// [`QMatrix::from_qtensor`] for the kernels of `isa` (or of
+    /// [`Isa::detect`] when this CPU cannot run `isa`); used to test and
+    /// compare the kernels against each other.
+    pub fn from_qtensor_for(t: &QTensor, isa: Isa) -> Result<Self> {
         let dtype = t.dtype();
         ensure!(
             Self::supported(dtype),
@@ -214,7 +248,7 @@ impl QMatrix {
             "k = {k} is not a multiple of the {dtype:?} block size {bs}"
         );
         let row_bytes = k / bs * dtype.type_size();
-        let data = t.data()?.into_owned();
+        let data = t.data()?;
         if data.len() != n * row_bytes {
             bail!(
                 "{dtype:?} tensor ({n}, {k}) has {} bytes, expected {}",
@@ -222,12 +256,35 @@ impl QMatrix {
                 n * row_bytes
             );
         }
+        let mut isa = if isa.is_supported() {
+            isa
+        } else {
+            Isa::detect()
+        };
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Amx {
+            if let Some(tiled) = qmatmul_tiled::TiledWeights::new(dtype, n, k, &data) {
+                return Ok(Self {
+                    dtype,
+                    n,
+                    k,
+                    isa,
+                    row_bytes,
+                    storage: Storage::Tiled(tiled),
+                });
+            }
+        }
+        // Types without a tiled kernel run the AVX-512 VNNI ones.
+        if isa == Isa::Amx {
+            isa = Isa::Avx512Vnni;
+        }
         Ok(Self {
             dtype,
             n,
             k,
+            isa,
             row_bytes,
-            data,
+            storage: Storage::Rows(data.into_owned()),
         })
     }
 
@@ -246,60 +303,52 @@ impl QMatrix {
         self.k
     }
 
-    /// Size of the weights in bytes, i.e. what one call reads from memory.
-    pub fn size_in_bytes(&self) -> usize {
-        self.data.len()
+    /// The instruction set whose kernels this matrix runs with.
+    pub fn isa(&self) -> Isa {
+        self.isa
     }
 
-    /// `out[m×n] = x[m×k] · Wᵀ` using the best instruction set of this CPU.
+    /// Size of the weights in bytes, i.e. what one call reads from memory.
+    pub fn size_in_bytes(&self) -> usize {
+        match &self.storage {
+            Storage::Rows(data) => data.len(),
+            #[cfg(target_arch = "x86_64")]
+            Storage::Tiled(t) => t.size_in_bytes(),
+        }
+    }
+
+    /// `out[m×n] = x[m×k] · Wᵀ` with the kernels of [`QMatrix::isa`].
     ///
     /// # Panics
     ///
     /// If `x.len() != m * k` or `out.len() != m * n`.
     pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32]) {
-        self.matmul_with(Isa::detect(), x, m, out)
-    }
-
-    /// [`QMatrix::matmul`] with the kernels of `isa` (or of [`Isa::detect`]
-    /// when this CPU cannot run `isa`); used to test and compare the kernels
-    /// against each other.
-    ///
-    /// # Panics
-    ///
-    /// If `x.len() != m * k` or `out.len() != m * n`.
-    pub fn matmul_with(&self, isa: Isa, x: &[f32], m: usize, out: &mut [f32]) {
         assert_eq!(x.len(), m * self.k, "x must be m×k = {m}×{}", self.k);
         assert_eq!(out.len(), m * self.n, "out must be m×n = {m}×{}", self.n);
         if m == 0 || self.n == 0 {
             return;
         }
-        let isa = if isa.is_supported() {
-            isa
-        } else {
-            Isa::detect()
-        };
-        let xq = self.quantize_activations(isa, x, m);
-        // Tiles are column blocks of `out`: hand each task the pieces of
-        // every output row that fall in its tile (tile-major, `m` pieces a
-        // tile), so tasks write disjoint memory directly.
-        let tile = tile_rows(self.n);
-        let mut rows: Vec<_> = out
-            .chunks_exact_mut(self.n)
-            .map(|row| row.chunks_mut(tile))
-            .collect();
-        let mut pieces = Vec::with_capacity(m * self.n.div_ceil(tile));
-        for _ in 0..self.n.div_ceil(tile) {
-            pieces.extend(rows.iter_mut().filter_map(Iterator::next));
+        match &self.storage {
+            Storage::Rows(data) => {
+                let xq = self.quantize_activations(x, m);
+                for_each_tile(out, self.n, tile_rows(self.n), |j0, o| {
+                    self.tile(data, &xq, j0, o)
+                });
+            }
+            #[cfg(target_arch = "x86_64")]
+            Storage::Tiled(t) => {
+                let xq = t.quantize(x, m);
+                let tile = tile_rows(self.n).next_multiple_of(qmatmul_tiled::GROUP);
+                // SAFETY: tiled storage is only built when `Isa::Amx` is
+                // supported.
+                for_each_tile(out, self.n, tile, |j0, o| unsafe { t.tile(&xq, j0, o) });
+            }
         }
-        pieces
-            .par_chunks_mut(m)
-            .enumerate()
-            .for_each(|(t, o)| self.tile(isa, &xq, t * tile, o));
     }
 
-    fn quantize_activations(&self, isa: Isa, x: &[f32], m: usize) -> Activations {
+    fn quantize_activations(&self, x: &[f32], m: usize) -> Activations {
         let k = self.k;
-        if uses_pairs(isa, self.dtype, k) {
+        if uses_pairs(self.isa, self.dtype, k) {
             let pairs_per_row = k / (2 * QK);
             let mut pairs = vec![Q8Pair::ZERO; m * pairs_per_row];
             if m > 1 {
@@ -348,7 +397,7 @@ impl QMatrix {
 
     /// Computes weight rows `j0..j0 + width` for all activation rows `i`
     /// into `o[i][j - j0]`.
-    fn tile(&self, isa: Isa, xq: &Activations, j0: usize, o: &mut [&mut [f32]]) {
+    fn tile(&self, data: &[u8], xq: &Activations, j0: usize, o: &mut [&mut [f32]]) {
         let m = o.len();
         let width = o.first().map_or(0, |row| row.len());
         // Activation rows outermost: a group of rows stays in L1
@@ -365,16 +414,17 @@ impl QMatrix {
             };
             for jj in 0..width {
                 let j = j0 + jj;
-                let w = &self.data[j * self.row_bytes..(j + 1) * self.row_bytes];
+                let w = &data[j * self.row_bytes..(j + 1) * self.row_bytes];
                 let mut res = [0f32; PAIR_ROWS];
                 match r {
-                    1 => res[..1].copy_from_slice(&self.dot_rows::<1>(isa, xq, i0, w)),
-                    2 => res[..2].copy_from_slice(&self.dot_rows::<2>(isa, xq, i0, w)),
-                    3 => res[..3].copy_from_slice(&self.dot_rows::<3>(isa, xq, i0, w)),
-                    SMALL_ROWS => res[..SMALL_ROWS]
-                        .copy_from_slice(&self.dot_rows::<SMALL_ROWS>(isa, xq, i0, w)),
-                    ROWS => res[..ROWS].copy_from_slice(&self.dot_rows::<ROWS>(isa, xq, i0, w)),
-                    _ => res = self.dot_rows::<PAIR_ROWS>(isa, xq, i0, w),
+                    1 => res[..1].copy_from_slice(&self.dot_rows::<1>(xq, i0, w)),
+                    2 => res[..2].copy_from_slice(&self.dot_rows::<2>(xq, i0, w)),
+                    3 => res[..3].copy_from_slice(&self.dot_rows::<3>(xq, i0, w)),
+                    SMALL_ROWS => {
+                        res[..SMALL_ROWS].copy_from_slice(&self.dot_rows::<SMALL_ROWS>(xq, i0, w))
+                    }
+                    ROWS => res[..ROWS].copy_from_slice(&self.dot_rows::<ROWS>(xq, i0, w)),
+                    _ => res = self.dot_rows::<PAIR_ROWS>(xq, i0, w),
                 }
                 for (row, &v) in o[i0..i0 + r].iter_mut().zip(&res) {
                     row[jj] = v;
@@ -385,13 +435,8 @@ impl QMatrix {
     }
 
     /// Dot products of weight row `w` with activation rows `i0..i0 + R`.
-    fn dot_rows<const R: usize>(
-        &self,
-        isa: Isa,
-        xq: &Activations,
-        i0: usize,
-        w: &[u8],
-    ) -> [f32; R] {
+    fn dot_rows<const R: usize>(&self, xq: &Activations, i0: usize, w: &[u8]) -> [f32; R] {
+        let isa = self.isa;
         match xq {
             Activations::B32(xs) => dot32(isa, self.dtype, w, rows(xs, self.k / QK, i0)),
             Activations::K(xs) => dotk(isa, self.dtype, w, rows(xs, self.k / QK_K, i0)),
@@ -401,6 +446,30 @@ impl QMatrix {
             }
         }
     }
+}
+
+/// Runs `f(j0, pieces)` for every column tile of `out` (`m` rows of `n`),
+/// in parallel: `pieces` are the tile's slices of each output row, so tasks
+/// write disjoint memory directly.
+fn for_each_tile(
+    out: &mut [f32],
+    n: usize,
+    tile: usize,
+    f: impl Fn(usize, &mut [&mut [f32]]) + Sync,
+) {
+    let m = out.len() / n;
+    let mut rows: Vec<_> = out
+        .chunks_exact_mut(n)
+        .map(|row| row.chunks_mut(tile))
+        .collect();
+    let mut pieces = Vec::with_capacity(m * n.div_ceil(tile));
+    for _ in 0..n.div_ceil(tile) {
+        pieces.extend(rows.iter_mut().filter_map(Iterator::next));
+    }
+    pieces
+        .par_chunks_mut(m)
+        .enumerate()
+        .for_each(|(t, o)| f(t * tile, o));
 }
 
 /// Rows `i0..i0 + R` of a row-major matrix of blocks with `kb` blocks a row.
@@ -447,7 +516,7 @@ fn dotk<const R: usize>(isa: Isa, dtype: GgmlDType, w: &[u8], xs: [&[Q8xK]; R]) 
 }
 
 impl Q8x32 {
-    const ZERO: Self = Self {
+    pub(crate) const ZERO: Self = Self {
         qs: [0; QK],
         d: 0.0,
         s: 0.0,

@@ -56,11 +56,11 @@ fn check(dtype: GgmlDType, m: usize, k: usize, n: usize) {
     let q = weights(dtype, n, k, (m * 31 + k * 7 + n) as u64);
     let x = random(m * k, 99 + m as u64);
     let want = candle(&q, &x, m);
-    let w = QMatrix::from_qtensor(&q).unwrap();
-    assert_eq!((w.n(), w.k(), w.dtype()), (n, k, dtype));
     for isa in Isa::available() {
+        let w = QMatrix::from_qtensor_for(&q, isa).unwrap();
+        assert_eq!((w.n(), w.k(), w.dtype()), (n, k, dtype));
         let mut got = vec![f32::NAN; m * n];
-        w.matmul_with(isa, &x, m, &mut got);
+        w.matmul(&x, m, &mut got);
         let e = rel_err(&got, &want);
         assert!(
             e < 1e-5,
@@ -72,8 +72,21 @@ fn check(dtype: GgmlDType, m: usize, k: usize, n: usize) {
 #[test]
 fn matches_candle_all_dtypes() {
     for dtype in ALL {
-        for (m, k, n) in [(1, 256, 8), (3, 512, 33), (5, 768, 20), (13, 256, 9)] {
-            check(dtype, m, k, n);
+        // n = 16, 48, 64: whole groups for the AMX layout (with an odd
+        // block count at k = 96 and 224); the others fall back.
+        let shapes = [
+            (1, 256, 8),
+            (3, 512, 33),
+            (5, 768, 20),
+            (13, 256, 9),
+            (1, 96, 16),
+            (2, 256, 48),
+            (19, 224, 64),
+        ];
+        for (m, k, n) in shapes {
+            if k % dtype.block_size() == 0 {
+                check(dtype, m, k, n);
+            }
         }
     }
 }
@@ -103,6 +116,54 @@ fn matches_candle_model_shapes() {
                 check(dtype, m, k, n);
             }
         }
+    }
+}
+
+/// Each row's result does not depend on which rows come with it: a batch of
+/// 21 rows (AMX chunks of 16, 4 and 1) equals every row computed alone,
+/// bit for bit, for every instruction set.
+#[test]
+fn rows_are_batch_invariant() {
+    let (m, k, n) = (21, 768, 64);
+    let x = random(m * k, 17);
+    for dtype in ALL {
+        let q = weights(dtype, n, k, 23);
+        for isa in Isa::available() {
+            let w = QMatrix::from_qtensor_for(&q, isa).unwrap();
+            let mut batch = vec![0f32; m * n];
+            w.matmul(&x, m, &mut batch);
+            for i in 0..m {
+                let mut alone = vec![0f32; n];
+                w.matmul(&x[i * k..(i + 1) * k], 1, &mut alone);
+                assert_eq!(
+                    alone,
+                    batch[i * n..(i + 1) * n],
+                    "{dtype:?} {:?}: row {i} alone vs in a batch of {m}",
+                    w.isa()
+                );
+            }
+        }
+    }
+}
+
+/// On CPUs with AMX the 32-element block types really take the tiled path
+/// (so the tests above exercise it), and the rest fall back to AVX-512.
+#[test]
+fn amx_layout_is_used_where_it_applies() {
+    if !Isa::Amx.is_supported() {
+        return;
+    }
+    for dtype in ALL {
+        let tiled = QMatrix::from_qtensor_for(&weights(dtype, 32, 256, 1), Isa::Amx).unwrap();
+        let ragged = QMatrix::from_qtensor_for(&weights(dtype, 24, 256, 1), Isa::Amx).unwrap();
+        let block32 = dtype.block_size() == QK;
+        let want = if block32 { Isa::Amx } else { Isa::Avx512Vnni };
+        assert_eq!(tiled.isa(), want, "{dtype:?}");
+        assert_eq!(ragged.isa(), Isa::Avx512Vnni, "{dtype:?} with n = 24");
+        assert_eq!(
+            tiled.size_in_bytes(),
+            32 * 256 / dtype.block_size() * dtype.type_size()
+        );
     }
 }
 

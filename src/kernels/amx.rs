@@ -1,0 +1,144 @@
+//! Intel AMX (Advanced Matrix Extensions) plumbing: asking Linux for the
+//! tile state, per-thread tile configuration, and the one tile operation the
+//! quantized matmul needs. The instructions are emitted with `asm!` because
+//! Rust's AMX intrinsics are not stable.
+//!
+//! Tile registers used by [`dot_blocks`]: `tmm0`/`tmm3` accumulators (`rows`
+//! activation rows × 16 i32), `tmm1`/`tmm4` activations (`rows` × 32 i8),
+//! `tmm2`/`tmm5` weights (8 rows of 16 weight rows × 4 u8, the VNNI layout).
+
+use std::arch::asm;
+use std::arch::x86_64::__cpuid_count;
+use std::cell::Cell;
+
+/// Whether this CPU has AMX-TILE and AMX-INT8 and the kernel granted this
+/// process the tile state (Linux wants `ARCH_REQ_XCOMP_PERM` first; without
+/// it the first tile instruction faults).
+pub(super) fn available() -> bool {
+    let edx = __cpuid_count(7, 0).edx;
+    let (tile, int8) = (edx & (1 << 24) != 0, edx & (1 << 25) != 0);
+    tile && int8 && request_tile_permission()
+}
+
+#[cfg(target_os = "linux")]
+fn request_tile_permission() -> bool {
+    const SYS_ARCH_PRCTL: i64 = 158;
+    const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
+    const XFEATURE_XTILEDATA: i64 = 18;
+    let ret: i64;
+    // SAFETY: arch_prctl(ARCH_REQ_XCOMP_PERM) only changes which xsave
+    // features this process may use; the syscall clobbers rcx and r11.
+    unsafe {
+        asm!(
+            "syscall",
+            inlateout("rax") SYS_ARCH_PRCTL => ret,
+            in("rdi") ARCH_REQ_XCOMP_PERM,
+            in("rsi") XFEATURE_XTILEDATA,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    ret == 0
+}
+
+#[cfg(not(target_os = "linux"))]
+fn request_tile_permission() -> bool {
+    false
+}
+
+/// The 64-byte `ldtilecfg` operand (palette 1).
+#[repr(C, align(64))]
+struct TileConfig {
+    palette: u8,
+    start_row: u8,
+    reserved: [u8; 14],
+    colsb: [u16; 16],
+    rows: [u8; 16],
+}
+
+thread_local! {
+    /// Activation rows the current thread's tiles are configured for (0:
+    /// not configured). Tile configuration is per-thread CPU state.
+    static CONFIGURED_ROWS: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Configures this thread's tiles for `rows` (1..=16) activation rows,
+/// unless they already are.
+///
+/// # Safety
+///
+/// [`available`] must have returned true in this process.
+pub(super) unsafe fn configure(rows: usize) {
+    debug_assert!((1..=16).contains(&rows));
+    if CONFIGURED_ROWS.get() == rows {
+        return;
+    }
+    let r = rows as u8;
+    let mut cfg = TileConfig {
+        palette: 1,
+        start_row: 0,
+        reserved: [0; 14],
+        colsb: [0; 16],
+        rows: [0; 16],
+    };
+    for (t, colsb, trows) in [
+        (0, 64, r),
+        (1, 32, r),
+        (2, 64, 8),
+        (3, 64, r),
+        (4, 32, r),
+        (5, 64, 8),
+    ] {
+        cfg.colsb[t] = colsb;
+        cfg.rows[t] = trows;
+    }
+    // SAFETY: the config is valid for palette 1 (≤ 16 rows, ≤ 64 bytes a
+    // row) and the caller guarantees the OS enabled the tile state.
+    unsafe { asm!("ldtilecfg [{}]", in(reg) &cfg, options(nostack, readonly)) };
+    CONFIGURED_ROWS.set(rows);
+}
+
+/// Integer dot products of two 32-element blocks: for `blk` in 0..2,
+/// `c[blk][j][i] = Σ_k a[blk][j][k] · w[blk][k/4][i][k%4]` over k in 0..32,
+/// with `a` signed activation bytes (row `j` at `a[blk] + j·a_stride`) and
+/// `w` unsigned weight bytes (8 rows of 64 bytes).
+///
+/// # Safety
+///
+/// [`configure`] must have been called on this thread with the row count
+/// `c` is read with; the pointers must cover that many rows.
+pub(super) unsafe fn dot_blocks(
+    a: [*const i8; 2],
+    a_stride: usize,
+    w: [*const u8; 2],
+    c: &mut [[[i32; 16]; 16]; 2],
+) {
+    let [c0, c1] = c;
+    // SAFETY: per the contract, each tile load reads the configured rows
+    // from memory the caller owns, and each store writes at most 16 rows of
+    // 64 bytes into `c`.
+    unsafe {
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm3",
+            "tileloadd tmm1, [{a0} + {sa}*1]",
+            "tileloadd tmm2, [{w0} + {s64}*1]",
+            "tileloadd tmm4, [{a1} + {sa}*1]",
+            "tileloadd tmm5, [{w1} + {s64}*1]",
+            "tdpbsud tmm0, tmm1, tmm2",
+            "tdpbsud tmm3, tmm4, tmm5",
+            "tilestored [{c0} + {s64}*1], tmm0",
+            "tilestored [{c1} + {s64}*1], tmm3",
+            a0 = in(reg) a[0],
+            a1 = in(reg) a[1],
+            sa = in(reg) a_stride,
+            w0 = in(reg) w[0],
+            w1 = in(reg) w[1],
+            s64 = in(reg) 64usize,
+            c0 = in(reg) c0.as_mut_ptr(),
+            c1 = in(reg) c1.as_mut_ptr(),
+            options(nostack),
+        );
+    }
+}

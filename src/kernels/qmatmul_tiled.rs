@@ -1,0 +1,425 @@
+//! Quantized matmul for the 32-element block types (Q4_0, Q4_1, Q5_0, Q5_1,
+//! Q8_0) on CPUs with AMX-INT8, with the weights repacked once at load.
+//!
+//! # Layout
+//!
+//! Weight rows go in groups of 16. For each block of 32 elements a group
+//! stores its quants as eight 64-byte rows, row `r` holding elements
+//! `4r..4r + 4` of all 16 weight rows (row-major within). That is the
+//! "VNNI" layout AMX wants for its second operand, and also what one 512-bit
+//! `vpdpbusd` against four broadcast activation bytes consumes, so both
+//! kernels below read the same bytes. 4- and 5-bit quants keep two per byte
+//! (the low nibbles of 64 bytes are row `r`, the high ones row `r + 4`: the
+//! same pairing as ggml's own nibbles, so repacking moves whole bytes), the
+//! fifth bits are a 64-bit mask per register, and the 16 rows' f16 scales
+//! (and mins) of a block sit together. The repacked matrix is as large as the
+//! ggml one.
+//!
+//! # Exactness and batch invariance
+//!
+//! Quants are stored unsigned (ggml's, or Q8_0's plus 128); each block's
+//! integer dot product is exact and loses its offset through the
+//! activations' precomputed `corr`, so both kernels produce the same i32 per
+//! (activation row, weight row, block). The f32 part is one code path
+//! ([`epilogue`]) applied block by block in order, so a row's result is
+//! bit-identical whichever kernel ran and however many rows came with it.
+//! Single rows (decode) use the VNNI kernel, which needs no tile setup;
+//! batches use AMX, whose `tdpbsud` does a 16×16×32 block in one instruction.
+
+use std::arch::x86_64::*;
+
+use candle_core::quantized::GgmlDType;
+
+use super::amx;
+use super::qmatmul::{quantize_row_q8, Q8x32, QK};
+
+/// Weight rows per group: one 512-bit register holds four bytes of each.
+pub(crate) const GROUP: usize = 16;
+
+/// Format selectors (const generics cannot take enums).
+const Q4_0: u8 = 0;
+const Q4_1: u8 = 1;
+const Q5_0: u8 = 2;
+const Q5_1: u8 = 3;
+const Q8_0: u8 = 4;
+
+const fn nibbles(f: u8) -> bool {
+    f != Q8_0
+}
+
+const fn high_bit(f: u8) -> bool {
+    f == Q5_0 || f == Q5_1
+}
+
+const fn has_min(f: u8) -> bool {
+    f == Q4_1 || f == Q5_1
+}
+
+/// What the stored unsigned quants exceed ggml's signed ones by.
+const fn offset(f: u8) -> i32 {
+    match f {
+        Q4_0 => 8,
+        Q5_0 => 16,
+        Q8_0 => 128,
+        _ => 0,
+    }
+}
+
+/// Quant bytes of one block of a group.
+const fn qs_bytes(f: u8) -> usize {
+    if nibbles(f) {
+        GROUP * QK / 2
+    } else {
+        GROUP * QK
+    }
+}
+
+/// One cache line; the repacked weights are a vector of these so every
+/// block's quants start 64-byte aligned.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+/// A `(n, k)` weight matrix in the layout described in the module docs.
+#[derive(Debug, Clone)]
+pub(crate) struct TiledWeights {
+    format: u8,
+    k: usize,
+    /// Blocks per weight row.
+    nb: usize,
+    group_bytes: usize,
+    data: Vec<Line>,
+}
+
+impl TiledWeights {
+    /// Repacks ggml blocks (`n` rows of `k` elements) when the type has a
+    /// tiled kernel and `n` fills whole groups; `None` otherwise.
+    pub(crate) fn new(dtype: GgmlDType, n: usize, k: usize, src: &[u8]) -> Option<Self> {
+        let format = match dtype {
+            GgmlDType::Q4_0 => Q4_0,
+            GgmlDType::Q4_1 => Q4_1,
+            GgmlDType::Q5_0 => Q5_0,
+            GgmlDType::Q5_1 => Q5_1,
+            GgmlDType::Q8_0 => Q8_0,
+            _ => return None,
+        };
+        if !n.is_multiple_of(GROUP) || !k.is_multiple_of(QK) {
+            return None;
+        }
+        let nb = k / QK;
+        let mut tw = Self {
+            format,
+            k,
+            nb,
+            group_bytes: 0,
+            data: Vec::new(),
+        };
+        tw.group_bytes = tw.min_offset() + if has_min(format) { nb * 32 } else { 0 };
+        tw.group_bytes = tw.group_bytes.next_multiple_of(64);
+        tw.data = vec![Line([0; 64]); n / GROUP * tw.group_bytes / 64];
+        tw.repack(dtype, src);
+        Some(tw)
+    }
+
+    fn qh_offset(&self) -> usize {
+        self.nb * qs_bytes(self.format)
+    }
+
+    fn d_offset(&self) -> usize {
+        self.qh_offset()
+            + if high_bit(self.format) {
+                self.nb * 64
+            } else {
+                0
+            }
+    }
+
+    fn min_offset(&self) -> usize {
+        self.d_offset() + self.nb * 32
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `Line` is 64 plain bytes with no padding.
+        unsafe { std::slice::from_raw_parts(self.data.as_ptr().cast(), self.data.len() * 64) }
+    }
+
+    /// Bytes of the repacked matrix.
+    pub(crate) fn size_in_bytes(&self) -> usize {
+        self.data.len() * 64
+    }
+
+    fn repack(&mut self, dtype: GgmlDType, src: &[u8]) {
+        let f = self.format;
+        let ts = dtype.type_size();
+        let row_bytes = self.nb * ts;
+        let (qh_off, d_off, m_off) = (self.qh_offset(), self.d_offset(), self.min_offset());
+        let gb = self.group_bytes;
+        // SAFETY: as in `bytes`.
+        let out: &mut [u8] = unsafe {
+            std::slice::from_raw_parts_mut(self.data.as_mut_ptr().cast(), self.data.len() * 64)
+        };
+        // Where the nibbles and the fifth bits start in a ggml block.
+        let (qh_at, qs_at) = match f {
+            Q4_0 => (0, 2),
+            Q4_1 => (0, 4),
+            Q5_0 => (2, 6),
+            Q5_1 => (4, 8),
+            _ => (0, 2),
+        };
+        for (g, group) in out.chunks_exact_mut(gb).enumerate() {
+            for i in 0..GROUP {
+                let row = &src[(g * GROUP + i) * row_bytes..][..row_bytes];
+                for (b, blk) in row.chunks_exact(ts).enumerate() {
+                    group[d_off + 32 * b + 2 * i..][..2].copy_from_slice(&blk[..2]);
+                    if has_min(f) {
+                        group[m_off + 32 * b + 2 * i..][..2].copy_from_slice(&blk[2..4]);
+                    }
+                    let qs = &mut group[qs_bytes(f) * b..][..qs_bytes(f)];
+                    for r in 0..QK / 4 {
+                        for t in 0..4 {
+                            let e = 4 * r + t;
+                            if !nibbles(f) {
+                                qs[64 * r + 4 * i + t] = blk[qs_at + e] ^ 0x80;
+                            } else if r < 4 {
+                                qs[64 * r + 4 * i + t] = blk[qs_at + e];
+                            }
+                        }
+                    }
+                    if high_bit(f) {
+                        let qh = u32::from_le_bytes(blk[qh_at..qh_at + 4].try_into().unwrap());
+                        let masks = &mut group[qh_off + 64 * b..][..64];
+                        for e in 0..QK {
+                            if qh >> e & 1 == 1 {
+                                let (r, t) = (e / 4, e % 4);
+                                masks[8 * r + i / 2] |= 1 << (4 * (i % 2) + t);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Quantizes `m` activation rows as the kernels want them (ggml's Q8_0,
+    /// or Q8_1 for the types with a min; `corr` removes the weight offset).
+    pub(crate) fn quantize(&self, x: &[f32], m: usize) -> Vec<Q8x32> {
+        use rayon::prelude::*;
+        let mut xq = vec![Q8x32::ZERO; m * self.nb];
+        let (with_s, off) = (has_min(self.format), offset(self.format));
+        if m > 1 {
+            xq.par_chunks_mut(self.nb)
+                .zip(x.par_chunks(self.k))
+                .for_each(|(q, row)| quantize_row_q8(row, q, with_s, off));
+        } else {
+            quantize_row_q8(x, &mut xq, with_s, off);
+        }
+        xq
+    }
+
+    /// Computes the weight rows `j0..j0 + width` (whole groups) of every
+    /// activation row `i` into `o[i][..width]`.
+    ///
+    /// # Safety
+    ///
+    /// `Isa::Amx` must be supported (AVX-512 VNNI, and AMX granted).
+    pub(crate) unsafe fn tile(&self, xq: &[Q8x32], j0: usize, o: &mut [&mut [f32]]) {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            match self.format {
+                Q4_0 => self.tile_for::<Q4_0>(xq, j0, o),
+                Q4_1 => self.tile_for::<Q4_1>(xq, j0, o),
+                Q5_0 => self.tile_for::<Q5_0>(xq, j0, o),
+                Q5_1 => self.tile_for::<Q5_1>(xq, j0, o),
+                _ => self.tile_for::<Q8_0>(xq, j0, o),
+            }
+        }
+    }
+
+    unsafe fn tile_for<const F: u8>(&self, xq: &[Q8x32], j0: usize, o: &mut [&mut [f32]]) {
+        let m = o.len();
+        let width = o.first().map_or(0, |r| r.len());
+        debug_assert!(j0.is_multiple_of(GROUP) && width.is_multiple_of(GROUP));
+        let groups = j0 / GROUP..(j0 + width) / GROUP;
+        // SAFETY: the caller guarantees the instruction sets.
+        unsafe {
+            if m == 1 {
+                for (gg, g) in groups.enumerate() {
+                    let acc = self.group_vnni::<F>(g, &xq[..self.nb]);
+                    _mm512_storeu_ps(o[0][GROUP * gg..].as_mut_ptr(), acc);
+                }
+                return;
+            }
+            let mut i0 = 0;
+            while i0 < m {
+                let rows = [16, 8, 4, 2, 1].into_iter().find(|&r| r <= m - i0).unwrap();
+                let xs = &xq[i0 * self.nb..(i0 + rows) * self.nb];
+                let out = &mut o[i0..i0 + rows];
+                match rows {
+                    16 => self.groups_amx::<F, 16>(groups.clone(), xs, out),
+                    8 => self.groups_amx::<F, 8>(groups.clone(), xs, out),
+                    4 => self.groups_amx::<F, 4>(groups.clone(), xs, out),
+                    2 => self.groups_amx::<F, 2>(groups.clone(), xs, out),
+                    _ => self.groups_amx::<F, 1>(groups.clone(), xs, out),
+                }
+                i0 += rows;
+            }
+        }
+    }
+
+    /// One activation row against group `g`, with `vpdpbusd` on broadcast
+    /// activation bytes: lane `i` of the result is weight row `16g + i`.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn group_vnni<const F: u8>(&self, g: usize, x: &[Q8x32]) -> __m512 {
+        let group = &self.bytes()[g * self.group_bytes..][..self.group_bytes];
+        let mut acc = _mm512_setzero_ps();
+        for (b, y) in x.iter().enumerate() {
+            let w = self.unpack::<F>(group, b);
+            let xw: [i32; 8] = std::array::from_fn(|r| {
+                i32::from_le_bytes(std::array::from_fn(|t| y.qs[4 * r + t] as u8))
+            });
+            // Two chains halve the dependency on vpdpbusd's latency.
+            let mut c0 = _mm512_setzero_si512();
+            let mut c1 = _mm512_setzero_si512();
+            for r in (0..8).step_by(2) {
+                c0 = _mm512_dpbusd_epi32(c0, w[r], _mm512_set1_epi32(xw[r]));
+                c1 = _mm512_dpbusd_epi32(c1, w[r + 1], _mm512_set1_epi32(xw[r + 1]));
+            }
+            let (dw, mw) = self.scales::<F>(group, b);
+            acc = epilogue::<F>(_mm512_add_epi32(c0, c1), dw, mw, y, acc);
+        }
+        acc
+    }
+
+    /// `R` activation rows (`xs`, row-major blocks) against `groups`, two
+    /// blocks per AMX step, into `out[j][16·(g − first group)..]`.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn groups_amx<const F: u8, const R: usize>(
+        &self,
+        groups: std::ops::Range<usize>,
+        xs: &[Q8x32],
+        out: &mut [&mut [f32]],
+    ) {
+        #[repr(C, align(64))]
+        struct Scratch {
+            w: [[__m512i; 8]; 2],
+            c: [[[i32; 16]; 16]; 2],
+        }
+        // SAFETY: the caller guarantees AMX was granted.
+        unsafe { amx::configure(R) };
+        let mut s = Scratch {
+            w: [[_mm512_setzero_si512(); 8]; 2],
+            c: [[[0; 16]; 16]; 2],
+        };
+        let nb = self.nb;
+        let a_stride = nb * size_of::<Q8x32>();
+        let g0 = groups.start;
+        for g in groups {
+            let group = &self.bytes()[g * self.group_bytes..][..self.group_bytes];
+            let mut acc = [_mm512_setzero_ps(); R];
+            for b in (0..nb).step_by(2) {
+                // An odd last block is computed twice and used once.
+                let blocks = [b, (b + 1).min(nb - 1)];
+                let w = blocks.map(|blk| {
+                    if nibbles(F) {
+                        let slot = &mut s.w[usize::from(blk != b)];
+                        *slot = self.unpack::<F>(group, blk);
+                        slot.as_ptr().cast::<u8>()
+                    } else {
+                        group[qs_bytes(F) * blk..].as_ptr()
+                    }
+                });
+                let a = blocks.map(|blk| xs[blk].qs.as_ptr());
+                // SAFETY: tiles are configured for `R` rows; activation row
+                // `j` of block `blk` is `xs[j·nb + blk]`, `R` rows exist, and
+                // each weight operand is 8 × 64 readable bytes.
+                unsafe { amx::dot_blocks(a, a_stride, w, &mut s.c) };
+                for (c, blk) in s.c.iter().zip(b..nb.min(b + 2)) {
+                    let (dw, mw) = self.scales::<F>(group, blk);
+                    for (j, acc) in acc.iter_mut().enumerate() {
+                        // SAFETY: a row of `c` is 16 i32.
+                        let ci = unsafe { _mm512_loadu_si512(c[j].as_ptr().cast()) };
+                        *acc = epilogue::<F>(ci, dw, mw, &xs[j * nb + blk], *acc);
+                    }
+                }
+            }
+            for (row, acc) in out.iter_mut().zip(acc) {
+                let dst = &mut row[GROUP * (g - g0)..][..GROUP];
+                // SAFETY: `dst` holds 16 f32.
+                unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), acc) };
+            }
+        }
+    }
+
+    /// Block `b` of a group as eight registers of unsigned quants, register
+    /// `r` holding elements `4r..4r + 4` of the 16 weight rows.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    fn unpack<const F: u8>(&self, group: &[u8], b: usize) -> [__m512i; 8] {
+        let qs = &group[qs_bytes(F) * b..][..qs_bytes(F)];
+        let load = |o: usize| {
+            let q = &qs[o..o + 64];
+            // SAFETY: `q` is 64 readable bytes; the load is unaligned.
+            unsafe { _mm512_loadu_si512(q.as_ptr().cast()) }
+        };
+        let mut w = [_mm512_setzero_si512(); 8];
+        if !nibbles(F) {
+            for (r, w) in w.iter_mut().enumerate() {
+                *w = load(64 * r);
+            }
+            return w;
+        }
+        let low = _mm512_set1_epi8(0xF);
+        for c in 0..4 {
+            let raw = load(64 * c);
+            w[c] = _mm512_and_si512(raw, low);
+            w[c + 4] = _mm512_and_si512(_mm512_srli_epi16::<4>(raw), low);
+        }
+        if high_bit(F) {
+            let masks = &group[self.qh_offset() + 64 * b..][..64];
+            let sixteen = _mm512_set1_epi8(16);
+            for (r, w) in w.iter_mut().enumerate() {
+                let k = u64::from_le_bytes(masks[8 * r..8 * r + 8].try_into().unwrap());
+                *w = _mm512_mask_add_epi8(*w, k, *w, sixteen);
+            }
+        }
+        w
+    }
+
+    /// The 16 weight rows' scales (and mins; zero for types without) of
+    /// block `b`.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    fn scales<const F: u8>(&self, group: &[u8], b: usize) -> (__m512, __m512) {
+        let half = |o: usize| {
+            let h = &group[o + 32 * b..][..32];
+            // SAFETY: `h` is 16 readable f16; the load is unaligned.
+            unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(h.as_ptr().cast())) }
+        };
+        let mw = if has_min(F) {
+            half(self.min_offset())
+        } else {
+            _mm512_setzero_ps()
+        };
+        (half(self.d_offset()), mw)
+    }
+}
+
+/// Folds block sums `c` (16 weight rows, offset still in) into `acc`:
+/// `acc + (c + corr)·(dw·dx) [+ mw·s]`, ggml's per-block formula. Both
+/// kernels go through here so their results are bit-identical.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+fn epilogue<const F: u8>(c: __m512i, dw: __m512, mw: __m512, y: &Q8x32, acc: __m512) -> __m512 {
+    let c = if offset(F) != 0 {
+        _mm512_add_epi32(c, _mm512_set1_epi32(y.corr))
+    } else {
+        c
+    };
+    let scale = _mm512_mul_ps(dw, _mm512_set1_ps(y.d));
+    let acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(c), scale, acc);
+    if has_min(F) {
+        _mm512_fmadd_ps(mw, _mm512_set1_ps(y.s), acc)
+    } else {
+        acc
+    }
+}
