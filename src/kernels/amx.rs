@@ -4,8 +4,9 @@
 //! Rust's AMX intrinsics are not stable.
 //!
 //! Tile registers used by [`dot_blocks`]: `tmm0`/`tmm3` accumulators (`rows`
-//! activation rows × 16 i32), `tmm1`/`tmm4` activations (`rows` × 32 i8),
-//! `tmm2`/`tmm5` weights (8 rows of 16 weight rows × 4 u8, the VNNI layout).
+//! activation rows × 16 i32), `tmm1`/`tmm4` activations (`rows` × K i8),
+//! `tmm2`/`tmm5` weights (K/4 rows of 16 weight rows × 4 u8, the VNNI
+//! layout), for blocks of K = 16 or 32 elements.
 
 use std::arch::asm;
 use std::arch::x86_64::__cpuid_count;
@@ -58,23 +59,24 @@ struct TileConfig {
 }
 
 thread_local! {
-    /// Activation rows the current thread's tiles are configured for (0:
-    /// not configured). Tile configuration is per-thread CPU state.
-    static CONFIGURED_ROWS: Cell<usize> = const { Cell::new(0) };
+    /// The (activation rows, block bytes) the current thread's tiles are
+    /// configured for ((0, 0): not configured). Tile configuration is
+    /// per-thread CPU state.
+    static CONFIGURED: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
 }
 
-/// Configures this thread's tiles for `rows` (1..=16) activation rows,
-/// unless they already are.
+/// Configures this thread's tiles for `rows` (1..=16) activation rows and
+/// blocks of `k` (16 or 32) elements, unless they already are.
 ///
 /// # Safety
 ///
 /// [`available`] must have returned true in this process.
-pub(super) unsafe fn configure(rows: usize) {
-    debug_assert!((1..=16).contains(&rows));
-    if CONFIGURED_ROWS.get() == rows {
+pub(super) unsafe fn configure(rows: usize, k: usize) {
+    debug_assert!((1..=16).contains(&rows) && (k == 16 || k == 32));
+    if CONFIGURED.get() == (rows, k) {
         return;
     }
-    let r = rows as u8;
+    let (r, kb, kr) = (rows as u8, k as u16, (k / 4) as u8);
     let mut cfg = TileConfig {
         palette: 1,
         start_row: 0,
@@ -84,11 +86,11 @@ pub(super) unsafe fn configure(rows: usize) {
     };
     for (t, colsb, trows) in [
         (0, 64, r),
-        (1, 32, r),
-        (2, 64, 8),
+        (1, kb, r),
+        (2, 64, kr),
         (3, 64, r),
-        (4, 32, r),
-        (5, 64, 8),
+        (4, kb, r),
+        (5, 64, kr),
     ] {
         cfg.colsb[t] = colsb;
         cfg.rows[t] = trows;
@@ -96,13 +98,14 @@ pub(super) unsafe fn configure(rows: usize) {
     // SAFETY: the config is valid for palette 1 (≤ 16 rows, ≤ 64 bytes a
     // row) and the caller guarantees the OS enabled the tile state.
     unsafe { asm!("ldtilecfg [{}]", in(reg) &cfg, options(nostack, readonly)) };
-    CONFIGURED_ROWS.set(rows);
+    CONFIGURED.set((rows, k));
 }
 
-/// Integer dot products of two 32-element blocks: for `blk` in 0..2,
-/// `c[blk][j][i] = Σ_k a[blk][j][k] · w[blk][k/4][i][k%4]` over k in 0..32,
-/// with `a` signed activation bytes (row `j` at `a[blk] + j·a_stride`) and
-/// `w` unsigned weight bytes (8 rows of 64 bytes).
+/// Integer dot products of two blocks of `K` (the configured 16 or 32)
+/// elements: for `blk` in 0..2, `c[blk][j][i] = Σ_k a[blk][j][k] ·
+/// w[blk][k/4][i][k%4]` over k in 0..K, with `a` signed activation bytes
+/// (row `j` at `a[blk] + j·a_stride`) and `w` unsigned weight bytes (K/4
+/// rows of 64 bytes).
 ///
 /// # Safety
 ///

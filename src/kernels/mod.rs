@@ -12,6 +12,8 @@ pub mod qmatmul;
 mod qmatmul_simd;
 #[cfg(target_arch = "x86_64")]
 mod qmatmul_tiled;
+#[cfg(target_arch = "x86_64")]
+mod qmatmul_tiled_k;
 mod simd;
 
 pub use qmatmul::{matmul_reference, Isa, QMatrix};

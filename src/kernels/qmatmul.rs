@@ -26,7 +26,8 @@
 //! `target_feature` flags cannot be relied on (candle's SIMD paths vanish
 //! without `-C target-feature=+avx2`). The CPU is probed once
 //! ([`Isa::detect`]) and the best kernel set is used: AMX-INT8 tiles for the
-//! 32-element block types (weights repacked at load, `qmatmul_tiled`),
+//! 32-element block types, Q4_K and Q6_K (weights repacked at load,
+//! `qmatmul_tiled` and `qmatmul_tiled_k`),
 //! AVX-512 VNNI or AVX-VNNI (`vpdpbusd`), AVX2+FMA, or portable scalar code,
 //! which also covers the types without a SIMD kernel (Q2_K, Q3_K, Q5_K).
 //! One matrix always runs the same kernels whatever the batch size, so a
@@ -42,7 +43,7 @@ use rayon::prelude::*;
 
 use super::qmatmul_simd;
 #[cfg(target_arch = "x86_64")]
-use super::qmatmul_tiled;
+use super::{qmatmul_tiled, qmatmul_tiled_k};
 
 /// Elements per block of the 32-element formats (Q4_0 … Q8_0).
 pub(crate) const QK: usize = 32;
@@ -149,6 +150,9 @@ enum Storage {
     /// Repacked for the AMX kernels.
     #[cfg(target_arch = "x86_64")]
     Tiled(qmatmul_tiled::TiledWeights),
+    /// Repacked for the AMX kernels (k-quants).
+    #[cfg(target_arch = "x86_64")]
+    TiledK(qmatmul_tiled_k::TiledKWeights),
 }
 
 /// An activation block in Q8_0 / Q8_1 form. `d` and `s` are the f16 values
@@ -263,14 +267,19 @@ impl QMatrix {
         };
         #[cfg(target_arch = "x86_64")]
         if isa == Isa::Amx {
-            if let Some(tiled) = qmatmul_tiled::TiledWeights::new(dtype, n, k, &data) {
+            let tiled = qmatmul_tiled::TiledWeights::new(dtype, n, k, &data)
+                .map(Storage::Tiled)
+                .or_else(|| {
+                    qmatmul_tiled_k::TiledKWeights::new(dtype, n, k, &data).map(Storage::TiledK)
+                });
+            if let Some(storage) = tiled {
                 return Ok(Self {
                     dtype,
                     n,
                     k,
                     isa,
                     row_bytes,
-                    storage: Storage::Tiled(tiled),
+                    storage,
                 });
             }
         }
@@ -314,6 +323,8 @@ impl QMatrix {
             Storage::Rows(data) => data.len(),
             #[cfg(target_arch = "x86_64")]
             Storage::Tiled(t) => t.size_in_bytes(),
+            #[cfg(target_arch = "x86_64")]
+            Storage::TiledK(t) => t.size_in_bytes(),
         }
     }
 
@@ -341,6 +352,13 @@ impl QMatrix {
                 let tile = tile_rows(self.n).next_multiple_of(qmatmul_tiled::GROUP);
                 // SAFETY: tiled storage is only built when `Isa::Amx` is
                 // supported.
+                for_each_tile(out, self.n, tile, |j0, o| unsafe { t.tile(&xq, j0, o) });
+            }
+            #[cfg(target_arch = "x86_64")]
+            Storage::TiledK(t) => {
+                let xq = t.quantize(x, m);
+                let tile = tile_rows(self.n).next_multiple_of(qmatmul_tiled::GROUP);
+                // SAFETY: as above.
                 for_each_tile(out, self.n, tile, |j0, o| unsafe { t.tile(&xq, j0, o) });
             }
         }
@@ -525,7 +543,7 @@ impl Q8x32 {
 }
 
 impl Q8xK {
-    const ZERO: Self = Self {
+    pub(crate) const ZERO: Self = Self {
         qs: [0; QK_K],
         d: 0.0,
         bsums: [0; QK_K / 16],
@@ -679,15 +697,25 @@ fn dot32_scalar(dtype: GgmlDType, w: &[u8], x: &[Q8x32]) -> f32 {
 /// `scales[j]` / `mins[j]` apply to elements `16j..16j + 16`, and the block's
 /// value is `d·Σ scales·(q·x) − dmin·Σ mins·bsums` (times the activation
 /// scale).
-struct KBlock {
-    q: [i32; QK_K],
-    scales: [i32; 16],
-    mins: [i32; 16],
-    d: f32,
-    dmin: f32,
+pub(crate) struct KBlock {
+    pub(crate) q: [i32; QK_K],
+    pub(crate) scales: [i32; 16],
+    pub(crate) mins: [i32; 16],
+    pub(crate) d: f32,
+    pub(crate) dmin: f32,
 }
 
-fn unpack_k(dtype: GgmlDType, blk: &[u8], kb: &mut KBlock) {
+impl KBlock {
+    pub(crate) const ZERO: Self = Self {
+        q: [0; QK_K],
+        scales: [0; 16],
+        mins: [0; 16],
+        d: 0.0,
+        dmin: 0.0,
+    };
+}
+
+pub(crate) fn unpack_k(dtype: GgmlDType, blk: &[u8], kb: &mut KBlock) {
     kb.mins = [0; 16];
     kb.dmin = 0.0;
     match dtype {
@@ -767,13 +795,7 @@ fn unpack_k(dtype: GgmlDType, blk: &[u8], kb: &mut KBlock) {
 
 /// Scalar dot product of one k-quant weight row with one activation row.
 fn dotk_scalar(dtype: GgmlDType, w: &[u8], x: &[Q8xK]) -> f32 {
-    let mut kb = KBlock {
-        q: [0; QK_K],
-        scales: [0; 16],
-        mins: [0; 16],
-        d: 0.0,
-        dmin: 0.0,
-    };
+    let mut kb = KBlock::ZERO;
     let mut sumf = 0f32;
     for (blk, y) in w.chunks_exact(dtype.type_size()).zip(x) {
         unpack_k(dtype, blk, &mut kb);

@@ -78,7 +78,20 @@ const fn qs_bytes(f: u8) -> usize {
 /// block's quants start 64-byte aligned.
 #[derive(Debug, Clone, Copy)]
 #[repr(C, align(64))]
-struct Line([u8; 64]);
+pub(super) struct Line(pub(super) [u8; 64]);
+
+/// The bytes of `lines`.
+pub(super) fn line_bytes(lines: &[Line]) -> &[u8] {
+    // SAFETY: `Line` is 64 plain bytes with no padding.
+    unsafe { std::slice::from_raw_parts(lines.as_ptr().cast(), lines.len() * 64) }
+}
+
+/// The bytes of `lines`, writable.
+pub(super) fn line_bytes_mut(lines: &mut [Line]) -> &mut [u8] {
+    // SAFETY: `Line` is 64 plain bytes with no padding, and any byte values
+    // are valid.
+    unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast(), lines.len() * 64) }
+}
 
 /// A `(n, k)` weight matrix in the layout described in the module docs.
 #[derive(Debug, Clone)]
@@ -139,8 +152,7 @@ impl TiledWeights {
     }
 
     fn bytes(&self) -> &[u8] {
-        // SAFETY: `Line` is 64 plain bytes with no padding.
-        unsafe { std::slice::from_raw_parts(self.data.as_ptr().cast(), self.data.len() * 64) }
+        line_bytes(&self.data)
     }
 
     /// Bytes of the repacked matrix.
@@ -154,10 +166,7 @@ impl TiledWeights {
         let row_bytes = self.nb * ts;
         let (qh_off, d_off, m_off) = (self.qh_offset(), self.d_offset(), self.min_offset());
         let gb = self.group_bytes;
-        // SAFETY: as in `bytes`.
-        let out: &mut [u8] = unsafe {
-            std::slice::from_raw_parts_mut(self.data.as_mut_ptr().cast(), self.data.len() * 64)
-        };
+        let out = line_bytes_mut(&mut self.data);
         // Where the nibbles and the fifth bits start in a ggml block.
         let (qh_at, qs_at) = match f {
             Q4_0 => (0, 2),
@@ -249,20 +258,30 @@ impl TiledWeights {
                 }
                 return;
             }
-            let mut i0 = 0;
-            while i0 < m {
-                let rows = [16, 8, 4, 2, 1].into_iter().find(|&r| r <= m - i0).unwrap();
-                let xs = &xq[i0 * self.nb..(i0 + rows) * self.nb];
-                let out = &mut o[i0..i0 + rows];
-                match rows {
-                    16 => self.groups_amx::<F, 16>(groups.clone(), xs, out),
-                    8 => self.groups_amx::<F, 8>(groups.clone(), xs, out),
-                    4 => self.groups_amx::<F, 4>(groups.clone(), xs, out),
-                    2 => self.groups_amx::<F, 2>(groups.clone(), xs, out),
-                    _ => self.groups_amx::<F, 1>(groups.clone(), xs, out),
+            let unpacked_len = if nibbles(F) { self.nb } else { 0 };
+            with_unpacked(unpacked_len, |unpacked| {
+                for (gg, g) in groups.enumerate() {
+                    let group = &self.bytes()[g * self.group_bytes..][..self.group_bytes];
+                    for (b, u) in unpacked.iter_mut().enumerate() {
+                        *u = self.unpack::<F>(group, b);
+                    }
+                    let mut i0 = 0;
+                    while i0 < m {
+                        let rows = [16, 8, 4, 2, 1].into_iter().find(|&r| r <= m - i0).unwrap();
+                        let xs = &xq[i0 * self.nb..(i0 + rows) * self.nb];
+                        let out = &mut o[i0..i0 + rows];
+                        let u = &*unpacked;
+                        match rows {
+                            16 => self.group_amx::<F, 16>(group, u, xs, out, gg),
+                            8 => self.group_amx::<F, 8>(group, u, xs, out, gg),
+                            4 => self.group_amx::<F, 4>(group, u, xs, out, gg),
+                            2 => self.group_amx::<F, 2>(group, u, xs, out, gg),
+                            _ => self.group_amx::<F, 1>(group, u, xs, out, gg),
+                        }
+                        i0 += rows;
+                    }
                 }
-                i0 += rows;
-            }
+            });
         }
     }
 
@@ -290,63 +309,52 @@ impl TiledWeights {
         acc
     }
 
-    /// `R` activation rows (`xs`, row-major blocks) against `groups`, two
-    /// blocks per AMX step, into `out[j][16·(g − first group)..]`.
+    /// `R` activation rows (`xs`, row-major blocks) against one group (its
+    /// quants already `unpacked` for the 4- and 5-bit types), two blocks per
+    /// AMX step, into `out[j][16·gg..]`.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn groups_amx<const F: u8, const R: usize>(
+    unsafe fn group_amx<const F: u8, const R: usize>(
         &self,
-        groups: std::ops::Range<usize>,
+        group: &[u8],
+        unpacked: &[[__m512i; 8]],
         xs: &[Q8x32],
         out: &mut [&mut [f32]],
+        gg: usize,
     ) {
-        #[repr(C, align(64))]
-        struct Scratch {
-            w: [[__m512i; 8]; 2],
-            c: [[[i32; 16]; 16]; 2],
-        }
         // SAFETY: the caller guarantees AMX was granted.
-        unsafe { amx::configure(R) };
-        let mut s = Scratch {
-            w: [[_mm512_setzero_si512(); 8]; 2],
-            c: [[[0; 16]; 16]; 2],
-        };
+        unsafe { amx::configure(R, QK) };
+        let mut c = [[[0i32; 16]; 16]; 2];
         let nb = self.nb;
         let a_stride = nb * size_of::<Q8x32>();
-        let g0 = groups.start;
-        for g in groups {
-            let group = &self.bytes()[g * self.group_bytes..][..self.group_bytes];
-            let mut acc = [_mm512_setzero_ps(); R];
-            for b in (0..nb).step_by(2) {
-                // An odd last block is computed twice and used once.
-                let blocks = [b, (b + 1).min(nb - 1)];
-                let w = blocks.map(|blk| {
-                    if nibbles(F) {
-                        let slot = &mut s.w[usize::from(blk != b)];
-                        *slot = self.unpack::<F>(group, blk);
-                        slot.as_ptr().cast::<u8>()
-                    } else {
-                        group[qs_bytes(F) * blk..].as_ptr()
-                    }
-                });
-                let a = blocks.map(|blk| xs[blk].qs.as_ptr());
-                // SAFETY: tiles are configured for `R` rows; activation row
-                // `j` of block `blk` is `xs[j·nb + blk]`, `R` rows exist, and
-                // each weight operand is 8 × 64 readable bytes.
-                unsafe { amx::dot_blocks(a, a_stride, w, &mut s.c) };
-                for (c, blk) in s.c.iter().zip(b..nb.min(b + 2)) {
-                    let (dw, mw) = self.scales::<F>(group, blk);
-                    for (j, acc) in acc.iter_mut().enumerate() {
-                        // SAFETY: a row of `c` is 16 i32.
-                        let ci = unsafe { _mm512_loadu_si512(c[j].as_ptr().cast()) };
-                        *acc = epilogue::<F>(ci, dw, mw, &xs[j * nb + blk], *acc);
-                    }
+        let mut acc = [_mm512_setzero_ps(); R];
+        for b in (0..nb).step_by(2) {
+            // An odd last block is computed twice and used once.
+            let blocks = [b, (b + 1).min(nb - 1)];
+            let w = blocks.map(|blk| {
+                if nibbles(F) {
+                    unpacked[blk].as_ptr().cast::<u8>()
+                } else {
+                    group[qs_bytes(F) * blk..].as_ptr()
+                }
+            });
+            let a = blocks.map(|blk| xs[blk].qs.as_ptr());
+            // SAFETY: tiles are configured for `R` rows; activation row `j`
+            // of block `blk` is `xs[j·nb + blk]`, `R` rows exist, and each
+            // weight operand is 8 × 64 readable bytes.
+            unsafe { amx::dot_blocks(a, a_stride, w, &mut c) };
+            for (c, blk) in c.iter().zip(b..nb.min(b + 2)) {
+                let (dw, mw) = self.scales::<F>(group, blk);
+                for (j, acc) in acc.iter_mut().enumerate() {
+                    // SAFETY: a row of `c` is 16 i32.
+                    let ci = unsafe { _mm512_loadu_si512(c[j].as_ptr().cast()) };
+                    *acc = epilogue::<F>(ci, dw, mw, &xs[j * nb + blk], *acc);
                 }
             }
-            for (row, acc) in out.iter_mut().zip(acc) {
-                let dst = &mut row[GROUP * (g - g0)..][..GROUP];
-                // SAFETY: `dst` holds 16 f32.
-                unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), acc) };
-            }
+        }
+        for (row, acc) in out.iter_mut().zip(acc) {
+            let dst = &mut row[GROUP * gg..][..GROUP];
+            // SAFETY: `dst` holds 16 f32.
+            unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), acc) };
         }
     }
 
@@ -402,6 +410,28 @@ impl TiledWeights {
         };
         (half(self.d_offset()), mw)
     }
+}
+
+thread_local! {
+    /// Each thread's buffer of unpacked weight blocks (16 bytes per weight
+    /// column of the widest matrix it has multiplied).
+    static UNPACKED: std::cell::RefCell<Vec<[__m512i; 8]>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on `len` unpacked-block slots of this thread's buffer. A group
+/// is unpacked there once for all activation rows, and well before AMX
+/// loads it: a tile load of freshly stored bytes waits for the stores to
+/// reach the cache, which cost more than the multiply when done block by
+/// block.
+pub(super) fn with_unpacked<T>(len: usize, f: impl FnOnce(&mut [[__m512i; 8]]) -> T) -> T {
+    UNPACKED.with_borrow_mut(|buf| {
+        if buf.len() < len {
+            // SAFETY: all-zero bytes are valid integer vectors.
+            buf.resize(len, unsafe { std::mem::zeroed() });
+        }
+        f(&mut buf[..len])
+    })
 }
 
 /// Folds block sums `c` (16 weight rows, offset still in) into `acc`:

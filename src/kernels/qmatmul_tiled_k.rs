@@ -1,0 +1,440 @@
+//! Q4_K and Q6_K weights in the tiled layout of [`super::qmatmul_tiled`]:
+//! 16 weight rows a group, each scaled sub-block (32 elements for Q4_K, 16
+//! for Q6_K) stored as 64-byte rows of four elements of every weight row.
+//! Q4_K keeps its nibbles (the low and high halves of 8 × 64 bytes are two
+//! consecutive sub-blocks, ggml's pairing); Q6_K is stored as bytes (quant +
+//! 32), 8 bits instead of 6.56, to keep its unpacking out of the hot loop.
+//! Sub-block scales and mins are bytes, `[sub-block][row]`.
+//!
+//! Per (activation row, weight row, super-block) the integer part, `Σ scale
+//! · (q·x)` and `Σ min · Σx`, is exact and computed the same way after
+//! either kernel ([`accumulate`] for each sub-block's `q·x`, then
+//! [`finish`]), so the AMX and VNNI kernels agree bit for bit, as for the
+//! 32-element types.
+
+use std::arch::x86_64::*;
+
+use candle_core::quantized::GgmlDType;
+
+use super::amx;
+use super::qmatmul::{k4_scales, quantize_row_q8k, unpack_k, KBlock, Q8xK, QK_K};
+use super::qmatmul_tiled::{line_bytes, line_bytes_mut, with_unpacked, Line, GROUP};
+
+/// Format selectors (const generics cannot take enums).
+const Q4K: u8 = 0;
+const Q6K: u8 = 1;
+
+/// Elements per scaled sub-block.
+const fn sub(f: u8) -> usize {
+    if f == Q4K {
+        32
+    } else {
+        16
+    }
+}
+
+/// Sub-blocks per super-block.
+const fn nsub(f: u8) -> usize {
+    QK_K / sub(f)
+}
+
+/// Quant bytes of one super-block of a group.
+const fn qs_bytes(f: u8) -> usize {
+    if f == Q4K {
+        GROUP * QK_K / 2
+    } else {
+        GROUP * QK_K
+    }
+}
+
+/// A `(n, k)` Q4_K or Q6_K matrix in the layout described in the module docs.
+#[derive(Debug, Clone)]
+pub(crate) struct TiledKWeights {
+    format: u8,
+    k: usize,
+    /// Super-blocks per weight row.
+    nsb: usize,
+    group_bytes: usize,
+    data: Vec<Line>,
+}
+
+/// A super-block's per-row constants for 16 weight rows, widened once for
+/// every activation row.
+struct Scales {
+    sc: [__m512i; 16],
+    mn: [__m512i; 8],
+    d: __m512,
+    dmin: __m512,
+}
+
+impl TiledKWeights {
+    /// Repacks ggml super-blocks (`n` rows of `k` elements) when the type has
+    /// a tiled kernel and `n` fills whole groups; `None` otherwise.
+    pub(crate) fn new(dtype: GgmlDType, n: usize, k: usize, src: &[u8]) -> Option<Self> {
+        let format = match dtype {
+            GgmlDType::Q4K => Q4K,
+            GgmlDType::Q6K => Q6K,
+            _ => return None,
+        };
+        if !n.is_multiple_of(GROUP) || !k.is_multiple_of(QK_K) {
+            return None;
+        }
+        let mut tw = Self {
+            format,
+            k,
+            nsb: k / QK_K,
+            group_bytes: 0,
+            data: Vec::new(),
+        };
+        let end = tw.dmin_offset() + if format == Q4K { tw.nsb * 32 } else { 0 };
+        tw.group_bytes = end.next_multiple_of(64);
+        tw.data = vec![Line([0; 64]); n / GROUP * tw.group_bytes / 64];
+        tw.repack(dtype, src);
+        Some(tw)
+    }
+
+    fn sc_offset(&self) -> usize {
+        self.nsb * qs_bytes(self.format)
+    }
+
+    fn mn_offset(&self) -> usize {
+        self.sc_offset() + self.nsb * nsub(self.format) * GROUP
+    }
+
+    fn d_offset(&self) -> usize {
+        self.mn_offset()
+            + if self.format == Q4K {
+                self.nsb * 128
+            } else {
+                0
+            }
+    }
+
+    fn dmin_offset(&self) -> usize {
+        self.d_offset() + self.nsb * 32
+    }
+
+    /// Bytes of the repacked matrix.
+    pub(crate) fn size_in_bytes(&self) -> usize {
+        self.data.len() * 64
+    }
+
+    fn repack(&mut self, dtype: GgmlDType, src: &[u8]) {
+        let f = self.format;
+        let ts = dtype.type_size();
+        let row_bytes = self.nsb * ts;
+        let sc_off = self.sc_offset();
+        // Offsets from the end of the quants.
+        let mn_off = self.mn_offset() - sc_off;
+        let (d_off, dmin_off) = (self.d_offset() - sc_off, self.dmin_offset() - sc_off);
+        let gb = self.group_bytes;
+        let mut kb = KBlock::ZERO;
+        for (g, group) in line_bytes_mut(&mut self.data)
+            .chunks_exact_mut(gb)
+            .enumerate()
+        {
+            for i in 0..GROUP {
+                let row = &src[(g * GROUP + i) * row_bytes..][..row_bytes];
+                // Quants before `sc_off`, per-row constants after.
+                let (quants, group) = group.split_at_mut(sc_off);
+                for (b, blk) in row.chunks_exact(ts).enumerate() {
+                    let qs = &mut quants[qs_bytes(f) * b..][..qs_bytes(f)];
+                    if f == Q4K {
+                        group[d_off + 32 * b + 2 * i..][..2].copy_from_slice(&blk[0..2]);
+                        group[dmin_off + 32 * b + 2 * i..][..2].copy_from_slice(&blk[2..4]);
+                        for c in 0..4 {
+                            for r in 0..8 {
+                                for t in 0..4 {
+                                    qs[512 * c + 64 * r + 4 * i + t] = blk[16 + 32 * c + 4 * r + t];
+                                }
+                            }
+                        }
+                        let (sc, mn) = k4_scales(&blk[4..16]);
+                        for s in 0..8 {
+                            group[128 * b + GROUP * s + i] = sc[s];
+                            group[mn_off + 128 * b + GROUP * s + i] = mn[s];
+                        }
+                    } else {
+                        group[d_off + 32 * b + 2 * i..][..2].copy_from_slice(&blk[208..210]);
+                        unpack_k(dtype, blk, &mut kb);
+                        for s in 0..16 {
+                            for r in 0..4 {
+                                for t in 0..4 {
+                                    let q = kb.q[16 * s + 4 * r + t] + 32;
+                                    qs[256 * s + 64 * r + 4 * i + t] = q as u8;
+                                }
+                            }
+                            group[256 * b + GROUP * s + i] = kb.scales[s] as i8 as u8;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Quantizes `m` activation rows to ggml's Q8_K.
+    pub(crate) fn quantize(&self, x: &[f32], m: usize) -> Vec<Q8xK> {
+        use rayon::prelude::*;
+        let mut xq = vec![Q8xK::ZERO; m * self.nsb];
+        if m > 1 {
+            xq.par_chunks_mut(self.nsb)
+                .zip(x.par_chunks(self.k))
+                .for_each(|(q, row)| quantize_row_q8k(row, q));
+        } else {
+            quantize_row_q8k(x, &mut xq);
+        }
+        xq
+    }
+
+    /// Computes the weight rows `j0..j0 + width` (whole groups) of every
+    /// activation row `i` into `o[i][..width]`.
+    ///
+    /// # Safety
+    ///
+    /// `Isa::Amx` must be supported (AVX-512 VNNI, and AMX granted).
+    pub(crate) unsafe fn tile(&self, xq: &[Q8xK], j0: usize, o: &mut [&mut [f32]]) {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            if self.format == Q4K {
+                self.tile_for::<Q4K>(xq, j0, o)
+            } else {
+                self.tile_for::<Q6K>(xq, j0, o)
+            }
+        }
+    }
+
+    unsafe fn tile_for<const F: u8>(&self, xq: &[Q8xK], j0: usize, o: &mut [&mut [f32]]) {
+        let m = o.len();
+        let width = o.first().map_or(0, |r| r.len());
+        debug_assert!(j0.is_multiple_of(GROUP) && width.is_multiple_of(GROUP));
+        let groups = j0 / GROUP..(j0 + width) / GROUP;
+        // SAFETY: the caller guarantees the instruction sets.
+        unsafe {
+            if m == 1 {
+                for (gg, g) in groups.enumerate() {
+                    let acc = self.group_vnni::<F>(g, &xq[..self.nsb]);
+                    _mm512_storeu_ps(o[0][GROUP * gg..].as_mut_ptr(), acc);
+                }
+                return;
+            }
+            // Q4_K's sub-blocks are unpacked once per group (see
+            // `with_unpacked`); Q6_K's bytes are used as stored.
+            let per_sb = if F == Q4K { nsub(F) } else { 0 };
+            with_unpacked(self.nsb * per_sb, |unpacked| {
+                for (gg, g) in groups.enumerate() {
+                    let group = self.group(g);
+                    for (i, u) in unpacked.iter_mut().enumerate() {
+                        *u = self.unpack::<F>(group, i / nsub(F), i % nsub(F));
+                    }
+                    let mut i0 = 0;
+                    while i0 < m {
+                        let rows = [16, 8, 4, 2, 1].into_iter().find(|&r| r <= m - i0).unwrap();
+                        let xs = &xq[i0 * self.nsb..(i0 + rows) * self.nsb];
+                        let out = &mut o[i0..i0 + rows];
+                        let u = &*unpacked;
+                        match rows {
+                            16 => self.group_amx::<F, 16>(group, u, xs, out, gg),
+                            8 => self.group_amx::<F, 8>(group, u, xs, out, gg),
+                            4 => self.group_amx::<F, 4>(group, u, xs, out, gg),
+                            2 => self.group_amx::<F, 2>(group, u, xs, out, gg),
+                            _ => self.group_amx::<F, 1>(group, u, xs, out, gg),
+                        }
+                        i0 += rows;
+                    }
+                }
+            });
+        }
+    }
+
+    fn group(&self, g: usize) -> &[u8] {
+        &line_bytes(&self.data)[g * self.group_bytes..][..self.group_bytes]
+    }
+
+    /// The 16 weight rows' scales, mins and super-block scales of
+    /// super-block `b`.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    fn scales<const F: u8>(&self, group: &[u8], b: usize) -> Scales {
+        let bytes16 = |o: usize| {
+            let v = &group[o..o + 16];
+            // SAFETY: `v` is 16 readable bytes; the load is unaligned.
+            unsafe { _mm_loadu_si128(v.as_ptr().cast()) }
+        };
+        let half = |o: usize| {
+            let h = &group[o + 32 * b..][..32];
+            // SAFETY: `h` is 16 readable f16; the load is unaligned.
+            unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(h.as_ptr().cast())) }
+        };
+        let mut s = Scales {
+            sc: [_mm512_setzero_si512(); 16],
+            mn: [_mm512_setzero_si512(); 8],
+            d: half(self.d_offset()),
+            dmin: _mm512_setzero_ps(),
+        };
+        let sc_at = self.sc_offset() + nsub(F) * GROUP * b;
+        for (j, sc) in s.sc.iter_mut().take(nsub(F)).enumerate() {
+            let v = bytes16(sc_at + GROUP * j);
+            *sc = if F == Q4K {
+                _mm512_cvtepu8_epi32(v)
+            } else {
+                _mm512_cvtepi8_epi32(v)
+            };
+        }
+        if F == Q4K {
+            let mn_at = self.mn_offset() + 128 * b;
+            for (j, mn) in s.mn.iter_mut().enumerate() {
+                *mn = _mm512_cvtepu8_epi32(bytes16(mn_at + GROUP * j));
+            }
+            s.dmin = half(self.dmin_offset());
+        }
+        s
+    }
+
+    /// Sub-block `s` of super-block `b` as unsigned quant registers, register
+    /// `r` holding elements `4r..4r + 4` of the sub-block for the 16 rows
+    /// (8 registers for Q4_K, 4 for Q6_K).
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    fn unpack<const F: u8>(&self, group: &[u8], b: usize, s: usize) -> [__m512i; 8] {
+        let load = |o: usize| {
+            let q = &group[o..o + 64];
+            // SAFETY: `q` is 64 readable bytes; the load is unaligned.
+            unsafe { _mm512_loadu_si512(q.as_ptr().cast()) }
+        };
+        let mut w = [_mm512_setzero_si512(); 8];
+        if F == Q4K {
+            let low = _mm512_set1_epi8(0xF);
+            let at = qs_bytes(F) * b + 512 * (s / 2);
+            for (r, w) in w.iter_mut().enumerate() {
+                let raw = load(at + 64 * r);
+                let raw = if s % 2 == 1 {
+                    _mm512_srli_epi16::<4>(raw)
+                } else {
+                    raw
+                };
+                *w = _mm512_and_si512(raw, low);
+            }
+        } else {
+            let at = qs_bytes(F) * b + 256 * s;
+            for (r, w) in w.iter_mut().take(4).enumerate() {
+                *w = load(at + 64 * r);
+            }
+        }
+        w
+    }
+
+    /// One activation row against group `g` with `vpdpbusd` on broadcast
+    /// activation bytes: lane `i` of the result is weight row `16g + i`.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn group_vnni<const F: u8>(&self, g: usize, x: &[Q8xK]) -> __m512 {
+        let group = self.group(g);
+        let mut acc = _mm512_setzero_ps();
+        for (b, y) in x.iter().enumerate() {
+            let sv = self.scales::<F>(group, b);
+            let mut t = _mm512_setzero_si512();
+            for s in 0..nsub(F) {
+                let w = self.unpack::<F>(group, b, s);
+                let xs = &y.qs[sub(F) * s..][..sub(F)];
+                let xw = |r: usize| {
+                    let v: [u8; 4] = std::array::from_fn(|k| xs[4 * r + k] as u8);
+                    _mm512_set1_epi32(i32::from_le_bytes(v))
+                };
+                // Two chains halve the dependency on vpdpbusd's latency.
+                let mut c0 = _mm512_setzero_si512();
+                let mut c1 = _mm512_setzero_si512();
+                for r in (0..sub(F) / 4).step_by(2) {
+                    c0 = _mm512_dpbusd_epi32(c0, w[r], xw(r));
+                    c1 = _mm512_dpbusd_epi32(c1, w[r + 1], xw(r + 1));
+                }
+                t = accumulate::<F>(t, _mm512_add_epi32(c0, c1), &sv, s, y);
+            }
+            acc = finish::<F>(t, &sv, y, acc);
+        }
+        acc
+    }
+
+    /// `R` activation rows (`xs`, row-major super-blocks) against one group
+    /// (Q4_K's sub-blocks already `unpacked`), two sub-blocks per AMX step,
+    /// into `out[j][16·gg..]`.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn group_amx<const F: u8, const R: usize>(
+        &self,
+        group: &[u8],
+        unpacked: &[[__m512i; 8]],
+        xs: &[Q8xK],
+        out: &mut [&mut [f32]],
+        gg: usize,
+    ) {
+        // SAFETY: the caller guarantees AMX was granted.
+        unsafe { amx::configure(R, sub(F)) };
+        let mut c = [[[0i32; 16]; 16]; 2];
+        let nsb = self.nsb;
+        let a_stride = nsb * size_of::<Q8xK>();
+        let mut acc = [_mm512_setzero_ps(); R];
+        for b in 0..nsb {
+            let sv = self.scales::<F>(group, b);
+            let mut t = [_mm512_setzero_si512(); R];
+            for s in (0..nsub(F)).step_by(2) {
+                let w = [s, s + 1].map(|ss| {
+                    if F == Q4K {
+                        unpacked[nsub(F) * b + ss].as_ptr().cast::<u8>()
+                    } else {
+                        group[qs_bytes(F) * b + 256 * ss..].as_ptr()
+                    }
+                });
+                let a = [s, s + 1].map(|ss| xs[b].qs[sub(F) * ss..].as_ptr());
+                // SAFETY: tiles are configured for `R` rows of `sub(F)`
+                // elements; activation row `j` of super-block `b` is
+                // `xs[j·nsb + b]`, `R` rows exist, and each weight operand is
+                // `sub(F) / 4` × 64 readable bytes.
+                unsafe { amx::dot_blocks(a, a_stride, w, &mut c) };
+                for (h, c) in c.iter().enumerate() {
+                    for (j, t) in t.iter_mut().enumerate() {
+                        // SAFETY: a row of `c` is 16 i32.
+                        let ci = unsafe { _mm512_loadu_si512(c[j].as_ptr().cast()) };
+                        *t = accumulate::<F>(*t, ci, &sv, s + h, &xs[j * nsb + b]);
+                    }
+                }
+            }
+            for (j, acc) in acc.iter_mut().enumerate() {
+                *acc = finish::<F>(t[j], &sv, &xs[j * nsb + b], *acc);
+            }
+        }
+        for (row, acc) in out.iter_mut().zip(acc) {
+            let dst = &mut row[GROUP * gg..][..GROUP];
+            // SAFETY: `dst` holds 16 f32.
+            unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), acc) };
+        }
+    }
+}
+
+/// Adds sub-block `s`'s scaled integer dot products (`isum`, 16 weight
+/// rows) to `t`; Q6_K's +32 offset leaves through the activation sums.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+fn accumulate<const F: u8>(t: __m512i, isum: __m512i, sv: &Scales, s: usize, y: &Q8xK) -> __m512i {
+    let isum = if F == Q6K {
+        _mm512_sub_epi32(isum, _mm512_set1_epi32(32 * i32::from(y.bsums[s])))
+    } else {
+        isum
+    };
+    _mm512_add_epi32(t, _mm512_mullo_epi32(sv.sc[s], isum))
+}
+
+/// Folds a super-block's exact integer sum `t` into `acc`:
+/// `acc + t·(d·dx) − (Σ min·Σx)·(dmin·dx)`, ggml's per-super-block formula.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+fn finish<const F: u8>(t: __m512i, sv: &Scales, y: &Q8xK, acc: __m512) -> __m512 {
+    let dx = _mm512_set1_ps(y.d);
+    let acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_mul_ps(sv.d, dx), acc);
+    if F != Q4K {
+        return acc;
+    }
+    let mut msum = _mm512_setzero_si512();
+    for (s, mn) in sv.mn.iter().enumerate() {
+        let xsum = i32::from(y.bsums[2 * s]) + i32::from(y.bsums[2 * s + 1]);
+        msum = _mm512_add_epi32(msum, _mm512_mullo_epi32(*mn, _mm512_set1_epi32(xsum)));
+    }
+    _mm512_fnmadd_ps(_mm512_cvtepi32_ps(msum), _mm512_mul_ps(sv.dmin, dx), acc)
+}
