@@ -71,7 +71,7 @@ fn main() -> anyhow::Result<()> {
         GgmlDType::Q5_0,
     ];
     let shapes = [(896, 4864), (4864, 896), (896, 151936)];
-    let ms = [1, 8, 16, 32, 512];
+    let ms = [1, 4, 8, 16, 32, 512];
     println!(
         "isa: {:?}, rayon threads: {}",
         Isa::detect(),

@@ -23,8 +23,9 @@
 //! (activation row, weight row, block). The f32 part is one code path
 //! ([`epilogue`]) applied block by block in order, so a row's result is
 //! bit-identical whichever kernel ran and however many rows came with it.
-//! Single rows (decode) use the VNNI kernel, which needs no tile setup;
-//! batches use AMX, whose `tdpbsud` does a 16×16×32 block in one instruction.
+//! Up to [`AMX_MIN_ROWS`] rows use the VNNI kernel, which needs no tile
+//! traffic; larger batches use AMX, whose `tdpbsud` does a 16×16×32 block in
+//! one instruction.
 
 use std::arch::x86_64::*;
 
@@ -35,6 +36,10 @@ use super::qmatmul::{quantize_row_q8, Q8x32, QK};
 
 /// Weight rows per group: one 512-bit register holds four bytes of each.
 pub(crate) const GROUP: usize = 16;
+
+/// Batches from this many rows up use AMX; below, the tile loads and stores
+/// per block cost more than `vpdpbusd` does for a few rows.
+pub(super) const AMX_MIN_ROWS: usize = 8;
 
 /// Format selectors (const generics cannot take enums).
 const Q4_0: u8 = 0;
@@ -251,10 +256,23 @@ impl TiledWeights {
         let groups = j0 / GROUP..(j0 + width) / GROUP;
         // SAFETY: the caller guarantees the instruction sets.
         unsafe {
-            if m == 1 {
-                for (gg, g) in groups.enumerate() {
-                    let acc = self.group_vnni::<F>(g, &xq[..self.nb]);
-                    _mm512_storeu_ps(o[0][GROUP * gg..].as_mut_ptr(), acc);
+            if m < AMX_MIN_ROWS {
+                let mut i0 = 0;
+                while i0 < m {
+                    let rows = [4, 2, 1].into_iter().find(|&r| r <= m - i0).unwrap();
+                    let xs = &xq[i0 * self.nb..(i0 + rows) * self.nb];
+                    for (gg, g) in groups.clone().enumerate() {
+                        let mut acc = [_mm512_setzero_ps(); 4];
+                        match rows {
+                            4 => acc = self.group_vnni::<F, 4>(g, xs),
+                            2 => acc[..2].copy_from_slice(&self.group_vnni::<F, 2>(g, xs)),
+                            _ => acc[..1].copy_from_slice(&self.group_vnni::<F, 1>(g, xs)),
+                        }
+                        for (row, acc) in o[i0..i0 + rows].iter_mut().zip(acc) {
+                            _mm512_storeu_ps(row[GROUP * gg..].as_mut_ptr(), acc);
+                        }
+                    }
+                    i0 += rows;
                 }
                 return;
             }
@@ -285,26 +303,32 @@ impl TiledWeights {
         }
     }
 
-    /// One activation row against group `g`, with `vpdpbusd` on broadcast
-    /// activation bytes: lane `i` of the result is weight row `16g + i`.
+    /// `R` activation rows (`xs`, row-major blocks) against group `g`, with
+    /// `vpdpbusd` on broadcast activation bytes: lane `i` of result `j` is
+    /// weight row `16g + i` for activation row `j`.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    fn group_vnni<const F: u8>(&self, g: usize, x: &[Q8x32]) -> __m512 {
+    fn group_vnni<const F: u8, const R: usize>(&self, g: usize, xs: &[Q8x32]) -> [__m512; R] {
         let group = &self.bytes()[g * self.group_bytes..][..self.group_bytes];
-        let mut acc = _mm512_setzero_ps();
-        for (b, y) in x.iter().enumerate() {
+        let nb = self.nb;
+        let mut acc = [_mm512_setzero_ps(); R];
+        for b in 0..nb {
             let w = self.unpack::<F>(group, b);
-            let xw: [i32; 8] = std::array::from_fn(|r| {
-                i32::from_le_bytes(std::array::from_fn(|t| y.qs[4 * r + t] as u8))
-            });
-            // Two chains halve the dependency on vpdpbusd's latency.
-            let mut c0 = _mm512_setzero_si512();
-            let mut c1 = _mm512_setzero_si512();
-            for r in (0..8).step_by(2) {
-                c0 = _mm512_dpbusd_epi32(c0, w[r], _mm512_set1_epi32(xw[r]));
-                c1 = _mm512_dpbusd_epi32(c1, w[r + 1], _mm512_set1_epi32(xw[r + 1]));
-            }
             let (dw, mw) = self.scales::<F>(group, b);
-            acc = epilogue::<F>(_mm512_add_epi32(c0, c1), dw, mw, y, acc);
+            for (j, acc) in acc.iter_mut().enumerate() {
+                let y = &xs[j * nb + b];
+                let xw = |r: usize| {
+                    let v: [u8; 4] = std::array::from_fn(|t| y.qs[4 * r + t] as u8);
+                    _mm512_set1_epi32(i32::from_le_bytes(v))
+                };
+                // Two chains halve the dependency on vpdpbusd's latency.
+                let mut c0 = _mm512_setzero_si512();
+                let mut c1 = _mm512_setzero_si512();
+                for r in (0..8).step_by(2) {
+                    c0 = _mm512_dpbusd_epi32(c0, w[r], xw(r));
+                    c1 = _mm512_dpbusd_epi32(c1, w[r + 1], xw(r + 1));
+                }
+                *acc = epilogue::<F>(_mm512_add_epi32(c0, c1), dw, mw, y, *acc);
+            }
         }
         acc
     }

@@ -18,7 +18,7 @@ use candle_core::quantized::GgmlDType;
 
 use super::amx;
 use super::qmatmul::{k4_scales, quantize_row_q8k, unpack_k, KBlock, Q8xK, QK_K};
-use super::qmatmul_tiled::{line_bytes, line_bytes_mut, with_unpacked, Line, GROUP};
+use super::qmatmul_tiled::{line_bytes, line_bytes_mut, with_unpacked, Line, AMX_MIN_ROWS, GROUP};
 
 /// Format selectors (const generics cannot take enums).
 const Q4K: u8 = 0;
@@ -210,10 +210,23 @@ impl TiledKWeights {
         let groups = j0 / GROUP..(j0 + width) / GROUP;
         // SAFETY: the caller guarantees the instruction sets.
         unsafe {
-            if m == 1 {
-                for (gg, g) in groups.enumerate() {
-                    let acc = self.group_vnni::<F>(g, &xq[..self.nsb]);
-                    _mm512_storeu_ps(o[0][GROUP * gg..].as_mut_ptr(), acc);
+            if m < AMX_MIN_ROWS {
+                let mut i0 = 0;
+                while i0 < m {
+                    let rows = [4, 2, 1].into_iter().find(|&r| r <= m - i0).unwrap();
+                    let xs = &xq[i0 * self.nsb..(i0 + rows) * self.nsb];
+                    for (gg, g) in groups.clone().enumerate() {
+                        let mut acc = [_mm512_setzero_ps(); 4];
+                        match rows {
+                            4 => acc = self.group_vnni::<F, 4>(g, xs),
+                            2 => acc[..2].copy_from_slice(&self.group_vnni::<F, 2>(g, xs)),
+                            _ => acc[..1].copy_from_slice(&self.group_vnni::<F, 1>(g, xs)),
+                        }
+                        for (row, acc) in o[i0..i0 + rows].iter_mut().zip(acc) {
+                            _mm512_storeu_ps(row[GROUP * gg..].as_mut_ptr(), acc);
+                        }
+                    }
+                    i0 += rows;
                 }
                 return;
             }
@@ -323,32 +336,39 @@ impl TiledKWeights {
         w
     }
 
-    /// One activation row against group `g` with `vpdpbusd` on broadcast
-    /// activation bytes: lane `i` of the result is weight row `16g + i`.
+    /// `R` activation rows (`xs`, row-major super-blocks) against group `g`
+    /// with `vpdpbusd` on broadcast activation bytes: lane `i` of result `j`
+    /// is weight row `16g + i` for activation row `j`.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    fn group_vnni<const F: u8>(&self, g: usize, x: &[Q8xK]) -> __m512 {
+    fn group_vnni<const F: u8, const R: usize>(&self, g: usize, xs: &[Q8xK]) -> [__m512; R] {
         let group = self.group(g);
-        let mut acc = _mm512_setzero_ps();
-        for (b, y) in x.iter().enumerate() {
+        let nsb = self.nsb;
+        let mut acc = [_mm512_setzero_ps(); R];
+        for b in 0..nsb {
             let sv = self.scales::<F>(group, b);
-            let mut t = _mm512_setzero_si512();
+            let mut t = [_mm512_setzero_si512(); R];
             for s in 0..nsub(F) {
                 let w = self.unpack::<F>(group, b, s);
-                let xs = &y.qs[sub(F) * s..][..sub(F)];
-                let xw = |r: usize| {
-                    let v: [u8; 4] = std::array::from_fn(|k| xs[4 * r + k] as u8);
-                    _mm512_set1_epi32(i32::from_le_bytes(v))
-                };
-                // Two chains halve the dependency on vpdpbusd's latency.
-                let mut c0 = _mm512_setzero_si512();
-                let mut c1 = _mm512_setzero_si512();
-                for r in (0..sub(F) / 4).step_by(2) {
-                    c0 = _mm512_dpbusd_epi32(c0, w[r], xw(r));
-                    c1 = _mm512_dpbusd_epi32(c1, w[r + 1], xw(r + 1));
+                for (j, t) in t.iter_mut().enumerate() {
+                    let y = &xs[j * nsb + b];
+                    let x = &y.qs[sub(F) * s..][..sub(F)];
+                    let xw = |r: usize| {
+                        let v: [u8; 4] = std::array::from_fn(|k| x[4 * r + k] as u8);
+                        _mm512_set1_epi32(i32::from_le_bytes(v))
+                    };
+                    // Two chains halve the dependency on vpdpbusd's latency.
+                    let mut c0 = _mm512_setzero_si512();
+                    let mut c1 = _mm512_setzero_si512();
+                    for r in (0..sub(F) / 4).step_by(2) {
+                        c0 = _mm512_dpbusd_epi32(c0, w[r], xw(r));
+                        c1 = _mm512_dpbusd_epi32(c1, w[r + 1], xw(r + 1));
+                    }
+                    *t = accumulate::<F>(*t, _mm512_add_epi32(c0, c1), &sv, s, y);
                 }
-                t = accumulate::<F>(t, _mm512_add_epi32(c0, c1), &sv, s, y);
             }
-            acc = finish::<F>(t, &sv, y, acc);
+            for (j, acc) in acc.iter_mut().enumerate() {
+                *acc = finish::<F>(t[j], &sv, &xs[j * nsb + b], *acc);
+            }
         }
         acc
     }
