@@ -2,7 +2,9 @@
 //! compare against: paged attention ([`attention`], its SIMD body in
 //! `attention_simd` over the vector types of `simd`) and the quantized matrix
 //! multiplication used by every linear layer of a GGUF checkpoint
-//! ([`qmatmul`], SIMD inner loops in `qmatmul_simd`).
+//! ([`qmatmul`]; SIMD inner loops in `qmatmul_simd`, and on CPUs with AMX
+//! the repacked-weight kernels of `qmatmul_tiled` and `qmatmul_tiled_k` over
+//! the tile plumbing of `amx`).
 
 #[cfg(target_arch = "x86_64")]
 mod amx;

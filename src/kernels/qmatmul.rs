@@ -27,9 +27,9 @@
 //! without `-C target-feature=+avx2`). The CPU is probed once
 //! ([`Isa::detect`]) and the best kernel set is used: AMX-INT8 tiles for the
 //! 32-element block types, Q4_K and Q6_K (weights repacked at load,
-//! `qmatmul_tiled` and `qmatmul_tiled_k`),
-//! AVX-512 VNNI or AVX-VNNI (`vpdpbusd`), AVX2+FMA, or portable scalar code,
-//! which also covers the types without a SIMD kernel (Q2_K, Q3_K, Q5_K).
+//! `qmatmul_tiled` and `qmatmul_tiled_k`), AVX-512 VNNI or AVX-VNNI
+//! (`vpdpbusd`), AVX2+FMA, or portable scalar code, which also covers the
+//! types without a SIMD kernel (Q2_K, Q3_K, Q5_K).
 //! One matrix always runs the same kernels whatever the batch size, so a
 //! row's result never depends on the rows computed with it.
 
@@ -71,9 +71,10 @@ pub enum Isa {
     /// The AVX2 kernels with integer dot products done by AVX-512 VNNI
     /// `vpdpbusd` on 256-bit registers (Ice Lake, Zen 4 and later).
     Avx512Vnni,
-    /// [`Isa::Avx512Vnni`], except that the 32-element block types are
-    /// repacked at load for AMX-INT8 tile multiplies (Sapphire Rapids and
-    /// later; Linux must grant the tile state).
+    /// [`Isa::Avx512Vnni`], except that the 32-element block types, Q4_K
+    /// and Q6_K are repacked at load for AMX-INT8 tile multiplies and
+    /// column-wise `vpdpbusd` (Sapphire Rapids and later; Linux must grant
+    /// the tile state).
     Amx,
 }
 
