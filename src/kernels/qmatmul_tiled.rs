@@ -13,7 +13,7 @@
 //! same pairing as ggml's own nibbles, so repacking moves whole bytes), the
 //! fifth bits are a 64-bit mask per register, and the 16 rows' f16 scales
 //! (and mins) of a block sit together. The repacked matrix is as large as the
-//! ggml one.
+//! ggml one, give or take a cache line per group.
 //!
 //! # Exactness and batch invariance
 //!
@@ -23,8 +23,8 @@
 //! (activation row, weight row, block). The f32 part is one code path
 //! ([`epilogue`]) applied block by block in order, so a row's result is
 //! bit-identical whichever kernel ran and however many rows came with it.
-//! Up to [`AMX_MIN_ROWS`] rows use the VNNI kernel, which needs no tile
-//! traffic; larger batches use AMX, whose `tdpbsud` does a 16×16×32 block in
+//! Batches below [`AMX_MIN_ROWS`] rows use the VNNI kernel, which needs no
+//! tile traffic; larger ones use AMX, whose `tdpbsud` does a 16×16×32 block in
 //! one instruction.
 
 use std::arch::x86_64::*;
@@ -172,6 +172,8 @@ impl TiledWeights {
         let (qh_off, d_off, m_off) = (self.qh_offset(), self.d_offset(), self.min_offset());
         let gb = self.group_bytes;
         let out = line_bytes_mut(&mut self.data);
+        // Groups are independent; a 7B checkpoint has gigabytes of them.
+        use rayon::prelude::*;
         // Where the nibbles and the fifth bits start in a ggml block.
         let (qh_at, qs_at) = match f {
             Q4_0 => (0, 2),
@@ -180,38 +182,40 @@ impl TiledWeights {
             Q5_1 => (4, 8),
             _ => (0, 2),
         };
-        for (g, group) in out.chunks_exact_mut(gb).enumerate() {
-            for i in 0..GROUP {
-                let row = &src[(g * GROUP + i) * row_bytes..][..row_bytes];
-                for (b, blk) in row.chunks_exact(ts).enumerate() {
-                    group[d_off + 32 * b + 2 * i..][..2].copy_from_slice(&blk[..2]);
-                    if has_min(f) {
-                        group[m_off + 32 * b + 2 * i..][..2].copy_from_slice(&blk[2..4]);
-                    }
-                    let qs = &mut group[qs_bytes(f) * b..][..qs_bytes(f)];
-                    for r in 0..QK / 4 {
-                        for t in 0..4 {
-                            let e = 4 * r + t;
-                            if !nibbles(f) {
-                                qs[64 * r + 4 * i + t] = blk[qs_at + e] ^ 0x80;
-                            } else if r < 4 {
-                                qs[64 * r + 4 * i + t] = blk[qs_at + e];
+        out.par_chunks_exact_mut(gb)
+            .enumerate()
+            .for_each(|(g, group)| {
+                for i in 0..GROUP {
+                    let row = &src[(g * GROUP + i) * row_bytes..][..row_bytes];
+                    for (b, blk) in row.chunks_exact(ts).enumerate() {
+                        group[d_off + 32 * b + 2 * i..][..2].copy_from_slice(&blk[..2]);
+                        if has_min(f) {
+                            group[m_off + 32 * b + 2 * i..][..2].copy_from_slice(&blk[2..4]);
+                        }
+                        let qs = &mut group[qs_bytes(f) * b..][..qs_bytes(f)];
+                        for r in 0..QK / 4 {
+                            for t in 0..4 {
+                                let e = 4 * r + t;
+                                if !nibbles(f) {
+                                    qs[64 * r + 4 * i + t] = blk[qs_at + e] ^ 0x80;
+                                } else if r < 4 {
+                                    qs[64 * r + 4 * i + t] = blk[qs_at + e];
+                                }
                             }
                         }
-                    }
-                    if high_bit(f) {
-                        let qh = u32::from_le_bytes(blk[qh_at..qh_at + 4].try_into().unwrap());
-                        let masks = &mut group[qh_off + 64 * b..][..64];
-                        for e in 0..QK {
-                            if qh >> e & 1 == 1 {
-                                let (r, t) = (e / 4, e % 4);
-                                masks[8 * r + i / 2] |= 1 << (4 * (i % 2) + t);
+                        if high_bit(f) {
+                            let qh = u32::from_le_bytes(blk[qh_at..qh_at + 4].try_into().unwrap());
+                            let masks = &mut group[qh_off + 64 * b..][..64];
+                            for e in 0..QK {
+                                if qh >> e & 1 == 1 {
+                                    let (r, t) = (e / 4, e % 4);
+                                    masks[8 * r + i / 2] |= 1 << (4 * (i % 2) + t);
+                                }
                             }
                         }
                     }
                 }
-            }
-        }
+            });
     }
 
     /// Quantizes `m` activation rows as the kernels want them (ggml's Q8_0,

@@ -128,48 +128,51 @@ impl TiledKWeights {
         let mn_off = self.mn_offset() - sc_off;
         let (d_off, dmin_off) = (self.d_offset() - sc_off, self.dmin_offset() - sc_off);
         let gb = self.group_bytes;
-        let mut kb = KBlock::ZERO;
-        for (g, group) in line_bytes_mut(&mut self.data)
-            .chunks_exact_mut(gb)
+        // Groups are independent; a 7B checkpoint has gigabytes of them.
+        use rayon::prelude::*;
+        let out = line_bytes_mut(&mut self.data);
+        out.par_chunks_exact_mut(gb)
             .enumerate()
-        {
-            for i in 0..GROUP {
-                let row = &src[(g * GROUP + i) * row_bytes..][..row_bytes];
-                // Quants before `sc_off`, per-row constants after.
-                let (quants, group) = group.split_at_mut(sc_off);
-                for (b, blk) in row.chunks_exact(ts).enumerate() {
-                    let qs = &mut quants[qs_bytes(f) * b..][..qs_bytes(f)];
-                    if f == Q4K {
-                        group[d_off + 32 * b + 2 * i..][..2].copy_from_slice(&blk[0..2]);
-                        group[dmin_off + 32 * b + 2 * i..][..2].copy_from_slice(&blk[2..4]);
-                        for c in 0..4 {
-                            for r in 0..8 {
-                                for t in 0..4 {
-                                    qs[512 * c + 64 * r + 4 * i + t] = blk[16 + 32 * c + 4 * r + t];
+            .for_each(|(g, group)| {
+                let mut kb = KBlock::ZERO;
+                for i in 0..GROUP {
+                    let row = &src[(g * GROUP + i) * row_bytes..][..row_bytes];
+                    // Quants before `sc_off`, per-row constants after.
+                    let (quants, group) = group.split_at_mut(sc_off);
+                    for (b, blk) in row.chunks_exact(ts).enumerate() {
+                        let qs = &mut quants[qs_bytes(f) * b..][..qs_bytes(f)];
+                        if f == Q4K {
+                            group[d_off + 32 * b + 2 * i..][..2].copy_from_slice(&blk[0..2]);
+                            group[dmin_off + 32 * b + 2 * i..][..2].copy_from_slice(&blk[2..4]);
+                            for c in 0..4 {
+                                for r in 0..8 {
+                                    for t in 0..4 {
+                                        qs[512 * c + 64 * r + 4 * i + t] =
+                                            blk[16 + 32 * c + 4 * r + t];
+                                    }
                                 }
                             }
-                        }
-                        let (sc, mn) = k4_scales(&blk[4..16]);
-                        for s in 0..8 {
-                            group[128 * b + GROUP * s + i] = sc[s];
-                            group[mn_off + 128 * b + GROUP * s + i] = mn[s];
-                        }
-                    } else {
-                        group[d_off + 32 * b + 2 * i..][..2].copy_from_slice(&blk[208..210]);
-                        unpack_k(dtype, blk, &mut kb);
-                        for s in 0..16 {
-                            for r in 0..4 {
-                                for t in 0..4 {
-                                    let q = kb.q[16 * s + 4 * r + t] + 32;
-                                    qs[256 * s + 64 * r + 4 * i + t] = q as u8;
-                                }
+                            let (sc, mn) = k4_scales(&blk[4..16]);
+                            for s in 0..8 {
+                                group[128 * b + GROUP * s + i] = sc[s];
+                                group[mn_off + 128 * b + GROUP * s + i] = mn[s];
                             }
-                            group[256 * b + GROUP * s + i] = kb.scales[s] as i8 as u8;
+                        } else {
+                            group[d_off + 32 * b + 2 * i..][..2].copy_from_slice(&blk[208..210]);
+                            unpack_k(dtype, blk, &mut kb);
+                            for s in 0..16 {
+                                for r in 0..4 {
+                                    for t in 0..4 {
+                                        let q = kb.q[16 * s + 4 * r + t] + 32;
+                                        qs[256 * s + 64 * r + 4 * i + t] = q as u8;
+                                    }
+                                }
+                                group[256 * b + GROUP * s + i] = kb.scales[s] as i8 as u8;
+                            }
                         }
                     }
                 }
-            }
-        }
+            });
     }
 
     /// Quantizes `m` activation rows to ggml's Q8_K.
