@@ -254,56 +254,37 @@ impl TiledWeights {
     }
 
     unsafe fn tile_for<const F: u8>(&self, xq: &[Q8x32], j0: usize, o: &mut [&mut [f32]]) {
-        let m = o.len();
-        let width = o.first().map_or(0, |r| r.len());
-        debug_assert!(j0.is_multiple_of(GROUP) && width.is_multiple_of(GROUP));
-        let groups = j0 / GROUP..(j0 + width) / GROUP;
+        let unpacked_len = if nibbles(F) { self.nb } else { 0 };
+        let group = |g: usize| &self.bytes()[g * self.group_bytes..][..self.group_bytes];
         // SAFETY: the caller guarantees the instruction sets.
         unsafe {
-            if m < AMX_MIN_ROWS {
-                let mut i0 = 0;
-                while i0 < m {
-                    let rows = [4, 2, 1].into_iter().find(|&r| r <= m - i0).unwrap();
-                    let xs = &xq[i0 * self.nb..(i0 + rows) * self.nb];
-                    for (gg, g) in groups.clone().enumerate() {
-                        let mut acc = [_mm512_setzero_ps(); 4];
-                        match rows {
-                            4 => acc = self.group_vnni::<F, 4>(g, xs),
-                            2 => acc[..2].copy_from_slice(&self.group_vnni::<F, 2>(g, xs)),
-                            _ => acc[..1].copy_from_slice(&self.group_vnni::<F, 1>(g, xs)),
-                        }
-                        for (row, acc) in o[i0..i0 + rows].iter_mut().zip(acc) {
-                            _mm512_storeu_ps(row[GROUP * gg..].as_mut_ptr(), acc);
-                        }
+            drive_tile(
+                (xq, self.nb),
+                j0,
+                o,
+                unpacked_len,
+                |rows, g, xs| {
+                    let mut acc = [_mm512_setzero_ps(); 4];
+                    match rows {
+                        4 => acc = self.group_vnni::<F, 4>(g, xs),
+                        2 => acc[..2].copy_from_slice(&self.group_vnni::<F, 2>(g, xs)),
+                        _ => acc[..1].copy_from_slice(&self.group_vnni::<F, 1>(g, xs)),
                     }
-                    i0 += rows;
-                }
-                return;
-            }
-            let unpacked_len = if nibbles(F) { self.nb } else { 0 };
-            with_unpacked(unpacked_len, |unpacked| {
-                for (gg, g) in groups.enumerate() {
-                    let group = &self.bytes()[g * self.group_bytes..][..self.group_bytes];
+                    acc
+                },
+                |g, unpacked| {
                     for (b, u) in unpacked.iter_mut().enumerate() {
-                        *u = self.unpack::<F>(group, b);
+                        *u = self.unpack::<F>(group(g), b);
                     }
-                    let mut i0 = 0;
-                    while i0 < m {
-                        let rows = [16, 8, 4, 2, 1].into_iter().find(|&r| r <= m - i0).unwrap();
-                        let xs = &xq[i0 * self.nb..(i0 + rows) * self.nb];
-                        let out = &mut o[i0..i0 + rows];
-                        let u = &*unpacked;
-                        match rows {
-                            16 => self.group_amx::<F, 16>(group, u, xs, out, gg),
-                            8 => self.group_amx::<F, 8>(group, u, xs, out, gg),
-                            4 => self.group_amx::<F, 4>(group, u, xs, out, gg),
-                            2 => self.group_amx::<F, 2>(group, u, xs, out, gg),
-                            _ => self.group_amx::<F, 1>(group, u, xs, out, gg),
-                        }
-                        i0 += rows;
-                    }
-                }
-            });
+                },
+                |rows, g, u, xs, out, gg| match rows {
+                    16 => self.group_amx::<F, 16>(group(g), u, xs, out, gg),
+                    8 => self.group_amx::<F, 8>(group(g), u, xs, out, gg),
+                    4 => self.group_amx::<F, 4>(group(g), u, xs, out, gg),
+                    2 => self.group_amx::<F, 2>(group(g), u, xs, out, gg),
+                    _ => self.group_amx::<F, 1>(group(g), u, xs, out, gg),
+                },
+            );
         }
     }
 
@@ -440,6 +421,62 @@ impl TiledWeights {
     }
 }
 
+/// The batch driver of both tiled modules, for output columns `j0..` (whole
+/// groups) of every activation row in `o` (`xq`: `nb` blocks a row).
+/// Batches below [`AMX_MIN_ROWS`] go through `vnni(rows, g, xs)` four,
+/// two or one rows at a time (lane `i` of result `j < rows` is weight row
+/// `16g + i` of row `j`); larger ones go group by group: `unpack(g, buf)`
+/// fills `unpacked_len` slots once, then `amx(rows, g, buf, xs, out, gg)`
+/// runs chunks of 16, 8, 4, 2 or 1 rows into `out[j][16·gg..]`.
+///
+/// # Safety
+///
+/// AVX-512 must be available (for the result stores), as the closures
+/// require.
+#[allow(clippy::type_complexity)]
+pub(super) unsafe fn drive_tile<X>(
+    (xq, nb): (&[X], usize),
+    j0: usize,
+    o: &mut [&mut [f32]],
+    unpacked_len: usize,
+    vnni: impl Fn(usize, usize, &[X]) -> [__m512; 4],
+    unpack: impl Fn(usize, &mut [[__m512i; 8]]),
+    amx: impl Fn(usize, usize, &[[__m512i; 8]], &[X], &mut [&mut [f32]], usize),
+) {
+    let m = o.len();
+    let width = o.first().map_or(0, |r| r.len());
+    debug_assert!(j0.is_multiple_of(GROUP) && width.is_multiple_of(GROUP));
+    let groups = j0 / GROUP..(j0 + width) / GROUP;
+    if m < AMX_MIN_ROWS {
+        let mut i0 = 0;
+        while i0 < m {
+            let rows = [4, 2, 1].into_iter().find(|&r| r <= m - i0).unwrap();
+            let xs = &xq[i0 * nb..(i0 + rows) * nb];
+            for (gg, g) in groups.clone().enumerate() {
+                for (row, acc) in o[i0..i0 + rows].iter_mut().zip(vnni(rows, g, xs)) {
+                    let dst = &mut row[GROUP * gg..][..GROUP];
+                    // SAFETY: `dst` holds 16 f32; the caller guarantees AVX-512.
+                    unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), acc) };
+                }
+            }
+            i0 += rows;
+        }
+        return;
+    }
+    with_unpacked(unpacked_len, |unpacked| {
+        for (gg, g) in groups.enumerate() {
+            unpack(g, unpacked);
+            let mut i0 = 0;
+            while i0 < m {
+                let rows = [16, 8, 4, 2, 1].into_iter().find(|&r| r <= m - i0).unwrap();
+                let xs = &xq[i0 * nb..(i0 + rows) * nb];
+                amx(rows, g, unpacked, xs, &mut o[i0..i0 + rows], gg);
+                i0 += rows;
+            }
+        }
+    });
+}
+
 thread_local! {
     /// Each thread's buffer of unpacked weight blocks (16 bytes per weight
     /// column of the widest matrix it has multiplied).
@@ -452,7 +489,7 @@ thread_local! {
 /// loads it: a tile load of freshly stored bytes waits for the stores to
 /// reach the cache, which cost more than the multiply when done block by
 /// block.
-pub(super) fn with_unpacked<T>(len: usize, f: impl FnOnce(&mut [[__m512i; 8]]) -> T) -> T {
+fn with_unpacked<T>(len: usize, f: impl FnOnce(&mut [[__m512i; 8]]) -> T) -> T {
     UNPACKED.with_borrow_mut(|buf| {
         if buf.len() < len {
             // SAFETY: all-zero bytes are valid integer vectors.

@@ -18,7 +18,7 @@ use candle_core::quantized::GgmlDType;
 
 use super::amx;
 use super::qmatmul::{k4_scales, quantize_row_q8k, unpack_k, KBlock, Q8xK, QK_K};
-use super::qmatmul_tiled::{line_bytes, line_bytes_mut, with_unpacked, Line, AMX_MIN_ROWS, GROUP};
+use super::qmatmul_tiled::{drive_tile, line_bytes, line_bytes_mut, Line, GROUP};
 
 /// Format selectors (const generics cannot take enums).
 const Q4K: u8 = 0;
@@ -207,58 +207,38 @@ impl TiledKWeights {
     }
 
     unsafe fn tile_for<const F: u8>(&self, xq: &[Q8xK], j0: usize, o: &mut [&mut [f32]]) {
-        let m = o.len();
-        let width = o.first().map_or(0, |r| r.len());
-        debug_assert!(j0.is_multiple_of(GROUP) && width.is_multiple_of(GROUP));
-        let groups = j0 / GROUP..(j0 + width) / GROUP;
+        // Q4_K's sub-blocks are unpacked once per group for AMX; Q6_K's
+        // bytes are used as stored.
+        let per_sb = if F == Q4K { nsub(F) } else { 0 };
         // SAFETY: the caller guarantees the instruction sets.
         unsafe {
-            if m < AMX_MIN_ROWS {
-                let mut i0 = 0;
-                while i0 < m {
-                    let rows = [4, 2, 1].into_iter().find(|&r| r <= m - i0).unwrap();
-                    let xs = &xq[i0 * self.nsb..(i0 + rows) * self.nsb];
-                    for (gg, g) in groups.clone().enumerate() {
-                        let mut acc = [_mm512_setzero_ps(); 4];
-                        match rows {
-                            4 => acc = self.group_vnni::<F, 4>(g, xs),
-                            2 => acc[..2].copy_from_slice(&self.group_vnni::<F, 2>(g, xs)),
-                            _ => acc[..1].copy_from_slice(&self.group_vnni::<F, 1>(g, xs)),
-                        }
-                        for (row, acc) in o[i0..i0 + rows].iter_mut().zip(acc) {
-                            _mm512_storeu_ps(row[GROUP * gg..].as_mut_ptr(), acc);
-                        }
+            drive_tile(
+                (xq, self.nsb),
+                j0,
+                o,
+                self.nsb * per_sb,
+                |rows, g, xs| {
+                    let mut acc = [_mm512_setzero_ps(); 4];
+                    match rows {
+                        4 => acc = self.group_vnni::<F, 4>(g, xs),
+                        2 => acc[..2].copy_from_slice(&self.group_vnni::<F, 2>(g, xs)),
+                        _ => acc[..1].copy_from_slice(&self.group_vnni::<F, 1>(g, xs)),
                     }
-                    i0 += rows;
-                }
-                return;
-            }
-            // Q4_K's sub-blocks are unpacked once per group (see
-            // `with_unpacked`); Q6_K's bytes are used as stored.
-            let per_sb = if F == Q4K { nsub(F) } else { 0 };
-            with_unpacked(self.nsb * per_sb, |unpacked| {
-                for (gg, g) in groups.enumerate() {
-                    let group = self.group(g);
+                    acc
+                },
+                |g, unpacked| {
                     for (i, u) in unpacked.iter_mut().enumerate() {
-                        *u = self.unpack::<F>(group, i / nsub(F), i % nsub(F));
+                        *u = self.unpack::<F>(self.group(g), i / nsub(F), i % nsub(F));
                     }
-                    let mut i0 = 0;
-                    while i0 < m {
-                        let rows = [16, 8, 4, 2, 1].into_iter().find(|&r| r <= m - i0).unwrap();
-                        let xs = &xq[i0 * self.nsb..(i0 + rows) * self.nsb];
-                        let out = &mut o[i0..i0 + rows];
-                        let u = &*unpacked;
-                        match rows {
-                            16 => self.group_amx::<F, 16>(group, u, xs, out, gg),
-                            8 => self.group_amx::<F, 8>(group, u, xs, out, gg),
-                            4 => self.group_amx::<F, 4>(group, u, xs, out, gg),
-                            2 => self.group_amx::<F, 2>(group, u, xs, out, gg),
-                            _ => self.group_amx::<F, 1>(group, u, xs, out, gg),
-                        }
-                        i0 += rows;
-                    }
-                }
-            });
+                },
+                |rows, g, u, xs, out, gg| match rows {
+                    16 => self.group_amx::<F, 16>(self.group(g), u, xs, out, gg),
+                    8 => self.group_amx::<F, 8>(self.group(g), u, xs, out, gg),
+                    4 => self.group_amx::<F, 4>(self.group(g), u, xs, out, gg),
+                    2 => self.group_amx::<F, 2>(self.group(g), u, xs, out, gg),
+                    _ => self.group_amx::<F, 1>(self.group(g), u, xs, out, gg),
+                },
+            );
         }
     }
 
