@@ -308,6 +308,9 @@ impl EngineLoop {
         if plan.scheduled.is_empty() {
             return;
         }
+        // A step can take a while; the figures a scrape sees meanwhile should
+        // describe the batch being computed, not the queue before it.
+        self.publish_stats();
         let mut batch = ForwardBatch::default();
         for &(sid, n) in &plan.scheduled {
             let seq = &self.sched.seqs[&sid];
