@@ -3,7 +3,11 @@
 //!    per second against a plain memcpy of the same bytes, both for one
 //!    layer repeated (hot in cache) and for 24 layers in turn (as a step);
 //! 2. a whole Qwen2.5-0.5B decode step (batch 1 and 8) at those contexts,
-//!    with the KV cache filled directly (values do not change the cost).
+//!    with the KV cache filled directly (values do not change the cost);
+//! 3. one sequence over a single KV head (14 query heads sharing it, as in
+//!    multi-query attention) on one thread against all of them: the op
+//!    splits a long context's keys into chunks, so even a lone head uses
+//!    every core.
 //!
 //! `cargo bench --bench attention`
 
@@ -118,6 +122,15 @@ fn run() {
         op_row(ctx, LAYERS);
     }
 
+    println!("\n## One KV head, batch 1: key chunks on every core\n");
+    println!(
+        "| context | 1 thread | {} threads | speedup |\n|---|---|---|---|",
+        rayon::current_num_threads()
+    );
+    for ctx in [4096, 16384] {
+        split_row(ctx);
+    }
+
     let path = common::model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
     let src = source::resolve(path.to_str().unwrap(), None).expect("run models/fetch.sh");
     let (weights, config) = open_weights(&src).unwrap();
@@ -176,4 +189,48 @@ fn run() {
             row[1] / base.1
         );
     }
+}
+
+/// The op over one KV head shared by all 14 query heads, on a pool of one
+/// thread and on the bench's own pool.
+fn split_row(ctx: usize) {
+    let geometry = KvGeometry {
+        block_size: BLOCK,
+        num_blocks: ctx / BLOCK,
+        num_kv_heads: 1,
+        head_dim: HEAD_DIM,
+    };
+    let mut cache = KvCache::new(geometry, 1, KvDtype::F16).unwrap();
+    let table: Vec<BlockId> = (0..geometry.num_blocks as u32).map(BlockId).collect();
+    let data: Vec<f32> = (0..ctx * HEAD_DIM)
+        .map(|i| ((i * 7) % 13) as f32 * 0.01)
+        .collect();
+    write_kv(&mut cache.layers[0], &geometry, &table, 0, &data, &data).unwrap();
+    let q = vec![0.1f32; HEADS * HEAD_DIM];
+    let mut out = vec![0f32; HEADS * HEAD_DIM];
+    let seqs = [AttnSeq {
+        q_start: 0,
+        q_len: 1,
+        ctx_len: ctx,
+        block_table: &table,
+    }];
+    let shape = AttnShape {
+        num_heads: HEADS,
+        scale: 0.125,
+    };
+    let mut call = || {
+        paged_attention(&q, &mut out, &cache.layers[0], &geometry, &seqs, &shape).unwrap();
+    };
+    let single = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let one = single.install(|| time(&mut call));
+    let all = time(&mut call);
+    println!(
+        "| {ctx} | {:.3} ms | {:.3} ms | {:.2}x |",
+        one * 1e3,
+        all * 1e3,
+        one / all
+    );
 }

@@ -136,7 +136,8 @@ fn prefill_with_cached_prefix_matches_reference() {
 
 #[test]
 fn long_prefill_chunk_matches_reference() {
-    run(&[(2000, 300)], 1, 7, 16, KvDtype::F16, 3);
+    // Its later queries see keys past the kernel's first chunk of 2,048.
+    run(&[(2300, 400)], 1, 7, 16, KvDtype::F16, 3);
 }
 
 #[test]
@@ -170,7 +171,8 @@ fn head_dims_that_are_not_a_multiple_of_16_match_reference() {
 fn outputs_are_bit_identical_across_chunkings_and_batches() {
     let (kv_heads, group, hd, bs) = (2usize, 7usize, 64usize, 16usize);
     let heads = kv_heads * group;
-    let ctx = 333usize;
+    // Two key chunks of the kernel's 2,048 positions, the last one partial.
+    let ctx = 2200usize;
     let mut rng = Lcg(99);
     let geometry = KvGeometry {
         block_size: bs,
@@ -226,11 +228,13 @@ fn outputs_are_bit_identical_across_chunkings_and_batches() {
     let whole = attend(0, ctx, 0);
     for (from, to, b_len) in [
         (0, 100, 0),
-        (100, 333, 5),
+        (100, ctx, 5),
         (200, 201, 0),
-        (332, 333, 1),
+        (ctx - 1, ctx, 1),
         (17, 250, 40),
-        (331, 333, 333),
+        (2047, 2049, 3),
+        (1500, 2100, 0),
+        (ctx - 2, ctx, ctx),
     ] {
         assert!(
             attend(from, to, b_len) == whole[from * row..to * row],

@@ -4,15 +4,18 @@
 //! are the same case). GQA shares each K/V head between `group` query heads.
 //!
 //! The fast kernel ([`super::attention_simd`]) runs one job per sequence, KV
-//! head and range of queries, in parallel; each streams its head's blocks
-//! (contiguous per block) straight from the 16-bit cache into SIMD registers
-//! and accumulates in f32. A row's result depends only on absolute
-//! positions, not on how queries are chunked or batched, so a sequence's
-//! output does not depend on what else is in the step.
+//! head, range of queries and chunk of keys, in parallel; each streams its
+//! head's blocks (contiguous per block) straight from the 16-bit cache into
+//! SIMD registers and accumulates in f32. Splitting the keys lets a single
+//! long sequence use every core (a model has only a few KV heads); the
+//! chunks' partial softmaxes are merged here. A row's result depends only on
+//! absolute positions (chunks start at fixed positions), not on how queries
+//! are chunked or batched, so a sequence's output does not depend on what
+//! else is in the step.
 //! [`paged_attention_reference`] is the slow, obviously-correct version the
 //! tests compare against.
 
-use super::attention_simd::{attend, scratch_len, Job};
+use super::attention_simd::{attend, scratch_len, Job, RowStats};
 use super::simd::{self, SimdLoad, LANES};
 use crate::kv_cache::storage::{KvElem, KvGeometry, KvPair, LayerKv, SlotAddr};
 use crate::types::BlockId;
@@ -117,6 +120,24 @@ pub fn write_kv(
 /// split).
 const SCORE_BUDGET: usize = 1 << 20;
 
+/// Keys per chunk, before rounding to whole blocks. Long enough that short
+/// contexts stay one job per KV head (each chunk costs a few microseconds of
+/// setup and merging, measurable at 1k positions); short enough that a long
+/// reasoning trace at batch 1, where the model's few KV heads are all the
+/// parallelism there is, spreads over many cores.
+const KEY_CHUNK: usize = 2048;
+
+/// Keys per chunk for a block size: a multiple of both the block size and
+/// 16, so that every chunk starts a block and a score vector.
+fn key_chunk(block_size: usize) -> usize {
+    let (mut a, mut b) = (block_size, LANES);
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    let lcm = block_size / a * LANES;
+    KEY_CHUNK.next_multiple_of(lcm)
+}
+
 /// Instruction sets the kernel body is compiled for.
 #[derive(Clone, Copy)]
 enum Isa {
@@ -151,7 +172,7 @@ unsafe fn attend_avx512<E: KvElem + SimdLoad>(
     job: &Job<'_, E>,
     scratch: &mut [f32],
     out: &mut [f32],
-) {
+) -> Vec<RowStats> {
     attend::<simd::Avx512, E>(job, scratch, out)
 }
 
@@ -161,7 +182,7 @@ unsafe fn attend_avx2<E: KvElem + SimdLoad>(
     job: &Job<'_, E>,
     scratch: &mut [f32],
     out: &mut [f32],
-) {
+) -> Vec<RowStats> {
     attend::<simd::Avx2, E>(job, scratch, out)
 }
 
@@ -170,10 +191,17 @@ thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Runs one job on this thread; returns its `rows × head_dim` output.
-fn run_job<E: KvElem + SimdLoad>(isa: Isa, job: &Job<'_, E>) -> Vec<f32> {
+/// One job's unnormalised `rows × head_dim` output and its rows' softmax
+/// statistics.
+struct Partial {
+    out: Vec<f32>,
+    stats: Vec<RowStats>,
+}
+
+/// Runs one job on this thread.
+fn run_job<E: KvElem + SimdLoad>(isa: Isa, job: &Job<'_, E>) -> Partial {
     let mut out = vec![0f32; job.rows() * job.geom.head_dim];
-    SCRATCH.with_borrow_mut(|scratch| {
+    let stats = SCRATCH.with_borrow_mut(|scratch| {
         // Starts on a cache line: the kernel stores whole 64-byte vectors.
         let need = scratch_len(job) + LANES;
         if scratch.len() < need {
@@ -193,7 +221,35 @@ fn run_job<E: KvElem + SimdLoad>(isa: Isa, job: &Job<'_, E>) -> Vec<f32> {
             }
         }
     });
-    out
+    Partial { out, stats }
+}
+
+/// Merges the key chunks of one row, in chunk order:
+/// `Σ e^(mᵢ-m) · outᵢ / Σ e^(mᵢ-m) · sumᵢ` with `m` the largest maximum.
+/// Chunks the row does not see are skipped, so the result does not depend
+/// on which of them were computed. Non-finite scores give NaN, as a plain
+/// softmax would.
+fn merge_row(parts: &[(&[f32], RowStats)], dst: &mut [f32]) {
+    dst.fill(f32::NAN);
+    let seen = || parts.iter().filter(|(_, s)| s.sum > 0.0);
+    let max = seen().fold(f32::NEG_INFINITY, |m, (_, s)| m.max(s.max));
+    let mut total = 0.0;
+    for (i, (out, stats)) in seen().enumerate() {
+        let w = (stats.max - max).exp();
+        total += w * stats.sum;
+        if i == 0 {
+            for (d, o) in dst.iter_mut().zip(*out) {
+                *d = w * o;
+            }
+        } else {
+            for (d, o) in dst.iter_mut().zip(*out) {
+                *d += w * o;
+            }
+        }
+    }
+    for d in dst.iter_mut() {
+        *d /= total;
+    }
 }
 
 /// Causal paged attention for a batch: `q` and `out` are
@@ -228,31 +284,53 @@ fn attend_batch<E: KvElem + SimdLoad>(
 ) {
     let isa = Isa::detect();
     let group = shape.num_heads / geom.num_kv_heads;
+    let chunk = key_chunk(geom.block_size);
+    // Jobs of one (sequence, KV head, queries) are consecutive, in key order.
     let mut jobs = Vec::new();
+    let mut units = Vec::new();
     for seq in seqs {
-        let per_job = (SCORE_BUDGET / (group * (seq.ctx_len + 2 * LANES))).clamp(1, seq.q_len);
+        let width = seq.ctx_len.min(chunk) + 2 * LANES;
+        let per_job = (SCORE_BUDGET / (group * width)).clamp(1, seq.q_len);
         for kv_head in 0..geom.num_kv_heads {
             for c0 in (0..seq.q_len).step_by(per_job) {
-                jobs.push(Job {
-                    kv,
-                    geom,
-                    seq,
-                    q,
-                    group,
-                    scale: shape.scale,
-                    kv_head,
-                    queries: c0..(c0 + per_job).min(seq.q_len),
-                });
+                let queries = c0..(c0 + per_job).min(seq.q_len);
+                let span = seq.ctx_len - seq.q_len + queries.end;
+                let first = jobs.len();
+                for k0 in (0..span).step_by(chunk) {
+                    jobs.push(Job {
+                        kv,
+                        geom,
+                        seq,
+                        q,
+                        group,
+                        scale: shape.scale,
+                        kv_head,
+                        queries: queries.clone(),
+                        keys: k0..(k0 + chunk).min(span),
+                    });
+                }
+                units.push(first..jobs.len());
             }
         }
     }
-    let results: Vec<Vec<f32>> = jobs.par_iter().map(|job| run_job(isa, job)).collect();
+    let results: Vec<Partial> = jobs.par_iter().map(|job| run_job(isa, job)).collect();
     let hd = geom.head_dim;
     let q_row = shape.num_heads * hd;
-    for (job, res) in jobs.iter().zip(&results) {
-        for (i, part) in job.queries.clone().zip(res.chunks_exact(group * hd)) {
-            let dst = (job.seq.q_start + i) * q_row + job.kv_head * group * hd;
-            out[dst..dst + group * hd].copy_from_slice(part);
+    let mut parts = Vec::new();
+    for unit in units {
+        let job = &jobs[unit.start];
+        for (i, query) in job.queries.clone().enumerate() {
+            let dst = (job.seq.q_start + query) * q_row + job.kv_head * group * hd;
+            for h in 0..group {
+                let r = i * group + h;
+                parts.clear();
+                parts.extend(
+                    results[unit.clone()]
+                        .iter()
+                        .map(|p| (&p.out[r * hd..(r + 1) * hd], p.stats[r])),
+                );
+                merge_row(&parts, &mut out[dst + h * hd..dst + (h + 1) * hd]);
+            }
         }
     }
 }
@@ -331,8 +409,17 @@ mod tests {
             scale: 0.1,
             kv_head: 0,
             queries: 0..seq.q_len,
+            keys: 0..seq.ctx_len,
         };
-        run_job(isa, &job).iter().map(|x| x.to_bits()).collect()
+        let partial = run_job(isa, &job);
+        let stats = partial.stats.iter().flat_map(|s| [s.max, s.sum]);
+        partial
+            .out
+            .iter()
+            .copied()
+            .chain(stats)
+            .map(f32::to_bits)
+            .collect()
     }
 
     /// Every instruction set this CPU has gives the portable kernel's bits,

@@ -1,21 +1,27 @@
 //! The body of the CPU paged-attention kernel, written once over
 //! [`F32x16`] and compiled per instruction set by [`super::attention`].
 //!
-//! One job is one KV head of one sequence for a range of its queries. It
-//! makes three passes over the job's rows (query × group head):
+//! One job is one KV head of one sequence for a range of its queries and a
+//! chunk of its keys. It makes three passes over the job's rows (query ×
+//! group head):
 //! 1. scores: for each two groups of 16 keys (one vector per key dimension,
 //!    the cache stores keys dimension-major) and each tile of up to
 //!    [`SCORE_ROWS`] rows, accumulate `q[d] · K[d][keys]` over `d` in
 //!    registers, into a buffer laid out by groups of 16 positions ([`Scores`]);
-//! 2. a causal mask and a softmax per row, vectorised over positions;
+//! 2. a causal mask and a softmax per row over the chunk, vectorised over
+//!    positions;
 //! 3. values: for each block and tile of up to [`VALUE_ROWS`] rows,
 //!    accumulate `w · V[slot]` over the block's slots in registers, then add
 //!    the block's sum to the row's accumulator.
 //!
+//! A job leaves its rows unnormalised, with the chunk's maximum score and sum
+//! of weights, for [`super::attention`] to merge the chunks.
+//!
 //! Both streaming passes prefetch the blocks ahead of the one they compute.
 //!
-//! Every number a row gets depends only on absolute positions: score lanes
-//! are keys, softmax vectors start at position 0, value sums are per block.
+//! Every number a row gets depends only on absolute positions: chunks start
+//! at fixed positions, score lanes are keys, softmax vectors start at a
+//! multiple of 16, value sums are per block.
 //! Positions a row may not see get weight exactly 0. So a row's output is the
 //! same whether its query is decoded alone, batched, or part of any prefill
 //! chunk.
@@ -58,6 +64,17 @@ pub(super) struct Job<'a, E> {
     pub kv_head: usize,
     /// Indices of this job's queries within the sequence.
     pub queries: Range<usize>,
+    /// Positions of the keys this job reads: whole blocks, starting at a
+    /// multiple of 16.
+    pub keys: Range<usize>,
+}
+
+/// One row's share of a job: its weights' maximum score and their sum (0 for
+/// a row that sees none of the job's keys).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct RowStats {
+    pub max: f32,
+    pub sum: f32,
 }
 
 impl<E> Job<'_, E> {
@@ -66,9 +83,14 @@ impl<E> Job<'_, E> {
         self.queries.len() * self.group
     }
 
-    /// Keys any row of the job can see.
+    /// End of the keys any row of the job can see.
     fn span(&self) -> usize {
-        self.first_pos() + self.queries.end
+        self.keys.end.min(self.first_pos() + self.queries.end)
+    }
+
+    /// Keys `self.keys.start..self.span()`: the scores the job keeps per row.
+    fn width(&self) -> usize {
+        self.span().saturating_sub(self.keys.start)
     }
 
     fn first_pos(&self) -> usize {
@@ -111,37 +133,42 @@ impl<E> Job<'_, E> {
 /// Floats of scratch [`attend`] needs for `job`.
 pub(super) fn scratch_len<E>(job: &Job<'_, E>) -> usize {
     let rows = job.rows();
-    rows * score_positions(job.span())
+    rows * score_positions(job.width())
         + rows * padded_dim(job.geom.head_dim)
         + rows * job.geom.head_dim
 }
 
-/// Score entries per row: a key group starting before `span` may store up
-/// to 15 lanes past it (a block whose size is not a multiple of 16).
-fn score_positions(span: usize) -> usize {
-    (span.div_ceil(LANES) + 1) * LANES
+/// Score entries per row for `width` keys: a key group starting before
+/// their end may store up to 15 lanes past it (a block whose size is not a
+/// multiple of 16).
+fn score_positions(width: usize) -> usize {
+    (width.div_ceil(LANES) + 1) * LANES
 }
 
 fn padded_dim(hd: usize) -> usize {
     hd.next_multiple_of(LANES)
 }
 
-/// A job's scores, then its softmax weights, in groups of 16 positions:
-/// `[group][row][lane]`. A score tile stores whole vectors, a row's softmax
-/// walks its vectors in position order, and the values pass finds every
-/// row's weight for one position at a fixed offset from one pointer.
+/// A job's scores, then its softmax weights, in groups of 16 positions from
+/// the job's first key: `[group][row][lane]`. A score tile stores whole
+/// vectors, a row's softmax walks its vectors in position order, and the
+/// values pass finds every row's weight for one position at a fixed offset
+/// from one pointer.
 #[derive(Clone, Copy)]
 struct Scores {
     ptr: *mut f32,
     rows: usize,
+    /// Position of the first entry, a multiple of 16.
+    origin: usize,
 }
 
 impl Scores {
     /// Row `r`'s entry for position `pos`, and the 15 after it in its group.
     #[inline(always)]
     unsafe fn at(self, r: usize, pos: usize) -> *mut f32 {
+        let i = pos - self.origin;
         self.ptr
-            .add((pos / LANES * self.rows + r) * LANES + pos % LANES)
+            .add((i / LANES * self.rows + r) * LANES + i % LANES)
     }
 
     /// Stores `width` scores of row `r` from position `pos` on.
@@ -161,8 +188,9 @@ impl Scores {
     }
 }
 
-/// Attention of `job`'s rows into `out` (`rows × head_dim`), using
-/// `scratch` (at least [`scratch_len`] floats, any contents).
+/// Unnormalised attention of `job`'s rows over its keys into `out`
+/// (`rows × head_dim`, `Σ exp(score - max) · v`), using `scratch` (at least
+/// [`scratch_len`] floats, any contents); returns each row's maximum and sum.
 ///
 /// # Safety
 /// The CPU must support `S`'s instruction set, and the job must have passed
@@ -173,26 +201,26 @@ pub(super) unsafe fn attend<S: F32x16, E: KvElem + SimdLoad>(
     job: &Job<'_, E>,
     scratch: &mut [f32],
     out: &mut [f32],
-) {
+) -> Vec<RowStats> {
     let rows = job.rows();
     let hd = job.geom.head_dim;
-    let (scores, rest) = scratch.split_at_mut(rows * score_positions(job.span()));
+    let (scores, rest) = scratch.split_at_mut(rows * score_positions(job.width()));
     let (acc, packed) = rest.split_at_mut(rows * padded_dim(hd));
     let scores = Scores {
         ptr: scores.as_mut_ptr(),
         rows,
+        origin: job.keys.start,
     };
     pack_queries(job, &mut packed[..rows * hd]);
     scores_pass::<S, E>(job, packed, scores);
-    let sums = softmax_pass::<S, E>(job, scores);
+    let stats = softmax_pass::<S, E>(job, scores);
     acc.fill(0.0);
     values_pass::<S, E>(job, scores, acc);
     let pd = padded_dim(hd);
-    for (r, sum) in sums.iter().enumerate() {
-        for (o, a) in out[r * hd..(r + 1) * hd].iter_mut().zip(&acc[r * pd..]) {
-            *o = a / sum;
-        }
+    for r in 0..rows {
+        out[r * hd..(r + 1) * hd].copy_from_slice(&acc[r * pd..r * pd + hd]);
     }
+    stats
 }
 
 /// Copies the job's query vectors into `packed`, tile by tile of
@@ -225,13 +253,13 @@ unsafe fn scores_pass<S: F32x16, E: KvElem + SimdLoad>(
     scores: Scores,
 ) {
     let (bs, span) = (job.geom.block_size, job.span());
-    let blocks = span.div_ceil(bs);
+    let (first, blocks) = (job.keys.start / bs, span.div_ceil(bs));
     let ahead = job.prefetch_ahead();
-    for b in 0..ahead.min(blocks) {
+    for b in first..(first + ahead).min(blocks) {
         job.prefetch_block(job.kv.keys(), b);
     }
     let mut held: Option<KeyGroup<E>> = None;
-    for (b, block) in job.seq.block_table[..blocks].iter().enumerate() {
+    for (b, block) in job.seq.block_table[..blocks].iter().enumerate().skip(first) {
         if b + ahead < blocks {
             job.prefetch_block(job.kv.keys(), b + ahead);
         }
@@ -364,34 +392,49 @@ impl<E: KvElem + SimdLoad, const V: usize> ScoreTile<E, V> {
 }
 
 /// Pass 2: masks what each row may not see, replaces scores by
-/// `exp(score - max)` and returns each row's sum of them.
+/// `exp(score - max)` and returns each row's maximum and sum of them.
 #[inline(always)]
-unsafe fn softmax_pass<S: F32x16, E>(job: &Job<'_, E>, scores: Scores) -> Vec<f32> {
-    let groups = job.span().div_ceil(LANES);
+unsafe fn softmax_pass<S: F32x16, E>(job: &Job<'_, E>, scores: Scores) -> Vec<RowStats> {
+    let groups = job.keys.start / LANES..job.span().div_ceil(LANES);
     // Loops, not iterator closures: closures are not compiled with the
     // caller's target features, so their vector calls would not inline.
-    let mut sums = Vec::with_capacity(job.rows());
+    let mut stats = Vec::with_capacity(job.rows());
     for r in 0..job.rows() {
         let visible = job.visible(r);
+        if visible <= job.keys.start {
+            // A prefill row before the chunk: weight 0 for all its keys.
+            for g in groups.clone() {
+                S::zero().store(scores.at(r, g * LANES));
+            }
+            stats.push(RowStats {
+                max: f32::NEG_INFINITY,
+                sum: 0.0,
+            });
+            continue;
+        }
         let mut m = S::splat(f32::NEG_INFINITY);
-        for g in 0..groups {
+        for g in groups.clone() {
             let p = scores.at(r, g * LANES);
             for i in visible.saturating_sub(g * LANES).min(LANES)..LANES {
                 *p.add(i) = f32::NEG_INFINITY;
             }
             m = m.max(S::load(p));
         }
-        let neg_max = S::splat(-m.reduce_max());
+        let max = m.reduce_max();
+        let neg_max = S::splat(-max);
         let mut sum = S::zero();
-        for g in 0..groups {
+        for g in groups.clone() {
             let p = scores.at(r, g * LANES);
             let e = S::load(p).add(neg_max).exp();
             e.store(p);
             sum = sum.add(e);
         }
-        sums.push(sum.reduce_add());
+        stats.push(RowStats {
+            max,
+            sum: sum.reduce_add(),
+        });
     }
-    sums
+    stats
 }
 
 /// Pass 3: `acc[row] += Σ weight · value`, one block at a time.
@@ -408,12 +451,12 @@ unsafe fn values_pass<S: F32x16, E: KvElem + SimdLoad>(
         job.span(),
     );
     let pd = padded_dim(hd);
-    let blocks = span.div_ceil(bs);
+    let (first, blocks) = (job.keys.start / bs, span.div_ceil(bs));
     let ahead = job.prefetch_ahead();
-    for b in 0..ahead.min(blocks) {
+    for b in first..(first + ahead).min(blocks) {
         job.prefetch_block(job.kv.values(), b);
     }
-    for (b, block) in job.seq.block_table[..blocks].iter().enumerate() {
+    for (b, block) in job.seq.block_table[..blocks].iter().enumerate().skip(first) {
         if b + ahead < blocks {
             job.prefetch_block(job.kv.values(), b + ahead);
         }
