@@ -54,42 +54,69 @@ const LAYERS: usize = 24;
 /// Tokens per block, the server's default.
 const BLOCK: usize = 16;
 
+/// One decode query with Qwen2.5-0.5B's 14 query heads over `ctx` filled
+/// positions of `kv_heads` KV heads, in `layers` layers.
+struct OpCase {
+    ctx: usize,
+    geometry: KvGeometry,
+    cache: KvCache,
+    table: Vec<BlockId>,
+    q: Vec<f32>,
+    out: Vec<f32>,
+}
+
+impl OpCase {
+    fn new(ctx: usize, kv_heads: usize, layers: usize) -> OpCase {
+        let geometry = KvGeometry {
+            block_size: BLOCK,
+            num_blocks: ctx / BLOCK,
+            num_kv_heads: kv_heads,
+            head_dim: HEAD_DIM,
+        };
+        let mut cache = KvCache::new(geometry, layers, KvDtype::F16).unwrap();
+        let table: Vec<BlockId> = (0..geometry.num_blocks as u32).map(BlockId).collect();
+        let data: Vec<f32> = (0..ctx * kv_heads * HEAD_DIM)
+            .map(|i| ((i * 7) % 13) as f32 * 0.01)
+            .collect();
+        for layer in &mut cache.layers {
+            write_kv(layer, &geometry, &table, 0, &data, &data).unwrap();
+        }
+        OpCase {
+            ctx,
+            geometry,
+            cache,
+            table,
+            q: vec![0.1f32; HEADS * HEAD_DIM],
+            out: vec![0f32; HEADS * HEAD_DIM],
+        }
+    }
+
+    /// The op over layer `layer`.
+    fn call(&mut self, layer: usize) {
+        let seqs = [AttnSeq {
+            q_start: 0,
+            q_len: 1,
+            ctx_len: self.ctx,
+            block_table: &self.table,
+        }];
+        let shape = AttnShape {
+            num_heads: HEADS,
+            scale: 0.125,
+        };
+        let kv = &self.cache.layers[layer];
+        paged_attention(&self.q, &mut self.out, kv, &self.geometry, &seqs, &shape).unwrap();
+    }
+}
+
 /// Times the op and a memcpy of the same bytes, per call, over 24 calls.
 /// `layers` 1: the same layer 24 times, its KV hot in cache. `layers` 24:
 /// every layer in turn, as a decode step reads them, so each layer's KV (and
 /// each memcpy's buffers) has left the caches when it comes round again.
 fn op_row(ctx: usize, layers: usize) {
-    let bs = BLOCK;
-    let blocks = ctx / bs;
-    let geometry = KvGeometry {
-        block_size: bs,
-        num_blocks: blocks,
-        num_kv_heads: KV_HEADS,
-        head_dim: HEAD_DIM,
-    };
-    let mut cache = KvCache::new(geometry, layers, KvDtype::F16).unwrap();
-    let table: Vec<BlockId> = (0..blocks as u32).map(BlockId).collect();
-    let data: Vec<f32> = (0..ctx * KV_HEADS * HEAD_DIM)
-        .map(|i| ((i * 7) % 13) as f32 * 0.01)
-        .collect();
-    for layer in &mut cache.layers {
-        write_kv(layer, &geometry, &table, 0, &data, &data).unwrap();
-    }
-    let q = vec![0.1f32; HEADS * HEAD_DIM];
-    let mut out = vec![0f32; HEADS * HEAD_DIM];
-    let seqs = [AttnSeq {
-        q_start: 0,
-        q_len: 1,
-        ctx_len: ctx,
-        block_table: &table,
-    }];
-    let shape = AttnShape {
-        num_heads: HEADS,
-        scale: 0.125,
-    };
+    let mut case = OpCase::new(ctx, KV_HEADS, layers);
     let t = time(|| {
-        for layer in cache.layers.iter().cycle().take(LAYERS) {
-            paged_attention(&q, &mut out, layer, &geometry, &seqs, &shape).unwrap();
+        for i in 0..LAYERS {
+            case.call(i % layers);
         }
     }) / LAYERS as f64;
     let bytes = 2 * ctx * KV_HEADS * HEAD_DIM * 2;
@@ -194,33 +221,8 @@ fn run() {
 /// The op over one KV head shared by all 14 query heads, on a pool of one
 /// thread and on the bench's own pool.
 fn split_row(ctx: usize) {
-    let geometry = KvGeometry {
-        block_size: BLOCK,
-        num_blocks: ctx / BLOCK,
-        num_kv_heads: 1,
-        head_dim: HEAD_DIM,
-    };
-    let mut cache = KvCache::new(geometry, 1, KvDtype::F16).unwrap();
-    let table: Vec<BlockId> = (0..geometry.num_blocks as u32).map(BlockId).collect();
-    let data: Vec<f32> = (0..ctx * HEAD_DIM)
-        .map(|i| ((i * 7) % 13) as f32 * 0.01)
-        .collect();
-    write_kv(&mut cache.layers[0], &geometry, &table, 0, &data, &data).unwrap();
-    let q = vec![0.1f32; HEADS * HEAD_DIM];
-    let mut out = vec![0f32; HEADS * HEAD_DIM];
-    let seqs = [AttnSeq {
-        q_start: 0,
-        q_len: 1,
-        ctx_len: ctx,
-        block_table: &table,
-    }];
-    let shape = AttnShape {
-        num_heads: HEADS,
-        scale: 0.125,
-    };
-    let mut call = || {
-        paged_attention(&q, &mut out, &cache.layers[0], &geometry, &seqs, &shape).unwrap();
-    };
+    let mut case = OpCase::new(ctx, 1, 1);
+    let mut call = || case.call(0);
     let single = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
         .build()
