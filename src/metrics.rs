@@ -30,6 +30,10 @@ pub mod names {
     pub const PREFIX_CACHE_HITS: &str = "r1serve:prefix_cache_hits_total";
     /// Requests preempted to free KV blocks.
     pub const NUM_PREEMPTIONS: &str = "r1serve:num_preemptions_total";
+    /// Model steps the engine ran.
+    pub const ENGINE_STEPS: &str = "r1serve:engine_steps_total";
+    /// Tokens computed in those steps.
+    pub const ENGINE_STEP_TOKENS: &str = "r1serve:engine_step_tokens_total";
     /// Prompt tokens of finished requests.
     pub const PROMPT_TOKENS: &str = "r1serve:prompt_tokens_total";
     /// Generated tokens of finished requests.
@@ -133,6 +137,11 @@ fn describe() {
         names::NUM_PREEMPTIONS,
         "Requests preempted to free KV-cache blocks"
     );
+    describe_counter!(names::ENGINE_STEPS, "Model steps run by the engine");
+    describe_counter!(
+        names::ENGINE_STEP_TOKENS,
+        "Tokens computed in engine steps (prompt chunks and decodes); over steps, tokens per step"
+    );
     describe_counter!(names::PROMPT_TOKENS, "Prompt tokens of finished requests");
     describe_counter!(
         names::GENERATION_TOKENS,
@@ -190,6 +199,8 @@ fn record_engine_stats(stats: &EngineStats) {
     counter!(names::PREFIX_CACHE_QUERIES).absolute(stats.prefix_queries);
     counter!(names::PREFIX_CACHE_HITS).absolute(stats.prefix_hits);
     counter!(names::NUM_PREEMPTIONS).absolute(stats.preemptions);
+    counter!(names::ENGINE_STEPS).absolute(stats.steps);
+    counter!(names::ENGINE_STEP_TOKENS).absolute(stats.step_tokens);
 }
 
 /// How a request's generation ended, as the handler saw it.
@@ -375,6 +386,8 @@ mod tests {
                 prefix_queries: 10,
                 prefix_hits: 4,
                 preemptions: 1,
+                steps: 6,
+                step_tokens: 40,
                 ..EngineStats::default()
             })
         });
@@ -382,5 +395,11 @@ mod tests {
         assert!(text.contains("r1serve:num_requests_waiting 2"), "{text}");
         assert!(text.contains("r1serve:kv_cache_usage_perc 0.5"), "{text}");
         assert!(text.contains("r1serve:prefix_cache_hits_total 4"), "{text}");
+        assert!(text.contains("r1serve:num_preemptions_total 1"), "{text}");
+        assert!(text.contains("r1serve:engine_steps_total 6"), "{text}");
+        assert!(
+            text.contains("r1serve:engine_step_tokens_total 40"),
+            "{text}"
+        );
     }
 }

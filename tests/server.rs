@@ -698,6 +698,8 @@ async fn non_streaming_disconnect_frees_the_request(server: &Server) {
 }
 
 async fn concurrent_streams_complete(server: &Server) {
+    let steps_before = server.metric("r1serve:engine_steps_total").await;
+    let tokens_before = server.metric("r1serve:engine_step_tokens_total").await;
     let tasks: Vec<_> = (0..32)
         .map(|i| {
             let client = server.client.clone();
@@ -727,6 +729,14 @@ async fn concurrent_streams_complete(server: &Server) {
             .iter()
             .any(|c| !c["choices"][0]["finish_reason"].is_null()));
     }
+    // Every request computes at least one prompt token, and every step at
+    // least one token.
+    let steps = server.metric("r1serve:engine_steps_total").await - steps_before;
+    let tokens = server.metric("r1serve:engine_step_tokens_total").await - tokens_before;
+    assert!(
+        steps >= 1.0 && tokens >= 32.0 && tokens >= steps,
+        "{tokens} tokens in {steps} steps"
+    );
 }
 
 /// Runs `tests/openai_client.py` (the official `openai` package) against
