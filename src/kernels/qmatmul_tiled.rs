@@ -244,48 +244,18 @@ impl TiledWeights {
         // SAFETY: forwarded from the caller.
         unsafe {
             match self.format {
-                Q4_0 => self.tile_for::<Q4_0>(xq, j0, o),
-                Q4_1 => self.tile_for::<Q4_1>(xq, j0, o),
-                Q5_0 => self.tile_for::<Q5_0>(xq, j0, o),
-                Q5_1 => self.tile_for::<Q5_1>(xq, j0, o),
-                _ => self.tile_for::<Q8_0>(xq, j0, o),
+                Q4_0 => drive_tile(&Kernels::<Q4_0>(self), xq, j0, o),
+                Q4_1 => drive_tile(&Kernels::<Q4_1>(self), xq, j0, o),
+                Q5_0 => drive_tile(&Kernels::<Q5_0>(self), xq, j0, o),
+                Q5_1 => drive_tile(&Kernels::<Q5_1>(self), xq, j0, o),
+                _ => drive_tile(&Kernels::<Q8_0>(self), xq, j0, o),
             }
         }
     }
 
-    unsafe fn tile_for<const F: u8>(&self, xq: &[Q8x32], j0: usize, o: &mut [&mut [f32]]) {
-        let unpacked_len = if nibbles(F) { self.nb } else { 0 };
-        let group = |g: usize| &self.bytes()[g * self.group_bytes..][..self.group_bytes];
-        // SAFETY: the caller guarantees the instruction sets.
-        unsafe {
-            drive_tile(
-                (xq, self.nb),
-                j0,
-                o,
-                unpacked_len,
-                |rows, g, xs| {
-                    let mut acc = [_mm512_setzero_ps(); 4];
-                    match rows {
-                        4 => acc = self.group_vnni::<F, 4>(g, xs),
-                        2 => acc[..2].copy_from_slice(&self.group_vnni::<F, 2>(g, xs)),
-                        _ => acc[..1].copy_from_slice(&self.group_vnni::<F, 1>(g, xs)),
-                    }
-                    acc
-                },
-                |g, unpacked| {
-                    for (b, u) in unpacked.iter_mut().enumerate() {
-                        *u = self.unpack::<F>(group(g), b);
-                    }
-                },
-                |rows, g, u, xs, out, gg| match rows {
-                    16 => self.group_amx::<F, 16>(group(g), u, xs, out, gg),
-                    8 => self.group_amx::<F, 8>(group(g), u, xs, out, gg),
-                    4 => self.group_amx::<F, 4>(group(g), u, xs, out, gg),
-                    2 => self.group_amx::<F, 2>(group(g), u, xs, out, gg),
-                    _ => self.group_amx::<F, 1>(group(g), u, xs, out, gg),
-                },
-            );
-        }
+    /// The bytes of weight-row group `g`.
+    fn group(&self, g: usize) -> &[u8] {
+        &self.bytes()[g * self.group_bytes..][..self.group_bytes]
     }
 
     /// `R` activation rows (`xs`, row-major blocks) against group `g`, with
@@ -293,7 +263,7 @@ impl TiledWeights {
     /// weight row `16g + i` for activation row `j`.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     fn group_vnni<const F: u8, const R: usize>(&self, g: usize, xs: &[Q8x32]) -> [__m512; R] {
-        let group = &self.bytes()[g * self.group_bytes..][..self.group_bytes];
+        let group = self.group(g);
         let nb = self.nb;
         let mut acc = [_mm512_setzero_ps(); R];
         for b in 0..nb {
@@ -421,29 +391,107 @@ impl TiledWeights {
     }
 }
 
+/// One quant type's kernels over a tiled matrix, as [`drive_tile`] calls
+/// them; the row count is a const so that each batch size is compiled on
+/// its own.
+pub(super) trait TileKernels {
+    /// The quantized activation blocks the kernels read.
+    type Act;
+    /// Activation blocks per row.
+    fn row_blocks(&self) -> usize;
+    /// Unpacked-block slots a group needs before AMX reads it (0: AMX reads
+    /// the stored bytes).
+    fn unpacked_len(&self) -> usize;
+    /// `R` activation rows (`xs`, row-major) against group `g` with
+    /// `vpdpbusd`: lane `i` of result `j` is weight row `16g + i` of row `j`.
+    ///
+    /// # Safety
+    /// AVX-512 VNNI must be available.
+    unsafe fn vnni<const R: usize>(&self, g: usize, xs: &[Self::Act]) -> [__m512; R];
+    /// Fills `unpacked` (`unpacked_len` slots) from group `g`.
+    ///
+    /// # Safety
+    /// AVX-512 VNNI must be available.
+    unsafe fn unpack(&self, g: usize, unpacked: &mut [[__m512i; 8]]);
+    /// `R` activation rows against group `g` (already `unpacked`) with AMX,
+    /// into `out[j][16·gg..]`.
+    ///
+    /// # Safety
+    /// AVX-512 VNNI must be available and AMX granted.
+    unsafe fn amx<const R: usize>(
+        &self,
+        g: usize,
+        unpacked: &[[__m512i; 8]],
+        xs: &[Self::Act],
+        out: &mut [&mut [f32]],
+        gg: usize,
+    );
+}
+
+/// The block-32 types' kernels for format `F`.
+struct Kernels<'a, const F: u8>(&'a TiledWeights);
+
+impl<const F: u8> TileKernels for Kernels<'_, F> {
+    type Act = Q8x32;
+
+    fn row_blocks(&self) -> usize {
+        self.0.nb
+    }
+
+    fn unpacked_len(&self) -> usize {
+        if nibbles(F) {
+            self.0.nb
+        } else {
+            0
+        }
+    }
+
+    unsafe fn vnni<const R: usize>(&self, g: usize, xs: &[Q8x32]) -> [__m512; R] {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.0.group_vnni::<F, R>(g, xs) }
+    }
+
+    unsafe fn unpack(&self, g: usize, unpacked: &mut [[__m512i; 8]]) {
+        let group = self.0.group(g);
+        for (b, u) in unpacked.iter_mut().enumerate() {
+            // SAFETY: forwarded from the caller.
+            *u = unsafe { self.0.unpack::<F>(group, b) };
+        }
+    }
+
+    unsafe fn amx<const R: usize>(
+        &self,
+        g: usize,
+        unpacked: &[[__m512i; 8]],
+        xs: &[Q8x32],
+        out: &mut [&mut [f32]],
+        gg: usize,
+    ) {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            self.0
+                .group_amx::<F, R>(self.0.group(g), unpacked, xs, out, gg)
+        }
+    }
+}
+
 /// The batch driver of both tiled modules, for output columns `j0..` (whole
-/// groups) of every activation row in `o` (`xq`: `nb` blocks a row).
-/// Batches below [`AMX_MIN_ROWS`] go through `vnni(rows, g, xs)` four,
-/// two or one rows at a time (lane `i` of result `j < rows` is weight row
-/// `16g + i` of row `j`); larger ones go group by group: `unpack(g, buf)`
-/// fills `unpacked_len` slots once, then `amx(rows, g, buf, xs, out, gg)`
-/// runs chunks of 16, 8, 4, 2 or 1 rows into `out[j][16·gg..]`.
+/// groups) of every activation row in `o` (`xq`: `k.row_blocks()` blocks a
+/// row). Batches below [`AMX_MIN_ROWS`] go through `k.vnni` four, two or one
+/// rows at a time; larger ones go group by group: `k.unpack` fills its slots
+/// once, then `k.amx` runs chunks of 16, 8, 4, 2 or 1 rows.
 ///
 /// # Safety
 ///
-/// AVX-512 must be available (for the result stores), as the closures
-/// require.
-#[allow(clippy::type_complexity)]
-pub(super) unsafe fn drive_tile<X>(
-    (xq, nb): (&[X], usize),
+/// AVX-512 VNNI must be available, and AMX granted for batches of
+/// [`AMX_MIN_ROWS`] rows or more.
+pub(super) unsafe fn drive_tile<K: TileKernels>(
+    k: &K,
+    xq: &[K::Act],
     j0: usize,
     o: &mut [&mut [f32]],
-    unpacked_len: usize,
-    vnni: impl Fn(usize, usize, &[X]) -> [__m512; 4],
-    unpack: impl Fn(usize, &mut [[__m512i; 8]]),
-    amx: impl Fn(usize, usize, &[[__m512i; 8]], &[X], &mut [&mut [f32]], usize),
 ) {
-    let m = o.len();
+    let (m, nb) = (o.len(), k.row_blocks());
     let width = o.first().map_or(0, |r| r.len());
     debug_assert!(j0.is_multiple_of(GROUP) && width.is_multiple_of(GROUP));
     let groups = j0 / GROUP..(j0 + width) / GROUP;
@@ -453,24 +501,44 @@ pub(super) unsafe fn drive_tile<X>(
             let rows = [4, 2, 1].into_iter().find(|&r| r <= m - i0).unwrap();
             let xs = &xq[i0 * nb..(i0 + rows) * nb];
             for (gg, g) in groups.clone().enumerate() {
-                for (row, acc) in o[i0..i0 + rows].iter_mut().zip(vnni(rows, g, xs)) {
-                    let dst = &mut row[GROUP * gg..][..GROUP];
-                    // SAFETY: `dst` holds 16 f32; the caller guarantees AVX-512.
-                    unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), acc) };
+                let mut acc = [_mm512_setzero_ps(); 4];
+                // SAFETY (these calls and the stores): forwarded from the
+                // caller; `dst` holds 16 f32.
+                unsafe {
+                    match rows {
+                        4 => acc = k.vnni::<4>(g, xs),
+                        2 => acc[..2].copy_from_slice(&k.vnni::<2>(g, xs)),
+                        _ => acc[..1].copy_from_slice(&k.vnni::<1>(g, xs)),
+                    }
+                    for (row, acc) in o[i0..i0 + rows].iter_mut().zip(acc) {
+                        let dst = &mut row[GROUP * gg..][..GROUP];
+                        _mm512_storeu_ps(dst.as_mut_ptr(), acc);
+                    }
                 }
             }
             i0 += rows;
         }
         return;
     }
-    with_unpacked(unpacked_len, |unpacked| {
+    with_unpacked(k.unpacked_len(), |unpacked| {
         for (gg, g) in groups.enumerate() {
-            unpack(g, unpacked);
+            // SAFETY: forwarded from the caller.
+            unsafe { k.unpack(g, unpacked) };
             let mut i0 = 0;
             while i0 < m {
                 let rows = [16, 8, 4, 2, 1].into_iter().find(|&r| r <= m - i0).unwrap();
                 let xs = &xq[i0 * nb..(i0 + rows) * nb];
-                amx(rows, g, unpacked, xs, &mut o[i0..i0 + rows], gg);
+                let out = &mut o[i0..i0 + rows];
+                // SAFETY: forwarded from the caller.
+                unsafe {
+                    match rows {
+                        16 => k.amx::<16>(g, unpacked, xs, out, gg),
+                        8 => k.amx::<8>(g, unpacked, xs, out, gg),
+                        4 => k.amx::<4>(g, unpacked, xs, out, gg),
+                        2 => k.amx::<2>(g, unpacked, xs, out, gg),
+                        _ => k.amx::<1>(g, unpacked, xs, out, gg),
+                    }
+                }
                 i0 += rows;
             }
         }

@@ -18,7 +18,7 @@ use candle_core::quantized::GgmlDType;
 
 use super::amx;
 use super::qmatmul::{k4_scales, quantize_row_q8k, unpack_k, KBlock, Q8xK, QK_K};
-use super::qmatmul_tiled::{drive_tile, line_bytes, line_bytes_mut, Line, GROUP};
+use super::qmatmul_tiled::{drive_tile, line_bytes, line_bytes_mut, Line, TileKernels, GROUP};
 
 /// Format selectors (const generics cannot take enums).
 const Q4K: u8 = 0;
@@ -199,46 +199,10 @@ impl TiledKWeights {
         // SAFETY: forwarded from the caller.
         unsafe {
             if self.format == Q4K {
-                self.tile_for::<Q4K>(xq, j0, o)
+                drive_tile(&Kernels::<Q4K>(self), xq, j0, o)
             } else {
-                self.tile_for::<Q6K>(xq, j0, o)
+                drive_tile(&Kernels::<Q6K>(self), xq, j0, o)
             }
-        }
-    }
-
-    unsafe fn tile_for<const F: u8>(&self, xq: &[Q8xK], j0: usize, o: &mut [&mut [f32]]) {
-        // Q4_K's sub-blocks are unpacked once per group for AMX; Q6_K's
-        // bytes are used as stored.
-        let per_sb = if F == Q4K { nsub(F) } else { 0 };
-        // SAFETY: the caller guarantees the instruction sets.
-        unsafe {
-            drive_tile(
-                (xq, self.nsb),
-                j0,
-                o,
-                self.nsb * per_sb,
-                |rows, g, xs| {
-                    let mut acc = [_mm512_setzero_ps(); 4];
-                    match rows {
-                        4 => acc = self.group_vnni::<F, 4>(g, xs),
-                        2 => acc[..2].copy_from_slice(&self.group_vnni::<F, 2>(g, xs)),
-                        _ => acc[..1].copy_from_slice(&self.group_vnni::<F, 1>(g, xs)),
-                    }
-                    acc
-                },
-                |g, unpacked| {
-                    for (i, u) in unpacked.iter_mut().enumerate() {
-                        *u = self.unpack::<F>(self.group(g), i / nsub(F), i % nsub(F));
-                    }
-                },
-                |rows, g, u, xs, out, gg| match rows {
-                    16 => self.group_amx::<F, 16>(self.group(g), u, xs, out, gg),
-                    8 => self.group_amx::<F, 8>(self.group(g), u, xs, out, gg),
-                    4 => self.group_amx::<F, 4>(self.group(g), u, xs, out, gg),
-                    2 => self.group_amx::<F, 2>(self.group(g), u, xs, out, gg),
-                    _ => self.group_amx::<F, 1>(self.group(g), u, xs, out, gg),
-                },
-            );
         }
     }
 
@@ -440,4 +404,53 @@ fn finish<const F: u8>(t: __m512i, sv: &Scales, y: &Q8xK, acc: __m512) -> __m512
         msum = _mm512_add_epi32(msum, _mm512_mullo_epi32(*mn, _mm512_set1_epi32(xsum)));
     }
     _mm512_fnmadd_ps(_mm512_cvtepi32_ps(msum), _mm512_mul_ps(sv.dmin, dx), acc)
+}
+
+/// The k-quant kernels for format `F`.
+struct Kernels<'a, const F: u8>(&'a TiledKWeights);
+
+impl<const F: u8> TileKernels for Kernels<'_, F> {
+    type Act = Q8xK;
+
+    fn row_blocks(&self) -> usize {
+        self.0.nsb
+    }
+
+    /// Q4_K's sub-blocks are unpacked once per group for AMX; Q6_K's bytes
+    /// are used as stored.
+    fn unpacked_len(&self) -> usize {
+        if F == Q4K {
+            self.0.nsb * nsub(F)
+        } else {
+            0
+        }
+    }
+
+    unsafe fn vnni<const R: usize>(&self, g: usize, xs: &[Q8xK]) -> [__m512; R] {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.0.group_vnni::<F, R>(g, xs) }
+    }
+
+    unsafe fn unpack(&self, g: usize, unpacked: &mut [[__m512i; 8]]) {
+        let group = self.0.group(g);
+        for (i, u) in unpacked.iter_mut().enumerate() {
+            // SAFETY: forwarded from the caller.
+            *u = unsafe { self.0.unpack::<F>(group, i / nsub(F), i % nsub(F)) };
+        }
+    }
+
+    unsafe fn amx<const R: usize>(
+        &self,
+        g: usize,
+        unpacked: &[[__m512i; 8]],
+        xs: &[Q8xK],
+        out: &mut [&mut [f32]],
+        gg: usize,
+    ) {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            self.0
+                .group_amx::<F, R>(self.0.group(g), unpacked, xs, out, gg)
+        }
+    }
 }
