@@ -1,9 +1,11 @@
-//! Long-context decode cost. Two tables from one run:
+//! Long-context decode cost. Tables from one run:
 //! 1. the paged-attention op alone over 1k–32k contexts, as bytes of KV read
 //!    per second against a plain memcpy of the same bytes, both for one
-//!    layer repeated (hot in cache) and for 24 layers in turn (as a step);
-//! 2. a whole Qwen2.5-0.5B decode step (batch 1 and 8) at those contexts,
-//!    with the KV cache filled directly (values do not change the cost);
+//!    layer repeated (hot in cache) and for 24 layers in turn (as a step),
+//!    for each KV element type but f32;
+//! 2. a whole Qwen2.5-0.5B decode step (batch 1 and 8 with the default f16
+//!    cache, batch 1 with bf16 and fp8) at those contexts, with the KV cache
+//!    filled directly (values do not change the cost);
 //! 3. one sequence over a single KV head (14 query heads sharing it, as in
 //!    multi-query attention) on one thread against all of them: the op
 //!    splits a long context's keys into chunks, so even a lone head uses
@@ -16,7 +18,7 @@ mod common;
 
 use r1serve::kernels::attention::{paged_attention, write_kv, AttnSeq, AttnShape};
 use r1serve::kv_cache::storage::{KvCache, KvDtype, KvGeometry};
-use r1serve::model::decoder::{BatchSeq, ForwardBatch};
+use r1serve::model::decoder::{BatchSeq, Decoder, ForwardBatch};
 use r1serve::model::{build, open_weights, source};
 use r1serve::types::BlockId;
 use std::time::Instant;
@@ -66,14 +68,14 @@ struct OpCase {
 }
 
 impl OpCase {
-    fn new(ctx: usize, kv_heads: usize, layers: usize) -> OpCase {
+    fn new(ctx: usize, kv_heads: usize, layers: usize, dtype: KvDtype) -> OpCase {
         let geometry = KvGeometry {
             block_size: BLOCK,
             num_blocks: ctx / BLOCK,
             num_kv_heads: kv_heads,
             head_dim: HEAD_DIM,
         };
-        let mut cache = KvCache::new(geometry, layers, KvDtype::F16).unwrap();
+        let mut cache = KvCache::new(geometry, layers, dtype).unwrap();
         let table: Vec<BlockId> = (0..geometry.num_blocks as u32).map(BlockId).collect();
         let data: Vec<f32> = (0..ctx * kv_heads * HEAD_DIM)
             .map(|i| ((i * 7) % 13) as f32 * 0.01)
@@ -112,14 +114,14 @@ impl OpCase {
 /// `layers` 1: the same layer 24 times, its KV hot in cache. `layers` 24:
 /// every layer in turn, as a decode step reads them, so each layer's KV (and
 /// each memcpy's buffers) has left the caches when it comes round again.
-fn op_row(ctx: usize, layers: usize) {
-    let mut case = OpCase::new(ctx, KV_HEADS, layers);
+fn op_row(ctx: usize, layers: usize, dtype: KvDtype) {
+    let mut case = OpCase::new(ctx, KV_HEADS, layers, dtype);
     let t = time(|| {
         for i in 0..LAYERS {
             case.call(i % layers);
         }
     }) / LAYERS as f64;
-    let bytes = 2 * ctx * KV_HEADS * HEAD_DIM * 2;
+    let bytes = 2 * ctx * KV_HEADS * HEAD_DIM * dtype.size();
     let src: Vec<Vec<u8>> = (0..layers).map(|_| vec![1u8; bytes]).collect();
     let mut dst: Vec<Vec<u8>> = (0..layers).map(|_| vec![0u8; bytes]).collect();
     let tm = time(|| {
@@ -132,21 +134,27 @@ fn op_row(ctx: usize, layers: usize) {
     let mgbs = bytes as f64 / tm / 1e9;
     let regime = if layers == 1 { "hot" } else { "step" };
     println!(
-        "| {ctx} | {regime} | {:.3} ms | {:.1} MiB | {gbs:.1} | {mgbs:.1} | {:.2} |",
+        "| {ctx} | {} | {regime} | {:.3} ms | {:.1} MiB | {gbs:.1} | {mgbs:.1} | {:.2} |",
+        dtype,
         t * 1e3,
         bytes as f64 / (1 << 20) as f64,
         gbs / mgbs
     );
 }
 
+/// The KV element types the tables compare; f16 is the default.
+const DTYPES: [KvDtype; 3] = [KvDtype::F16, KvDtype::Bf16, KvDtype::Fp8E4m3];
+
 fn run() {
-    println!("## Paged attention op (batch 1, f16 KV, per layer)\n");
+    println!("## Paged attention op (batch 1, per layer)\n");
     println!(
-        "| context | layers | attention | KV bytes | GB/s | memcpy GB/s | ratio |\n|---|---|---|---|---|---|---|"
+        "| context | KV | layers | attention | KV bytes | GB/s | memcpy GB/s | ratio |\n|---|---|---|---|---|---|---|---|"
     );
     for &ctx in &CONTEXTS {
-        op_row(ctx, 1);
-        op_row(ctx, LAYERS);
+        for dtype in DTYPES {
+            op_row(ctx, 1, dtype);
+            op_row(ctx, LAYERS, dtype);
+        }
     }
 
     println!("\n## One KV head, batch 1: key chunks on every core\n");
@@ -162,66 +170,88 @@ fn run() {
     let src = source::resolve(path.to_str().unwrap(), None).expect("run models/fetch.sh");
     let (weights, config) = open_weights(&src).unwrap();
     let model = build(&weights, config).unwrap();
-    let c = &model.config;
-    println!("\n## Qwen2.5-0.5B Q4_K_M decode step (f16 KV)\n");
+    println!("\n## Qwen2.5-0.5B Q4_K_M decode step\n");
+    let columns = [
+        (KvDtype::F16, 1usize),
+        (KvDtype::F16, 8),
+        (KvDtype::Bf16, 1),
+        (KvDtype::Fp8E4m3, 1),
+    ];
+    let names: Vec<String> = columns
+        .iter()
+        .map(|(d, b)| format!("{} batch {b}", d))
+        .collect();
     println!(
-        "| context | batch 1 | batch 8 | batch 1 vs 1k | batch 8 vs 1k |\n|---|---|---|---|---|"
+        "| context | {} | {} |\n|---|---|---|---|---|---|---|---|---|",
+        names.join(" | "),
+        names
+            .iter()
+            .map(|n| format!("{n} vs 1k"))
+            .collect::<Vec<_>>()
+            .join(" | ")
     );
-    let mut base = (0.0, 0.0);
+    let mut base = Vec::new();
     for &ctx in &CONTEXTS {
-        let mut row = Vec::new();
-        for batch in [1usize, 8] {
-            let per_seq = ctx.div_ceil(BLOCK) + 1;
-            let geometry = KvGeometry {
-                block_size: BLOCK,
-                num_blocks: per_seq * batch,
-                num_kv_heads: c.num_kv_heads,
-                head_dim: c.head_dim,
-            };
-            let mut cache = KvCache::new(geometry, c.num_layers, KvDtype::F16).unwrap();
-            let fill: Vec<f32> = (0..ctx * c.num_kv_heads * c.head_dim)
-                .map(|i| ((i * 5) % 11) as f32 * 0.02)
-                .collect();
-            let mut seqs = Vec::new();
-            for b in 0..batch {
-                let table: Vec<BlockId> = (0..per_seq)
-                    .map(|i| BlockId((b * per_seq + i) as u32))
-                    .collect();
-                for layer in &mut cache.layers {
-                    write_kv(layer, &geometry, &table, 0, &fill, &fill).unwrap();
-                }
-                seqs.push(BatchSeq {
-                    num_tokens: 1,
-                    ctx_len: ctx + 1,
-                    block_table: table,
-                    want_logits: true,
-                });
-            }
-            let fb = ForwardBatch {
-                tokens: vec![1000; batch],
-                seqs,
-            };
-            row.push(time(|| {
-                model.forward(&fb, &mut cache).unwrap();
-            }));
-        }
+        let row: Vec<f64> = columns
+            .iter()
+            .map(|&(dtype, batch)| step_time(&model, ctx, batch, dtype))
+            .collect();
         if ctx == CONTEXTS[0] {
-            base = (row[0], row[1]);
+            base = row.clone();
         }
-        println!(
-            "| {ctx} | {:.1} ms | {:.1} ms | {:.2}x | {:.2}x |",
-            row[0] * 1e3,
-            row[1] * 1e3,
-            row[0] / base.0,
-            row[1] / base.1
-        );
+        let times: Vec<String> = row.iter().map(|t| format!("{:.1} ms", t * 1e3)).collect();
+        let ratios: Vec<String> = row
+            .iter()
+            .zip(&base)
+            .map(|(t, b)| format!("{:.2}x", t / b))
+            .collect();
+        println!("| {ctx} | {} | {} |", times.join(" | "), ratios.join(" | "));
     }
+}
+
+/// Best time of one decode step of `batch` sequences, each `ctx` tokens into
+/// a cache of `dtype`.
+fn step_time(model: &Decoder, ctx: usize, batch: usize, dtype: KvDtype) -> f64 {
+    let c = &model.config;
+    let per_seq = ctx.div_ceil(BLOCK) + 1;
+    let geometry = KvGeometry {
+        block_size: BLOCK,
+        num_blocks: per_seq * batch,
+        num_kv_heads: c.num_kv_heads,
+        head_dim: c.head_dim,
+    };
+    let mut cache = KvCache::new(geometry, c.num_layers, dtype).unwrap();
+    let fill: Vec<f32> = (0..ctx * c.num_kv_heads * c.head_dim)
+        .map(|i| ((i * 5) % 11) as f32 * 0.02)
+        .collect();
+    let mut seqs = Vec::new();
+    for b in 0..batch {
+        let table: Vec<BlockId> = (0..per_seq)
+            .map(|i| BlockId((b * per_seq + i) as u32))
+            .collect();
+        for layer in &mut cache.layers {
+            write_kv(layer, &geometry, &table, 0, &fill, &fill).unwrap();
+        }
+        seqs.push(BatchSeq {
+            num_tokens: 1,
+            ctx_len: ctx + 1,
+            block_table: table,
+            want_logits: true,
+        });
+    }
+    let fb = ForwardBatch {
+        tokens: vec![1000; batch],
+        seqs,
+    };
+    time(|| {
+        model.forward(&fb, &mut cache).unwrap();
+    })
 }
 
 /// The op over one KV head shared by all 14 query heads, on a pool of one
 /// thread and on the bench's own pool.
 fn split_row(ctx: usize) {
-    let mut case = OpCase::new(ctx, 1, 1);
+    let mut case = OpCase::new(ctx, 1, 1, KvDtype::F16);
     let mut call = || case.call(0);
     let single = rayon::ThreadPoolBuilder::new()
         .num_threads(1)

@@ -67,15 +67,6 @@ struct GenerateArgs {
     seed: Option<u64>,
 }
 
-/// Element type of the KV cache.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum KvCacheDtype {
-    /// Half precision: half the memory, the usual choice.
-    F16,
-    /// Full precision, for debugging numerical differences.
-    F32,
-}
-
 /// How chat output is split into `reasoning_content` and `content`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum ReasoningParserArg {
@@ -126,9 +117,11 @@ struct ServeArgs {
     /// Tokens per KV-cache block.
     #[arg(long, default_value_t = 16)]
     block_size: usize,
-    /// Element type of the KV cache.
-    #[arg(long, value_enum, default_value_t = KvCacheDtype::F16)]
-    kv_cache_dtype: KvCacheDtype,
+    /// Element type of the KV cache: f16, bf16 (f32's range, 8 significant
+    /// bits), fp8 (E4M3, unscaled: twice f16's tokens per byte) or f32;
+    /// `auto` is f16.
+    #[arg(long, default_value_t = KvDtype::F16, value_name = "DTYPE")]
+    kv_cache_dtype: KvDtype,
     /// Disable reuse of KV blocks across requests with a common prefix.
     #[arg(long)]
     no_prefix_caching: bool,
@@ -288,10 +281,7 @@ fn load_model(args: &ServeArgs) -> Result<ServedModel> {
         EngineConfig {
             block_size: args.block_size,
             kv_cache_memory: args.kv_cache_memory,
-            kv_dtype: match args.kv_cache_dtype {
-                KvCacheDtype::F16 => KvDtype::F16,
-                KvCacheDtype::F32 => KvDtype::F32,
-            },
+            kv_dtype: args.kv_cache_dtype,
             max_num_seqs: args.max_num_seqs,
             max_num_batched_tokens: args.max_num_batched_tokens,
             max_model_len: args.max_model_len,
@@ -361,7 +351,7 @@ mod tests {
         assert_eq!(args.block_size, 16);
         assert_eq!(args.max_waiting_requests, 256);
         assert_eq!(args.max_body_bytes, 8 << 20);
-        assert_eq!(args.kv_cache_dtype, KvCacheDtype::F16);
+        assert_eq!(args.kv_cache_dtype, KvDtype::F16);
         assert!(!args.no_prefix_caching);
     }
 }

@@ -34,6 +34,8 @@ pub mod names {
     pub const ENGINE_STEPS: &str = "r1serve:engine_steps_total";
     /// Tokens computed in those steps.
     pub const ENGINE_STEP_TOKENS: &str = "r1serve:engine_step_tokens_total";
+    /// The KV cache's configuration as labels, value 1.
+    pub const CACHE_CONFIG_INFO: &str = "r1serve:cache_config_info";
     /// Prompt tokens of finished requests.
     pub const PROMPT_TOKENS: &str = "r1serve:prompt_tokens_total";
     /// Generated tokens of finished requests.
@@ -142,6 +144,10 @@ fn describe() {
         names::ENGINE_STEP_TOKENS,
         "Tokens computed in engine steps (prompt chunks and decodes); over steps, tokens per step"
     );
+    describe_gauge!(
+        names::CACHE_CONFIG_INFO,
+        "KV cache configuration (block_size, cache_dtype, enable_prefix_caching, num_blocks) as labels"
+    );
     describe_counter!(names::PROMPT_TOKENS, "Prompt tokens of finished requests");
     describe_counter!(
         names::GENERATION_TOKENS,
@@ -201,6 +207,17 @@ fn record_engine_stats(stats: &EngineStats) {
     counter!(names::NUM_PREEMPTIONS).absolute(stats.preemptions);
     counter!(names::ENGINE_STEPS).absolute(stats.steps);
     counter!(names::ENGINE_STEP_TOKENS).absolute(stats.step_tokens);
+    // An engine always has blocks; without one there is no cache to describe.
+    if stats.total_blocks > 0 {
+        gauge!(
+            names::CACHE_CONFIG_INFO,
+            "block_size" => stats.block_size.to_string(),
+            "cache_dtype" => stats.kv_dtype.to_string(),
+            "enable_prefix_caching" => stats.prefix_caching.to_string(),
+            "num_blocks" => stats.total_blocks.to_string(),
+        )
+        .set(1.0);
+    }
 }
 
 /// How a request's generation ended, as the handler saw it.
@@ -388,6 +405,10 @@ mod tests {
                 preemptions: 1,
                 steps: 6,
                 step_tokens: 40,
+                total_blocks: 100,
+                block_size: 32,
+                kv_dtype: crate::kv_cache::storage::KvDtype::Fp8E4m3,
+                prefix_caching: true,
                 ..EngineStats::default()
             })
         });
@@ -401,5 +422,18 @@ mod tests {
             text.contains("r1serve:engine_step_tokens_total 40"),
             "{text}"
         );
+        let info = text
+            .lines()
+            .find(|l| l.starts_with("r1serve:cache_config_info{"))
+            .unwrap_or_else(|| panic!("{text}"));
+        for label in [
+            "block_size=\"32\"",
+            "cache_dtype=\"fp8\"",
+            "enable_prefix_caching=\"true\"",
+            "num_blocks=\"100\"",
+        ] {
+            assert!(info.contains(label), "{info}");
+        }
+        assert!(info.ends_with("} 1"), "{info}");
     }
 }

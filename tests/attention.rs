@@ -134,6 +134,26 @@ fn prefill_with_cached_prefix_matches_reference() {
     }
 }
 
+/// The reference reads the same stored (rounded) keys and values, so the
+/// narrower types are held to the same tolerance: only the kernel's
+/// widening and accumulation are under test.
+#[test]
+fn bf16_and_fp8_caches_match_reference() {
+    for (i, dtype) in [KvDtype::Bf16, KvDtype::Fp8E4m3].into_iter().enumerate() {
+        for &bs in &[8usize, 16, 24] {
+            run(
+                &[(1, 1), (40, 40), (300, 1), (2100, 1), (700, 33)],
+                2,
+                7,
+                bs,
+                dtype,
+                200 + i as u64,
+            );
+        }
+        run_hd(&[(90, 17), (333, 1)], 2, 3, 16, 40, dtype, 210 + i as u64);
+    }
+}
+
 #[test]
 fn long_prefill_chunk_matches_reference() {
     // Its later queries see keys past the kernel's first chunk of 2,048.

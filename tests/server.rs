@@ -773,6 +773,62 @@ async fn full_queue_answers_503() {
     assert_eq!(body["error"]["type"], "server_error");
 }
 
+/// Every KV element type serves end to end, streamed and not (the flag
+/// takes vLLM's names too), and `/metrics` describes the cache: fp8 holds
+/// twice bf16's blocks in the same memory. An unknown type stops the server
+/// at startup with a message naming it.
+#[tokio::test]
+async fn kv_cache_dtypes_serve() {
+    let mut blocks = Vec::new();
+    for (dtype, name) in [("fp8", "fp8"), ("bfloat16", "bf16")] {
+        let server = Server::start(SMOL, &["--kv-cache-dtype", dtype], None).await;
+        let body = chat(
+            "Name three colours.",
+            json!({"max_tokens": 12, "temperature": 0, "ignore_eos": true}),
+        );
+        let reply = server.post_ok("/v1/chat/completions", &body).await;
+        usage_adds_up(&reply["usage"]);
+        assert_eq!(reply["usage"]["completion_tokens"], 12, "{dtype}: {reply}");
+        let text = reply["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(!text.trim().is_empty(), "{dtype}: {reply}");
+        let mut streamed = body.clone();
+        streamed["stream"] = json!(true);
+        let chunks = events(&server.stream_raw("/v1/chat/completions", &streamed).await);
+        assert_eq!(joined(&chunks, "content").concat(), text, "{dtype}");
+        let metrics = server.get("/metrics").await.text().await.expect("metrics");
+        let info = metrics
+            .lines()
+            .find(|l| l.starts_with("r1serve:cache_config_info{"))
+            .unwrap_or_else(|| panic!("no cache_config_info:\n{metrics}"));
+        assert!(info.contains(&format!("cache_dtype=\"{name}\"")), "{info}");
+        assert!(info.contains("block_size=\"16\""), "{info}");
+        let num_blocks: usize = info
+            .split("num_blocks=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{info}"));
+        blocks.push(num_blocks);
+    }
+    // Same --kv-cache-memory; the division may drop one block.
+    assert!(blocks[0].abs_diff(2 * blocks[1]) <= 1, "{blocks:?}");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_r1serve"))
+        .args(["serve", "--model"])
+        .arg(model_path(SMOL))
+        .args(["--kv-cache-dtype", "int4"])
+        .output()
+        .expect("run r1serve");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("int4") && stderr.contains("fp8"),
+        "{stderr}"
+    );
+}
+
 /// Schemathesis (`tests/requirements.txt`) fuzzes every operation of
 /// `openapi.yaml` against the server: no 5xx, and every response matches
 /// its documented schema. `tests/schemathesis_hooks.py` keeps generation

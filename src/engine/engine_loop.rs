@@ -6,7 +6,8 @@ use super::sampler::{sample, SampleContext};
 use super::scheduler::{Scheduler, SchedulerConfig};
 use super::sequence::Sequence;
 use super::types::{
-    EngineRequest, FinishReason, RequestOutput, RequestUsage, SampleOutput, SamplingParams,
+    EngineRequest, EngineStats, FinishReason, RequestOutput, RequestUsage, SampleOutput,
+    SamplingParams,
 };
 use super::{Admission, Command, EngineHandle, Shared};
 use crate::kv_cache::manager::KvCacheManager;
@@ -117,7 +118,7 @@ impl Engine {
             ..probe
         };
         tracing::info!(
-            "KV cache: {num_blocks} blocks x {} tokens = {} tokens, {:.1} MiB ({:?})",
+            "KV cache: {num_blocks} blocks x {} tokens = {} tokens, {:.1} MiB ({})",
             config.block_size,
             num_blocks * config.block_size,
             (num_blocks as u64 * block_bytes) as f64 / (1 << 20) as f64,
@@ -141,7 +142,14 @@ impl Engine {
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared {
             tx: Mutex::new(tx),
-            stats: Mutex::new(Default::default()),
+            stats: Mutex::new(EngineStats {
+                free_blocks: num_blocks,
+                total_blocks: num_blocks,
+                block_size: config.block_size,
+                kv_dtype: config.kv_dtype,
+                prefix_caching: config.enable_prefix_caching,
+                ..Default::default()
+            }),
             waiting: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             admission: Admission {

@@ -1,6 +1,7 @@
 //! What goes into the engine and what comes out of it: the only types the
 //! HTTP layer and the engine share.
 
+use crate::kv_cache::storage::KvDtype;
 use crate::types::TokenId;
 
 /// Sampling and stopping parameters of one request, already validated.
@@ -202,4 +203,10 @@ pub struct EngineStats {
     pub steps: u64,
     /// Tokens processed by the model since start.
     pub step_tokens: u64,
+    /// Tokens per KV block (fixed at start, like the two below).
+    pub block_size: usize,
+    /// Element type of the KV cache.
+    pub kv_dtype: KvDtype,
+    /// Whether requests reuse the blocks of shared prompt prefixes.
+    pub prefix_caching: bool,
 }

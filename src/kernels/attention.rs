@@ -5,19 +5,19 @@
 //!
 //! The fast kernel ([`super::attention_simd`]) runs one job per sequence, KV
 //! head, range of queries and chunk of keys, in parallel; each streams its
-//! head's blocks (contiguous per block) straight from the 16-bit cache into
-//! SIMD registers and accumulates in f32. Splitting the keys lets a single
-//! long sequence use every core (a model has only a few KV heads); the
-//! chunks' partial softmaxes are merged here. A row's result depends only on
-//! absolute positions (chunks start at fixed positions), not on how queries
-//! are chunked or batched, so a sequence's output does not depend on what
-//! else is in the step.
+//! head's blocks (contiguous per block) straight from the cache (f16, bf16,
+//! E4M3 or f32) into SIMD registers, widening there, and accumulates in f32.
+//! Splitting the keys lets a single long sequence use every core (a model
+//! has only a few KV heads); the chunks' partial softmaxes are merged here.
+//! A row's result depends only on absolute positions (chunks start at fixed
+//! positions), not on how queries are chunked or batched, so a sequence's
+//! output does not depend on what else is in the step.
 //! [`paged_attention_reference`] is the slow, obviously-correct version the
 //! tests compare against.
 
 use super::attention_simd::{attend, scratch_len, Job, RowStats};
 use super::simd::{self, SimdLoad, LANES};
-use crate::kv_cache::storage::{KvElem, KvGeometry, KvPair, LayerKv, SlotAddr};
+use crate::kv_cache::storage::{with_pair, KvElem, KvGeometry, KvPair, LayerKv, SlotAddr};
 use crate::types::BlockId;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
@@ -267,10 +267,7 @@ pub fn paged_attention(
     if out.len() != q.len() {
         bail!("output has {} elements for {} queries", out.len(), q.len());
     }
-    match layer {
-        LayerKv::F16(kv) => attend_batch(q, out, kv, geom, seqs, shape),
-        LayerKv::F32(kv) => attend_batch(q, out, kv, geom, seqs, shape),
-    }
+    with_pair!(layer, kv => attend_batch(q, out, kv, geom, seqs, shape));
     Ok(())
 }
 
@@ -439,7 +436,7 @@ mod tests {
             Isa::Avx2 => isas.push(Isa::Avx2),
             Isa::Portable => {}
         }
-        for dtype in [KvDtype::F16, KvDtype::F32] {
+        for dtype in [KvDtype::F16, KvDtype::Bf16, KvDtype::Fp8E4m3, KvDtype::F32] {
             let mut cache = KvCache::new(geom, 1, dtype).unwrap();
             let table: Vec<BlockId> = (0..8).rev().map(BlockId).collect();
             let n = 120 * 72;
@@ -461,10 +458,7 @@ mod tests {
             };
             let results: Vec<Vec<u32>> = isas
                 .iter()
-                .map(|&isa| match &cache.layers[0] {
-                    LayerKv::F16(kv) => bits(isa, kv, &geom, &seq, &q),
-                    LayerKv::F32(kv) => bits(isa, kv, &geom, &seq, &q),
-                })
+                .map(|&isa| with_pair!(&cache.layers[0], kv => bits(isa, kv, &geom, &seq, &q)))
                 .collect();
             assert_eq!(results.len(), isas.len());
             assert!(results.iter().all(|r| *r == results[0]), "{dtype:?}");

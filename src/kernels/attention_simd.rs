@@ -218,7 +218,13 @@ pub(super) unsafe fn attend<S: F32x16, E: KvElem + SimdLoad>(
     values_pass::<S, E>(job, scores, acc);
     let pd = padded_dim(hd);
     for r in 0..rows {
-        out[r * hd..(r + 1) * hd].copy_from_slice(&acc[r * pd..r * pd + hd]);
+        let dst = &mut out[r * hd..(r + 1) * hd];
+        dst.copy_from_slice(&acc[r * pd..r * pd + hd]);
+        if E::SCALE != 1.0 {
+            for x in dst {
+                *x *= E::SCALE;
+            }
+        }
     }
     stats
 }
@@ -351,7 +357,7 @@ impl<E: KvElem + SimdLoad, const V: usize> ScoreTile<E, V> {
         } else {
             self.dots::<S, R, false>(bs, hd)
         };
-        let scale = S::splat(job.scale);
+        let scale = S::splat(job.scale * E::SCALE);
         for (r, row) in acc.iter().enumerate() {
             for (g, a) in self.groups.iter().zip(row) {
                 self.scores.store(self.r0 + r, g.pos, g.width, a.mul(scale));

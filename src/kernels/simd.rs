@@ -4,7 +4,8 @@
 //! (fused multiply-add included) and reductions use one fixed order, so the
 //! three implementations give bit-identical results.
 
-use half::f16;
+use crate::kv_cache::storage::{Fp8E4m3, KvElem};
+use half::{bf16, f16};
 
 /// Lanes per vector.
 pub const LANES: usize = 16;
@@ -19,6 +20,11 @@ pub trait F32x16: Copy {
     unsafe fn load(p: *const f32) -> Self;
     /// Loads 16 f16 from `p`, widened to f32.
     unsafe fn load_f16(p: *const f16) -> Self;
+    /// Loads 16 bf16 from `p`, widened to f32.
+    unsafe fn load_bf16(p: *const bf16) -> Self;
+    /// Loads 16 E4M3 floats from `p`, widened to f32 and divided by 2⁸
+    /// (`SimdLoad::SCALE`).
+    unsafe fn load_fp8(p: *const Fp8E4m3) -> Self;
     /// Stores the lanes to `p`.
     unsafe fn store(self, p: *mut f32);
     /// Lane-wise `self + o`.
@@ -118,6 +124,10 @@ pub fn prefetch<T>(p: *const T, len: usize) {
 
 /// Element types a kernel can load sixteen at a time as f32.
 pub trait SimdLoad: Copy {
+    /// The loads return the stored values divided by this power of two, so
+    /// a widening may leave out its last multiply; a kernel applies it once
+    /// to what it computes from them (exact, as it is a power of two).
+    const SCALE: f32 = 1.0;
     /// Loads 16 elements from `p`.
     unsafe fn load16<S: F32x16>(p: *const Self) -> S;
     /// Loads `n < 16` elements from `p`, the other lanes zero.
@@ -150,6 +160,38 @@ impl SimdLoad for f16 {
     }
 }
 
+impl SimdLoad for bf16 {
+    #[inline(always)]
+    unsafe fn load16<S: F32x16>(p: *const bf16) -> S {
+        S::load_bf16(p)
+    }
+    #[inline(always)]
+    unsafe fn load_partial<S: F32x16>(p: *const bf16, n: usize) -> S {
+        let mut a = [bf16::ZERO; LANES];
+        std::ptr::copy_nonoverlapping(p, a.as_mut_ptr(), n);
+        S::load_bf16(a.as_ptr())
+    }
+}
+
+/// Every E4M3 value is 2⁸ times the f16 whose bits are the code's sign at
+/// bit 15 and its exponent and mantissa (`code & 0x7F`) at bits 7..=13:
+/// f16's exponent bias, 15, is E4M3's plus 8, and subnormals map to
+/// subnormals the same way. So widening is a few integer ops and an f16
+/// conversion, and the 2⁸ is left to [`SimdLoad::SCALE`].
+impl SimdLoad for Fp8E4m3 {
+    const SCALE: f32 = 256.0;
+    #[inline(always)]
+    unsafe fn load16<S: F32x16>(p: *const Fp8E4m3) -> S {
+        S::load_fp8(p)
+    }
+    #[inline(always)]
+    unsafe fn load_partial<S: F32x16>(p: *const Fp8E4m3, n: usize) -> S {
+        let mut a = [Fp8E4m3(0); LANES];
+        std::ptr::copy_nonoverlapping(p, a.as_mut_ptr(), n);
+        S::load_fp8(a.as_ptr())
+    }
+}
+
 /// The portable implementation: plain arrays, for any CPU.
 #[derive(Clone, Copy)]
 pub struct Portable([f32; LANES]);
@@ -174,6 +216,16 @@ impl F32x16 for Portable {
     unsafe fn load_f16(p: *const f16) -> Self {
         let h = std::ptr::read_unaligned(p as *const [f16; LANES]);
         Portable(h.map(f16::to_f32))
+    }
+    #[inline(always)]
+    unsafe fn load_bf16(p: *const bf16) -> Self {
+        let h = std::ptr::read_unaligned(p as *const [bf16; LANES]);
+        Portable(h.map(bf16::to_f32))
+    }
+    #[inline(always)]
+    unsafe fn load_fp8(p: *const Fp8E4m3) -> Self {
+        let h = std::ptr::read_unaligned(p as *const [Fp8E4m3; LANES]);
+        Portable(h.map(|x| x.to_f32() / <Fp8E4m3 as SimdLoad>::SCALE))
     }
     #[inline(always)]
     unsafe fn store(self, p: *mut f32) {
@@ -228,8 +280,8 @@ pub use x86::{Avx2, Avx512};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{F32x16, LANES};
-    use half::f16;
+    use super::{F32x16, Fp8E4m3, LANES};
+    use half::{bf16, f16};
     use std::arch::x86_64::*;
 
     /// AVX-512F: one register. Needs `avx512f`.
@@ -248,6 +300,17 @@ mod x86 {
         #[inline(always)]
         unsafe fn load_f16(p: *const f16) -> Self {
             Avx512(_mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)))
+        }
+        #[inline(always)]
+        unsafe fn load_bf16(p: *const bf16) -> Self {
+            let w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p as *const __m256i));
+            Avx512(_mm512_castsi512_ps(_mm512_slli_epi32::<16>(w)))
+        }
+        #[inline(always)]
+        unsafe fn load_fp8(p: *const Fp8E4m3) -> Self {
+            Avx512(_mm512_cvtph_ps(fp8_to_f16_bits(_mm_loadu_si128(
+                p as *const __m128i,
+            ))))
         }
         #[inline(always)]
         unsafe fn store(self, p: *mut f32) {
@@ -291,6 +354,26 @@ mod x86 {
         }
     }
 
+    /// The f16 bit patterns of 16 E4M3 codes' values divided by 2⁸: each
+    /// code to the top byte of its word, then an arithmetic shift by one
+    /// puts exponent and mantissa in place and copies the sign into bit 14,
+    /// which the mask clears.
+    #[inline(always)]
+    unsafe fn fp8_to_f16_bits(codes: __m128i) -> __m256i {
+        let high = _mm256_slli_epi16::<8>(_mm256_cvtepu8_epi16(codes));
+        _mm256_and_si256(
+            _mm256_srai_epi16::<1>(high),
+            _mm256_set1_epi16(0xBF80u16 as i16),
+        )
+    }
+
+    /// Eight bf16 from `p`, widened (a bf16 is the top half of an f32).
+    #[inline(always)]
+    unsafe fn bf16_to_f32x8(p: *const bf16) -> __m256 {
+        let w = _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i));
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(w))
+    }
+
     /// AVX2 with FMA and F16C: two 8-lane halves.
     #[derive(Clone, Copy)]
     pub struct Avx2(__m256, __m256);
@@ -316,6 +399,18 @@ mod x86 {
             Avx2(
                 _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)),
                 _mm256_cvtph_ps(_mm_loadu_si128(p.add(LANES / 2) as *const __m128i)),
+            )
+        }
+        #[inline(always)]
+        unsafe fn load_bf16(p: *const bf16) -> Self {
+            Avx2(bf16_to_f32x8(p), bf16_to_f32x8(p.add(LANES / 2)))
+        }
+        #[inline(always)]
+        unsafe fn load_fp8(p: *const Fp8E4m3) -> Self {
+            let h = fp8_to_f16_bits(_mm_loadu_si128(p as *const __m128i));
+            Avx2(
+                _mm256_cvtph_ps(_mm256_castsi256_si128(h)),
+                _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(h)),
             )
         }
         #[inline(always)]
@@ -436,6 +531,86 @@ mod tests {
             }
             #[cfg(not(target_arch = "x86_64"))]
             [p, p, p]
+        }
+    }
+
+    unsafe fn load_bits<S: F32x16>(raw: &[u8; 32]) -> [[u32; LANES]; 3] {
+        let mut out = [[0f32; LANES]; 3];
+        S::load_f16(raw.as_ptr().cast()).store(out[0].as_mut_ptr());
+        S::load_bf16(raw.as_ptr().cast()).store(out[1].as_mut_ptr());
+        S::load_fp8(raw.as_ptr().cast()).store(out[2].as_mut_ptr());
+        out.map(|o| o.map(f32::to_bits))
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load_avx2(raw: &[u8; 32]) -> [[u32; LANES]; 3] {
+        load_bits::<Avx2>(raw)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn load_avx512(raw: &[u8; 32]) -> [[u32; LANES]; 3] {
+        load_bits::<Avx512>(raw)
+    }
+
+    /// The f16, bf16 and E4M3 loads widen every finite code of their type
+    /// as the scalar conversion does (E4M3 divided by its `SCALE`), on every
+    /// instruction set.
+    #[test]
+    fn loads_widen_every_code_identically() {
+        // All 2¹⁶ 16-bit patterns in pages of 16 lanes, skipping NaNs (bf16
+        // quiets them when widening, a shift does not; the cache never
+        // holds one) and, for E4M3, its NaN codes.
+        for page in 0..4096u32 {
+            let codes: [u16; LANES] = std::array::from_fn(|i| (page * 16 + i as u32) as u16);
+            let mut raw = [0u8; 32];
+            for (i, c) in codes.iter().enumerate() {
+                raw[2 * i..2 * i + 2].copy_from_slice(&c.to_le_bytes());
+            }
+            // SAFETY: `raw` holds 16 elements of each type; the x86 variants
+            // run only where their features were detected.
+            let portable = unsafe { load_bits::<Portable>(&raw) };
+            let fp8 = |i: usize| raw[i] & 0x7F != 0x7F;
+            for (i, c) in codes.iter().enumerate() {
+                let (h, b) = (f16::from_bits(*c), bf16::from_bits(*c));
+                if !h.is_nan() {
+                    assert_eq!(portable[0][i], h.to_f32().to_bits());
+                }
+                if !b.is_nan() {
+                    assert_eq!(portable[1][i], b.to_f32().to_bits());
+                }
+                if fp8(i) {
+                    let want = Fp8E4m3(raw[i]).to_f32() / <Fp8E4m3 as SimdLoad>::SCALE;
+                    assert_eq!(portable[2][i], want.to_bits());
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            {
+                let compare = |other: [[u32; LANES]; 3], name: &str| {
+                    for i in 0..LANES {
+                        let (h, b) = (f16::from_bits(codes[i]), bf16::from_bits(codes[i]));
+                        if !h.is_nan() {
+                            assert_eq!(other[0][i], portable[0][i], "{name} f16 {:#x}", codes[i]);
+                        }
+                        if !b.is_nan() {
+                            assert_eq!(other[1][i], portable[1][i], "{name} bf16 {:#x}", codes[i]);
+                        }
+                        if fp8(i) {
+                            assert_eq!(other[2][i], portable[2][i], "{name} fp8 {:#x}", raw[i]);
+                        }
+                    }
+                };
+                if is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
+                {
+                    compare(unsafe { load_avx2(&raw) }, "AVX2");
+                    if is_x86_feature_detected!("avx512f") {
+                        compare(unsafe { load_avx512(&raw) }, "AVX-512");
+                    }
+                }
+            }
         }
     }
 

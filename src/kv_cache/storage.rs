@@ -4,15 +4,23 @@
 //! head's consecutive blocks (a sequence's usual allocation) are one stream.
 
 use anyhow::{Context, Result};
-use half::f16;
+use half::{bf16, f16};
 use memmap2::MmapMut;
 use std::marker::PhantomData;
 
 /// Element type of the stored keys and values.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum KvDtype {
     /// Half precision: the default, half the memory traffic of f32.
+    #[default]
     F16,
+    /// bfloat16: f32's range with 8 significant bits (llama.cpp's
+    /// `-ctk bf16`; what vLLM caches for bf16 checkpoints).
+    Bf16,
+    /// 8-bit float, OCP E4M3 without scaling (vLLM's `fp8`): half the
+    /// memory and traffic of f16, for long reasoning traces, at 4
+    /// significant bits; magnitudes saturate at 448 and flush below 2⁻¹⁰.
+    Fp8E4m3,
     /// Full precision, for exact parity checks against f32 references.
     F32,
 }
@@ -21,9 +29,22 @@ impl KvDtype {
     /// Bytes per stored element.
     pub fn size(self) -> usize {
         match self {
-            KvDtype::F16 => 2,
+            KvDtype::Fp8E4m3 => 1,
+            KvDtype::F16 | KvDtype::Bf16 => 2,
             KvDtype::F32 => 4,
         }
+    }
+}
+
+impl std::fmt::Display for KvDtype {
+    /// The name `--kv-cache-dtype` takes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KvDtype::F16 => "f16",
+            KvDtype::Bf16 => "bf16",
+            KvDtype::Fp8E4m3 => "fp8",
+            KvDtype::F32 => "f32",
+        })
     }
 }
 
@@ -32,9 +53,11 @@ impl std::str::FromStr for KvDtype {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "f16" | "float16" | "auto" => Ok(KvDtype::F16),
+            "bf16" | "bfloat16" => Ok(KvDtype::Bf16),
+            "fp8" | "fp8_e4m3" => Ok(KvDtype::Fp8E4m3),
             "f32" | "float32" => Ok(KvDtype::F32),
             other => Err(format!(
-                "unknown KV cache dtype `{other}` (expected f16 or f32)"
+                "unknown KV cache dtype `{other}` (expected f16, bf16, fp8 or f32)"
             )),
         }
     }
@@ -100,6 +123,79 @@ impl KvElem for f16 {
     #[inline(always)]
     fn to_f32(self) -> f32 {
         f16::to_f32(self)
+    }
+}
+
+impl KvElem for bf16 {
+    const ZERO: Self = bf16::ZERO;
+    #[inline(always)]
+    fn from_f32(x: f32) -> Self {
+        bf16::from_f32(x)
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
+}
+
+/// An OCP 8-bit float, E4M3 ("fn": no infinities): sign, 4 exponent bits
+/// with bias 7, 3 mantissa bits; largest finite 448, smallest subnormal 2⁻⁹.
+/// Code `0x7F`/`0xFF` (NaN) is never written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(transparent)]
+pub struct Fp8E4m3(pub u8);
+
+impl Fp8E4m3 {
+    /// Largest finite magnitude.
+    pub const MAX: f32 = 448.0;
+}
+
+impl KvElem for Fp8E4m3 {
+    const ZERO: Self = Fp8E4m3(0);
+
+    /// Rounds to nearest, ties to even; magnitudes beyond 448 (infinities
+    /// included) saturate to ±448, as a saturating cast does. NaN is stored
+    /// as 0: a NaN key or value means the model's residual stream already
+    /// carries it, so the cache need not.
+    fn from_f32(x: f32) -> Self {
+        let sign = if x.is_sign_negative() { 0x80 } else { 0 };
+        let a = x.abs();
+        if a.is_nan() {
+            return Fp8E4m3(0);
+        }
+        if a >= Self::MAX {
+            return Fp8E4m3(sign | 0x7E);
+        }
+        // The binade's exponent; below 2⁻⁶ the subnormals share the
+        // quantum of the lowest normal binade.
+        let e = ((a.to_bits() >> 23) as i32 - 127).max(-6);
+        // Dividing by a power of two is exact, so this rounds only once.
+        let n = (a * (2f32).powi(3 - e)).round_ties_even() as u8;
+        let code = if n < 8 {
+            // Subnormal (only when e == -6): the code is the mantissa.
+            n
+        } else if n == 16 {
+            // Rounded up into the next binade.
+            ((e + 8) as u8) << 3
+        } else {
+            (((e + 7) as u8) << 3) | (n - 8)
+        };
+        Fp8E4m3(sign | code)
+    }
+
+    fn to_f32(self) -> f32 {
+        let exp = i32::from((self.0 >> 3) & 0xF);
+        let mant = f32::from(self.0 & 7);
+        let a = if exp == 0 {
+            mant * (2f32).powi(-9)
+        } else {
+            (8.0 + mant) * (2f32).powi(exp - 10)
+        };
+        if self.0 & 0x80 != 0 {
+            -a
+        } else {
+            a
+        }
     }
 }
 
@@ -231,39 +327,50 @@ impl<E: KvElem> KvPair<E> {
 pub enum LayerKv {
     /// Half precision.
     F16(KvPair<f16>),
+    /// bfloat16.
+    Bf16(KvPair<bf16>),
+    /// 8-bit float.
+    Fp8E4m3(KvPair<Fp8E4m3>),
     /// Single precision.
     F32(KvPair<f32>),
 }
+
+/// Runs `$body` with `$p` bound to the layer's [`KvPair`], whatever its
+/// element type.
+macro_rules! with_pair {
+    ($layer:expr, $p:ident => $body:expr) => {
+        match $layer {
+            LayerKv::F16($p) => $body,
+            LayerKv::Bf16($p) => $body,
+            LayerKv::Fp8E4m3($p) => $body,
+            LayerKv::F32($p) => $body,
+        }
+    };
+}
+pub(crate) use with_pair;
 
 impl LayerKv {
     fn zeros(dtype: KvDtype, n: usize) -> Result<Self> {
         Ok(match dtype {
             KvDtype::F16 => LayerKv::F16(KvPair::zeros(n)?),
+            KvDtype::Bf16 => LayerKv::Bf16(KvPair::zeros(n)?),
+            KvDtype::Fp8E4m3 => LayerKv::Fp8E4m3(KvPair::zeros(n)?),
             KvDtype::F32 => LayerKv::F32(KvPair::zeros(n)?),
         })
     }
 
     /// Stores one token's key and value (`head_dim` each) at `at`.
     pub fn write(&mut self, geom: &KvGeometry, at: SlotAddr, k: &[f32], v: &[f32]) {
-        match self {
-            LayerKv::F16(p) => p.write(geom, at, k, v),
-            LayerKv::F32(p) => p.write(geom, at, k, v),
-        }
+        with_pair!(self, p => p.write(geom, at, k, v))
     }
 
     /// Loads one token's key and value from `at`.
     pub fn read(&self, geom: &KvGeometry, at: SlotAddr, k: &mut [f32], v: &mut [f32]) {
-        match self {
-            LayerKv::F16(p) => p.read(geom, at, k, v),
-            LayerKv::F32(p) => p.read(geom, at, k, v),
-        }
+        with_pair!(self, p => p.read(geom, at, k, v))
     }
 
     fn commit(&mut self) {
-        match self {
-            LayerKv::F16(p) => p.commit(),
-            LayerKv::F32(p) => p.commit(),
-        }
+        with_pair!(self, p => p.commit())
     }
 }
 
@@ -298,6 +405,125 @@ impl KvCache {
     pub fn commit(&mut self) {
         for layer in &mut self.layers {
             layer.commit();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dtype_names_round_trip() {
+        for dtype in [KvDtype::F16, KvDtype::Bf16, KvDtype::Fp8E4m3, KvDtype::F32] {
+            assert_eq!(dtype.to_string().parse::<KvDtype>(), Ok(dtype));
+        }
+        assert_eq!("fp8_e4m3".parse::<KvDtype>(), Ok(KvDtype::Fp8E4m3));
+        assert!("int4".parse::<KvDtype>().unwrap_err().contains("int4"));
+    }
+
+    /// Every finite E4M3 code against its value from the format's
+    /// definition, and back.
+    #[test]
+    fn fp8_codes_round_trip() {
+        for code in 0..=255u8 {
+            if code & 0x7F == 0x7F {
+                continue;
+            }
+            let (exp, mant) = (i32::from((code >> 3) & 0xF), f64::from(code & 7));
+            let magnitude = if exp == 0 {
+                mant / 8.0 * 2f64.powi(-6)
+            } else {
+                (1.0 + mant / 8.0) * 2f64.powi(exp - 7)
+            };
+            let want = if code & 0x80 != 0 {
+                -magnitude
+            } else {
+                magnitude
+            };
+            let x = Fp8E4m3(code).to_f32();
+            assert_eq!(x as f64, want, "code {code:#04x}");
+            let back = Fp8E4m3::from_f32(x);
+            // ±0 both decode to zero; keep the sign.
+            assert_eq!(back, Fp8E4m3(code), "value {x}");
+        }
+    }
+
+    #[test]
+    fn fp8_rounds_to_nearest_even_and_saturates() {
+        let enc = |x: f32| Fp8E4m3::from_f32(x).to_f32();
+        // 1.0625 is halfway between 1 and 1.125: ties go to the even 1.
+        assert_eq!(enc(1.0625), 1.0);
+        assert_eq!(enc(1.0626), 1.125);
+        // Halfway between 1.125 and 1.25 goes to 1.25 (even mantissa).
+        assert_eq!(enc(1.1875), 1.25);
+        // 15.5 is halfway between 15 and 16: rounds up into the next binade.
+        assert_eq!(enc(15.5), 16.0);
+        assert_eq!(enc(-3.3), -3.25);
+        // Subnormals: quantum 2⁻⁹; half of it ties to zero.
+        assert_eq!(enc(3.0 * 2f32.powi(-9)), 3.0 * 2f32.powi(-9));
+        assert_eq!(enc(2f32.powi(-10)), 0.0);
+        assert_eq!(enc(1.5 * 2f32.powi(-10)), 2f32.powi(-9));
+        assert_eq!(enc(1e-30), 0.0);
+        for big in [448.0, 460.0, 500.0, 1e9, f32::INFINITY] {
+            assert_eq!(enc(big), 448.0);
+            assert_eq!(enc(-big), -448.0);
+        }
+        assert_eq!(enc(f32::NAN), 0.0);
+    }
+
+    /// Each element type stores what it promises: one token's key and value
+    /// come back rounded to the type, at the right place.
+    #[test]
+    fn every_dtype_reads_back_its_rounded_values() {
+        let geom = KvGeometry {
+            block_size: 8,
+            num_blocks: 3,
+            num_kv_heads: 2,
+            head_dim: 5,
+        };
+        let k = [0.1f32, -2.5, 300.0, 0.02, 7.0];
+        let v = [1.0f32, 0.33, -0.01, 65.0, -448.5];
+        let at = SlotAddr {
+            block: 2,
+            head: 1,
+            slot: 5,
+        };
+        fn rounded<E: KvElem>(x: &[f32]) -> Vec<f32> {
+            x.iter().map(|x| E::from_f32(*x).to_f32()).collect()
+        }
+        for dtype in [KvDtype::F16, KvDtype::Bf16, KvDtype::Fp8E4m3, KvDtype::F32] {
+            let mut cache = KvCache::new(geom, 1, dtype).unwrap();
+            cache.layers[0].write(&geom, at, &k, &v);
+            let (mut k2, mut v2) = ([0f32; 5], [0f32; 5]);
+            cache.layers[0].read(&geom, at, &mut k2, &mut v2);
+            let (want_k, want_v) = match dtype {
+                KvDtype::F16 => (rounded::<f16>(&k), rounded::<f16>(&v)),
+                KvDtype::Bf16 => (rounded::<bf16>(&k), rounded::<bf16>(&v)),
+                KvDtype::Fp8E4m3 => (rounded::<Fp8E4m3>(&k), rounded::<Fp8E4m3>(&v)),
+                KvDtype::F32 => (k.to_vec(), v.to_vec()),
+            };
+            assert_eq!(k2.to_vec(), want_k, "{dtype:?}");
+            assert_eq!(v2.to_vec(), want_v, "{dtype:?}");
+            let rel = |a: &[f32], b: &[f32]| {
+                a.iter()
+                    .zip(b)
+                    .map(|(a, b)| ((a - b) / b).abs())
+                    .fold(0f32, f32::max)
+            };
+            // Within half a unit in the last place of each type's mantissa
+            // (the fp8 value 448.5 saturates to 448, well inside).
+            let bound = match dtype {
+                KvDtype::F16 => 2f32.powi(-11),
+                KvDtype::Bf16 => 2f32.powi(-8),
+                KvDtype::Fp8E4m3 => 2f32.powi(-4),
+                KvDtype::F32 => 0.0,
+            };
+            assert!(rel(&k2, &k) <= bound, "{dtype:?} keys {k2:?}");
+            assert!(rel(&v2, &v) <= bound, "{dtype:?} values {v2:?}");
+            let other = SlotAddr { slot: 4, ..at };
+            cache.layers[0].read(&geom, other, &mut k2, &mut v2);
+            assert!(k2.iter().chain(&v2).all(|x| *x == 0.0), "{dtype:?}");
         }
     }
 }

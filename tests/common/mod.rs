@@ -138,33 +138,6 @@ pub fn chat_prompts(path: &std::path::Path) -> Vec<Vec<u32>> {
         .collect()
 }
 
-/// Feeds `tokens` one at a time and returns the last logits.
-pub fn greedy_forced(model: &Decoder, tokens: &[u32], dtype: KvDtype) -> (Vec<f32>, ()) {
-    let cfg = &model.config;
-    let geometry = KvGeometry {
-        block_size: 16,
-        num_blocks: tokens.len().div_ceil(16),
-        num_kv_heads: cfg.num_kv_heads,
-        head_dim: cfg.head_dim,
-    };
-    let mut kv = KvCache::new(geometry, cfg.num_layers, dtype).unwrap();
-    let table: Vec<BlockId> = (0..geometry.num_blocks as u32).map(BlockId).collect();
-    let mut last = vec![];
-    for (i, t) in tokens.iter().enumerate() {
-        let batch = ForwardBatch {
-            tokens: vec![*t],
-            seqs: vec![BatchSeq {
-                num_tokens: 1,
-                ctx_len: i + 1,
-                block_table: table.clone(),
-                want_logits: true,
-            }],
-        };
-        last = model.forward(&batch, &mut kv).unwrap().remove(0);
-    }
-    (last, ())
-}
-
 pub mod hf_dir;
 pub mod parity;
 
