@@ -179,16 +179,17 @@ fn run() {
     ];
     let names: Vec<String> = columns
         .iter()
-        .map(|(d, b)| format!("{} batch {b}", d))
+        .map(|(d, b)| format!("{d} batch {b}"))
         .collect();
     println!(
-        "| context | {} | {} |\n|---|---|---|---|---|---|---|---|---|",
+        "| context | {} | {} |\n{}|",
         names.join(" | "),
         names
             .iter()
             .map(|n| format!("{n} vs 1k"))
             .collect::<Vec<_>>()
-            .join(" | ")
+            .join(" | "),
+        "|---".repeat(1 + 2 * columns.len())
     );
     let mut base = Vec::new();
     for &ctx in &CONTEXTS {
