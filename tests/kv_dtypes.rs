@@ -4,41 +4,17 @@
 
 mod common;
 
-use common::{argmax, rel_diff};
-use r1serve::kv_cache::storage::{KvCache, KvDtype, KvGeometry};
-use r1serve::model::decoder::{BatchSeq, Decoder, ForwardBatch};
+use common::{argmax, rel_diff, SoloRun};
+use r1serve::kv_cache::storage::KvDtype;
+use r1serve::model::decoder::Decoder;
 use r1serve::model::{build, open_weights, source};
-use r1serve::types::BlockId;
 use std::path::Path;
 
 /// Logits after the prompt and after each of `forced` fed one at a time.
 fn forced_logits(model: &Decoder, prompt: &[u32], forced: &[u32], dtype: KvDtype) -> Vec<Vec<f32>> {
-    let cfg = &model.config;
-    let blocks = (prompt.len() + forced.len()).div_ceil(16);
-    let geometry = KvGeometry {
-        block_size: 16,
-        num_blocks: blocks,
-        num_kv_heads: cfg.num_kv_heads,
-        head_dim: cfg.head_dim,
-    };
-    let mut kv = KvCache::new(geometry, cfg.num_layers, dtype).unwrap();
-    let table: Vec<BlockId> = (0..blocks as u32).map(BlockId).collect();
-    let mut step = |tokens: &[u32], ctx_len: usize| {
-        let batch = ForwardBatch {
-            tokens: tokens.to_vec(),
-            seqs: vec![BatchSeq {
-                num_tokens: tokens.len(),
-                ctx_len,
-                block_table: table.clone(),
-                want_logits: true,
-            }],
-        };
-        model.forward(&batch, &mut kv).expect("forward").remove(0)
-    };
-    let mut out = vec![step(prompt, prompt.len())];
-    for (i, t) in forced.iter().enumerate() {
-        out.push(step(&[*t], prompt.len() + i + 1));
-    }
+    let mut run = SoloRun::new(model, prompt.len() + forced.len(), dtype);
+    let mut out = vec![run.feed(prompt)];
+    out.extend(forced.iter().map(|t| run.feed(&[*t])));
     out
 }
 

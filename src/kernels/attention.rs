@@ -17,7 +17,7 @@
 
 use super::attention_simd::{attend, scratch_len, Job, RowStats};
 use super::simd::{self, SimdLoad, LANES};
-use crate::kv_cache::storage::{with_pair, KvElem, KvGeometry, KvPair, LayerKv, SlotAddr};
+use crate::kv_cache::storage::{with_pair, KvGeometry, KvPair, LayerKv, SlotAddr};
 use crate::types::BlockId;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
@@ -168,7 +168,7 @@ impl Isa {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-unsafe fn attend_avx512<E: KvElem + SimdLoad>(
+unsafe fn attend_avx512<E: SimdLoad>(
     job: &Job<'_, E>,
     scratch: &mut [f32],
     out: &mut [f32],
@@ -178,7 +178,7 @@ unsafe fn attend_avx512<E: KvElem + SimdLoad>(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn attend_avx2<E: KvElem + SimdLoad>(
+unsafe fn attend_avx2<E: SimdLoad>(
     job: &Job<'_, E>,
     scratch: &mut [f32],
     out: &mut [f32],
@@ -199,7 +199,7 @@ struct Partial {
 }
 
 /// Runs one job on this thread.
-fn run_job<E: KvElem + SimdLoad>(isa: Isa, job: &Job<'_, E>) -> Partial {
+fn run_job<E: SimdLoad>(isa: Isa, job: &Job<'_, E>) -> Partial {
     let mut out = vec![0f32; job.rows() * job.geom.head_dim];
     let stats = SCRATCH.with_borrow_mut(|scratch| {
         // Starts on a cache line: the kernel stores whole 64-byte vectors.
@@ -271,7 +271,7 @@ pub fn paged_attention(
     Ok(())
 }
 
-fn attend_batch<E: KvElem + SimdLoad>(
+fn attend_batch<E: SimdLoad>(
     q: &[f32],
     out: &mut [f32],
     kv: &KvPair<E>,
@@ -390,7 +390,7 @@ mod tests {
     use super::*;
     use crate::kv_cache::storage::{KvCache, KvDtype};
 
-    fn bits<E: KvElem + SimdLoad>(
+    fn bits<E: SimdLoad>(
         isa: Isa,
         kv: &KvPair<E>,
         geom: &KvGeometry,

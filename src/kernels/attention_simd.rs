@@ -28,7 +28,7 @@
 
 use super::attention::AttnSeq;
 use super::simd::{prefetch, F32x16, SimdLoad, LANES};
-use crate::kv_cache::storage::{KvElem, KvGeometry, KvPair};
+use crate::kv_cache::storage::{KvGeometry, KvPair};
 use std::ops::Range;
 
 /// Rows per score tile: one accumulator register each.
@@ -197,7 +197,7 @@ impl Scores {
 /// the checks of [`super::attention::paged_attention`] (block table covers
 /// the context, blocks inside the pool, queries inside `q`).
 #[inline(always)]
-pub(super) unsafe fn attend<S: F32x16, E: KvElem + SimdLoad>(
+pub(super) unsafe fn attend<S: F32x16, E: SimdLoad>(
     job: &Job<'_, E>,
     scratch: &mut [f32],
     out: &mut [f32],
@@ -253,11 +253,7 @@ fn pack_queries<E>(job: &Job<'_, E>, packed: &mut [f32]) {
 /// which doubles the independent accumulators per row: one group alone
 /// leaves the loop waiting on FMA latency.
 #[inline(always)]
-unsafe fn scores_pass<S: F32x16, E: KvElem + SimdLoad>(
-    job: &Job<'_, E>,
-    packed: &[f32],
-    scores: Scores,
-) {
+unsafe fn scores_pass<S: F32x16, E: SimdLoad>(job: &Job<'_, E>, packed: &[f32], scores: Scores) {
     let (bs, span) = (job.geom.block_size, job.span());
     let (first, blocks) = (job.keys.start / bs, span.div_ceil(bs));
     let ahead = job.prefetch_ahead();
@@ -304,7 +300,7 @@ struct KeyGroup<E> {
 
 /// Scores of every row tile against `V` key groups (all full when `V > 1`).
 #[inline(always)]
-unsafe fn score_groups<S: F32x16, E: KvElem + SimdLoad, const V: usize>(
+unsafe fn score_groups<S: F32x16, E: SimdLoad, const V: usize>(
     job: &Job<'_, E>,
     packed: &[f32],
     scores: Scores,
@@ -348,7 +344,7 @@ struct ScoreTile<E, const V: usize> {
     r0: usize,
 }
 
-impl<E: KvElem + SimdLoad, const V: usize> ScoreTile<E, V> {
+impl<E: SimdLoad, const V: usize> ScoreTile<E, V> {
     #[inline(always)]
     unsafe fn run<S: F32x16, const R: usize>(&self, job: &Job<'_, E>) {
         let (bs, hd) = (job.geom.block_size, job.geom.head_dim);
@@ -445,11 +441,7 @@ unsafe fn softmax_pass<S: F32x16, E>(job: &Job<'_, E>, scores: Scores) -> Vec<Ro
 
 /// Pass 3: `acc[row] += Σ weight · value`, one block at a time.
 #[inline(always)]
-unsafe fn values_pass<S: F32x16, E: KvElem + SimdLoad>(
-    job: &Job<'_, E>,
-    weights: Scores,
-    acc: &mut [f32],
-) {
+unsafe fn values_pass<S: F32x16, E: SimdLoad>(job: &Job<'_, E>, weights: Scores, acc: &mut [f32]) {
     let (bs, hd, rows, span) = (
         job.geom.block_size,
         job.geom.head_dim,
@@ -517,7 +509,7 @@ struct ValueTile<E> {
     acc_stride: usize,
 }
 
-impl<E: KvElem + SimdLoad> ValueTile<E> {
+impl<E: SimdLoad> ValueTile<E> {
     #[inline(always)]
     unsafe fn run_rows<S: F32x16, const G: usize, const FULL: bool>(&self, rows: usize) {
         match rows {

@@ -123,7 +123,7 @@ pub fn prefetch<T>(p: *const T, len: usize) {
 }
 
 /// Element types a kernel can load sixteen at a time as f32.
-pub trait SimdLoad: Copy {
+pub trait SimdLoad: KvElem {
     /// The loads return the stored values divided by this power of two, so
     /// a widening may leave out its last multiply; a kernel applies it once
     /// to what it computes from them (exact, as it is a power of two).
@@ -131,19 +131,18 @@ pub trait SimdLoad: Copy {
     /// Loads 16 elements from `p`.
     unsafe fn load16<S: F32x16>(p: *const Self) -> S;
     /// Loads `n < 16` elements from `p`, the other lanes zero.
-    unsafe fn load_partial<S: F32x16>(p: *const Self, n: usize) -> S;
+    #[inline(always)]
+    unsafe fn load_partial<S: F32x16>(p: *const Self, n: usize) -> S {
+        let mut a = [Self::ZERO; LANES];
+        std::ptr::copy_nonoverlapping(p, a.as_mut_ptr(), n);
+        Self::load16(a.as_ptr())
+    }
 }
 
 impl SimdLoad for f32 {
     #[inline(always)]
     unsafe fn load16<S: F32x16>(p: *const f32) -> S {
         S::load(p)
-    }
-    #[inline(always)]
-    unsafe fn load_partial<S: F32x16>(p: *const f32, n: usize) -> S {
-        let mut a = [0f32; LANES];
-        std::ptr::copy_nonoverlapping(p, a.as_mut_ptr(), n);
-        S::load(a.as_ptr())
     }
 }
 
@@ -152,24 +151,12 @@ impl SimdLoad for f16 {
     unsafe fn load16<S: F32x16>(p: *const f16) -> S {
         S::load_f16(p)
     }
-    #[inline(always)]
-    unsafe fn load_partial<S: F32x16>(p: *const f16, n: usize) -> S {
-        let mut a = [f16::ZERO; LANES];
-        std::ptr::copy_nonoverlapping(p, a.as_mut_ptr(), n);
-        S::load_f16(a.as_ptr())
-    }
 }
 
 impl SimdLoad for bf16 {
     #[inline(always)]
     unsafe fn load16<S: F32x16>(p: *const bf16) -> S {
         S::load_bf16(p)
-    }
-    #[inline(always)]
-    unsafe fn load_partial<S: F32x16>(p: *const bf16, n: usize) -> S {
-        let mut a = [bf16::ZERO; LANES];
-        std::ptr::copy_nonoverlapping(p, a.as_mut_ptr(), n);
-        S::load_bf16(a.as_ptr())
     }
 }
 
@@ -183,12 +170,6 @@ impl SimdLoad for Fp8E4m3 {
     #[inline(always)]
     unsafe fn load16<S: F32x16>(p: *const Fp8E4m3) -> S {
         S::load_fp8(p)
-    }
-    #[inline(always)]
-    unsafe fn load_partial<S: F32x16>(p: *const Fp8E4m3, n: usize) -> S {
-        let mut a = [Fp8E4m3(0); LANES];
-        std::ptr::copy_nonoverlapping(p, a.as_mut_ptr(), n);
-        S::load_fp8(a.as_ptr())
     }
 }
 

@@ -49,6 +49,54 @@ pub fn r1_header() -> PathBuf {
     models_dir().join("DeepSeek-R1-Distill-Qwen-7B-Q4_K_M.head.gguf")
 }
 
+/// One sequence through a model with a private KV cache, fed a few tokens
+/// at a time.
+pub struct SoloRun<'a> {
+    model: &'a Decoder,
+    kv: KvCache,
+    table: Vec<BlockId>,
+    ctx_len: usize,
+}
+
+impl<'a> SoloRun<'a> {
+    /// A cache of `dtype` with room for `capacity` tokens.
+    pub fn new(model: &'a Decoder, capacity: usize, dtype: KvDtype) -> Self {
+        let cfg = &model.config;
+        let block_size = 16;
+        let blocks = capacity.div_ceil(block_size);
+        let geometry = KvGeometry {
+            block_size,
+            num_blocks: blocks,
+            num_kv_heads: cfg.num_kv_heads,
+            head_dim: cfg.head_dim,
+        };
+        SoloRun {
+            model,
+            kv: KvCache::new(geometry, cfg.num_layers, dtype).unwrap(),
+            table: (0..blocks as u32).map(BlockId).collect(),
+            ctx_len: 0,
+        }
+    }
+
+    /// Appends `tokens` and returns the logits after the last of them.
+    pub fn feed(&mut self, tokens: &[u32]) -> Vec<f32> {
+        self.ctx_len += tokens.len();
+        let batch = ForwardBatch {
+            tokens: tokens.to_vec(),
+            seqs: vec![BatchSeq {
+                num_tokens: tokens.len(),
+                ctx_len: self.ctx_len,
+                block_table: self.table.clone(),
+                want_logits: true,
+            }],
+        };
+        self.model
+            .forward(&batch, &mut self.kv)
+            .expect("forward")
+            .remove(0)
+    }
+}
+
 /// Runs one sequence through a model with a private KV cache: prefill, then
 /// greedy decode. Returns the prompt's last logits and the generated tokens.
 pub fn greedy(
@@ -57,35 +105,11 @@ pub fn greedy(
     steps: usize,
     dtype: KvDtype,
 ) -> (Vec<f32>, Vec<u32>) {
-    let cfg = &model.config;
-    let block_size = 16;
-    let blocks = (prompt.len() + steps).div_ceil(block_size);
-    let geometry = KvGeometry {
-        block_size,
-        num_blocks: blocks,
-        num_kv_heads: cfg.num_kv_heads,
-        head_dim: cfg.head_dim,
-    };
-    let mut kv = KvCache::new(geometry, cfg.num_layers, dtype).unwrap();
-    let table: Vec<BlockId> = (0..blocks as u32).map(BlockId).collect();
-    let step = |kv: &mut KvCache, tokens: &[u32], ctx_len: usize| {
-        let batch = ForwardBatch {
-            tokens: tokens.to_vec(),
-            seqs: vec![BatchSeq {
-                num_tokens: tokens.len(),
-                ctx_len,
-                block_table: table.clone(),
-                want_logits: true,
-            }],
-        };
-        model.forward(&batch, kv).expect("forward").remove(0)
-    };
-    let first = step(&mut kv, prompt, prompt.len());
+    let mut run = SoloRun::new(model, prompt.len() + steps, dtype);
+    let first = run.feed(prompt);
     let mut out = vec![argmax(&first)];
-    let mut ctx = prompt.len();
     while out.len() < steps {
-        ctx += 1;
-        let logits = step(&mut kv, &[*out.last().unwrap()], ctx);
+        let logits = run.feed(&[*out.last().unwrap()]);
         out.push(argmax(&logits));
     }
     (first, out)
