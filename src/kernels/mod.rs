@@ -10,6 +10,7 @@
 mod amx;
 pub mod attention;
 mod attention_simd;
+pub mod bytes;
 pub mod qmatmul;
 mod qmatmul_simd;
 #[cfg(target_arch = "x86_64")]
