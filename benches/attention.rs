@@ -17,9 +17,11 @@
 mod common;
 
 use r1serve::kernels::attention::{paged_attention, write_kv, AttnSeq, AttnShape};
+use r1serve::kernels::cpu::Cpu;
 use r1serve::kv_cache::storage::{KvCache, KvDtype, KvGeometry};
-use r1serve::model::decoder::{BatchSeq, Decoder, ForwardBatch};
-use r1serve::model::{build, open_weights, source};
+use r1serve::model::decoder::Decoder;
+use r1serve::model::{open_weights, qwen2, source};
+use r1serve::model::{BatchSeq, ForwardBatch, Model};
 use r1serve::types::BlockId;
 use std::time::Instant;
 
@@ -69,13 +71,8 @@ struct OpCase {
 
 impl OpCase {
     fn new(ctx: usize, kv_heads: usize, layers: usize, dtype: KvDtype) -> OpCase {
-        let geometry = KvGeometry {
-            block_size: BLOCK,
-            num_blocks: ctx / BLOCK,
-            num_kv_heads: kv_heads,
-            head_dim: HEAD_DIM,
-        };
-        let mut cache = KvCache::new(geometry, layers, dtype).unwrap();
+        let geometry = KvGeometry::square(BLOCK, ctx / BLOCK, kv_heads, HEAD_DIM);
+        let mut cache = KvCache::uniform(geometry, layers, dtype).unwrap();
         let table: Vec<BlockId> = (0..geometry.num_blocks as u32).map(BlockId).collect();
         let data: Vec<f32> = (0..ctx * kv_heads * HEAD_DIM)
             .map(|i| ((i * 7) % 13) as f32 * 0.01)
@@ -169,7 +166,7 @@ fn run() {
     let path = common::model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
     let src = source::resolve(path.to_str().unwrap(), None).expect("run models/fetch.sh");
     let (weights, config) = open_weights(&src).unwrap();
-    let model = build(&weights, config).unwrap();
+    let mut model = qwen2::load(Cpu, &weights, config).unwrap();
     println!("\n## Qwen2.5-0.5B Q4_K_M decode step\n");
     let columns = [
         (KvDtype::F16, 1usize),
@@ -195,7 +192,7 @@ fn run() {
     for &ctx in &CONTEXTS {
         let row: Vec<f64> = columns
             .iter()
-            .map(|&(dtype, batch)| step_time(&model, ctx, batch, dtype))
+            .map(|&(dtype, batch)| step_time(&mut model, ctx, batch, dtype))
             .collect();
         if ctx == CONTEXTS[0] {
             base = row.clone();
@@ -212,16 +209,11 @@ fn run() {
 
 /// Best time of one decode step of `batch` sequences, each `ctx` tokens into
 /// a cache of `dtype`.
-fn step_time(model: &Decoder, ctx: usize, batch: usize, dtype: KvDtype) -> f64 {
-    let c = &model.config;
+fn step_time(model: &mut Decoder<Cpu>, ctx: usize, batch: usize, dtype: KvDtype) -> f64 {
+    let c = model.config.clone();
     let per_seq = ctx.div_ceil(BLOCK) + 1;
-    let geometry = KvGeometry {
-        block_size: BLOCK,
-        num_blocks: per_seq * batch,
-        num_kv_heads: c.num_kv_heads,
-        head_dim: c.head_dim,
-    };
-    let mut cache = KvCache::new(geometry, c.num_layers, dtype).unwrap();
+    model.allocate_cache(BLOCK, per_seq * batch, dtype).unwrap();
+    let cache = model.cache_mut().unwrap();
     let fill: Vec<f32> = (0..ctx * c.num_kv_heads * c.head_dim)
         .map(|i| ((i * 5) % 11) as f32 * 0.02)
         .collect();
@@ -230,8 +222,8 @@ fn step_time(model: &Decoder, ctx: usize, batch: usize, dtype: KvDtype) -> f64 {
         let table: Vec<BlockId> = (0..per_seq)
             .map(|i| BlockId((b * per_seq + i) as u32))
             .collect();
-        for layer in &mut cache.layers {
-            write_kv(layer, &geometry, &table, 0, &fill, &fill).unwrap();
+        for (layer, geometry) in cache.layers.iter_mut().zip(&cache.geometries) {
+            write_kv(layer, geometry, &table, 0, &fill, &fill).unwrap();
         }
         seqs.push(BatchSeq {
             num_tokens: 1,
@@ -245,7 +237,7 @@ fn step_time(model: &Decoder, ctx: usize, batch: usize, dtype: KvDtype) -> f64 {
         seqs,
     };
     time(|| {
-        model.forward(&fb, &mut cache).unwrap();
+        model.forward(&fb).unwrap();
     })
 }
 

@@ -73,7 +73,7 @@ fn start(file: &str) -> (EngineHandle, Arc<Tokenizer>) {
         ..Default::default()
     };
     (
-        Engine::start(m.decoder, tok.clone(), config).expect("engine"),
+        Engine::start(m.model, tok.clone(), config).expect("engine"),
         tok,
     )
 }

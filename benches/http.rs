@@ -336,7 +336,7 @@ fn main() {
             kv_cache_memory: Some(KV_MIB << 20),
             ..Default::default()
         };
-        let h = Engine::start(m.decoder, tok.clone(), config).expect("engine");
+        let h = Engine::start(m.model, tok.clone(), config).expect("engine");
         let prompts: Vec<_> = (0..COMPARE_CLIENTS)
             .map(|i| chat_prompt(&tok, &template, i))
             .collect();

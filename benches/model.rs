@@ -9,9 +9,8 @@ mod common;
 
 use common::argmax;
 use common::parity::{load_reference, Reference};
-use r1serve::kv_cache::storage::{KvCache, KvDtype, KvGeometry};
-use r1serve::model::decoder::{BatchSeq, Decoder, ForwardBatch};
-use r1serve::model::{build, open_weights, source};
+use r1serve::kv_cache::storage::KvDtype;
+use r1serve::model::{build, open_weights, source, BatchSeq, ForwardBatch, Model};
 use r1serve::types::BlockId;
 use std::time::Instant;
 
@@ -25,17 +24,11 @@ fn prompt(vocab: usize) -> Vec<u32> {
 }
 
 /// (prefill tok/s, decode tok/s) of r1serve.
-fn ours(model: &Decoder, tokens: &[u32]) -> (f64, f64) {
-    let c = &model.config;
-    let geometry = KvGeometry {
-        block_size: 16,
-        num_blocks: (PREFILL + DECODE).div_ceil(16),
-        num_kv_heads: c.num_kv_heads,
-        head_dim: c.head_dim,
-    };
-    let mut kv = KvCache::new(geometry, c.num_layers, KvDtype::F16).unwrap();
-    let table: Vec<BlockId> = (0..geometry.num_blocks as u32).map(BlockId).collect();
-    let run = |kv: &mut KvCache, toks: Vec<u32>, ctx_len: usize| {
+fn ours(model: &mut dyn Model, tokens: &[u32]) -> (f64, f64) {
+    let blocks = (PREFILL + DECODE).div_ceil(16);
+    model.allocate_cache(16, blocks, KvDtype::F16).unwrap();
+    let table: Vec<BlockId> = (0..blocks as u32).map(BlockId).collect();
+    let mut run = |toks: Vec<u32>, ctx_len: usize| {
         let batch = ForwardBatch {
             seqs: vec![BatchSeq {
                 num_tokens: toks.len(),
@@ -45,14 +38,14 @@ fn ours(model: &Decoder, tokens: &[u32]) -> (f64, f64) {
             }],
             tokens: toks,
         };
-        model.forward(&batch, kv).expect("forward").remove(0)
+        model.forward(&batch).expect("forward").remove(0)
     };
     let t = Instant::now();
-    let mut next = argmax(&run(&mut kv, tokens.to_vec(), tokens.len()));
+    let mut next = argmax(&run(tokens.to_vec(), tokens.len()));
     let prefill = tokens.len() as f64 / t.elapsed().as_secs_f64();
     let t = Instant::now();
     for i in 0..DECODE {
-        next = argmax(&run(&mut kv, vec![next], tokens.len() + i + 1));
+        next = argmax(&run(vec![next], tokens.len() + i + 1));
     }
     (prefill, DECODE as f64 / t.elapsed().as_secs_f64())
 }
@@ -97,10 +90,10 @@ fn run() {
         let src = source::resolve(path.to_str().unwrap(), None).unwrap();
         let (weights, config) = open_weights(&src).unwrap();
         let vocab = config.vocab_size;
-        let model = build(&weights, config).unwrap();
+        let mut model = build(&weights, config).unwrap();
         let tokens = prompt(vocab);
-        ours(&model, &tokens[..32]); // warm-up
-        let (op, od) = ours(&model, &tokens);
+        ours(model.as_mut(), &tokens[..32]); // warm-up
+        let (op, od) = ours(model.as_mut(), &tokens);
         drop(model);
         let mut reference = load_reference(&path, qwen);
         let (tp, td) = theirs(reference.as_mut(), &tokens);

@@ -60,7 +60,7 @@ pub async fn run(opts: GenerateOptions) -> Result<()> {
     };
     let max_model_len = model.max_model_len.min(prompt.len() + opts.max_tokens + 16);
     let engine = Engine::start(
-        model.decoder,
+        model.model,
         tokenizer,
         EngineConfig {
             max_num_seqs: 1,

@@ -276,7 +276,7 @@ fn load_model(args: &ServeArgs) -> Result<ServedModel> {
         }
     };
     let engine = Engine::start(
-        loaded.decoder,
+        loaded.model,
         Arc::clone(&tokenizer),
         EngineConfig {
             block_size: args.block_size,

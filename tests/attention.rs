@@ -48,13 +48,8 @@ fn run_hd(
     let mut rng = Lcg(seed);
     let heads = kv_heads * group;
     let blocks_needed: usize = cases.iter().map(|(c, _)| c.div_ceil(block_size)).sum();
-    let geometry = KvGeometry {
-        block_size,
-        num_blocks: blocks_needed + 3,
-        num_kv_heads: kv_heads,
-        head_dim: hd,
-    };
-    let mut cache = KvCache::new(geometry, 1, dtype).unwrap();
+    let geometry = KvGeometry::square(block_size, blocks_needed + 3, kv_heads, hd);
+    let mut cache = KvCache::uniform(geometry, 1, dtype).unwrap();
     // Scatter sequences over shuffled blocks, as a real pool would.
     let mut free: Vec<u32> = (0..geometry.num_blocks as u32).collect();
     for i in (1..free.len()).rev() {
@@ -194,13 +189,8 @@ fn outputs_are_bit_identical_across_chunkings_and_batches() {
     // Two key chunks of the kernel's 2,048 positions, the last one partial.
     let ctx = 2200usize;
     let mut rng = Lcg(99);
-    let geometry = KvGeometry {
-        block_size: bs,
-        num_blocks: 2 * ctx.div_ceil(bs),
-        num_kv_heads: kv_heads,
-        head_dim: hd,
-    };
-    let mut cache = KvCache::new(geometry, 1, KvDtype::F16).unwrap();
+    let geometry = KvGeometry::square(bs, 2 * ctx.div_ceil(bs), kv_heads, hd);
+    let mut cache = KvCache::uniform(geometry, 1, KvDtype::F16).unwrap();
     let a: Vec<BlockId> = (0..ctx.div_ceil(bs) as u32).map(BlockId).collect();
     let b: Vec<BlockId> = (ctx.div_ceil(bs) as u32..2 * ctx.div_ceil(bs) as u32)
         .rev()
@@ -265,13 +255,8 @@ fn outputs_are_bit_identical_across_chunkings_and_batches() {
 
 #[test]
 fn bad_block_tables_are_errors_not_panics() {
-    let geometry = KvGeometry {
-        block_size: 16,
-        num_blocks: 2,
-        num_kv_heads: 1,
-        head_dim: 8,
-    };
-    let cache = KvCache::new(geometry, 1, KvDtype::F32).unwrap();
+    let geometry = KvGeometry::square(16, 2, 1, 8);
+    let cache = KvCache::uniform(geometry, 1, KvDtype::F32).unwrap();
     let q = vec![0f32; 8];
     let mut out = vec![0f32; 8];
     let shape = AttnShape {

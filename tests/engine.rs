@@ -91,8 +91,10 @@ fn preemption_resumes_with_identical_tokens_and_frees_everything() {
         let mc_bytes_per_block = {
             let m =
                 r1serve::model::load::load(path.to_str().unwrap(), &Default::default()).unwrap();
-            let c = &m.decoder.config;
-            16 * 2 * c.num_layers * c.num_kv_heads * c.head_dim * 2
+            m.model
+                .info()
+                .kv
+                .block_bytes(16, r1serve::kv_cache::storage::KvDtype::F16)
         };
         let cfg = EngineConfig {
             kv_cache_memory: Some((2 * 10 * mc_bytes_per_block) as u64),

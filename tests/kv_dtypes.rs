@@ -6,12 +6,16 @@ mod common;
 
 use common::{argmax, rel_diff, SoloRun};
 use r1serve::kv_cache::storage::KvDtype;
-use r1serve::model::decoder::Decoder;
-use r1serve::model::{build, open_weights, source};
+use r1serve::model::{build, open_weights, source, Model};
 use std::path::Path;
 
 /// Logits after the prompt and after each of `forced` fed one at a time.
-fn forced_logits(model: &Decoder, prompt: &[u32], forced: &[u32], dtype: KvDtype) -> Vec<Vec<f32>> {
+fn forced_logits(
+    model: &mut dyn Model,
+    prompt: &[u32],
+    forced: &[u32],
+    dtype: KvDtype,
+) -> Vec<Vec<f32>> {
     let mut run = SoloRun::new(model, prompt.len() + forced.len(), dtype);
     let mut out = vec![run.feed(prompt)];
     out.extend(forced.iter().map(|t| run.feed(&[*t])));
@@ -54,14 +58,14 @@ fn fp8() -> Bound {
 fn check(path: &Path, bounds: &[Bound]) {
     let src = source::resolve(path.to_str().unwrap(), None).unwrap();
     let (weights, config) = open_weights(&src).unwrap();
-    let model = build(&weights, config).unwrap();
+    let mut model = build(&weights, config).unwrap();
     for prompt in common::chat_prompts(path).into_iter().take(2) {
-        let (_, greedy) = common::greedy(&model, &prompt, 40, KvDtype::F32);
+        let (_, greedy) = common::greedy(model.as_mut(), &prompt, 40, KvDtype::F32);
         let forced = &greedy[..greedy.len() - 1];
-        let want = forced_logits(&model, &prompt, forced, KvDtype::F32);
+        let want = forced_logits(model.as_mut(), &prompt, forced, KvDtype::F32);
         for bound in bounds {
             let dtype = bound.dtype;
-            let got = forced_logits(&model, &prompt, forced, dtype);
+            let got = forced_logits(model.as_mut(), &prompt, forced, dtype);
             let worst = got
                 .iter()
                 .zip(&want)

@@ -34,7 +34,7 @@ fn hf_dir() -> PathBuf {
 #[test]
 fn safetensors_qwen2_matches_candle_transformers_qwen2() {
     let dir = hf_dir();
-    let m = load(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let mut m = load(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
     assert_eq!(m.default_temperature, Some(0.7));
     assert!(m.tokenizer.eos_ids().contains(&151643));
     let prompts = common::chat_prompts(&common::qwen05());
@@ -66,7 +66,7 @@ fn safetensors_qwen2_matches_candle_transformers_qwen2() {
             );
             want.push(argmax(&l));
         }
-        let (ours_first, got) = greedy(&m.decoder, prompt, 16, KvDtype::F32);
+        let (ours_first, got) = greedy(m.model.as_mut(), prompt, 16, KvDtype::F32);
         assert_eq!(
             got, want,
             "greedy tokens differ from candle-transformers qwen2"

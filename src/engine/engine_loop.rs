@@ -11,8 +11,8 @@ use super::types::{
 };
 use super::{Admission, Command, EngineHandle, Shared};
 use crate::kv_cache::manager::KvCacheManager;
-use crate::kv_cache::storage::{KvCache, KvDtype, KvGeometry};
-use crate::model::decoder::{BatchSeq, Decoder, ForwardBatch};
+use crate::kv_cache::storage::KvDtype;
+use crate::model::{BatchSeq, ForwardBatch, Model};
 use crate::tokenizer::Tokenizer;
 use crate::types::{RequestId, SeqId, TokenId};
 use anyhow::{bail, Result};
@@ -84,45 +84,43 @@ pub struct Engine;
 impl Engine {
     /// Sizes the KV pool, starts the engine thread and returns its handle.
     pub fn start(
-        model: Decoder,
+        mut model: Box<dyn Model>,
         tokenizer: Arc<Tokenizer>,
         config: EngineConfig,
     ) -> Result<EngineHandle> {
-        let mc = &model.config;
-        let max_model_len = config.max_model_len.unwrap_or(mc.max_position_embeddings);
+        let info = model.info().clone();
+        let max_model_len = config.max_model_len.unwrap_or(info.max_position_embeddings);
         if config.block_size == 0 || max_model_len == 0 {
             bail!("block size and max model length must be positive");
         }
-        let probe = KvGeometry {
-            block_size: config.block_size,
-            num_blocks: 0,
-            num_kv_heads: mc.num_kv_heads,
-            head_dim: mc.head_dim,
-        };
-        let block_bytes =
-            (config.block_size * probe.bytes_per_token(mc.num_layers, config.kv_dtype)) as u64;
+        let block_bytes = info.kv.block_bytes(config.block_size, config.kv_dtype) as u64;
+        if block_bytes == 0 {
+            bail!("the model declares no KV cache");
+        }
         let budget = config.kv_cache_memory.unwrap_or_else(|| {
             let want = (config.max_num_seqs * max_model_len) as u64 * block_bytes
                 / config.block_size as u64;
             (available_memory() * 2 / 5).min(want)
         });
-        let num_blocks = (budget / block_bytes) as usize;
+        let num_blocks = info
+            .kv
+            .blocks_in(budget, config.block_size, config.kv_dtype);
         let min_blocks = max_model_len.div_ceil(config.block_size).min(2);
         if num_blocks < min_blocks {
             bail!(
                 "a KV cache of {budget} bytes holds {num_blocks} blocks; at least {min_blocks} are needed"
             );
         }
-        let geometry = KvGeometry {
-            num_blocks,
-            ..probe
-        };
+        let token_bytes = info.kv.bytes_per_token(config.kv_dtype);
         tracing::info!(
-            "KV cache: {num_blocks} blocks x {} tokens = {} tokens, {:.1} MiB ({})",
+            "KV cache: {num_blocks} blocks x {} tokens = {} tokens, {:.1} MiB ({}, {} bytes per token, {} tokens per GiB) on {}",
             config.block_size,
             num_blocks * config.block_size,
             (num_blocks as u64 * block_bytes) as f64 / (1 << 20) as f64,
-            config.kv_dtype
+            config.kv_dtype,
+            token_bytes,
+            (1u64 << 30) / token_bytes as u64,
+            info.device,
         );
         // The loop runs on a worker of its own pool: the kernels' parallel
         // loops then start from inside the pool, where the calling thread
@@ -133,8 +131,7 @@ impl Engine {
             .thread_name(|i| format!("r1serve-worker-{i}"))
             .build()?;
         let started = std::time::Instant::now();
-        let mut cache = KvCache::new(geometry, mc.num_layers, config.kv_dtype)?;
-        pool.install(|| cache.commit());
+        pool.install(|| model.allocate_cache(config.block_size, num_blocks, config.kv_dtype))?;
         tracing::info!(
             "KV cache committed in {:.2} s",
             started.elapsed().as_secs_f64()
@@ -171,7 +168,6 @@ impl Engine {
             }),
             model,
             tokenizer,
-            cache,
             requests: HashMap::new(),
             rx,
             shared: shared.clone(),
@@ -193,10 +189,9 @@ impl Engine {
 }
 
 struct EngineLoop {
-    model: Decoder,
+    model: Box<dyn Model>,
     tokenizer: Arc<Tokenizer>,
     kv: KvCacheManager,
-    cache: KvCache,
     sched: Scheduler,
     requests: HashMap<RequestId, RequestState>,
     rx: mpsc::Receiver<Command>,
@@ -344,7 +339,7 @@ impl EngineLoop {
         }
         self.steps += 1;
         self.step_tokens += batch.tokens.len() as u64;
-        let logits = match self.model.forward(&batch, &mut self.cache) {
+        let logits = match self.model.forward(&batch) {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!("model step failed: {e:#}");

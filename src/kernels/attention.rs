@@ -46,6 +46,15 @@ pub struct AttnShape {
 }
 
 fn check(seqs: &[AttnSeq], geom: &KvGeometry, q_rows: usize, shape: &AttnShape) -> Result<()> {
+    // The kernels address keys and values with one width; a layer whose
+    // widths differ (MLA's latent rows) needs its own kernel.
+    if geom.k_dim != geom.v_dim {
+        bail!(
+            "paged attention needs equal key and value widths, got {} and {}",
+            geom.k_dim,
+            geom.v_dim
+        );
+    }
     if geom.num_kv_heads == 0 || !shape.num_heads.is_multiple_of(geom.num_kv_heads) {
         bail!(
             "{} query heads are not a multiple of {} KV heads",
@@ -78,8 +87,9 @@ fn check(seqs: &[AttnSeq], geom: &KvGeometry, q_rows: usize, shape: &AttnShape) 
     Ok(())
 }
 
-/// Writes keys `k` and values `v` (each `tokens × kv_heads × head_dim`) into
-/// the slots of positions `start_pos..start_pos + tokens` of a sequence.
+/// Writes keys `k` (`tokens × kv_heads × k_dim`) and values `v`
+/// (`tokens × kv_heads × v_dim`) into the slots of positions
+/// `start_pos..start_pos + tokens` of a sequence.
 pub fn write_kv(
     layer: &mut LayerKv,
     geom: &KvGeometry,
@@ -88,15 +98,20 @@ pub fn write_kv(
     k: &[f32],
     v: &[f32],
 ) -> Result<()> {
-    let (hd, row) = (geom.head_dim, geom.num_kv_heads * geom.head_dim);
-    if k.len() != v.len() || !k.len().is_multiple_of(row) {
-        bail!("keys and values must both be whole rows of {row} elements");
+    let (kd, vd) = (geom.k_dim, geom.v_dim);
+    let (k_row, v_row) = (geom.num_kv_heads * kd, geom.num_kv_heads * vd);
+    let tokens = k.len() / k_row.max(1);
+    if !k.len().is_multiple_of(k_row) || v.len() != tokens * v_row {
+        bail!("keys and values must be whole rows of {k_row} and {v_row} elements for the same tokens");
     }
-    let tokens = k.len() / row;
     if (start_pos + tokens).div_ceil(geom.block_size) > block_table.len() {
         bail!("block table too short for position {}", start_pos + tokens);
     }
-    for (t, (kt, vt)) in k.chunks_exact(row).zip(v.chunks_exact(row)).enumerate() {
+    for t in 0..tokens {
+        let (kt, vt) = (
+            &k[t * k_row..(t + 1) * k_row],
+            &v[t * v_row..(t + 1) * v_row],
+        );
         let pos = start_pos + t;
         let block = block_table[pos / geom.block_size].index();
         if block >= geom.num_blocks {
@@ -108,8 +123,12 @@ pub fn write_kv(
                 head,
                 slot: pos % geom.block_size,
             };
-            let dims = head * hd..(head + 1) * hd;
-            layer.write(geom, at, &kt[dims.clone()], &vt[dims]);
+            layer.write(
+                geom,
+                at,
+                &kt[head * kd..(head + 1) * kd],
+                &vt[head * vd..(head + 1) * vd],
+            );
         }
     }
     Ok(())
@@ -200,7 +219,7 @@ struct Partial {
 
 /// Runs one job on this thread.
 fn run_job<E: SimdLoad>(isa: Isa, job: &Job<'_, E>) -> Partial {
-    let mut out = vec![0f32; job.rows() * job.geom.head_dim];
+    let mut out = vec![0f32; job.rows() * job.geom.k_dim];
     let stats = SCRATCH.with_borrow_mut(|scratch| {
         // Starts on a cache line: the kernel stores whole 64-byte vectors.
         let need = scratch_len(job) + LANES;
@@ -262,7 +281,7 @@ pub fn paged_attention(
     seqs: &[AttnSeq],
     shape: &AttnShape,
 ) -> Result<()> {
-    let q_row = shape.num_heads * geom.head_dim;
+    let q_row = shape.num_heads * geom.k_dim;
     check(seqs, geom, q.len() / q_row, shape)?;
     if out.len() != q.len() {
         bail!("output has {} elements for {} queries", out.len(), q.len());
@@ -311,7 +330,7 @@ fn attend_batch<E: SimdLoad>(
         }
     }
     let results: Vec<Partial> = jobs.par_iter().map(|job| run_job(isa, job)).collect();
-    let hd = geom.head_dim;
+    let hd = geom.k_dim;
     let q_row = shape.num_heads * hd;
     let mut parts = Vec::new();
     for unit in units {
@@ -342,7 +361,7 @@ pub fn paged_attention_reference(
     seqs: &[AttnSeq],
     shape: &AttnShape,
 ) -> Result<()> {
-    let hd = geom.head_dim;
+    let hd = geom.k_dim;
     let q_row = shape.num_heads * hd;
     check(seqs, geom, q.len() / q_row, shape)?;
     let group = shape.num_heads / geom.num_kv_heads;
@@ -423,12 +442,7 @@ mod tests {
     /// with a head dimension that leaves a partial vector.
     #[test]
     fn instruction_sets_agree_bit_for_bit() {
-        let geom = KvGeometry {
-            block_size: 16,
-            num_blocks: 8,
-            num_kv_heads: 1,
-            head_dim: 72,
-        };
+        let geom = KvGeometry::square(16, 8, 1, 72);
         let mut isas = vec![Isa::Portable];
         #[cfg(target_arch = "x86_64")]
         match Isa::detect() {
@@ -437,7 +451,7 @@ mod tests {
             Isa::Portable => {}
         }
         for dtype in [KvDtype::F16, KvDtype::Bf16, KvDtype::Fp8E4m3, KvDtype::F32] {
-            let mut cache = KvCache::new(geom, 1, dtype).unwrap();
+            let mut cache = KvCache::uniform(geom, 1, dtype).unwrap();
             let table: Vec<BlockId> = (0..8).rev().map(BlockId).collect();
             let n = 120 * 72;
             let k: Vec<f32> = (0..n)

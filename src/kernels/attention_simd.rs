@@ -107,23 +107,23 @@ impl<E> Job<'_, E> {
     #[inline(always)]
     fn prefetch_block(&self, buf: &[E], b: usize) {
         if let Some(block) = self.seq.block_table.get(b) {
-            let base = self.geom.head_base(block.index(), self.kv_head);
+            let base = self.geom.k_base(block.index(), self.kv_head);
             prefetch(
                 buf.as_ptr().wrapping_add(base),
-                self.geom.block_size * self.geom.head_dim,
+                self.geom.block_size * self.geom.k_dim,
             );
         }
     }
 
     /// Blocks to keep requested ahead of the one being computed.
     fn prefetch_ahead(&self) -> usize {
-        let block_bytes = self.geom.block_size * self.geom.head_dim * std::mem::size_of::<E>();
+        let block_bytes = self.geom.block_size * self.geom.k_dim * std::mem::size_of::<E>();
         PREFETCH_BYTES.div_ceil(block_bytes)
     }
 
     /// Offset of row `r`'s query vector in the batch.
     fn query_at(&self, r: usize) -> usize {
-        let hd = self.geom.head_dim;
+        let hd = self.geom.k_dim;
         let q_row = self.group * self.geom.num_kv_heads * hd;
         let i = self.queries.start + r / self.group;
         (self.seq.q_start + i) * q_row + (self.kv_head * self.group + r % self.group) * hd
@@ -133,9 +133,7 @@ impl<E> Job<'_, E> {
 /// Floats of scratch [`attend`] needs for `job`.
 pub(super) fn scratch_len<E>(job: &Job<'_, E>) -> usize {
     let rows = job.rows();
-    rows * score_positions(job.width())
-        + rows * padded_dim(job.geom.head_dim)
-        + rows * job.geom.head_dim
+    rows * score_positions(job.width()) + rows * padded_dim(job.geom.k_dim) + rows * job.geom.k_dim
 }
 
 /// Score entries per row for `width` keys: a key group starting before
@@ -203,7 +201,7 @@ pub(super) unsafe fn attend<S: F32x16, E: SimdLoad>(
     out: &mut [f32],
 ) -> Vec<RowStats> {
     let rows = job.rows();
-    let hd = job.geom.head_dim;
+    let hd = job.geom.k_dim;
     let (scores, rest) = scratch.split_at_mut(rows * score_positions(job.width()));
     let (acc, packed) = rest.split_at_mut(rows * padded_dim(hd));
     let scores = Scores {
@@ -234,7 +232,7 @@ pub(super) unsafe fn attend<S: F32x16, E: SimdLoad>(
 /// score loop then reads every row's `q[d]` from one pointer, which keeps
 /// its registers free for accumulators.
 fn pack_queries<E>(job: &Job<'_, E>, packed: &mut [f32]) {
-    let (hd, rows) = (job.geom.head_dim, job.rows());
+    let (hd, rows) = (job.geom.k_dim, job.rows());
     for r0 in (0..rows).step_by(SCORE_ROWS) {
         let nr = SCORE_ROWS.min(rows - r0);
         let tile = &mut packed[r0 * hd..(r0 + nr) * hd];
@@ -265,7 +263,7 @@ unsafe fn scores_pass<S: F32x16, E: SimdLoad>(job: &Job<'_, E>, packed: &[f32], 
         if b + ahead < blocks {
             job.prefetch_block(job.kv.keys(), b + ahead);
         }
-        let base = job.geom.head_base(block.index(), job.kv_head);
+        let base = job.geom.k_base(block.index(), job.kv_head);
         let n = bs.min(span - b * bs);
         for s0 in (0..n).step_by(LANES) {
             let group = KeyGroup {
@@ -315,7 +313,7 @@ unsafe fn score_groups<S: F32x16, E: SimdLoad, const V: usize>(
         if job.visible(r0 + nr - 1) > groups[0].pos {
             let tile = ScoreTile {
                 groups,
-                q: packed.as_ptr().add(r0 * job.geom.head_dim),
+                q: packed.as_ptr().add(r0 * job.geom.k_dim),
                 scores,
                 r0,
             };
@@ -347,7 +345,7 @@ struct ScoreTile<E, const V: usize> {
 impl<E: SimdLoad, const V: usize> ScoreTile<E, V> {
     #[inline(always)]
     unsafe fn run<S: F32x16, const R: usize>(&self, job: &Job<'_, E>) {
-        let (bs, hd) = (job.geom.block_size, job.geom.head_dim);
+        let (bs, hd) = (job.geom.block_size, job.geom.k_dim);
         let acc = if self.groups[0].width == LANES {
             self.dots::<S, R, true>(bs, hd)
         } else {
@@ -442,12 +440,7 @@ unsafe fn softmax_pass<S: F32x16, E>(job: &Job<'_, E>, scores: Scores) -> Vec<Ro
 /// Pass 3: `acc[row] += Σ weight · value`, one block at a time.
 #[inline(always)]
 unsafe fn values_pass<S: F32x16, E: SimdLoad>(job: &Job<'_, E>, weights: Scores, acc: &mut [f32]) {
-    let (bs, hd, rows, span) = (
-        job.geom.block_size,
-        job.geom.head_dim,
-        job.rows(),
-        job.span(),
-    );
+    let (bs, hd, rows, span) = (job.geom.block_size, job.geom.k_dim, job.rows(), job.span());
     let pd = padded_dim(hd);
     let (first, blocks) = (job.keys.start / bs, span.div_ceil(bs));
     let ahead = job.prefetch_ahead();
@@ -458,7 +451,7 @@ unsafe fn values_pass<S: F32x16, E: SimdLoad>(job: &Job<'_, E>, weights: Scores,
         if b + ahead < blocks {
             job.prefetch_block(job.kv.values(), b + ahead);
         }
-        let base = job.geom.head_base(block.index(), job.kv_head);
+        let base = job.geom.k_base(block.index(), job.kv_head);
         let pos0 = b * bs;
         let mut r0 = 0;
         while r0 < rows {

@@ -1,6 +1,9 @@
-//! Compute kernels for the CPU path, each with a slow reference the tests
-//! compare against: paged attention ([`attention`], its SIMD body in
-//! `attention_simd` over the vector types of `simd`) and the quantized matrix
+//! The device seam ([`backend`]: every op of a forward pass over device
+//! buffers) and its CPU implementation ([`cpu`]): row-wise ops ([`ops`]),
+//! linear layers over every weight format ([`linear`]), and compute kernels,
+//! each with a slow reference the tests compare against: paged attention
+//! ([`attention`], its SIMD body in `attention_simd` over the vector types
+//! of `simd`) and the quantized matrix
 //! multiplication used by every linear layer of a GGUF checkpoint
 //! ([`qmatmul`]; SIMD inner loops in `qmatmul_simd`, and on CPUs with AMX
 //! the repacked-weight kernels of `qmatmul_tiled` and `qmatmul_tiled_k` over
@@ -10,7 +13,11 @@
 mod amx;
 pub mod attention;
 mod attention_simd;
+pub mod backend;
 pub mod bytes;
+pub mod cpu;
+pub mod linear;
+pub mod ops;
 pub mod qmatmul;
 mod qmatmul_simd;
 #[cfg(target_arch = "x86_64")]
@@ -18,5 +25,6 @@ mod qmatmul_tiled;
 #[cfg(target_arch = "x86_64")]
 mod qmatmul_tiled_k;
 mod simd;
+pub mod tensor;
 
 pub use qmatmul::{matmul_reference, Isa, QMatrix};

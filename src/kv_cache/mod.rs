@@ -1,7 +1,9 @@
-//! The paged KV cache: fixed-size blocks of keys and values ([`storage`]),
+//! The paged KV cache: what a model caches per token ([`spec`]), fixed-size
+//! blocks of keys and values ([`storage`]),
 //! owned by a pool with reference counts and a prefix cache
 //! ([`block_pool`]), handed out per sequence by the [`manager`].
 
 pub mod block_pool;
 pub mod manager;
+pub mod spec;
 pub mod storage;

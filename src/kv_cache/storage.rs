@@ -3,6 +3,7 @@
 //! contiguous and the attention kernel streams it without gathering, and a
 //! head's consecutive blocks (a sequence's usual allocation) are one stream.
 
+use super::spec::{KvSpec, LayerKvSpec};
 use anyhow::{Context, Result};
 use half::{bf16, f16};
 use memmap2::MmapMut;
@@ -63,7 +64,7 @@ impl std::str::FromStr for KvDtype {
     }
 }
 
-/// Shape of the paged cache shared by every layer.
+/// Shape of one layer's part of the paged cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KvGeometry {
     /// Tokens per block.
@@ -72,24 +73,46 @@ pub struct KvGeometry {
     pub num_blocks: usize,
     /// Key/value heads.
     pub num_kv_heads: usize,
-    /// Per-head width.
-    pub head_dim: usize,
+    /// Elements of one head's key.
+    pub k_dim: usize,
+    /// Elements of one head's value; 0 when values are read from the keys
+    /// (a latent layer, see [`super::spec::LayerKvSpec::Latent`]).
+    pub v_dim: usize,
 }
 
 impl KvGeometry {
-    /// Elements of one block of one layer's K (or V).
-    pub fn block_elems(&self) -> usize {
-        self.block_size * self.num_kv_heads * self.head_dim
+    /// A layer whose keys and values are both `head_dim` wide.
+    pub fn square(
+        block_size: usize,
+        num_blocks: usize,
+        num_kv_heads: usize,
+        head_dim: usize,
+    ) -> Self {
+        Self {
+            block_size,
+            num_blocks,
+            num_kv_heads,
+            k_dim: head_dim,
+            v_dim: head_dim,
+        }
     }
 
-    /// Offset of one head's part of `block` in a layer buffer.
-    pub fn head_base(&self, block: usize, head: usize) -> usize {
-        (head * self.num_blocks + block) * self.block_size * self.head_dim
+    /// Offset of one head's keys of `block` in the layer's key buffer.
+    pub fn k_base(&self, block: usize, head: usize) -> usize {
+        (head * self.num_blocks + block) * self.block_size * self.k_dim
     }
 
-    /// Bytes one token occupies across all layers, K and V.
-    pub fn bytes_per_token(&self, num_layers: usize, dtype: KvDtype) -> usize {
-        2 * num_layers * self.num_kv_heads * self.head_dim * dtype.size()
+    /// Offset of one head's values of `block` in the layer's value buffer.
+    pub fn v_base(&self, block: usize, head: usize) -> usize {
+        (head * self.num_blocks + block) * self.block_size * self.v_dim
+    }
+
+    fn k_elems(&self) -> usize {
+        self.num_blocks * self.block_size * self.num_kv_heads * self.k_dim
+    }
+
+    fn v_elems(&self) -> usize {
+        self.num_blocks * self.block_size * self.num_kv_heads * self.v_dim
     }
 }
 
@@ -263,10 +286,10 @@ impl<E: KvElem> KvBuffer<E> {
 }
 
 impl<E: KvElem> KvPair<E> {
-    fn zeros(n: usize) -> Result<Self> {
+    fn zeros(geom: &KvGeometry) -> Result<Self> {
         Ok(Self {
-            k: KvBuffer::zeros(n)?,
-            v: KvBuffer::zeros(n)?,
+            k: KvBuffer::zeros(geom.k_elems())?,
+            v: KvBuffer::zeros(geom.v_elems())?,
         })
     }
 
@@ -281,26 +304,28 @@ impl<E: KvElem> KvPair<E> {
     }
 
     fn write(&mut self, geom: &KvGeometry, at: SlotAddr, k: &[f32], v: &[f32]) {
-        let base = geom.head_base(at.block, at.head);
+        let base = geom.k_base(at.block, at.head);
         let keys = self.k.get_mut();
         for (d, x) in k.iter().enumerate() {
             keys[base + d * geom.block_size + at.slot] = E::from_f32(*x);
         }
-        let row = &mut self.v.get_mut()[base + at.slot * geom.head_dim..][..geom.head_dim];
+        let base = geom.v_base(at.block, at.head);
+        let row = &mut self.v.get_mut()[base + at.slot * geom.v_dim..][..geom.v_dim];
         for (d, x) in row.iter_mut().zip(v) {
             *d = E::from_f32(*x);
         }
     }
 
     fn read(&self, geom: &KvGeometry, at: SlotAddr, k: &mut [f32], v: &mut [f32]) {
-        let base = geom.head_base(at.block, at.head);
+        let base = geom.k_base(at.block, at.head);
         let keys = self.keys();
         for (d, x) in k.iter_mut().enumerate() {
             *x = keys[base + d * geom.block_size + at.slot].to_f32();
         }
+        let base = geom.v_base(at.block, at.head);
         for (x, e) in v
             .iter_mut()
-            .zip(&self.values()[base + at.slot * geom.head_dim..])
+            .zip(&self.values()[base + at.slot * geom.v_dim..][..geom.v_dim])
         {
             *x = e.to_f32();
         }
@@ -350,16 +375,16 @@ macro_rules! with_pair {
 pub(crate) use with_pair;
 
 impl LayerKv {
-    fn zeros(dtype: KvDtype, n: usize) -> Result<Self> {
+    fn zeros(dtype: KvDtype, geom: &KvGeometry) -> Result<Self> {
         Ok(match dtype {
-            KvDtype::F16 => LayerKv::F16(KvPair::zeros(n)?),
-            KvDtype::Bf16 => LayerKv::Bf16(KvPair::zeros(n)?),
-            KvDtype::Fp8E4m3 => LayerKv::Fp8E4m3(KvPair::zeros(n)?),
-            KvDtype::F32 => LayerKv::F32(KvPair::zeros(n)?),
+            KvDtype::F16 => LayerKv::F16(KvPair::zeros(geom)?),
+            KvDtype::Bf16 => LayerKv::Bf16(KvPair::zeros(geom)?),
+            KvDtype::Fp8E4m3 => LayerKv::Fp8E4m3(KvPair::zeros(geom)?),
+            KvDtype::F32 => LayerKv::F32(KvPair::zeros(geom)?),
         })
     }
 
-    /// Stores one token's key and value (`head_dim` each) at `at`.
+    /// Stores one token's key (`k_dim`) and value (`v_dim`) at `at`.
     pub fn write(&mut self, geom: &KvGeometry, at: SlotAddr, k: &[f32], v: &[f32]) {
         with_pair!(self, p => p.write(geom, at, k, v))
     }
@@ -376,27 +401,50 @@ impl LayerKv {
 
 /// The whole paged cache, allocated once at startup with a fixed budget.
 pub struct KvCache {
-    /// Shared shape.
-    pub geometry: KvGeometry,
     /// Element type.
     pub dtype: KvDtype,
     /// One entry per decoder layer.
     pub layers: Vec<LayerKv>,
+    /// Each layer's shape, in the order of `layers`.
+    pub geometries: Vec<KvGeometry>,
 }
 
 impl KvCache {
-    /// Allocates `geometry.num_blocks` zeroed blocks for each of
-    /// `num_layers` layers; see [`KvCache::commit`] for residency.
-    pub fn new(geometry: KvGeometry, num_layers: usize, dtype: KvDtype) -> Result<Self> {
-        let n = geometry.num_blocks * geometry.block_elems();
-        let layers = (0..num_layers)
-            .map(|_| LayerKv::zeros(dtype, n))
+    /// Allocates `num_blocks` zeroed blocks of `block_size` tokens for every
+    /// layer of `spec`; see [`KvCache::commit`] for residency.
+    pub fn new(
+        spec: &KvSpec,
+        block_size: usize,
+        num_blocks: usize,
+        dtype: KvDtype,
+    ) -> Result<Self> {
+        let geometries: Vec<KvGeometry> = spec
+            .layers
+            .iter()
+            .map(|l| l.geometry(block_size, num_blocks))
+            .collect();
+        let layers = geometries
+            .iter()
+            .map(|g| LayerKv::zeros(dtype, g))
             .collect::<Result<_>>()?;
         Ok(Self {
-            geometry,
             dtype,
             layers,
+            geometries,
         })
+    }
+
+    /// A cache of `num_layers` layers that all have `geometry`'s shape.
+    pub fn uniform(geometry: KvGeometry, num_layers: usize, dtype: KvDtype) -> Result<Self> {
+        let spec = KvSpec::uniform(
+            LayerKvSpec::Full {
+                num_kv_heads: geometry.num_kv_heads,
+                k_dim: geometry.k_dim,
+                v_dim: geometry.v_dim,
+            },
+            num_layers,
+        );
+        Self::new(&spec, geometry.block_size, geometry.num_blocks, dtype)
     }
 
     /// Touches every page of the pool so the whole budget is resident now:
@@ -476,12 +524,7 @@ mod tests {
     /// come back rounded to the type, at the right place.
     #[test]
     fn every_dtype_reads_back_its_rounded_values() {
-        let geom = KvGeometry {
-            block_size: 8,
-            num_blocks: 3,
-            num_kv_heads: 2,
-            head_dim: 5,
-        };
+        let geom = KvGeometry::square(8, 3, 2, 5);
         let k = [0.1f32, -2.5, 300.0, 0.02, 7.0];
         let v = [1.0f32, 0.33, -0.01, 65.0, -448.5];
         let at = SlotAddr {
@@ -493,7 +536,7 @@ mod tests {
             x.iter().map(|x| E::from_f32(*x).to_f32()).collect()
         }
         for dtype in [KvDtype::F16, KvDtype::Bf16, KvDtype::Fp8E4m3, KvDtype::F32] {
-            let mut cache = KvCache::new(geom, 1, dtype).unwrap();
+            let mut cache = KvCache::uniform(geom, 1, dtype).unwrap();
             cache.layers[0].write(&geom, at, &k, &v);
             let (mut k2, mut v2) = ([0f32; 5], [0f32; 5]);
             cache.layers[0].read(&geom, at, &mut k2, &mut v2);
@@ -524,6 +567,48 @@ mod tests {
             let other = SlotAddr { slot: 4, ..at };
             cache.layers[0].read(&geom, other, &mut k2, &mut v2);
             assert!(k2.iter().chain(&v2).all(|x| *x == 0.0), "{dtype:?}");
+        }
+    }
+
+    /// Keys and values of different widths (MLA-style shapes) land in their
+    /// own buffers without overlapping a neighbouring head or slot.
+    #[test]
+    fn unequal_key_and_value_widths_round_trip() {
+        let geom = KvGeometry {
+            block_size: 4,
+            num_blocks: 3,
+            num_kv_heads: 2,
+            k_dim: 3,
+            v_dim: 5,
+        };
+        let spec = KvSpec::uniform(
+            LayerKvSpec::Full {
+                num_kv_heads: 2,
+                k_dim: 3,
+                v_dim: 5,
+            },
+            1,
+        );
+        let mut cache = KvCache::new(&spec, 4, 3, KvDtype::F32).unwrap();
+        assert_eq!(cache.geometries[0], geom);
+        let mut n = 0f32;
+        let mut all = Vec::new();
+        for block in 0..3 {
+            for head in 0..2 {
+                for slot in 0..4 {
+                    let at = SlotAddr { block, head, slot };
+                    let k: Vec<f32> = (0..3).map(|i| n + i as f32).collect();
+                    let v: Vec<f32> = (0..5).map(|i| -n - i as f32).collect();
+                    cache.layers[0].write(&geom, at, &k, &v);
+                    all.push((at, k, v));
+                    n += 10.0;
+                }
+            }
+        }
+        for (at, k, v) in all {
+            let (mut k2, mut v2) = ([0f32; 3], [0f32; 5]);
+            cache.layers[0].read(&geom, at, &mut k2, &mut v2);
+            assert_eq!((k2.to_vec(), v2.to_vec()), (k, v), "{at:?}");
         }
     }
 }

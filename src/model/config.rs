@@ -1,6 +1,8 @@
 //! Architecture hyper-parameters, read from a GGUF header or an HF
 //! `config.json`, in one explicit struct both model files consume.
 
+pub use crate::kernels::backend::RopeStyle;
+
 use super::weights::GgufFile;
 use anyhow::{bail, Context, Result};
 use std::path::Path;
@@ -12,15 +14,6 @@ pub enum Arch {
     Llama,
     /// Qwen2 (R1-Distill-Qwen-1.5B/7B/14B/32B, Qwen2.5).
     Qwen2,
-}
-
-/// How rotary embeddings pair up dimensions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RopeStyle {
-    /// Pairs `(i, i + d/2)`: HF checkpoints, and Qwen2 in GGUF.
-    Half,
-    /// Pairs `(2i, 2i + 1)`: llama.cpp permutes Llama's q/k weights for this.
-    Interleaved,
 }
 
 /// Llama 3's frequency-dependent RoPE scaling (`rope_scaling.rope_type = "llama3"`).

@@ -7,10 +7,15 @@ use super::config::ModelConfig;
 use super::decoder::{load_stack, Decoder};
 use super::layers::Rope;
 use super::weights::WeightSource;
+use crate::kernels::backend::Backend;
 use anyhow::Result;
 
 /// Builds a Llama model from its weights.
-pub fn load(weights: &WeightSource, config: ModelConfig) -> Result<Decoder> {
+pub fn load<B: Backend>(
+    backend: B,
+    weights: &WeightSource,
+    config: ModelConfig,
+) -> Result<Decoder<B>> {
     let factors = if weights.contains("rope_freqs.weight") {
         Some(
             weights
@@ -27,5 +32,5 @@ pub fn load(weights: &WeightSource, config: ModelConfig) -> Result<Decoder> {
         config.rope_scaling,
         factors.as_deref(),
     );
-    load_stack(weights, config, rope, false)
+    load_stack(backend, weights, config, rope, false)
 }

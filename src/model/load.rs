@@ -2,7 +2,7 @@
 //! configuration, build the tokenizer, and pick up generation defaults
 //! (`generation_config.json`: EOS ids, temperature, top_p).
 
-use super::decoder::Decoder;
+use super::interface::Model;
 use super::source::{resolve, ResolvedSource};
 use super::weights::WeightSource;
 use super::{build, open_weights};
@@ -21,7 +21,7 @@ pub struct LoadOptions {
 /// A model ready to serve.
 pub struct LoadedModel {
     /// The network.
-    pub decoder: Decoder,
+    pub model: Box<dyn Model>,
     /// Its tokenizer (with the chat template).
     pub tokenizer: Arc<Tokenizer>,
     /// A name for `/v1/models`: the repo id, directory or file name.
@@ -85,9 +85,9 @@ pub fn load(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
         }
     }
     let max_model_len = config.max_position_embeddings;
-    let decoder = build(&weights, config)?;
+    let model = build(&weights, config)?;
     Ok(LoadedModel {
-        decoder,
+        model,
         tokenizer: Arc::new(tokenizer),
         name: name_of(spec),
         max_model_len,

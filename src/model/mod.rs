@@ -1,21 +1,25 @@
-//! Model loading and the forward pass. [`weights`] and [`source`] find the
-//! tensors, [`config`] reads the hyper-parameters, and one file per
-//! architecture ([`llama`], [`qwen2`]) assembles the shared [`decoder`] stack
-//! from them, whatever the weight format.
+//! Model loading and the forward pass. [`interface`] is what the engine
+//! sees ([`Model`]); [`weights`] and [`source`] find the tensors, [`config`]
+//! reads the hyper-parameters, and one file per architecture ([`llama`],
+//! [`qwen2`]) assembles the shared [`decoder`] stack from them, whatever the
+//! weight format, on a device of the kernels' [`Backend`] seam.
 
 pub mod config;
 pub mod decoder;
+pub mod interface;
 pub mod layers;
-pub mod linear;
 pub mod llama;
 pub mod load;
 pub mod qwen2;
 pub mod source;
 pub mod weights;
 
+pub use interface::{BatchSeq, ForwardBatch, Model, ModelInfo};
+
+use crate::kernels::backend::Backend;
+use crate::kernels::cpu::Cpu;
 use anyhow::Result;
 use config::{Arch, ModelConfig};
-use decoder::Decoder;
 use source::ResolvedSource;
 use weights::{GgufFile, WeightSource};
 
@@ -40,10 +44,19 @@ pub fn open_weights(source: &ResolvedSource) -> Result<(WeightSource, ModelConfi
     }
 }
 
-/// Builds the model that `config.arch` names.
-pub fn build(weights: &WeightSource, config: ModelConfig) -> Result<Decoder> {
-    match config.arch {
-        Arch::Llama => llama::load(weights, config),
-        Arch::Qwen2 => qwen2::load(weights, config),
-    }
+/// Builds the model that `config.arch` names on the CPU.
+pub fn build(weights: &WeightSource, config: ModelConfig) -> Result<Box<dyn Model>> {
+    build_on(Cpu, weights, config)
+}
+
+/// Builds the model that `config.arch` names on `backend`.
+pub fn build_on<B: Backend>(
+    backend: B,
+    weights: &WeightSource,
+    config: ModelConfig,
+) -> Result<Box<dyn Model>> {
+    Ok(match config.arch {
+        Arch::Llama => Box::new(llama::load(backend, weights, config)?),
+        Arch::Qwen2 => Box::new(qwen2::load(backend, weights, config)?),
+    })
 }

@@ -6,10 +6,15 @@ use super::config::ModelConfig;
 use super::decoder::{load_stack, Decoder};
 use super::layers::Rope;
 use super::weights::WeightSource;
+use crate::kernels::backend::Backend;
 use anyhow::Result;
 
 /// Builds a Qwen2 model from its weights.
-pub fn load(weights: &WeightSource, config: ModelConfig) -> Result<Decoder> {
+pub fn load<B: Backend>(
+    backend: B,
+    weights: &WeightSource,
+    config: ModelConfig,
+) -> Result<Decoder<B>> {
     let rope = Rope::new(
         config.head_dim,
         config.rope_theta,
@@ -17,5 +22,5 @@ pub fn load(weights: &WeightSource, config: ModelConfig) -> Result<Decoder> {
         config.rope_scaling,
         None,
     );
-    load_stack(weights, config, rope, true)
+    load_stack(backend, weights, config, rope, true)
 }

@@ -3,8 +3,8 @@
 //! engine-facing model interface.
 #![allow(dead_code)]
 
-use r1serve::kv_cache::storage::{KvCache, KvDtype, KvGeometry};
-use r1serve::model::decoder::{BatchSeq, Decoder, ForwardBatch};
+use r1serve::kv_cache::storage::KvDtype;
+use r1serve::model::{BatchSeq, ForwardBatch, Model};
 use r1serve::types::BlockId;
 use std::path::PathBuf;
 
@@ -49,30 +49,24 @@ pub fn r1_header() -> PathBuf {
     models_dir().join("DeepSeek-R1-Distill-Qwen-7B-Q4_K_M.head.gguf")
 }
 
-/// One sequence through a model with a private KV cache, fed a few tokens
-/// at a time.
+/// One sequence through a model with a cache of its own (allocated anew
+/// for the run), fed a few tokens at a time.
 pub struct SoloRun<'a> {
-    model: &'a Decoder,
-    kv: KvCache,
+    model: &'a mut dyn Model,
     table: Vec<BlockId>,
     ctx_len: usize,
 }
 
 impl<'a> SoloRun<'a> {
     /// A cache of `dtype` with room for `capacity` tokens.
-    pub fn new(model: &'a Decoder, capacity: usize, dtype: KvDtype) -> Self {
-        let cfg = &model.config;
+    pub fn new(model: &'a mut dyn Model, capacity: usize, dtype: KvDtype) -> Self {
         let block_size = 16;
         let blocks = capacity.div_ceil(block_size);
-        let geometry = KvGeometry {
-            block_size,
-            num_blocks: blocks,
-            num_kv_heads: cfg.num_kv_heads,
-            head_dim: cfg.head_dim,
-        };
+        model
+            .allocate_cache(block_size, blocks, dtype)
+            .expect("cache");
         SoloRun {
             model,
-            kv: KvCache::new(geometry, cfg.num_layers, dtype).unwrap(),
             table: (0..blocks as u32).map(BlockId).collect(),
             ctx_len: 0,
         }
@@ -90,17 +84,14 @@ impl<'a> SoloRun<'a> {
                 want_logits: true,
             }],
         };
-        self.model
-            .forward(&batch, &mut self.kv)
-            .expect("forward")
-            .remove(0)
+        self.model.forward(&batch).expect("forward").remove(0)
     }
 }
 
 /// Runs one sequence through a model with a private KV cache: prefill, then
 /// greedy decode. Returns the prompt's last logits and the generated tokens.
 pub fn greedy(
-    model: &Decoder,
+    model: &mut dyn Model,
     prompt: &[u32],
     steps: usize,
     dtype: KvDtype,
@@ -164,6 +155,7 @@ pub fn chat_prompts(path: &std::path::Path) -> Vec<Vec<u32>> {
 
 pub mod hf_dir;
 pub mod parity;
+pub mod scripted;
 
 /// Engine helpers: start an engine on a test checkpoint and drain requests.
 pub mod engine {
@@ -180,7 +172,7 @@ pub mod engine {
         let m = load(path.to_str().unwrap(), &LoadOptions::default()).expect("load");
         let tok = m.tokenizer.clone();
         (
-            Engine::start(m.decoder, tok.clone(), config).expect("engine"),
+            Engine::start(m.model, tok.clone(), config).expect("engine"),
             tok,
         )
     }

@@ -91,13 +91,13 @@ pub fn check(path: &Path, qwen: bool, exact: bool) {
     }
     let src = source::resolve(path.to_str().unwrap(), None).unwrap();
     let (weights, config) = open_weights(&src).unwrap();
-    let model = build(&weights, config).unwrap();
+    let mut model = build(&weights, config).unwrap();
     // The quantized comparison runs candle's scalar kernels: two prompts keep it short.
     let count = if exact { 5 } else { 2 };
     for prompt in prompts(path).into_iter().take(count) {
         let mut reference = load_reference(path, qwen);
         let (ref_logits, ref_tokens) = reference_greedy(reference.as_mut(), &prompt, 32);
-        let (logits, tokens) = greedy(&model, &prompt, 32, KvDtype::F32);
+        let (logits, tokens) = greedy(model.as_mut(), &prompt, 32, KvDtype::F32);
         let d = rel_diff(&logits, &ref_logits);
         let same = tokens
             .iter()

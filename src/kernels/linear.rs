@@ -1,7 +1,8 @@
-//! One linear-layer abstraction over every weight format, so the model files
-//! never know whether a checkpoint was GGUF-quantized or dense safetensors.
+//! The CPU's linear layer and embedding table over every weight format, so
+//! the model files never know whether a checkpoint was GGUF-quantized or
+//! dense safetensors.
 
-use super::weights::RawTensor;
+use super::tensor::RawTensor;
 use anyhow::{bail, Result};
 use candle_core::quantized::{QMatMul, QStorage, QTensor};
 use candle_core::{Device, Module, Tensor};
@@ -66,6 +67,11 @@ impl Linear {
     /// Output width.
     pub fn out_features(&self) -> usize {
         self.out_features
+    }
+
+    /// Input width.
+    pub fn in_features(&self) -> usize {
+        self.in_features
     }
 
     /// Computes `m` rows of output from `m` rows of input.
@@ -142,6 +148,13 @@ impl Embedding {
                 dim,
             },
         })
+    }
+
+    /// Row width.
+    pub fn dim(&self) -> usize {
+        match self {
+            Embedding::Quantized { dim, .. } | Embedding::Dense { dim, .. } => *dim,
+        }
     }
 
     /// Number of rows.

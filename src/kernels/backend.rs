@@ -1,0 +1,119 @@
+//! The device seam: every op a forward pass needs, over buffers the device
+//! owns. Architecture files are written once against [`Backend`]; a device
+//! plugs in beside the CPU one by implementing it, without touching them.
+//! Only token ids go in and only the logits the sampler needs come out
+//! ([`Backend::into_host`]), so a device keeps activations, weights and the
+//! KV cache in its own memory.
+//!
+//! Shapes are row-major: one row per token, `width` values per row. Ops
+//! are row-wise except attention, so a token's values never depend on
+//! which other tokens share its step.
+
+use super::attention::{AttnSeq, AttnShape};
+use super::tensor::RawTensor;
+use crate::kv_cache::spec::KvSpec;
+use crate::kv_cache::storage::KvDtype;
+use crate::types::TokenId;
+use anyhow::Result;
+
+/// How rotary embeddings pair up dimensions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Pairs `(i, i + d/2)`: HF checkpoints, and Qwen2 in GGUF.
+    Half,
+    /// Pairs `(2i, 2i + 1)`: llama.cpp permutes Llama's q/k weights for this.
+    Interleaved,
+}
+
+/// A device that runs forward passes.
+pub trait Backend: Send + Sync + 'static {
+    /// Activations: `rows × width` f32 values in device memory.
+    type Act: Send;
+    /// A linear layer (weight and optional bias) as the device multiplies it.
+    type Linear: Send + Sync;
+    /// A token-embedding table.
+    type Embedding: Send + Sync;
+    /// A per-channel vector (a norm's scale).
+    type Vector: Send + Sync;
+    /// The paged KV cache of every layer.
+    type Cache: Send;
+    /// The rotation angles of one step's tokens, computed once and shared
+    /// by every layer.
+    type RopeTables;
+
+    /// A short name for logs (`cpu`, `cuda:0`).
+    fn name(&self) -> String;
+
+    /// Takes a `(out, in)` weight and an optional bias onto the device.
+    fn linear(&self, weight: RawTensor, bias: Option<Vec<f32>>) -> Result<Self::Linear>;
+    /// Takes a `(vocab, width)` table onto the device.
+    fn embedding(&self, table: &RawTensor) -> Result<Self::Embedding>;
+    /// Takes a vector onto the device.
+    fn vector(&self, values: Vec<f32>) -> Result<Self::Vector>;
+    /// Allocates and commits the cache `spec` describes: `num_blocks`
+    /// blocks of `block_size` tokens per layer.
+    fn alloc_cache(
+        &self,
+        spec: &KvSpec,
+        block_size: usize,
+        num_blocks: usize,
+        dtype: KvDtype,
+    ) -> Result<Self::Cache>;
+
+    /// Number of rows of `x`.
+    fn rows(&self, x: &Self::Act) -> usize;
+    /// Gathers the embedding rows of `ids`.
+    fn embed(&self, table: &Self::Embedding, ids: &[TokenId]) -> Result<Self::Act>;
+    /// `x · Wᵀ (+ b)`.
+    fn matmul(&self, w: &Self::Linear, x: &Self::Act) -> Result<Self::Act>;
+    /// RMSNorm of each row, scaled by `w`.
+    fn rms_norm(&self, x: &Self::Act, w: &Self::Vector, eps: f32) -> Result<Self::Act>;
+    /// `x += y`, then RMSNorm of the new `x` (a residual add and the next
+    /// layer's norm in one pass over the rows).
+    fn add_rms_norm(
+        &self,
+        x: &mut Self::Act,
+        y: &Self::Act,
+        w: &Self::Vector,
+        eps: f32,
+    ) -> Result<Self::Act>;
+    /// `x += y`.
+    fn add(&self, x: &mut Self::Act, y: &Self::Act) -> Result<()>;
+    /// Angles for tokens at `positions` with per-pair inverse frequencies
+    /// `inv_freq` (`head_dim / 2` of them).
+    fn rope_tables(&self, inv_freq: &[f32], positions: &[usize]) -> Result<Self::RopeTables>;
+    /// Rotates every `head_dim`-wide head of every row in place.
+    fn rope(
+        &self,
+        x: &mut Self::Act,
+        head_dim: usize,
+        style: RopeStyle,
+        tables: &Self::RopeTables,
+    ) -> Result<()>;
+    /// `silu(gate) · up`, into `gate`.
+    fn silu_mul(&self, gate: &mut Self::Act, up: &Self::Act) -> Result<()>;
+    /// Stores the new tokens' keys and values of layer `layer` in their
+    /// cache slots (`seqs` says which rows belong to which sequence).
+    fn write_kv(
+        &self,
+        cache: &mut Self::Cache,
+        layer: usize,
+        seqs: &[AttnSeq],
+        k: &Self::Act,
+        v: &Self::Act,
+    ) -> Result<()>;
+    /// Causal attention of the queries `q` over each sequence's cached
+    /// context in layer `layer`.
+    fn paged_attention(
+        &self,
+        cache: &Self::Cache,
+        layer: usize,
+        seqs: &[AttnSeq],
+        shape: &AttnShape,
+        q: &Self::Act,
+    ) -> Result<Self::Act>;
+    /// The rows `rows` of `x`, in that order.
+    fn gather_rows(&self, x: &Self::Act, rows: &[usize]) -> Result<Self::Act>;
+    /// Moves `x` to host memory, row after row.
+    fn into_host(&self, x: Self::Act) -> Result<Vec<f32>>;
+}

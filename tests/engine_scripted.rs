@@ -1,0 +1,193 @@
+//! The engine's scheduling, preemption, prefix cache, chunked prefill, abort
+//! and n > 1 paths on a scripted model (`common::scripted`): no weights, so
+//! each case runs in milliseconds, and any block-table or cache mix-up
+//! changes the tokens, which are checked against the script computed
+//! directly. The real-weight versions of these tests stay in `engine.rs`.
+
+mod common;
+
+use common::engine::{greedy, run};
+use common::scripted::{reference, Counters, Scripted, BASE, SPAN};
+use futures::future::join_all;
+use futures::StreamExt;
+use r1serve::engine::types::EngineRequest;
+use r1serve::engine::{Engine, EngineConfig, EngineHandle};
+use r1serve::kv_cache::storage::KvDtype;
+use r1serve::tokenizer::Tokenizer;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// SmolLM2's tokenizer: the engine detokenizes what the script emits.
+fn tokenizer() -> Arc<Tokenizer> {
+    let path = common::smollm2();
+    let file = r1serve::model::weights::GgufFile::open(&path).unwrap();
+    Arc::new(Tokenizer::from_gguf(&file.content, &path).unwrap())
+}
+
+/// An engine over the scripted model with a pool of `blocks` 16-token
+/// blocks (f32 cache: 8 bytes per token).
+fn start(blocks: u64, tweak: impl FnOnce(&mut EngineConfig)) -> (EngineHandle, Arc<Counters>) {
+    let tok = tokenizer();
+    let (model, counters) = Scripted::new(tok.vocab_size(), 4096);
+    let mut config = EngineConfig {
+        kv_cache_memory: Some(blocks * 16 * 8),
+        kv_dtype: KvDtype::F32,
+        max_model_len: Some(1024),
+        ..Default::default()
+    };
+    tweak(&mut config);
+    let h = Engine::start(Box::new(model), tok, config).unwrap();
+    (h, counters)
+}
+
+fn prompt(len: usize, salt: u32) -> Vec<u32> {
+    (0..len as u32)
+        .map(|i| BASE + (i * 7 + salt * 13) % SPAN)
+        .collect()
+}
+
+async fn idle(h: &EngineHandle) -> r1serve::engine::types::EngineStats {
+    for _ in 0..500 {
+        let s = h.stats();
+        if s.running == 0 && s.waiting == 0 && s.free_blocks == s.total_blocks {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    h.stats()
+}
+
+#[test]
+fn the_pool_is_sized_in_bytes_from_the_models_spec() {
+    let (h, _) = start(40, |_| {});
+    assert_eq!(h.stats().total_blocks, 40);
+    h.shutdown();
+    let (h, _) = start(40, |c| c.kv_dtype = KvDtype::F16);
+    assert_eq!(h.stats().total_blocks, 80, "f16 halves the bytes per token");
+    h.shutdown();
+}
+
+#[test]
+fn concurrent_requests_follow_the_script() {
+    rt().block_on(async {
+        let (h, _) = start(512, |_| {});
+        let lens = [1usize, 5, 16, 17, 31, 64, 100, 200];
+        let prompts: Vec<Vec<u32>> = lens
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| prompt(n, i as u32))
+            .collect();
+        let got = join_all(prompts.iter().map(|p| run(&h, p.clone(), greedy(24)))).await;
+        for (p, g) in prompts.iter().zip(&got) {
+            assert_eq!(g.tokens[0], reference(p, 24), "prompt of {}", p.len());
+        }
+        let s = idle(&h).await;
+        assert_eq!(s.free_blocks, s.total_blocks);
+        h.shutdown();
+    });
+}
+
+#[test]
+fn preemption_recomputes_exactly() {
+    rt().block_on(async {
+        // Eight sequences of 40 + 60 tokens need 7 blocks each; 24 blocks
+        // hold three at a time, so the scheduler must preempt.
+        let (h, _) = start(24, |c| c.enable_prefix_caching = false);
+        let prompts: Vec<Vec<u32>> = (0..8).map(|i| prompt(40, i)).collect();
+        let got = join_all(prompts.iter().map(|p| run(&h, p.clone(), greedy(60)))).await;
+        for (p, g) in prompts.iter().zip(&got) {
+            assert_eq!(g.tokens[0], reference(p, 60));
+        }
+        let s = idle(&h).await;
+        assert!(s.preemptions > 0, "no preemption happened: {s:?}");
+        assert_eq!(s.free_blocks, s.total_blocks);
+        h.shutdown();
+    });
+}
+
+#[test]
+fn prefix_cache_reuses_whole_blocks_and_stays_exact() {
+    rt().block_on(async {
+        let (h, counters) = start(256, |_| {});
+        let a = prompt(64, 1);
+        run(&h, a.clone(), greedy(4)).await;
+        let before = counters.tokens.load(Ordering::Relaxed);
+        // Shares 48 tokens (three blocks) with `a`, then differs.
+        let mut b = a[..48].to_vec();
+        b.extend(prompt(20, 9));
+        let got = run(&h, b.clone(), greedy(8)).await;
+        assert_eq!(got.tokens[0], reference(&b, 8));
+        let computed = counters.tokens.load(Ordering::Relaxed) - before;
+        // The 20 new prompt tokens and 7 decode steps (the last token is
+        // never fed back).
+        assert_eq!(computed, 20 + 7, "prefix blocks were recomputed");
+        assert_eq!(got.usage.cached_tokens, 48);
+        h.shutdown();
+    });
+}
+
+#[test]
+fn chunked_prefill_matches_the_script() {
+    rt().block_on(async {
+        let (h, counters) = start(256, |c| c.max_num_batched_tokens = 32);
+        let p = prompt(300, 4);
+        let got = run(&h, p.clone(), greedy(10)).await;
+        assert_eq!(got.tokens[0], reference(&p, 10));
+        // 300 prompt tokens in chunks of 32 take ten steps, then 9 decodes.
+        assert_eq!(counters.steps.load(Ordering::Relaxed), 10 + 9);
+        h.shutdown();
+    });
+}
+
+#[test]
+fn n_samples_share_one_prefill() {
+    rt().block_on(async {
+        let (h, counters) = start(256, |_| {});
+        let p = prompt(64, 2);
+        let mut params = greedy(6);
+        params.n = 4;
+        let got = run(&h, p.clone(), params).await;
+        for t in &got.tokens {
+            assert_eq!(t, &reference(&p, 6));
+        }
+        // The prompt is computed once; each later sample shares its first
+        // three blocks and recomputes the last one (a fully cached prompt
+        // would leave no token to take logits from, and blocks are the unit
+        // of sharing), then every sample decodes 5 tokens.
+        let computed = counters.tokens.load(Ordering::Relaxed);
+        assert_eq!(computed, 64 + 3 * 16 + 4 * 5);
+        let s = idle(&h).await;
+        assert_eq!(s.free_blocks, s.total_blocks);
+        h.shutdown();
+    });
+}
+
+#[test]
+fn abort_returns_every_block() {
+    rt().block_on(async {
+        let (h, _) = start(256, |_| {});
+        let mut s = h
+            .add_request(EngineRequest {
+                prompt: prompt(100, 3),
+                params: greedy(500),
+            })
+            .unwrap();
+        s.next().await.unwrap();
+        s.next().await.unwrap();
+        assert!(h.stats().free_blocks < h.stats().total_blocks);
+        drop(s);
+        let st = idle(&h).await;
+        assert_eq!(st.free_blocks, st.total_blocks);
+        assert_eq!(st.running, 0);
+        h.shutdown();
+    });
+}
