@@ -2,7 +2,7 @@
 //! owns. Architecture files are written once against [`Backend`]; a device
 //! plugs in beside the CPU one by implementing it, without touching them.
 //! Only token ids go in and only the logits the sampler needs come out
-//! ([`Backend::into_host`]), so a device keeps activations, weights and the
+//! ([`Backend::logits_to_host`]), so a device keeps activations, weights and the
 //! KV cache in its own memory.
 //!
 //! Shapes are row-major: one row per token, `width` values per row. Ops
@@ -114,6 +114,6 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<Self::Act>;
     /// The rows `rows` of `x`, in that order.
     fn gather_rows(&self, x: &Self::Act, rows: &[usize]) -> Result<Self::Act>;
-    /// Moves `x` to host memory, row after row.
-    fn into_host(&self, x: Self::Act) -> Result<Vec<f32>>;
+    /// Moves `x` (the logits rows) to host memory, row after row.
+    fn logits_to_host(&self, x: Self::Act) -> Result<Vec<f32>>;
 }

@@ -221,7 +221,7 @@ impl Backend for Cpu {
         Ok(HostAct::new(out, w))
     }
 
-    fn into_host(&self, x: HostAct) -> Result<Vec<f32>> {
+    fn logits_to_host(&self, x: HostAct) -> Result<Vec<f32>> {
         Ok(x.data)
     }
 }

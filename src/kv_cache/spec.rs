@@ -102,11 +102,7 @@ impl KvSpec {
     /// Blocks a budget of `bytes` holds.
     pub fn blocks_in(&self, bytes: u64, block_size: usize, dtype: KvDtype) -> usize {
         let per_block = self.block_bytes(block_size, dtype) as u64;
-        if per_block == 0 {
-            0
-        } else {
-            (bytes / per_block) as usize
-        }
+        bytes.checked_div(per_block).unwrap_or(0) as usize
     }
 }
 

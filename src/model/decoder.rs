@@ -143,7 +143,7 @@ impl<B: Backend> Model for Decoder<B> {
         }
         let last = b.gather_rows(&x, &last_rows)?;
         let logits = b.matmul(&self.lm_head, &b.rms_norm(&last, &self.norm, eps)?)?;
-        let logits = b.into_host(logits)?;
+        let logits = b.logits_to_host(logits)?;
         let vocab = logits.len() / last_rows.len();
         Ok(logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
     }
