@@ -4,13 +4,16 @@
 //! multiplication used by every linear layer of a GGUF checkpoint
 //! ([`qmatmul`]; SIMD inner loops in `qmatmul_simd`, and on CPUs with AMX
 //! the repacked-weight kernels of `qmatmul_tiled` and `qmatmul_tiled_k` over
-//! the tile plumbing of `amx`).
+//! the tile plumbing of `amx`), and the dense bf16/f16 matmul ([`dense`];
+//! SIMD bodies in `dense_simd`).
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
 pub mod attention;
 mod attention_simd;
 pub mod bytes;
+pub mod dense;
+mod dense_simd;
 pub mod qmatmul;
 mod qmatmul_simd;
 #[cfg(target_arch = "x86_64")]
@@ -19,4 +22,5 @@ mod qmatmul_tiled;
 mod qmatmul_tiled_k;
 mod simd;
 
+pub use dense::{dense_matmul_reference, DenseIsa, DenseMatrix};
 pub use qmatmul::{matmul_reference, Isa, QMatrix};

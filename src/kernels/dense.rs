@@ -1,0 +1,316 @@
+//! Dense 16-bit matrix multiplication `y[m×rows] = x[m×cols] · Wᵀ` for bf16
+//! and f16 weights kept as the checkpoint stores them (often straight from
+//! its memory map), with f32 activations and f32 accumulation.
+//!
+//! # Why its own kernels
+//!
+//! Upcasting a bf16 checkpoint to f32 doubles both its resident size and
+//! the bytes every decode step streams. Here the weights are widened in
+//! registers as they are read, so a single-row call (decode) is a pure
+//! stream of the stored bytes and runs at the memory bandwidth.
+//!
+//! # Work split
+//!
+//! As in [`super::qmatmul`], the output columns (weight rows) are split into
+//! tiles, one rayon task per tile computing it for every activation row, so
+//! each weight byte comes from DRAM once per call. Inside a tile, blocks of
+//! [`BLOCK`] weight rows are taken in turn, and each block is applied to up
+//! to four activation rows per pass while its widened vectors sit in
+//! registers: a 16-row batch costs about the memory traffic of one row.
+//!
+//! # Arithmetic and batch invariance
+//!
+//! Every (activation row, weight row) pair has its own accumulator that
+//! walks `k` in order, 16 lanes at a time with fused multiply-adds, ends
+//! with a zero-padded partial vector and is reduced in one fixed order (see
+//! `dense_simd`). Nothing about it depends on which rows are computed
+//! together, so a row's result is bit-identical whatever the batch, and the
+//! portable, AVX2 and AVX-512 kernels (one body over [`super::simd`]'s
+//! vector types) agree bit for bit. With AVX512_BF16, bf16 weights use
+//! `vdpbf16ps` on activations rounded to bf16 (relative error 2⁻⁸ per
+//! activation); that kernel is batch-invariant too, but differs from the
+//! others.
+//!
+//! # Runtime dispatch
+//!
+//! The CPU is probed once ([`DenseIsa::detect`]); tests and benches pick a
+//! kernel explicitly with [`DenseMatrix::matmul_with`].
+
+use std::sync::OnceLock;
+
+use anyhow::{ensure, Result};
+use half::{bf16, f16};
+
+use super::bytes::{HalfKind, WeightBytes};
+use super::dense_simd::{self, Activations, BLOCK};
+use super::qmatmul::{for_each_tile, tile_rows};
+
+/// Which instruction set a dense matmul uses. Each variant needs the CPU
+/// features of the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DenseIsa {
+    /// Portable Rust, any CPU.
+    Scalar,
+    /// AVX2 + FMA + F16C: weights widened 8 lanes at a time.
+    Avx2,
+    /// AVX-512F: weights widened 16 lanes at a time.
+    Avx512,
+    /// AVX-512 with AVX512_BF16: bf16 weights multiplied by `vdpbf16ps`
+    /// against bf16-rounded activations (f16 weights use [`DenseIsa::Avx512`]).
+    Avx512Bf16,
+}
+
+impl DenseIsa {
+    /// All variants, from least to most preferred.
+    pub const ALL: [DenseIsa; 4] = [
+        DenseIsa::Scalar,
+        DenseIsa::Avx2,
+        DenseIsa::Avx512,
+        DenseIsa::Avx512Bf16,
+    ];
+
+    /// A name for test and bench output.
+    pub fn name(self) -> &'static str {
+        match self {
+            DenseIsa::Scalar => "scalar",
+            DenseIsa::Avx2 => "AVX2+FMA+F16C",
+            DenseIsa::Avx512 => "AVX-512F",
+            DenseIsa::Avx512Bf16 => "AVX512_BF16",
+        }
+    }
+
+    /// Whether this CPU can run the kernels of `self` (probed once per
+    /// process).
+    pub fn is_supported(self) -> bool {
+        static SUPPORTED: OnceLock<[bool; 4]> = OnceLock::new();
+        let s = SUPPORTED.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            {
+                let avx2 = is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c");
+                let avx512 = avx2 && is_x86_feature_detected!("avx512f");
+                let bf16 = avx512 && is_x86_feature_detected!("avx512bf16");
+                [true, avx2, avx512, bf16]
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            [true, false, false, false]
+        });
+        s[self as usize]
+    }
+
+    /// The best instruction set this CPU supports.
+    pub fn detect() -> DenseIsa {
+        Self::capped(DenseIsa::Avx512Bf16)
+    }
+
+    /// Every instruction set usable on this CPU, least preferred first.
+    pub fn available() -> Vec<DenseIsa> {
+        Self::ALL
+            .into_iter()
+            .filter(|isa| isa.is_supported())
+            .collect()
+    }
+
+    /// The best supported instruction set no better than `self`.
+    pub fn capped(self) -> DenseIsa {
+        Self::ALL
+            .into_iter()
+            .rev()
+            .find(|isa| *isa <= self && isa.is_supported())
+            .unwrap_or(DenseIsa::Scalar)
+    }
+
+    /// The kernel that really runs for weights of `kind`: `vdpbf16ps` only
+    /// multiplies bf16.
+    fn for_kind(self, kind: HalfKind) -> DenseIsa {
+        match (self, kind) {
+            (DenseIsa::Avx512Bf16, HalfKind::F16) => DenseIsa::Avx512,
+            _ => self,
+        }
+    }
+
+    /// Whether the kernel rounds activations to bf16 (and so carries their
+    /// 2⁻⁸ relative error) for weights of `kind`.
+    pub fn rounds_activations(self, kind: HalfKind) -> bool {
+        self.capped().for_kind(kind) == DenseIsa::Avx512Bf16
+    }
+}
+
+/// A `(rows, cols)` matrix of bf16 or f16 weights (`rows` = output features,
+/// `cols` = input features), row-major as checkpoints store it, ready for
+/// [`DenseMatrix::matmul`].
+#[derive(Clone)]
+pub struct DenseMatrix {
+    kind: HalfKind,
+    rows: usize,
+    cols: usize,
+    bytes: WeightBytes,
+    isa: DenseIsa,
+}
+
+impl std::fmt::Debug for DenseMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DenseMatrix")
+            .field("kind", &self.kind)
+            .field("rows", &self.rows)
+            .field("cols", &self.cols)
+            .field("isa", &self.isa)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DenseMatrix {
+    /// Wraps `bytes`, `rows × cols` little-endian 16-bit values of `kind`
+    /// (any alignment), for the best kernels of this CPU. Fails when the
+    /// length does not match the shape.
+    pub fn new(kind: HalfKind, rows: usize, cols: usize, bytes: WeightBytes) -> Result<Self> {
+        let want = rows
+            .checked_mul(cols)
+            .and_then(|n| n.checked_mul(2))
+            .ok_or_else(|| anyhow::anyhow!("{} matrix {rows} x {cols} is too large", kind.name()))?;
+        ensure!(
+            bytes.len() == want,
+            "{} matrix {rows} x {cols} needs {want} bytes, got {}",
+            kind.name(),
+            bytes.len()
+        );
+        Ok(Self {
+            kind,
+            rows,
+            cols,
+            bytes,
+            isa: DenseIsa::detect().for_kind(kind),
+        })
+    }
+
+    /// The element type of the weights.
+    pub fn kind(&self) -> HalfKind {
+        self.kind
+    }
+
+    /// Number of output features (weight rows).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Number of input features (weight columns).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The instruction set [`DenseMatrix::matmul`] uses.
+    pub fn isa(&self) -> DenseIsa {
+        self.isa
+    }
+
+    /// Size of the weights in bytes, i.e. what one call reads from memory.
+    pub fn size_in_bytes(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// `y[m×rows] = x[m×cols] · Wᵀ` with the best kernels of this CPU.
+    ///
+    /// # Panics
+    ///
+    /// If `x.len() != m * cols` or `y.len() != m * rows`.
+    pub fn matmul(&self, x: &[f32], m: usize, y: &mut [f32]) {
+        self.matmul_with(self.isa, x, m, y);
+    }
+
+    /// [`DenseMatrix::matmul`] with the kernels of `isa`, or of the best
+    /// instruction set below it that this CPU has.
+    ///
+    /// # Panics
+    ///
+    /// As [`DenseMatrix::matmul`].
+    pub fn matmul_with(&self, isa: DenseIsa, x: &[f32], m: usize, y: &mut [f32]) {
+        let (n, k) = (self.rows, self.cols);
+        assert_eq!(x.len(), m * k, "x must be m×cols = {m}×{k}");
+        assert_eq!(y.len(), m * n, "y must be m×rows = {m}×{n}");
+        if m == 0 || n == 0 {
+            return;
+        }
+        let isa = isa.capped().for_kind(self.kind);
+        let rounded: Vec<bf16>;
+        let act = if isa == DenseIsa::Avx512Bf16 {
+            rounded = x.iter().map(|&v| bf16::from_f32(v)).collect();
+            Activations::Bf16(&rounded)
+        } else {
+            Activations::F32(x)
+        };
+        let w = self.bytes.as_slice();
+        let tile = tile_rows(n).next_multiple_of(BLOCK);
+        for_each_tile(y, n, tile, |j0, o| {
+            self.tile(isa, w, act, j0, o);
+        });
+    }
+
+    /// Computes weight rows `j0..j0 + width` for every activation row `i`
+    /// into `o[i][j - j0]`.
+    fn tile(&self, isa: DenseIsa, w: &[u8], act: Activations<'_>, j0: usize, o: &mut [&mut [f32]]) {
+        let (m, k) = (o.len(), self.cols);
+        let width = o.first().map_or(0, |row| row.len());
+        let step = dense_simd::rows_per_step(isa);
+        for jb in (0..width).step_by(BLOCK) {
+            let nb = (width - jb).min(BLOCK);
+            // A partial block repeats its last row; the copies are dropped.
+            let rows: [&[u8]; BLOCK] = std::array::from_fn(|t| {
+                let j = j0 + jb + t.min(nb - 1);
+                &w[2 * k * j..2 * k * (j + 1)]
+            });
+            let mut i0 = 0;
+            while i0 < m {
+                let r = (m - i0).min(step);
+                let res = dense_simd::block(isa, self.kind, &rows, act, i0, r, k);
+                for (row, res) in o[i0..i0 + r].iter_mut().zip(&res) {
+                    row[jb..jb + nb].copy_from_slice(&res[..nb]);
+                }
+                i0 += r;
+            }
+        }
+    }
+}
+
+/// Widens one stored 16-bit value of `kind` to f32 (exactly).
+pub fn half_to_f32(kind: HalfKind, bits: u16) -> f32 {
+    match kind {
+        HalfKind::Bf16 => bf16::from_bits(bits).to_f32(),
+        HalfKind::F16 => f16::from_bits(bits).to_f32(),
+    }
+}
+
+/// Slow, obviously correct reference: `y[m×rows] = x[m×cols] · Wᵀ` with
+/// every weight widened exactly and the sums taken in f64.
+pub fn dense_matmul_reference(
+    kind: HalfKind,
+    rows: usize,
+    cols: usize,
+    bytes: &[u8],
+    x: &[f32],
+    m: usize,
+) -> Result<Vec<f64>> {
+    ensure!(
+        bytes.len() == rows * cols * 2,
+        "{} matrix {rows} x {cols} needs {} bytes, got {}",
+        kind.name(),
+        rows * cols * 2,
+        bytes.len()
+    );
+    ensure!(x.len() == m * cols, "x must be m×cols = {m}×{cols}");
+    let w: Vec<f64> = bytes
+        .chunks_exact(2)
+        .map(|b| half_to_f32(kind, u16::from_le_bytes([b[0], b[1]])) as f64)
+        .collect();
+    let mut y = vec![0f64; m * rows];
+    for (xr, yr) in x.chunks_exact(cols.max(1)).zip(y.chunks_exact_mut(rows)) {
+        for (yj, wr) in yr.iter_mut().zip(w.chunks_exact(cols.max(1))) {
+            *yj = xr.iter().zip(wr).map(|(&a, &b)| a as f64 * b).sum();
+        }
+    }
+    Ok(y)
+}
+
+#[cfg(test)]
+#[path = "dense_tests.rs"]
+mod tests;
