@@ -28,13 +28,17 @@
 //! portable, AVX2 and AVX-512 kernels (one body over [`super::simd`]'s
 //! vector types) agree bit for bit. With AVX512_BF16, bf16 weights use
 //! `vdpbf16ps` on activations rounded to bf16 (relative error 2⁻⁸ per
-//! activation); that kernel is batch-invariant too, but differs from the
-//! others.
+//! activation); with AMX-BF16, `tdpbf16ps` tiles on weights repacked at
+//! load (`dense_amx`), for every batch size, single rows included, so that
+//! no row's result depends on its batch (AMX's internal summation order is
+//! not that of `vdpbf16ps`, so mixing the two by batch size would break
+//! batch invariance). Both are batch-invariant, but differ from the
+//! widening kernels and from each other.
 //!
 //! # Runtime dispatch
 //!
 //! The CPU is probed once ([`DenseIsa::detect`]); tests and benches pick a
-//! kernel explicitly with [`DenseMatrix::matmul_with`].
+//! kernel explicitly with [`DenseMatrix::new_for`].
 
 use std::sync::OnceLock;
 
@@ -42,8 +46,12 @@ use anyhow::{ensure, Result};
 use half::{bf16, f16};
 
 use super::bytes::{HalfKind, WeightBytes};
+#[cfg(target_arch = "x86_64")]
+use super::dense_amx::TiledBf16;
 use super::dense_simd::{self, Activations, BLOCK};
 use super::qmatmul::{for_each_tile, tile_rows};
+#[cfg(target_arch = "x86_64")]
+use super::qmatmul_tiled::GROUP;
 
 /// Which instruction set a dense matmul uses. Each variant needs the CPU
 /// features of the ones before it.
@@ -58,15 +66,20 @@ pub enum DenseIsa {
     /// AVX-512 with AVX512_BF16: bf16 weights multiplied by `vdpbf16ps`
     /// against bf16-rounded activations (f16 weights use [`DenseIsa::Avx512`]).
     Avx512Bf16,
+    /// AMX-BF16 tiles on weights repacked at load (`dense_amx`), bf16
+    /// weights with a multiple of 16 rows only (the rest use
+    /// [`DenseIsa::Avx512Bf16`]); Linux must grant the tile state.
+    AmxBf16,
 }
 
 impl DenseIsa {
     /// All variants, from least to most preferred.
-    pub const ALL: [DenseIsa; 4] = [
+    pub const ALL: [DenseIsa; 5] = [
         DenseIsa::Scalar,
         DenseIsa::Avx2,
         DenseIsa::Avx512,
         DenseIsa::Avx512Bf16,
+        DenseIsa::AmxBf16,
     ];
 
     /// A name for test and bench output.
@@ -76,13 +89,14 @@ impl DenseIsa {
             DenseIsa::Avx2 => "AVX2+FMA+F16C",
             DenseIsa::Avx512 => "AVX-512F",
             DenseIsa::Avx512Bf16 => "AVX512_BF16",
+            DenseIsa::AmxBf16 => "AMX-BF16",
         }
     }
 
     /// Whether this CPU can run the kernels of `self` (probed once per
     /// process).
     pub fn is_supported(self) -> bool {
-        static SUPPORTED: OnceLock<[bool; 4]> = OnceLock::new();
+        static SUPPORTED: OnceLock<[bool; 5]> = OnceLock::new();
         let s = SUPPORTED.get_or_init(|| {
             #[cfg(target_arch = "x86_64")]
             {
@@ -91,17 +105,18 @@ impl DenseIsa {
                     && is_x86_feature_detected!("f16c");
                 let avx512 = avx2 && is_x86_feature_detected!("avx512f");
                 let bf16 = avx512 && is_x86_feature_detected!("avx512bf16");
-                [true, avx2, avx512, bf16]
+                let amx = bf16 && super::amx::bf16_available();
+                [true, avx2, avx512, bf16, amx]
             }
             #[cfg(not(target_arch = "x86_64"))]
-            [true, false, false, false]
+            [true, false, false, false, false]
         });
         s[self as usize]
     }
 
     /// The best instruction set this CPU supports.
     pub fn detect() -> DenseIsa {
-        Self::capped(DenseIsa::Avx512Bf16)
+        Self::capped(DenseIsa::AmxBf16)
     }
 
     /// Every instruction set usable on this CPU, least preferred first.
@@ -121,11 +136,11 @@ impl DenseIsa {
             .unwrap_or(DenseIsa::Scalar)
     }
 
-    /// The kernel that really runs for weights of `kind`: `vdpbf16ps` only
-    /// multiplies bf16.
+    /// The kernel that really runs for weights of `kind`: `vdpbf16ps` and
+    /// AMX-BF16 only multiply bf16.
     fn for_kind(self, kind: HalfKind) -> DenseIsa {
         match (self, kind) {
-            (DenseIsa::Avx512Bf16, HalfKind::F16) => DenseIsa::Avx512,
+            (DenseIsa::Avx512Bf16 | DenseIsa::AmxBf16, HalfKind::F16) => DenseIsa::Avx512,
             _ => self,
         }
     }
@@ -133,7 +148,7 @@ impl DenseIsa {
     /// Whether the kernel rounds activations to bf16 (and so carries their
     /// 2⁻⁸ relative error) for weights of `kind`.
     pub fn rounds_activations(self, kind: HalfKind) -> bool {
-        self.capped().for_kind(kind) == DenseIsa::Avx512Bf16
+        self.capped().for_kind(kind) >= DenseIsa::Avx512Bf16
     }
 }
 
@@ -145,8 +160,17 @@ pub struct DenseMatrix {
     kind: HalfKind,
     rows: usize,
     cols: usize,
-    bytes: WeightBytes,
+    storage: Storage,
     isa: DenseIsa,
+}
+
+#[derive(Clone)]
+enum Storage {
+    /// The checkpoint's bytes, row-major.
+    Rows(WeightBytes),
+    /// Repacked for AMX; the checkpoint's bytes are released.
+    #[cfg(target_arch = "x86_64")]
+    Tiled(TiledBf16),
 }
 
 impl std::fmt::Debug for DenseMatrix {
@@ -165,22 +189,52 @@ impl DenseMatrix {
     /// (any alignment), for the best kernels of this CPU. Fails when the
     /// length does not match the shape.
     pub fn new(kind: HalfKind, rows: usize, cols: usize, bytes: WeightBytes) -> Result<Self> {
+        Self::new_for(DenseIsa::detect(), kind, rows, cols, bytes)
+    }
+
+    /// [`DenseMatrix::new`] for the kernels of `isa`, or of the best
+    /// instruction set below it that this CPU has; used to test and compare
+    /// the kernels against each other.
+    pub fn new_for(
+        isa: DenseIsa,
+        kind: HalfKind,
+        rows: usize,
+        cols: usize,
+        bytes: WeightBytes,
+    ) -> Result<Self> {
         let want = rows
             .checked_mul(cols)
             .and_then(|n| n.checked_mul(2))
-            .ok_or_else(|| anyhow::anyhow!("{} matrix {rows} x {cols} is too large", kind.name()))?;
+            .ok_or_else(|| {
+                anyhow::anyhow!("{} matrix {rows} x {cols} is too large", kind.name())
+            })?;
         ensure!(
             bytes.len() == want,
             "{} matrix {rows} x {cols} needs {want} bytes, got {}",
             kind.name(),
             bytes.len()
         );
+        let mut isa = isa.capped().for_kind(kind);
+        #[cfg(target_arch = "x86_64")]
+        if isa == DenseIsa::AmxBf16 && rows.is_multiple_of(GROUP) {
+            let tiled = TiledBf16::new(rows, cols, bytes.as_slice());
+            return Ok(Self {
+                kind,
+                rows,
+                cols,
+                storage: Storage::Tiled(tiled),
+                isa,
+            });
+        }
+        if isa == DenseIsa::AmxBf16 {
+            isa = DenseIsa::Avx512Bf16;
+        }
         Ok(Self {
             kind,
             rows,
             cols,
-            bytes,
-            isa: DenseIsa::detect().for_kind(kind),
+            storage: Storage::Rows(bytes),
+            isa,
         })
     }
 
@@ -206,32 +260,46 @@ impl DenseMatrix {
 
     /// Size of the weights in bytes, i.e. what one call reads from memory.
     pub fn size_in_bytes(&self) -> usize {
-        self.bytes.len()
+        match &self.storage {
+            Storage::Rows(bytes) => bytes.len(),
+            #[cfg(target_arch = "x86_64")]
+            Storage::Tiled(t) => t.size_in_bytes(),
+        }
     }
 
-    /// `y[m×rows] = x[m×cols] · Wᵀ` with the best kernels of this CPU.
+    /// `y[m×rows] = x[m×cols] · Wᵀ` with the kernels of
+    /// [`DenseMatrix::isa`].
     ///
     /// # Panics
     ///
     /// If `x.len() != m * cols` or `y.len() != m * rows`.
     pub fn matmul(&self, x: &[f32], m: usize, y: &mut [f32]) {
-        self.matmul_with(self.isa, x, m, y);
-    }
-
-    /// [`DenseMatrix::matmul`] with the kernels of `isa`, or of the best
-    /// instruction set below it that this CPU has.
-    ///
-    /// # Panics
-    ///
-    /// As [`DenseMatrix::matmul`].
-    pub fn matmul_with(&self, isa: DenseIsa, x: &[f32], m: usize, y: &mut [f32]) {
         let (n, k) = (self.rows, self.cols);
         assert_eq!(x.len(), m * k, "x must be m×cols = {m}×{k}");
         assert_eq!(y.len(), m * n, "y must be m×rows = {m}×{n}");
         if m == 0 || n == 0 {
             return;
         }
-        let isa = isa.capped().for_kind(self.kind);
+        let isa = self.isa;
+        let w = match &self.storage {
+            Storage::Rows(bytes) => bytes.as_slice(),
+            #[cfg(target_arch = "x86_64")]
+            Storage::Tiled(t) => {
+                let kp = t.padded_cols();
+                let mut xb = vec![bf16::ZERO; m * kp];
+                for (dst, src) in xb.chunks_exact_mut(kp).zip(x.chunks_exact(k.max(1))) {
+                    for (d, &v) in dst.iter_mut().zip(src) {
+                        *d = bf16::from_f32(v);
+                    }
+                }
+                // Whole pairs of groups: the kernel runs two at once.
+                let tile = tile_rows(n).next_multiple_of(2 * GROUP);
+                // SAFETY: tiled storage is only built where AMX-BF16 is
+                // supported.
+                for_each_tile(y, n, tile, |j0, o| unsafe { t.tile(&xb, j0, o) });
+                return;
+            }
+        };
         let rounded: Vec<bf16>;
         let act = if isa == DenseIsa::Avx512Bf16 {
             rounded = x.iter().map(|&v| bf16::from_f32(v)).collect();
@@ -239,7 +307,6 @@ impl DenseMatrix {
         } else {
             Activations::F32(x)
         };
-        let w = self.bytes.as_slice();
         let tile = tile_rows(n).next_multiple_of(BLOCK);
         for_each_tile(y, n, tile, |j0, o| {
             self.tile(isa, w, act, j0, o);

@@ -40,7 +40,7 @@ pub(super) fn rows_per_step(isa: DenseIsa) -> usize {
     match isa {
         DenseIsa::Scalar => 1,
         DenseIsa::Avx2 => 2,
-        DenseIsa::Avx512 | DenseIsa::Avx512Bf16 => MAX_ROWS,
+        DenseIsa::Avx512 | DenseIsa::Avx512Bf16 | DenseIsa::AmxBf16 => MAX_ROWS,
     }
 }
 

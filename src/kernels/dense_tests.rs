@@ -51,9 +51,6 @@ fn isas_to_test(test: &str) -> Vec<DenseIsa> {
             eprintln!("{test}: {}: not on this CPU, not run", isa.name());
         }
     }
-    eprintln!(
-        "{test}: AMX-BF16: no dense AMX kernel (vdpbf16ps/AVX-512 serve batches), not run"
-    );
     let run = DenseIsa::available();
     let names: Vec<_> = run.iter().map(|isa| isa.name()).collect();
     eprintln!("{test}: ran {}", names.join(", "));
@@ -111,18 +108,28 @@ fn check_close(
 #[test]
 fn matches_reference_on_random_shapes() {
     let isas = isas_to_test("matches_reference_on_random_shapes");
-    // (rows, cols): none a multiple of a tile, a block or a vector; the last
-    // two are slices of Qwen2.5-0.5B's MLP matrices.
-    let shapes = [(45, 67), (129, 300), (7, 5), (1, 33), (200, 4864), (300, 896)];
+    // (rows, cols): `cols` never a multiple of a vector or an AMX block;
+    // rows a multiple of 16 (AMX groups) or not, of 8 (blocks) or not; the
+    // last two are slices of Qwen2.5-0.5B's MLP matrices.
+    let shapes = [
+        (45, 67),
+        (48, 67),
+        (129, 300),
+        (160, 300),
+        (7, 5),
+        (1, 33),
+        (208, 4864),
+        (300, 896),
+    ];
     for (s, &(rows, cols)) in shapes.iter().enumerate() {
         for kind in KINDS {
             let w = weight_bytes(kind, rows, cols, s as u64);
-            let mat = DenseMatrix::new(kind, rows, cols, owned(w.clone())).unwrap();
-            for m in [1, 3, 8, 17, 64] {
-                let x = random(m * cols, 100 + m as u64);
-                for &isa in &isas {
+            for &isa in &isas {
+                let mat = DenseMatrix::new_for(isa, kind, rows, cols, owned(w.clone())).unwrap();
+                for m in [1, 3, 8, 17, 64] {
+                    let x = random(m * cols, 100 + m as u64);
                     let mut y = vec![f32::NAN; m * rows];
-                    mat.matmul_with(isa, &x, m, &mut y);
+                    mat.matmul(&x, m, &mut y);
                     check_close("random", isa, kind, (rows, cols), &w, &x, m, &y);
                 }
             }
@@ -148,37 +155,41 @@ fn wide_exponents() {
                 HalfKind::F16 => f16::from_f32(v * scale).to_le_bytes(),
             })
             .collect();
-        let mat = DenseMatrix::new(kind, rows, cols, owned(w.clone())).unwrap();
         let x = random(m * cols, 5);
         for &isa in &isas {
+            let mat = DenseMatrix::new_for(isa, kind, rows, cols, owned(w.clone())).unwrap();
             let mut y = vec![f32::NAN; m * rows];
-            mat.matmul_with(isa, &x, m, &mut y);
+            mat.matmul(&x, m, &mut y);
             check_close("wide", isa, kind, (rows, cols), &w, &x, m, &y);
         }
     }
 }
 
 /// Each row's result does not depend on which rows come with it: a batch
-/// of 17 (passes of 4/2 rows and a single one) and of 6 equal every row
-/// computed alone, bit for bit, for every instruction set.
+/// of 17 (passes of 4/2 rows and a single one; AMX tiles of 16 and 1) and
+/// of 6 equal every row computed alone, bit for bit, for every instruction
+/// set.
 #[test]
 fn rows_are_batch_invariant() {
     let isas = isas_to_test("rows_are_batch_invariant");
-    let (rows, cols) = (75, 130);
-    for kind in KINDS {
-        let mat = DenseMatrix::new(kind, rows, cols, owned(weight_bytes(kind, rows, cols, 8)))
-            .unwrap();
-        for m in [6, 17] {
-            let x = random(m * cols, 9 + m as u64);
-            for &isa in &isas {
+    for (kind, rows, cols) in [
+        (HalfKind::Bf16, 75, 130),
+        (HalfKind::F16, 75, 130),
+        (HalfKind::Bf16, 80, 130),
+    ] {
+        let w = weight_bytes(kind, rows, cols, 8);
+        for &isa in &isas {
+            let mat = DenseMatrix::new_for(isa, kind, rows, cols, owned(w.clone())).unwrap();
+            for m in [6, 17] {
+                let x = random(m * cols, 9 + m as u64);
                 let mut batch = vec![0f32; m * rows];
-                mat.matmul_with(isa, &x, m, &mut batch);
+                mat.matmul(&x, m, &mut batch);
                 for i in 0..m {
                     let mut alone = vec![0f32; rows];
-                    mat.matmul_with(isa, &x[i * cols..(i + 1) * cols], 1, &mut alone);
+                    mat.matmul(&x[i * cols..(i + 1) * cols], 1, &mut alone);
                     assert_eq!(
-                        alone.map_bits(),
-                        batch[i * rows..(i + 1) * rows].map_bits(),
+                        bits(&alone),
+                        bits(&batch[i * rows..(i + 1) * rows]),
                         "{kind:?} {}: row {i} alone vs in a batch of {m}",
                         isa.name()
                     );
@@ -188,20 +199,8 @@ fn rows_are_batch_invariant() {
     }
 }
 
-trait Bits {
-    fn map_bits(&self) -> Vec<u32>;
-}
-
-impl Bits for [f32] {
-    fn map_bits(&self) -> Vec<u32> {
-        self.iter().map(|v| v.to_bits()).collect()
-    }
-}
-
-impl Bits for Vec<f32> {
-    fn map_bits(&self) -> Vec<u32> {
-        self.as_slice().map_bits()
-    }
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|v| v.to_bits()).collect()
 }
 
 /// The portable, AVX2 and AVX-512 kernels share one body over exactly
@@ -211,18 +210,21 @@ fn widening_kernels_agree_bit_for_bit() {
     let isas = isas_to_test("widening_kernels_agree_bit_for_bit");
     let (rows, cols, m) = (37, 555, 9);
     for kind in KINDS {
-        let mat = DenseMatrix::new(kind, rows, cols, owned(weight_bytes(kind, rows, cols, 12)))
-            .unwrap();
+        let w = weight_bytes(kind, rows, cols, 12);
         let x = random(m * cols, 13);
-        let mut portable = vec![0f32; m * rows];
-        mat.matmul_with(DenseIsa::Scalar, &x, m, &mut portable);
+        let matmul = |isa| {
+            let mat = DenseMatrix::new_for(isa, kind, rows, cols, owned(w.clone())).unwrap();
+            let mut y = vec![0f32; m * rows];
+            mat.matmul(&x, m, &mut y);
+            y
+        };
+        let portable = matmul(DenseIsa::Scalar);
         for &isa in &isas {
             if isa.rounds_activations(kind) {
                 continue;
             }
-            let mut y = vec![0f32; m * rows];
-            mat.matmul_with(isa, &x, m, &mut y);
-            assert_eq!(y.map_bits(), portable.map_bits(), "{kind:?} {}", isa.name());
+            let y = matmul(isa);
+            assert_eq!(bits(&y), bits(&portable), "{kind:?} {}", isa.name());
         }
     }
 }
@@ -236,7 +238,6 @@ fn unaligned_mapped_bytes() {
     let x = random(m * cols, 21);
     for kind in KINDS {
         let w = weight_bytes(kind, rows, cols, 22);
-        let aligned = DenseMatrix::new(kind, rows, cols, owned(w.clone())).unwrap();
         for offset in [1, 2, 6] {
             let mut map = memmap2::MmapMut::map_anon(offset + w.len()).unwrap();
             map[offset..].copy_from_slice(&w);
@@ -245,15 +246,17 @@ fn unaligned_mapped_bytes() {
                 offset,
                 len: w.len(),
             };
-            let mapped = DenseMatrix::new(kind, rows, cols, bytes).unwrap();
             for &isa in &isas {
+                let aligned =
+                    DenseMatrix::new_for(isa, kind, rows, cols, owned(w.clone())).unwrap();
+                let mapped = DenseMatrix::new_for(isa, kind, rows, cols, bytes.clone()).unwrap();
                 let mut want = vec![0f32; m * rows];
-                aligned.matmul_with(isa, &x, m, &mut want);
+                aligned.matmul(&x, m, &mut want);
                 let mut got = vec![0f32; m * rows];
-                mapped.matmul_with(isa, &x, m, &mut got);
+                mapped.matmul(&x, m, &mut got);
                 assert_eq!(
-                    got.map_bits(),
-                    want.map_bits(),
+                    bits(&got),
+                    bits(&want),
                     "{kind:?} {} at offset {offset}",
                     isa.name()
                 );
@@ -267,7 +270,10 @@ fn rejects_misshapen_bytes() {
     let err = DenseMatrix::new(HalfKind::Bf16, 3, 5, owned(vec![0; 29]))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("3 x 5") && err.contains("30") && err.contains("29"), "{err}");
+    assert!(
+        err.contains("3 x 5") && err.contains("30") && err.contains("29"),
+        "{err}"
+    );
     let err = DenseMatrix::new(HalfKind::F16, usize::MAX / 2, 3, owned(vec![]))
         .unwrap_err()
         .to_string();
@@ -295,6 +301,36 @@ fn isa_detection_is_consistent() {
     for isa in DenseIsa::ALL {
         assert!(isa.capped() <= isa && isa.capped().is_supported());
     }
-    let mat = DenseMatrix::new(HalfKind::F16, 1, 1, owned(vec![0; 2])).unwrap();
-    assert_ne!(mat.isa(), DenseIsa::Avx512Bf16, "vdpbf16ps cannot take f16");
+    let mat = DenseMatrix::new(HalfKind::F16, 16, 1, owned(vec![0; 32])).unwrap();
+    assert!(
+        mat.isa() <= DenseIsa::Avx512,
+        "bf16 kernels cannot take f16"
+    );
+}
+
+/// On CPUs with AMX-BF16, bf16 matrices of whole 16-row groups really take
+/// the tiled path (so the tests above exercise it) and release the
+/// checkpoint's bytes for a copy of the same size plus the padding of
+/// `cols` to 32; the rest fall back to `vdpbf16ps`.
+#[test]
+fn amx_layout_is_used_where_it_applies() {
+    if !DenseIsa::AmxBf16.is_supported() {
+        eprintln!("amx_layout_is_used_where_it_applies: AMX-BF16: not on this CPU, not run");
+        return;
+    }
+    let new = |kind, rows, cols| {
+        DenseMatrix::new_for(
+            DenseIsa::AmxBf16,
+            kind,
+            rows,
+            cols,
+            owned(weight_bytes(kind, rows, cols, 1)),
+        )
+        .unwrap()
+    };
+    let tiled = new(HalfKind::Bf16, 32, 70);
+    assert_eq!(tiled.isa(), DenseIsa::AmxBf16);
+    assert_eq!(tiled.size_in_bytes(), 32 * 96 * 2);
+    assert_eq!(new(HalfKind::Bf16, 24, 70).isa(), DenseIsa::Avx512Bf16);
+    assert_eq!(new(HalfKind::F16, 32, 70).isa(), DenseIsa::Avx512);
 }

@@ -5,7 +5,7 @@
 //! ([`qmatmul`]; SIMD inner loops in `qmatmul_simd`, and on CPUs with AMX
 //! the repacked-weight kernels of `qmatmul_tiled` and `qmatmul_tiled_k` over
 //! the tile plumbing of `amx`), and the dense bf16/f16 matmul ([`dense`];
-//! SIMD bodies in `dense_simd`).
+//! SIMD bodies in `dense_simd`, AMX-BF16 tiles in `dense_amx`).
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
@@ -13,6 +13,8 @@ pub mod attention;
 mod attention_simd;
 pub mod bytes;
 pub mod dense;
+#[cfg(target_arch = "x86_64")]
+mod dense_amx;
 mod dense_simd;
 pub mod qmatmul;
 mod qmatmul_simd;
