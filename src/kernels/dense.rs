@@ -15,8 +15,9 @@
 //! tiles, one rayon task per tile computing it for every activation row, so
 //! each weight byte comes from DRAM once per call. Inside a tile, blocks of
 //! [`BLOCK`] weight rows are taken in turn, and each block is applied to up
-//! to four activation rows per pass while its widened vectors sit in
-//! registers: a 16-row batch costs about the memory traffic of one row.
+//! to four activation rows per pass (two with AVX2) while its widened
+//! vectors sit in registers: a 16-row batch costs about the memory traffic
+//! of one row.
 //!
 //! # Arithmetic and batch invariance
 //!
@@ -31,9 +32,9 @@
 //! activation); with AMX-BF16, `tdpbf16ps` tiles on weights repacked at
 //! load (`dense_amx`), for every batch size, single rows included, so that
 //! no row's result depends on its batch (AMX's internal summation order is
-//! not that of `vdpbf16ps`, so mixing the two by batch size would break
-//! batch invariance). Both are batch-invariant, but differ from the
-//! widening kernels and from each other.
+//! not documented to be that of `vdpbf16ps`, so mixing the two by batch
+//! size could break batch invariance). Both are batch-invariant, but differ
+//! from the widening kernels and, possibly, from each other.
 //!
 //! # Runtime dispatch
 //!
@@ -168,7 +169,9 @@ pub struct DenseMatrix {
 enum Storage {
     /// The checkpoint's bytes, row-major.
     Rows(WeightBytes),
-    /// Repacked for AMX; the checkpoint's bytes are released.
+    /// Repacked for AMX; the checkpoint's bytes are released (the pages of
+    /// a memory map read while repacking stay mapped until the loader drops
+    /// the shard's map).
     #[cfg(target_arch = "x86_64")]
     Tiled(TiledBf16),
 }

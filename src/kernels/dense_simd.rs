@@ -91,11 +91,10 @@ pub(super) fn block(
             assert!(x.len() >= (i0 + r) * k);
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above; AVX512_BF16 was checked.
-            unsafe {
-                return vdpbf16::run(&wp, &x[i0 * k..], r, k);
-            }
+            let out = unsafe { vdpbf16::run(&wp, &x[i0 * k..], r, k) };
             #[cfg(not(target_arch = "x86_64"))]
-            unreachable!("AVX512_BF16 is never detected off x86-64")
+            let out = unreachable!("AVX512_BF16 is never detected off x86-64");
+            out
         }
     }
 }

@@ -66,7 +66,6 @@ fn gamma(k: usize) -> f64 {
 /// Checks `got` (m × rows) against the reference within the bound of the
 /// module docs.
 fn check_close(
-    what: &str,
     isa: DenseIsa,
     kind: HalfKind,
     (rows, cols): (usize, usize),
@@ -97,7 +96,7 @@ fn check_close(
         let bound = rel * abs;
         assert!(
             (got as f64 - want).abs() <= bound,
-            "{what} {} {kind:?} m={m} {rows}x{cols}: y[{}][{}] = {got}, reference {want}, bound {bound}",
+            "{} {kind:?} m={m} {rows}x{cols}: y[{}][{}] = {got}, reference {want}, bound {bound}",
             isa.name(),
             e / rows,
             e % rows
@@ -130,7 +129,7 @@ fn matches_reference_on_random_shapes() {
                     let x = random(m * cols, 100 + m as u64);
                     let mut y = vec![f32::NAN; m * rows];
                     mat.matmul(&x, m, &mut y);
-                    check_close("random", isa, kind, (rows, cols), &w, &x, m, &y);
+                    check_close(isa, kind, (rows, cols), &w, &x, m, &y);
                 }
             }
         }
@@ -160,7 +159,7 @@ fn wide_exponents() {
             let mat = DenseMatrix::new_for(isa, kind, rows, cols, owned(w.clone())).unwrap();
             let mut y = vec![f32::NAN; m * rows];
             mat.matmul(&x, m, &mut y);
-            check_close("wide", isa, kind, (rows, cols), &w, &x, m, &y);
+            check_close(isa, kind, (rows, cols), &w, &x, m, &y);
         }
     }
 }
