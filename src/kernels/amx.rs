@@ -1,12 +1,14 @@
 //! Intel AMX (Advanced Matrix Extensions) plumbing: asking Linux for the
-//! tile state, per-thread tile configuration, and the one tile operation the
-//! quantized matmul needs. The instructions are emitted with `asm!` because
+//! tile state, per-thread tile configuration, and the tile operations the
+//! quantized matmul and the dense bf16 matmul need. The instructions are emitted with `asm!` because
 //! Rust's AMX intrinsics are not stable.
 //!
 //! Tile registers used by [`dot_blocks`]: `tmm0`/`tmm3` accumulators (`rows`
 //! activation rows × 16 i32), `tmm1`/`tmm4` activations (`rows` × K i8),
 //! `tmm2`/`tmm5` weights (K/4 rows of 16 weight rows × 4 u8, the VNNI
-//! layout), for blocks of K = 16 or 32 elements.
+//! layout), for blocks of K = 16 or 32 elements. [`dot_bf16`] uses the same
+//! tiles configured for 64-byte rows: `tmm1` 32 bf16 activations a row,
+//! `tmm2`/`tmm5` two weight groups' 16 pairs × 16 rows, `tmm0`/`tmm3` f32.
 
 use std::arch::asm;
 use std::arch::x86_64::__cpuid_count;
@@ -19,6 +21,11 @@ pub(super) fn available() -> bool {
     let edx = __cpuid_count(7, 0).edx;
     let (tile, int8) = (edx & (1 << 24) != 0, edx & (1 << 25) != 0);
     tile && int8 && request_tile_permission()
+}
+
+/// Whether [`available`] holds and the CPU also has AMX-BF16.
+pub(super) fn bf16_available() -> bool {
+    __cpuid_count(7, 0).edx & (1 << 22) != 0 && available()
 }
 
 #[cfg(target_os = "linux")]
@@ -66,13 +73,14 @@ thread_local! {
 }
 
 /// Configures this thread's tiles for `rows` (1..=16) activation rows and
-/// blocks of `k` (16 or 32) elements, unless they already are.
+/// blocks of `k` (16 or 32) int8 elements, or 64 bytes of bf16 pairs,
+/// unless they already are.
 ///
 /// # Safety
 ///
 /// [`available`] must have returned true in this process.
 pub(super) unsafe fn configure(rows: usize, k: usize) {
-    debug_assert!((1..=16).contains(&rows) && (k == 16 || k == 32));
+    debug_assert!((1..=16).contains(&rows) && matches!(k, 16 | 32 | 64));
     if CONFIGURED.get() == (rows, k) {
         return;
     }
@@ -141,6 +149,58 @@ pub(super) unsafe fn dot_blocks(
             s64 = in(reg) 64usize,
             c0 = in(reg) c0.as_mut_ptr(),
             c1 = in(reg) c1.as_mut_ptr(),
+            options(nostack),
+        );
+    }
+}
+
+/// bf16 dot products of `rows` (the configured count) activation rows with
+/// two groups of 16 weight rows over `blocks` blocks of 32 elements, into
+/// `c[group][row][weight row]`: per block, `tileloadd` the activations
+/// (`a + 64·block`, rows `a_stride` bytes apart) and each group's 1 KiB
+/// (`w[group] + 1024·block`), then `tdpbf16ps` into that group's
+/// accumulator tile.
+///
+/// # Safety
+///
+/// [`configure`] must have been called on this thread with `k = 64` and
+/// the row count `c` is read with; the pointers must cover those rows and
+/// blocks; [`bf16_available`] must hold.
+pub(super) unsafe fn dot_bf16(
+    a: *const u8,
+    a_stride: usize,
+    w: [*const u8; 2],
+    blocks: usize,
+    c: &mut [[[f32; 16]; 16]; 2],
+) {
+    let [c0, c1] = c;
+    // SAFETY: per the contract, each tile load reads configured rows of
+    // memory the caller owns, and each store writes at most 16 rows of 64
+    // bytes into `c`. Tile registers persist between the asm blocks: no
+    // compiled code uses them.
+    unsafe {
+        asm!("tilezero tmm0", "tilezero tmm3", options(nostack, nomem));
+        for b in 0..blocks {
+            asm!(
+                "tileloadd tmm1, [{a} + {sa}*1]",
+                "tileloadd tmm2, [{w0} + {s64}*1]",
+                "tileloadd tmm5, [{w1} + {s64}*1]",
+                "tdpbf16ps tmm0, tmm1, tmm2",
+                "tdpbf16ps tmm3, tmm1, tmm5",
+                a = in(reg) a.add(64 * b),
+                sa = in(reg) a_stride,
+                w0 = in(reg) w[0].add(1024 * b),
+                w1 = in(reg) w[1].add(1024 * b),
+                s64 = in(reg) 64usize,
+                options(nostack, readonly),
+            );
+        }
+        asm!(
+            "tilestored [{c0} + {s64}*1], tmm0",
+            "tilestored [{c1} + {s64}*1], tmm3",
+            c0 = in(reg) c0.as_mut_ptr(),
+            c1 = in(reg) c1.as_mut_ptr(),
+            s64 = in(reg) 64usize,
             options(nostack),
         );
     }

@@ -3,11 +3,12 @@
 //! linear layers over every weight format ([`linear`]), and compute kernels,
 //! each with a slow reference the tests compare against: paged attention
 //! ([`attention`], its SIMD body in `attention_simd` over the vector types
-//! of `simd`) and the quantized matrix
-//! multiplication used by every linear layer of a GGUF checkpoint
+//! of `simd`), the quantized matrix multiplication used by every linear
+//! layer of a GGUF checkpoint
 //! ([`qmatmul`]; SIMD inner loops in `qmatmul_simd`, and on CPUs with AMX
 //! the repacked-weight kernels of `qmatmul_tiled` and `qmatmul_tiled_k` over
-//! the tile plumbing of `amx`).
+//! the tile plumbing of `amx`), and the dense bf16/f16 matmul ([`dense`];
+//! SIMD bodies in `dense_simd`, AMX-BF16 tiles in `dense_amx`).
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
@@ -16,6 +17,10 @@ mod attention_simd;
 pub mod backend;
 pub mod bytes;
 pub mod cpu;
+pub mod dense;
+#[cfg(target_arch = "x86_64")]
+mod dense_amx;
+mod dense_simd;
 pub mod linear;
 pub mod ops;
 pub mod qmatmul;
@@ -27,4 +32,5 @@ mod qmatmul_tiled_k;
 mod simd;
 pub mod tensor;
 
+pub use dense::{dense_matmul_reference, DenseIsa, DenseMatrix};
 pub use qmatmul::{matmul_reference, Isa, QMatrix};

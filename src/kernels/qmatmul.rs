@@ -470,7 +470,7 @@ impl QMatrix {
 /// Runs `f(j0, pieces)` for every column tile of `out` (`m` rows of `n`),
 /// in parallel: `pieces` are the tile's slices of each output row, so tasks
 /// write disjoint memory directly.
-fn for_each_tile(
+pub(super) fn for_each_tile(
     out: &mut [f32],
     n: usize,
     tile: usize,
@@ -499,7 +499,7 @@ fn rows<B, const R: usize>(xs: &[B], kb: usize, i0: usize) -> [&[B]; R] {
 /// Weight rows per rayon task: about eight tasks per thread so both threads
 /// of a 2-core box stay busy even for `n = 128`, capped at 64 rows so a tile
 /// of the widest rows still fits in L2.
-fn tile_rows(n: usize) -> usize {
+pub(super) fn tile_rows(n: usize) -> usize {
     let tasks = rayon::current_num_threads().max(1) * 8;
     n.div_ceil(tasks).clamp(1, 64)
 }
