@@ -80,6 +80,30 @@ fn arch_from_name(name: &str, origin: &Path) -> Result<Arch> {
     }
 }
 
+/// r1serve implements no checkpoint quantization method yet, and the raw
+/// tensors of a quantized checkpoint loaded without their method's scales
+/// and packing would serve garbage: any quantization config is refused, by
+/// name. (`compression_config` is what older compressed-tensors exports call it.)
+fn refuse_quantization(j: &serde_json::Value, path: &Path) -> Result<()> {
+    for key in ["quantization_config", "compression_config"] {
+        let Some(q) = j.get(key).filter(|q| !q.is_null()) else {
+            continue;
+        };
+        match q.get("quant_method").and_then(|m| m.as_str()) {
+            Some(method) => bail!(
+                "{}: `{key}` names quantization method `{method}`, which r1serve does not \
+                 implement (it loads bf16, f16 and f32 safetensors, and GGUF files)",
+                path.display()
+            ),
+            None => bail!(
+                "{}: `{key}` has no `quant_method`, so how the weights are quantized is unknown",
+                path.display()
+            ),
+        }
+    }
+    Ok(())
+}
+
 impl ModelConfig {
     /// Reads the `<arch>.*` keys of a GGUF header.
     pub fn from_gguf(file: &GgufFile) -> Result<Self> {
@@ -146,6 +170,7 @@ impl ModelConfig {
             .with_context(|| format!("{}: cannot read", path.display()))?;
         let j: serde_json::Value = serde_json::from_str(&text)
             .with_context(|| format!("{}: invalid JSON", path.display()))?;
+        refuse_quantization(&j, path)?;
         let arch_name = j
             .get("architectures")
             .and_then(|a| a.get(0))

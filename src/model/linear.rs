@@ -1,7 +1,8 @@
 //! One linear-layer abstraction over every weight format, so the model files
 //! never know whether a checkpoint was GGUF-quantized or dense safetensors.
 
-use super::weights::RawTensor;
+use super::weights::{widen, RawTensor};
+use crate::kernels::bytes::{HalfKind, WeightBytes};
 use anyhow::{bail, Result};
 use candle_core::quantized::{QMatMul, QStorage, QTensor};
 use candle_core::{Device, Module, Tensor};
@@ -53,6 +54,14 @@ impl Linear {
                 Weight::Fast(crate::kernels::QMatrix::from_qtensor(&q)?)
             }
             RawTensor::Quantized(q) => Weight::Quantized(QMatMul::from_qtensor(q)?),
+            // INTERIM until the dense 16-bit kernel lands: widened to f32,
+            // which doubles the weight's memory. Replace this arm with
+            // `DenseMatrix::new(kind, out_features, in_features, bytes)`.
+            w @ RawTensor::Half { .. } => Weight::Dense(Tensor::from_vec(
+                w.to_f32_vec()?,
+                (out_features, in_features),
+                &Device::Cpu,
+            )?),
             RawTensor::Dense(t) => Weight::Dense(t),
         };
         Ok(Self {
@@ -97,8 +106,9 @@ impl Linear {
     }
 }
 
-/// Token embedding table; quantized tables stay quantized and only the rows a
-/// batch needs are dequantized (a Qwen2 table is 0.5 GB in f32).
+/// Token embedding table; quantized and 16-bit tables stay as stored and only
+/// the rows a batch needs are widened (a Qwen2 table is 0.5 GB in f32, and a
+/// 7B's 2 GB).
 pub enum Embedding {
     /// Quantized rows, `row_bytes` each.
     Quantized {
@@ -108,6 +118,15 @@ pub enum Embedding {
         dtype: candle_core::quantized::GgmlDType,
         /// Bytes of one row.
         row_bytes: usize,
+        /// Row width.
+        dim: usize,
+    },
+    /// Dense bf16 or f16 rows, as stored (mapped from a safetensors shard).
+    Half {
+        /// Element type.
+        kind: HalfKind,
+        /// `vocab × dim` little-endian elements.
+        bytes: WeightBytes,
         /// Row width.
         dim: usize,
     },
@@ -137,6 +156,11 @@ impl Embedding {
                     dim,
                 }
             }
+            RawTensor::Half { kind, bytes, .. } => Embedding::Half {
+                kind: *kind,
+                bytes: bytes.clone(),
+                dim,
+            },
             RawTensor::Dense(d) => Embedding::Dense {
                 data: d.flatten_all()?.to_vec1()?,
                 dim,
@@ -150,6 +174,7 @@ impl Embedding {
             Embedding::Quantized {
                 data, row_bytes, ..
             } => data.len() / row_bytes,
+            Embedding::Half { bytes, dim, .. } => bytes.len() / (2 * dim),
             Embedding::Dense { data, dim } => data.len() / dim,
         }
     }
@@ -166,6 +191,16 @@ impl Embedding {
                 .flat_map(|&i| &data[i as usize * dim..(i as usize + 1) * dim])
                 .copied()
                 .collect()),
+            Embedding::Half { kind, bytes, dim } => {
+                let row_bytes = 2 * dim;
+                let table = bytes.as_slice();
+                let mut out = Vec::with_capacity(ids.len() * dim);
+                for &i in ids {
+                    let start = i as usize * row_bytes;
+                    widen(*kind, &table[start..start + row_bytes], &mut out);
+                }
+                Ok(out)
+            }
             Embedding::Quantized {
                 data,
                 dtype,

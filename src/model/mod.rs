@@ -1,5 +1,5 @@
-//! Model loading and the forward pass. [`weights`] and [`source`] find the
-//! tensors, [`config`] reads the hyper-parameters, and one file per
+//! Model loading and the forward pass. [`weights`], [`shards`] and [`source`]
+//! find the tensors, [`config`] reads the hyper-parameters, and one file per
 //! architecture ([`llama`], [`qwen2`]) assembles the shared [`decoder`] stack
 //! from them, whatever the weight format.
 
@@ -10,6 +10,7 @@ pub mod linear;
 pub mod llama;
 pub mod load;
 pub mod qwen2;
+pub mod shards;
 pub mod source;
 pub mod weights;
 
