@@ -36,15 +36,15 @@ fn bf16_checkpoint_resident_memory_is_bounded_by_its_size() {
     assert!(stdout.contains("1 passed"), "{stdout}{stderr}");
 }
 
-/// VmRSS of this process, in bytes.
-fn vm_rss() -> u64 {
+/// A `/proc/self/status` memory line (`VmRSS`, `RssAnon`, `RssFile`), in bytes.
+fn status_bytes(key: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let kb: u64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
         .and_then(|v| v.trim().strip_suffix("kB"))
         .map(|v| v.trim().parse().unwrap())
-        .expect("VmRSS in /proc/self/status");
+        .unwrap_or_else(|| panic!("no {key} in /proc/self/status"));
     kb * 1024
 }
 
@@ -91,13 +91,17 @@ fn measure_rss_child() {
         .unwrap();
     let done = rt.block_on(common::engine::run(&h, prompt, common::engine::greedy(8)));
     assert_eq!(done.tokens[0].len(), 8);
-    let rss = vm_rss();
+    let rss = status_bytes("VmRSS");
+    let (anon, file) = (status_bytes("RssAnon"), status_bytes("RssFile"));
     h.shutdown();
     let weights = safetensors_bytes(Path::new(&dir));
     let bound = weights * 11 / 10 + kv_bytes + 300 * MB;
     eprintln!(
-        "VmRSS {} MB; bound {} MB = 1.1 x {} MB of safetensors + {} MB of KV pool + 300 MB",
+        "VmRSS {} MB ({} MB anonymous, {} MB file-backed); bound {} MB = 1.1 x {} MB of \
+         safetensors + {} MB of KV pool + 300 MB",
         rss / MB,
+        anon / MB,
+        file / MB,
         bound / MB,
         weights / MB,
         kv_bytes / MB
