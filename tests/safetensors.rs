@@ -155,6 +155,23 @@ fn wrong_shape_names_file_tensor_and_shapes() {
 }
 
 #[test]
+fn impossible_sizes_are_named() {
+    for (key, value, words) in [
+        ("num_attention_heads", 0, "attention head count is 0"),
+        ("hidden_size", 0, "hidden size is 0"),
+        ("num_key_value_heads", 3, "not a multiple of 3 KV heads"),
+        ("head_dim", 5, "head width 5 is odd"),
+    ] {
+        let mut config = tiny_config("LlamaForCausalLM");
+        config[key] = value.into();
+        let dir = tiny_dir(&format!("size-{key}"), config, &tiny_tensors());
+        let e = load_err(&dir);
+        assert!(e.contains(words) && e.contains("config.json"), "{key}: {e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[test]
 fn unknown_architecture_is_named() {
     let dir = tiny_dir("arch", tiny_config("MambaForCausalLM"), &tiny_tensors());
     let e = load_err(&dir);
@@ -609,10 +626,10 @@ fn truncated_safetensors_are_named() {
         );
         let e = load_err(&dir);
         let file = dir.join("model.safetensors");
-        assert!(e.contains(file.to_str().unwrap()), "{case}: {e}");
-        if case == "data" || case == "header" {
-            assert!(e.contains("truncated"), "{case}: {e}");
-        }
+        assert!(
+            e.contains(file.to_str().unwrap()) && e.contains("truncated"),
+            "{case}: {e}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
     // Bytes after the last tensor are reported as such.

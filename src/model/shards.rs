@@ -103,8 +103,13 @@ fn header_error(path: &Path, map: &[u8], e: SafeTensorError) -> anyhow::Error {
         .and_then(|b| b.try_into().ok())
         .map(u64::from_le_bytes);
     match e {
+        SafeTensorError::HeaderTooSmall => anyhow!(
+            "{}: file is truncated: it has {len} bytes, fewer than the {LEN_PREFIX} that give the \
+             header's length",
+            path.display()
+        ),
         SafeTensorError::InvalidHeaderLength => anyhow!(
-            "{}: file is truncated: its header claims {} bytes but the file has {len}",
+            "{}: file is truncated: its header should end at byte {} but the file has {len} bytes",
             path.display(),
             declared_header.map_or(0, |n| n.saturating_add(LEN_PREFIX as u64))
         ),
