@@ -2,7 +2,9 @@
 //! the model files never know whether a checkpoint was GGUF-quantized or
 //! dense safetensors.
 
-use super::tensor::RawTensor;
+use super::bytes::{HalfKind, WeightBytes};
+use super::dense::DenseMatrix;
+use super::tensor::{widen, RawTensor};
 use anyhow::{bail, Result};
 use candle_core::quantized::{QMatMul, QStorage, QTensor};
 use candle_core::{Device, Module, Tensor};
@@ -13,6 +15,9 @@ enum Weight {
     Fast(crate::kernels::QMatrix),
     /// Block types r1serve has no kernel for go through candle.
     Quantized(QMatMul),
+    /// bf16/f16 weights as stored, on r1serve's dense kernels.
+    Half(DenseMatrix),
+    /// f32 weights (and everything under `R1SERVE_DEQUANTIZE_ALL`).
     Dense(Tensor),
 }
 
@@ -54,6 +59,9 @@ impl Linear {
                 Weight::Fast(crate::kernels::QMatrix::from_qtensor(&q)?)
             }
             RawTensor::Quantized(q) => Weight::Quantized(QMatMul::from_qtensor(q)?),
+            RawTensor::Half { kind, bytes, .. } => {
+                Weight::Half(DenseMatrix::new(kind, out_features, in_features, bytes)?)
+            }
             RawTensor::Dense(t) => Weight::Dense(t),
         };
         Ok(Self {
@@ -83,6 +91,11 @@ impl Linear {
                 q.matmul(x, m, &mut y);
                 y
             }
+            Weight::Half(d) => {
+                let mut y = vec![0f32; m * self.out_features];
+                d.matmul(x, m, &mut y);
+                y
+            }
             Weight::Quantized(q) => {
                 let xs = Tensor::from_slice(x, (m, self.in_features), &Device::Cpu)?;
                 q.forward(&xs)?.flatten_all()?.to_vec1::<f32>()?
@@ -103,8 +116,9 @@ impl Linear {
     }
 }
 
-/// Token embedding table; quantized tables stay quantized and only the rows a
-/// batch needs are dequantized (a Qwen2 table is 0.5 GB in f32).
+/// Token embedding table; quantized and 16-bit tables stay as stored and only
+/// the rows a batch needs are widened (a Qwen2 table is 0.5 GB in f32, and a
+/// 7B's 2 GB).
 pub enum Embedding {
     /// Quantized rows, `row_bytes` each.
     Quantized {
@@ -114,6 +128,15 @@ pub enum Embedding {
         dtype: candle_core::quantized::GgmlDType,
         /// Bytes of one row.
         row_bytes: usize,
+        /// Row width.
+        dim: usize,
+    },
+    /// Dense bf16 or f16 rows, as stored (mapped from a safetensors shard).
+    Half {
+        /// Element type.
+        kind: HalfKind,
+        /// `vocab × dim` little-endian elements.
+        bytes: WeightBytes,
         /// Row width.
         dim: usize,
     },
@@ -143,6 +166,11 @@ impl Embedding {
                     dim,
                 }
             }
+            RawTensor::Half { kind, bytes, .. } => Embedding::Half {
+                kind: *kind,
+                bytes: bytes.clone(),
+                dim,
+            },
             RawTensor::Dense(d) => Embedding::Dense {
                 data: d.flatten_all()?.to_vec1()?,
                 dim,
@@ -153,7 +181,9 @@ impl Embedding {
     /// Row width.
     pub fn dim(&self) -> usize {
         match self {
-            Embedding::Quantized { dim, .. } | Embedding::Dense { dim, .. } => *dim,
+            Embedding::Quantized { dim, .. }
+            | Embedding::Half { dim, .. }
+            | Embedding::Dense { dim, .. } => *dim,
         }
     }
 
@@ -163,6 +193,7 @@ impl Embedding {
             Embedding::Quantized {
                 data, row_bytes, ..
             } => data.len() / row_bytes,
+            Embedding::Half { bytes, dim, .. } => bytes.len() / (2 * dim),
             Embedding::Dense { data, dim } => data.len() / dim,
         }
     }
@@ -179,6 +210,16 @@ impl Embedding {
                 .flat_map(|&i| &data[i as usize * dim..(i as usize + 1) * dim])
                 .copied()
                 .collect()),
+            Embedding::Half { kind, bytes, dim } => {
+                let row_bytes = 2 * dim;
+                let table = bytes.as_slice();
+                let mut out = Vec::with_capacity(ids.len() * dim);
+                for &i in ids {
+                    let start = i as usize * row_bytes;
+                    widen(*kind, &table[start..start + row_bytes], &mut out);
+                }
+                Ok(out)
+            }
             Embedding::Quantized {
                 data,
                 dtype,

@@ -73,6 +73,30 @@ fn arch_from_name(name: &str, origin: &Path) -> Result<Arch> {
     }
 }
 
+/// r1serve implements no checkpoint quantization method yet, and the raw
+/// tensors of a quantized checkpoint loaded without their method's scales
+/// and packing would serve garbage: any quantization config is refused, by
+/// name. (`compression_config` is what older compressed-tensors exports call it.)
+fn refuse_quantization(j: &serde_json::Value, path: &Path) -> Result<()> {
+    for key in ["quantization_config", "compression_config"] {
+        let Some(q) = j.get(key).filter(|q| !q.is_null()) else {
+            continue;
+        };
+        match q.get("quant_method").and_then(|m| m.as_str()) {
+            Some(method) => bail!(
+                "{}: `{key}` names quantization method `{method}`, which r1serve does not \
+                 implement (it loads bf16, f16 and f32 safetensors, and GGUF files)",
+                path.display()
+            ),
+            None => bail!(
+                "{}: `{key}` has no `quant_method`, so how the weights are quantized is unknown",
+                path.display()
+            ),
+        }
+    }
+    Ok(())
+}
+
 impl ModelConfig {
     /// Reads the `<arch>.*` keys of a GGUF header.
     pub fn from_gguf(file: &GgufFile) -> Result<Self> {
@@ -96,7 +120,8 @@ impl ModelConfig {
         let hidden_size = get_usize("embedding_length")?;
         let num_heads = get_usize("attention.head_count")?;
         let num_kv_heads = get_usize("attention.head_count_kv").unwrap_or(num_heads);
-        let head_dim = get_usize("rope.dimension_count").unwrap_or(hidden_size / num_heads);
+        let head_dim = get_usize("rope.dimension_count")
+            .unwrap_or(hidden_size.checked_div(num_heads).unwrap_or(0));
         let vocab_size = match md.get("tokenizer.ggml.tokens") {
             Some(v) => v.to_vec().map(Vec::len).unwrap_or(0),
             None => 0,
@@ -110,7 +135,7 @@ impl ModelConfig {
             .and_then(|v| v.to_f32().ok())
             .unwrap_or(10_000.0);
         let has_output = file.content.tensor_infos.contains_key("output.weight");
-        Ok(Self {
+        Self {
             arch,
             hidden_size,
             intermediate_size: get_usize("feed_forward_length")?,
@@ -130,7 +155,8 @@ impl ModelConfig {
             rope_scaling: None,
             max_position_embeddings: get_usize("context_length")?,
             tie_word_embeddings: !has_output,
-        })
+        }
+        .checked(path)
     }
 
     /// Reads an HF `config.json`.
@@ -139,6 +165,7 @@ impl ModelConfig {
             .with_context(|| format!("{}: cannot read", path.display()))?;
         let j: serde_json::Value = serde_json::from_str(&text)
             .with_context(|| format!("{}: invalid JSON", path.display()))?;
+        refuse_quantization(&j, path)?;
         let arch_name = j
             .get("architectures")
             .and_then(|a| a.get(0))
@@ -179,14 +206,15 @@ impl ModelConfig {
             }
             _ => None,
         };
-        Ok(Self {
+        Self {
             arch,
             hidden_size,
             intermediate_size: get_usize("intermediate_size")?,
             num_layers: get_usize("num_hidden_layers")?,
             num_heads,
             num_kv_heads: get_usize("num_key_value_heads").unwrap_or(num_heads),
-            head_dim: get_usize("head_dim").unwrap_or(hidden_size / num_heads),
+            head_dim: get_usize("head_dim")
+                .unwrap_or(hidden_size.checked_div(num_heads).unwrap_or(0)),
             vocab_size: get_usize("vocab_size")?,
             rms_norm_eps: get_f32("rms_norm_eps").unwrap_or(1e-6),
             rope_theta: get_f32("rope_theta").unwrap_or(10_000.0),
@@ -197,6 +225,41 @@ impl ModelConfig {
                 .get("tie_word_embeddings")
                 .and_then(|v| v.as_bool())
                 .unwrap_or(false),
-        })
+        }
+        .checked(path)
+    }
+
+    /// Refuses sizes the forward pass cannot run with (zero widths, query
+    /// heads not a multiple of KV heads, an odd head width RoPE cannot pair),
+    /// so a broken config is an error naming its file rather than a panic.
+    fn checked(self, path: &Path) -> Result<Self> {
+        let sizes = [
+            ("hidden size", self.hidden_size),
+            ("intermediate size", self.intermediate_size),
+            ("layer count", self.num_layers),
+            ("attention head count", self.num_heads),
+            ("KV head count", self.num_kv_heads),
+            ("head width", self.head_dim),
+            ("vocabulary size", self.vocab_size),
+        ];
+        if let Some((what, _)) = sizes.iter().find(|(_, v)| *v == 0) {
+            bail!("{}: the {what} is 0", path.display());
+        }
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
+            bail!(
+                "{}: {} attention heads are not a multiple of {} KV heads",
+                path.display(),
+                self.num_heads,
+                self.num_kv_heads
+            );
+        }
+        if !self.head_dim.is_multiple_of(2) {
+            bail!(
+                "{}: head width {} is odd; rotary embeddings pair dimensions",
+                path.display(),
+                self.head_dim
+            );
+        }
+        Ok(self)
     }
 }

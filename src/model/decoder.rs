@@ -58,6 +58,11 @@ impl<B: Backend> Decoder<B> {
     pub fn cache_mut(&mut self) -> Option<&mut B::Cache> {
         self.cache.as_mut()
     }
+
+    /// The token-embedding table, for tests of how weights are held.
+    pub fn embedding(&self) -> &B::Embedding {
+        &self.embed
+    }
 }
 
 impl<B: Backend> Model for Decoder<B> {

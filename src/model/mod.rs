@@ -1,8 +1,9 @@
 //! Model loading and the forward pass. [`interface`] is what the engine
-//! sees ([`Model`]); [`weights`] and [`source`] find the tensors, [`config`]
-//! reads the hyper-parameters, and one file per architecture ([`llama`],
-//! [`qwen2`]) assembles the shared [`decoder`] stack from them, whatever the
-//! weight format, on a device of the kernels' [`Backend`] seam.
+//! sees ([`Model`]); [`weights`], [`shards`] and [`source`] find the
+//! tensors, [`config`] reads the hyper-parameters, and one file per
+//! architecture ([`llama`], [`qwen2`]) assembles the shared [`decoder`]
+//! stack from them, whatever the weight format, on a device of the
+//! kernels' [`Backend`] seam.
 
 pub mod config;
 pub mod decoder;
@@ -11,6 +12,7 @@ pub mod layers;
 pub mod llama;
 pub mod load;
 pub mod qwen2;
+pub mod shards;
 pub mod source;
 pub mod weights;
 

@@ -1,18 +1,22 @@
 //! Where tensors come from: one or more GGUF files (split checkpoints) or a
-//! directory of safetensors shards. Every lookup error names the file and the
-//! tensor, so a broken checkpoint is diagnosed without a debugger.
+//! directory of safetensors shards ([`super::shards`]). Every lookup error
+//! names the file and the tensor, so a broken checkpoint is diagnosed without
+//! a debugger.
 //!
 //! Tensor names are GGUF's (`blk.3.attn_q.weight`); the safetensors source
 //! translates them to Hugging Face names (`model.layers.3.self_attn.q_proj.weight`).
 
+use super::shards::Shards;
+use crate::kernels::bytes::{HalfKind, WeightBytes};
 use anyhow::{bail, Context, Result};
-use candle_core::quantized::gguf_file;
-use candle_core::{DType, Device};
-use std::collections::HashMap;
+use candle_core::quantized::{gguf_file, GgmlDType};
+use candle_core::Device;
 use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-pub use crate::kernels::tensor::RawTensor;
+pub use crate::kernels::tensor::{widen, RawTensor};
 
 /// One GGUF file of a (possibly split) checkpoint.
 pub struct GgufFile {
@@ -56,6 +60,44 @@ impl GgufFile {
         Ok(())
     }
 
+    /// Reads tensor `name`: F16/BF16 tensors into [`RawTensor::Half`] (their
+    /// bytes read once, as stored), every other type through candle.
+    pub fn tensor(&self, name: &str) -> Result<RawTensor> {
+        let info = self
+            .content
+            .tensor_infos
+            .get(name)
+            .with_context(|| format!("{}: tensor `{name}` is missing", self.path.display()))?;
+        let mut reader = File::open(&self.path)
+            .with_context(|| format!("{}: cannot open", self.path.display()))?;
+        let kind = match info.ggml_dtype {
+            GgmlDType::F16 => HalfKind::F16,
+            GgmlDType::BF16 => HalfKind::Bf16,
+            _ => {
+                let q = self
+                    .content
+                    .tensor(&mut reader, name, &Device::Cpu)
+                    .map_err(|e| {
+                        anyhow::anyhow!("{}: cannot read tensor `{name}`: {e}", self.path.display())
+                    })?;
+                return Ok(RawTensor::Quantized(q));
+            }
+        };
+        let dims = info.shape.dims().to_vec();
+        let mut bytes = vec![0u8; info.shape.elem_count() * 2];
+        reader
+            .seek(SeekFrom::Start(
+                self.content.tensor_data_offset + info.offset,
+            ))
+            .and_then(|_| reader.read_exact(&mut bytes))
+            .with_context(|| format!("{}: cannot read tensor `{name}`", self.path.display()))?;
+        Ok(RawTensor::Half {
+            kind,
+            dims,
+            bytes: WeightBytes::Owned(Arc::new(bytes)),
+        })
+    }
+
     /// String metadata value, if present.
     pub fn meta_str(&self, key: &str) -> Option<&str> {
         self.content
@@ -70,15 +112,8 @@ impl GgufFile {
 pub enum WeightSource {
     /// One or more GGUF files; later files of a split checkpoint hold the rest.
     Gguf(Vec<GgufFile>),
-    /// Safetensors shards with the file each tensor lives in.
-    Safetensors {
-        /// The directory, for messages.
-        dir: PathBuf,
-        /// Memory-mapped shards.
-        shards: Vec<(PathBuf, candle_core::safetensors::MmapedSafetensors)>,
-        /// Tensor name → shard index.
-        index: HashMap<String, usize>,
-    },
+    /// Memory-mapped safetensors shards.
+    Safetensors(Shards),
 }
 
 /// Translates a GGUF tensor name into the Hugging Face name.
@@ -117,54 +152,7 @@ impl WeightSource {
     /// Opens the safetensors shards of an HF directory: either the files named
     /// by `model.safetensors.index.json` or a single `model.safetensors`.
     pub fn open_safetensors(dir: &Path) -> Result<Self> {
-        let index_path = dir.join("model.safetensors.index.json");
-        let files: Vec<PathBuf> = if index_path.exists() {
-            let text = std::fs::read_to_string(&index_path)
-                .with_context(|| format!("{}: cannot read", index_path.display()))?;
-            let json: serde_json::Value = serde_json::from_str(&text)
-                .with_context(|| format!("{}: invalid JSON", index_path.display()))?;
-            let map = json
-                .get("weight_map")
-                .and_then(|m| m.as_object())
-                .with_context(|| format!("{}: no `weight_map` object", index_path.display()))?;
-            let mut files: Vec<String> = map
-                .values()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect();
-            files.sort();
-            files.dedup();
-            files.into_iter().map(|f| dir.join(f)).collect()
-        } else {
-            let single = dir.join("model.safetensors");
-            if !single.exists() {
-                bail!(
-                    "{}: neither model.safetensors nor model.safetensors.index.json found",
-                    dir.display()
-                );
-            }
-            vec![single]
-        };
-        let mut shards = Vec::with_capacity(files.len());
-        let mut index = HashMap::new();
-        for (i, path) in files.into_iter().enumerate() {
-            if !path.exists() {
-                bail!("{}: shard listed in the index is missing", path.display());
-            }
-            // SAFETY: the file is mapped read-only; like every inference
-            // server we rely on checkpoints not being modified while served.
-            let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(&path) }.map_err(
-                |e| anyhow::anyhow!("{}: invalid safetensors file: {e}", path.display()),
-            )?;
-            for (name, _) in st.tensors() {
-                index.insert(name, i);
-            }
-            shards.push((path, st));
-        }
-        Ok(WeightSource::Safetensors {
-            dir: dir.to_path_buf(),
-            shards,
-            index,
-        })
+        Ok(WeightSource::Safetensors(Shards::open(dir)?))
     }
 
     /// Whether a tensor (GGUF name) exists.
@@ -173,7 +161,7 @@ impl WeightSource {
             WeightSource::Gguf(files) => files
                 .iter()
                 .any(|f| f.content.tensor_infos.contains_key(name)),
-            WeightSource::Safetensors { index, .. } => index.contains_key(&hf_name(name)),
+            WeightSource::Safetensors(shards) => shards.contains(&hf_name(name)),
         }
     }
 
@@ -187,29 +175,11 @@ impl WeightSource {
                     .with_context(|| {
                         format!("{}: tensor `{name}` is missing", files[0].path.display())
                     })?;
-                let mut reader = File::open(&file.path)
-                    .with_context(|| format!("{}: cannot open", file.path.display()))?;
-                let q = file
-                    .content
-                    .tensor(&mut reader, name, &Device::Cpu)
-                    .map_err(|e| {
-                        anyhow::anyhow!("{}: cannot read tensor `{name}`: {e}", file.path.display())
-                    })?;
-                (RawTensor::Quantized(q), file.path.clone())
+                (file.tensor(name)?, file.path.clone())
             }
-            WeightSource::Safetensors { dir, shards, index } => {
-                let hf = hf_name(name);
-                let &i = index
-                    .get(&hf)
-                    .with_context(|| format!("{}: tensor `{hf}` is missing", dir.display()))?;
-                let (path, st) = &shards[i];
-                let t = st
-                    .load(&hf, &Device::Cpu)
-                    .and_then(|t| t.to_dtype(DType::F32))
-                    .map_err(|e| {
-                        anyhow::anyhow!("{}: cannot read tensor `{hf}`: {e}", path.display())
-                    })?;
-                (RawTensor::Dense(t), path.clone())
+            WeightSource::Safetensors(shards) => {
+                let (t, path) = shards.get(&hf_name(name))?;
+                (t, path.to_path_buf())
             }
         };
         let dims = t.dims();

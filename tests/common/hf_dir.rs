@@ -1,7 +1,9 @@
 //! Builds a Hugging Face-layout directory (config.json, two safetensors
 //! shards with an index, tokenizer files) from the Qwen2.5-0.5B GGUF by
 //! dequantizing every tensor, so the safetensors path is tested on real
-//! weights. Cached next to the checkpoints; rebuilt when missing.
+//! weights. Cached next to the checkpoints; rebuilt when missing. Built in a
+//! scratch directory and renamed into place, so no test ever maps a shard
+//! that another one is still writing.
 
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
@@ -9,12 +11,35 @@ use r1serve::model::weights::hf_name;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+/// The bf16 Qwen2.5-Coder-0.5B directory with its tokenizer files, built on
+/// first use.
+pub fn qwen05_bf16() -> PathBuf {
+    let gguf = super::qwen05();
+    qwen05_hf_dir(&gguf, |dir| {
+        let file = r1serve::model::weights::GgufFile::open(&gguf).unwrap();
+        let tok = r1serve::tokenizer::Tokenizer::from_gguf(&file.content, &gguf).unwrap();
+        tok.inner().save(dir.join("tokenizer.json"), false).unwrap();
+        let config = serde_json::json!({
+            "bos_token": null,
+            "eos_token": tok.eos_token(),
+            "add_bos_token": false,
+            "chat_template": tok.chat_template(),
+        });
+        std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
+    })
+}
+
 /// The directory, built on first use.
 pub fn qwen05_hf_dir(gguf: &Path, tokenizer_json: impl Fn(&Path)) -> PathBuf {
-    let dir = gguf.parent().unwrap().join("hf-qwen2.5-coder-0.5b-bf16");
-    if dir.join("complete").exists() {
-        return dir;
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_builder = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
+    const NAME: &str = "hf-qwen2.5-coder-0.5b-bf16";
+    let done = gguf.parent().unwrap().join(NAME);
+    if done.join("complete").exists() {
+        return done;
     }
+    let dir = done.with_file_name(format!("{NAME}.building-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let mut f = std::fs::File::open(gguf).unwrap();
     let ct = gguf_file::Content::read(&mut f).unwrap();
@@ -77,5 +102,13 @@ pub fn qwen05_hf_dir(gguf: &Path, tokenizer_json: impl Fn(&Path)) -> PathBuf {
     std::fs::write(dir.join("generation_config.json"), gen.to_string()).unwrap();
     tokenizer_json(&dir);
     std::fs::write(dir.join("complete"), b"").unwrap();
-    dir
+    if done.exists() && !done.join("complete").exists() {
+        // Left half-built by an older helper that wrote in place.
+        std::fs::remove_dir_all(&done).unwrap();
+    }
+    if std::fs::rename(&dir, &done).is_err() {
+        // Another process finished first; its copy is the same.
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    done
 }
