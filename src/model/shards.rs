@@ -116,19 +116,21 @@ fn header_error(path: &Path, map: &[u8], e: SafeTensorError) -> anyhow::Error {
         SafeTensorError::MetadataIncompleteBuffer => {
             // The header parsed, so its tensors' extent can be reported.
             let n = declared_header.unwrap_or(0) as usize;
-            let declared = serde_json::from_slice::<Metadata>(&map[LEN_PREFIX..LEN_PREFIX + n])
+            let declared = map
+                .get(LEN_PREFIX..LEN_PREFIX + n)
+                .and_then(|h| serde_json::from_slice::<Metadata>(h).ok())
                 .map(|m| LEN_PREFIX + n + m.data_len());
             match declared {
-                Ok(d) if d > len => anyhow!(
+                Some(d) if d > len => anyhow!(
                     "{}: file is truncated: its header describes {d} bytes but the file has {len}",
                     path.display()
                 ),
-                Ok(d) => anyhow!(
+                Some(d) => anyhow!(
                     "{}: {} bytes follow the last tensor ({d} bytes described, {len} in the file)",
                     path.display(),
                     len - d
                 ),
-                Err(_) => anyhow!("{}: not a valid safetensors file: {e}", path.display()),
+                None => anyhow!("{}: not a valid safetensors file: {e}", path.display()),
             }
         }
         e => anyhow!("{}: not a valid safetensors file: {e}", path.display()),
