@@ -7,6 +7,7 @@ mod common;
 use common::engine::{greedy, run, start, text_prompt};
 use futures::future::join_all;
 use futures::StreamExt;
+use r1serve::engine::stop::StopStrings;
 use r1serve::engine::types::{EngineRequest, FinishReason, SamplingParams};
 use r1serve::engine::EngineConfig;
 use std::path::Path;
@@ -317,11 +318,17 @@ fn stop_strings_max_tokens_and_eos() {
             .unwrap();
         let stop: String = text[mid..].chars().take(3).collect();
         let mut params = greedy(30);
-        params.stop = vec![stop.clone()];
-        let stopped = run(&h, p.clone(), params).await;
+        params.stop = StopStrings::new(vec![stop.clone()]).unwrap();
+        let stopped = run(&h, p.clone(), params.clone()).await;
         assert_eq!(stopped.finish[0], Some(FinishReason::Stop));
         assert!(!stopped.text[0].contains(&stop));
         assert!(text.starts_with(&stopped.text[0]));
+        // min_tokens: the stop string is not looked for before then, so the
+        // text runs past its first occurrence to the full 30 tokens.
+        params.min_tokens = 30;
+        let held_on = run(&h, p.clone(), params).await;
+        assert_eq!(held_on.tokens[0].len(), 30, "{:?}", held_on.text[0]);
+        assert!(held_on.text[0].contains(&stop), "{:?}", held_on.text[0]);
         // Stop token: generation ends right after its first occurrence.
         let t = &free.tokens[0];
         let k = (1..t.len()).find(|&k| !t[..k].contains(&t[k])).unwrap();

@@ -34,6 +34,22 @@ fn model_path(file: &str) -> PathBuf {
     path
 }
 
+/// The Python with the test clients (`tests/requirements.txt`):
+/// `$R1SERVE_PYTHON`, else the venv `models/fetch.sh` creates
+/// (`$R1SERVE_VENV`, default `~/.cache/r1serve/venv`), else `python3`.
+/// Whichever it is, a missing client fails the test that needs it.
+fn python() -> PathBuf {
+    if let Some(python) = std::env::var_os("R1SERVE_PYTHON") {
+        return python.into();
+    }
+    let venv = std::env::var_os("R1SERVE_VENV")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/r1serve/venv")));
+    venv.map(|v| v.join("bin/python"))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| "python3".into())
+}
+
 /// A free port: bind port 0, read the port, release it. Another process
 /// could take it in between, which is unlikely enough on a test machine.
 fn free_port() -> u16 {
@@ -568,22 +584,27 @@ async fn sampling_options(server: &Server) {
         .as_str()
         .expect("content")
         .to_string();
+    // Counting to twenty in 40 tokens always yields more than 4 words; the
+    // check must run, so fewer is a failure rather than a skip.
     let words: Vec<&str> = full_text.split_whitespace().collect();
-    if words.len() >= 4 {
-        let stop = words[3];
-        let mut stopped_body = greedy.clone();
-        stopped_body["stop"] = json!([stop]);
-        let stopped = server.post_ok("/v1/chat/completions", &stopped_body).await;
-        let text = stopped["choices"][0]["message"]["content"]
-            .as_str()
-            .expect("content");
-        assert!(!text.contains(stop), "{text:?} contains stop {stop:?}");
-        assert!(
-            full_text.starts_with(text),
-            "{text:?} is not a prefix of {full_text:?}"
-        );
-        assert_eq!(stopped["choices"][0]["finish_reason"], "stop");
-    }
+    assert!(
+        words.len() >= 4,
+        "too little text to pick a stop from: {full_text:?}"
+    );
+    let stop = words[3];
+    let mut stopped_body = greedy.clone();
+    stopped_body["stop"] = json!([stop]);
+    let stopped = server.post_ok("/v1/chat/completions", &stopped_body).await;
+    let text = stopped["choices"][0]["message"]["content"]
+        .as_str()
+        .expect("content");
+    assert!(!text.contains(stop), "{text:?} contains stop {stop:?}");
+    assert!(
+        full_text.starts_with(text),
+        "{text:?} is not a prefix of {full_text:?}"
+    );
+    assert!(text.len() < full_text.len(), "{text:?} was not cut");
+    assert_eq!(stopped["choices"][0]["finish_reason"], "stop");
 
     // Chat logprobs: one entry per token, the requested alternatives.
     let reply = server
@@ -743,13 +764,13 @@ async fn concurrent_streams_complete(server: &Server) {
 /// the server.
 async fn python_openai_client(server: &Server) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openai_client.py");
-    let output = tokio::process::Command::new("python3")
+    let output = tokio::process::Command::new(python())
         .arg(script)
         .env("OPENAI_BASE_URL", server.url("/v1"))
         .env("OPENAI_API_KEY", KEY)
         .output()
         .await
-        .expect("cannot run python3");
+        .expect("cannot run Python");
     assert!(
         output.status.success(),
         "openai_client.py failed:\n{}\n{}",
@@ -839,7 +860,7 @@ async fn kv_cache_dtypes_serve() {
 async fn schemathesis_conformance() {
     let server = Server::start(SMOL, &["--max-model-len", "128"], Some(KEY)).await;
     let tests = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
-    let output = tokio::process::Command::new("python3")
+    let output = tokio::process::Command::new(python())
         .args(["-m", "schemathesis.cli", "run", "openapi.yaml"])
         .args(["--url", &server.base])
         .args(["-H", &format!("Authorization: Bearer {KEY}")])
@@ -853,7 +874,7 @@ async fn schemathesis_conformance() {
         .kill_on_drop(true)
         .output()
         .await
-        .expect("cannot run python3 -m schemathesis.cli");
+        .expect("cannot run Python's schemathesis.cli");
     assert!(
         output.status.success(),
         "schemathesis found problems:\n{}\n{}",
@@ -917,4 +938,100 @@ async fn reasoning_lands_in_reasoning_content() {
     let metric = server.metric("r1serve:finished_in_reasoning_total").await;
     assert!(metric >= 1.0);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Median wall time of `runs` sequential copies of `body` on `path`.
+async fn median_latency(server: &Server, path: &str, body: &Value, runs: usize) -> Duration {
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let start = Instant::now();
+        server.post_ok(path, body).await;
+        times.push(start.elapsed());
+    }
+    times.sort();
+    times[runs / 2]
+}
+
+/// One request cannot starve the others. Stop strings beyond the byte limit
+/// get a 400 naming it, and the largest allowed stop list on many samples
+/// leaves an unrelated short chat's latency within 2x its idle latency (the
+/// issue measured 30-40x with unbounded stops). An `n = 128` request leaves
+/// slots to others: a short chat arriving behind it is admitted at once
+/// rather than after its samples finish, so it takes a handful of steps of
+/// a batch capped at 16 + 1 sequences (bounded at 4x idle, where waiting for
+/// the 64 first samples to finish would take their 64 tokens at batch 64).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_request_cannot_starve_the_others() {
+    let server = Server::start(SMOL, &[], None).await;
+    let victim = chat(
+        "Say hello.",
+        json!({"max_tokens": 8, "temperature": 0, "ignore_eos": true}),
+    );
+    median_latency(&server, "/v1/chat/completions", &victim, 1).await;
+    let idle = median_latency(&server, "/v1/chat/completions", &victim, 3).await;
+
+    let oversized: Vec<String> = (0..16)
+        .map(|i| format!("{i}{}", "x".repeat(400_000)))
+        .collect();
+    let response = server
+        .post(
+            "/v1/chat/completions",
+            &chat("hi", json!({"stop": oversized, "max_tokens": 4})),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["error"]["param"], "stop", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("4096"),
+        "{body}"
+    );
+
+    // The largest stop list allowed, made of prefixes of common text so
+    // partial matches are held all the time, on 4 long-running samples.
+    let stops: Vec<String> = (0..16)
+        .map(|i| format!("{} the{}", ["e", " ", "a", "t"][i % 4], "e".repeat(250)))
+        .collect();
+    let flood_body = chat(
+        "Write a long story.",
+        json!({"stop": stops, "n": 4, "max_tokens": 400, "ignore_eos": true, "temperature": 1.0}),
+    );
+    let client = server.client.clone();
+    let url = server.url("/v1/chat/completions");
+    let flood = tokio::spawn(async move { client.post(url).json(&flood_body).send().await });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server.metric("r1serve:num_requests_running").await < 1.0 {
+        assert!(Instant::now() < deadline, "flood never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let busy = median_latency(&server, "/v1/chat/completions", &victim, 3).await;
+    assert!(
+        busy <= idle * 2,
+        "stop-string flood: {busy:?} against {idle:?} idle"
+    );
+    flood.abort();
+    wait_engine_idle(&server, "stop flood").await;
+
+    let wide_body = chat(
+        "Write a long story.",
+        json!({"n": 128, "max_tokens": 64, "ignore_eos": true, "temperature": 1.0}),
+    );
+    let client = server.client.clone();
+    let url = server.url("/v1/chat/completions");
+    let wide = tokio::spawn(async move { client.post(url).json(&wide_body).send().await });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server.metric("r1serve:num_requests_running").await < 1.0 {
+        assert!(Instant::now() < deadline, "n = 128 request never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let behind = median_latency(&server, "/v1/chat/completions", &victim, 1).await;
+    assert!(
+        behind <= idle * 4,
+        "behind an n = 128 request: {behind:?} against {idle:?} idle"
+    );
+    wide.abort();
+    wait_engine_idle(&server, "n = 128").await;
 }
