@@ -11,7 +11,7 @@ use r1serve::engine::stop::StopStrings;
 use r1serve::engine::types::{EngineRequest, FinishReason, SamplingParams};
 use r1serve::engine::EngineConfig;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -167,29 +167,54 @@ fn chunked_prefill_matches_and_running_stream_keeps_decoding() {
             })
             .unwrap();
         stream.next().await.unwrap(); // decoding now
-        let steps_before = h.stats().steps;
-        let long_req = run(&h, long, greedy(8));
-        let drain = async {
-            let mut got = 0u64;
-            while let Some(o) = stream.next().await {
-                got += o
-                    .samples
-                    .iter()
-                    .map(|s| s.token_ids.len() as u64)
-                    .sum::<u64>();
+        let mut long_stream = h
+            .add_request(EngineRequest {
+                prompt: long,
+                params: greedy(8),
+            })
+            .unwrap();
+        // When the long prompt's prefill ends (its first token arrives), and
+        // its tokens.
+        let long_req = async {
+            let mut first = None;
+            let mut tokens = Vec::new();
+            while let Some(o) = long_stream.next().await {
+                for s in &o.samples {
+                    if !s.token_ids.is_empty() {
+                        first.get_or_insert_with(Instant::now);
+                    }
+                    tokens.extend_from_slice(&s.token_ids);
+                }
                 if o.finished {
                     break;
                 }
             }
-            got
+            (first.expect("the long request produced tokens"), tokens)
         };
-        let (chunked, decoded) = futures::join!(long_req, drain);
-        assert_eq!(chunked.tokens, expected.tokens);
-        let steps = h.stats().steps - steps_before;
-        // 2300 tokens in 256-token steps is at least 9 steps of prefill; the
-        // short stream got a token in every step it was alive.
-        assert!(steps >= 9);
-        assert_eq!(decoded, 199);
+        // When each of the short stream's tokens arrived.
+        let drain = async {
+            let mut arrivals = Vec::new();
+            while let Some(o) = stream.next().await {
+                for s in &o.samples {
+                    arrivals.extend(s.token_ids.iter().map(|_| Instant::now()));
+                }
+                if o.finished {
+                    break;
+                }
+            }
+            arrivals
+        };
+        let ((prefilled, chunked), arrivals) = futures::join!(long_req, drain);
+        assert_eq!(vec![chunked], expected.tokens);
+        assert_eq!(arrivals.len(), 199);
+        // 2300 prompt tokens in steps of 256 less the decode's one take ten
+        // steps, and the short stream decodes in each of them: at least the
+        // nine before the last one had arrived before the prefill ended.
+        let during = arrivals.iter().filter(|t| **t < prefilled).count();
+        assert!(
+            during >= 9,
+            "only {during} tokens decoded during the long prefill"
+        );
         h.shutdown();
     });
 }
