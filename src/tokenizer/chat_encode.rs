@@ -199,11 +199,10 @@ fn locate_markup(
         let longest = longest_prefix_within(&text[pos..], &contents[k]);
         let len = if i + 1 == refs.len() {
             // The last piece must end the text exactly.
-            let len = (text.len() - pos)
+            (text.len() - pos)
                 .checked_sub(next.len())
                 .filter(|&l| l <= longest && text.ends_with(next))
-                .ok_or_else(refused)?;
-            len
+                .ok_or_else(refused)?
         } else {
             // The template's next text must start at exactly one place
             // within the stretch that content could cover.
