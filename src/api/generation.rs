@@ -15,6 +15,7 @@ use super::protocol::{
     CompletionTokensDetails, FinishReason, GenerationParams, PromptTokensDetails, Usage,
 };
 use super::state::ServedModel;
+use crate::engine::stop::StopStrings;
 use crate::engine::types::{
     EngineError, EngineRequest, FinishReason as EngineFinish, RequestUsage, SampleOutput,
     SamplingParams, TokenLogprob,
@@ -77,7 +78,8 @@ pub fn sampling_params(
         min_tokens: params.min_tokens as usize,
         ignore_eos: params.ignore_eos,
         stop_token_ids: Vec::new(),
-        stop: params.stop.clone(),
+        stop: StopStrings::new(params.stop.clone())
+            .map_err(|e| ApiError::bad_request("stop", e))?,
         n: params.n as usize,
         skip_special_tokens: true,
     })

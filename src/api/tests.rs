@@ -22,6 +22,7 @@ use crate::engine::types::{
 };
 use crate::metrics::Metrics;
 use crate::reasoning::ReasoningParser;
+use crate::tokenizer::ChatPrompt;
 use crate::types::TokenId;
 
 /// One byte per token, so token counts are easy to predict.
@@ -41,12 +42,13 @@ impl PromptCodec for ByteCodec {
     fn vocab_size(&self) -> usize {
         256
     }
-    fn render_chat(
+    fn encode_chat(
         &self,
         messages: &Value,
         add_generation_prompt: bool,
         _extra: &Map<String, Value>,
-    ) -> anyhow::Result<String> {
+        add_special_tokens: bool,
+    ) -> anyhow::Result<ChatPrompt> {
         let mut out = String::new();
         for m in messages.as_array().into_iter().flatten() {
             out.push_str(&format!(
@@ -59,7 +61,8 @@ impl PromptCodec for ByteCodec {
             out.push_str("<assistant>");
             out.push_str(self.generation_suffix);
         }
-        Ok(out)
+        let ids = self.encode(&out, add_special_tokens)?;
+        Ok(ChatPrompt { text: out, ids })
     }
 }
 

@@ -27,14 +27,17 @@ pub async fn tokenize(
                 serde_json::to_value(text_messages(&chat.messages)?).map_err(ApiError::internal)?;
             let kwargs = chat.chat_template_kwargs.unwrap_or_default();
             blocking(move || {
-                let prompt = codec
-                    .render_chat(&messages, chat.add_generation_prompt, &kwargs)
+                codec
+                    .encode_chat(
+                        &messages,
+                        chat.add_generation_prompt,
+                        &kwargs,
+                        chat.add_special_tokens,
+                    )
+                    .map(|prompt| prompt.ids)
                     .map_err(|e| {
                         ApiError::bad_request("messages", format!("chat template error: {e}"))
-                    })?;
-                codec
-                    .encode(&prompt, chat.add_special_tokens)
-                    .map_err(ApiError::internal)
+                    })
             })
             .await?
         }

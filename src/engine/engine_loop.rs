@@ -165,6 +165,7 @@ impl Engine {
             sched: Scheduler::new(SchedulerConfig {
                 max_num_seqs: config.max_num_seqs,
                 max_num_batched_tokens: config.max_num_batched_tokens,
+                max_seqs_per_request: (config.max_num_seqs / 4).max(1),
             }),
             model,
             tokenizer,
@@ -450,7 +451,7 @@ fn sample_and_advance(
         }
     } else {
         let delta = seq.detok.push(tokenizer, token).unwrap_or_default();
-        let (emit, hit) = seq.stop.push(&delta);
+        let (emit, hit) = seq.match_stops(&delta);
         text = emit;
         if hit.is_some() {
             finish = Some(FinishReason::Stop);

@@ -8,10 +8,22 @@
 //! admissions. When blocks run out, the most recently admitted running
 //! sequence is preempted: its blocks are freed and it goes back to the head
 //! of the queue, to be recomputed (through the prefix cache when possible).
+//!
+//! Fairness between requests: a request runs at most
+//! `max_seqs_per_request` of its `n` samples at once (the engine sets a
+//! quarter of `max_num_seqs`), so an `n = 128` request leaves most slots to
+//! others, and its remaining samples queue behind its own. Admission takes
+//! the waiting sequence whose request has the fewest running samples, in
+//! queue order among equals: a newly arrived request (none running) has its
+//! prefill admitted ahead of the next sample of a request already running,
+//! and free slots go round-robin between requests with samples waiting.
+//! The cost is that a lone large-`n` request runs in waves even when the
+//! engine has idle slots; in exchange no request waits for another's samples
+//! to finish before it starts.
 
 use super::sequence::{SeqStatus, Sequence};
 use crate::kv_cache::manager::KvCacheManager;
-use crate::types::SeqId;
+use crate::types::{RequestId, SeqId};
 use std::collections::{HashMap, VecDeque};
 
 /// Limits of one step.
@@ -21,6 +33,8 @@ pub struct SchedulerConfig {
     pub max_num_seqs: usize,
     /// Most tokens through the model in one step.
     pub max_num_batched_tokens: usize,
+    /// Most samples of one request running at once.
+    pub max_seqs_per_request: usize,
 }
 
 /// What to run this step: sequence ids with their number of new tokens.
@@ -149,14 +163,39 @@ impl Scheduler {
     }
 
     fn admit(&mut self, kv: &mut KvCacheManager, budget: &mut usize, out: &mut SchedulerOutput) {
-        let mut i = 0;
-        while *budget > 0 && self.running.len() < self.config.max_num_seqs && i < self.waiting.len()
-        {
-            let id = self.waiting[i];
+        if self.waiting.is_empty() || self.running.len() >= self.config.max_num_seqs {
+            return;
+        }
+        let mut running: HashMap<RequestId, usize> = HashMap::new();
+        for id in &self.running {
+            *running.entry(self.seqs[id].request).or_default() += 1;
+        }
+        // Admitting in order of (samples its request would then have
+        // running, queue position) is what repeatedly taking the request
+        // with the fewest running samples does, computed in one sort.
+        let mut ahead: HashMap<RequestId, usize> = HashMap::new();
+        let mut order: Vec<(usize, usize)> = self
+            .waiting
+            .iter()
+            .enumerate()
+            .map(|(pos, id)| {
+                let req = self.seqs[id].request;
+                let queued = ahead.entry(req).or_default();
+                *queued += 1;
+                (running.get(&req).copied().unwrap_or(0) + *queued - 1, pos)
+            })
+            .filter(|&(rank, _)| rank < self.config.max_seqs_per_request)
+            .collect();
+        order.sort_unstable();
+        let mut admitted = Vec::new();
+        for (_, pos) in order {
+            if *budget == 0 || self.running.len() >= self.config.max_num_seqs {
+                break;
+            }
+            let id = self.waiting[pos];
             let seq = &self.seqs[&id];
             if let Some(parent) = seq.wait_for {
                 if self.seqs.get(&parent).is_some_and(|p| p.in_prefill()) {
-                    i += 1;
                     continue;
                 }
             }
@@ -173,10 +212,14 @@ impl Scheduler {
             }
             seq.num_computed = computed;
             seq.status = SeqStatus::Running;
-            self.waiting.remove(i);
+            admitted.push(pos);
             self.running.push(id);
             out.scheduled.push((id, n));
             *budget -= n;
+        }
+        admitted.sort_unstable();
+        for pos in admitted.into_iter().rev() {
+            self.waiting.remove(pos);
         }
     }
 }
@@ -185,7 +228,6 @@ impl Scheduler {
 mod tests {
     use super::*;
     use crate::engine::types::SamplingParams;
-    use crate::types::RequestId;
     use std::sync::Arc;
 
     fn seq(id: u64, prompt: usize) -> Sequence {
@@ -215,6 +257,7 @@ mod tests {
         SchedulerConfig {
             max_num_seqs: seqs,
             max_num_batched_tokens: tokens,
+            max_seqs_per_request: seqs,
         }
     }
 
@@ -288,5 +331,58 @@ mod tests {
         s.remove(SeqId(1), &mut kv);
         s.remove(SeqId(2), &mut kv);
         assert_eq!(kv.num_free_blocks(), 10);
+    }
+
+    fn sample(id: u64, request: u64, index: usize) -> Sequence {
+        Sequence::new(
+            SeqId(id),
+            RequestId(request),
+            index,
+            vec![1, 2, 3],
+            Arc::new(SamplingParams::default()),
+        )
+    }
+
+    #[test]
+    fn a_large_n_request_leaves_slots_and_the_queue_to_others() {
+        let mut kv = KvCacheManager::new(1000, 16, false);
+        let mut s = Scheduler::new(SchedulerConfig {
+            max_seqs_per_request: 4,
+            ..cfg(8, 1000)
+        });
+        for i in 0..32 {
+            s.add(sample(i, 1, i as usize));
+        }
+        let o = s.schedule(&mut kv);
+        assert_eq!(o.scheduled.len(), 4, "capped at 4 samples");
+        run_step(&mut s, &mut kv, &o);
+        // Two requests arrive behind 28 waiting samples of the first.
+        s.add(sample(100, 2, 0));
+        for i in 0..3 {
+            s.add(sample(200 + i, 3, i as usize));
+        }
+        let o = s.schedule(&mut kv);
+        let admitted: Vec<SeqId> = o.scheduled.iter().skip(4).map(|x| x.0).collect();
+        assert_eq!(
+            admitted,
+            [SeqId(100), SeqId(200), SeqId(201), SeqId(202)],
+            "newcomers first, fewest running first, queue order among equals"
+        );
+        assert_eq!(s.num_running(), 8);
+    }
+
+    #[test]
+    fn freed_slots_go_round_robin_between_waiting_requests() {
+        let mut kv = KvCacheManager::new(1000, 16, false);
+        let mut s = Scheduler::new(cfg(2, 1000));
+        for i in 0..4 {
+            s.add(sample(i, 1, i as usize));
+        }
+        for i in 0..4 {
+            s.add(sample(10 + i, 2, i as usize));
+        }
+        let o = s.schedule(&mut kv);
+        let first: Vec<SeqId> = o.scheduled.iter().map(|x| x.0).collect();
+        assert_eq!(first, [SeqId(0), SeqId(10)]);
     }
 }

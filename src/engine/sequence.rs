@@ -71,7 +71,7 @@ impl Sequence {
             wait_for: None,
             sampler: SamplerState::new(params.seed, index),
             detok: IncrementalDecoder::new(params.skip_special_tokens),
-            stop: StopChecker::new(&params.stop),
+            stop: StopChecker::new(params.stop.clone()),
             params,
         }
     }
@@ -84,6 +84,16 @@ impl Sequence {
     /// Tokens still to be run through the model.
     pub fn num_uncomputed(&self) -> usize {
         self.tokens.len() - self.num_computed
+    }
+
+    /// Runs new text through the stop matcher. Until `min_tokens` tokens
+    /// exist, stop strings are not looked for (as in vLLM): the text passes
+    /// straight through, and matching starts afresh from the next token.
+    pub fn match_stops(&mut self, text: &str) -> (String, Option<String>) {
+        if self.num_generated() < self.params.min_tokens {
+            return (text.to_string(), None);
+        }
+        self.stop.push(text)
     }
 
     /// Whether the prompt is still being computed.

@@ -1,6 +1,7 @@
 //! What goes into the engine and what comes out of it: the only types the
 //! HTTP layer and the engine share.
 
+use super::stop::StopStrings;
 use crate::kv_cache::storage::KvDtype;
 use crate::types::TokenId;
 
@@ -36,8 +37,9 @@ pub struct SamplingParams {
     pub ignore_eos: bool,
     /// Extra token ids that end generation.
     pub stop_token_ids: Vec<TokenId>,
-    /// Strings that end generation; they are not part of the output.
-    pub stop: Vec<String>,
+    /// Strings that end generation; they are not part of the output. Not
+    /// looked for before `min_tokens` tokens exist.
+    pub stop: StopStrings,
     /// Parallel samples sharing the prompt.
     pub n: usize,
     /// Drop special tokens from the text.
@@ -61,7 +63,7 @@ impl Default for SamplingParams {
             min_tokens: 0,
             ignore_eos: false,
             stop_token_ids: Vec::new(),
-            stop: Vec::new(),
+            stop: StopStrings::default(),
             n: 1,
             skip_special_tokens: true,
         }

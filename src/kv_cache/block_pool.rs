@@ -10,9 +10,14 @@
 use crate::types::BlockId;
 use std::collections::{HashMap, VecDeque};
 
-/// Hash of a full block: chained over the parent's hash, the block's token
-/// ids and any extra keys, so equal hashes mean equal prefixes.
-pub type BlockHash = u64;
+/// Hash of a full block: SHA-256 chained over the parent's hash, the
+/// block's token ids and any extra keys, so equal hashes mean equal
+/// prefixes. A block found by hash serves its KV to whoever asks, so the
+/// hash must be collision resistant: with a 64-bit hash a client could craft
+/// a prompt whose blocks collide with another's and read its KV (vLLM moved
+/// to SHA-256 for the same reason).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BlockHash(pub [u8; 32]);
 
 /// Fixed-size pool of KV blocks.
 pub struct BlockPool {
@@ -128,20 +133,34 @@ impl BlockPool {
     }
 }
 
-/// Chained hash of a block: parent hash, token ids and extra keys.
+/// Chained hash of a block: parent hash, token ids and extra keys, each
+/// field tagged or length-prefixed so no two inputs share an encoding.
 pub fn hash_block(parent: Option<BlockHash>, tokens: &[u32], extra: u64) -> BlockHash {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    parent.hash(&mut h);
-    tokens.hash(&mut h);
-    extra.hash(&mut h);
-    h.finish()
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    match parent {
+        Some(p) => {
+            h.update([1]);
+            h.update(p.0);
+        }
+        None => h.update([0]),
+    }
+    h.update((tokens.len() as u64).to_le_bytes());
+    for t in tokens {
+        h.update(t.to_le_bytes());
+    }
+    h.update(extra.to_le_bytes());
+    BlockHash(h.finalize().into())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    fn key(h: u8) -> BlockHash {
+        BlockHash([h; 32])
+    }
 
     #[derive(Clone, Debug)]
     enum Op {
@@ -201,12 +220,12 @@ mod tests {
                     Op::Register(i, h) => {
                         let b = BlockId((i % n) as u32);
                         if holders[b.index()] > 0 {
-                            pool.register(b, h as u64);
+                            pool.register(b, key(h));
                         }
                     }
                     Op::Lookup(h) => {
-                        if let Some(b) = pool.lookup(h as u64) {
-                            prop_assert_eq!(pool.hash_of(b), Some(h as u64));
+                        if let Some(b) = pool.lookup(key(h)) {
+                            prop_assert_eq!(pool.hash_of(b), Some(key(h)));
                         }
                     }
                 }
@@ -218,7 +237,7 @@ mod tests {
                 let mut seen = std::collections::HashSet::new();
                 for b in 0..n {
                     if let Some(h) = pool.hash_of(BlockId(b as u32)) {
-                        prop_assert!(seen.insert(h), "hash {} on two blocks", h);
+                        prop_assert!(seen.insert(h), "hash {:?} on two blocks", h);
                         prop_assert_eq!(pool.lookup(h), Some(BlockId(b as u32)));
                     }
                 }
@@ -240,14 +259,30 @@ mod tests {
         let mut pool = BlockPool::new(2);
         let a = pool.allocate().unwrap();
         let b = pool.allocate().unwrap();
-        pool.register(a, 1);
-        pool.register(b, 2);
+        pool.register(a, key(1));
+        pool.register(b, key(2));
         pool.release(a);
         pool.release(b);
-        assert_eq!(pool.lookup(1), Some(a));
+        assert_eq!(pool.lookup(key(1)), Some(a));
         let c = pool.allocate().unwrap();
         assert_eq!(c, a, "least recently freed goes first");
-        assert_eq!(pool.lookup(1), None);
-        assert_eq!(pool.lookup(2), Some(b));
+        assert_eq!(pool.lookup(key(1)), None);
+        assert_eq!(pool.lookup(key(2)), Some(b));
+    }
+
+    #[test]
+    fn block_hash_is_sha256_of_an_unambiguous_encoding() {
+        // Known answer, from Python's hashlib: SHA-256 of
+        // [0] ++ 2u64 ++ 1u32 ++ 2u32 ++ 0u64, little-endian.
+        let want = "707bf01b66c92492fd91edcc3e8615334f8f18c48034720b29c9f0e44a3132d1";
+        let root = hash_block(None, &[1, 2], 0);
+        let hex: String = root.0.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, want);
+        // Chaining, token order, extra keys and the parent's presence all
+        // change the hash.
+        assert_ne!(hash_block(Some(root), &[1, 2], 0), root);
+        assert_ne!(hash_block(None, &[2, 1], 0), root);
+        assert_ne!(hash_block(None, &[1, 2], 1), root);
+        assert_ne!(hash_block(Some(BlockHash([0; 32])), &[1, 2], 0), root);
     }
 }

@@ -16,29 +16,41 @@ pub enum ResolvedSource {
     HfDir(PathBuf),
 }
 
-/// Finds every part of a split GGUF (`name-00001-of-00003.gguf`), or just
-/// the file itself when it is not split.
+/// Names every part of a split GGUF (`name-00001-of-00003.gguf`) from the
+/// name of one of them, in order; `None` when the name is not a split one.
+fn split_part_names(name: &str) -> Option<Vec<String>> {
+    let stem = name.strip_suffix(".gguf").unwrap_or(name);
+    let split = stem.rsplitn(4, '-').collect::<Vec<_>>();
+    let [total, "of", idx, base] = split[..] else {
+        return None;
+    };
+    let (Ok(total), Ok(_)) = (total.parse::<usize>(), idx.parse::<usize>()) else {
+        return None;
+    };
+    let width = idx.len();
+    Some(
+        (1..=total)
+            .map(|i| format!("{base}-{i:0width$}-of-{total:0width$}.gguf"))
+            .collect(),
+    )
+}
+
+/// Finds every part of a split GGUF (`name-00001-of-00003.gguf`) next to
+/// `first`, or just the file itself when it is not split.
 pub fn gguf_parts(first: &Path) -> Result<Vec<PathBuf>> {
     let name = first
         .file_name()
         .and_then(|n| n.to_str())
         .with_context(|| format!("{}: not a file name", first.display()))?;
-    let stem = name.strip_suffix(".gguf").unwrap_or(name);
-    let split = stem.rsplitn(4, '-').collect::<Vec<_>>();
-    if let [total, "of", idx, base] = split[..] {
-        if let (Ok(total), Ok(_)) = (total.parse::<usize>(), idx.parse::<usize>()) {
-            let width = idx.len();
-            let dir = first.parent().unwrap_or(Path::new("."));
-            let parts: Vec<PathBuf> = (1..=total)
-                .map(|i| dir.join(format!("{base}-{i:0width$}-of-{total:0width$}.gguf")))
-                .collect();
-            if let Some(missing) = parts.iter().find(|p| !p.exists()) {
-                bail!("{}: split GGUF part is missing", missing.display());
-            }
-            return Ok(parts);
-        }
+    let Some(names) = split_part_names(name) else {
+        return Ok(vec![first.to_path_buf()]);
+    };
+    let dir = first.parent().unwrap_or(Path::new("."));
+    let parts: Vec<PathBuf> = names.iter().map(|n| dir.join(n)).collect();
+    if let Some(missing) = parts.iter().find(|p| !p.exists()) {
+        bail!("{}: split GGUF part is missing", missing.display());
     }
-    Ok(vec![first.to_path_buf()])
+    Ok(parts)
 }
 
 /// Resolves a local path or a Hub repo id.
@@ -99,9 +111,18 @@ struct HubRepo {
 
 impl HubRepo {
     fn new(repo: &str, revision: Option<&str>) -> Result<Self> {
+        Self::with_cache(repo, revision, hf_hub::Cache::from_env(), offline())
+    }
+
+    /// A getter over `cache`, downloading what it lacks unless `offline`.
+    fn with_cache(
+        repo: &str,
+        revision: Option<&str>,
+        cache: hf_hub::Cache,
+        offline: bool,
+    ) -> Result<Self> {
         let revision = revision.unwrap_or("main").to_string();
-        let cache = hf_hub::Cache::from_env();
-        let api = if offline() {
+        let api = if offline {
             None
         } else {
             let token = std::env::var("HF_TOKEN").ok().or_else(|| cache.token());
@@ -162,6 +183,26 @@ impl HubRepo {
     }
 }
 
+/// Every part of the Hub GGUF `file` (a path inside the repo), each fetched
+/// through the cache or the Hub: the parts of a split file live next to the
+/// first in the repo, not in the current directory.
+fn hub_gguf_parts(hub: &HubRepo, file: &str) -> Result<Vec<PathBuf>> {
+    let (dir, name) = match file.rsplit_once('/') {
+        Some((dir, name)) => (Some(dir), name),
+        None => (None, file),
+    };
+    match split_part_names(name) {
+        None => Ok(vec![hub.get(file)?]),
+        Some(names) => names
+            .iter()
+            .map(|n| match dir {
+                Some(dir) => hub.get(&format!("{dir}/{n}")),
+                None => hub.get(n),
+            })
+            .collect(),
+    }
+}
+
 fn from_hub(spec: &str, revision: Option<&str>) -> Result<ResolvedSource> {
     let (repo_id, gguf_file) = match spec.split_once(':') {
         Some((r, f)) => (r, Some(f)),
@@ -169,14 +210,7 @@ fn from_hub(spec: &str, revision: Option<&str>) -> Result<ResolvedSource> {
     };
     let hub = HubRepo::new(repo_id, revision)?;
     if let Some(file) = gguf_file {
-        let first = hub.get(file)?;
-        let parts = gguf_parts(Path::new(file))?;
-        if parts.len() > 1 {
-            for p in &parts[1..] {
-                hub.get(&p.to_string_lossy())?;
-            }
-        }
-        return Ok(ResolvedSource::Gguf(gguf_parts(&first)?));
+        return Ok(ResolvedSource::Gguf(hub_gguf_parts(&hub, file)?));
     }
     let mut dir = None;
     for f in HF_FILES {
@@ -236,5 +270,38 @@ mod tests {
         std::fs::write(dir.join("m-00002-of-00002.gguf"), b"x").unwrap();
         assert_eq!(gguf_parts(&a).unwrap().len(), 2);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// `org/name:dir/m-00001-of-00002.gguf` in an offline HF cache (the
+    /// layout hf-hub reads: `models--org--name/refs/main` naming a snapshot
+    /// that holds the files): both parts come from the snapshot, whatever
+    /// the current directory holds, and a missing part is named.
+    #[test]
+    fn split_gguf_parts_resolve_through_the_hub_cache() {
+        let root = std::env::temp_dir().join(format!("r1serve-hfcache-{}", std::process::id()));
+        let repo = root.join("models--org--name");
+        let snapshot = repo.join("snapshots/0123abcd");
+        std::fs::create_dir_all(snapshot.join("q4")).unwrap();
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        std::fs::write(repo.join("refs/main"), "0123abcd").unwrap();
+        let part = |i: usize| snapshot.join(format!("q4/m-0000{i}-of-00002.gguf"));
+        std::fs::write(part(1), b"x").unwrap();
+        let cache = hf_hub::Cache::new(root.clone());
+        let hub = HubRepo::with_cache("org/name", None, cache, true).unwrap();
+        let err = hub_gguf_parts(&hub, "q4/m-00001-of-00002.gguf")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("q4/m-00002-of-00002.gguf") && err.contains("HF_HUB_OFFLINE"),
+            "{err}"
+        );
+        std::fs::write(part(2), b"x").unwrap();
+        let parts = hub_gguf_parts(&hub, "q4/m-00001-of-00002.gguf").unwrap();
+        assert_eq!(parts, [part(1), part(2)]);
+        assert_eq!(
+            hub_gguf_parts(&hub, "q4/m-00002-of-00002.gguf").unwrap(),
+            [part(1), part(2)]
+        );
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

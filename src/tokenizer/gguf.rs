@@ -298,13 +298,6 @@ impl Tokenizer {
         }
         let chat_template = meta.string("tokenizer.chat_template")?.map(str::to_owned);
 
-        Ok(Tokenizer::from_parts(
-            inner,
-            bos,
-            eos,
-            pad_id,
-            add_bos_token,
-            chat_template,
-        ))
+        Tokenizer::from_parts(inner, bos, eos, pad_id, add_bos_token, chat_template)
     }
 }

@@ -133,13 +133,6 @@ impl Tokenizer {
             );
         }
 
-        Ok(Tokenizer::from_parts(
-            inner,
-            bos,
-            eos,
-            pad_id,
-            add_bos_token,
-            template,
-        ))
+        Tokenizer::from_parts(inner, bos, eos, pad_id, add_bos_token, template)
     }
 }

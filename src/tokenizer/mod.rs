@@ -7,6 +7,7 @@
 //! plus the few facts the server needs around it: BOS/EOS, whether BOS is
 //! prepended, and the chat template source.
 
+mod chat_encode;
 mod detok;
 mod gguf;
 mod hf;
@@ -14,10 +15,12 @@ mod template;
 
 use std::collections::HashSet;
 
+use aho_corasick::{AhoCorasick, MatchKind};
 use anyhow::{anyhow, Result};
 
 use crate::types::TokenId;
 
+pub use chat_encode::ChatPrompt;
 pub use detok::IncrementalDecoder;
 pub use template::ChatTemplate;
 
@@ -43,6 +46,13 @@ pub struct Tokenizer {
     /// Ids of added tokens marked special, cached because `is_special` runs
     /// for every generated token.
     special_ids: HashSet<TokenId>,
+    /// The same tokenizer without its added vocabulary: text it encodes
+    /// never yields an added token, whatever the text spells.
+    plain: tokenizers::Tokenizer,
+    /// Finds added-token strings, leftmost-longest as the added vocabulary
+    /// matches them, with each pattern's id.
+    added: AhoCorasick,
+    added_ids: Vec<TokenId>,
 }
 
 impl Tokenizer {
@@ -58,18 +68,30 @@ impl Tokenizer {
         pad_id: Option<TokenId>,
         add_bos_token: bool,
         chat_template: Option<String>,
-    ) -> Self {
-        let special_ids = inner
-            .get_added_tokens_decoder()
-            .into_iter()
+    ) -> Result<Self> {
+        let added_tokens = inner.get_added_tokens_decoder();
+        let special_ids = added_tokens
+            .iter()
             .filter(|(_, token)| token.special)
-            .map(|(id, _)| id)
+            .map(|(&id, _)| id)
             .collect();
+        let (added_ids, added_texts): (Vec<TokenId>, Vec<String>) = added_tokens
+            .into_iter()
+            .filter(|(_, token)| !token.content.is_empty())
+            .map(|(id, token)| (id, token.content))
+            .unzip();
+        let added = AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(&added_texts)
+            .map_err(|e| anyhow!("indexing {} added tokens: {e}", added_texts.len()))?;
+        let mut plain = tokenizers::Tokenizer::new(inner.get_model().clone());
+        plain.with_normalizer(inner.get_normalizer().cloned());
+        plain.with_pre_tokenizer(inner.get_pre_tokenizer().cloned());
         let (eos_token, eos_ids) = match eos {
             Some(eos) => (Some(eos.text), vec![eos.id]),
             None => (None, Vec::new()),
         };
-        Self {
+        Ok(Self {
             inner,
             bos,
             eos_token,
@@ -78,7 +100,10 @@ impl Tokenizer {
             add_bos_token,
             chat_template,
             special_ids,
-        }
+            plain,
+            added,
+            added_ids,
+        })
     }
 
     /// Tokenizes `text`. Special-token strings in the text (`<think>`,

@@ -31,6 +31,11 @@ pub const MAX_TOP_LOGPROBS: i64 = 20;
 /// keeps clients written for either working while bounding the per-token
 /// matching cost.
 pub const MAX_STOP_SEQUENCES: usize = 16;
+/// Most bytes (UTF-8) of all stop strings of a request together. Neither
+/// OpenAI nor vLLM documents one; real stop lists are a few dozen bytes, and
+/// 4 KiB bounds what a request's compiled stop strings and each sample's
+/// held-back text can cost.
+pub const MAX_STOP_BYTES: usize = 4096;
 /// What OpenAI reports for a logprob of −∞; JSON cannot encode infinities and
 /// serde_json would otherwise write `null`.
 pub const MIN_LOGPROB: f32 = -9999.0;

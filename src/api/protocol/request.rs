@@ -559,6 +559,13 @@ impl SamplingFields {
                 "'stop' strings must not be empty",
             ));
         }
+        let bytes: usize = stop.iter().map(String::len).sum();
+        if bytes > MAX_STOP_BYTES {
+            return Err(ApiError::bad_request(
+                "stop",
+                format!("'stop' strings may total at most {MAX_STOP_BYTES} bytes, got {bytes}"),
+            ));
+        }
         Ok(stop)
     }
 }

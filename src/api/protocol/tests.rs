@@ -295,6 +295,13 @@ fn stop_rules() {
     assert_rejected(json!({"stop": ["a", ""]}), "stop");
     let sixteen: Vec<String> = (0..MAX_STOP_SEQUENCES).map(|i| i.to_string()).collect();
     assert!(chat_with(json!({ "stop": sixteen })).validate().is_ok());
+    let at_limit = vec!["x".repeat(MAX_STOP_BYTES / 2); 2];
+    assert!(chat_with(json!({ "stop": at_limit })).validate().is_ok());
+    let over = vec![
+        "x".repeat(MAX_STOP_BYTES / 2),
+        "x".repeat(MAX_STOP_BYTES / 2 + 1),
+    ];
+    assert_rejected(json!({ "stop": over }), "stop");
 }
 
 #[test]
