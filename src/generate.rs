@@ -43,7 +43,7 @@ pub async fn run(opts: GenerateOptions) -> Result<()> {
         let template = crate::tokenizer::ChatTemplate::from_tokenizer(&tokenizer)
             .context("--chat needs the model's chat template")?;
         let messages = serde_json::json!([{"role": "user", "content": opts.prompt}]);
-        let text = template.render(&messages, true, &serde_json::Map::new())?;
+        let text = template.render(&messages, true, None, &serde_json::Map::new())?;
         tokenizer.encode(&text, false)?
     } else {
         tokenizer.encode(&opts.prompt, true)?

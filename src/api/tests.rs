@@ -22,6 +22,7 @@ use crate::engine::types::{
 };
 use crate::metrics::Metrics;
 use crate::reasoning::ReasoningParser;
+use crate::tools::ToolCallParser;
 use crate::types::TokenId;
 
 /// One byte per token, so token counts are easy to predict.
@@ -45,6 +46,7 @@ impl PromptCodec for ByteCodec {
         &self,
         messages: &Value,
         add_generation_prompt: bool,
+        _tools: Option<&Value>,
         _extra: &Map<String, Value>,
     ) -> anyhow::Result<String> {
         let mut out = String::new();
@@ -166,6 +168,7 @@ struct Setup {
     script: Vec<&'static str>,
     suffix: &'static str,
     reasoning: ReasoningParser,
+    tool_parser: ToolCallParser,
     keys: Vec<String>,
     hang: bool,
     queue_full: bool,
@@ -178,6 +181,7 @@ impl Default for Setup {
             script: vec!["<think>", "hmm", "</think>", "\n\n", "Hi", "!"],
             suffix: "",
             reasoning: ReasoningParser::DeepSeekR1,
+            tool_parser: ToolCallParser::Hermes,
             keys: Vec::new(),
             hang: false,
             queue_full: false,
@@ -206,6 +210,7 @@ fn harness(setup: Setup) -> Harness {
             default_temperature: Some(0.6),
             default_top_p: Some(0.95),
             reasoning: setup.reasoning,
+            tool_parser: setup.tool_parser,
             created: 1,
         });
     }
