@@ -11,15 +11,28 @@
 mod common;
 
 use std::path::Path;
+use std::sync::OnceLock;
 
 use r1serve::api::protocol::{text_messages, ChatMessage};
 use r1serve::reasoning::{ReasoningParser, ReasoningSplitter};
 use r1serve::tokenizer::{ChatTemplate, IncrementalDecoder, Tokenizer};
 use r1serve::tools::{ToolCallParser, ToolCallStream};
 
-fn tokenizer(path: &Path) -> Tokenizer {
+fn load(path: &Path) -> Tokenizer {
     let file = r1serve::model::weights::GgufFile::open(path).expect("gguf header");
     Tokenizer::from_gguf(&file.content, path).expect("tokenizer")
+}
+
+/// The DeepSeek-R1 tokenizer, read once: building one takes seconds.
+fn r1() -> &'static Tokenizer {
+    static TOKENIZER: OnceLock<Tokenizer> = OnceLock::new();
+    TOKENIZER.get_or_init(|| load(&common::r1_header()))
+}
+
+/// The Qwen2.5 tokenizer, read once.
+fn qwen() -> &'static Tokenizer {
+    static TOKENIZER: OnceLock<Tokenizer> = OnceLock::new();
+    TOKENIZER.get_or_init(|| load(&common::qwen05()))
 }
 
 /// What a client sees for one choice.
@@ -86,7 +99,7 @@ fn deepseek_markers_are_split_across_r1_tokens() {
     // The R1 distills keep Qwen's vocabulary, which has no DeepSeek tool
     // tokens: every marker arrives in pieces, the case the parser must hold
     // text back for.
-    let tok = tokenizer(&common::r1_header());
+    let tok = r1();
     for marker in [
         "<｜tool▁calls▁begin｜>",
         "<｜tool▁call▁begin｜>",
@@ -100,13 +113,13 @@ fn deepseek_markers_are_split_across_r1_tokens() {
 
 #[test]
 fn r1_calls_after_reasoning_are_parsed() {
-    let tok = tokenizer(&common::r1_header());
+    let tok = r1();
     let text = "<think>\nThe user wants the weather and the time, so I call both tools.\n</think>\n\n\
         <｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n\
         {\"city\": \"Paris\", \"unit\": \"celsius\"}\n```<｜tool▁call▁end｜>\n\
         <｜tool▁call▁begin｜>function<｜tool▁sep｜>get_time\n```json\n{\"tz\": \"Europe/Paris\"}\n```\
         <｜tool▁call▁end｜><｜tool▁calls▁end｜>";
-    let out = stream(&tok, text, ToolCallParser::DeepSeekR1);
+    let out = stream(tok, text, ToolCallParser::DeepSeekR1);
     assert_eq!(
         out,
         Streamed {
@@ -127,11 +140,11 @@ fn r1_calls_after_reasoning_are_parsed() {
 
 #[test]
 fn r1_calls_inside_reasoning_are_counted_not_executed() {
-    let tok = tokenizer(&common::r1_header());
+    let tok = r1();
     let inner = "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n\
         ```json\n{\"city\": \"Paris\"}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>";
     let text = format!("<think>\nMaybe {inner} but I know it.\n</think>\n\nIt is sunny in Paris.");
-    let out = stream(&tok, &text, ToolCallParser::DeepSeekR1);
+    let out = stream(tok, &text, ToolCallParser::DeepSeekR1);
     assert_eq!(out.content, "It is sunny in Paris.");
     assert!(out.calls.is_empty());
     assert_eq!(out.calls_in_reasoning, 1);
@@ -140,11 +153,11 @@ fn r1_calls_inside_reasoning_are_counted_not_executed() {
 
 #[test]
 fn r1_text_before_a_call_is_content() {
-    let tok = tokenizer(&common::r1_header());
+    let tok = r1();
     let text = "<think>\nok\n</think>\n\nLet me look that up.\n<｜tool▁calls▁begin｜>\
         <｜tool▁call▁begin｜>function<｜tool▁sep｜>search_web\n```json\n{\"query\": \"r1serve ¿qué?\"}\n```\
         <｜tool▁call▁end｜><｜tool▁calls▁end｜>";
-    let out = stream(&tok, text, ToolCallParser::DeepSeekR1);
+    let out = stream(tok, text, ToolCallParser::DeepSeekR1);
     assert_eq!(out.content, "Let me look that up.");
     assert_eq!(
         out.calls,
@@ -154,20 +167,20 @@ fn r1_text_before_a_call_is_content() {
 
 #[test]
 fn v31_calls_with_the_r1_tokenizer() {
-    let tok = tokenizer(&common::r1_header());
+    let tok = r1();
     let text = "<think>\nhm\n</think>\n\n<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_weather\
         <｜tool▁sep｜>{\"city\": \"Paris\"}<｜tool▁call▁end｜><｜tool▁calls▁end｜>";
-    let out = stream(&tok, text, ToolCallParser::DeepSeekV31);
+    let out = stream(tok, text, ToolCallParser::DeepSeekV31);
     assert_eq!(out.calls, [call("get_weather", r#"{"city": "Paris"}"#)]);
     assert_eq!(out.content, "");
 }
 
 #[test]
 fn hermes_calls_with_the_qwen_tokenizer() {
-    let tok = tokenizer(&common::qwen05());
+    let tok = qwen();
     assert_eq!(tok.encode("<tool_call>", false).unwrap().len(), 1);
     let text = "I will check.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\", \"days\": [1, 2]}}\n</tool_call>\n<tool_call>\n{\"name\": \"get_time\", \"arguments\": {}}\n</tool_call>";
-    let out = stream(&tok, text, ToolCallParser::Hermes);
+    let out = stream(tok, text, ToolCallParser::Hermes);
     assert_eq!(out.content, "I will check.");
     assert_eq!(
         out.calls,
@@ -177,19 +190,18 @@ fn hermes_calls_with_the_qwen_tokenizer() {
         ]
     );
     // The Qwen template has no reasoning block; a plain answer stays whole.
-    let plain = stream(&tok, "No tools needed: 4.", ToolCallParser::Hermes);
+    let plain = stream(tok, "No tools needed: 4.", ToolCallParser::Hermes);
     assert_eq!(plain.content, "No tools needed: 4.");
     assert!(plain.calls.is_empty());
 }
 
-fn check_tool_templates(key: &str, gguf: &Path) {
+fn check_tool_templates(key: &str, tok: &Tokenizer) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(format!("tool_templates_{key}.json"));
     let fixture: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    let tok = tokenizer(gguf);
-    let template = ChatTemplate::from_tokenizer(&tok).unwrap();
+    let template = ChatTemplate::from_tokenizer(tok).unwrap();
     for case in fixture["renders"].as_array().unwrap() {
         let messages: Vec<ChatMessage> = serde_json::from_value(case["messages"].clone()).unwrap();
         let messages = serde_json::to_value(text_messages(&messages).unwrap()).unwrap();
@@ -212,10 +224,10 @@ fn check_tool_templates(key: &str, gguf: &Path) {
 
 #[test]
 fn qwen_tool_templates_match_hf() {
-    check_tool_templates("qwen25coder", &common::qwen05());
+    check_tool_templates("qwen25coder", qwen());
 }
 
 #[test]
 fn r1_tool_templates_match_hf() {
-    check_tool_templates("r1qwen7b", &common::r1_header());
+    check_tool_templates("r1qwen7b", r1());
 }
