@@ -141,7 +141,7 @@ impl Reply {
                     // A reply that is only tool calls has no content, as
                     // OpenAI's.
                     content: (!generation.in_reasoning(i)
-                        && !(content[i].is_empty() && !calls[i].is_empty()))
+                        && (!content[i].is_empty() || calls[i].is_empty()))
                     .then(|| std::mem::take(&mut content[i])),
                     reasoning_content: (self.include_reasoning && !reasoning[i].is_empty())
                         .then(|| std::mem::take(&mut reasoning[i])),
