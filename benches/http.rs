@@ -285,7 +285,7 @@ async fn engine_level(h: &EngineHandle, prompts: &[Vec<u32>], tokens: usize) -> 
 /// The token ids the server's chat endpoint produces for client `i`.
 fn chat_prompt(tok: &Tokenizer, template: &ChatTemplate, i: usize) -> Vec<u32> {
     let text = template
-        .render(&messages(i), true, &serde_json::Map::new())
+        .render(&messages(i), true, None, &serde_json::Map::new())
         .expect("render");
     tok.encode(&text, false).expect("encode")
 }

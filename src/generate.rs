@@ -44,7 +44,14 @@ pub async fn run(opts: GenerateOptions) -> Result<()> {
             .context("--chat needs the model's chat template")?;
         let messages = serde_json::json!([{"role": "user", "content": opts.prompt}]);
         template
-            .encode(&tokenizer, &messages, true, &serde_json::Map::new(), false)?
+            .encode(
+                &tokenizer,
+                &messages,
+                true,
+                None,
+                &serde_json::Map::new(),
+                false,
+            )?
             .ids
     } else {
         tokenizer.encode(&opts.prompt, true)?

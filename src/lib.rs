@@ -15,4 +15,5 @@ pub mod metrics;
 pub mod model;
 pub mod reasoning;
 pub mod tokenizer;
+pub mod tools;
 pub mod types;

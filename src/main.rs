@@ -22,6 +22,7 @@ use r1serve::metrics::Metrics;
 use r1serve::model::load::{load, LoadOptions};
 use r1serve::reasoning::{ReasoningParser, THINK_END, THINK_START};
 use r1serve::tokenizer::ChatTemplate;
+use r1serve::tools::ToolCallParser;
 
 /// OpenAI-compatible inference server for DeepSeek-R1 distilled models.
 #[derive(Debug, Parser)]
@@ -80,6 +81,25 @@ enum ReasoningParserArg {
     Auto,
 }
 
+/// How tool calls are read from chat answers (vLLM's `--tool-call-parser`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ToolCallParserArg {
+    /// `<tool_call>{"name": …, "arguments": …}</tool_call>` (Qwen2.5).
+    Hermes,
+    /// DeepSeek-R1, V3 and R1-0528: `<｜tool▁call▁begin｜>function<｜tool▁sep｜>NAME`
+    /// and a fenced JSON block.
+    #[value(name = "deepseek_r1")]
+    DeepseekR1,
+    /// DeepSeek-V3.1: `<｜tool▁call▁begin｜>NAME<｜tool▁sep｜>{…}`.
+    #[value(name = "deepseek_v31")]
+    DeepseekV31,
+    /// Never parse tool calls: all output is content.
+    None,
+    /// Picked from the tool-call markup of the chat template (or of
+    /// `--tool-call-template`); `none` when it has none.
+    Auto,
+}
+
 #[derive(Debug, Args)]
 struct ServeArgs {
     /// Model to serve: a GGUF file, a Hugging Face directory, or a Hub repo
@@ -131,6 +151,13 @@ struct ServeArgs {
     /// How to split reasoning from the answer.
     #[arg(long, value_enum, default_value_t = ReasoningParserArg::Auto)]
     reasoning_parser: ReasoningParserArg,
+    /// How to read tool calls from the answer.
+    #[arg(long, value_enum, default_value_t = ToolCallParserArg::Auto)]
+    tool_call_parser: ToolCallParserArg,
+    /// Jinja chat template for requests that show the model tools, for
+    /// models whose own template has no tool block.
+    #[arg(long, value_name = "FILE")]
+    tool_call_template: Option<PathBuf>,
     /// Requests allowed to wait for admission before new ones get 503.
     #[arg(long, default_value_t = 256)]
     max_waiting_requests: usize,
@@ -248,17 +275,41 @@ fn load_model(args: &ServeArgs) -> Result<ServedModel> {
         ),
         None => tokenizer.chat_template().map(str::to_string),
     };
+    let compile = |source: &str| {
+        ChatTemplate::new(
+            source,
+            tokenizer.bos_token().map(str::to_string),
+            tokenizer.eos_token().map(str::to_string),
+        )
+    };
     let template = template_source
         .as_deref()
-        .map(|source| {
-            ChatTemplate::new(
-                source,
-                tokenizer.bos_token().map(str::to_string),
-                tokenizer.eos_token().map(str::to_string),
-            )
-        })
+        .map(compile)
         .transpose()
         .context("compiling the chat template")?;
+    let tool_template_source = args
+        .tool_call_template
+        .as_ref()
+        .map(|path| {
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading --tool-call-template {}", path.display()))
+        })
+        .transpose()?;
+    let tool_template = tool_template_source
+        .as_deref()
+        .map(compile)
+        .transpose()
+        .context("compiling the --tool-call-template")?;
+    let tool_parser = match args.tool_call_parser {
+        ToolCallParserArg::Hermes => ToolCallParser::Hermes,
+        ToolCallParserArg::DeepseekR1 => ToolCallParser::DeepSeekR1,
+        ToolCallParserArg::DeepseekV31 => ToolCallParser::DeepSeekV31,
+        ToolCallParserArg::None => ToolCallParser::None,
+        ToolCallParserArg::Auto => tool_template_source
+            .as_deref()
+            .or(template_source.as_deref())
+            .map_or(ToolCallParser::None, ToolCallParser::detect),
+    };
     let reasoning = match args.reasoning_parser {
         ReasoningParserArg::DeepseekR1 => ReasoningParser::DeepSeekR1,
         ReasoningParserArg::None => ReasoningParser::None,
@@ -289,15 +340,16 @@ fn load_model(args: &ServeArgs) -> Result<ServedModel> {
             enable_prefix_caching: !args.no_prefix_caching,
         },
     )?;
-    tracing::info!(reasoning_parser = %reasoning, "engine started");
+    tracing::info!(reasoning_parser = %reasoning, tool_call_parser = %tool_parser, "engine started");
     Ok(ServedModel {
         max_model_len: engine.max_model_len(),
         engine: Arc::new(engine),
-        codec: Arc::new(TokenizerCodec::new(tokenizer, template)),
+        codec: Arc::new(TokenizerCodec::new(tokenizer, template, tool_template)),
         name: args.served_model_name.clone().unwrap_or(loaded.name),
         default_temperature: loaded.default_temperature,
         default_top_p: loaded.default_top_p,
         reasoning,
+        tool_parser,
         created: unix_timestamp(),
     })
 }
@@ -344,6 +396,8 @@ mod tests {
         assert_eq!(args.api_keys, ["a", "b"]);
         assert_eq!(args.allowed_origins, ["*"]);
         assert_eq!(args.reasoning_parser, ReasoningParserArg::DeepseekR1);
+        assert_eq!(args.tool_call_parser, ToolCallParserArg::Auto);
+        assert!(args.tool_call_template.is_none());
         assert_eq!(args.kv_cache_memory, Some(1 << 30));
         assert_eq!(args.port, 8000);
         assert_eq!(args.max_num_seqs, 64);

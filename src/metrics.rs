@@ -58,6 +58,9 @@ pub mod names {
     pub const TIME_TO_FIRST_ANSWER_TOKEN: &str = "r1serve:time_to_first_answer_token_seconds";
     /// Requests whose output ended inside the reasoning block.
     pub const FINISHED_IN_REASONING: &str = "r1serve:finished_in_reasoning_total";
+    /// Tool calls the model wrote inside its reasoning, which are not
+    /// executed.
+    pub const TOOL_CALLS_IN_REASONING: &str = "r1serve:tool_calls_in_reasoning_total";
 }
 
 /// Latency buckets in seconds: 1 ms to 10 min, dense below a second where
@@ -194,6 +197,10 @@ fn describe() {
         names::FINISHED_IN_REASONING,
         "Requests whose output ended before the reasoning block closed"
     );
+    describe_counter!(
+        names::TOOL_CALLS_IN_REASONING,
+        "Tool calls written inside reasoning blocks, which are not executed"
+    );
 }
 
 fn record_engine_stats(stats: &EngineStats) {
@@ -229,6 +236,8 @@ pub struct Completion {
     pub reasoning_tokens: usize,
     /// Whether any choice ended inside its reasoning block.
     pub ended_in_reasoning: bool,
+    /// Tool calls written inside reasoning blocks, all choices.
+    pub tool_calls_in_reasoning: usize,
 }
 
 /// Collects one request's timings and token counts and records them once,
@@ -316,6 +325,8 @@ impl Drop for RequestRecorder {
         if completion.ended_in_reasoning {
             counter!(names::FINISHED_IN_REASONING).increment(1);
         }
+        counter!(names::TOOL_CALLS_IN_REASONING)
+            .increment(completion.tool_calls_in_reasoning as u64);
     }
 }
 
@@ -372,6 +383,7 @@ mod tests {
                 finished_reason: "length",
                 reasoning_tokens: 7,
                 ended_in_reasoning: true,
+                tool_calls_in_reasoning: 2,
             });
         });
         assert!(
@@ -381,6 +393,10 @@ mod tests {
         assert!(text.contains("r1serve:reasoning_tokens_total 7"), "{text}");
         assert!(
             text.contains("r1serve:finished_in_reasoning_total 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("r1serve:tool_calls_in_reasoning_total 2"),
             "{text}"
         );
         assert!(

@@ -14,7 +14,10 @@ use std::path::Path;
 /// Logits after the prompt and after each of `forced` fed one at a time.
 fn forced_logits(
     model: &mut dyn Model,
-    prompt: &[u32], forced: &[u32], dtype: KvDtype) -> Vec<Vec<f32>> {
+    prompt: &[u32],
+    forced: &[u32],
+    dtype: KvDtype,
+) -> Vec<Vec<f32>> {
     let mut run = SoloRun::new(model, prompt.len() + forced.len(), dtype);
     let mut out = vec![run.feed(prompt)];
     out.extend(forced.iter().map(|t| run.feed(&[*t])));

@@ -58,6 +58,7 @@ fn starting_state_follows_the_rendered_prompt() {
         .render(
             &serde_json::json!([{"role": "user", "content": "2+2?"}]),
             true,
+            None,
             &Default::default(),
         )
         .unwrap();

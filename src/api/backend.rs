@@ -44,12 +44,14 @@ pub trait PromptCodec: Send + Sync + 'static {
     /// rejected.
     fn vocab_size(&self) -> usize;
     /// Renders a conversation (a JSON array of messages) with the chat
-    /// template and tokenizes it: message text as plain text, only the
-    /// template's markup as special tokens.
+    /// template, with `tools` (a JSON array of tool definitions) when the
+    /// model may call them, and tokenizes it: message text as plain text,
+    /// only the template's markup as special tokens.
     fn encode_chat(
         &self,
         messages: &Value,
         add_generation_prompt: bool,
+        tools: Option<&Value>,
         extra: &Map<String, Value>,
         add_special_tokens: bool,
     ) -> anyhow::Result<ChatPrompt>;
@@ -70,19 +72,27 @@ impl InferenceBackend for EngineHandle {
 }
 
 /// The model's tokenizer together with the chat template being served
-/// (the model's own or `--chat-template`).
+/// (the model's own or `--chat-template`) and the one for requests with
+/// tools (`--tool-call-template`), if different.
 pub struct TokenizerCodec {
     tokenizer: Arc<Tokenizer>,
     template: Option<ChatTemplate>,
+    tool_template: Option<ChatTemplate>,
 }
 
 impl TokenizerCodec {
     /// Pairs a tokenizer with a template; without one, chat requests fail
-    /// with a 400 that points at `--chat-template`.
-    pub fn new(tokenizer: Arc<Tokenizer>, template: Option<ChatTemplate>) -> Self {
+    /// with a 400 that points at `--chat-template`. `tool_template`, when
+    /// given, renders the requests that show the model tools.
+    pub fn new(
+        tokenizer: Arc<Tokenizer>,
+        template: Option<ChatTemplate>,
+        tool_template: Option<ChatTemplate>,
+    ) -> Self {
         Self {
             tokenizer,
             template,
+            tool_template,
         }
     }
 }
@@ -104,10 +114,12 @@ impl PromptCodec for TokenizerCodec {
         &self,
         messages: &Value,
         add_generation_prompt: bool,
+        tools: Option<&Value>,
         extra: &Map<String, Value>,
         add_special_tokens: bool,
     ) -> anyhow::Result<ChatPrompt> {
-        let template = self.template.as_ref().ok_or_else(|| {
+        let tool_template = tools.and(self.tool_template.as_ref());
+        let template = tool_template.or(self.template.as_ref()).ok_or_else(|| {
             anyhow::anyhow!(
                 "the model has no chat template; start the server with --chat-template or use /v1/completions"
             )
@@ -116,6 +128,7 @@ impl PromptCodec for TokenizerCodec {
             &self.tokenizer,
             messages,
             add_generation_prompt,
+            tools,
             extra,
             add_special_tokens,
         )

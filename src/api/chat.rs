@@ -1,6 +1,6 @@
-//! `POST /v1/chat/completions`: template the conversation, generate, split
-//! the output into `reasoning_content` and `content`, and answer as one JSON
-//! body or as OpenAI's chunk stream.
+//! `POST /v1/chat/completions`: template the conversation (with its tools),
+//! generate, split the output into `reasoning_content`, `content` and
+//! `tool_calls`, and answer as one JSON body or as OpenAI's chunk stream.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,6 +9,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use futures::stream::{self, StreamExt};
+use serde_json::Value;
 
 use super::backend::PromptCodec;
 use super::error::{ApiError, Json};
@@ -16,12 +17,13 @@ use super::generation::{blocking, sampling_params, token_text, ChoiceUpdate, Gen
 use super::protocol::{
     chat_completion_id, unix_timestamp, AssistantMessage, ChatChoice, ChatCompletionChunk,
     ChatCompletionRequest, ChatCompletionResponse, ChatLogprobs, ChatTokenLogprob, ChunkChoice,
-    Delta, Role, TopLogprob,
+    Delta, DeltaToolCall, FunctionCall, Role, ToolCall, ToolChoice, TopLogprob,
 };
 use super::sse::{done_event, error_event, json_event, sse_response};
 use super::state::{AppState, ServedModel};
 use crate::engine::types::TokenLogprob;
 use crate::reasoning::{prompt_opens_reasoning, ReasoningParser};
+use crate::tools::{ToolCallParser, ToolCallStream};
 
 /// Handles `POST /v1/chat/completions`.
 pub async fn chat_completions(
@@ -33,12 +35,23 @@ pub async fn chat_completions(
     model.check_name(request.model.as_deref())?;
     let chat = request.validate()?;
     let messages = serde_json::to_value(&chat.messages).map_err(ApiError::internal)?;
+    // With `tool_choice: "none"` the model is not shown the tools, as vLLM
+    // does by default, and its output is not parsed for calls.
+    let tools = chat
+        .tools
+        .as_ref()
+        .filter(|tools| tools.choice == ToolChoice::Auto);
+    let tool_stream = ToolCallStream::new(
+        tools.map_or(ToolCallParser::None, |_| model.tool_parser),
+        tools.is_none_or(|tools| tools.parallel),
+    );
+    let definitions = tools.map(|tools| Value::Array(tools.definitions.clone()));
     let kwargs = request.chat_template_kwargs.unwrap_or_default();
     let codec = Arc::clone(&model.codec);
     let (prompt, prompt_ids) = blocking(move || {
         // The template already wrote BOS and every special token.
         let chat = codec
-            .encode_chat(&messages, true, &kwargs, false)
+            .encode_chat(&messages, true, definitions.as_ref(), &kwargs, false)
             .map_err(|e| ApiError::bad_request("messages", format!("chat template error: {e}")))?;
         Ok((chat.text, chat.ids))
     })
@@ -53,6 +66,7 @@ pub async fn chat_completions(
         arrived,
         model.reasoning,
         starts_in_reasoning,
+        &tool_stream,
     )?;
     let reply = Reply {
         id: chat_completion_id(),
@@ -99,19 +113,22 @@ impl Reply {
         let mut content = vec![String::new(); n as usize];
         let mut logprobs = vec![Vec::new(); n as usize];
         let mut finish = vec![None; n as usize];
+        let mut calls = vec![Vec::new(); n as usize];
         while let Some(updates) = generation.next().await {
             for update in updates? {
                 let i = update.index as usize;
-                if let (Some(r), Some(c), Some(l), Some(f)) = (
+                if let (Some(r), Some(c), Some(l), Some(f), Some(t)) = (
                     reasoning.get_mut(i),
                     content.get_mut(i),
                     logprobs.get_mut(i),
                     finish.get_mut(i),
+                    calls.get_mut(i),
                 ) {
                     r.push_str(&update.reasoning);
                     c.push_str(&update.content);
                     l.extend(update.logprobs);
                     *f = update.finish_reason;
+                    merge_tool_calls(t, update.tool_calls);
                 }
             }
         }
@@ -120,9 +137,14 @@ impl Reply {
                 index: i as u32,
                 message: AssistantMessage {
                     role: Role::Assistant,
-                    content: (!generation.in_reasoning(i)).then(|| std::mem::take(&mut content[i])),
+                    // A reply that is only tool calls has no content, as
+                    // OpenAI's.
+                    content: (!generation.in_reasoning(i)
+                        && (!content[i].is_empty() || calls[i].is_empty()))
+                    .then(|| std::mem::take(&mut content[i])),
                     reasoning_content: (self.include_reasoning && !reasoning[i].is_empty())
                         .then(|| std::mem::take(&mut reasoning[i])),
+                    tool_calls: (!calls[i].is_empty()).then(|| std::mem::take(&mut calls[i])),
                 },
                 logprobs: self.logprobs(&logprobs[i]),
                 finish_reason: finish[i],
@@ -156,9 +178,11 @@ impl Reply {
             content: (!update.content.is_empty()).then_some(update.content),
             reasoning_content: (self.include_reasoning && !update.reasoning.is_empty())
                 .then_some(update.reasoning),
+            tool_calls: (!update.tool_calls.is_empty()).then_some(update.tool_calls),
         };
         let empty = delta.content.is_none()
             && delta.reasoning_content.is_none()
+            && delta.tool_calls.is_none()
             && update.logprobs.is_empty()
             && update.finish_reason.is_none();
         (!empty).then(|| {
@@ -181,6 +205,7 @@ impl Reply {
                         role: Some(Role::Assistant),
                         content: Some(String::new()),
                         reasoning_content: None,
+                        tool_calls: None,
                     },
                     logprobs: None,
                     finish_reason: None,
@@ -217,6 +242,28 @@ impl Reply {
             }
         });
         sse_response(stream::iter(opening).chain(body.flat_map(stream::iter)))
+    }
+}
+
+/// Adds streamed tool-call pieces to a choice's calls: a piece with an id
+/// starts a call, the others extend the arguments of the call they name.
+fn merge_tool_calls(calls: &mut Vec<ToolCall>, pieces: Vec<DeltaToolCall>) {
+    for piece in pieces {
+        match piece.id {
+            Some(id) => calls.push(ToolCall {
+                id,
+                kind: piece.kind.unwrap_or_else(|| "function".to_string()),
+                function: FunctionCall {
+                    name: piece.function.name.unwrap_or_default(),
+                    arguments: piece.function.arguments,
+                },
+            }),
+            None => {
+                if let Some(call) = calls.get_mut(piece.index as usize) {
+                    call.function.arguments.push_str(&piece.function.arguments);
+                }
+            }
+        }
     }
 }
 

@@ -20,6 +20,7 @@ use super::sse::{done_event, error_event, json_event, sse_response};
 use super::state::{AppState, ServedModel};
 use crate::engine::types::TokenLogprob;
 use crate::reasoning::ReasoningParser;
+use crate::tools::{ToolCallParser, ToolCallStream};
 
 /// OpenAI's default `max_tokens` for legacy completions.
 const DEFAULT_MAX_TOKENS: usize = 16;
@@ -84,6 +85,7 @@ pub async fn completions(
         arrived,
         ReasoningParser::None,
         false,
+        &ToolCallStream::new(ToolCallParser::None, true),
     )?;
     let reply = Reply {
         id: completion_id(),

@@ -1,7 +1,7 @@
 //! The part of a completion request shared by the chat and legacy routes:
 //! turning checked parameters into an engine request, submitting it, and
-//! following its outputs through the reasoning splitter while keeping the
-//! usage and metrics books.
+//! following its outputs through the reasoning splitter and the tool-call
+//! parser while keeping the usage and metrics books.
 //!
 //! The route modules only decide how each [`ChoiceUpdate`] is framed.
 
@@ -12,7 +12,8 @@ use futures::StreamExt;
 use super::backend::{OutputStream, PromptCodec};
 use super::error::{ApiError, ErrorKind};
 use super::protocol::{
-    CompletionTokensDetails, FinishReason, GenerationParams, PromptTokensDetails, Usage,
+    CompletionTokensDetails, DeltaFunction, DeltaToolCall, FinishReason, GenerationParams,
+    PromptTokensDetails, Usage,
 };
 use super::state::ServedModel;
 use crate::engine::stop::StopStrings;
@@ -22,6 +23,7 @@ use crate::engine::types::{
 };
 use crate::metrics::{Completion, RequestRecorder};
 use crate::reasoning::{ReasoningParser, ReasoningSplitter};
+use crate::tools::{call_id, ParsedText, ToolCallStream};
 use crate::types::TokenId;
 
 /// Seconds a client is told to wait when the queue is full: long enough for
@@ -137,8 +139,8 @@ where
         .map_err(ApiError::internal)?
 }
 
-/// One choice's news from one engine output, already split into reasoning
-/// and content.
+/// One choice's news from one engine output, already split into reasoning,
+/// content and tool calls.
 #[derive(Clone, Debug, Default)]
 pub struct ChoiceUpdate {
     /// Choice index.
@@ -147,6 +149,8 @@ pub struct ChoiceUpdate {
     pub reasoning: String,
     /// New answer text (all text, for the legacy route).
     pub content: String,
+    /// New pieces of tool calls, ids assigned.
+    pub tool_calls: Vec<DeltaToolCall>,
     /// Logprobs of the tokens of this update, when requested.
     pub logprobs: Vec<TokenLogprob>,
     /// Set on the choice's last update.
@@ -156,9 +160,35 @@ pub struct ChoiceUpdate {
 /// Per-choice bookkeeping.
 struct ChoiceState {
     splitter: ReasoningSplitter,
+    /// Parses the answer for tool calls.
+    tools: ToolCallStream,
+    /// Parses the reasoning the same way, only to count the calls written
+    /// there: they are not executed.
+    reasoning_tools: ToolCallStream,
     reasoning_tokens: usize,
     finished: bool,
     length: bool,
+}
+
+/// Gives each new call an id and turns parser pieces into wire pieces.
+fn wire_calls(parsed: ParsedText) -> (String, Vec<DeltaToolCall>) {
+    let calls = parsed
+        .calls
+        .into_iter()
+        .map(|delta| {
+            let first = delta.name.is_some();
+            DeltaToolCall {
+                index: delta.index,
+                id: first.then(call_id),
+                kind: first.then(|| "function".to_string()),
+                function: DeltaFunction {
+                    name: delta.name,
+                    arguments: delta.arguments,
+                },
+            }
+        })
+        .collect();
+    (parsed.content, calls)
 }
 
 impl ChoiceState {
@@ -171,14 +201,27 @@ impl ChoiceState {
         if was_reasoning || (!had_end && self.splitter.saw_reasoning_end()) {
             self.reasoning_tokens += sample.token_ids.len();
         }
+        let finishing = sample.finish_reason.is_some();
+        if finishing {
+            let tail = self.splitter.finish();
+            split.reasoning.push_str(&tail.reasoning);
+            split.content.push_str(&tail.content);
+        }
+        self.reasoning_tools.push(&split.reasoning);
+        let mut parsed = self.tools.push(&split.content);
+        if finishing {
+            self.reasoning_tools.finish();
+            let tail = self.tools.finish();
+            parsed.content.push_str(&tail.content);
+            parsed.calls.extend(tail.calls);
+        }
+        let (content, tool_calls) = wire_calls(parsed);
         let finish_reason = match sample.finish_reason {
             None => None,
             Some(reason) => {
-                let tail = self.splitter.finish();
-                split.reasoning.push_str(&tail.reasoning);
-                split.content.push_str(&tail.content);
                 self.finished = true;
                 match reason {
+                    EngineFinish::Stop if self.tools.calls() > 0 => Some(FinishReason::ToolCalls),
                     EngineFinish::Stop => Some(FinishReason::Stop),
                     EngineFinish::Length => {
                         self.length = true;
@@ -191,7 +234,8 @@ impl ChoiceState {
         Ok(ChoiceUpdate {
             index: u32::try_from(sample.index).unwrap_or(u32::MAX),
             reasoning: split.reasoning,
-            content: split.content,
+            content,
+            tool_calls,
             logprobs: sample.logprobs,
             finish_reason,
         })
@@ -212,7 +256,8 @@ pub struct Generation {
 impl Generation {
     /// Submits `prompt` to the engine. `arrived` is when the HTTP request
     /// came in; `reasoning` and `starts_in_reasoning` configure the splitter
-    /// of every choice.
+    /// of every choice, and each choice parses its answer with a copy of
+    /// `tools`.
     pub fn submit(
         model: &ServedModel,
         prompt: Vec<TokenId>,
@@ -220,6 +265,7 @@ impl Generation {
         arrived: Instant,
         reasoning: ReasoningParser,
         starts_in_reasoning: bool,
+        tools: &ToolCallStream,
     ) -> Result<Self, ApiError> {
         let n = params.n;
         let outputs = model
@@ -229,6 +275,8 @@ impl Generation {
         let choices = (0..n)
             .map(|_| ChoiceState {
                 splitter: ReasoningSplitter::new(reasoning, starts_in_reasoning),
+                tools: tools.clone(),
+                reasoning_tools: tools.clone(),
                 reasoning_tokens: 0,
                 finished: false,
                 length: false,
@@ -269,7 +317,7 @@ impl Generation {
             };
             match choice.push(sample) {
                 Ok(update) => {
-                    if !update.content.is_empty() {
+                    if !update.content.is_empty() || !update.tool_calls.is_empty() {
                         self.recorder.on_answer_text();
                     }
                     updates.push(update);
@@ -290,6 +338,11 @@ impl Generation {
                 },
                 reasoning_tokens: self.reasoning_tokens(),
                 ended_in_reasoning: self.choices.iter().any(|c| c.splitter.in_reasoning()),
+                tool_calls_in_reasoning: self
+                    .choices
+                    .iter()
+                    .map(|c| c.reasoning_tools.calls() as usize)
+                    .sum(),
             });
         }
         Some(Ok(updates))

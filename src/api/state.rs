@@ -13,6 +13,7 @@ use super::backend::{InferenceBackend, PromptCodec};
 use super::error::{ApiError, ErrorKind};
 use crate::metrics::Metrics;
 use crate::reasoning::ReasoningParser;
+use crate::tools::ToolCallParser;
 
 /// A loaded model, ready to serve.
 pub struct ServedModel {
@@ -31,6 +32,8 @@ pub struct ServedModel {
     pub default_top_p: Option<f32>,
     /// How chat output is split into reasoning and content.
     pub reasoning: ReasoningParser,
+    /// How tool calls are read from chat answers.
+    pub tool_parser: ToolCallParser,
     /// Unix time the model finished loading, reported as `created`.
     pub created: u64,
 }

@@ -23,6 +23,7 @@ use crate::engine::types::{
 use crate::metrics::Metrics;
 use crate::reasoning::ReasoningParser;
 use crate::tokenizer::ChatPrompt;
+use crate::tools::ToolCallParser;
 use crate::types::TokenId;
 
 /// One byte per token, so token counts are easy to predict.
@@ -46,10 +47,14 @@ impl PromptCodec for ByteCodec {
         &self,
         messages: &Value,
         add_generation_prompt: bool,
+        tools: Option<&Value>,
         _extra: &Map<String, Value>,
         add_special_tokens: bool,
     ) -> anyhow::Result<ChatPrompt> {
         let mut out = String::new();
+        if let Some(tools) = tools {
+            out.push_str(&format!("<tools>{}", tools.as_array().map_or(0, Vec::len)));
+        }
         for m in messages.as_array().into_iter().flatten() {
             out.push_str(&format!(
                 "<{}>{}",
@@ -169,6 +174,7 @@ struct Setup {
     script: Vec<&'static str>,
     suffix: &'static str,
     reasoning: ReasoningParser,
+    tool_parser: ToolCallParser,
     keys: Vec<String>,
     hang: bool,
     queue_full: bool,
@@ -181,6 +187,7 @@ impl Default for Setup {
             script: vec!["<think>", "hmm", "</think>", "\n\n", "Hi", "!"],
             suffix: "",
             reasoning: ReasoningParser::DeepSeekR1,
+            tool_parser: ToolCallParser::Hermes,
             keys: Vec::new(),
             hang: false,
             queue_full: false,
@@ -209,6 +216,7 @@ fn harness(setup: Setup) -> Harness {
             default_temperature: Some(0.6),
             default_top_p: Some(0.95),
             reasoning: setup.reasoning,
+            tool_parser: setup.tool_parser,
             created: 1,
         });
     }
@@ -648,4 +656,142 @@ async fn tokenize_and_metrics() {
     ] {
         assert!(text.contains(name), "{name} missing from\n{text}");
     }
+}
+
+fn weather_tools() -> Value {
+    json!([{"type": "function", "function": {"name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}])
+}
+
+/// A Hermes call split mid-marker and mid-JSON, after some reasoning.
+const CALL_SCRIPT: [&str; 8] = [
+    "<think>",
+    "plan",
+    "</think>",
+    "\n\n",
+    "<tool",
+    "_call>\n{\"name\": \"get_",
+    "weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_",
+    "call>",
+];
+
+#[tokio::test]
+async fn tool_calls_answer_in_openai_shape_streamed_or_not() {
+    let h = harness(Setup {
+        script: CALL_SCRIPT.to_vec(),
+        ..Setup::default()
+    });
+    let request = json!({"messages": user("weather?"), "tools": weather_tools()});
+    let (status, body) = h.post("/v1/chat/completions", request.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let prompt = h
+        .engine
+        .last_request
+        .lock()
+        .unwrap()
+        .clone()
+        .unwrap()
+        .prompt;
+    assert!(prompt.starts_with(b"<tools>1".map(TokenId::from).as_slice()));
+    let choice = &body["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls");
+    let message = &choice["message"];
+    assert_eq!(message["content"], Value::Null);
+    assert_eq!(message["reasoning_content"], "plan");
+    let calls = message["tool_calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 1);
+    let id = calls[0]["id"].as_str().unwrap();
+    assert!(id.starts_with("call_") && id.len() == 29, "{id}");
+    assert_eq!(calls[0]["type"], "function");
+    assert_eq!(
+        calls[0]["function"],
+        json!({"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"})
+    );
+
+    let mut streamed = request;
+    streamed["stream"] = json!(true);
+    let (_, raw) = h.post_raw("/v1/chat/completions", streamed).await;
+    let chunks = events(&raw);
+    let pieces: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"].get("tool_calls"))
+        .flat_map(|t| t.as_array().unwrap())
+        .collect();
+    let first = pieces[0];
+    assert_eq!(first["index"], 0);
+    assert_eq!(first["type"], "function");
+    assert_eq!(first["function"]["name"], "get_weather");
+    assert!(first["id"].as_str().unwrap().starts_with("call_"));
+    let arguments: String = pieces
+        .iter()
+        .map(|p| p["function"]["arguments"].as_str().unwrap())
+        .collect();
+    assert_eq!(arguments, calls[0]["function"]["arguments"]);
+    assert!(pieces[1..].iter().all(|p| p.get("id").is_none()));
+    let content: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(content, "", "no content streamed before the call");
+    let finish: Vec<&Value> = chunks
+        .iter()
+        .map(|c| &c["choices"][0]["finish_reason"])
+        .filter(|f| !f.is_null())
+        .collect();
+    assert_eq!(finish, [&json!("tool_calls")]);
+}
+
+#[tokio::test]
+async fn tool_choice_none_shows_no_tools_and_parses_nothing() {
+    let h = harness(Setup {
+        script: CALL_SCRIPT.to_vec(),
+        ..Setup::default()
+    });
+    let (status, body) = h
+        .post(
+            "/v1/chat/completions",
+            json!({"messages": user("weather?"), "tools": weather_tools(), "tool_choice": "none"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let prompt = h
+        .engine
+        .last_request
+        .lock()
+        .unwrap()
+        .clone()
+        .unwrap()
+        .prompt;
+    assert!(!prompt.starts_with(b"<tools>".map(TokenId::from).as_slice()));
+    let choice = &body["choices"][0];
+    assert_eq!(choice["finish_reason"], "stop");
+    assert!(choice["message"].get("tool_calls").is_none());
+    assert!(choice["message"]["content"]
+        .as_str()
+        .unwrap()
+        .starts_with("<tool_call>"));
+}
+
+#[tokio::test]
+async fn bad_tools_get_a_400_naming_the_problem() {
+    let h = harness(Setup::default());
+    let (status, body) = h
+        .post(
+            "/v1/chat/completions",
+            json!({"messages": user("x"), "tool_choice": "auto"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["param"], "tool_choice");
+    let (status, body) = h
+        .post(
+            "/v1/chat/completions",
+            json!({"messages": user("x"), "tools": weather_tools(), "tool_choice": "required"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        body["error"]["message"],
+        "tool_choice 'required' is not supported yet; use \"auto\" or \"none\""
+    );
 }

@@ -8,7 +8,8 @@ use axum::extract::State;
 use super::error::{ApiError, Json};
 use super::generation::blocking;
 use super::protocol::{
-    text_messages, DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse,
+    text_messages, validate_tools, DetokenizeRequest, DetokenizeResponse, TokenizeRequest,
+    TokenizeResponse,
 };
 use super::state::AppState;
 
@@ -25,12 +26,15 @@ pub async fn tokenize(
             model.check_name(chat.model.as_deref())?;
             let messages =
                 serde_json::to_value(text_messages(&chat.messages)?).map_err(ApiError::internal)?;
+            let tools = validate_tools(chat.tools.as_ref(), None, None)?
+                .map(|tools| serde_json::Value::Array(tools.definitions));
             let kwargs = chat.chat_template_kwargs.unwrap_or_default();
             blocking(move || {
                 codec
                     .encode_chat(
                         &messages,
                         chat.add_generation_prompt,
+                        tools.as_ref(),
                         &kwargs,
                         chat.add_special_tokens,
                     )

@@ -45,13 +45,14 @@ impl ChatTemplate {
         tok: &Tokenizer,
         messages: &Value,
         add_generation_prompt: bool,
+        tools: Option<&Value>,
         extra: &serde_json::Map<String, Value>,
         add_special_tokens: bool,
     ) -> Result<ChatPrompt> {
-        let text = self.render(messages, add_generation_prompt, extra)?;
+        let text = self.render(messages, add_generation_prompt, tools, extra)?;
         let nonce = uuid::Uuid::new_v4().simple().to_string();
         let (masked, contents) = mask_contents(messages, &nonce);
-        let skeleton = self.render(&masked, add_generation_prompt, extra)?;
+        let skeleton = self.render(&masked, add_generation_prompt, tools, extra)?;
         let (parts, refs) = split_skeleton(&skeleton, &nonce, contents.len())?;
         let markup = locate_markup(&text, &parts, &refs, &contents)?;
         let ids = tok.encode_with_markup(&text, &markup, add_special_tokens)?;

@@ -64,13 +64,16 @@ impl ChatTemplate {
 
     /// Renders `messages` (a JSON array of message objects, passed through as
     /// given: `content` may be a string or null, `reasoning_content`,
-    /// `tool_calls`... are visible to the template). `extra` adds variables
-    /// such as `tools`; `messages`, `add_generation_prompt`, `bos_token` and
-    /// `eos_token` take precedence over entries of the same name.
+    /// `tool_calls`... are visible to the template). `tools` is the list of
+    /// tool definitions, as `apply_chat_template(tools=...)` passes it, and
+    /// is the only source of the `tools` variable. `extra` adds other
+    /// variables; `messages`, `tools`, `add_generation_prompt`, `bos_token`
+    /// and `eos_token` take precedence over entries of the same name.
     pub fn render(
         &self,
         messages: &serde_json::Value,
         add_generation_prompt: bool,
+        tools: Option<&serde_json::Value>,
         extra: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<String> {
         if !messages.is_array() {
@@ -81,6 +84,10 @@ impl ChatTemplate {
             .map(|(k, v)| (k.as_str(), Value::from_serialize(v)))
             .collect();
         ctx.insert("messages", Value::from_serialize(messages));
+        match tools {
+            Some(tools) => ctx.insert("tools", Value::from_serialize(tools)),
+            None => ctx.remove("tools"),
+        };
         ctx.insert("add_generation_prompt", Value::from(add_generation_prompt));
         if let Some(bos) = &self.bos_token {
             ctx.insert("bos_token", Value::from(bos.as_str()));
@@ -238,7 +245,7 @@ mod tests {
         let template = ChatTemplate::new(source, None, None).unwrap();
         let extra = extra.as_object().cloned().unwrap_or_default();
         template
-            .render(&serde_json::json!([]), false, &extra)
+            .render(&serde_json::json!([]), false, None, &extra)
             .unwrap()
     }
 
@@ -280,7 +287,26 @@ mod tests {
     fn unknown_tojson_argument_is_an_error() {
         let template = ChatTemplate::new("{{ 1 | tojson(bogus=1) }}", None, None).unwrap();
         assert!(template
-            .render(&serde_json::json!([]), false, &serde_json::Map::new())
+            .render(&serde_json::json!([]), false, None, &serde_json::Map::new())
             .is_err());
+    }
+
+    #[test]
+    fn tools_come_only_from_the_parameter() {
+        let template = ChatTemplate::new("{{ tools | tojson }}", None, None).unwrap();
+        let smuggled = serde_json::json!({"tools": ["smuggled"]});
+        let smuggled = smuggled.as_object().unwrap();
+        let messages = serde_json::json!([]);
+        let given = serde_json::json!(["given"]);
+        assert_eq!(
+            template
+                .render(&messages, false, Some(&given), smuggled)
+                .unwrap(),
+            r#"["given"]"#
+        );
+        assert_eq!(
+            template.render(&messages, false, None, smuggled).unwrap(),
+            "null"
+        );
     }
 }

@@ -146,7 +146,7 @@ pub fn chat_prompts(path: &std::path::Path) -> Vec<Vec<u32>> {
             }
             messages.push(serde_json::json!({"role": "user", "content": q}));
             let text = template
-                .render(&serde_json::Value::Array(messages), true, &serde_json::Map::new())
+                .render(&serde_json::Value::Array(messages), true, None, &serde_json::Map::new())
                 .expect("render");
             tok.encode(&text, false).expect("encode")
         })

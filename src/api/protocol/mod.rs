@@ -2,24 +2,27 @@
 //! validation that turns a request into checked generation parameters.
 //!
 //! Request types accept everything OpenAI clients send: unknown fields are
-//! ignored, and OpenAI features this server does not implement (tools,
-//! structured output, audio, …) are captured so that validation can reject
+//! ignored, and OpenAI features this server does not implement (structured
+//! output, audio, …) are captured so that validation can reject
 //! them with a 400 naming the parameter instead of silently ignoring them.
 //! Response types serialize exactly as OpenAI does, including which fields
 //! are `null` and which are absent, since some clients depend on both.
 //!
 //! Split by direction: [`request`] (request bodies and their validation),
-//! [`response`] (responses, stream chunks, logprob serialization) and
-//! [`utility`] (models list, tokenize and detokenize).
+//! [`response`] (responses, stream chunks, logprob serialization),
+//! [`tools`] (tool definitions and calls in requests) and [`utility`]
+//! (models list, tokenize and detokenize).
 
 mod request;
 mod response;
 #[cfg(test)]
 mod tests;
+mod tools;
 mod utility;
 
 pub use request::*;
 pub use response::*;
+pub use tools::*;
 pub use utility::*;
 
 /// Most `n` a request may ask for; each choice occupies its own sequence.

@@ -62,9 +62,12 @@ pub struct ChatMessage {
     /// Optional participant name; accepted and ignored.
     #[serde(default)]
     pub name: Option<String>,
-    /// Tool calls of an assistant turn; rejected when non-empty.
+    /// Tool calls of an assistant turn, checked by validation.
     #[serde(default)]
     pub tool_calls: Option<Value>,
+    /// The call a `tool` message answers.
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
 }
 
 /// A chat message reduced to plain text, ready for the chat template.
@@ -72,11 +75,19 @@ pub struct ChatMessage {
 pub struct TextMessage {
     /// Who wrote the message.
     pub role: Role,
-    /// The text, with array parts joined by `\n` as vLLM does.
-    pub content: String,
+    /// The text, with array parts joined by `\n` as vLLM does; `null` only
+    /// for an assistant turn that made tool calls and said nothing, which
+    /// is how templates (R1's) tell such a turn apart.
+    pub content: Option<String>,
     /// Reasoning of an earlier assistant turn, if the client sent it back.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reasoning_content: Option<String>,
+    /// Tool calls of an assistant turn, see [`message_tool_calls`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<Value>>,
+    /// The call a `tool` message answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 /// `stop`: one string or a list.
@@ -158,16 +169,10 @@ pub struct SamplingFields {
 }
 
 /// OpenAI chat parameters this server does not implement. Each is kept as
-/// raw JSON so validation can tell a harmless value (`"tool_choice":
+/// raw JSON so validation can tell a harmless value (`"function_call":
 /// "none"`, `"response_format": {"type": "text"}`) from a real request.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 pub struct UnsupportedChatFields {
-    /// Tool definitions.
-    #[serde(default)]
-    pub tools: Option<Value>,
-    /// Tool selection.
-    #[serde(default)]
-    pub tool_choice: Option<Value>,
     /// Legacy function definitions.
     #[serde(default)]
     pub functions: Option<Value>,
@@ -186,19 +191,14 @@ pub struct UnsupportedChatFields {
     /// Predicted output.
     #[serde(default)]
     pub prediction: Option<Value>,
-    /// Parallel tool calls; meaningless without tools.
-    #[serde(default)]
-    pub parallel_tool_calls: Option<Value>,
 }
 
 impl UnsupportedChatFields {
     /// The first parameter whose value asks for an unimplemented feature.
     ///
     /// Values that request nothing are accepted, because common clients send
-    /// them by default: empty `tools`/`functions`, `tool_choice` or
-    /// `function_call` of `"none"`, `response_format` `{"type": "text"}`,
-    /// `modalities` `["text"]`, and any `parallel_tool_calls` (it only
-    /// qualifies `tools`, which are rejected on their own).
+    /// them by default: empty `functions`, `function_call` of `"none"`,
+    /// `response_format` `{"type": "text"}` and `modalities` `["text"]`.
     pub fn first_used(&self) -> Option<&'static str> {
         let non_empty_list = |v: &Option<Value>| match v {
             None | Some(Value::Null) => false,
@@ -222,8 +222,6 @@ impl UnsupportedChatFields {
             Some(_) => false,
         };
         [
-            ("tools", non_empty_list(&self.tools)),
-            ("tool_choice", not_none(&self.tool_choice)),
             ("functions", non_empty_list(&self.functions)),
             ("function_call", not_none(&self.function_call)),
             ("response_format", !text_format(&self.response_format)),
@@ -262,6 +260,15 @@ pub struct ChatCompletionRequest {
     /// Whether to return `reasoning_content` (default true).
     #[serde(default)]
     pub include_reasoning: Option<bool>,
+    /// Tool definitions, checked by [`validate_tools`].
+    #[serde(default)]
+    pub tools: Option<Value>,
+    /// `"none"`, `"auto"`, `"required"` or a named function.
+    #[serde(default)]
+    pub tool_choice: Option<Value>,
+    /// Whether the model may make several calls in one answer.
+    #[serde(default)]
+    pub parallel_tool_calls: Option<Value>,
     /// Unimplemented OpenAI parameters.
     #[serde(flatten)]
     pub unsupported: UnsupportedChatFields,
@@ -368,6 +375,8 @@ pub struct ValidatedChat {
     pub params: GenerationParams,
     /// Whether to return `reasoning_content`.
     pub include_reasoning: bool,
+    /// The request's tools, `None` when it has none.
+    pub tools: Option<ChatTools>,
 }
 
 /// A checked legacy completion request.
@@ -571,7 +580,7 @@ impl SamplingFields {
 }
 
 /// Reduces client messages to plain text, rejecting what the chat template
-/// cannot represent: non-text content parts and tool calls.
+/// cannot represent (non-text content parts) and checking tool calls.
 pub fn text_messages(messages: &[ChatMessage]) -> Result<Vec<TextMessage>, ApiError> {
     if messages.is_empty() {
         return Err(ApiError::bad_request(
@@ -583,17 +592,19 @@ pub fn text_messages(messages: &[ChatMessage]) -> Result<Vec<TextMessage>, ApiEr
         .iter()
         .enumerate()
         .map(|(i, message)| {
-            let has_tool_calls = match &message.tool_calls {
-                None | Some(Value::Null) => false,
-                Some(Value::Array(calls)) => !calls.is_empty(),
-                Some(_) => true,
+            let tool_calls = match &message.tool_calls {
+                None | Some(Value::Null) => None,
+                Some(Value::Array(calls)) if calls.is_empty() => None,
+                Some(calls) if message.role == Role::Assistant => {
+                    Some(message_tool_calls(i, calls)?)
+                }
+                Some(_) => {
+                    return Err(ApiError::bad_request(
+                        format!("messages[{i}].tool_calls"),
+                        "only assistant messages may have 'tool_calls'",
+                    ))
+                }
             };
-            if has_tool_calls {
-                return Err(ApiError::bad_request(
-                    format!("messages[{i}].tool_calls"),
-                    "tool calls are not supported by this server",
-                ));
-            }
             let content = match &message.content {
                 None => String::new(),
                 Some(MessageContent::Text(text)) => text.clone(),
@@ -616,8 +627,10 @@ pub fn text_messages(messages: &[ChatMessage]) -> Result<Vec<TextMessage>, ApiEr
             };
             Ok(TextMessage {
                 role: message.role,
-                content,
+                content: (tool_calls.is_none() || !content.is_empty()).then_some(content),
                 reasoning_content: message.reasoning_content.clone(),
+                tool_calls,
+                tool_call_id: message.tool_call_id.clone(),
             })
         })
         .collect()
@@ -631,6 +644,11 @@ impl ChatCompletionRequest {
             return Err(ApiError::unsupported_param(param));
         }
         let messages = text_messages(&self.messages)?;
+        let tools = validate_tools(
+            self.tools.as_ref(),
+            self.tool_choice.as_ref(),
+            self.parallel_tool_calls.as_ref(),
+        )?;
         let logprobs = self.logprobs.unwrap_or(false);
         let top_logprobs = self
             .top_logprobs
@@ -654,6 +672,7 @@ impl ChatCompletionRequest {
             messages,
             params,
             include_reasoning: self.include_reasoning.unwrap_or(true),
+            tools,
         })
     }
 }

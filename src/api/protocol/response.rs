@@ -17,6 +17,8 @@ pub enum FinishReason {
     Stop,
     /// `max_tokens` or the context length was reached.
     Length,
+    /// The model called tools and stopped for their results.
+    ToolCalls,
 }
 
 /// Token accounting.
@@ -112,16 +114,41 @@ pub struct ChatLogprobs {
     pub content: Option<Vec<ChatTokenLogprob>>,
 }
 
+/// The function part of a tool call.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionCall {
+    /// The function's name.
+    pub name: String,
+    /// Its arguments as a JSON string, as the model wrote them.
+    pub arguments: String,
+}
+
+/// One tool call of a non-streaming chat choice.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCall {
+    /// `call_…`, for the client to quote as `tool_call_id`.
+    pub id: String,
+    /// Always `"function"`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// What to call.
+    pub function: FunctionCall,
+}
+
 /// The assistant message of a non-streaming chat choice.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AssistantMessage {
     /// Always [`Role::Assistant`].
     pub role: Role,
-    /// The answer; `null` when the output ended inside the reasoning.
+    /// The answer; `null` when the output ended inside the reasoning, or
+    /// when it is only tool calls.
     pub content: Option<String>,
     /// The reasoning, omitted when there is none or it was not requested.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning_content: Option<String>,
+    /// The tool calls, omitted when there are none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
 }
 
 /// One choice of a non-streaming chat completion.
@@ -149,6 +176,35 @@ pub struct Delta {
     /// New reasoning text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning_content: Option<String>,
+    /// New pieces of tool calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<DeltaToolCall>>,
+}
+
+/// The function part of a streamed tool-call piece.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeltaFunction {
+    /// The name, in the call's first piece only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// More argument text; the pieces concatenate to the arguments.
+    pub arguments: String,
+}
+
+/// A piece of a streamed tool call: the first of each call carries `id`,
+/// `type` and the name, later ones argument text.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeltaToolCall {
+    /// Which call of the choice this piece belongs to.
+    pub index: u32,
+    /// The call's id, in its first piece only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// `"function"`, in the call's first piece only.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Name and argument text.
+    pub function: DeltaFunction,
 }
 
 /// One choice of a streamed chat chunk.

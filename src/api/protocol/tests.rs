@@ -85,7 +85,7 @@ fn full_chat_request_parses_and_validates() {
     let contents: Vec<&str> = checked
         .messages
         .iter()
-        .map(|m| m.content.as_str())
+        .map(|m| m.content.as_deref().unwrap_or_default())
         .collect();
     assert_eq!(contents, ["be brief", "", "a\nb", "x", "result"]);
     assert_eq!(
@@ -150,9 +150,6 @@ fn unknown_role_fails_to_parse() {
 #[test]
 fn unsupported_parameters_are_named() {
     for (extra, param) in [
-        (json!({"tools": [{"type": "function"}]}), "tools"),
-        (json!({"tool_choice": "auto"}), "tool_choice"),
-        (json!({"tool_choice": {"type": "function"}}), "tool_choice"),
         (json!({"functions": [{"name": "f"}]}), "functions"),
         (json!({"function_call": "auto"}), "function_call"),
         (
@@ -192,6 +189,11 @@ fn message_rules() {
     );
     assert_rejected(
         json!({"messages": [{"role": "assistant", "content": null, "tool_calls": [{"id": "c"}]}]}),
+        "messages[0].tool_calls[0].function.name",
+    );
+    assert_rejected(
+        json!({"messages": [{"role": "user", "content": "x", "tool_calls": [
+            {"type": "function", "function": {"name": "f", "arguments": "{}"}}]}]}),
         "messages[0].tool_calls",
     );
 }
@@ -404,6 +406,7 @@ fn chat_completion_built_by_constructor() {
                 role: Role::Assistant,
                 content: None,
                 reasoning_content: Some("thinking".into()),
+                tool_calls: None,
             },
             logprobs: None,
             finish_reason: Some(FinishReason::Length),
@@ -624,4 +627,146 @@ fn ids_and_timestamp() {
     assert!(completion_id().starts_with("cmpl-"));
     assert_ne!(chat_completion_id(), chat_completion_id());
     assert!(unix_timestamp() > 1_600_000_000);
+}
+
+fn weather_tool() -> Value {
+    json!({"type": "function", "function": {
+        "name": "get_weather", "description": "Weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}})
+}
+
+#[test]
+fn tools_are_checked_and_kept_as_sent() {
+    let tools = json!([weather_tool(), {"type": "function", "function": {"name": "now"}}]);
+    let checked = chat_with(json!({"tools": tools, "parallel_tool_calls": false}))
+        .validate()
+        .unwrap()
+        .tools
+        .unwrap();
+    assert_eq!(checked.definitions, tools.as_array().unwrap().clone());
+    assert_eq!(checked.choice, ToolChoice::Auto);
+    assert!(!checked.parallel);
+    let none = chat_with(json!({"tools": [weather_tool()], "tool_choice": "none"}))
+        .validate()
+        .unwrap()
+        .tools
+        .unwrap();
+    assert_eq!(none.choice, ToolChoice::None);
+    // No tools: nothing to render or parse, and "none" asks for nothing.
+    for extra in [
+        json!({"tools": [], "tool_choice": "none"}),
+        json!({"tool_choice": "none"}),
+    ] {
+        assert!(chat_with(extra).validate().unwrap().tools.is_none());
+    }
+}
+
+#[test]
+fn bad_tools_are_named() {
+    let tool = |function: Value| json!([{"type": "function", "function": function}]);
+    for (extra, param, needle) in [
+        (
+            json!({"tools": tool(json!({"name": "f", "parameters": {"type": "string"}}))}),
+            "tools[0].function.parameters",
+            "must describe an object",
+        ),
+        (
+            json!({"tools": tool(json!({"name": "f", "parameters": "x"}))}),
+            "tools[0].function.parameters",
+            "must be a JSON object",
+        ),
+        (
+            json!({"tools": [weather_tool(), weather_tool()]}),
+            "tools[1].function.name",
+            "more than once",
+        ),
+        (
+            json!({"tools": tool(json!({"description": "no name"}))}),
+            "tools[0].function.name",
+            "must be a string",
+        ),
+        (
+            json!({"tools": tool(json!({"name": "has space"}))}),
+            "tools[0].function.name",
+            "letters, digits",
+        ),
+        (
+            json!({"tools": [{"type": "retrieval"}]}),
+            "tools[0].type",
+            "'retrieval' is not supported",
+        ),
+        (json!({"tools": {"a": 1}}), "tools", "array"),
+        (
+            json!({"tool_choice": "auto"}),
+            "tool_choice",
+            "requires 'tools'",
+        ),
+        (
+            json!({"tools": [weather_tool()], "tool_choice": "required"}),
+            "tool_choice",
+            "tool_choice 'required' is not supported yet",
+        ),
+        (
+            json!({"tools": [weather_tool()], "tool_choice": {"type": "function", "function": {"name": "nope"}}}),
+            "tool_choice",
+            "'nope', which is not in 'tools'",
+        ),
+        (
+            json!({"tools": [weather_tool()], "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}),
+            "tool_choice",
+            "named 'tool_choice' is not supported yet",
+        ),
+        (
+            json!({"tools": [weather_tool()], "tool_choice": "sometimes"}),
+            "tool_choice",
+            "'sometimes'",
+        ),
+        (
+            json!({"tools": [weather_tool()], "parallel_tool_calls": "yes"}),
+            "parallel_tool_calls",
+            "boolean",
+        ),
+    ] {
+        let error = chat_error(extra.clone());
+        assert_eq!(error.status, axum::http::StatusCode::BAD_REQUEST, "{extra}");
+        assert_eq!(error.param.as_deref(), Some(param), "{extra}");
+        assert!(
+            error.message.contains(needle),
+            "{extra}: {:?} lacks {needle:?}",
+            error.message
+        );
+    }
+}
+
+#[test]
+fn tool_sizes_are_bounded() {
+    let many: Vec<Value> = (0..=MAX_TOOLS)
+        .map(|i| json!({"type": "function", "function": {"name": format!("f{i}")}}))
+        .collect();
+    assert_rejected(json!({"tools": many}), "tools");
+    let long = "x".repeat(MAX_TOOLS_BYTES);
+    let big = json!([{"type": "function", "function": {"name": "f", "description": long}}]);
+    assert_rejected(json!({"tools": big}), "tools");
+}
+
+#[test]
+fn tool_turns_render_with_null_content_and_string_arguments() {
+    let request = chat_with(json!({"messages": [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "call_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "22 C"}
+    ]}));
+    let messages = request.validate().unwrap().messages;
+    let json = serde_json::to_value(&messages).unwrap();
+    assert_eq!(json[1]["content"], Value::Null);
+    assert_eq!(
+        json[1]["tool_calls"],
+        json!([{"type": "function", "id": "call_1",
+                "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}])
+    );
+    assert_eq!(json[2]["tool_call_id"], "call_1");
+    assert_eq!(json[2]["content"], "22 C");
+    assert!(json[0].get("tool_calls").is_none());
 }

@@ -76,6 +76,10 @@ pub struct TokenizeChatRequest {
     /// Extra chat template variables.
     #[serde(default)]
     pub chat_template_kwargs: Option<Map<String, Value>>,
+    /// Tool definitions, rendered as a chat request with `tool_choice`
+    /// `"auto"` renders them.
+    #[serde(default)]
+    pub tools: Option<Value>,
 }
 
 /// `POST /tokenize` with plain text (vLLM's shape).
