@@ -12,7 +12,7 @@ use futures::stream::{self, StreamExt};
 
 use super::backend::PromptCodec;
 use super::error::{ApiError, Json};
-use super::generation::{blocking, sampling_params, token_text, ChoiceUpdate, Generation};
+use super::generation::{encode_prompt, sampling_params, token_text, ChoiceUpdate, Generation};
 use super::protocol::{
     chat_completion_id, unix_timestamp, AssistantMessage, ChatChoice, ChatCompletionChunk,
     ChatCompletionRequest, ChatCompletionResponse, ChatLogprobs, ChatTokenLogprob, ChunkChoice,
@@ -35,15 +35,17 @@ pub async fn chat_completions(
     let messages = serde_json::to_value(&chat.messages).map_err(ApiError::internal)?;
     let kwargs = request.chat_template_kwargs.unwrap_or_default();
     let codec = Arc::clone(&model.codec);
-    let (prompt, prompt_ids) = blocking(move || {
-        let prompt = codec
-            .render_chat(&messages, true, &kwargs)
-            .map_err(|e| ApiError::bad_request("messages", format!("chat template error: {e}")))?;
-        // The template already wrote BOS and every special token.
-        let ids = codec.encode(&prompt, false).map_err(ApiError::internal)?;
-        Ok((prompt, ids))
-    })
-    .await?;
+    let max_model_len = model.max_model_len;
+    let (prompt, prompt_ids) = state
+        .tokenizer_work(move || {
+            let prompt = codec.render_chat(&messages, true, &kwargs).map_err(|e| {
+                ApiError::bad_request("messages", format!("chat template error: {e}"))
+            })?;
+            // The template already wrote BOS and every special token.
+            let ids = encode_prompt(codec.as_ref(), &prompt, false, max_model_len, "messages")?;
+            Ok((prompt, ids))
+        })
+        .await?;
     let params = sampling_params(&model, &chat.params, prompt_ids.len(), None)?;
     let starts_in_reasoning =
         model.reasoning == ReasoningParser::DeepSeekR1 && prompt_opens_reasoning(&prompt);

@@ -112,6 +112,7 @@ fn engine_error(error: EngineError) -> ApiError {
             ApiError::bad_request("messages", error.to_string())
         }
         EngineError::Stopped => shutting_down(),
+        EngineError::Failed(cause) => ApiError::internal(cause),
     }
 }
 
@@ -123,16 +124,37 @@ fn shutting_down() -> ApiError {
     )
 }
 
-/// Runs blocking tokenizer or template work off the async threads, mapping
-/// a panic in it to a 500 instead of taking the connection down.
-pub async fn blocking<T, F>(work: F) -> Result<T, ApiError>
-where
-    F: FnOnce() -> Result<T, ApiError> + Send + 'static,
-    T: Send + 'static,
-{
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(ApiError::internal)?
+/// Tokenizes a prompt for a model of `max_model_len` tokens. A text that
+/// cannot fit is refused by its byte length alone when the codec bounds the
+/// bytes per token (`param` names the field at fault): tokenizing megabytes
+/// costs seconds of CPU, and the tokenizer cannot stop part-way once the
+/// count passes the limit. Texts that pass are tokenized whole, and their
+/// token count is checked by the caller.
+pub fn encode_prompt(
+    codec: &dyn PromptCodec,
+    text: &str,
+    add_special_tokens: bool,
+    max_model_len: usize,
+    param: &str,
+) -> Result<Vec<TokenId>, ApiError> {
+    if let Some(per_token) = codec.max_token_bytes() {
+        if text.len() > max_model_len.saturating_mul(per_token) {
+            return Err(ApiError::bad_request(
+                param,
+                format!(
+                    "This model's maximum context length is {max_model_len} tokens. However, \
+                     the prompt is {} bytes long and no token covers more than {per_token} \
+                     bytes, so it has more than {max_model_len} tokens. Please reduce the \
+                     length of the prompt.",
+                    text.len()
+                ),
+            )
+            .with_code("context_length_exceeded"));
+        }
+    }
+    codec
+        .encode(text, add_special_tokens)
+        .map_err(ApiError::internal)
 }
 
 /// One choice's news from one engine output, already split into reasoning
@@ -234,7 +256,7 @@ impl Generation {
             .collect();
         Ok(Self {
             outputs,
-            recorder: RequestRecorder::new(arrived),
+            recorder: RequestRecorder::new(model.name.as_str().into(), arrived),
             choices,
             usage: RequestUsage::default(),
             done: false,
@@ -242,18 +264,20 @@ impl Generation {
     }
 
     /// The updates of the next engine output, or `None` once every choice
-    /// has finished. An engine that ends the stream early (or aborts the
-    /// request) yields an error.
+    /// has finished. An aborted request yields a 503; a stream that ends
+    /// without its last output means the engine thread died, a 500.
     pub async fn next(&mut self) -> Option<Result<Vec<ChoiceUpdate>, ApiError>> {
         if self.done {
             return None;
         }
         let Some(output) = self.outputs.next().await else {
             self.done = true;
-            return Some(Err(shutting_down()));
+            return Some(Err(ApiError::internal(
+                "the engine ended a request's output stream without finishing it",
+            )));
         };
         let new_tokens = output.samples.iter().map(|s| s.token_ids.len()).sum();
-        self.recorder.on_output(new_tokens, output.usage);
+        self.recorder.on_output(new_tokens);
         self.usage = output.usage;
         let mut updates = Vec::with_capacity(output.samples.len());
         for sample in output.samples {

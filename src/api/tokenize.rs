@@ -6,9 +6,10 @@ use std::sync::Arc;
 use axum::extract::State;
 
 use super::error::{ApiError, Json};
-use super::generation::blocking;
+use super::generation::encode_prompt;
 use super::protocol::{
-    text_messages, DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse,
+    text_messages, validate_template_kwargs, DetokenizeRequest, DetokenizeResponse,
+    TokenizeRequest, TokenizeResponse,
 };
 use super::state::AppState;
 
@@ -23,29 +24,42 @@ pub async fn tokenize(
     let tokens = match request {
         TokenizeRequest::Chat(chat) => {
             model.check_name(chat.model.as_deref())?;
+            validate_template_kwargs(chat.chat_template_kwargs.as_ref())?;
             let messages =
                 serde_json::to_value(text_messages(&chat.messages)?).map_err(ApiError::internal)?;
             let kwargs = chat.chat_template_kwargs.unwrap_or_default();
-            blocking(move || {
-                let prompt = codec
-                    .render_chat(&messages, chat.add_generation_prompt, &kwargs)
-                    .map_err(|e| {
-                        ApiError::bad_request("messages", format!("chat template error: {e}"))
-                    })?;
-                codec
-                    .encode(&prompt, chat.add_special_tokens)
-                    .map_err(ApiError::internal)
-            })
-            .await?
+            let max_model_len = model.max_model_len;
+            state
+                .tokenizer_work(move || {
+                    let prompt = codec
+                        .render_chat(&messages, chat.add_generation_prompt, &kwargs)
+                        .map_err(|e| {
+                            ApiError::bad_request("messages", format!("chat template error: {e}"))
+                        })?;
+                    encode_prompt(
+                        codec.as_ref(),
+                        &prompt,
+                        chat.add_special_tokens,
+                        max_model_len,
+                        "messages",
+                    )
+                })
+                .await?
         }
         TokenizeRequest::Text(text) => {
             model.check_name(text.model.as_deref())?;
-            blocking(move || {
-                codec
-                    .encode(&text.prompt, text.add_special_tokens)
-                    .map_err(ApiError::internal)
-            })
-            .await?
+            let max_model_len = model.max_model_len;
+            state
+                .tokenizer_work(move || {
+                    encode_prompt(
+                        codec.as_ref(),
+                        &text.prompt,
+                        text.add_special_tokens,
+                        max_model_len,
+                        "prompt",
+                    )
+                })
+                .await?
         }
     };
     Ok(Json(TokenizeResponse {
@@ -71,11 +85,12 @@ pub async fn detokenize(
         ));
     }
     let codec = Arc::clone(&model.codec);
-    let prompt = blocking(move || {
-        codec
-            .decode(&request.tokens, false)
-            .map_err(ApiError::internal)
-    })
-    .await?;
+    let prompt = state
+        .tokenizer_work(move || {
+            codec
+                .decode(&request.tokens, false)
+                .map_err(ApiError::internal)
+        })
+        .await?;
     Ok(Json(DetokenizeResponse { prompt }))
 }
