@@ -51,6 +51,7 @@ pub async fn run(opts: GenerateOptions) -> Result<()> {
                 None,
                 &serde_json::Map::new(),
                 false,
+                None,
             )?
             .ids
     } else {

@@ -2,16 +2,17 @@
 //! flags follow `vllm serve` so deployment scripts carry over. `generate`
 //! runs one prompt through the same engine and reports its speed.
 
+use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use std::sync::Arc;
-
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use r1serve::api::backend::TokenizerCodec;
+use r1serve::api::connections::ConnectionLimits;
 use r1serve::api::protocol::unix_timestamp;
 use r1serve::api::router::RouterConfig;
 use r1serve::api::server::{serve, ServerOptions};
@@ -118,8 +119,9 @@ struct ServeArgs {
     /// Port to listen on.
     #[arg(long, default_value_t = 8000)]
     port: u16,
-    /// Accepted API key (repeatable). Without one, no key is required.
-    #[arg(long = "api-key", env = "R1SERVE_API_KEY", value_name = "KEY")]
+    /// Accepted API key (repeatable). Without one, no key is required; an
+    /// empty or blank key is refused rather than read as "no key".
+    #[arg(long = "api-key", env = API_KEY_ENV, value_name = "KEY")]
     api_keys: Vec<String>,
     /// Context length (prompt + completion); defaults to the model's.
     #[arg(long)]
@@ -170,6 +172,36 @@ struct ServeArgs {
     /// Largest accepted request body, e.g. `8MiB`.
     #[arg(long, value_parser = parse_bytes, default_value = "8MiB", value_name = "SIZE")]
     max_body_bytes: u64,
+    /// Most open client connections; more are answered 503 and closed.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// Seconds a client may take to send a request's headers, counted from
+    /// when the connection waits for them (so idle keep-alive connections
+    /// close after this long too).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    header_timeout: u64,
+    /// Seconds a request body may pause between two pieces before the
+    /// request fails with 408.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    body_timeout: u64,
+}
+
+/// Environment variable read as `--api-key`.
+const API_KEY_ENV: &str = "R1SERVE_API_KEY";
+
+/// The API keys to require, refusing blank ones: `--api-key ""` (or an
+/// empty `R1SERVE_API_KEY`, which clap may drop before it gets here) must
+/// not quietly turn authentication off.
+fn api_keys(args: &ServeArgs) -> Result<Vec<String>> {
+    let env_blank =
+        std::env::var_os(API_KEY_ENV).is_some_and(|v| v.to_string_lossy().trim().is_empty());
+    if env_blank || args.api_keys.iter().any(|k| k.trim().is_empty()) {
+        bail!(
+            "an empty API key was given (--api-key or {API_KEY_ENV}); pass a real key, or no \
+             --api-key and no {API_KEY_ENV} to serve without authentication"
+        );
+    }
+    Ok(args.api_keys.iter().map(|k| k.trim().to_string()).collect())
 }
 
 /// Parses a byte size: a number with an optional unit, binary (`KiB`,
@@ -205,11 +237,15 @@ fn parse_bytes(text: &str) -> Result<u64, String> {
 }
 
 fn main() -> Result<()> {
+    // Logs go to stderr, so `generate`'s text on stdout stays clean, and are
+    // coloured only for a person watching a terminal.
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match Cli::parse().command {
         Command::Serve(args) => run_serve(*args),
@@ -230,15 +266,10 @@ fn main() -> Result<()> {
 }
 
 fn run_serve(args: ServeArgs) -> Result<()> {
+    let api_keys = api_keys(&args)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let metrics = Metrics::install()?;
-        let api_keys: Vec<String> = args
-            .api_keys
-            .iter()
-            .map(|k| k.trim().to_string())
-            .filter(|k| !k.is_empty())
-            .collect();
         let state = AppState::new(api_keys, metrics);
         let options = ServerOptions {
             addr: SocketAddr::new(args.host, args.port),
@@ -246,6 +277,11 @@ fn run_serve(args: ServeArgs) -> Result<()> {
                 max_body_bytes: usize::try_from(args.max_body_bytes)
                     .context("--max-body-bytes is too large for this platform")?,
                 allowed_origins: args.allowed_origins.clone(),
+                body_timeout: Duration::from_secs(args.body_timeout),
+            },
+            connections: ConnectionLimits {
+                max_connections: args.max_connections as usize,
+                header_timeout: Duration::from_secs(args.header_timeout),
             },
             shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
         };
@@ -372,6 +408,19 @@ mod tests {
     }
 
     #[test]
+    fn blank_api_keys_are_refused() {
+        for key in ["", "  ", "\t"] {
+            let cli =
+                Cli::try_parse_from(["r1serve", "serve", "--model", "m.gguf", "--api-key", key])
+                    .unwrap();
+            let Command::Serve(args) = cli.command else {
+                panic!("parsed as another command");
+            };
+            assert!(api_keys(&args).is_err(), "{key:?} accepted");
+        }
+    }
+
+    #[test]
     fn cli_defaults_and_repeatable_flags() {
         let cli = Cli::try_parse_from([
             "r1serve",
@@ -407,5 +456,8 @@ mod tests {
         assert_eq!(args.max_body_bytes, 8 << 20);
         assert_eq!(args.kv_cache_dtype, KvDtype::F16);
         assert!(!args.no_prefix_caching);
+        assert_eq!(args.max_connections, 512);
+        assert_eq!(args.header_timeout, 60);
+        assert_eq!(args.body_timeout, 60);
     }
 }

@@ -1,20 +1,23 @@
-//! Prometheus metrics, named like vLLM's (`r1serve:` instead of `vllm:`) so
-//! existing dashboards and alerts carry over, plus reasoning-specific ones.
+//! Prometheus metrics, named like vLLM's (`r1serve:` instead of `vllm:`) and
+//! labelled with `model_name` as vLLM's are, so existing dashboards and
+//! alerts carry over, plus reasoning-specific ones.
 //!
 //! Request metrics are recorded in exactly one place, a [`RequestRecorder`]
 //! that the handlers feed as outputs flow and that reports in `Drop`, so an
 //! aborted or disconnected request is counted as surely as a finished one.
-//! Engine-wide gauges and counters are copied from [`EngineStats`] at scrape
-//! time rather than pushed by the engine, so the engine loop never touches
-//! the metrics registry.
+//! Engine-wide gauges and counters, token counts included, are copied from
+//! [`EngineStats`] at scrape time rather than pushed by the engine, so the
+//! engine loop never touches the metrics registry; the engine keeps those
+//! counts per step, so throughput graphs follow the work as it is done.
 
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use metrics::{counter, gauge, histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::engine::types::{EngineStats, RequestUsage};
+use crate::engine::types::EngineStats;
 
 /// Metric names, shared by the recorder, the scrape refresh and the tests.
 pub mod names {
@@ -36,9 +39,9 @@ pub mod names {
     pub const ENGINE_STEP_TOKENS: &str = "r1serve:engine_step_tokens_total";
     /// The KV cache's configuration as labels, value 1.
     pub const CACHE_CONFIG_INFO: &str = "r1serve:cache_config_info";
-    /// Prompt tokens of finished requests.
+    /// Prompt tokens prefilled, a cached prefix included.
     pub const PROMPT_TOKENS: &str = "r1serve:prompt_tokens_total";
-    /// Generated tokens of finished requests.
+    /// Generated tokens, counted as they are sampled.
     pub const GENERATION_TOKENS: &str = "r1serve:generation_tokens_total";
     /// Finished requests, by `finished_reason`.
     pub const REQUEST_SUCCESS: &str = "r1serve:request_success_total";
@@ -77,6 +80,14 @@ const TOKEN_BUCKETS: &[f64] = &[
     32768.0,
 ];
 
+/// The label every metric carries: the served model's name.
+pub const MODEL_NAME_LABEL: &str = "model_name";
+
+/// How often histogram samples are folded into their buckets when nobody
+/// scrapes: until then each sample is buffered, so an unscraped server's
+/// memory would grow with every token it serves.
+pub const UPKEEP_PERIOD: Duration = Duration::from_secs(5);
+
 /// The installed Prometheus recorder.
 #[derive(Clone)]
 pub struct Metrics {
@@ -103,16 +114,34 @@ impl Metrics {
     }
 
     /// Renders the Prometheus text exposition, first copying the engine's
-    /// current state (when a model is loaded) into the engine-wide metrics.
-    pub fn render(&self, stats: Option<EngineStats>) -> String {
-        if let Some(stats) = stats {
-            record_engine_stats(&stats);
+    /// current state (when a model is loaded, with the name it is served
+    /// under) into the engine-wide metrics.
+    pub fn render(&self, engine: Option<(&str, EngineStats)>) -> String {
+        if let Some((model_name, stats)) = engine {
+            record_engine_stats(model_name, &stats);
         }
-        // Without the exporter's HTTP listener nothing drains histogram
-        // buffers in the background, so do it on every scrape.
         self.handle.run_upkeep();
         self.handle.render()
     }
+
+    /// Starts the periodic upkeep of this recorder on the current Tokio
+    /// runtime; see [`spawn_upkeep`].
+    pub fn spawn_upkeep(&self, period: Duration) -> tokio::task::JoinHandle<()> {
+        spawn_upkeep(self.handle.clone(), period)
+    }
+}
+
+/// Folds buffered histogram samples into their buckets every `period`, the
+/// job the exporter's own HTTP listener would do if this server used it.
+pub fn spawn_upkeep(handle: PrometheusHandle, period: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            handle.run_upkeep();
+        }
+    })
 }
 
 fn describe() {
@@ -151,10 +180,13 @@ fn describe() {
         names::CACHE_CONFIG_INFO,
         "KV cache configuration (block_size, cache_dtype, enable_prefix_caching, num_blocks) as labels"
     );
-    describe_counter!(names::PROMPT_TOKENS, "Prompt tokens of finished requests");
+    describe_counter!(
+        names::PROMPT_TOKENS,
+        "Prompt tokens prefilled (a cached prefix included), counted per engine step"
+    );
     describe_counter!(
         names::GENERATION_TOKENS,
-        "Generated tokens of finished requests"
+        "Generated tokens, counted per engine step"
     );
     describe_counter!(
         names::REQUEST_SUCCESS,
@@ -203,21 +235,30 @@ fn describe() {
     );
 }
 
-fn record_engine_stats(stats: &EngineStats) {
-    gauge!(names::NUM_REQUESTS_RUNNING).set(stats.running as f64);
-    gauge!(names::NUM_REQUESTS_WAITING).set(stats.waiting as f64);
-    gauge!(names::KV_CACHE_USAGE_PERC).set(stats.kv_usage);
+fn record_engine_stats(model_name: &str, stats: &EngineStats) {
+    let model = || {
+        vec![metrics::Label::new(
+            MODEL_NAME_LABEL,
+            model_name.to_string(),
+        )]
+    };
+    gauge!(names::NUM_REQUESTS_RUNNING, model()).set(stats.running as f64);
+    gauge!(names::NUM_REQUESTS_WAITING, model()).set(stats.waiting as f64);
+    gauge!(names::KV_CACHE_USAGE_PERC, model()).set(stats.kv_usage);
     // The engine keeps these as running totals; `absolute` republishes them
     // as counters without a second copy of the arithmetic here.
-    counter!(names::PREFIX_CACHE_QUERIES).absolute(stats.prefix_queries);
-    counter!(names::PREFIX_CACHE_HITS).absolute(stats.prefix_hits);
-    counter!(names::NUM_PREEMPTIONS).absolute(stats.preemptions);
-    counter!(names::ENGINE_STEPS).absolute(stats.steps);
-    counter!(names::ENGINE_STEP_TOKENS).absolute(stats.step_tokens);
+    counter!(names::PREFIX_CACHE_QUERIES, model()).absolute(stats.prefix_queries);
+    counter!(names::PREFIX_CACHE_HITS, model()).absolute(stats.prefix_hits);
+    counter!(names::NUM_PREEMPTIONS, model()).absolute(stats.preemptions);
+    counter!(names::ENGINE_STEPS, model()).absolute(stats.steps);
+    counter!(names::ENGINE_STEP_TOKENS, model()).absolute(stats.step_tokens);
+    counter!(names::PROMPT_TOKENS, model()).absolute(stats.prompt_tokens);
+    counter!(names::GENERATION_TOKENS, model()).absolute(stats.generation_tokens);
     // An engine always has blocks; without one there is no cache to describe.
     if stats.total_blocks > 0 {
         gauge!(
             names::CACHE_CONFIG_INFO,
+            MODEL_NAME_LABEL => model_name.to_string(),
             "block_size" => stats.block_size.to_string(),
             "cache_dtype" => stats.kv_dtype.to_string(),
             "enable_prefix_caching" => stats.prefix_caching.to_string(),
@@ -243,47 +284,52 @@ pub struct Completion {
 /// Collects one request's timings and token counts and records them once,
 /// when dropped. A request dropped before [`finish`](Self::finish) — client
 /// gone, engine stopped — is recorded with `finished_reason="abort"`.
+///
+/// Token counts are not recorded here: the engine counts them per step.
 #[derive(Debug)]
 pub struct RequestRecorder {
+    model_name: Arc<str>,
     arrived: Instant,
     submitted: Instant,
     last_output: Option<Instant>,
     answer_started: bool,
-    usage: RequestUsage,
     completion: Option<Completion>,
 }
 
 impl RequestRecorder {
-    /// Starts timing a request that arrived at `arrived` and was accepted by
-    /// the engine just now.
-    pub fn new(arrived: Instant) -> Self {
+    /// Starts timing a request for `model_name` that arrived at `arrived`
+    /// and was accepted by the engine just now.
+    pub fn new(model_name: Arc<str>, arrived: Instant) -> Self {
         Self {
+            model_name,
             arrived,
             submitted: Instant::now(),
             last_output: None,
             answer_started: false,
-            usage: RequestUsage::default(),
             completion: None,
         }
     }
 
-    /// Notes an engine output carrying `new_tokens` generated tokens and the
-    /// request's usage so far.
-    pub fn on_output(&mut self, new_tokens: usize, usage: RequestUsage) {
-        self.usage = usage;
+    /// The `model_name` label of this request's metrics.
+    fn model(&self) -> [(&'static str, Arc<str>); 1] {
+        [(MODEL_NAME_LABEL, Arc::clone(&self.model_name))]
+    }
+
+    /// Notes an engine output carrying `new_tokens` generated tokens.
+    pub fn on_output(&mut self, new_tokens: usize) {
         if new_tokens == 0 {
             return;
         }
         let now = Instant::now();
         match self.last_output {
             None => {
-                histogram!(names::TIME_TO_FIRST_TOKEN)
+                histogram!(names::TIME_TO_FIRST_TOKEN, &self.model())
                     .record(now.duration_since(self.arrived).as_secs_f64());
-                histogram!(names::REQUEST_QUEUE_TIME)
+                histogram!(names::REQUEST_QUEUE_TIME, &self.model())
                     .record(now.duration_since(self.submitted).as_secs_f64());
             }
             Some(last) => {
-                histogram!(names::INTER_TOKEN_LATENCY)
+                histogram!(names::INTER_TOKEN_LATENCY, &self.model())
                     .record(now.duration_since(last).as_secs_f64());
             }
         }
@@ -295,7 +341,7 @@ impl RequestRecorder {
     pub fn on_answer_text(&mut self) {
         if !self.answer_started {
             self.answer_started = true;
-            histogram!(names::TIME_TO_FIRST_ANSWER_TOKEN)
+            histogram!(names::TIME_TO_FIRST_ANSWER_TOKEN, &self.model())
                 .record(self.arrived.elapsed().as_secs_f64());
         }
     }
@@ -310,22 +356,31 @@ impl RequestRecorder {
 impl Drop for RequestRecorder {
     fn drop(&mut self) {
         let end = self.last_output.unwrap_or_else(Instant::now);
-        histogram!(names::E2E_REQUEST_LATENCY)
+        histogram!(names::E2E_REQUEST_LATENCY, &self.model())
             .record(end.duration_since(self.arrived).as_secs_f64());
-        counter!(names::PROMPT_TOKENS).increment(self.usage.prompt_tokens as u64);
-        counter!(names::GENERATION_TOKENS).increment(self.usage.completion_tokens as u64);
         let Some(completion) = self.completion else {
-            counter!(names::REQUEST_SUCCESS, "finished_reason" => "abort").increment(1);
+            counter!(
+                names::REQUEST_SUCCESS,
+                MODEL_NAME_LABEL => Arc::clone(&self.model_name),
+                "finished_reason" => "abort"
+            )
+            .increment(1);
             return;
         };
-        counter!(names::REQUEST_SUCCESS, "finished_reason" => completion.finished_reason)
-            .increment(1);
-        counter!(names::REASONING_TOKENS).increment(completion.reasoning_tokens as u64);
-        histogram!(names::REQUEST_REASONING_TOKENS).record(completion.reasoning_tokens as f64);
+        counter!(
+            names::REQUEST_SUCCESS,
+            MODEL_NAME_LABEL => Arc::clone(&self.model_name),
+            "finished_reason" => completion.finished_reason
+        )
+        .increment(1);
+        counter!(names::REASONING_TOKENS, &self.model())
+            .increment(completion.reasoning_tokens as u64);
+        histogram!(names::REQUEST_REASONING_TOKENS, &self.model())
+            .record(completion.reasoning_tokens as f64);
         if completion.ended_in_reasoning {
-            counter!(names::FINISHED_IN_REASONING).increment(1);
+            counter!(names::FINISHED_IN_REASONING, &self.model()).increment(1);
         }
-        counter!(names::TOOL_CALLS_IN_REASONING)
+        counter!(names::TOOL_CALLS_IN_REASONING, &self.model())
             .increment(completion.tool_calls_in_reasoning as u64);
     }
 }
@@ -350,33 +405,29 @@ mod tests {
     #[test]
     fn dropped_request_counts_as_abort() {
         let text = rendered(|| {
-            let mut recorder = RequestRecorder::new(Instant::now());
-            recorder.on_output(
-                1,
-                RequestUsage {
-                    prompt_tokens: 5,
-                    cached_tokens: 0,
-                    completion_tokens: 1,
-                },
-            );
+            let mut recorder = RequestRecorder::new(Arc::from("m"), Instant::now());
+            recorder.on_output(1);
         });
         assert!(
-            text.contains("r1serve:request_success_total{finished_reason=\"abort\"} 1"),
+            text.contains(
+                "r1serve:request_success_total{model_name=\"m\",finished_reason=\"abort\"} 1"
+            ),
             "{text}"
         );
-        assert!(text.contains("r1serve:prompt_tokens_total 5"), "{text}");
         assert!(
-            text.contains("r1serve:time_to_first_token_seconds_count 1"),
+            text.contains("r1serve:time_to_first_token_seconds_count{model_name=\"m\"} 1"),
             "{text}"
         );
+        // Token counts are the engine's, not the recorder's.
+        assert!(!text.contains("r1serve:prompt_tokens_total"), "{text}");
     }
 
     #[test]
     fn finished_request_records_reasoning() {
         let text = rendered(|| {
-            let mut recorder = RequestRecorder::new(Instant::now());
-            recorder.on_output(1, RequestUsage::default());
-            recorder.on_output(1, RequestUsage::default());
+            let mut recorder = RequestRecorder::new(Arc::from("m"), Instant::now());
+            recorder.on_output(1);
+            recorder.on_output(1);
             recorder.on_answer_text();
             recorder.on_answer_text();
             recorder.finish(Completion {
@@ -386,63 +437,61 @@ mod tests {
                 tool_calls_in_reasoning: 2,
             });
         });
-        assert!(
-            text.contains("r1serve:request_success_total{finished_reason=\"length\"} 1"),
-            "{text}"
-        );
-        assert!(text.contains("r1serve:reasoning_tokens_total 7"), "{text}");
-        assert!(
-            text.contains("r1serve:finished_in_reasoning_total 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("r1serve:tool_calls_in_reasoning_total 2"),
-            "{text}"
-        );
-        assert!(
-            text.contains("r1serve:inter_token_latency_seconds_count 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("r1serve:time_to_first_answer_token_seconds_count 1"),
-            "{text}"
-        );
+        for line in [
+            "r1serve:request_success_total{model_name=\"m\",finished_reason=\"length\"} 1",
+            "r1serve:reasoning_tokens_total{model_name=\"m\"} 7",
+            "r1serve:finished_in_reasoning_total{model_name=\"m\"} 1",
+            "r1serve:tool_calls_in_reasoning_total{model_name=\"m\"} 2",
+            "r1serve:inter_token_latency_seconds_count{model_name=\"m\"} 1",
+            "r1serve:time_to_first_answer_token_seconds_count{model_name=\"m\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
     }
 
     #[test]
     fn engine_stats_become_gauges_and_counters() {
         let text = rendered(|| {
-            record_engine_stats(&EngineStats {
-                running: 3,
-                waiting: 2,
-                kv_usage: 0.5,
-                prefix_queries: 10,
-                prefix_hits: 4,
-                preemptions: 1,
-                steps: 6,
-                step_tokens: 40,
-                total_blocks: 100,
-                block_size: 32,
-                kv_dtype: crate::kv_cache::storage::KvDtype::Fp8E4m3,
-                prefix_caching: true,
-                ..EngineStats::default()
-            })
+            record_engine_stats(
+                "m",
+                &EngineStats {
+                    running: 3,
+                    waiting: 2,
+                    kv_usage: 0.5,
+                    prefix_queries: 10,
+                    prefix_hits: 4,
+                    preemptions: 1,
+                    steps: 6,
+                    step_tokens: 40,
+                    prompt_tokens: 30,
+                    generation_tokens: 9,
+                    total_blocks: 100,
+                    block_size: 32,
+                    kv_dtype: crate::kv_cache::storage::KvDtype::Fp8E4m3,
+                    prefix_caching: true,
+                    ..EngineStats::default()
+                },
+            )
         });
-        assert!(text.contains("r1serve:num_requests_running 3"), "{text}");
-        assert!(text.contains("r1serve:num_requests_waiting 2"), "{text}");
-        assert!(text.contains("r1serve:kv_cache_usage_perc 0.5"), "{text}");
-        assert!(text.contains("r1serve:prefix_cache_hits_total 4"), "{text}");
-        assert!(text.contains("r1serve:num_preemptions_total 1"), "{text}");
-        assert!(text.contains("r1serve:engine_steps_total 6"), "{text}");
-        assert!(
-            text.contains("r1serve:engine_step_tokens_total 40"),
-            "{text}"
-        );
+        for line in [
+            "r1serve:num_requests_running{model_name=\"m\"} 3",
+            "r1serve:num_requests_waiting{model_name=\"m\"} 2",
+            "r1serve:kv_cache_usage_perc{model_name=\"m\"} 0.5",
+            "r1serve:prefix_cache_hits_total{model_name=\"m\"} 4",
+            "r1serve:num_preemptions_total{model_name=\"m\"} 1",
+            "r1serve:engine_steps_total{model_name=\"m\"} 6",
+            "r1serve:engine_step_tokens_total{model_name=\"m\"} 40",
+            "r1serve:prompt_tokens_total{model_name=\"m\"} 30",
+            "r1serve:generation_tokens_total{model_name=\"m\"} 9",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
         let info = text
             .lines()
             .find(|l| l.starts_with("r1serve:cache_config_info{"))
             .unwrap_or_else(|| panic!("{text}"));
         for label in [
+            "model_name=\"m\"",
             "block_size=\"32\"",
             "cache_dtype=\"fp8\"",
             "enable_prefix_caching=\"true\"",

@@ -171,12 +171,14 @@ impl Server {
         events(&self.stream_raw(path, body).await)
     }
 
+    /// The value of a metric, named with its labels but without the
+    /// `model_name` label every metric carries.
     async fn metric(&self, name: &str) -> f64 {
         let text = self.get("/metrics").await.text().await.expect("metrics");
         text.lines()
             .find_map(|line| {
                 let (key, value) = line.split_once(' ')?;
-                (key == name).then(|| value.trim().parse().ok())?
+                (without_model_name(key) == name).then(|| value.trim().parse().ok())?
             })
             .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
     }
@@ -186,6 +188,23 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A metric's key with its `model_name` label removed.
+fn without_model_name(key: &str) -> String {
+    let Some((name, labels)) = key.split_once('{') else {
+        return key.to_string();
+    };
+    let labels: Vec<&str> = labels
+        .trim_end_matches('}')
+        .split(',')
+        .filter(|label| !label.starts_with("model_name="))
+        .collect();
+    if labels.is_empty() {
+        name.to_string()
+    } else {
+        format!("{name}{{{}}}", labels.join(","))
     }
 }
 

@@ -29,6 +29,8 @@ pub trait InferenceBackend: Send + Sync + 'static {
     fn stats(&self) -> EngineStats;
     /// Stops the engine after the HTTP server has drained.
     fn shutdown(&self);
+    /// Why the engine can no longer serve, if it died; `None` while healthy.
+    fn failure(&self) -> Option<String>;
 }
 
 /// What the HTTP layer needs from the tokenizer and chat template. Calls may
@@ -43,10 +45,18 @@ pub trait PromptCodec: Send + Sync + 'static {
     /// Number of ids the model can emit; larger `logit_bias` keys are
     /// rejected.
     fn vocab_size(&self) -> usize;
+    /// The most bytes of text one token can stand for, when the tokenizer
+    /// guarantees a bound: a text of more than `n` times this many bytes
+    /// then has more than `n` tokens, and can be refused without being
+    /// tokenized. `None` when no bound holds (a normalizer that may shrink
+    /// the text, an unknown token that may swallow a whole word).
+    fn max_token_bytes(&self) -> Option<usize>;
     /// Renders a conversation (a JSON array of messages) with the chat
     /// template, with `tools` (a JSON array of tool definitions) when the
     /// model may call them, and tokenizes it: message text as plain text,
-    /// only the template's markup as special tokens.
+    /// only the template's markup as special tokens. A rendering longer than
+    /// `max_bytes` fails with [`crate::tokenizer::PromptTooLong`] before it
+    /// is tokenized.
     fn encode_chat(
         &self,
         messages: &Value,
@@ -54,6 +64,7 @@ pub trait PromptCodec: Send + Sync + 'static {
         tools: Option<&Value>,
         extra: &Map<String, Value>,
         add_special_tokens: bool,
+        max_bytes: Option<usize>,
     ) -> anyhow::Result<ChatPrompt>;
 }
 
@@ -69,6 +80,10 @@ impl InferenceBackend for EngineHandle {
     fn shutdown(&self) {
         EngineHandle::shutdown(self);
     }
+
+    fn failure(&self) -> Option<String> {
+        EngineHandle::failure(self)
+    }
 }
 
 /// The model's tokenizer together with the chat template being served
@@ -78,6 +93,7 @@ pub struct TokenizerCodec {
     tokenizer: Arc<Tokenizer>,
     template: Option<ChatTemplate>,
     tool_template: Option<ChatTemplate>,
+    max_token_bytes: Option<usize>,
 }
 
 impl TokenizerCodec {
@@ -89,12 +105,43 @@ impl TokenizerCodec {
         template: Option<ChatTemplate>,
         tool_template: Option<ChatTemplate>,
     ) -> Self {
+        let max_token_bytes = max_token_bytes(tokenizer.inner());
         Self {
             tokenizer,
             template,
             tool_template,
+            max_token_bytes,
         }
     }
+}
+
+/// The most input bytes one token of `tokenizer` can cover, if bounded.
+///
+/// A BPE token covers exactly the text of its vocabulary string, and that
+/// string is never shorter in UTF-8 than the input bytes it stands for:
+/// byte-level BPE spells each byte as one character of one or two bytes,
+/// SentencePiece spells a one-byte space as the three-byte `▁` and a byte
+/// fallback as `<0xNN>`. An unknown token covers one character (at most 4
+/// bytes) unless unknowns are fused. A normalizer breaks the argument, as
+/// NFC, NFKC, lowercasing or stripping can shrink the text before it is
+/// split, so a tokenizer with one has no bound here.
+fn max_token_bytes(tokenizer: &tokenizers::Tokenizer) -> Option<usize> {
+    if tokenizer.get_normalizer().is_some() {
+        return None;
+    }
+    let tokenizers::ModelWrapper::BPE(bpe) = tokenizer.get_model() else {
+        return None;
+    };
+    if bpe.unk_token.is_some() && bpe.fuse_unk {
+        return None;
+    }
+    let longest = tokenizer
+        .get_vocab(true)
+        .keys()
+        .map(String::len)
+        .max()
+        .unwrap_or(0);
+    Some(longest.max(char::MAX.len_utf8()))
 }
 
 impl PromptCodec for TokenizerCodec {
@@ -110,6 +157,10 @@ impl PromptCodec for TokenizerCodec {
         self.tokenizer.vocab_size()
     }
 
+    fn max_token_bytes(&self) -> Option<usize> {
+        self.max_token_bytes
+    }
+
     fn encode_chat(
         &self,
         messages: &Value,
@@ -117,6 +168,7 @@ impl PromptCodec for TokenizerCodec {
         tools: Option<&Value>,
         extra: &Map<String, Value>,
         add_special_tokens: bool,
+        max_bytes: Option<usize>,
     ) -> anyhow::Result<ChatPrompt> {
         let tool_template = tools.and(self.tool_template.as_ref());
         let template = tool_template.or(self.template.as_ref()).ok_or_else(|| {
@@ -131,6 +183,7 @@ impl PromptCodec for TokenizerCodec {
             tools,
             extra,
             add_special_tokens,
+            max_bytes,
         )
     }
 }

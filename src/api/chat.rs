@@ -13,7 +13,9 @@ use serde_json::Value;
 
 use super::backend::PromptCodec;
 use super::error::{ApiError, Json};
-use super::generation::{blocking, sampling_params, token_text, ChoiceUpdate, Generation};
+use super::generation::{
+    encode_chat_prompt, sampling_params, token_text, ChoiceUpdate, Generation,
+};
 use super::protocol::{
     chat_completion_id, unix_timestamp, AssistantMessage, ChatChoice, ChatCompletionChunk,
     ChatCompletionRequest, ChatCompletionResponse, ChatLogprobs, ChatTokenLogprob, ChunkChoice,
@@ -48,14 +50,22 @@ pub async fn chat_completions(
     let definitions = tools.map(|tools| Value::Array(tools.definitions.clone()));
     let kwargs = request.chat_template_kwargs.unwrap_or_default();
     let codec = Arc::clone(&model.codec);
-    let (prompt, prompt_ids) = blocking(move || {
-        // The template already wrote BOS and every special token.
-        let chat = codec
-            .encode_chat(&messages, true, definitions.as_ref(), &kwargs, false)
-            .map_err(|e| ApiError::bad_request("messages", format!("chat template error: {e}")))?;
-        Ok((chat.text, chat.ids))
-    })
-    .await?;
+    let max_model_len = model.max_model_len;
+    let (prompt, prompt_ids) = state
+        .tokenizer_work(move || {
+            // The template writes BOS and every special token itself.
+            let chat = encode_chat_prompt(
+                codec.as_ref(),
+                &messages,
+                true,
+                definitions.as_ref(),
+                &kwargs,
+                false,
+                max_model_len,
+            )?;
+            Ok((chat.text, chat.ids))
+        })
+        .await?;
     let params = sampling_params(&model, &chat.params, prompt_ids.len(), None)?;
     let starts_in_reasoning =
         model.reasoning == ReasoningParser::DeepSeekR1 && prompt_opens_reasoning(&prompt);

@@ -11,7 +11,7 @@ use futures::stream::{self, StreamExt};
 
 use super::backend::PromptCodec;
 use super::error::{ApiError, Json};
-use super::generation::{blocking, sampling_params, token_text, ChoiceUpdate, Generation};
+use super::generation::{encode_prompt, sampling_params, token_text, ChoiceUpdate, Generation};
 use super::protocol::{
     completion_id, unix_timestamp, CompletionChoice, CompletionChunk, CompletionLogprobs,
     CompletionRequest, CompletionResponse, Prompt, TopLogprobMap,
@@ -45,27 +45,29 @@ pub async fn completions(
     let codec = Arc::clone(&model.codec);
     let vocab = codec.vocab_size();
     let echo = completion.echo;
-    let (prompt_text, prompt_ids) = blocking(move || match completion.prompt {
-        Prompt::Text(text) => {
-            let ids = codec.encode(&text, true).map_err(ApiError::internal)?;
-            Ok((text, ids))
-        }
-        Prompt::Tokens(ids) => {
-            if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
-                return Err(ApiError::bad_request(
-                    "prompt",
-                    format!("token {bad} is outside the vocabulary of {vocab} tokens"),
-                ));
+    let max_model_len = model.max_model_len;
+    let (prompt_text, prompt_ids) = state
+        .tokenizer_work(move || match completion.prompt {
+            Prompt::Text(text) => {
+                let ids = encode_prompt(codec.as_ref(), &text, true, max_model_len, "prompt")?;
+                Ok((text, ids))
             }
-            let text = if echo {
-                codec.decode(&ids, false).map_err(ApiError::internal)?
-            } else {
-                String::new()
-            };
-            Ok((text, ids))
-        }
-    })
-    .await?;
+            Prompt::Tokens(ids) => {
+                if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+                    return Err(ApiError::bad_request(
+                        "prompt",
+                        format!("token {bad} is outside the vocabulary of {vocab} tokens"),
+                    ));
+                }
+                let text = if echo {
+                    codec.decode(&ids, false).map_err(ApiError::internal)?
+                } else {
+                    String::new()
+                };
+                Ok((text, ids))
+            }
+        })
+        .await?;
     if prompt_ids.is_empty() {
         return Err(ApiError::bad_request(
             "prompt",

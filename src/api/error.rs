@@ -148,6 +148,45 @@ impl ApiError {
         )
     }
 
+    /// 405 for a known route called with a method it does not serve.
+    pub fn method_not_allowed(method: &str, path: &str) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            ErrorKind::InvalidRequest,
+            format!("Method {method} is not allowed for {path}"),
+        )
+    }
+
+    /// 408 for a request whose body stopped arriving.
+    pub fn request_timeout() -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            ErrorKind::InvalidRequest,
+            "The request body was not received in time",
+        )
+    }
+
+    /// 414 for a request target over `limit` bytes.
+    pub fn uri_too_long(limit: usize) -> Self {
+        Self::new(
+            StatusCode::URI_TOO_LONG,
+            ErrorKind::InvalidRequest,
+            format!("The request URI is longer than {limit} bytes"),
+        )
+    }
+
+    /// 503 for a connection over the server's connection limit.
+    pub fn too_many_connections() -> Self {
+        Self {
+            retry_after: Some(1),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorKind::Server,
+                "The server has too many open connections, please retry later",
+            )
+        }
+    }
+
     /// 503 when the engine queue is full; the client should retry after
     /// `retry_after` seconds.
     pub fn overloaded(retry_after: u64) -> Self {
@@ -223,12 +262,22 @@ impl From<JsonRejection> for ApiError {
             {
                 Self::payload_too_large()
             }
+            JsonRejection::BytesRejection(_) if caused_by_timeout(&rejection) => {
+                Self::request_timeout()
+            }
             // axum's text already names the failing field path and position,
             // which is the precise message a client needs; 422 becomes 400
             // because OpenAI reports every malformed body as 400.
             other => Self::invalid_body(other.body_text()),
         }
     }
+}
+
+/// Whether reading the body failed because it stopped arriving (the
+/// router's body read timeout), somewhere down the error's causes.
+fn caused_by_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(error), |e| e.source())
+        .any(|e| e.is::<tower_http::timeout::TimeoutError>())
 }
 
 /// A JSON body extractor and response type whose rejections are

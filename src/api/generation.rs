@@ -8,6 +8,7 @@
 use std::time::Instant;
 
 use futures::StreamExt;
+use serde_json::{Map, Value};
 
 use super::backend::{OutputStream, PromptCodec};
 use super::error::{ApiError, ErrorKind};
@@ -23,6 +24,7 @@ use crate::engine::types::{
 };
 use crate::metrics::{Completion, RequestRecorder};
 use crate::reasoning::{ReasoningParser, ReasoningSplitter};
+use crate::tokenizer::{ChatPrompt, PromptTooLong};
 use crate::tools::{call_id, ParsedText, ToolCallStream};
 use crate::types::TokenId;
 
@@ -116,6 +118,7 @@ fn engine_error(error: EngineError) -> ApiError {
             ApiError::bad_request("messages", error.to_string())
         }
         EngineError::Stopped => shutting_down(),
+        EngineError::Failed(cause) => ApiError::internal(cause),
     }
 }
 
@@ -127,16 +130,81 @@ fn shutting_down() -> ApiError {
     )
 }
 
-/// Runs blocking tokenizer or template work off the async threads, mapping
-/// a panic in it to a 500 instead of taking the connection down.
-pub async fn blocking<T, F>(work: F) -> Result<T, ApiError>
-where
-    F: FnOnce() -> Result<T, ApiError> + Send + 'static,
-    T: Send + 'static,
-{
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(ApiError::internal)?
+/// Tokenizes a prompt for a model of `max_model_len` tokens. A text that
+/// cannot fit is refused by its byte length alone when the codec bounds the
+/// bytes per token (`param` names the field at fault): tokenizing megabytes
+/// costs seconds of CPU, and the tokenizer cannot stop part-way once the
+/// count passes the limit. Texts that pass are tokenized whole, and their
+/// token count is checked by the caller.
+pub fn encode_prompt(
+    codec: &dyn PromptCodec,
+    text: &str,
+    add_special_tokens: bool,
+    max_model_len: usize,
+    param: &str,
+) -> Result<Vec<TokenId>, ApiError> {
+    if let Some(limit) = byte_limit(codec, max_model_len) {
+        if text.len() > limit {
+            return Err(too_many_bytes(codec, text.len(), max_model_len, param));
+        }
+    }
+    codec
+        .encode(text, add_special_tokens)
+        .map_err(ApiError::internal)
+}
+
+/// The most bytes a prompt of `max_model_len` tokens can have, when the
+/// codec bounds the bytes per token.
+pub fn byte_limit(codec: &dyn PromptCodec, max_model_len: usize) -> Option<usize> {
+    codec
+        .max_token_bytes()
+        .map(|per_token| max_model_len.saturating_mul(per_token))
+}
+
+/// The 400 for a prompt refused by its byte length.
+pub fn too_many_bytes(
+    codec: &dyn PromptCodec,
+    bytes: usize,
+    max_model_len: usize,
+    param: &str,
+) -> ApiError {
+    let per_token = codec.max_token_bytes().unwrap_or(0);
+    ApiError::bad_request(
+        param,
+        format!(
+            "This model's maximum context length is {max_model_len} tokens. However, the \
+             prompt is {bytes} bytes long and no token covers more than {per_token} bytes, so \
+             it has more than {max_model_len} tokens. Please reduce the length of the prompt."
+        ),
+    )
+    .with_code("context_length_exceeded")
+}
+
+/// Renders and tokenizes a conversation (see [`PromptCodec::encode_chat`]),
+/// refusing by byte length a rendering that cannot fit `max_model_len`.
+pub fn encode_chat_prompt(
+    codec: &dyn PromptCodec,
+    messages: &Value,
+    add_generation_prompt: bool,
+    tools: Option<&Value>,
+    extra: &Map<String, Value>,
+    add_special_tokens: bool,
+    max_model_len: usize,
+) -> Result<ChatPrompt, ApiError> {
+    let limit = byte_limit(codec, max_model_len);
+    codec
+        .encode_chat(
+            messages,
+            add_generation_prompt,
+            tools,
+            extra,
+            add_special_tokens,
+            limit,
+        )
+        .map_err(|e| match e.downcast_ref::<PromptTooLong>() {
+            Some(long) => too_many_bytes(codec, long.bytes, max_model_len, "messages"),
+            None => ApiError::bad_request("messages", format!("chat template error: {e}")),
+        })
 }
 
 /// One choice's news from one engine output, already split into reasoning,
@@ -284,7 +352,7 @@ impl Generation {
             .collect();
         Ok(Self {
             outputs,
-            recorder: RequestRecorder::new(arrived),
+            recorder: RequestRecorder::new(model.name.as_str().into(), arrived),
             choices,
             usage: RequestUsage::default(),
             done: false,
@@ -292,18 +360,20 @@ impl Generation {
     }
 
     /// The updates of the next engine output, or `None` once every choice
-    /// has finished. An engine that ends the stream early (or aborts the
-    /// request) yields an error.
+    /// has finished. An aborted request yields a 503; a stream that ends
+    /// without its last output means the engine thread died, a 500.
     pub async fn next(&mut self) -> Option<Result<Vec<ChoiceUpdate>, ApiError>> {
         if self.done {
             return None;
         }
         let Some(output) = self.outputs.next().await else {
             self.done = true;
-            return Some(Err(shutting_down()));
+            return Some(Err(ApiError::internal(
+                "the engine ended a request's output stream without finishing it",
+            )));
         };
         let new_tokens = output.samples.iter().map(|s| s.token_ids.len()).sum();
-        self.recorder.on_output(new_tokens, output.usage);
+        self.recorder.on_output(new_tokens);
         self.usage = output.usage;
         let mut updates = Vec::with_capacity(output.samples.len());
         for sample in output.samples {

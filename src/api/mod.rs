@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod chat;
 pub mod completions;
+pub mod connections;
 pub mod error;
 pub mod generation;
 pub mod models;

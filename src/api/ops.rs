@@ -7,10 +7,11 @@ use axum::response::{IntoResponse, Response};
 
 use super::state::AppState;
 
-/// Handles `GET /health`: 200 once the model is loaded, 503 before, so an
-/// orchestrator only routes traffic to a ready replica.
+/// Handles `GET /health`: 200 once the model is loaded and while its engine
+/// runs, 503 before and after, so an orchestrator only routes traffic to a
+/// ready replica.
 pub async fn health(State(state): State<AppState>) -> StatusCode {
-    if state.try_model().is_some() {
+    if state.healthy_model().is_some() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -19,13 +20,16 @@ pub async fn health(State(state): State<AppState>) -> StatusCode {
 
 /// Handles `GET /metrics` in the Prometheus text format.
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let stats = state.try_model().map(|model| model.engine.stats());
+    let model = state.try_model();
+    let engine = model
+        .as_deref()
+        .map(|model| (model.name.as_str(), model.engine.stats()));
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics().render(stats),
+        state.metrics().render(engine),
     )
         .into_response()
 }

@@ -8,6 +8,7 @@ use std::sync::{Arc, OnceLock};
 
 use axum::http::StatusCode;
 use subtle::ConstantTimeEq;
+use tokio::sync::Semaphore;
 
 use super::backend::{InferenceBackend, PromptCodec};
 use super::error::{ApiError, ErrorKind};
@@ -53,6 +54,7 @@ struct Inner {
     model: OnceLock<Arc<ServedModel>>,
     api_keys: Vec<String>,
     metrics: Metrics,
+    tokenizer_slots: Semaphore,
 }
 
 /// Cheaply clonable handle to the server state.
@@ -63,15 +65,39 @@ pub struct AppState {
 
 impl AppState {
     /// State for a server that has not loaded its model yet. An empty
-    /// `api_keys` disables authentication.
+    /// `api_keys` disables authentication. Tokenizer and template work runs
+    /// on at most as many threads as the machine has cores.
     pub fn new(api_keys: Vec<String>, metrics: Metrics) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
         Self {
             inner: Arc::new(Inner {
                 model: OnceLock::new(),
                 api_keys,
                 metrics,
+                tokenizer_slots: Semaphore::new(cores),
             }),
         }
+    }
+
+    /// Runs blocking tokenizer or template work off the async threads, at
+    /// most one job per core at a time: a flood of long prompts then queues
+    /// (waiting costs no CPU) instead of taking every core from the engine.
+    /// A panic in the work becomes a 500 instead of taking the connection
+    /// down.
+    pub async fn tokenizer_work<T, F>(&self, work: F) -> Result<T, ApiError>
+    where
+        F: FnOnce() -> Result<T, ApiError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let _slot = self
+            .inner
+            .tokenizer_slots
+            .acquire()
+            .await
+            .map_err(ApiError::internal)?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(ApiError::internal)?
     }
 
     /// Publishes the loaded model; later calls are ignored because a server
@@ -85,6 +111,13 @@ impl AppState {
     /// The served model, if loading has finished.
     pub fn try_model(&self) -> Option<Arc<ServedModel>> {
         self.inner.model.get().cloned()
+    }
+
+    /// The served model while its engine runs: `None` while it loads and
+    /// once the engine has died, when `/health` must send traffic elsewhere.
+    pub fn healthy_model(&self) -> Option<Arc<ServedModel>> {
+        self.try_model()
+            .filter(|model| model.engine.failure().is_none())
     }
 
     /// The served model, or 503 while it is still loading.

@@ -30,11 +30,38 @@ use crate::types::TokenId;
 struct ByteCodec {
     /// Appended to the rendered chat prompt, e.g. `<think>\n`.
     generation_suffix: &'static str,
+    /// Time each `encode` takes, to make concurrent tokenizations overlap.
+    encode_time: std::time::Duration,
+    /// Encodes running now, and the most seen at once.
+    encoding: AtomicUsize,
+    max_encoding: AtomicUsize,
+    /// Bytes of text tokenized so far.
+    encoded_bytes: AtomicUsize,
+}
+
+impl ByteCodec {
+    fn new(generation_suffix: &'static str) -> Self {
+        Self {
+            generation_suffix,
+            encode_time: std::time::Duration::ZERO,
+            encoding: AtomicUsize::new(0),
+            max_encoding: AtomicUsize::new(0),
+            encoded_bytes: AtomicUsize::new(0),
+        }
+    }
 }
 
 impl PromptCodec for ByteCodec {
     fn encode(&self, text: &str, _add_special_tokens: bool) -> anyhow::Result<Vec<TokenId>> {
+        let now = self.encoding.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_encoding.fetch_max(now, Ordering::SeqCst);
+        self.encoded_bytes.fetch_add(text.len(), Ordering::SeqCst);
+        std::thread::sleep(self.encode_time);
+        self.encoding.fetch_sub(1, Ordering::SeqCst);
         Ok(text.bytes().map(TokenId::from).collect())
+    }
+    fn max_token_bytes(&self) -> Option<usize> {
+        Some(1)
     }
     fn decode(&self, ids: &[TokenId], _skip: bool) -> anyhow::Result<String> {
         let bytes: Vec<u8> = ids.iter().map(|&id| id as u8).collect();
@@ -50,6 +77,7 @@ impl PromptCodec for ByteCodec {
         tools: Option<&Value>,
         _extra: &Map<String, Value>,
         add_special_tokens: bool,
+        max_bytes: Option<usize>,
     ) -> anyhow::Result<ChatPrompt> {
         let mut out = String::new();
         if let Some(tools) = tools {
@@ -66,6 +94,9 @@ impl PromptCodec for ByteCodec {
             out.push_str("<assistant>");
             out.push_str(self.generation_suffix);
         }
+        if max_bytes.is_some_and(|limit| out.len() > limit) {
+            return Err(crate::tokenizer::PromptTooLong { bytes: out.len() }.into());
+        }
         let ids = self.encode(&out, add_special_tokens)?;
         Ok(ChatPrompt { text: out, ids })
     }
@@ -73,10 +104,14 @@ impl PromptCodec for ByteCodec {
 
 /// Emits `script` one piece per token for every choice, then finishes with
 /// `Stop`, or with `Length` when `max_tokens` cuts it short. With `hang`, the
-/// stream stalls after the first token, for disconnect tests.
+/// stream stalls after the first token, for disconnect tests; with `die`,
+/// it ends after the first token without finishing, as when the engine
+/// thread dies, and the engine reports `failure` to later callers.
 struct ScriptedEngine {
     script: Vec<&'static str>,
     hang: bool,
+    die: bool,
+    failure: Mutex<Option<String>>,
     queue_full: bool,
     live: Arc<AtomicUsize>,
     last_request: Mutex<Option<EngineRequest>>,
@@ -95,6 +130,9 @@ impl InferenceBackend for ScriptedEngine {
     fn add_request(&self, request: EngineRequest) -> Result<OutputStream, EngineError> {
         if self.queue_full {
             return Err(EngineError::QueueFull(0));
+        }
+        if let Some(cause) = self.failure() {
+            return Err(EngineError::Failed(cause));
         }
         *self.last_request.lock().unwrap() = Some(request.clone());
         let prompt_tokens = request.prompt.len();
@@ -141,6 +179,9 @@ impl InferenceBackend for ScriptedEngine {
         let first = futures::stream::iter(outputs.clone().into_iter().take(1));
         let rest: OutputStream = if self.hang {
             Box::pin(futures::stream::pending())
+        } else if self.die {
+            *self.failure.lock().unwrap() = Some("scripted death".into());
+            Box::pin(futures::stream::empty())
         } else {
             Box::pin(futures::stream::iter(outputs.into_iter().skip(1)))
         };
@@ -156,6 +197,9 @@ impl InferenceBackend for ScriptedEngine {
         }
     }
     fn shutdown(&self) {}
+    fn failure(&self) -> Option<String> {
+        self.failure.lock().unwrap().clone()
+    }
 }
 
 fn metrics() -> Metrics {
@@ -168,6 +212,7 @@ fn metrics() -> Metrics {
 struct Harness {
     app: Router,
     engine: Arc<ScriptedEngine>,
+    codec: Arc<ByteCodec>,
 }
 
 struct Setup {
@@ -177,8 +222,10 @@ struct Setup {
     tool_parser: ToolCallParser,
     keys: Vec<String>,
     hang: bool,
+    die: bool,
     queue_full: bool,
     load: bool,
+    encode_time: std::time::Duration,
 }
 
 impl Default for Setup {
@@ -190,8 +237,10 @@ impl Default for Setup {
             tool_parser: ToolCallParser::Hermes,
             keys: Vec::new(),
             hang: false,
+            die: false,
             queue_full: false,
             load: true,
+            encode_time: std::time::Duration::ZERO,
         }
     }
 }
@@ -200,17 +249,21 @@ fn harness(setup: Setup) -> Harness {
     let engine = Arc::new(ScriptedEngine {
         script: setup.script,
         hang: setup.hang,
+        die: setup.die,
+        failure: Mutex::new(None),
         queue_full: setup.queue_full,
         live: Arc::new(AtomicUsize::new(0)),
         last_request: Mutex::new(None),
+    });
+    let codec = Arc::new(ByteCodec {
+        encode_time: setup.encode_time,
+        ..ByteCodec::new(setup.suffix)
     });
     let state = AppState::new(setup.keys, metrics());
     if setup.load {
         state.set_model(ServedModel {
             engine: engine.clone(),
-            codec: Arc::new(ByteCodec {
-                generation_suffix: setup.suffix,
-            }),
+            codec: codec.clone(),
             name: "test-model".into(),
             max_model_len: 128,
             default_temperature: Some(0.6),
@@ -225,9 +278,10 @@ fn harness(setup: Setup) -> Harness {
         &RouterConfig {
             max_body_bytes: 4096,
             allowed_origins: vec!["*".into()],
+            body_timeout: std::time::Duration::from_secs(5),
         },
     );
-    Harness { app, engine }
+    Harness { app, engine, codec }
 }
 
 impl Harness {
@@ -650,9 +704,9 @@ async fn tokenize_and_metrics() {
         .starts_with("text/plain"));
     let text = String::from_utf8(body).unwrap();
     for name in [
-        "r1serve:num_requests_running",
-        "r1serve:request_success_total",
-        "r1serve:reasoning_tokens_total",
+        "r1serve:num_requests_running{model_name=\"test-model\"}",
+        "r1serve:request_success_total{model_name=\"test-model\",finished_reason=\"stop\"}",
+        "r1serve:reasoning_tokens_total{model_name=\"test-model\"}",
     ] {
         assert!(text.contains(name), "{name} missing from\n{text}");
     }
@@ -794,4 +848,252 @@ async fn bad_tools_get_a_400_naming_the_problem() {
         body["error"]["message"],
         "tool_choice 'required' is not supported yet; use \"auto\" or \"none\""
     );
+}
+fn get_with(path: &str, authorization: Option<&str>) -> Request<Body> {
+    let mut builder = Request::get(path);
+    if let Some(value) = authorization {
+        builder = builder.header(header::AUTHORIZATION, value);
+    }
+    builder.body(Body::empty()).unwrap()
+}
+
+/// The body of an error response, checked to be OpenAI's envelope.
+fn envelope(bytes: &[u8]) -> Value {
+    let body: Value = serde_json::from_slice(bytes)
+        .unwrap_or_else(|_| panic!("not JSON: {:?}", String::from_utf8_lossy(bytes)));
+    let error = body["error"].as_object().expect("an 'error' object");
+    for key in ["message", "type", "param", "code"] {
+        assert!(error.contains_key(key), "{key} missing from {body}");
+    }
+    body
+}
+
+#[tokio::test]
+async fn unknown_routes_need_the_key_and_bearer_is_case_insensitive() {
+    let h = harness(Setup {
+        keys: vec!["k1".into()],
+        ..Setup::default()
+    });
+    let (status, _, body) = h.send(get_with("/admin", None)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(envelope(&body)["error"]["code"], "invalid_api_key");
+    let (status, _, body) = h.send(get_with("/admin", Some("Bearer k1"))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    envelope(&body);
+    for scheme in ["bearer k1", "BEARER k1", "Bearer   k1 "] {
+        let (status, _, _) = h.send(get_with("/v1/models", Some(scheme))).await;
+        assert_eq!(status, StatusCode::OK, "{scheme}");
+    }
+    for wrong in ["Basic k1", "Bearerk1", "Bearer ", "k1"] {
+        let (status, _, _) = h.send(get_with("/v1/models", Some(wrong))).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{wrong}");
+    }
+    // A wrong method on a real route is no way around the key either.
+    let (status, _, _) = h.send(get_with("/v1/chat/completions", None)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn router_errors_carry_the_envelope() {
+    let h = harness(Setup::default());
+    let (status, _, body) = h.send(get_with("/v1/chat/completions", None)).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(envelope(&body)["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("GET"));
+
+    let long = format!("/v1/models/{}", "a".repeat(super::router::MAX_URI_BYTES));
+    let (status, _, body) = h.send(get_with(&long, None)).await;
+    assert_eq!(status, StatusCode::URI_TOO_LONG);
+    envelope(&body);
+
+    let (status, _, body) = h.send(get_with("/v1/models/%FF%FE", None)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    envelope(&body);
+}
+
+#[tokio::test]
+async fn template_kwargs_cannot_smuggle_reserved_variables() {
+    let h = harness(Setup::default());
+    for (kwargs, param) in [
+        (
+            json!({"tools": [{"type": "function"}]}),
+            "chat_template_kwargs.tools",
+        ),
+        (
+            json!({"documents": [{"text": "d"}]}),
+            "chat_template_kwargs.documents",
+        ),
+        (
+            json!({"tool_choice": "auto"}),
+            "chat_template_kwargs.tool_choice",
+        ),
+        (json!({"messages": []}), "chat_template_kwargs.messages"),
+        (
+            json!({"bos_token": "<s>"}),
+            "chat_template_kwargs.bos_token",
+        ),
+    ] {
+        for path in ["/v1/chat/completions", "/tokenize"] {
+            let (status, body) = h
+                .post(
+                    path,
+                    json!({"messages": user("x"), "chat_template_kwargs": kwargs}),
+                )
+                .await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{path} {kwargs}: {body}");
+            assert_eq!(body["error"]["param"], param, "{body}");
+        }
+    }
+    // Values asking for nothing pass, as they do as parameters.
+    let (status, body) = h
+        .post(
+            "/v1/chat/completions",
+            json!({"messages": user("x"),
+                   "chat_template_kwargs": {"tools": [], "tool_choice": "none", "thinking": true}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn numeric_ranges_keep_logits_finite() {
+    let h = harness(Setup::default());
+    for penalty in [1e-38, 0.0, -1.0, 1e38, 0.009, 100.5] {
+        let (status, body) = h
+            .post(
+                "/v1/completions",
+                json!({"prompt": "x", "repetition_penalty": penalty}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{penalty}: {body}");
+        assert_eq!(body["error"]["param"], "repetition_penalty");
+    }
+    for penalty in [0.01, 1.3, 100.0] {
+        let (status, body) = h
+            .post(
+                "/v1/completions",
+                json!({"prompt": "x", "repetition_penalty": penalty}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{penalty}: {body}");
+    }
+    // 1/t overflows for the smallest temperatures: they sample greedily.
+    for (temperature, sent) in [(1e-45, 0.0), (1e-6, 0.0), (1e-5, 1e-5), (0.7, 0.7)] {
+        let (status, body) = h
+            .post(
+                "/v1/completions",
+                json!({"prompt": "x", "temperature": temperature}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let request = h.engine.last_request.lock().unwrap().clone().unwrap();
+        assert_eq!(request.params.temperature, sent as f32, "{temperature}");
+        let inverse = 1.0 / request.params.temperature;
+        assert!(request.params.temperature == 0.0 || inverse.is_finite());
+    }
+}
+
+#[tokio::test]
+async fn wrong_json_types_name_the_field() {
+    let h = harness(Setup::default());
+    for (extra, field) in [
+        (
+            json!({"stream": true, "stream_options": []}),
+            "stream_options",
+        ),
+        (
+            json!({"stream": true, "stream_options": "yes"}),
+            "stream_options",
+        ),
+        (
+            json!({"stream": true, "stream_options": {"include_usage": "yes"}}),
+            "stream_options",
+        ),
+        (json!({"messages": [["user", "hi"]]}), "messages"),
+    ] {
+        let mut body = json!({"messages": user("x")});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let (status, reply) = h.post("/v1/chat/completions", body.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {reply}");
+        let message = reply["error"]["message"].as_str().unwrap();
+        assert!(message.contains(field), "{body}: {message}");
+    }
+    let (status, _) = h
+        .post(
+            "/v1/chat/completions",
+            json!({"messages": user("x"), "stream": true, "stream_options": null}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn prompts_too_long_by_bytes_are_not_tokenized() {
+    let h = harness(Setup::default());
+    // One byte per token and 128 tokens of context: 129 bytes cannot fit.
+    let (status, body) = h
+        .post("/tokenize", json!({"prompt": "x".repeat(129)}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "context_length_exceeded");
+    let (status, body) = h
+        .post("/v1/completions", json!({"prompt": "x".repeat(200)}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["param"], "prompt");
+    let (status, body) = h
+        .post(
+            "/v1/chat/completions",
+            json!({"messages": user(&"x".repeat(200))}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["param"], "messages");
+    assert_eq!(h.codec.encoded_bytes.load(Ordering::SeqCst), 0);
+    // At the limit the text is tokenized.
+    let (status, body) = h
+        .post("/tokenize", json!({"prompt": "x".repeat(128)}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(h.codec.encoded_bytes.load(Ordering::SeqCst), 128);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tokenization_runs_at_most_one_job_per_core() {
+    let h = harness(Setup {
+        encode_time: std::time::Duration::from_millis(50),
+        ..Setup::default()
+    });
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let requests = (0..cores * 3).map(|_| h.post("/tokenize", json!({"prompt": "hi"})));
+    for (status, body) in futures::future::join_all(requests).await {
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let most = h.codec.max_encoding.load(Ordering::SeqCst);
+    assert!(
+        most <= cores,
+        "{most} tokenizations at once on {cores} cores"
+    );
+}
+
+#[tokio::test]
+async fn a_dead_engine_fails_requests_and_health() {
+    let h = harness(Setup {
+        die: true,
+        ..Setup::default()
+    });
+    let (status, _, _) = h.send(get_with("/health", None)).await;
+    assert_eq!(status, StatusCode::OK);
+    // The engine dies under this request: its stream ends unfinished.
+    let (status, body) = h.post("/v1/completions", json!({"prompt": "x"})).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert_eq!(body["error"]["type"], "server_error");
+    let (status, _, _) = h.send(get_with("/health", None)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let (status, body) = h.post("/v1/completions", json!({"prompt": "x"})).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
 }

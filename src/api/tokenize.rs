@@ -6,10 +6,10 @@ use std::sync::Arc;
 use axum::extract::State;
 
 use super::error::{ApiError, Json};
-use super::generation::blocking;
+use super::generation::{encode_chat_prompt, encode_prompt};
 use super::protocol::{
-    text_messages, validate_tools, DetokenizeRequest, DetokenizeResponse, TokenizeRequest,
-    TokenizeResponse,
+    text_messages, validate_template_kwargs, validate_tools, DetokenizeRequest, DetokenizeResponse,
+    TokenizeRequest, TokenizeResponse,
 };
 use super::state::AppState;
 
@@ -24,35 +24,42 @@ pub async fn tokenize(
     let tokens = match request {
         TokenizeRequest::Chat(chat) => {
             model.check_name(chat.model.as_deref())?;
+            validate_template_kwargs(chat.chat_template_kwargs.as_ref())?;
             let messages =
                 serde_json::to_value(text_messages(&chat.messages)?).map_err(ApiError::internal)?;
             let tools = validate_tools(chat.tools.as_ref(), None, None)?
                 .map(|tools| serde_json::Value::Array(tools.definitions));
             let kwargs = chat.chat_template_kwargs.unwrap_or_default();
-            blocking(move || {
-                codec
-                    .encode_chat(
+            let max_model_len = model.max_model_len;
+            state
+                .tokenizer_work(move || {
+                    encode_chat_prompt(
+                        codec.as_ref(),
                         &messages,
                         chat.add_generation_prompt,
                         tools.as_ref(),
                         &kwargs,
                         chat.add_special_tokens,
+                        max_model_len,
                     )
                     .map(|prompt| prompt.ids)
-                    .map_err(|e| {
-                        ApiError::bad_request("messages", format!("chat template error: {e}"))
-                    })
-            })
-            .await?
+                })
+                .await?
         }
         TokenizeRequest::Text(text) => {
             model.check_name(text.model.as_deref())?;
-            blocking(move || {
-                codec
-                    .encode(&text.prompt, text.add_special_tokens)
-                    .map_err(ApiError::internal)
-            })
-            .await?
+            let max_model_len = model.max_model_len;
+            state
+                .tokenizer_work(move || {
+                    encode_prompt(
+                        codec.as_ref(),
+                        &text.prompt,
+                        text.add_special_tokens,
+                        max_model_len,
+                        "prompt",
+                    )
+                })
+                .await?
         }
     };
     Ok(Json(TokenizeResponse {
@@ -78,11 +85,12 @@ pub async fn detokenize(
         ));
     }
     let codec = Arc::clone(&model.codec);
-    let prompt = blocking(move || {
-        codec
-            .decode(&request.tokens, false)
-            .map_err(ApiError::internal)
-    })
-    .await?;
+    let prompt = state
+        .tokenizer_work(move || {
+            codec
+                .decode(&request.tokens, false)
+                .map_err(ApiError::internal)
+        })
+        .await?;
     Ok(Json(DetokenizeResponse { prompt }))
 }

@@ -9,7 +9,7 @@ use super::types::{
     EngineRequest, EngineStats, FinishReason, RequestOutput, RequestUsage, SampleOutput,
     SamplingParams,
 };
-use super::{Admission, Command, EngineHandle, Shared};
+use super::{Admission, Command, EngineHandle, PanicWatch, Shared};
 use crate::kv_cache::manager::KvCacheManager;
 use crate::kv_cache::storage::KvDtype;
 use crate::model::{BatchSeq, ForwardBatch, Model};
@@ -76,6 +76,8 @@ struct RequestState {
     usage: RequestUsage,
     admitted: bool,
     remaining: usize,
+    /// Prompt tokens already added to `EngineLoop::prompt_tokens`.
+    prompt_counted: usize,
 }
 
 /// Starts engines.
@@ -156,11 +158,13 @@ impl Engine {
                 block_size: config.block_size,
             },
             thread: Mutex::new(None),
+            failure: Mutex::new(None),
         });
         let mut eos: Vec<TokenId> = tokenizer.eos_ids().to_vec();
         eos.sort_unstable();
         eos.dedup();
         let looper = EngineLoop {
+            _watch: PanicWatch(shared.clone()),
             kv: KvCacheManager::new(num_blocks, config.block_size, config.enable_prefix_caching),
             sched: Scheduler::new(SchedulerConfig {
                 max_num_seqs: config.max_num_seqs,
@@ -178,6 +182,8 @@ impl Engine {
             prefix_caching: config.enable_prefix_caching,
             steps: 0,
             step_tokens: 0,
+            prompt_tokens: 0,
+            generation_tokens: 0,
         };
         let thread = std::thread::Builder::new()
             .name("r1serve-engine".into())
@@ -190,6 +196,9 @@ impl Engine {
 }
 
 struct EngineLoop {
+    /// First field, so dropped first: a panic marks the engine failed
+    /// before the request streams below close.
+    _watch: PanicWatch,
     model: Box<dyn Model>,
     tokenizer: Arc<Tokenizer>,
     kv: KvCacheManager,
@@ -203,6 +212,8 @@ struct EngineLoop {
     prefix_caching: bool,
     steps: u64,
     step_tokens: u64,
+    prompt_tokens: u64,
+    generation_tokens: u64,
 }
 
 impl EngineLoop {
@@ -275,6 +286,7 @@ impl EngineLoop {
                 },
                 admitted: false,
                 remaining: n,
+                prompt_counted: 0,
             },
         );
     }
@@ -326,6 +338,13 @@ impl EngineLoop {
                 if seq.index == 0 && seq.cached_prompt.is_some() {
                     req.usage.cached_tokens = seq.cached_prompt.unwrap_or(0);
                 }
+                // Counted as the prefill advances, once per request however
+                // many choices or recomputations cover the same positions.
+                let covered = (seq.num_computed + n).min(req.usage.prompt_tokens);
+                if covered > req.prompt_counted {
+                    self.prompt_tokens += (covered - req.prompt_counted) as u64;
+                    req.prompt_counted = covered;
+                }
             }
             let start = seq.num_computed;
             batch
@@ -339,6 +358,7 @@ impl EngineLoop {
             });
         }
         self.steps += 1;
+        super::fault::at_step(self.steps);
         self.step_tokens += batch.tokens.len() as u64;
         let logits = match self.model.forward(&batch) {
             Ok(l) => l,
@@ -381,7 +401,9 @@ impl EngineLoop {
             let Some(req) = self.requests.get_mut(&rid) else {
                 continue;
             };
-            req.usage.completion_tokens += samples.iter().map(|s| s.token_ids.len()).sum::<usize>();
+            let sampled = samples.iter().map(|s| s.token_ids.len()).sum::<usize>();
+            req.usage.completion_tokens += sampled;
+            self.generation_tokens += sampled as u64;
             req.remaining -= samples.iter().filter(|s| s.finish_reason.is_some()).count();
             let finished = req.remaining == 0;
             let _ = req.tx.send(RequestOutput {
@@ -408,6 +430,8 @@ impl EngineLoop {
             s.preemptions = self.sched.preemptions();
             s.steps = self.steps;
             s.step_tokens = self.step_tokens;
+            s.prompt_tokens = self.prompt_tokens;
+            s.generation_tokens = self.generation_tokens;
         }
     }
 }

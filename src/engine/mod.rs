@@ -4,6 +4,7 @@
 //! channel. Dropping a request's stream aborts it.
 
 mod engine_loop;
+mod fault;
 pub mod sampler;
 pub mod scheduler;
 pub mod sequence;
@@ -44,7 +45,30 @@ struct Shared {
     waiting: AtomicUsize,
     next_id: AtomicU64,
     admission: Admission,
+    /// The engine thread while it is expected to run: [`EngineHandle::shutdown`]
+    /// takes it before asking it to stop, so a finished thread still here
+    /// died on its own.
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Why the engine thread died: marked by [`PanicWatch`] as the thread
+    /// unwinds, detailed from the panic once the thread has ended.
+    failure: Mutex<Option<String>>,
+}
+
+/// Owned by the engine loop; if dropped while the engine thread unwinds
+/// from a panic, it marks the engine failed. The loop drops it before its
+/// requests' output streams, so a client that sees its stream cut short
+/// also sees the engine reported dead (`/health`, new requests) at once,
+/// before the thread has finished unwinding.
+struct PanicWatch(Arc<Shared>);
+
+impl Drop for PanicWatch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Ok(mut failure) = self.0.failure.lock() {
+                failure.get_or_insert_with(|| "the engine thread panicked".to_string());
+            }
+        }
+    }
 }
 
 /// Cheap, cloneable handle to a running engine.
@@ -89,7 +113,10 @@ impl EngineHandle {
             .send(Command::Add(id, req, tx));
         if sent.is_err() {
             self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
-            return Err(EngineError::Stopped);
+            return Err(match self.failure() {
+                Some(cause) => EngineError::Failed(cause),
+                None => EngineError::Stopped,
+            });
         }
         Ok(RequestStream {
             id,
@@ -113,14 +140,46 @@ impl EngineHandle {
 
     /// Aborts everything and stops the engine thread.
     pub fn shutdown(&self) {
+        // Taken before the thread is told to stop, so that its end is never
+        // mistaken for a failure.
+        let thread = self.shared.thread.lock().ok().and_then(|mut t| t.take());
         if let Ok(tx) = self.shared.tx.lock() {
             let _ = tx.send(Command::Shutdown);
         }
-        let thread = self.shared.thread.lock().ok().and_then(|mut t| t.take());
         if let Some(t) = thread {
             let _ = t.join();
         }
     }
+
+    /// Why the engine thread died, if it ended without [`shutdown`]
+    /// (a panic in a model step, say); `None` while it runs or after a
+    /// shutdown. The first call after the thread has ended joins it to
+    /// learn the panic's message.
+    ///
+    /// [`shutdown`]: Self::shutdown
+    pub fn failure(&self) -> Option<String> {
+        let mut failure = self.shared.failure.lock().ok()?;
+        let mut thread = self.shared.thread.lock().ok()?;
+        if thread.as_ref().is_some_and(|t| t.is_finished()) {
+            let cause = match thread.take().map(|t| t.join()) {
+                Some(Err(panic)) => {
+                    format!("the engine thread panicked: {}", panic_message(&*panic))
+                }
+                _ => "the engine thread exited unexpectedly".to_string(),
+            };
+            *failure = Some(cause);
+        }
+        failure.clone()
+    }
+}
+
+/// The text of a panic payload (`panic!` passes a `&str` or a `String`).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-text panic payload".to_string())
 }
 
 /// A request's outputs; dropping it before the end aborts the request.

@@ -177,9 +177,12 @@ pub enum EngineError {
         /// Blocks in the whole pool.
         available: usize,
     },
-    /// The engine thread is gone.
+    /// The engine was shut down.
     #[error("the engine has stopped")]
     Stopped,
+    /// The engine thread died without being asked to stop.
+    #[error("the engine failed: {0}")]
+    Failed(String),
 }
 
 /// Counters and gauges the metrics endpoint reads.
@@ -205,6 +208,11 @@ pub struct EngineStats {
     pub steps: u64,
     /// Tokens processed by the model since start.
     pub step_tokens: u64,
+    /// Prompt tokens of requests whose prefill has covered them (a cached
+    /// prefix counts when the prefill passes it), each counted once.
+    pub prompt_tokens: u64,
+    /// Tokens sampled since start, all choices.
+    pub generation_tokens: u64,
     /// Tokens per KV block (fixed at start, like the two below).
     pub block_size: usize,
     /// Element type of the KV cache.

@@ -32,6 +32,23 @@ pub struct ChatPrompt {
     pub ids: Vec<TokenId>,
 }
 
+/// A rendered conversation longer than the caller's byte limit: it is
+/// refused before tokenizing (which would cost seconds of CPU for megabytes
+/// of text).
+#[derive(Debug)]
+pub struct PromptTooLong {
+    /// Bytes of the rendered text.
+    pub bytes: usize,
+}
+
+impl std::fmt::Display for PromptTooLong {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the rendered prompt is {} bytes long", self.bytes)
+    }
+}
+
+impl std::error::Error for PromptTooLong {}
+
 /// Message fields whose text comes from the client.
 const CONTENT_FIELDS: [&str; 2] = ["content", "reasoning_content"];
 
@@ -39,7 +56,8 @@ impl ChatTemplate {
     /// Renders `messages` (see [`ChatTemplate::render`]) and tokenizes the
     /// result: the template's text with its special tokens, message text as
     /// plain text. With `add_special_tokens`, BOS is prepended as
-    /// [`Tokenizer::encode`] does.
+    /// [`Tokenizer::encode`] does. A rendered text of more than `max_bytes`
+    /// bytes is refused with [`PromptTooLong`] before any tokenizing.
     pub fn encode(
         &self,
         tok: &Tokenizer,
@@ -48,8 +66,12 @@ impl ChatTemplate {
         tools: Option<&Value>,
         extra: &serde_json::Map<String, Value>,
         add_special_tokens: bool,
+        max_bytes: Option<usize>,
     ) -> Result<ChatPrompt> {
         let text = self.render(messages, add_generation_prompt, tools, extra)?;
+        if max_bytes.is_some_and(|limit| text.len() > limit) {
+            return Err(PromptTooLong { bytes: text.len() }.into());
+        }
         let nonce = uuid::Uuid::new_v4().simple().to_string();
         let (masked, contents) = mask_contents(messages, &nonce);
         let skeleton = self.render(&masked, add_generation_prompt, tools, extra)?;

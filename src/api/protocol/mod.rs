@@ -39,6 +39,17 @@ pub const MAX_STOP_SEQUENCES: usize = 16;
 /// 4 KiB bounds what a request's compiled stop strings and each sample's
 /// held-back text can cost.
 pub const MAX_STOP_BYTES: usize = 4096;
+/// Temperatures below this sample greedily (vLLM's `_SAMPLING_EPS`): the
+/// sampler divides logits by the temperature, and for the smallest positive
+/// floats the quotient overflows.
+pub const GREEDY_TEMPERATURE: f32 = 1e-5;
+/// Bounds of `repetition_penalty`. The sampler divides positive logits by
+/// it and multiplies negative ones, so a logit grows at most 100-fold, then
+/// at most 1e5-fold more by 1/temperature: finite for any logit under 1e31,
+/// where an unbounded penalty (1e-38 was accepted) overflowed to infinity.
+pub const MIN_REPETITION_PENALTY: f32 = 0.01;
+/// See [`MIN_REPETITION_PENALTY`].
+pub const MAX_REPETITION_PENALTY: f32 = 100.0;
 /// What OpenAI reports for a logprob of −∞; JSON cannot encode infinities and
 /// serde_json would otherwise write `null`.
 pub const MIN_LOGPROB: f32 = -9999.0;

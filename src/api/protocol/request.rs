@@ -3,12 +3,76 @@
 
 use std::collections::HashMap;
 
-use serde::{Deserialize, Serialize};
+use serde::de::{DeserializeOwned, Error as _};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
 use super::*;
 use crate::api::error::ApiError;
 use crate::types::TokenId;
+
+/// The JSON type of `value`, for error messages.
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Deserializes `value` as `T` only if it is a JSON object. Serde's derived
+/// structs also accept an array of their fields in order, so without this
+/// `"stream_options": []` or a message sent as `["user", "hi"]` would pass.
+fn from_object<T: DeserializeOwned, E: serde::de::Error>(value: Value) -> Result<T, E> {
+    match value {
+        Value::Object(_) => T::deserialize(value).map_err(E::custom),
+        other => Err(E::custom(format!(
+            "expected an object, got {}",
+            json_type(&other)
+        ))),
+    }
+}
+
+/// `deserialize_with` for an optional object field (`null` reads as
+/// absent).
+fn optional_object<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: DeserializeOwned,
+{
+    match Option::<Value>::deserialize(deserializer)? {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => from_object(value).map(Some),
+    }
+}
+
+/// `deserialize_with` for `stream_options`. Its errors name the field
+/// themselves: it sits in a flattened struct, where serde loses the path.
+fn stream_options<'de, D>(deserializer: D) -> Result<Option<StreamOptions>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    optional_object(deserializer)
+        .map_err(|e: D::Error| D::Error::custom(format!("'stream_options': {e}")))
+}
+
+/// `deserialize_with` for a list of objects; errors name the item.
+fn list_of_objects<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: DeserializeOwned,
+{
+    Vec::<Value>::deserialize(deserializer)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            from_object(item).map_err(|e: D::Error| D::Error::custom(format!("[{i}]: {e}")))
+        })
+        .collect()
+}
 
 /// Author of a chat message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -145,7 +209,7 @@ pub struct SamplingFields {
     /// OpenAI frequency penalty, [-2, 2].
     #[serde(default)]
     pub frequency_penalty: Option<f32>,
-    /// Multiplicative repetition penalty (vLLM extension), > 0.
+    /// Multiplicative repetition penalty (vLLM extension), [0.01, 100].
     #[serde(default)]
     pub repetition_penalty: Option<f32>,
     /// Token id (as a string) → bias added to its logit, [-100, 100].
@@ -155,7 +219,7 @@ pub struct SamplingFields {
     #[serde(default)]
     pub stream: Option<bool>,
     /// Streaming options.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "stream_options")]
     pub stream_options: Option<StreamOptions>,
     /// End-user id; accepted and ignored.
     #[serde(default)]
@@ -193,6 +257,85 @@ pub struct UnsupportedChatFields {
     pub prediction: Option<Value>,
 }
 
+/// Whether a list-valued feature parameter asks for something: absent,
+/// `null` and `[]` do not.
+fn non_empty_list(value: &Option<Value>) -> bool {
+    match value {
+        None | Some(Value::Null) => false,
+        Some(Value::Array(items)) => !items.is_empty(),
+        Some(_) => true,
+    }
+}
+
+/// Whether a selection parameter asks for something: absent, `null` and
+/// `"none"` do not.
+fn not_none(value: &Option<Value>) -> bool {
+    match value {
+        None | Some(Value::Null) => false,
+        Some(Value::String(s)) => s != "none",
+        Some(_) => true,
+    }
+}
+
+/// Template variables the server sets itself; a kwarg of the same name
+/// would override the validated conversation or its framing.
+const SERVER_TEMPLATE_VARIABLES: [&str; 4] = [
+    "messages",
+    "add_generation_prompt",
+    "bos_token",
+    "eos_token",
+];
+
+/// Checks `chat_template_kwargs`. Templates read `tools`, `functions` and
+/// `documents` from their variables, so those names (and the tool
+/// selections) get the same 400 as the parameters they would smuggle in,
+/// with the same allowance for values that ask for nothing; names the
+/// server sets itself are refused outright.
+pub fn validate_template_kwargs(kwargs: Option<&Map<String, Value>>) -> Result<(), ApiError> {
+    let Some(kwargs) = kwargs else {
+        return Ok(());
+    };
+    let param = |name: &str| format!("chat_template_kwargs.{name}");
+    for name in SERVER_TEMPLATE_VARIABLES {
+        if kwargs.contains_key(name) {
+            return Err(ApiError::bad_request(
+                param(name),
+                format!(
+                    "'{name}' is set by the server and cannot be passed in 'chat_template_kwargs'"
+                ),
+            ));
+        }
+    }
+    let get = |name: &str| kwargs.get(name).cloned();
+    let used = [
+        ("tools", non_empty_list(&get("tools"))),
+        ("functions", non_empty_list(&get("functions"))),
+        ("documents", non_empty_list(&get("documents"))),
+        ("tool_choice", not_none(&get("tool_choice"))),
+        ("function_call", not_none(&get("function_call"))),
+    ]
+    .into_iter()
+    .find_map(|(name, used)| used.then_some(name));
+    let message = |name: &str| {
+        match name {
+        // These have parameters of their own, which validate them.
+        "tools" | "tool_choice" => format!(
+            "'{name}' cannot be passed in 'chat_template_kwargs'; use the request's '{name}' parameter"
+        ),
+        _ => format!(
+            "'{name}' is not supported by this server, in 'chat_template_kwargs' or elsewhere"
+        ),
+    }
+    };
+    match used {
+        Some(name) => {
+            Err(ApiError::bad_request(param(name), message(name))
+                .with_code("unsupported_parameter"))
+        }
+        None => Ok(()),
+    }
+}
+
 impl UnsupportedChatFields {
     /// The first parameter whose value asks for an unimplemented feature.
     ///
@@ -200,16 +343,6 @@ impl UnsupportedChatFields {
     /// them by default: empty `functions`, `function_call` of `"none"`,
     /// `response_format` `{"type": "text"}` and `modalities` `["text"]`.
     pub fn first_used(&self) -> Option<&'static str> {
-        let non_empty_list = |v: &Option<Value>| match v {
-            None | Some(Value::Null) => false,
-            Some(Value::Array(items)) => !items.is_empty(),
-            Some(_) => true,
-        };
-        let not_none = |v: &Option<Value>| match v {
-            None | Some(Value::Null) => false,
-            Some(Value::String(s)) => s != "none",
-            Some(_) => true,
-        };
         let present = |v: &Option<Value>| !matches!(v, None | Some(Value::Null));
         let text_format = |v: &Option<Value>| match v {
             None | Some(Value::Null) => true,
@@ -241,6 +374,7 @@ pub struct ChatCompletionRequest {
     #[serde(default)]
     pub model: Option<String>,
     /// The conversation.
+    #[serde(deserialize_with = "list_of_objects")]
     pub messages: Vec<ChatMessage>,
     /// Sampling and streaming fields.
     #[serde(flatten)]
@@ -332,7 +466,7 @@ pub struct GenerationParams {
     pub max_tokens: Option<u32>,
     /// Tokens to generate before EOS or a stop string may end the output.
     pub min_tokens: u32,
-    /// Temperature in [0, 2].
+    /// Temperature: 0 (greedy) or in [1e-5, 2].
     pub temperature: Option<f32>,
     /// Nucleus mass in (0, 1].
     pub top_p: Option<f32>,
@@ -349,7 +483,7 @@ pub struct GenerationParams {
     pub presence_penalty: f32,
     /// Frequency penalty in [-2, 2].
     pub frequency_penalty: f32,
-    /// Repetition penalty, > 0 (1 disables it).
+    /// Repetition penalty in [0.01, 100] (1 disables it).
     pub repetition_penalty: f32,
     /// Logit biases sorted by token id; ids are not yet checked against the
     /// vocabulary size, which this module does not know.
@@ -440,10 +574,14 @@ impl SamplingFields {
                 ));
             }
         }
+        // Below the threshold, dividing logits by the temperature could
+        // overflow (1/t is infinite for the smallest floats): sample greedily,
+        // which is what such a temperature asks for, as vLLM does.
         let temperature = self
             .temperature
             .map(|t| in_range("temperature", t, 0.0, 2.0))
-            .transpose()?;
+            .transpose()?
+            .map(|t| if t < GREEDY_TEMPERATURE { 0.0 } else { t });
         let top_p = self
             .top_p
             .map(|p| {
@@ -484,13 +622,12 @@ impl SamplingFields {
             -2.0,
             2.0,
         )?;
-        let repetition_penalty = self.repetition_penalty.unwrap_or(1.0);
-        if !(repetition_penalty > 0.0 && repetition_penalty.is_finite()) {
-            return Err(ApiError::bad_request(
-                "repetition_penalty",
-                format!("'repetition_penalty' must be greater than 0, got {repetition_penalty}"),
-            ));
-        }
+        let repetition_penalty = in_range(
+            "repetition_penalty",
+            self.repetition_penalty.unwrap_or(1.0),
+            MIN_REPETITION_PENALTY,
+            MAX_REPETITION_PENALTY,
+        )?;
         Ok(GenerationParams {
             max_tokens,
             min_tokens,
@@ -643,6 +780,7 @@ impl ChatCompletionRequest {
         if let Some(param) = self.unsupported.first_used() {
             return Err(ApiError::unsupported_param(param));
         }
+        validate_template_kwargs(self.chat_template_kwargs.as_ref())?;
         let messages = text_messages(&self.messages)?;
         let tools = validate_tools(
             self.tools.as_ref(),
