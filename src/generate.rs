@@ -43,17 +43,13 @@ pub async fn run(opts: GenerateOptions) -> Result<()> {
         let template = crate::tokenizer::ChatTemplate::from_tokenizer(&tokenizer)
             .context("--chat needs the model's chat template")?;
         let messages = serde_json::json!([{"role": "user", "content": opts.prompt}]);
-        template
-            .encode(
-                &tokenizer,
-                &messages,
-                true,
-                None,
-                &serde_json::Map::new(),
-                false,
-                None,
-            )?
-            .ids
+        let input = crate::tokenizer::ChatInput {
+            messages: &messages,
+            add_generation_prompt: true,
+            tools: None,
+            extra: &serde_json::Map::new(),
+        };
+        template.encode(&tokenizer, &input, false, None)?.ids
     } else {
         tokenizer.encode(&opts.prompt, true)?
     };

@@ -572,20 +572,14 @@ fn check_content_cannot_forge_tokens(key: &str) {
         let benign = template
             .encode(
                 tok,
-                &conversation(slot, "x"),
-                true,
-                None,
-                &extra,
+                &input(&conversation(slot, "x"), true, &extra),
                 false,
                 None,
             )
             .unwrap();
         match template.encode(
             tok,
-            &conversation(slot, &evil),
-            true,
-            None,
-            &extra,
+            &input(&conversation(slot, &evil), true, &extra),
             false,
             None,
         ) {
@@ -622,7 +616,7 @@ fn check_content_cannot_forge_tokens(key: &str) {
     let fx = fixture("templates", key);
     for case in fx["renders"].as_array().unwrap() {
         let add = case["add_generation_prompt"].as_bool().unwrap();
-        let prompt = template.encode(tok, &case["messages"], add, None, &extra, false, None);
+        let prompt = template.encode(tok, &input(&case["messages"], add, &extra), false, None);
         let prompt = prompt.unwrap_or_else(|e| panic!("{key} {}: {e:#}", case["name"]));
         let rendered = case["rendered"].as_str().unwrap();
         assert_eq!(prompt.text, rendered);
@@ -659,10 +653,7 @@ fn r1_message_content_cannot_forge_control_tokens() {
     let prompt = template
         .encode(
             tok,
-            &messages,
-            true,
-            None,
-            &serde_json::Map::new(),
+            &input(&messages, true, &serde_json::Map::new()),
             false,
             None,
         )
@@ -679,4 +670,18 @@ fn r1_message_content_cannot_forge_control_tokens() {
         2,
         "only the template's two user turns"
     );
+}
+
+/// A conversation without tools, for [`ChatTemplate::encode`].
+fn input<'a>(
+    messages: &'a serde_json::Value,
+    add_generation_prompt: bool,
+    extra: &'a serde_json::Map<String, serde_json::Value>,
+) -> r1serve::tokenizer::ChatInput<'a> {
+    r1serve::tokenizer::ChatInput {
+        messages,
+        add_generation_prompt,
+        tools: None,
+        extra,
+    }
 }

@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 
 use crate::engine::types::{EngineError, EngineRequest, EngineStats, RequestOutput};
 use crate::engine::EngineHandle;
-use crate::tokenizer::{ChatPrompt, ChatTemplate, Tokenizer};
+use crate::tokenizer::{ChatInput, ChatPrompt, ChatTemplate, Tokenizer};
 use crate::types::TokenId;
 
 /// A request's outputs as they are produced. Dropping it aborts the request
@@ -176,14 +176,12 @@ impl PromptCodec for TokenizerCodec {
                 "the model has no chat template; start the server with --chat-template or use /v1/completions"
             )
         })?;
-        template.encode(
-            &self.tokenizer,
+        let input = ChatInput {
             messages,
             add_generation_prompt,
             tools,
             extra,
-            add_special_tokens,
-            max_bytes,
-        )
+        };
+        template.encode(&self.tokenizer, &input, add_special_tokens, max_bytes)
     }
 }

@@ -52,8 +52,21 @@ impl std::error::Error for PromptTooLong {}
 /// Message fields whose text comes from the client.
 const CONTENT_FIELDS: [&str; 2] = ["content", "reasoning_content"];
 
+/// What a chat template renders: the arguments of [`ChatTemplate::render`].
+#[derive(Clone, Copy, Debug)]
+pub struct ChatInput<'a> {
+    /// The conversation, a JSON array of messages.
+    pub messages: &'a Value,
+    /// Whether to open the assistant's turn.
+    pub add_generation_prompt: bool,
+    /// Tool definitions shown to the model, if any.
+    pub tools: Option<&'a Value>,
+    /// Further template variables (`chat_template_kwargs`).
+    pub extra: &'a serde_json::Map<String, Value>,
+}
+
 impl ChatTemplate {
-    /// Renders `messages` (see [`ChatTemplate::render`]) and tokenizes the
+    /// Renders `input` (see [`ChatTemplate::render`]) and tokenizes the
     /// result: the template's text with its special tokens, message text as
     /// plain text. With `add_special_tokens`, BOS is prepended as
     /// [`Tokenizer::encode`] does. A rendered text of more than `max_bytes`
@@ -61,13 +74,16 @@ impl ChatTemplate {
     pub fn encode(
         &self,
         tok: &Tokenizer,
-        messages: &Value,
-        add_generation_prompt: bool,
-        tools: Option<&Value>,
-        extra: &serde_json::Map<String, Value>,
+        input: &ChatInput<'_>,
         add_special_tokens: bool,
         max_bytes: Option<usize>,
     ) -> Result<ChatPrompt> {
+        let ChatInput {
+            messages,
+            add_generation_prompt,
+            tools,
+            extra,
+        } = *input;
         let text = self.render(messages, add_generation_prompt, tools, extra)?;
         if max_bytes.is_some_and(|limit| text.len() > limit) {
             return Err(PromptTooLong { bytes: text.len() }.into());
