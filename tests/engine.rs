@@ -4,14 +4,14 @@
 
 mod common;
 
-use common::engine::{greedy, run, start, text_prompt};
+use common::engine::{abort_frees_every_block, greedy, run, start, text_prompt, wait_idle};
 use futures::future::join_all;
 use futures::StreamExt;
 use r1serve::engine::stop::StopStrings;
 use r1serve::engine::types::{EngineRequest, FinishReason, SamplingParams};
 use r1serve::engine::EngineConfig;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -27,17 +27,6 @@ fn config(blocks_mib: u64) -> EngineConfig {
         max_model_len: Some(4096),
         ..Default::default()
     }
-}
-
-async fn wait_idle(h: &r1serve::engine::EngineHandle) -> r1serve::engine::types::EngineStats {
-    for _ in 0..200 {
-        let s = h.stats();
-        if s.running == 0 && s.waiting == 0 && s.free_blocks == s.total_blocks {
-            return s;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    h.stats()
 }
 
 fn batch_invariance(path: &Path) {
@@ -310,19 +299,7 @@ fn abort_returns_every_block_within_a_step() {
     rt().block_on(async {
         let path = common::smollm2();
         let (h, tok) = start(&path, config(64));
-        let mut s = h
-            .add_request(EngineRequest {
-                prompt: text_prompt(&tok, 300, 8),
-                params: greedy(500),
-            })
-            .unwrap();
-        s.next().await.unwrap();
-        s.next().await.unwrap();
-        assert!(h.stats().free_blocks < h.stats().total_blocks);
-        drop(s);
-        let st = wait_idle(&h).await;
-        assert_eq!(st.free_blocks, st.total_blocks);
-        assert_eq!(st.running, 0);
+        abort_frees_every_block(&h, text_prompt(&tok, 300, 8)).await;
         h.shutdown();
     });
 }

@@ -6,17 +6,14 @@
 
 mod common;
 
-use common::engine::{greedy, run};
+use common::engine::{abort_frees_every_block, greedy, run, wait_idle};
 use common::scripted::{reference, Counters, Scripted, BASE, SPAN};
 use futures::future::join_all;
-use futures::StreamExt;
-use r1serve::engine::types::EngineRequest;
 use r1serve::engine::{Engine, EngineConfig, EngineHandle};
 use r1serve::kv_cache::storage::KvDtype;
 use r1serve::tokenizer::Tokenizer;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -55,17 +52,6 @@ fn prompt(len: usize, salt: u32) -> Vec<u32> {
         .collect()
 }
 
-async fn idle(h: &EngineHandle) -> r1serve::engine::types::EngineStats {
-    for _ in 0..500 {
-        let s = h.stats();
-        if s.running == 0 && s.waiting == 0 && s.free_blocks == s.total_blocks {
-            return s;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    h.stats()
-}
-
 #[test]
 fn the_pool_is_sized_in_bytes_from_the_models_spec() {
     let (h, _) = start(40, |_| {});
@@ -90,7 +76,7 @@ fn concurrent_requests_follow_the_script() {
         for (p, g) in prompts.iter().zip(&got) {
             assert_eq!(g.tokens[0], reference(p, 24), "prompt of {}", p.len());
         }
-        let s = idle(&h).await;
+        let s = wait_idle(&h).await;
         assert_eq!(s.free_blocks, s.total_blocks);
         h.shutdown();
     });
@@ -107,7 +93,7 @@ fn preemption_recomputes_exactly() {
         for (p, g) in prompts.iter().zip(&got) {
             assert_eq!(g.tokens[0], reference(p, 60));
         }
-        let s = idle(&h).await;
+        let s = wait_idle(&h).await;
         assert!(s.preemptions > 0, "no preemption happened: {s:?}");
         assert_eq!(s.free_blocks, s.total_blocks);
         h.shutdown();
@@ -165,7 +151,7 @@ fn n_samples_share_one_prefill() {
         // of sharing), then every sample decodes 5 tokens.
         let computed = counters.tokens.load(Ordering::Relaxed);
         assert_eq!(computed, 64 + 3 * 16 + 4 * 5);
-        let s = idle(&h).await;
+        let s = wait_idle(&h).await;
         assert_eq!(s.free_blocks, s.total_blocks);
         h.shutdown();
     });
@@ -175,19 +161,7 @@ fn n_samples_share_one_prefill() {
 fn abort_returns_every_block() {
     rt().block_on(async {
         let (h, _) = start(256, |_| {});
-        let mut s = h
-            .add_request(EngineRequest {
-                prompt: prompt(100, 3),
-                params: greedy(500),
-            })
-            .unwrap();
-        s.next().await.unwrap();
-        s.next().await.unwrap();
-        assert!(h.stats().free_blocks < h.stats().total_blocks);
-        drop(s);
-        let st = idle(&h).await;
-        assert_eq!(st.free_blocks, st.total_blocks);
-        assert_eq!(st.running, 0);
+        abort_frees_every_block(&h, prompt(100, 3)).await;
         h.shutdown();
     });
 }

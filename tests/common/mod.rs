@@ -160,7 +160,9 @@ pub mod scripted;
 /// Engine helpers: start an engine on a test checkpoint and drain requests.
 pub mod engine {
     use futures::StreamExt;
-    use r1serve::engine::types::{EngineRequest, FinishReason, RequestUsage, SamplingParams};
+    use r1serve::engine::types::{
+        EngineRequest, EngineStats, FinishReason, RequestUsage, SamplingParams,
+    };
     use r1serve::engine::{Engine, EngineConfig, EngineHandle};
     use r1serve::model::load::{load, LoadOptions};
     use r1serve::tokenizer::Tokenizer;
@@ -219,6 +221,37 @@ pub mod engine {
             }
         }
         c
+    }
+
+    /// Waits (at most about 5 s) until the engine runs nothing, queues
+    /// nothing and holds no block, and returns its statistics then.
+    pub async fn wait_idle(h: &EngineHandle) -> EngineStats {
+        for _ in 0..500 {
+            let s = h.stats();
+            if s.running == 0 && s.waiting == 0 && s.free_blocks == s.total_blocks {
+                return s;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        h.stats()
+    }
+
+    /// Starts a long request for `prompt`, reads two outputs, drops the
+    /// stream, and checks that every block comes back.
+    pub async fn abort_frees_every_block(h: &EngineHandle, prompt: Vec<u32>) {
+        let mut s = h
+            .add_request(EngineRequest {
+                prompt,
+                params: greedy(500),
+            })
+            .unwrap();
+        s.next().await.unwrap();
+        s.next().await.unwrap();
+        assert!(h.stats().free_blocks < h.stats().total_blocks);
+        drop(s);
+        let st = wait_idle(h).await;
+        assert_eq!(st.free_blocks, st.total_blocks);
+        assert_eq!(st.running, 0);
     }
 
     /// Greedy parameters for `max_tokens` tokens that ignore EOS.
