@@ -509,14 +509,14 @@ mod tests {
             .rev()
             .map(|i| (i.name(), isa::path_run(i.level(), i.is_supported())))
             .collect();
-        isa::report("instruction_sets_agree_bit_for_bit", &paths);
+        isa::report("attention::instruction_sets_agree_bit_for_bit", &paths);
         let isas: Vec<Isa> = Isa::PREFERENCE
             .into_iter()
             .filter(|i| isa::allowed(i.level(), i.is_supported()))
             .collect();
         if isas.len() < 2 {
             eprintln!(
-                "instruction_sets_agree_bit_for_bit: only the portable kernel runs here, \
+                "attention::instruction_sets_agree_bit_for_bit: only the portable kernel runs here, \
                  nothing to compare it with"
             );
         }

@@ -92,7 +92,7 @@ fn check_close(
 
 #[test]
 fn matches_reference_on_random_shapes() {
-    let isas = DenseIsa::to_test("matches_reference_on_random_shapes");
+    let isas = DenseIsa::to_test("dense::matches_reference_on_random_shapes");
     // (rows, cols): `cols` never a multiple of a vector or an AMX block;
     // rows a multiple of 16 (AMX groups) or not, of 8 (blocks) or not; the
     // last two are slices of Qwen2.5-0.5B's MLP matrices.
@@ -126,7 +126,7 @@ fn matches_reference_on_random_shapes() {
 /// bound (no overflow in the widening, no lost exponent bits).
 #[test]
 fn wide_exponents() {
-    let isas = DenseIsa::to_test("wide_exponents");
+    let isas = DenseIsa::to_test("dense::wide_exponents");
     let (rows, cols, m) = (19, 70, 3);
     for kind in KINDS {
         let scale = match kind {
@@ -156,7 +156,7 @@ fn wide_exponents() {
 /// set.
 #[test]
 fn rows_are_batch_invariant() {
-    let isas = DenseIsa::to_test("rows_are_batch_invariant");
+    let isas = DenseIsa::to_test("dense::rows_are_batch_invariant");
     for (kind, rows, cols) in [
         (HalfKind::Bf16, 75, 130),
         (HalfKind::F16, 75, 130),
@@ -192,7 +192,7 @@ fn bits(v: &[f32]) -> Vec<u32> {
 /// rounded vector operations, so they agree bit for bit.
 #[test]
 fn widening_kernels_agree_bit_for_bit() {
-    let isas = DenseIsa::to_test("widening_kernels_agree_bit_for_bit");
+    let isas = DenseIsa::to_test("dense::widening_kernels_agree_bit_for_bit");
     let (rows, cols, m) = (37, 555, 9);
     for kind in KINDS {
         let w = weight_bytes(kind, rows, cols, 12);
@@ -218,7 +218,7 @@ fn widening_kernels_agree_bit_for_bit() {
 /// alignment) give the same results as an aligned copy.
 #[test]
 fn unaligned_mapped_bytes() {
-    let isas = DenseIsa::to_test("unaligned_mapped_bytes");
+    let isas = DenseIsa::to_test("dense::unaligned_mapped_bytes");
     let (rows, cols, m) = (33, 101, 5);
     let x = random(m * cols, 21);
     for kind in KINDS {
@@ -304,7 +304,12 @@ fn isa_detection_is_consistent() {
 #[test]
 fn amx_layout_is_used_where_it_applies() {
     if !DenseIsa::available().contains(&DenseIsa::AmxBf16) {
-        DenseIsa::to_test("amx_layout_is_used_where_it_applies");
+        let amx = DenseIsa::AmxBf16;
+        let run = isa::path_run(amx.level(), amx.is_supported());
+        isa::report(
+            "dense::amx_layout_is_used_where_it_applies",
+            &[(amx.name(), run)],
+        );
         return;
     }
     let new = |kind, rows, cols| {
@@ -328,7 +333,6 @@ fn amx_layout_is_used_where_it_applies() {
 /// CPU lacks, and takes the best kernel within both.
 #[test]
 fn dispatch_is_capped() {
-    use crate::kernels::isa::{self, Level};
     for value in ["scalar", "avx2", "avx512", "avx512bf16", "amx"] {
         let limit = isa::parse(Some(value)).unwrap();
         let got = DenseIsa::best_under(limit);

@@ -122,7 +122,12 @@ pub fn report(test: &str, paths: &[(&str, PathRun)]) {
         .filter(|(_, run)| *run == PathRun::Ran)
         .map(|(name, _)| *name)
         .collect();
-    let mut line = format!("{test}: ran {}", ran.join(", "));
+    let ran = if ran.is_empty() {
+        "nothing".to_string()
+    } else {
+        ran.join(", ")
+    };
+    let mut line = format!("{test}: ran {ran}");
     for (name, run) in paths {
         let why = match run {
             PathRun::Ran => continue,

@@ -71,7 +71,7 @@ fn check(isas: &[Isa], dtype: GgmlDType, m: usize, k: usize, n: usize) {
 
 #[test]
 fn matches_candle_all_dtypes() {
-    let isas = Isa::to_test("matches_candle_all_dtypes");
+    let isas = Isa::to_test("qmatmul::matches_candle_all_dtypes");
     for dtype in ALL {
         // n = 16, 48, 64: whole groups for the AMX layout (with an odd
         // block count at k = 96 and 224); the others fall back.
@@ -111,7 +111,7 @@ fn matches_candle_model_shapes() {
         GgmlDType::Q4K,
         GgmlDType::Q6K,
     ];
-    let isas = Isa::to_test("matches_candle_model_shapes");
+    let isas = Isa::to_test("qmatmul::matches_candle_model_shapes");
     for dtype in dtypes {
         for (m, k, n) in shapes {
             if k % dtype.block_size() == 0 {
@@ -127,7 +127,7 @@ fn matches_candle_model_shapes() {
 #[test]
 fn rows_are_batch_invariant() {
     let (k, n) = (768, 64);
-    let isas = Isa::to_test("rows_are_batch_invariant");
+    let isas = Isa::to_test("qmatmul::rows_are_batch_invariant");
     for m in [6, 21] {
         let x = random(m * k, 17 + m as u64);
         for dtype in ALL {
@@ -157,7 +157,12 @@ fn rows_are_batch_invariant() {
 #[test]
 fn amx_layout_is_used_where_it_applies() {
     if !Isa::available().contains(&Isa::Amx) {
-        Isa::to_test("amx_layout_is_used_where_it_applies");
+        let amx = Isa::Amx;
+        let run = isa::path_run(amx.level(), amx.is_supported());
+        isa::report(
+            "qmatmul::amx_layout_is_used_where_it_applies",
+            &[(amx.name(), run)],
+        );
         return;
     }
     for dtype in ALL {
