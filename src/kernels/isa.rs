@@ -11,9 +11,10 @@ use anyhow::{bail, Result};
 /// The environment variable that caps kernel dispatch, read once per process.
 pub const ENV: &str = "R1SERVE_ISA";
 
-/// Instruction-set levels, each taken to include the ones before it (true of
-/// every CPU that has both). A kernel path runs only when this CPU has it and
-/// its level is at most [`limit`].
+/// Instruction-set levels in the order the kernels prefer them. A kernel
+/// path runs only when this CPU has it and its level is at most [`limit`]
+/// (so `avx512` on a CPU without AVX-VNNI leaves the quantized matmul on
+/// AVX2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
     /// Portable Rust.
