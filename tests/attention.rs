@@ -1,9 +1,12 @@
 //! The paged-attention kernel against its slow reference on random shapes:
 //! GQA ratios 1, 2 and 7, contexts 1 to 5,000, block sizes 8, 16 and 32,
-//! prefill chunks over a cached prefix and batched decodes.
+//! prefill chunks over a cached prefix and batched decodes. Each test names
+//! on stderr the instruction set `paged_attention` dispatched to and the ones
+//! it did not (`R1SERVE_ISA` forces a lower one; the unit tests of
+//! `kernels::attention` compare every body this CPU has bit for bit).
 
 use r1serve::kernels::attention::{
-    paged_attention, paged_attention_reference, write_kv, AttnSeq, AttnShape,
+    paged_attention, paged_attention_reference, report_dispatch, write_kv, AttnSeq, AttnShape,
 };
 use r1serve::kv_cache::storage::{KvCache, KvDtype, KvGeometry};
 use r1serve::types::BlockId;
@@ -98,6 +101,7 @@ fn run_hd(
 
 #[test]
 fn decode_matches_reference_across_gqa_and_block_sizes() {
+    report_dispatch("decode_matches_reference_across_gqa_and_block_sizes");
     for (i, &group) in [1usize, 2, 7].iter().enumerate() {
         // 24: groups of 16 keys straddle blocks and start mid-group.
         for &bs in &[8usize, 16, 24, 32] {
@@ -115,6 +119,7 @@ fn decode_matches_reference_across_gqa_and_block_sizes() {
 
 #[test]
 fn prefill_with_cached_prefix_matches_reference() {
+    report_dispatch("prefill_with_cached_prefix_matches_reference");
     for (i, &group) in [1usize, 2, 7].iter().enumerate() {
         for &bs in &[8usize, 16, 24, 32] {
             run(
@@ -134,6 +139,7 @@ fn prefill_with_cached_prefix_matches_reference() {
 /// widening and accumulation are under test.
 #[test]
 fn bf16_and_fp8_caches_match_reference() {
+    report_dispatch("bf16_and_fp8_caches_match_reference");
     for (i, dtype) in [KvDtype::Bf16, KvDtype::Fp8E4m3].into_iter().enumerate() {
         for &bs in &[8usize, 16, 24] {
             run(
@@ -151,12 +157,14 @@ fn bf16_and_fp8_caches_match_reference() {
 
 #[test]
 fn long_prefill_chunk_matches_reference() {
+    report_dispatch("long_prefill_chunk_matches_reference");
     // Its later queries see keys past the kernel's first chunk of 2,048.
     run(&[(2300, 400)], 1, 7, 16, KvDtype::F16, 3);
 }
 
 #[test]
 fn head_dims_that_are_not_a_multiple_of_16_match_reference() {
+    report_dispatch("head_dims_that_are_not_a_multiple_of_16_match_reference");
     for (i, &hd) in [8usize, 40, 80, 136].iter().enumerate() {
         run_hd(
             &[(1, 1), (50, 50), (333, 1), (90, 17)],
@@ -184,6 +192,7 @@ fn head_dims_that_are_not_a_multiple_of_16_match_reference() {
 /// rests on this, so the comparison is bit for bit.
 #[test]
 fn outputs_are_bit_identical_across_chunkings_and_batches() {
+    report_dispatch("outputs_are_bit_identical_across_chunkings_and_batches");
     let (kv_heads, group, hd, bs) = (2usize, 7usize, 64usize, 16usize);
     let heads = kv_heads * group;
     // Two key chunks of the kernel's 2,048 positions, the last one partial.

@@ -13,9 +13,12 @@
 //! positions), not on how queries are chunked or batched, so a sequence's
 //! output does not depend on what else is in the step.
 //! [`paged_attention_reference`] is the slow, obviously-correct version the
-//! tests compare against.
+//! tests compare against. The kernel body is chosen per call from this
+//! CPU's instruction sets (AVX-512F, AVX2 or portable), capped by
+//! `R1SERVE_ISA` (see [`super::isa`]).
 
 use super::attention_simd::{attend, scratch_len, Job, RowStats};
+use super::isa::{self, Level, PathRun};
 use super::simd::{self, SimdLoad, LANES};
 use crate::kv_cache::storage::{with_pair, KvGeometry, KvPair, LayerKv, SlotAddr};
 use crate::types::BlockId;
@@ -158,7 +161,7 @@ fn key_chunk(block_size: usize) -> usize {
 }
 
 /// Instruction sets the kernel body is compiled for.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Isa {
     #[cfg(target_arch = "x86_64")]
     Avx512,
@@ -168,21 +171,79 @@ enum Isa {
 }
 
 impl Isa {
-    fn detect() -> Isa {
+    /// Every variant, most preferred first.
+    #[cfg(target_arch = "x86_64")]
+    const PREFERENCE: [Isa; 3] = [Isa::Avx512, Isa::Avx2, Isa::Portable];
+    #[cfg(not(target_arch = "x86_64"))]
+    const PREFERENCE: [Isa; 1] = [Isa::Portable];
+
+    fn level(self) -> Level {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => Level::Avx512,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => Level::Avx2,
+            Isa::Portable => Level::Scalar,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => "AVX-512F",
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => "AVX2+FMA+F16C",
+            Isa::Portable => "portable",
+        }
+    }
+
+    /// Whether this CPU can run the kernel body of `self`.
+    fn is_supported(self) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
             let avx2 = is_x86_feature_detected!("avx2")
                 && is_x86_feature_detected!("fma")
                 && is_x86_feature_detected!("f16c");
-            if avx2 && is_x86_feature_detected!("avx512f") {
-                return Isa::Avx512;
-            }
-            if avx2 {
-                return Isa::Avx2;
+            match self {
+                Isa::Avx512 => avx2 && is_x86_feature_detected!("avx512f"),
+                Isa::Avx2 => avx2,
+                Isa::Portable => true,
             }
         }
-        Isa::Portable
+        #[cfg(not(target_arch = "x86_64"))]
+        true
     }
+
+    /// The best body this CPU supports at or below `limit`.
+    fn best_under(limit: Level) -> Isa {
+        Self::PREFERENCE
+            .into_iter()
+            .find(|isa| isa.level() <= limit && isa.is_supported())
+            .unwrap_or(Isa::Portable)
+    }
+
+    fn detect() -> Isa {
+        Self::best_under(isa::cap())
+    }
+}
+
+/// Reports on stderr, for `test`, which instruction set [`paged_attention`]
+/// dispatches to and, by name, those it does not and why (this CPU lacks
+/// them, `R1SERVE_ISA` caps them, or only the dispatched one runs).
+pub fn report_dispatch(test: &str) {
+    let chosen = Isa::detect();
+    let paths: Vec<_> = Isa::PREFERENCE
+        .iter()
+        .rev()
+        .map(|&i| {
+            let run = match isa::path_run(i.level(), i.is_supported()) {
+                PathRun::Ran if i != chosen => PathRun::NotDispatched,
+                run => run,
+            };
+            (i.name(), run)
+        })
+        .collect();
+    isa::report(test, &paths);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -443,12 +504,21 @@ mod tests {
     #[test]
     fn instruction_sets_agree_bit_for_bit() {
         let geom = KvGeometry::square(16, 8, 1, 72);
-        let mut isas = vec![Isa::Portable];
-        #[cfg(target_arch = "x86_64")]
-        match Isa::detect() {
-            Isa::Avx512 => isas.extend([Isa::Avx2, Isa::Avx512]),
-            Isa::Avx2 => isas.push(Isa::Avx2),
-            Isa::Portable => {}
+        let paths: Vec<_> = Isa::PREFERENCE
+            .iter()
+            .rev()
+            .map(|i| (i.name(), isa::path_run(i.level(), i.is_supported())))
+            .collect();
+        isa::report("attention::instruction_sets_agree_bit_for_bit", &paths);
+        let isas: Vec<Isa> = Isa::PREFERENCE
+            .into_iter()
+            .filter(|i| isa::allowed(i.level(), i.is_supported()))
+            .collect();
+        if isas.len() < 2 {
+            eprintln!(
+                "attention::instruction_sets_agree_bit_for_bit: only the portable kernel runs here, \
+                 nothing to compare it with"
+            );
         }
         for dtype in [KvDtype::F16, KvDtype::Bf16, KvDtype::Fp8E4m3, KvDtype::F32] {
             let mut cache = KvCache::uniform(geom, 1, dtype).unwrap();
@@ -477,5 +547,21 @@ mod tests {
             assert_eq!(results.len(), isas.len());
             assert!(results.iter().all(|r| *r == results[0]), "{dtype:?}");
         }
+    }
+
+    /// Dispatch never goes above the cap nor to a body this CPU lacks, and
+    /// takes the best one within both.
+    #[test]
+    fn dispatch_is_capped() {
+        for limit in [Level::Scalar, Level::Avx2, Level::Avx512, Level::Amx] {
+            let got = Isa::best_under(limit);
+            assert!(got.level() <= limit && got.is_supported(), "{limit:?}");
+            for better in Isa::PREFERENCE {
+                if better.level() <= limit && better.is_supported() {
+                    assert!(better.level() <= got.level(), "{limit:?}: {got:?}");
+                }
+            }
+        }
+        assert_eq!(Isa::best_under(Level::Scalar), Isa::Portable);
     }
 }

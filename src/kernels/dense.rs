@@ -38,8 +38,9 @@
 //!
 //! # Runtime dispatch
 //!
-//! The CPU is probed once ([`DenseIsa::detect`]); tests and benches pick a
-//! kernel explicitly with [`DenseMatrix::new_for`].
+//! The CPU is probed once ([`DenseIsa::detect`], capped by `R1SERVE_ISA`:
+//! see [`super::isa`]); tests and benches pick a kernel explicitly with
+//! [`DenseMatrix::new_for`].
 
 use std::sync::OnceLock;
 
@@ -50,6 +51,7 @@ use super::bytes::{HalfKind, WeightBytes};
 #[cfg(target_arch = "x86_64")]
 use super::dense_amx::TiledBf16;
 use super::dense_simd::{self, Activations, BLOCK};
+use super::isa::{self, Level};
 use super::qmatmul::{for_each_tile, tile_rows};
 #[cfg(target_arch = "x86_64")]
 use super::qmatmul_tiled::GROUP;
@@ -115,17 +117,49 @@ impl DenseIsa {
         s[self as usize]
     }
 
-    /// The best instruction set this CPU supports.
-    pub fn detect() -> DenseIsa {
-        Self::capped(DenseIsa::AmxBf16)
+    /// The [`Level`] a CPU needs for `self`.
+    pub fn level(self) -> Level {
+        match self {
+            DenseIsa::Scalar => Level::Scalar,
+            DenseIsa::Avx2 => Level::Avx2,
+            DenseIsa::Avx512 => Level::Avx512,
+            DenseIsa::Avx512Bf16 => Level::Avx512Bf16,
+            DenseIsa::AmxBf16 => Level::Amx,
+        }
     }
 
-    /// Every instruction set usable on this CPU, least preferred first.
+    /// The best instruction set this CPU supports at or below `limit`.
+    pub fn best_under(limit: Level) -> DenseIsa {
+        Self::ALL
+            .into_iter()
+            .rev()
+            .find(|isa| isa.level() <= limit && isa.is_supported())
+            .unwrap_or(DenseIsa::Scalar)
+    }
+
+    /// The best instruction set this CPU supports within `R1SERVE_ISA`.
+    pub fn detect() -> DenseIsa {
+        Self::best_under(isa::cap())
+    }
+
+    /// Every instruction set usable on this CPU within `R1SERVE_ISA`, least
+    /// preferred first.
     pub fn available() -> Vec<DenseIsa> {
         Self::ALL
             .into_iter()
-            .filter(|isa| isa.is_supported())
+            .filter(|isa| isa::allowed(isa.level(), isa.is_supported()))
             .collect()
+    }
+
+    /// [`DenseIsa::available`], after reporting on stderr for `test` which
+    /// instruction sets it runs and which it cannot, by name.
+    pub fn to_test(test: &str) -> Vec<DenseIsa> {
+        let paths: Vec<_> = Self::ALL
+            .iter()
+            .map(|isa| (isa.name(), isa::path_run(isa.level(), isa.is_supported())))
+            .collect();
+        isa::report(test, &paths);
+        Self::available()
     }
 
     /// The best supported instruction set no better than `self`.
@@ -190,8 +224,9 @@ impl std::fmt::Debug for DenseMatrix {
 impl DenseMatrix {
     /// Wraps `bytes`, `rows × cols` little-endian 16-bit values of `kind`
     /// (any alignment), for the best kernels of this CPU. Fails when the
-    /// length does not match the shape.
+    /// length does not match the shape or `R1SERVE_ISA` is bad.
     pub fn new(kind: HalfKind, rows: usize, cols: usize, bytes: WeightBytes) -> Result<Self> {
+        isa::limit()?;
         Self::new_for(DenseIsa::detect(), kind, rows, cols, bytes)
     }
 

@@ -43,20 +43,6 @@ fn owned(bytes: Vec<u8>) -> WeightBytes {
     WeightBytes::Owned(Arc::new(bytes))
 }
 
-/// The instruction sets to test, after naming on stderr those this CPU
-/// lacks (so a run on a smaller CPU never passes silently for them).
-fn isas_to_test(test: &str) -> Vec<DenseIsa> {
-    for isa in DenseIsa::ALL {
-        if !isa.is_supported() {
-            eprintln!("{test}: {}: not on this CPU, not run", isa.name());
-        }
-    }
-    let run = DenseIsa::available();
-    let names: Vec<_> = run.iter().map(|isa| isa.name()).collect();
-    eprintln!("{test}: ran {}", names.join(", "));
-    run
-}
-
 /// `γ_k` for f32.
 fn gamma(k: usize) -> f64 {
     let ku = k as f64 * f64::powi(2.0, -24);
@@ -106,7 +92,7 @@ fn check_close(
 
 #[test]
 fn matches_reference_on_random_shapes() {
-    let isas = isas_to_test("matches_reference_on_random_shapes");
+    let isas = DenseIsa::to_test("dense::matches_reference_on_random_shapes");
     // (rows, cols): `cols` never a multiple of a vector or an AMX block;
     // rows a multiple of 16 (AMX groups) or not, of 8 (blocks) or not; the
     // last two are slices of Qwen2.5-0.5B's MLP matrices.
@@ -140,7 +126,7 @@ fn matches_reference_on_random_shapes() {
 /// bound (no overflow in the widening, no lost exponent bits).
 #[test]
 fn wide_exponents() {
-    let isas = isas_to_test("wide_exponents");
+    let isas = DenseIsa::to_test("dense::wide_exponents");
     let (rows, cols, m) = (19, 70, 3);
     for kind in KINDS {
         let scale = match kind {
@@ -170,7 +156,7 @@ fn wide_exponents() {
 /// set.
 #[test]
 fn rows_are_batch_invariant() {
-    let isas = isas_to_test("rows_are_batch_invariant");
+    let isas = DenseIsa::to_test("dense::rows_are_batch_invariant");
     for (kind, rows, cols) in [
         (HalfKind::Bf16, 75, 130),
         (HalfKind::F16, 75, 130),
@@ -206,7 +192,7 @@ fn bits(v: &[f32]) -> Vec<u32> {
 /// rounded vector operations, so they agree bit for bit.
 #[test]
 fn widening_kernels_agree_bit_for_bit() {
-    let isas = isas_to_test("widening_kernels_agree_bit_for_bit");
+    let isas = DenseIsa::to_test("dense::widening_kernels_agree_bit_for_bit");
     let (rows, cols, m) = (37, 555, 9);
     for kind in KINDS {
         let w = weight_bytes(kind, rows, cols, 12);
@@ -232,7 +218,7 @@ fn widening_kernels_agree_bit_for_bit() {
 /// alignment) give the same results as an aligned copy.
 #[test]
 fn unaligned_mapped_bytes() {
-    let isas = isas_to_test("unaligned_mapped_bytes");
+    let isas = DenseIsa::to_test("dense::unaligned_mapped_bytes");
     let (rows, cols, m) = (33, 101, 5);
     let x = random(m * cols, 21);
     for kind in KINDS {
@@ -299,6 +285,10 @@ fn isa_detection_is_consistent() {
     assert_eq!(available.last(), Some(&DenseIsa::detect()));
     for isa in DenseIsa::ALL {
         assert!(isa.capped() <= isa && isa.capped().is_supported());
+        assert_eq!(
+            available.contains(&isa),
+            isa.is_supported() && isa.level() <= crate::kernels::isa::limit().unwrap()
+        );
     }
     let mat = DenseMatrix::new(HalfKind::F16, 16, 1, owned(vec![0; 32])).unwrap();
     assert!(
@@ -313,8 +303,13 @@ fn isa_detection_is_consistent() {
 /// `cols` to 32; the rest fall back to `vdpbf16ps`.
 #[test]
 fn amx_layout_is_used_where_it_applies() {
-    if !DenseIsa::AmxBf16.is_supported() {
-        eprintln!("amx_layout_is_used_where_it_applies: AMX-BF16: not on this CPU, not run");
+    if !DenseIsa::available().contains(&DenseIsa::AmxBf16) {
+        let amx = DenseIsa::AmxBf16;
+        let run = isa::path_run(amx.level(), amx.is_supported());
+        isa::report(
+            "dense::amx_layout_is_used_where_it_applies",
+            &[(amx.name(), run)],
+        );
         return;
     }
     let new = |kind, rows, cols| {
@@ -332,4 +327,28 @@ fn amx_layout_is_used_where_it_applies() {
     assert_eq!(tiled.size_in_bytes(), 32 * 96 * 2);
     assert_eq!(new(HalfKind::Bf16, 24, 70).isa(), DenseIsa::Avx512Bf16);
     assert_eq!(new(HalfKind::F16, 32, 70).isa(), DenseIsa::Avx512);
+}
+
+/// `R1SERVE_ISA`'s cap: dispatch never goes above it nor to a kernel this
+/// CPU lacks, and takes the best kernel within both.
+#[test]
+fn dispatch_is_capped() {
+    for value in ["scalar", "avx2", "avx512", "avx512bf16", "amx"] {
+        let limit = isa::parse(Some(value)).unwrap();
+        let got = DenseIsa::best_under(limit);
+        assert!(
+            got.level() <= limit && got.is_supported(),
+            "{value}: {got:?}"
+        );
+        for better in DenseIsa::ALL {
+            if better.level() <= limit && better.is_supported() {
+                assert!(better <= got, "{value}: {got:?} under {better:?}");
+            }
+        }
+    }
+    assert_eq!(DenseIsa::best_under(Level::Scalar), DenseIsa::Scalar);
+    assert_eq!(
+        DenseIsa::detect(),
+        DenseIsa::best_under(isa::limit().unwrap())
+    );
 }

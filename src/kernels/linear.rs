@@ -41,7 +41,10 @@ pub struct Linear {
 
 impl Linear {
     /// Wraps a `(out_features, in_features)` weight and an optional bias.
+    /// A bad `R1SERVE_ISA` is an error here, when the first weight loads,
+    /// whatever the weight's format.
     pub fn new(weight: RawTensor, bias: Option<Vec<f32>>) -> Result<Self> {
+        super::isa::limit()?;
         let dims = weight.dims();
         let [out_features, in_features] = dims[..] else {
             bail!("linear weight must be 2-D, got {dims:?}");

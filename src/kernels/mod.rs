@@ -8,7 +8,8 @@
 //! ([`qmatmul`]; SIMD inner loops in `qmatmul_simd`, and on CPUs with AMX
 //! the repacked-weight kernels of `qmatmul_tiled` and `qmatmul_tiled_k` over
 //! the tile plumbing of `amx`), and the dense bf16/f16 matmul ([`dense`];
-//! SIMD bodies in `dense_simd`, AMX-BF16 tiles in `dense_amx`).
+//! SIMD bodies in `dense_simd`, AMX-BF16 tiles in `dense_amx`). Every
+//! family's runtime dispatch is capped by `R1SERVE_ISA` ([`isa`]).
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
@@ -21,6 +22,7 @@ pub mod dense;
 #[cfg(target_arch = "x86_64")]
 mod dense_amx;
 mod dense_simd;
+pub mod isa;
 pub mod linear;
 pub mod ops;
 pub mod qmatmul;

@@ -29,7 +29,8 @@
 //! 32-element block types, Q4_K and Q6_K (weights repacked at load,
 //! `qmatmul_tiled` and `qmatmul_tiled_k`), AVX-512 VNNI or AVX-VNNI
 //! (`vpdpbusd`), AVX2+FMA, or portable scalar code, which also covers the
-//! types without a SIMD kernel (Q2_K, Q3_K, Q5_K).
+//! types without a SIMD kernel (Q2_K, Q3_K, Q5_K). `R1SERVE_ISA` caps the
+//! choice (see [`super::isa`]).
 //! One matrix always runs the same kernels whatever the batch size, so a
 //! row's result never depends on the rows computed with it.
 
@@ -41,6 +42,7 @@ use candle_core::{Device, Tensor};
 use half::f16;
 use rayon::prelude::*;
 
+use super::isa::{self, Level};
 use super::qmatmul_simd;
 #[cfg(target_arch = "x86_64")]
 use super::{qmatmul_tiled, qmatmul_tiled_k};
@@ -113,20 +115,60 @@ impl Isa {
         s[self as usize]
     }
 
-    /// The best instruction set this CPU supports.
-    pub fn detect() -> Isa {
+    /// The [`Level`] a CPU needs for `self`.
+    pub fn level(self) -> Level {
+        match self {
+            Isa::Scalar => Level::Scalar,
+            Isa::Avx2 => Level::Avx2,
+            Isa::AvxVnni => Level::AvxVnni,
+            Isa::Avx512Vnni => Level::Avx512Vnni,
+            Isa::Amx => Level::Amx,
+        }
+    }
+
+    /// A name for test and bench output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "AVX2+FMA+F16C",
+            Isa::AvxVnni => "AVX-VNNI",
+            Isa::Avx512Vnni => "AVX-512 VNNI",
+            Isa::Amx => "AMX-INT8",
+        }
+    }
+
+    /// The best instruction set this CPU supports at or below `limit`.
+    pub fn best_under(limit: Level) -> Isa {
         Self::PREFERENCE
             .into_iter()
-            .find(|isa| isa.is_supported())
+            .find(|isa| isa.level() <= limit && isa.is_supported())
             .unwrap_or(Isa::Scalar)
     }
 
-    /// Every instruction set usable on this CPU.
+    /// The best instruction set this CPU supports within `R1SERVE_ISA`.
+    pub fn detect() -> Isa {
+        Self::best_under(isa::cap())
+    }
+
+    /// Every instruction set usable on this CPU within `R1SERVE_ISA`, most
+    /// preferred first.
     pub fn available() -> Vec<Isa> {
         Self::PREFERENCE
             .into_iter()
-            .filter(|isa| isa.is_supported())
+            .filter(|isa| isa::allowed(isa.level(), isa.is_supported()))
             .collect()
+    }
+
+    /// [`Isa::available`], after reporting on stderr for `test` which
+    /// instruction sets it runs and which it cannot, by name.
+    pub fn to_test(test: &str) -> Vec<Isa> {
+        let paths: Vec<_> = Self::PREFERENCE
+            .iter()
+            .rev()
+            .map(|isa| (isa.name(), isa::path_run(isa.level(), isa.is_supported())))
+            .collect();
+        isa::report(test, &paths);
+        Self::available()
     }
 }
 
@@ -232,8 +274,10 @@ impl QMatrix {
     }
 
     /// Copies a 2-D quantized tensor of shape `(n, k)` for the best
-    /// instruction set of this CPU.
+    /// instruction set of this CPU within `R1SERVE_ISA` (whose bad value is
+    /// the error).
     pub fn from_qtensor(t: &QTensor) -> Result<Self> {
+        isa::limit()?;
         Self::from_qtensor_for(t, Isa::detect())
     }
 

@@ -52,11 +52,11 @@ fn rel_err(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).fold(0f32, |e, (x, y)| e.max((x - y).abs())) / scale
 }
 
-fn check(dtype: GgmlDType, m: usize, k: usize, n: usize) {
+fn check(isas: &[Isa], dtype: GgmlDType, m: usize, k: usize, n: usize) {
     let q = weights(dtype, n, k, (m * 31 + k * 7 + n) as u64);
     let x = random(m * k, 99 + m as u64);
     let want = candle(&q, &x, m);
-    for isa in Isa::available() {
+    for &isa in isas {
         let w = QMatrix::from_qtensor_for(&q, isa).unwrap();
         assert_eq!((w.n(), w.k(), w.dtype()), (n, k, dtype));
         let mut got = vec![f32::NAN; m * n];
@@ -71,6 +71,7 @@ fn check(dtype: GgmlDType, m: usize, k: usize, n: usize) {
 
 #[test]
 fn matches_candle_all_dtypes() {
+    let isas = Isa::to_test("qmatmul::matches_candle_all_dtypes");
     for dtype in ALL {
         // n = 16, 48, 64: whole groups for the AMX layout (with an odd
         // block count at k = 96 and 224); the others fall back.
@@ -85,7 +86,7 @@ fn matches_candle_all_dtypes() {
         ];
         for (m, k, n) in shapes {
             if k % dtype.block_size() == 0 {
-                check(dtype, m, k, n);
+                check(&isas, dtype, m, k, n);
             }
         }
     }
@@ -110,10 +111,11 @@ fn matches_candle_model_shapes() {
         GgmlDType::Q4K,
         GgmlDType::Q6K,
     ];
+    let isas = Isa::to_test("qmatmul::matches_candle_model_shapes");
     for dtype in dtypes {
         for (m, k, n) in shapes {
             if k % dtype.block_size() == 0 {
-                check(dtype, m, k, n);
+                check(&isas, dtype, m, k, n);
             }
         }
     }
@@ -125,11 +127,12 @@ fn matches_candle_model_shapes() {
 #[test]
 fn rows_are_batch_invariant() {
     let (k, n) = (768, 64);
+    let isas = Isa::to_test("qmatmul::rows_are_batch_invariant");
     for m in [6, 21] {
         let x = random(m * k, 17 + m as u64);
         for dtype in ALL {
             let q = weights(dtype, n, k, 23);
-            for isa in Isa::available() {
+            for &isa in &isas {
                 let w = QMatrix::from_qtensor_for(&q, isa).unwrap();
                 let mut batch = vec![0f32; m * n];
                 w.matmul(&x, m, &mut batch);
@@ -153,7 +156,13 @@ fn rows_are_batch_invariant() {
 /// to AVX-512.
 #[test]
 fn amx_layout_is_used_where_it_applies() {
-    if !Isa::Amx.is_supported() {
+    if !Isa::available().contains(&Isa::Amx) {
+        let amx = Isa::Amx;
+        let run = isa::path_run(amx.level(), amx.is_supported());
+        isa::report(
+            "qmatmul::amx_layout_is_used_where_it_applies",
+            &[(amx.name(), run)],
+        );
         return;
     }
     for dtype in ALL {
@@ -217,4 +226,39 @@ fn isa_detection_is_consistent() {
     assert!(available.contains(&Isa::Scalar));
     assert!(available.contains(&Isa::detect()));
     assert_eq!(available[0], Isa::detect());
+    for isa in Isa::PREFERENCE {
+        assert_eq!(
+            available.contains(&isa),
+            isa::allowed(isa.level(), isa.is_supported())
+        );
+    }
+}
+
+/// `R1SERVE_ISA`'s cap: dispatch never goes above it nor to a kernel this
+/// CPU lacks, and takes the best kernel within both.
+#[test]
+fn dispatch_is_capped() {
+    for (value, limit) in [
+        ("scalar", Level::Scalar),
+        ("avx2", Level::Avx2),
+        ("avx512vnni", Level::Avx512Vnni),
+        ("amx", Level::Amx),
+    ] {
+        assert_eq!(isa::parse(Some(value)).unwrap(), limit);
+        let got = Isa::best_under(limit);
+        assert!(
+            got.level() <= limit && got.is_supported(),
+            "{value}: {got:?}"
+        );
+        for better in Isa::PREFERENCE {
+            if better.level() <= limit && better.is_supported() {
+                assert!(
+                    better.level() <= got.level(),
+                    "{value}: {got:?} over {better:?}"
+                );
+            }
+        }
+    }
+    assert_eq!(Isa::best_under(Level::Scalar), Isa::Scalar);
+    assert_eq!(Isa::detect(), Isa::best_under(isa::limit().unwrap()));
 }
