@@ -359,7 +359,8 @@ async fn routes_and_errors(server: &Server) {
         json!({"n": 0}),
         json!({"max_tokens": 0}),
         json!({"logprobs": true, "top_logprobs": 21}),
-        json!({"tools": [{"type": "function", "function": {"name": "f"}}]}),
+        json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": []}}]}),
+        json!({"tool_choice": "required", "tools": [{"type": "function", "function": {"name": "f"}}]}),
     ] {
         let response = server
             .post("/v1/chat/completions", &chat("hi", bad.clone()))
