@@ -62,6 +62,23 @@ fn the_pool_is_sized_in_bytes_from_the_models_spec() {
     h.shutdown();
 }
 
+/// Without a budget, the pool holds `max_num_seqs` whole contexts, a
+/// context's last partial block included (`generate` starts one sequence
+/// of a few dozen tokens this way).
+#[test]
+fn the_default_pool_holds_whole_contexts() {
+    let tok = tokenizer();
+    let (model, _) = Scripted::new(tok.vocab_size(), 4096);
+    let config = EngineConfig {
+        max_num_seqs: 1,
+        max_model_len: Some(30),
+        ..Default::default()
+    };
+    let h = Engine::start(Box::new(model), tok, config).unwrap();
+    assert_eq!(h.stats().total_blocks, 2);
+    h.shutdown();
+}
+
 #[test]
 fn concurrent_requests_follow_the_script() {
     rt().block_on(async {

@@ -100,8 +100,9 @@ impl Engine {
             bail!("the model declares no KV cache");
         }
         let budget = config.kv_cache_memory.unwrap_or_else(|| {
-            let want = (config.max_num_seqs * max_model_len) as u64 * block_bytes
-                / config.block_size as u64;
+            // Whole blocks: a context that ends inside a block still needs it.
+            let want = (config.max_num_seqs * max_model_len).div_ceil(config.block_size) as u64
+                * block_bytes;
             (available_memory() * 2 / 5).min(want)
         });
         let num_blocks = info
