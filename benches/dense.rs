@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use half::{bf16, f16};
 use r1serve::kernels::bytes::{HalfKind, WeightBytes};
+use r1serve::kernels::isa::KernelIsa;
 use r1serve::kernels::{DenseIsa, DenseMatrix};
 use rayon::prelude::*;
 

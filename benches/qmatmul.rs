@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::Module;
+use r1serve::kernels::isa::KernelIsa;
 use r1serve::kernels::qmatmul::tensor_2d;
 use r1serve::kernels::{Isa, QMatrix};
 

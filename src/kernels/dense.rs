@@ -51,7 +51,7 @@ use super::bytes::{HalfKind, WeightBytes};
 #[cfg(target_arch = "x86_64")]
 use super::dense_amx::TiledBf16;
 use super::dense_simd::{self, Activations, BLOCK};
-use super::isa::{self, Level};
+use super::isa::{self, KernelIsa, Level};
 use super::qmatmul::{for_each_tile, tile_rows};
 #[cfg(target_arch = "x86_64")]
 use super::qmatmul_tiled::GROUP;
@@ -75,9 +75,8 @@ pub enum DenseIsa {
     AmxBf16,
 }
 
-impl DenseIsa {
-    /// All variants, from least to most preferred.
-    pub const ALL: [DenseIsa; 5] = [
+impl KernelIsa for DenseIsa {
+    const ALL: &'static [DenseIsa] = &[
         DenseIsa::Scalar,
         DenseIsa::Avx2,
         DenseIsa::Avx512,
@@ -85,20 +84,20 @@ impl DenseIsa {
         DenseIsa::AmxBf16,
     ];
 
-    /// A name for test and bench output.
-    pub fn name(self) -> &'static str {
+    /// The [`Level`] a CPU needs for `self`.
+    fn level(self) -> Level {
         match self {
-            DenseIsa::Scalar => "scalar",
-            DenseIsa::Avx2 => "AVX2+FMA+F16C",
-            DenseIsa::Avx512 => "AVX-512F",
-            DenseIsa::Avx512Bf16 => "AVX512_BF16",
-            DenseIsa::AmxBf16 => "AMX-BF16",
+            DenseIsa::Scalar => Level::Scalar,
+            DenseIsa::Avx2 => Level::Avx2,
+            DenseIsa::Avx512 => Level::Avx512,
+            DenseIsa::Avx512Bf16 => Level::Avx512Bf16,
+            DenseIsa::AmxBf16 => Level::Amx,
         }
     }
 
     /// Whether this CPU can run the kernels of `self` (probed once per
     /// process).
-    pub fn is_supported(self) -> bool {
+    fn is_supported(self) -> bool {
         static SUPPORTED: OnceLock<[bool; 5]> = OnceLock::new();
         let s = SUPPORTED.get_or_init(|| {
             #[cfg(target_arch = "x86_64")]
@@ -117,56 +116,25 @@ impl DenseIsa {
         s[self as usize]
     }
 
-    /// The [`Level`] a CPU needs for `self`.
-    pub fn level(self) -> Level {
+    /// A name for test and bench output.
+    fn name(self) -> &'static str {
         match self {
-            DenseIsa::Scalar => Level::Scalar,
-            DenseIsa::Avx2 => Level::Avx2,
-            DenseIsa::Avx512 => Level::Avx512,
-            DenseIsa::Avx512Bf16 => Level::Avx512Bf16,
-            DenseIsa::AmxBf16 => Level::Amx,
+            DenseIsa::Scalar => "scalar",
+            DenseIsa::Avx2 => "AVX2+FMA+F16C",
+            DenseIsa::Avx512 => "AVX-512F",
+            DenseIsa::Avx512Bf16 => "AVX512_BF16",
+            DenseIsa::AmxBf16 => "AMX-BF16",
         }
     }
+}
 
-    /// The best instruction set this CPU supports at or below `limit`.
-    pub fn best_under(limit: Level) -> DenseIsa {
-        Self::ALL
-            .into_iter()
-            .rev()
-            .find(|isa| isa.level() <= limit && isa.is_supported())
-            .unwrap_or(DenseIsa::Scalar)
-    }
-
-    /// The best instruction set this CPU supports within `R1SERVE_ISA`.
-    pub fn detect() -> DenseIsa {
-        Self::best_under(isa::cap())
-    }
-
-    /// Every instruction set usable on this CPU within `R1SERVE_ISA`, least
-    /// preferred first.
-    pub fn available() -> Vec<DenseIsa> {
-        Self::ALL
-            .into_iter()
-            .filter(|isa| isa::allowed(isa.level(), isa.is_supported()))
-            .collect()
-    }
-
-    /// [`DenseIsa::available`], after reporting on stderr for `test` which
-    /// instruction sets it runs and which it cannot, by name.
-    pub fn to_test(test: &str) -> Vec<DenseIsa> {
-        let paths: Vec<_> = Self::ALL
-            .iter()
-            .map(|isa| (isa.name(), isa::path_run(isa.level(), isa.is_supported())))
-            .collect();
-        isa::report(test, &paths);
-        Self::available()
-    }
-
+impl DenseIsa {
     /// The best supported instruction set no better than `self`.
     pub fn capped(self) -> DenseIsa {
         Self::ALL
-            .into_iter()
+            .iter()
             .rev()
+            .copied()
             .find(|isa| *isa <= self && isa.is_supported())
             .unwrap_or(DenseIsa::Scalar)
     }

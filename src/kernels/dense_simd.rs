@@ -16,6 +16,7 @@ use half::{bf16, f16};
 
 use super::bytes::HalfKind;
 use super::dense::DenseIsa;
+use super::isa::KernelIsa;
 use super::simd::{F32x16, Portable, SimdLoad, LANES};
 
 /// Weight rows per block.

@@ -283,7 +283,7 @@ fn isa_detection_is_consistent() {
     let available = DenseIsa::available();
     assert_eq!(available[0], DenseIsa::Scalar);
     assert_eq!(available.last(), Some(&DenseIsa::detect()));
-    for isa in DenseIsa::ALL {
+    for &isa in DenseIsa::ALL {
         assert!(isa.capped() <= isa && isa.capped().is_supported());
         assert_eq!(
             available.contains(&isa),
@@ -340,7 +340,7 @@ fn dispatch_is_capped() {
             got.level() <= limit && got.is_supported(),
             "{value}: {got:?}"
         );
-        for better in DenseIsa::ALL {
+        for &better in DenseIsa::ALL {
             if better.level() <= limit && better.is_supported() {
                 assert!(better <= got, "{value}: {got:?} under {better:?}");
             }

@@ -89,6 +89,60 @@ pub(crate) fn allowed(level: Level, on_cpu: bool) -> bool {
     on_cpu && level <= cap()
 }
 
+/// A kernel family's instruction-set variants. Each names the [`Level`] it
+/// needs, probes this CPU, and has a name for reports; choosing the best
+/// one under `R1SERVE_ISA`, listing the usable ones and reporting them to
+/// tests are written once here for every family.
+pub trait KernelIsa: Copy + 'static {
+    /// Every variant, least preferred first; the first runs on any CPU.
+    const ALL: &'static [Self];
+
+    /// The [`Level`] a CPU needs for `self`.
+    fn level(self) -> Level;
+
+    /// Whether this CPU can run the kernels of `self`.
+    fn is_supported(self) -> bool;
+
+    /// A name for test and bench output.
+    fn name(self) -> &'static str;
+
+    /// The best variant this CPU supports at or below `limit`.
+    fn best_under(limit: Level) -> Self {
+        Self::ALL
+            .iter()
+            .rev()
+            .copied()
+            .find(|isa| isa.level() <= limit && isa.is_supported())
+            .unwrap_or(Self::ALL[0])
+    }
+
+    /// The best variant this CPU supports within `R1SERVE_ISA`.
+    fn detect() -> Self {
+        Self::best_under(cap())
+    }
+
+    /// Every variant usable on this CPU within `R1SERVE_ISA`, least
+    /// preferred first.
+    fn available() -> Vec<Self> {
+        Self::ALL
+            .iter()
+            .copied()
+            .filter(|isa| allowed(isa.level(), isa.is_supported()))
+            .collect()
+    }
+
+    /// [`KernelIsa::available`], after reporting on stderr for `test` which
+    /// variants it runs and which it cannot, by name.
+    fn to_test(test: &str) -> Vec<Self> {
+        let paths: Vec<_> = Self::ALL
+            .iter()
+            .map(|isa| (isa.name(), path_run(isa.level(), isa.is_supported())))
+            .collect();
+        report(test, &paths);
+        Self::available()
+    }
+}
+
 /// Where one kernel path stands in a test run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PathRun {

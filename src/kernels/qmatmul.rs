@@ -42,7 +42,7 @@ use candle_core::{Device, Tensor};
 use half::f16;
 use rayon::prelude::*;
 
-use super::isa::{self, Level};
+use super::isa::{self, KernelIsa, Level};
 use super::qmatmul_simd;
 #[cfg(target_arch = "x86_64")]
 use super::{qmatmul_tiled, qmatmul_tiled_k};
@@ -80,19 +80,29 @@ pub enum Isa {
     Amx,
 }
 
-impl Isa {
-    /// All variants, from most to least preferred.
-    const PREFERENCE: [Isa; 5] = [
-        Isa::Amx,
-        Isa::Avx512Vnni,
-        Isa::AvxVnni,
-        Isa::Avx2,
+impl KernelIsa for Isa {
+    const ALL: &'static [Isa] = &[
         Isa::Scalar,
+        Isa::Avx2,
+        Isa::AvxVnni,
+        Isa::Avx512Vnni,
+        Isa::Amx,
     ];
+
+    /// The [`Level`] a CPU needs for `self`.
+    fn level(self) -> Level {
+        match self {
+            Isa::Scalar => Level::Scalar,
+            Isa::Avx2 => Level::Avx2,
+            Isa::AvxVnni => Level::AvxVnni,
+            Isa::Avx512Vnni => Level::Avx512Vnni,
+            Isa::Amx => Level::Amx,
+        }
+    }
 
     /// Whether this CPU can run the kernels of `self` (probed once per
     /// process).
-    pub fn is_supported(self) -> bool {
+    fn is_supported(self) -> bool {
         static SUPPORTED: OnceLock<[bool; 5]> = OnceLock::new();
         let s = SUPPORTED.get_or_init(|| {
             #[cfg(target_arch = "x86_64")]
@@ -115,19 +125,8 @@ impl Isa {
         s[self as usize]
     }
 
-    /// The [`Level`] a CPU needs for `self`.
-    pub fn level(self) -> Level {
-        match self {
-            Isa::Scalar => Level::Scalar,
-            Isa::Avx2 => Level::Avx2,
-            Isa::AvxVnni => Level::AvxVnni,
-            Isa::Avx512Vnni => Level::Avx512Vnni,
-            Isa::Amx => Level::Amx,
-        }
-    }
-
     /// A name for test and bench output.
-    pub fn name(self) -> &'static str {
+    fn name(self) -> &'static str {
         match self {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "AVX2+FMA+F16C",
@@ -136,41 +135,9 @@ impl Isa {
             Isa::Amx => "AMX-INT8",
         }
     }
-
-    /// The best instruction set this CPU supports at or below `limit`.
-    pub fn best_under(limit: Level) -> Isa {
-        Self::PREFERENCE
-            .into_iter()
-            .find(|isa| isa.level() <= limit && isa.is_supported())
-            .unwrap_or(Isa::Scalar)
-    }
-
-    /// The best instruction set this CPU supports within `R1SERVE_ISA`.
-    pub fn detect() -> Isa {
-        Self::best_under(isa::cap())
-    }
-
-    /// Every instruction set usable on this CPU within `R1SERVE_ISA`, most
-    /// preferred first.
-    pub fn available() -> Vec<Isa> {
-        Self::PREFERENCE
-            .into_iter()
-            .filter(|isa| isa::allowed(isa.level(), isa.is_supported()))
-            .collect()
-    }
-
-    /// [`Isa::available`], after reporting on stderr for `test` which
-    /// instruction sets it runs and which it cannot, by name.
-    pub fn to_test(test: &str) -> Vec<Isa> {
-        let paths: Vec<_> = Self::PREFERENCE
-            .iter()
-            .rev()
-            .map(|isa| (isa.name(), isa::path_run(isa.level(), isa.is_supported())))
-            .collect();
-        isa::report(test, &paths);
-        Self::available()
-    }
 }
+
+impl Isa {}
 
 /// A quantized weight matrix of shape `(n, k)`, laid out for the kernels of
 /// one instruction set and ready for [`QMatrix::matmul`].

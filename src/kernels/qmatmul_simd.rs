@@ -16,6 +16,7 @@
 
 use candle_core::quantized::GgmlDType;
 
+use super::isa::KernelIsa;
 use super::qmatmul::{Isa, Q8Pair, Q8x32, Q8xK};
 
 /// SIMD dot products of one 32-element-block weight row with `R` activation

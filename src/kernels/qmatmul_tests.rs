@@ -225,8 +225,8 @@ fn isa_detection_is_consistent() {
     let available = Isa::available();
     assert!(available.contains(&Isa::Scalar));
     assert!(available.contains(&Isa::detect()));
-    assert_eq!(available[0], Isa::detect());
-    for isa in Isa::PREFERENCE {
+    assert_eq!(available.last(), Some(&Isa::detect()));
+    for &isa in Isa::ALL {
         assert_eq!(
             available.contains(&isa),
             isa::allowed(isa.level(), isa.is_supported())
@@ -250,7 +250,7 @@ fn dispatch_is_capped() {
             got.level() <= limit && got.is_supported(),
             "{value}: {got:?}"
         );
-        for better in Isa::PREFERENCE {
+        for &better in Isa::ALL {
             if better.level() <= limit && better.is_supported() {
                 assert!(
                     better.level() <= got.level(),
