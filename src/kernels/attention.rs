@@ -18,7 +18,7 @@
 //! `R1SERVE_ISA` (see [`super::isa`]).
 
 use super::attention_simd::{attend, scratch_len, Job, RowStats};
-use super::isa::{self, Level, PathRun};
+use super::isa::{self, KernelIsa, Level, PathRun};
 use super::simd::{self, SimdLoad, LANES};
 use crate::kv_cache::storage::{with_pair, KvGeometry, KvPair, LayerKv, SlotAddr};
 use crate::types::BlockId;
@@ -170,12 +170,11 @@ enum Isa {
     Portable,
 }
 
-impl Isa {
-    /// Every variant, most preferred first.
+impl KernelIsa for Isa {
     #[cfg(target_arch = "x86_64")]
-    const PREFERENCE: [Isa; 3] = [Isa::Avx512, Isa::Avx2, Isa::Portable];
+    const ALL: &'static [Isa] = &[Isa::Portable, Isa::Avx2, Isa::Avx512];
     #[cfg(not(target_arch = "x86_64"))]
-    const PREFERENCE: [Isa; 1] = [Isa::Portable];
+    const ALL: &'static [Isa] = &[Isa::Portable];
 
     fn level(self) -> Level {
         match self {
@@ -213,18 +212,6 @@ impl Isa {
         #[cfg(not(target_arch = "x86_64"))]
         true
     }
-
-    /// The best body this CPU supports at or below `limit`.
-    fn best_under(limit: Level) -> Isa {
-        Self::PREFERENCE
-            .into_iter()
-            .find(|isa| isa.level() <= limit && isa.is_supported())
-            .unwrap_or(Isa::Portable)
-    }
-
-    fn detect() -> Isa {
-        Self::best_under(isa::cap())
-    }
 }
 
 /// Reports on stderr, for `test`, which instruction set [`paged_attention`]
@@ -232,9 +219,8 @@ impl Isa {
 /// them, `R1SERVE_ISA` caps them, or only the dispatched one runs).
 pub fn report_dispatch(test: &str) {
     let chosen = Isa::detect();
-    let paths: Vec<_> = Isa::PREFERENCE
+    let paths: Vec<_> = Isa::ALL
         .iter()
-        .rev()
         .map(|&i| {
             let run = match isa::path_run(i.level(), i.is_supported()) {
                 PathRun::Ran if i != chosen => PathRun::NotDispatched,
@@ -504,16 +490,7 @@ mod tests {
     #[test]
     fn instruction_sets_agree_bit_for_bit() {
         let geom = KvGeometry::square(16, 8, 1, 72);
-        let paths: Vec<_> = Isa::PREFERENCE
-            .iter()
-            .rev()
-            .map(|i| (i.name(), isa::path_run(i.level(), i.is_supported())))
-            .collect();
-        isa::report("attention::instruction_sets_agree_bit_for_bit", &paths);
-        let isas: Vec<Isa> = Isa::PREFERENCE
-            .into_iter()
-            .filter(|i| isa::allowed(i.level(), i.is_supported()))
-            .collect();
+        let isas = Isa::to_test("attention::instruction_sets_agree_bit_for_bit");
         if isas.len() < 2 {
             eprintln!(
                 "attention::instruction_sets_agree_bit_for_bit: only the portable kernel runs here, \
@@ -556,7 +533,7 @@ mod tests {
         for limit in [Level::Scalar, Level::Avx2, Level::Avx512, Level::Amx] {
             let got = Isa::best_under(limit);
             assert!(got.level() <= limit && got.is_supported(), "{limit:?}");
-            for better in Isa::PREFERENCE {
+            for &better in Isa::ALL {
                 if better.level() <= limit && better.is_supported() {
                     assert!(better.level() <= got.level(), "{limit:?}: {got:?}");
                 }
