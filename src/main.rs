@@ -16,7 +16,8 @@ use r1serve::api::connections::ConnectionLimits;
 use r1serve::api::protocol::unix_timestamp;
 use r1serve::api::router::RouterConfig;
 use r1serve::api::server::{serve, ServerOptions};
-use r1serve::api::state::{AppState, ServedModel};
+use r1serve::api::state::{AppState, ServedModel, ThinkingDefaults};
+use r1serve::engine::reasoning_control::{LoopGuardMode, ReasoningConfig, DEFAULT_CLOSE_TEXT};
 use r1serve::engine::{Engine, EngineConfig};
 use r1serve::kv_cache::storage::KvDtype;
 use r1serve::metrics::Metrics;
@@ -184,6 +185,53 @@ struct ServeArgs {
     /// request fails with 408.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     body_timeout: u64,
+    #[command(flatten)]
+    thinking: ThinkingArgs,
+}
+
+/// Bounds on the model's reasoning.
+#[derive(Debug, Args)]
+struct ThinkingArgs {
+    /// Most reasoning tokens of a request that sets no budget or effort;
+    /// unbounded when absent.
+    #[arg(long, value_name = "TOKENS")]
+    thinking_budget: Option<usize>,
+    /// Budgets of `reasoning_effort` low, medium and high.
+    #[arg(long, value_parser = parse_effort_budgets, default_value = "1024,4096,16384",
+          value_name = "LOW,MEDIUM,HIGH")]
+    reasoning_effort_budgets: EffortBudgets,
+    /// Text fed to the model to close its reasoning at a budget: must
+    /// contain `</think>` and be at most 32 tokens.
+    #[arg(long, default_value = DEFAULT_CLOSE_TEXT, hide_default_value = true, value_name = "TEXT")]
+    thinking_close_text: String,
+    /// Tokens kept for the answer of a request that sets none: reasoning
+    /// is closed in time to leave them under the token limit.
+    #[arg(long, value_name = "TOKENS")]
+    answer_token_reserve: Option<usize>,
+    /// What to do when the reasoning repeats itself: `close` it so the
+    /// model answers, `stop` the choice, or `off`.
+    #[arg(long, default_value_t = LoopGuardMode::Close, value_name = "MODE")]
+    reasoning_loop_guard: LoopGuardMode,
+}
+
+/// `--reasoning-effort-budgets` as parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct EffortBudgets([usize; 3]);
+
+fn parse_effort_budgets(text: &str) -> Result<EffortBudgets, String> {
+    let values: Vec<usize> = text
+        .split(',')
+        .map(|v| v.trim().parse::<usize>())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("'{text}': {e}"))?;
+    match values[..] {
+        [low, medium, high] if low <= medium && medium <= high => {
+            Ok(EffortBudgets([low, medium, high]))
+        }
+        _ => Err(format!(
+            "'{text}' must be three increasing token counts, e.g. 1024,4096,16384"
+        )),
+    }
 }
 
 /// Environment variable read as `--api-key`.
@@ -374,6 +422,11 @@ fn load_model(args: &ServeArgs) -> Result<ServedModel> {
             max_model_len: args.max_model_len,
             max_waiting_requests: args.max_waiting_requests,
             enable_prefix_caching: !args.no_prefix_caching,
+            reasoning: ReasoningConfig {
+                close_text: args.thinking.thinking_close_text.clone(),
+                loop_guard: args.thinking.reasoning_loop_guard,
+                ..Default::default()
+            },
         },
     )?;
     tracing::info!(reasoning_parser = %reasoning, tool_call_parser = %tool_parser, "engine started");
@@ -386,6 +439,11 @@ fn load_model(args: &ServeArgs) -> Result<ServedModel> {
         default_top_p: loaded.default_top_p,
         reasoning,
         tool_parser,
+        thinking: ThinkingDefaults {
+            budget: args.thinking.thinking_budget,
+            effort_budgets: args.thinking.reasoning_effort_budgets.0,
+            answer_reserve: args.thinking.answer_token_reserve,
+        },
         created: unix_timestamp(),
     })
 }

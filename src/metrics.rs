@@ -18,6 +18,7 @@ use metrics::{counter, gauge, histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::engine::types::EngineStats;
+use crate::reasoning::ReasoningEnd;
 
 /// Metric names, shared by the recorder, the scrape refresh and the tests.
 pub mod names {
@@ -64,6 +65,8 @@ pub mod names {
     /// Tool calls the model wrote inside its reasoning, which are not
     /// executed.
     pub const TOOL_CALLS_IN_REASONING: &str = "r1serve:tool_calls_in_reasoning_total";
+    /// Choices by how their reasoning ended (`state` label).
+    pub const REASONING_END: &str = "r1serve:reasoning_end_total";
 }
 
 /// Latency buckets in seconds: 1 ms to 10 min, dense below a second where
@@ -233,6 +236,10 @@ fn describe() {
         names::TOOL_CALLS_IN_REASONING,
         "Tool calls written inside reasoning blocks, which are not executed"
     );
+    describe_counter!(
+        names::REASONING_END,
+        "Finished choices by how their reasoning ended (state: closed, budget, loop, length, none)"
+    );
 }
 
 fn record_engine_stats(model_name: &str, stats: &EngineStats) {
@@ -279,6 +286,8 @@ pub struct Completion {
     pub ended_in_reasoning: bool,
     /// Tool calls written inside reasoning blocks, all choices.
     pub tool_calls_in_reasoning: usize,
+    /// Choices per reasoning end state, in [`ReasoningEnd::ALL`] order.
+    pub reasoning_ends: [usize; ReasoningEnd::ALL.len()],
 }
 
 /// Collects one request's timings and token counts and records them once,
@@ -382,6 +391,16 @@ impl Drop for RequestRecorder {
         }
         counter!(names::TOOL_CALLS_IN_REASONING, &self.model())
             .increment(completion.tool_calls_in_reasoning as u64);
+        for (state, &count) in ReasoningEnd::ALL.iter().zip(&completion.reasoning_ends) {
+            if count > 0 {
+                counter!(
+                    names::REASONING_END,
+                    MODEL_NAME_LABEL => Arc::clone(&self.model_name),
+                    "state" => state.as_str()
+                )
+                .increment(count as u64);
+            }
+        }
     }
 }
 
@@ -435,6 +454,7 @@ mod tests {
                 reasoning_tokens: 7,
                 ended_in_reasoning: true,
                 tool_calls_in_reasoning: 2,
+                reasoning_ends: [0, 2, 0, 1, 0],
             });
         });
         for line in [
@@ -442,6 +462,8 @@ mod tests {
             "r1serve:reasoning_tokens_total{model_name=\"m\"} 7",
             "r1serve:finished_in_reasoning_total{model_name=\"m\"} 1",
             "r1serve:tool_calls_in_reasoning_total{model_name=\"m\"} 2",
+            "r1serve:reasoning_end_total{model_name=\"m\",state=\"budget\"} 2",
+            "r1serve:reasoning_end_total{model_name=\"m\",state=\"length\"} 1",
             "r1serve:inter_token_latency_seconds_count{model_name=\"m\"} 1",
             "r1serve:time_to_first_answer_token_seconds_count{model_name=\"m\"} 1",
         ] {

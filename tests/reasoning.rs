@@ -5,7 +5,7 @@
 
 mod common;
 
-use r1serve::reasoning::{prompt_opens_reasoning, ReasoningParser, ReasoningSplitter};
+use r1serve::reasoning::{prompt_opens_reasoning, ReasoningParser, ReasoningTracker};
 use r1serve::tokenizer::{ChatTemplate, IncrementalDecoder, Tokenizer};
 
 fn r1() -> Tokenizer {
@@ -17,25 +17,20 @@ fn r1() -> Tokenizer {
 /// (reasoning, content, reasoning tokens) from streaming `ids`.
 fn stream(tok: &Tokenizer, ids: &[u32], starts_in_reasoning: bool) -> (String, String, usize) {
     let mut detok = IncrementalDecoder::new(true);
-    let mut split = ReasoningSplitter::new(ReasoningParser::DeepSeekR1, starts_in_reasoning);
-    let (mut reasoning, mut content, mut counted) = (String::new(), String::new(), 0);
+    let mut split = ReasoningTracker::new(ReasoningParser::DeepSeekR1, starts_in_reasoning);
+    let (mut reasoning, mut content) = (String::new(), String::new());
     for &id in ids {
-        let was_reasoning = split.in_reasoning();
-        let ended_before = split.saw_reasoning_end();
-        let s = split.push(&detok.push(tok, id).unwrap());
-        if was_reasoning || (!ended_before && split.saw_reasoning_end()) {
-            counted += 1;
-        }
+        let s = split.push(1, &detok.push(tok, id).unwrap(), false);
         reasoning.push_str(&s.reasoning);
         content.push_str(&s.content);
     }
-    let s = split.push(&detok.flush(tok).unwrap());
+    let s = split.push(0, &detok.flush(tok).unwrap(), false);
     reasoning.push_str(&s.reasoning);
     content.push_str(&s.content);
     let s = split.finish();
     reasoning.push_str(&s.reasoning);
     content.push_str(&s.content);
-    (reasoning, content, counted)
+    (reasoning, content, split.reasoning_tokens())
 }
 
 fn ids(tok: &Tokenizer, pieces: &[&str]) -> Vec<u32> {

@@ -14,7 +14,7 @@ use serde_json::Value;
 use super::backend::PromptCodec;
 use super::error::{ApiError, Json};
 use super::generation::{
-    encode_chat_prompt, sampling_params, token_text, ChoiceUpdate, Generation,
+    encode_chat_prompt, reasoning_params, sampling_params, token_text, ChoiceUpdate, Generation,
 };
 use super::protocol::{
     chat_completion_id, unix_timestamp, AssistantMessage, ChatChoice, ChatCompletionChunk,
@@ -66,18 +66,11 @@ pub async fn chat_completions(
             Ok((chat.text, chat.ids))
         })
         .await?;
-    let params = sampling_params(&model, &chat.params, prompt_ids.len(), None)?;
-    let starts_in_reasoning =
+    let mut params = sampling_params(&model, &chat.params, prompt_ids.len(), None)?;
+    let starts_inside =
         model.reasoning == ReasoningParser::DeepSeekR1 && prompt_opens_reasoning(&prompt);
-    let generation = Generation::submit(
-        &model,
-        prompt_ids,
-        params,
-        arrived,
-        model.reasoning,
-        starts_in_reasoning,
-        &tool_stream,
-    )?;
+    params.reasoning = reasoning_params(&model, &chat.thinking, params.max_tokens, starts_inside)?;
+    let generation = Generation::submit(&model, prompt_ids, params, arrived, &tool_stream)?;
     let reply = Reply {
         id: chat_completion_id(),
         created: unix_timestamp(),
@@ -124,9 +117,13 @@ impl Reply {
         let mut logprobs = vec![Vec::new(); n as usize];
         let mut finish = vec![None; n as usize];
         let mut calls = vec![Vec::new(); n as usize];
+        let mut ends = vec![None; n as usize];
         while let Some(updates) = generation.next().await {
             for update in updates? {
                 let i = update.index as usize;
+                if let (Some(end), Some(slot)) = (update.reasoning_end, ends.get_mut(i)) {
+                    *slot = Some(end);
+                }
                 if let (Some(r), Some(c), Some(l), Some(f), Some(t)) = (
                     reasoning.get_mut(i),
                     content.get_mut(i),
@@ -158,6 +155,7 @@ impl Reply {
                 },
                 logprobs: self.logprobs(&logprobs[i]),
                 finish_reason: finish[i],
+                reasoning_end: ends[i],
             })
             .collect();
         let response = ChatCompletionResponse::new(
@@ -201,6 +199,7 @@ impl Reply {
                 logprobs: self.logprobs(&update.logprobs),
                 delta,
                 finish_reason: update.finish_reason,
+                reasoning_end: update.reasoning_end,
             })
         })
     }
@@ -219,6 +218,7 @@ impl Reply {
                     },
                     logprobs: None,
                     finish_reason: None,
+                    reasoning_end: None,
                 }))
             })
             .collect();

@@ -19,7 +19,6 @@ use super::protocol::{
 use super::sse::{done_event, error_event, json_event, sse_response};
 use super::state::{AppState, ServedModel};
 use crate::engine::types::TokenLogprob;
-use crate::reasoning::ReasoningParser;
 use crate::tools::{ToolCallParser, ToolCallStream};
 
 /// OpenAI's default `max_tokens` for legacy completions.
@@ -85,8 +84,6 @@ pub async fn completions(
         prompt_ids,
         params,
         arrived,
-        ReasoningParser::None,
-        false,
         &ToolCallStream::new(ToolCallParser::None, true),
     )?;
     let reply = Reply {

@@ -1,7 +1,7 @@
 //! The part of a completion request shared by the chat and legacy routes:
 //! turning checked parameters into an engine request, submitting it, and
-//! following its outputs through the reasoning splitter and the tool-call
-//! parser while keeping the usage and metrics books.
+//! following its outputs (split into reasoning and answer by the engine)
+//! through the tool-call parser while keeping the usage and metrics books.
 //!
 //! The route modules only decide how each [`ChoiceUpdate`] is framed.
 
@@ -13,17 +13,17 @@ use serde_json::{Map, Value};
 use super::backend::{OutputStream, PromptCodec};
 use super::error::{ApiError, ErrorKind};
 use super::protocol::{
-    CompletionTokensDetails, DeltaFunction, DeltaToolCall, FinishReason, GenerationParams,
-    PromptTokensDetails, Usage,
+    CompletionTokensDetails, DeltaFunction, DeltaToolCall, Effort, FinishReason,
+    GenerationParams, PromptTokensDetails, ThinkingRequest, Usage,
 };
 use super::state::ServedModel;
 use crate::engine::stop::StopStrings;
 use crate::engine::types::{
-    EngineError, EngineRequest, FinishReason as EngineFinish, RequestUsage, SampleOutput,
-    SamplingParams, TokenLogprob,
+    EngineError, EngineRequest, FinishReason as EngineFinish, ReasoningParams, RequestUsage,
+    SampleOutput, SamplingParams, TokenLogprob,
 };
 use crate::metrics::{Completion, RequestRecorder};
-use crate::reasoning::{ReasoningParser, ReasoningSplitter};
+use crate::reasoning::{ReasoningEnd, ReasoningParser};
 use crate::tokenizer::{ChatPrompt, PromptTooLong};
 use crate::tools::{call_id, ParsedText, ToolCallStream};
 use crate::types::TokenId;
@@ -86,6 +86,69 @@ pub fn sampling_params(
             .map_err(|e| ApiError::bad_request("stop", e))?,
         n: params.n as usize,
         skip_special_tokens: true,
+        reasoning: ReasoningParams::default(),
+    })
+}
+
+/// The reasoning settings of a chat request: its output is parsed with the
+/// model's parser from the state the prompt leaves it in, and bounded by
+/// the request's budget (explicit, else by effort, else the server's) and
+/// answer reserve (the request's, else the server's when it fits).
+pub fn reasoning_params(
+    model: &ServedModel,
+    thinking: &ThinkingRequest,
+    max_tokens: usize,
+    starts_inside: bool,
+) -> Result<ReasoningParams, ApiError> {
+    if model.reasoning == ReasoningParser::None {
+        if thinking.asks_for_control() {
+            let param = if thinking.budget.is_some() {
+                "thinking_token_budget"
+            } else if thinking.effort.is_some() {
+                "reasoning_effort"
+            } else {
+                "answer_token_reserve"
+            };
+            return Err(ApiError::bad_request(
+                param,
+                format!(
+                    "'{param}' needs a reasoning model, and this server parses no reasoning \
+                     (--reasoning-parser none)"
+                ),
+            ));
+        }
+        return Ok(ReasoningParams::default());
+    }
+    let defaults = &model.thinking;
+    let effort = thinking.effort.map(|e| {
+        defaults.effort_budgets[match e {
+            Effort::Low => 0,
+            Effort::Medium => 1,
+            Effort::High => 2,
+        }]
+    });
+    let budget = thinking
+        .budget
+        .map(|b| b as usize)
+        .or(effort)
+        .or(defaults.budget);
+    let answer_reserve = match thinking.answer_reserve {
+        Some(r) if r as usize >= max_tokens => {
+            return Err(ApiError::bad_request(
+                "answer_token_reserve",
+                format!(
+                    "'answer_token_reserve' ({r}) must be less than the token limit ({max_tokens})"
+                ),
+            ))
+        }
+        Some(r) => Some(r as usize),
+        None => defaults.answer_reserve.filter(|&r| r < max_tokens),
+    };
+    Ok(ReasoningParams {
+        parser: model.reasoning,
+        starts_inside,
+        budget,
+        answer_reserve,
     })
 }
 
@@ -223,17 +286,20 @@ pub struct ChoiceUpdate {
     pub logprobs: Vec<TokenLogprob>,
     /// Set on the choice's last update.
     pub finish_reason: Option<FinishReason>,
+    /// How the choice's reasoning ended; set on its last update.
+    pub reasoning_end: Option<ReasoningEnd>,
 }
 
 /// Per-choice bookkeeping.
 struct ChoiceState {
-    splitter: ReasoningSplitter,
     /// Parses the answer for tool calls.
     tools: ToolCallStream,
     /// Parses the reasoning the same way, only to count the calls written
     /// there: they are not executed.
     reasoning_tools: ToolCallStream,
     reasoning_tokens: usize,
+    in_reasoning: bool,
+    reasoning_end: Option<ReasoningEnd>,
     finished: bool,
     length: bool,
 }
@@ -261,22 +327,15 @@ fn wire_calls(parsed: ParsedText) -> (String, Vec<DeltaToolCall>) {
 
 impl ChoiceState {
     fn push(&mut self, sample: SampleOutput) -> Result<ChoiceUpdate, ApiError> {
-        let was_reasoning = self.splitter.in_reasoning();
-        let had_end = self.splitter.saw_reasoning_end();
-        let mut split = self.splitter.push(&sample.text);
-        // The token that closes the block is reasoning too; the rule matches
-        // how OpenAI counts reasoning tokens (the whole hidden trace).
-        if was_reasoning || (!had_end && self.splitter.saw_reasoning_end()) {
-            self.reasoning_tokens += sample.token_ids.len();
+        // The engine split the text and counted the reasoning tokens.
+        self.reasoning_tokens = sample.reasoning_tokens;
+        self.in_reasoning = sample.in_reasoning;
+        if sample.reasoning_end.is_some() {
+            self.reasoning_end = sample.reasoning_end;
         }
         let finishing = sample.finish_reason.is_some();
-        if finishing {
-            let tail = self.splitter.finish();
-            split.reasoning.push_str(&tail.reasoning);
-            split.content.push_str(&tail.content);
-        }
-        self.reasoning_tools.push(&split.reasoning);
-        let mut parsed = self.tools.push(&split.content);
+        self.reasoning_tools.push(&sample.reasoning);
+        let mut parsed = self.tools.push(&sample.text);
         if finishing {
             self.reasoning_tools.finish();
             let tail = self.tools.finish();
@@ -301,11 +360,12 @@ impl ChoiceState {
         };
         Ok(ChoiceUpdate {
             index: u32::try_from(sample.index).unwrap_or(u32::MAX),
-            reasoning: split.reasoning,
+            reasoning: sample.reasoning,
             content,
             tool_calls,
             logprobs: sample.logprobs,
             finish_reason,
+            reasoning_end: sample.reasoning_end,
         })
     }
 }
@@ -323,29 +383,27 @@ pub struct Generation {
 
 impl Generation {
     /// Submits `prompt` to the engine. `arrived` is when the HTTP request
-    /// came in; `reasoning` and `starts_in_reasoning` configure the splitter
-    /// of every choice, and each choice parses its answer with a copy of
-    /// `tools`.
+    /// came in; each choice parses its answer with a copy of `tools`.
     pub fn submit(
         model: &ServedModel,
         prompt: Vec<TokenId>,
         params: SamplingParams,
         arrived: Instant,
-        reasoning: ReasoningParser,
-        starts_in_reasoning: bool,
         tools: &ToolCallStream,
     ) -> Result<Self, ApiError> {
         let n = params.n;
+        let params_starts_inside = params.reasoning.starts_inside;
         let outputs = model
             .engine
             .add_request(EngineRequest { prompt, params })
             .map_err(engine_error)?;
         let choices = (0..n)
             .map(|_| ChoiceState {
-                splitter: ReasoningSplitter::new(reasoning, starts_in_reasoning),
                 tools: tools.clone(),
                 reasoning_tools: tools.clone(),
                 reasoning_tokens: 0,
+                in_reasoning: params_starts_inside,
+                reasoning_end: None,
                 finished: false,
                 length: false,
             })
@@ -407,7 +465,13 @@ impl Generation {
                     "stop"
                 },
                 reasoning_tokens: self.reasoning_tokens(),
-                ended_in_reasoning: self.choices.iter().any(|c| c.splitter.in_reasoning()),
+                ended_in_reasoning: self.choices.iter().any(|c| c.in_reasoning),
+                reasoning_ends: ReasoningEnd::ALL.map(|state| {
+                    self.choices
+                        .iter()
+                        .filter(|c| c.reasoning_end == Some(state))
+                        .count()
+                }),
                 tool_calls_in_reasoning: self
                     .choices
                     .iter()
@@ -423,7 +487,7 @@ impl Generation {
     pub fn in_reasoning(&self, index: usize) -> bool {
         self.choices
             .get(index)
-            .is_some_and(|c| c.splitter.in_reasoning())
+            .is_some_and(|c| c.in_reasoning)
     }
 
     fn reasoning_tokens(&self) -> usize {

@@ -35,8 +35,34 @@ pub struct ServedModel {
     pub reasoning: ReasoningParser,
     /// How tool calls are read from chat answers.
     pub tool_parser: ToolCallParser,
+    /// Reasoning bounds for requests that set none.
+    pub thinking: ThinkingDefaults,
     /// Unix time the model finished loading, reported as `created`.
     pub created: u64,
+}
+
+/// Server-wide reasoning bounds, from the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ThinkingDefaults {
+    /// `--thinking-budget`: reasoning tokens of a request that names no
+    /// budget or effort (default: unbounded).
+    pub budget: Option<usize>,
+    /// `--reasoning-effort-budgets`: the budgets of `low`, `medium` and
+    /// `high` (default 1024, 4096, 16384).
+    pub effort_budgets: [usize; 3],
+    /// `--answer-token-reserve`: tokens kept for the answer of a request
+    /// that names none, when its token limit exceeds them (default: none).
+    pub answer_reserve: Option<usize>,
+}
+
+impl Default for ThinkingDefaults {
+    fn default() -> Self {
+        Self {
+            budget: None,
+            effort_budgets: [1024, 4096, 16384],
+            answer_reserve: None,
+        }
+    }
 }
 
 impl ServedModel {

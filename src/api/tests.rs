@@ -21,7 +21,7 @@ use crate::engine::types::{
     SampleOutput, TokenLogprob,
 };
 use crate::metrics::Metrics;
-use crate::reasoning::ReasoningParser;
+use crate::reasoning::{ReasoningParser, ReasoningPhase, ReasoningTracker};
 use crate::tokenizer::ChatPrompt;
 use crate::tools::ToolCallParser;
 use crate::types::TokenId;
@@ -140,29 +140,47 @@ impl InferenceBackend for ScriptedEngine {
         let length = steps < self.script.len();
         let n = request.params.n;
         let logprobs = request.params.logprobs;
+        // The text is split as the engine splits it, with the real tracker.
+        let reasoning = &request.params.reasoning;
+        let mut trackers =
+            vec![ReasoningTracker::new(reasoning.parser, reasoning.starts_inside); n];
         let outputs: Vec<RequestOutput> = (0..steps)
             .map(|step| {
                 let last = step + 1 == steps;
                 RequestOutput {
-                    samples: (0..n)
-                        .map(|index| SampleOutput {
-                            index,
-                            token_ids: vec![1],
-                            text: self.script[step].to_string(),
-                            logprobs: logprobs
-                                .map(|k| TokenLogprob {
-                                    token: u32::from(b'a'),
-                                    logprob: -0.5,
-                                    top: vec![(u32::from(b'b'), -1.0); k],
-                                })
-                                .into_iter()
-                                .collect(),
-                            finish_reason: last.then_some(if length {
-                                FinishReason::Length
-                            } else {
-                                FinishReason::Stop
-                            }),
-                            stop_reason: None,
+                    samples: trackers
+                        .iter_mut()
+                        .enumerate()
+                        .map(|(index, tracker)| {
+                            let mut split = tracker.push(1, self.script[step], false);
+                            if last {
+                                let tail = tracker.finish();
+                                split.reasoning.push_str(&tail.reasoning);
+                                split.content.push_str(&tail.content);
+                            }
+                            SampleOutput {
+                                index,
+                                token_ids: vec![1],
+                                text: split.content,
+                                reasoning: split.reasoning,
+                                reasoning_tokens: tracker.reasoning_tokens(),
+                                in_reasoning: tracker.phase() == ReasoningPhase::Inside,
+                                reasoning_end: None,
+                                logprobs: logprobs
+                                    .map(|k| TokenLogprob {
+                                        token: u32::from(b'a'),
+                                        logprob: -0.5,
+                                        top: vec![(u32::from(b'b'), -1.0); k],
+                                    })
+                                    .into_iter()
+                                    .collect(),
+                                finish_reason: last.then_some(if length {
+                                    FinishReason::Length
+                                } else {
+                                    FinishReason::Stop
+                                }),
+                                stop_reason: None,
+                            }
                         })
                         .collect(),
                     usage: RequestUsage {
@@ -270,6 +288,7 @@ fn harness(setup: Setup) -> Harness {
             default_top_p: Some(0.95),
             reasoning: setup.reasoning,
             tool_parser: setup.tool_parser,
+            thinking: Default::default(),
             created: 1,
         });
     }

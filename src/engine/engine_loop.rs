@@ -2,9 +2,11 @@
 //! stream outputs. The logic lives in the scheduler, sampler and stop
 //! matcher; this loop only wires them together.
 
-use super::sampler::{sample, SampleContext};
+use super::logits::{LogitsContext, LogitsProcessor};
+use super::reasoning_control::{ReasoningConfig, ReasoningTokens};
+use super::sampler::sample;
 use super::scheduler::{Scheduler, SchedulerConfig};
-use super::sequence::Sequence;
+use super::sequence::{GenerationSetup, Sequence};
 use super::types::{
     EngineRequest, EngineStats, FinishReason, RequestOutput, RequestUsage, SampleOutput,
     SamplingParams,
@@ -13,6 +15,7 @@ use super::{Admission, Command, EngineHandle, PanicWatch, Shared};
 use crate::kv_cache::manager::KvCacheManager;
 use crate::kv_cache::storage::KvDtype;
 use crate::model::{BatchSeq, ForwardBatch, Model};
+use crate::reasoning::ReasoningPhase;
 use crate::tokenizer::Tokenizer;
 use crate::types::{RequestId, SeqId, TokenId};
 use anyhow::{bail, Result};
@@ -41,6 +44,8 @@ pub struct EngineConfig {
     pub max_waiting_requests: usize,
     /// Reuse KV blocks of shared prefixes (default on).
     pub enable_prefix_caching: bool,
+    /// Thinking close text and loop guard (defaults: [`ReasoningConfig`]).
+    pub reasoning: ReasoningConfig,
 }
 
 impl Default for EngineConfig {
@@ -54,6 +59,7 @@ impl Default for EngineConfig {
             max_model_len: None,
             max_waiting_requests: 256,
             enable_prefix_caching: true,
+            reasoning: ReasoningConfig::default(),
         }
     }
 }
@@ -164,6 +170,12 @@ impl Engine {
         let mut eos: Vec<TokenId> = tokenizer.eos_ids().to_vec();
         eos.sort_unstable();
         eos.dedup();
+        let reasoning = ReasoningTokens::new(&tokenizer, &config.reasoning)?;
+        tracing::info!(
+            "reasoning control: a close of {} tokens, loop guard {}",
+            reasoning.close_len(),
+            config.reasoning.loop_guard
+        );
         let looper = EngineLoop {
             _watch: PanicWatch(shared.clone()),
             kv: KvCacheManager::new(num_blocks, config.block_size, config.enable_prefix_caching),
@@ -177,7 +189,10 @@ impl Engine {
             requests: HashMap::new(),
             rx,
             shared: shared.clone(),
-            eos,
+            setup: GenerationSetup {
+                eos,
+                reasoning: Some(Arc::new(reasoning)),
+            },
             next_seq: 0,
             max_model_len,
             prefix_caching: config.enable_prefix_caching,
@@ -207,7 +222,7 @@ struct EngineLoop {
     requests: HashMap<RequestId, RequestState>,
     rx: mpsc::Receiver<Command>,
     shared: Arc<Shared>,
-    eos: Vec<TokenId>,
+    setup: GenerationSetup,
     next_seq: u64,
     max_model_len: usize,
     prefix_caching: bool,
@@ -269,7 +284,14 @@ impl EngineLoop {
         for index in 0..n {
             let sid = SeqId(self.next_seq);
             self.next_seq += 1;
-            let mut seq = Sequence::new(sid, id, index, req.prompt.clone(), params.clone());
+            let mut seq = Sequence::new(
+                sid,
+                id,
+                index,
+                req.prompt.clone(),
+                params.clone(),
+                &self.setup,
+            );
             if index > 0 && self.prefix_caching {
                 seq.wait_for = seqs.first().copied();
             }
@@ -307,6 +329,10 @@ impl EngineLoop {
                     index: seq.index,
                     token_ids: Vec::new(),
                     text: String::new(),
+                    reasoning: String::new(),
+                    reasoning_tokens: seq.reasoning.reasoning_tokens(),
+                    in_reasoning: false,
+                    reasoning_end: None,
                     logprobs: Vec::new(),
                     finish_reason: Some(reason),
                     stop_reason: None,
@@ -390,8 +416,7 @@ impl EngineLoop {
             let Some(mut l) = logits.next() else {
                 continue;
             };
-            let out =
-                sample_and_advance(seq, &mut l, &self.eos, &self.tokenizer, self.max_model_len);
+            let out = sample_and_advance(seq, &mut l, &self.tokenizer, self.max_model_len);
             let request = seq.request;
             if out.finish_reason.is_some() {
                 self.sched.remove(sid, &mut self.kv);
@@ -437,35 +462,44 @@ impl EngineLoop {
     }
 }
 
-/// Samples the next token of `seq`, appends it, and turns it into text,
-/// deciding whether the sequence ends here.
+/// Samples the next token of `seq`, appends it, turns it into text and
+/// routes the text to reasoning or answer, deciding whether the sequence
+/// ends here.
 fn sample_and_advance(
     seq: &mut Sequence,
     logits: &mut [f32],
-    eos: &[TokenId],
     tokenizer: &Tokenizer,
     max_model_len: usize,
 ) -> SampleOutput {
     let params: Arc<SamplingParams> = seq.params.clone();
-    let mut stop_ids: Vec<TokenId> = params.stop_token_ids.clone();
-    if !params.ignore_eos {
-        stop_ids.extend_from_slice(eos);
-    }
     let num_generated = seq.num_generated();
-    let (token, logprob) = sample(
-        logits,
-        &params,
-        &mut seq.sampler,
-        &SampleContext {
-            all_tokens: &seq.tokens,
-            num_generated,
-            stop_ids: &stop_ids,
-        },
-    );
+    let ctx = LogitsContext {
+        tokens: &seq.tokens,
+        num_generated,
+        tokens_left: params.max_tokens.saturating_sub(num_generated),
+        phase: seq.reasoning.phase(),
+        reasoning_tokens: seq.reasoning.reasoning_tokens(),
+    };
+    let (processors, control) = (&mut seq.processors, &mut seq.control);
+    let (token, logprob) = sample(logits, &params, &mut seq.sampler, ctx.tokens, |l| {
+        for p in processors.iter_mut() {
+            p.process(&ctx, l);
+        }
+        if let Some(c) = control.as_mut() {
+            c.process(&ctx, l);
+        }
+    });
+    let forced = control.as_ref().is_some_and(|c| c.forcing());
+    for p in processors.iter_mut() {
+        p.observe(&ctx, token);
+    }
+    if let Some(c) = control.as_mut() {
+        c.observe(&ctx, token);
+    }
     seq.tokens.push(token);
     seq.sampler.observe(token);
 
-    let ends_by_token = stop_ids.contains(&token);
+    let ends_by_token = !forced && seq.stop_ids.contains(&token);
     let mut text = String::new();
     let mut stop_reason = None;
     let mut finish = None;
@@ -483,23 +517,40 @@ fn sample_and_advance(
             stop_reason = hit;
         }
     }
+    let mut split = seq.reasoning.push(1, &text, forced);
+    if finish.is_none() && seq.control.as_ref().is_some_and(|c| c.should_stop()) {
+        finish = Some(FinishReason::Stop);
+    }
     if finish.is_none()
         && (seq.num_generated() >= params.max_tokens || seq.tokens.len() >= max_model_len)
     {
         finish = Some(FinishReason::Length);
     }
     if finish.is_some() && stop_reason.is_none() && !ends_by_token {
-        // Length: release text held for a possible stop string or an
-        // incomplete character.
+        // Length or loop: release text held for a possible stop string or
+        // an incomplete character.
         let tail = seq.detok.flush(tokenizer).unwrap_or_default();
-        let (more, _) = seq.stop.push(&tail);
-        text.push_str(&more);
-        text.push_str(&seq.stop.flush());
+        let (mut more, _) = seq.stop.push(&tail);
+        more.push_str(&seq.stop.flush());
+        let rest = seq.reasoning.push(0, &more, false);
+        split.reasoning.push_str(&rest.reasoning);
+        split.content.push_str(&rest.content);
     }
+    let phase = seq.reasoning.phase();
+    if finish.is_some() {
+        let tail = seq.reasoning.finish();
+        split.reasoning.push_str(&tail.reasoning);
+        split.content.push_str(&tail.content);
+    }
+    let reasoning_end = finish.and_then(|f| seq.control.as_ref().map(|c| c.end_state(phase, f)));
     SampleOutput {
         index: seq.index,
         token_ids: vec![token],
-        text,
+        text: split.content,
+        reasoning: split.reasoning,
+        reasoning_tokens: seq.reasoning.reasoning_tokens(),
+        in_reasoning: phase == ReasoningPhase::Inside,
+        reasoning_end,
         logprobs: logprob.into_iter().collect(),
         finish_reason: finish,
         stop_reason,

@@ -5,6 +5,8 @@
 
 mod engine_loop;
 mod fault;
+pub mod logits;
+pub mod reasoning_control;
 pub mod sampler;
 pub mod scheduler;
 pub mod sequence;

@@ -1,7 +1,8 @@
-//! Turning logits into tokens, one sequence at a time, with everything a
-//! request can ask for: logit bias, repetition/presence/frequency penalties,
-//! min_tokens, temperature, top-k, top-p, min-p, a private seeded random
-//! stream, and log-probabilities of the raw logits.
+//! Turning logits into tokens, one sequence at a time: the sequence's
+//! logits processors (logit bias, min_tokens, reasoning control: see
+//! [`super::logits`]), repetition/presence/frequency penalties,
+//! temperature, top-k, top-p, min-p, a private seeded random stream, and
+//! log-probabilities of the raw logits.
 //!
 //! Each sequence draws from its own RNG, so the tokens a seeded request gets
 //! do not depend on what else is in the batch.
@@ -41,16 +42,6 @@ impl SamplerState {
     }
 }
 
-/// What the sampler needs to know about the sequence besides its logits.
-pub struct SampleContext<'a> {
-    /// Prompt and generated tokens (for the repetition penalty).
-    pub all_tokens: &'a [TokenId],
-    /// Tokens generated so far.
-    pub num_generated: usize,
-    /// Tokens that end generation (EOS and stop ids), masked before min_tokens.
-    pub stop_ids: &'a [TokenId],
-}
-
 fn log_softmax(logits: &[f32]) -> Vec<f32> {
     let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     let sum: f32 = logits.iter().map(|v| (v - max).exp()).sum();
@@ -73,24 +64,23 @@ fn top_n(values: &[f32], n: usize) -> Vec<(TokenId, f32)> {
 }
 
 /// Samples one token from `logits` (modified in place) and returns it with
-/// its logprob entry when the request asked for logprobs.
+/// its logprob entry when the request asked for logprobs. `process` runs
+/// the sequence's logits processors; `all_tokens` (prompt and output) feed
+/// the repetition penalty.
 pub fn sample(
     logits: &mut [f32],
     params: &SamplingParams,
     state: &mut SamplerState,
-    ctx: &SampleContext,
+    all_tokens: &[TokenId],
+    process: impl FnOnce(&mut [f32]),
 ) -> (TokenId, Option<TokenLogprob>) {
     // Log-probabilities are reported on the model's raw distribution, as
     // OpenAI and vLLM do, before any request-specific processing.
     let raw_logprobs = params.logprobs.map(|_| log_softmax(logits));
 
-    for &(tok, bias) in &params.logit_bias {
-        if let Some(l) = logits.get_mut(tok as usize) {
-            *l += bias;
-        }
-    }
+    process(logits);
     if params.repetition_penalty != 1.0 {
-        let mut seen: Vec<TokenId> = ctx.all_tokens.to_vec();
+        let mut seen: Vec<TokenId> = all_tokens.to_vec();
         seen.sort_unstable();
         seen.dedup();
         for t in seen {
@@ -107,13 +97,6 @@ pub fn sample(
         for (&t, &c) in &state.output_counts {
             if let Some(l) = logits.get_mut(t as usize) {
                 *l -= params.presence_penalty + params.frequency_penalty * c as f32;
-            }
-        }
-    }
-    if ctx.num_generated < params.min_tokens {
-        for &t in ctx.stop_ids {
-            if let Some(l) = logits.get_mut(t as usize) {
-                *l = f32::NEG_INFINITY;
             }
         }
     }
@@ -196,12 +179,13 @@ fn sample_random(logits: &[f32], params: &SamplingParams, rng: &mut StdRng) -> T
 mod tests {
     use super::*;
 
-    fn ctx<'a>(all: &'a [TokenId], stop: &'a [TokenId], n: usize) -> SampleContext<'a> {
-        SampleContext {
-            all_tokens: all,
-            num_generated: n,
-            stop_ids: stop,
-        }
+    fn draw(
+        logits: &mut [f32],
+        p: &SamplingParams,
+        s: &mut SamplerState,
+        all: &[TokenId],
+    ) -> (TokenId, Option<TokenLogprob>) {
+        sample(logits, p, s, all, |_| {})
     }
 
     fn greedy() -> SamplingParams {
@@ -214,21 +198,8 @@ mod tests {
     #[test]
     fn greedy_takes_the_argmax() {
         let mut s = SamplerState::new(Some(1), 0);
-        let (t, _) = sample(&mut [0.1, 3.0, 2.0], &greedy(), &mut s, &ctx(&[], &[], 0));
+        let (t, _) = draw(&mut [0.1, 3.0, 2.0], &greedy(), &mut s, &[]);
         assert_eq!(t, 1);
-    }
-
-    #[test]
-    fn logit_bias_changes_the_choice() {
-        let p = SamplingParams {
-            logit_bias: vec![(2, 5.0)],
-            ..greedy()
-        };
-        let mut s = SamplerState::new(Some(1), 0);
-        assert_eq!(
-            sample(&mut [0.1, 3.0, 2.0], &p, &mut s, &ctx(&[], &[], 0)).0,
-            2
-        );
     }
 
     #[test]
@@ -239,7 +210,7 @@ mod tests {
         };
         let mut s = SamplerState::new(Some(1), 0);
         assert_eq!(
-            sample(&mut [0.1, 3.0, 2.0], &p, &mut s, &ctx(&[1], &[], 0)).0,
+            draw(&mut [0.1, 3.0, 2.0], &p, &mut s, &[1]).0,
             2
         );
     }
@@ -256,27 +227,10 @@ mod tests {
             s.observe(1);
             s.observe(1);
             assert_eq!(
-                sample(&mut [0.1, 3.0, 2.0], &p, &mut s, &ctx(&[], &[], 0)).0,
+                draw(&mut [0.1, 3.0, 2.0], &p, &mut s, &[]).0,
                 2
             );
         }
-    }
-
-    #[test]
-    fn min_tokens_masks_stop_ids() {
-        let p = SamplingParams {
-            min_tokens: 2,
-            ..greedy()
-        };
-        let mut s = SamplerState::new(Some(1), 0);
-        assert_eq!(
-            sample(&mut [0.1, 3.0, 2.0], &p, &mut s, &ctx(&[], &[1], 1)).0,
-            2
-        );
-        assert_eq!(
-            sample(&mut [0.1, 3.0, 2.0], &p, &mut s, &ctx(&[], &[1], 2)).0,
-            1
-        );
     }
 
     fn histogram(p: &SamplingParams, logits: &[f32], draws: usize) -> Vec<usize> {
@@ -284,7 +238,7 @@ mod tests {
         let mut h = vec![0; logits.len()];
         for _ in 0..draws {
             let mut l = logits.to_vec();
-            h[sample(&mut l, p, &mut s, &ctx(&[], &[], 0)).0 as usize] += 1;
+            h[draw(&mut l, p, &mut s, &[]).0 as usize] += 1;
         }
         h
     }
@@ -340,7 +294,7 @@ mod tests {
         let run = |seed, index| {
             let mut s = SamplerState::new(Some(seed), index);
             (0..20)
-                .map(|_| sample(&mut logits.clone(), &p, &mut s, &ctx(&[], &[], 0)).0)
+                .map(|_| draw(&mut logits.clone(), &p, &mut s, &[]).0)
                 .collect::<Vec<_>>()
         };
         assert_eq!(run(3, 0), run(3, 0));
@@ -352,11 +306,10 @@ mod tests {
     fn logprobs_are_log_softmax_of_raw_logits() {
         let p = SamplingParams {
             logprobs: Some(2),
-            logit_bias: vec![(0, 10.0)],
             ..greedy()
         };
         let mut s = SamplerState::new(Some(1), 0);
-        let (t, lp) = sample(&mut [0.0, 1.0, 0.5], &p, &mut s, &ctx(&[], &[], 0));
+        let (t, lp) = sample(&mut [0.0, 1.0, 0.5], &p, &mut s, &[], |l| l[0] += 10.0);
         let lp = lp.unwrap();
         assert_eq!(t, 0);
         let lse = (1f32.exp() + 1.0 + 0.5f32.exp()).ln();

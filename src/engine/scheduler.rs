@@ -237,6 +237,7 @@ mod tests {
             0,
             (0..prompt as u32).map(|t| t + 1000 * id as u32).collect(),
             Arc::new(SamplingParams::default()),
+            &Default::default(),
         )
     }
 
@@ -340,6 +341,7 @@ mod tests {
             index,
             vec![1, 2, 3],
             Arc::new(SamplingParams::default()),
+            &Default::default(),
         )
     }
 

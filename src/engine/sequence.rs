@@ -1,12 +1,26 @@
 //! One sequence in the engine: its tokens, how many of them have KV in the
-//! cache, and its generation state (sampler, detokenizer, stop matcher).
+//! cache, and its generation state (logits processors, sampler,
+//! detokenizer, stop matcher, reasoning state).
 
+use super::logits::{processors_for, LogitsProcessor};
+use super::reasoning_control::{ReasoningControl, ReasoningTokens};
 use super::sampler::SamplerState;
 use super::stop::StopChecker;
 use super::types::{FinishReason, SamplingParams};
+use crate::reasoning::ReasoningTracker;
 use crate::tokenizer::IncrementalDecoder;
 use crate::types::{RequestId, SeqId, TokenId};
 use std::sync::Arc;
+
+/// What every sequence of an engine is set up with besides its request.
+#[derive(Clone, Debug, Default)]
+pub struct GenerationSetup {
+    /// The model's end-of-sequence ids.
+    pub eos: Vec<TokenId>,
+    /// Reasoning control's token ids; without them reasoning is tracked
+    /// but never controlled.
+    pub reasoning: Option<Arc<ReasoningTokens>>,
+}
 
 /// A sequence's place in the scheduler.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +62,15 @@ pub struct Sequence {
     pub detok: IncrementalDecoder,
     /// Stop-string matcher.
     pub stop: StopChecker,
+    /// Ids that end the sequence: stop ids, and EOS unless ignored.
+    pub stop_ids: Vec<TokenId>,
+    /// The request's logits processors, in order.
+    pub processors: Vec<Box<dyn LogitsProcessor>>,
+    /// Reasoning control (budget, reserve, loop guard), when the output is
+    /// parsed for reasoning.
+    pub control: Option<ReasoningControl>,
+    /// Reasoning phase, count and text split.
+    pub reasoning: ReasoningTracker,
 }
 
 impl Sequence {
@@ -58,7 +81,13 @@ impl Sequence {
         index: usize,
         prompt: Vec<TokenId>,
         params: Arc<SamplingParams>,
+        setup: &GenerationSetup,
     ) -> Self {
+        let mut stop_ids = params.stop_token_ids.clone();
+        if !params.ignore_eos {
+            stop_ids.extend_from_slice(&setup.eos);
+        }
+        let r = &params.reasoning;
         Self {
             id,
             request,
@@ -72,6 +101,13 @@ impl Sequence {
             sampler: SamplerState::new(params.seed, index),
             detok: IncrementalDecoder::new(params.skip_special_tokens),
             stop: StopChecker::new(params.stop.clone()),
+            processors: processors_for(&params, &stop_ids),
+            control: setup
+                .reasoning
+                .as_ref()
+                .and_then(|tokens| ReasoningControl::new(tokens, r)),
+            reasoning: ReasoningTracker::new(r.parser, r.starts_inside),
+            stop_ids,
             params,
         }
     }

@@ -3,6 +3,7 @@
 
 use super::stop::StopStrings;
 use crate::kv_cache::storage::KvDtype;
+use crate::reasoning::{ReasoningEnd, ReasoningParser};
 use crate::types::TokenId;
 
 /// Sampling and stopping parameters of one request, already validated.
@@ -44,6 +45,24 @@ pub struct SamplingParams {
     pub n: usize,
     /// Drop special tokens from the text.
     pub skip_special_tokens: bool,
+    /// How the output's reasoning is tracked and bounded.
+    pub reasoning: ReasoningParams,
+}
+
+/// A request's reasoning settings.
+#[derive(Clone, Debug, Default)]
+pub struct ReasoningParams {
+    /// Reasoning format of the output; `None` (the default) makes all of it
+    /// content.
+    pub parser: ReasoningParser,
+    /// The prompt opened the reasoning block, so the output starts in it.
+    pub starts_inside: bool,
+    /// Most reasoning tokens before the engine closes the block; 0 means
+    /// no reasoning at all.
+    pub budget: Option<usize>,
+    /// Tokens kept for the answer: the block is closed in time for it to
+    /// end this many tokens before `max_tokens`.
+    pub answer_reserve: Option<usize>,
 }
 
 impl Default for SamplingParams {
@@ -66,6 +85,7 @@ impl Default for SamplingParams {
             stop: StopStrings::default(),
             n: 1,
             skip_special_tokens: true,
+            reasoning: ReasoningParams::default(),
         }
     }
 }
@@ -119,8 +139,17 @@ pub struct SampleOutput {
     pub index: usize,
     /// Tokens generated this step (usually one).
     pub token_ids: Vec<TokenId>,
-    /// Text that became final this step.
+    /// Answer text that became final this step (all text when the output is
+    /// not parsed for reasoning).
     pub text: String,
+    /// Reasoning text that became final this step.
+    pub reasoning: String,
+    /// Tokens of this sample counted as reasoning so far.
+    pub reasoning_tokens: usize,
+    /// Whether the sample is (or ended) inside its reasoning block.
+    pub in_reasoning: bool,
+    /// How the reasoning ended; set on the sample's last output.
+    pub reasoning_end: Option<ReasoningEnd>,
     /// Logprobs of `token_ids`, when asked for.
     pub logprobs: Vec<TokenLogprob>,
     /// Set on the sample's last output.

@@ -21,9 +21,13 @@
 //!   the output is dropped too, so that it does not leak into the content as
 //!   a stray prefix of the final answer.
 
+mod loop_guard;
 mod splitter;
+mod tracker;
 
+pub use loop_guard::{LoopGuard, LoopGuardConfig};
 pub use splitter::{prompt_opens_reasoning, ReasoningSplitter, Split};
+pub use tracker::{ReasoningEnd, ReasoningPhase, ReasoningTracker};
 
 use std::fmt;
 use std::str::FromStr;
@@ -37,12 +41,13 @@ pub const THINK_END: &str = "</think>";
 ///
 /// `auto` is deliberately not a variant: it is resolved from the model's
 /// chat template before a parser is built.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum ReasoningParser {
     /// `<think>` … `</think>` blocks as emitted by DeepSeek-R1 and its
     /// distills.
     DeepSeekR1,
     /// No reasoning extraction: all output is content, tags included.
+    #[default]
     None,
 }
 

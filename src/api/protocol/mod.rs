@@ -10,18 +10,20 @@
 //!
 //! Split by direction: [`request`] (request bodies and their validation),
 //! [`response`] (responses, stream chunks, logprob serialization),
-//! [`tools`] (tool definitions and calls in requests) and [`utility`]
+//! [`thinking`] (reasoning budgets in their dialects), [`tools`] (tool definitions and calls in requests) and [`utility`]
 //! (models list, tokenize and detokenize).
 
 mod request;
 mod response;
 #[cfg(test)]
 mod tests;
+mod thinking;
 mod tools;
 mod utility;
 
 pub use request::*;
 pub use response::*;
+pub use thinking::*;
 pub use tools::*;
 pub use utility::*;
 

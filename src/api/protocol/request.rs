@@ -7,6 +7,7 @@ use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
+
 use super::*;
 use crate::api::error::ApiError;
 use crate::types::TokenId;
@@ -403,6 +404,9 @@ pub struct ChatCompletionRequest {
     /// Whether the model may make several calls in one answer.
     #[serde(default)]
     pub parallel_tool_calls: Option<Value>,
+    /// Thinking budgets and the answer reserve.
+    #[serde(flatten)]
+    pub thinking: ThinkingFields,
     /// Unimplemented OpenAI parameters.
     #[serde(flatten)]
     pub unsupported: UnsupportedChatFields,
@@ -511,6 +515,8 @@ pub struct ValidatedChat {
     pub include_reasoning: bool,
     /// The request's tools, `None` when it has none.
     pub tools: Option<ChatTools>,
+    /// What the request asks of its reasoning.
+    pub thinking: ThinkingRequest,
 }
 
 /// A checked legacy completion request.
@@ -806,11 +812,13 @@ impl ChatCompletionRequest {
         let params = self
             .sampling
             .validate(max_tokens, logprobs.then(|| top_logprobs.unwrap_or(0)))?;
+        let thinking = self.thinking.validate()?;
         Ok(ValidatedChat {
             messages,
             params,
-            include_reasoning: self.include_reasoning.unwrap_or(true),
+            include_reasoning: self.include_reasoning.unwrap_or(true) && !thinking.exclude,
             tools,
+            thinking,
         })
     }
 }

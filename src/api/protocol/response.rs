@@ -8,6 +8,7 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::*;
+use crate::reasoning::ReasoningEnd;
 
 /// Why a choice stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -162,6 +163,10 @@ pub struct ChatChoice {
     pub logprobs: Option<ChatLogprobs>,
     /// Why generation stopped.
     pub finish_reason: Option<FinishReason>,
+    /// How the reasoning ended (r1serve extension); absent when the
+    /// server parses no reasoning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_end: Option<ReasoningEnd>,
 }
 
 /// The delta of a streamed chat choice; absent fields mean "no change".
@@ -218,6 +223,10 @@ pub struct ChunkChoice {
     pub logprobs: Option<ChatLogprobs>,
     /// `null` until the choice's last chunk.
     pub finish_reason: Option<FinishReason>,
+    /// How the reasoning ended, on the choice's last chunk only (r1serve
+    /// extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_end: Option<ReasoningEnd>,
 }
 
 /// Top alternatives at one position of legacy logprobs: a JSON object from

@@ -410,6 +410,7 @@ fn chat_completion_built_by_constructor() {
             },
             logprobs: None,
             finish_reason: Some(FinishReason::Length),
+            reasoning_end: None,
         }],
         Usage {
             prompt_tokens: 3,
@@ -460,6 +461,7 @@ fn chunk_usage_field_three_states() {
         },
         logprobs: None,
         finish_reason: None,
+        reasoning_end: None,
     };
     let plain = ChatCompletionChunk::new("c".into(), 1, "m".into(), vec![choice.clone()], false);
     assert_eq!(

@@ -1,0 +1,464 @@
+//! The engine's control over a sequence's reasoning: thinking budgets, the
+//! answer reserve and the loop guard, as a logits processor.
+//!
+//! When a sequence must stop reasoning, the engine feeds it a close
+//! sequence (a short wrap-up line, `</think>`, a blank line), tokenized once
+//! at start, one forced token per step: every other token is masked, so the
+//! model's KV cache sees exactly the text the client gets. Forced tokens
+//! count as reasoning. After a forced close the opening tag is masked, so
+//! the model cannot escape the budget by reopening its reasoning.
+
+use super::logits::{LogitsContext, LogitsProcessor};
+use super::types::{FinishReason, ReasoningParams};
+use crate::reasoning::{
+    LoopGuard, LoopGuardConfig, ReasoningEnd, ReasoningParser, ReasoningPhase, THINK_END,
+    THINK_START,
+};
+use crate::tokenizer::Tokenizer;
+use crate::types::TokenId;
+use anyhow::{bail, Result};
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+/// Longest close sequence accepted: it is fed one token per step, so a long
+/// one would spend the answer's room on boilerplate.
+pub const MAX_CLOSE_TOKENS: usize = 32;
+
+/// Default close text: a wrap-up line, the closing tag and a blank line, as
+/// R1 itself ends its reasoning.
+pub const DEFAULT_CLOSE_TEXT: &str =
+    "\n\nI have thought about this enough; time to answer.\n</think>\n\n";
+
+/// What the loop guard does when reasoning repeats itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LoopGuardMode {
+    /// No detection.
+    Off,
+    /// Close the reasoning as a budget would, so the model answers.
+    #[default]
+    Close,
+    /// End the choice (`finish_reason` `stop`).
+    Stop,
+}
+
+impl LoopGuardMode {
+    /// The flag's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoopGuardMode::Off => "off",
+            LoopGuardMode::Close => "close",
+            LoopGuardMode::Stop => "stop",
+        }
+    }
+}
+
+impl fmt::Display for LoopGuardMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for LoopGuardMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "off" => Ok(LoopGuardMode::Off),
+            "close" => Ok(LoopGuardMode::Close),
+            "stop" => Ok(LoopGuardMode::Stop),
+            other => Err(format!(
+                "unknown loop guard mode '{other}' (expected off, close or stop)"
+            )),
+        }
+    }
+}
+
+/// Server-wide reasoning control settings.
+#[derive(Clone, Debug)]
+pub struct ReasoningConfig {
+    /// Text fed to close reasoning (default [`DEFAULT_CLOSE_TEXT`]); must
+    /// contain `</think>` and tokenize to at most [`MAX_CLOSE_TOKENS`].
+    pub close_text: String,
+    /// Loop guard action (default close).
+    pub loop_guard: LoopGuardMode,
+    /// Loop detector settings (defaults: see [`LoopGuardConfig`]).
+    pub loop_detector: LoopGuardConfig,
+}
+
+impl Default for ReasoningConfig {
+    fn default() -> Self {
+        Self {
+            close_text: DEFAULT_CLOSE_TEXT.to_string(),
+            loop_guard: LoopGuardMode::default(),
+            loop_detector: LoopGuardConfig::default(),
+        }
+    }
+}
+
+/// The settings with their token ids, resolved once at engine start.
+#[derive(Clone, Debug)]
+pub struct ReasoningTokens {
+    close: Vec<TokenId>,
+    open: Vec<TokenId>,
+    mode: LoopGuardMode,
+    detector: LoopGuardConfig,
+}
+
+impl ReasoningTokens {
+    /// Tokenizes the close text and the opening tag with `tokenizer`.
+    pub fn new(tokenizer: &Tokenizer, config: &ReasoningConfig) -> Result<Self> {
+        if !config.close_text.contains(THINK_END) {
+            bail!(
+                "the thinking close text {:?} does not contain {THINK_END}, so it would not end the reasoning",
+                config.close_text
+            );
+        }
+        let close = tokenizer.encode(&config.close_text, false)?;
+        if close.len() > MAX_CLOSE_TOKENS {
+            bail!(
+                "the thinking close text is {} tokens long; at most {MAX_CLOSE_TOKENS} are allowed",
+                close.len()
+            );
+        }
+        if let Some(eos) = close.iter().find(|t| tokenizer.eos_ids().contains(t)) {
+            bail!("the thinking close text contains the end-of-sequence token {eos}");
+        }
+        Ok(Self {
+            close,
+            open: tokenizer.encode(THINK_START, false)?,
+            mode: config.loop_guard,
+            detector: config.loop_detector.clone(),
+        })
+    }
+
+    /// Tokens of the close sequence.
+    pub fn close_len(&self) -> usize {
+        self.close.len()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// The model reasons as it likes.
+    Free,
+    /// The next token is `close[i]`.
+    Forcing(usize),
+    /// Reasoning was closed by the engine (or must never start): the
+    /// opening tag is masked.
+    Closed,
+}
+
+/// One sequence's reasoning control.
+pub struct ReasoningControl {
+    tokens: Arc<ReasoningTokens>,
+    budget: Option<usize>,
+    reserve: Option<usize>,
+    guard: Option<LoopGuard>,
+    state: State,
+    /// The guard fired in `close` mode: force the close at the next step.
+    loop_seen: bool,
+    /// The guard fired in `stop` mode: the choice ends here.
+    stop: bool,
+    /// Why the engine closed the reasoning, once it has.
+    cause: Option<ReasoningEnd>,
+}
+
+impl ReasoningControl {
+    /// The control of a sequence with `params`, or `None` when its output
+    /// is not parsed for reasoning.
+    pub fn new(tokens: &Arc<ReasoningTokens>, params: &ReasoningParams) -> Option<Self> {
+        if params.parser == ReasoningParser::None {
+            return None;
+        }
+        let guard = (tokens.mode != LoopGuardMode::Off)
+            .then(|| LoopGuard::new(tokens.detector.clone()));
+        Some(Self {
+            tokens: Arc::clone(tokens),
+            budget: params.budget,
+            reserve: params.answer_reserve,
+            guard,
+            state: State::Free,
+            loop_seen: false,
+            stop: false,
+            cause: None,
+        })
+    }
+
+    /// Whether the token sampled after the last [`process`] was forced.
+    ///
+    /// [`process`]: LogitsProcessor::process
+    pub fn forcing(&self) -> bool {
+        matches!(self.state, State::Forcing(_))
+    }
+
+    /// Whether the loop guard ended the choice.
+    pub fn should_stop(&self) -> bool {
+        self.stop
+    }
+
+    /// The end state of a choice that finished for `finish` in `phase`.
+    pub fn end_state(&self, phase: ReasoningPhase, finish: FinishReason) -> ReasoningEnd {
+        if self.stop {
+            return ReasoningEnd::Loop;
+        }
+        match phase {
+            ReasoningPhase::Inside if finish == FinishReason::Length => ReasoningEnd::Length,
+            ReasoningPhase::Inside => ReasoningEnd::Closed,
+            ReasoningPhase::After => self.cause.unwrap_or(ReasoningEnd::Closed),
+            ReasoningPhase::Before => ReasoningEnd::None,
+        }
+    }
+
+    /// Decides, before a token is sampled, whether the engine takes over.
+    fn update(&mut self, ctx: &LogitsContext) {
+        if self.state != State::Free {
+            return;
+        }
+        // Started when exactly the close fits before the reserve, so the
+        // reasoning, close included, ends `reserve` tokens before the limit.
+        let reserve_hit = self
+            .reserve
+            .is_some_and(|r| ctx.tokens_left <= r + self.tokens.close.len());
+        match ctx.phase {
+            ReasoningPhase::Inside => {
+                let budget_hit = self.budget.is_some_and(|b| ctx.reasoning_tokens >= b);
+                if self.loop_seen {
+                    self.state = State::Forcing(0);
+                    self.cause = Some(ReasoningEnd::Loop);
+                } else if budget_hit || reserve_hit {
+                    self.state = State::Forcing(0);
+                    self.cause = Some(ReasoningEnd::Budget);
+                }
+            }
+            // No room (or no budget) for a block that has not started:
+            // it never does.
+            ReasoningPhase::Before if self.budget == Some(0) || reserve_hit => {
+                self.state = State::Closed;
+            }
+            ReasoningPhase::Before | ReasoningPhase::After => {}
+        }
+    }
+
+    /// Masks the token that would complete the opening tag: the tag itself
+    /// when it is one token, else its last token after the others.
+    fn mask_reopen(&self, tokens: &[TokenId], logits: &mut [f32]) {
+        let Some((&last, head)) = self.tokens.open.split_last() else {
+            return;
+        };
+        if tokens.ends_with(head) {
+            if let Some(l) = logits.get_mut(last as usize) {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+    }
+}
+
+impl LogitsProcessor for ReasoningControl {
+    fn process(&mut self, ctx: &LogitsContext, logits: &mut [f32]) {
+        self.update(ctx);
+        match self.state {
+            State::Free => {}
+            State::Forcing(i) => {
+                let keep = self.tokens.close[i] as usize;
+                logits.fill(f32::NEG_INFINITY);
+                if let Some(l) = logits.get_mut(keep) {
+                    *l = 0.0;
+                }
+            }
+            State::Closed => self.mask_reopen(ctx.tokens, logits),
+        }
+    }
+
+    fn observe(&mut self, ctx: &LogitsContext, token: TokenId) {
+        match self.state {
+            State::Forcing(i) if i + 1 == self.tokens.close.len() => self.state = State::Closed,
+            State::Forcing(i) => self.state = State::Forcing(i + 1),
+            State::Free if ctx.phase == ReasoningPhase::Inside => {
+                let Some(guard) = &mut self.guard else {
+                    return;
+                };
+                if guard.push(token) {
+                    match self.tokens.mode {
+                        LoopGuardMode::Stop => self.stop = true,
+                        LoopGuardMode::Close | LoopGuardMode::Off => self.loop_seen = true,
+                    }
+                }
+            }
+            State::Free | State::Closed => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLOSE: [TokenId; 3] = [50, 51, 52];
+
+    fn tokens(open: &[TokenId], mode: LoopGuardMode) -> Arc<ReasoningTokens> {
+        Arc::new(ReasoningTokens {
+            close: CLOSE.to_vec(),
+            open: open.to_vec(),
+            mode,
+            detector: LoopGuardConfig::default(),
+        })
+    }
+
+    fn control(budget: Option<usize>, reserve: Option<usize>) -> ReasoningControl {
+        let params = ReasoningParams {
+            parser: ReasoningParser::DeepSeekR1,
+            starts_inside: true,
+            budget,
+            answer_reserve: reserve,
+        };
+        ReasoningControl::new(&tokens(&[9], LoopGuardMode::Off), &params).unwrap()
+    }
+
+    /// Runs one step with flat logits over 64 ids and returns the argmax
+    /// after processing and whether the control forced it.
+    fn step(
+        c: &mut ReasoningControl,
+        history: &[TokenId],
+        phase: ReasoningPhase,
+        reasoning_tokens: usize,
+        tokens_left: usize,
+    ) -> (TokenId, bool) {
+        let ctx = LogitsContext {
+            tokens: history,
+            num_generated: history.len(),
+            tokens_left,
+            phase,
+            reasoning_tokens,
+        };
+        let mut logits = vec![0.0f32; 64];
+        logits[1] = 1.0;
+        c.process(&ctx, &mut logits);
+        let token = (0..64).fold(0, |b, i| if logits[i] > logits[b] { i } else { b }) as TokenId;
+        let forced = c.forcing();
+        c.observe(&ctx, token);
+        (token, forced)
+    }
+
+    #[test]
+    fn budget_forces_the_close_then_masks_reopening() {
+        let mut c = control(Some(2), None);
+        let inside = ReasoningPhase::Inside;
+        assert_eq!(step(&mut c, &[], inside, 0, 100), (1, false));
+        assert_eq!(step(&mut c, &[1], inside, 1, 99), (1, false));
+        let forced: Vec<_> = (0..3).map(|i| step(&mut c, &[1], inside, 2 + i, 98)).collect();
+        assert_eq!(forced, vec![(50, true), (51, true), (52, true)]);
+        let mut logits = vec![0.0f32; 64];
+        logits[9] = 5.0;
+        c.process(
+            &LogitsContext {
+                tokens: &[],
+                num_generated: 5,
+                tokens_left: 95,
+                phase: ReasoningPhase::After,
+                reasoning_tokens: 5,
+            },
+            &mut logits,
+        );
+        assert_eq!(logits[9], f32::NEG_INFINITY);
+        assert_eq!(
+            c.end_state(ReasoningPhase::After, FinishReason::Stop),
+            ReasoningEnd::Budget
+        );
+    }
+
+    #[test]
+    fn the_reserve_starts_the_close_so_it_ends_before_the_reserve() {
+        // max_tokens 40, reserve 16, close 3: forced from 19 tokens left.
+        let mut c = control(None, Some(16));
+        assert!(!step(&mut c, &[], ReasoningPhase::Inside, 0, 20).1);
+        assert_eq!(step(&mut c, &[], ReasoningPhase::Inside, 1, 19), (50, true));
+    }
+
+    #[test]
+    fn budget_zero_before_a_block_keeps_it_from_opening() {
+        let params = ReasoningParams {
+            parser: ReasoningParser::DeepSeekR1,
+            starts_inside: false,
+            budget: Some(0),
+            answer_reserve: None,
+        };
+        // A three-token opening tag: only its last token is masked, and
+        // only right after the first two.
+        let mut c = ReasoningControl::new(&tokens(&[7, 8, 9], LoopGuardMode::Off), &params)
+            .unwrap();
+        let ctx = |tokens: &'static [TokenId]| LogitsContext {
+            tokens,
+            num_generated: 0,
+            tokens_left: 10,
+            phase: ReasoningPhase::Before,
+            reasoning_tokens: 0,
+        };
+        let mut logits = vec![0.0f32; 16];
+        c.process(&ctx(&[3, 7, 8]), &mut logits);
+        assert_eq!(logits[9], f32::NEG_INFINITY);
+        assert_eq!(logits.iter().filter(|l| l.is_infinite()).count(), 1);
+        let mut logits = vec![0.0f32; 16];
+        c.process(&ctx(&[3, 8]), &mut logits);
+        assert!(logits.iter().all(|l| l.is_finite()));
+        assert_eq!(
+            c.end_state(ReasoningPhase::Before, FinishReason::Stop),
+            ReasoningEnd::None
+        );
+    }
+
+    #[test]
+    fn end_states() {
+        let c = control(None, None);
+        assert_eq!(
+            c.end_state(ReasoningPhase::Inside, FinishReason::Length),
+            ReasoningEnd::Length
+        );
+        assert_eq!(
+            c.end_state(ReasoningPhase::After, FinishReason::Length),
+            ReasoningEnd::Closed
+        );
+        assert_eq!(
+            c.end_state(ReasoningPhase::Before, FinishReason::Stop),
+            ReasoningEnd::None
+        );
+        let params = ReasoningParams::default();
+        assert!(ReasoningControl::new(&tokens(&[9], LoopGuardMode::Close), &params).is_none());
+    }
+
+    #[test]
+    fn the_loop_guard_closes_or_stops() {
+        for mode in [LoopGuardMode::Close, LoopGuardMode::Stop] {
+            let params = ReasoningParams {
+                parser: ReasoningParser::DeepSeekR1,
+                starts_inside: true,
+                ..Default::default()
+            };
+            let mut c = ReasoningControl::new(&tokens(&[9], mode), &params).unwrap();
+            let span: Vec<TokenId> = (10..50).collect();
+            let mut history = Vec::new();
+            let mut fired_at = None;
+            for (i, &t) in span.iter().cycle().take(400).enumerate() {
+                let ctx = LogitsContext {
+                    tokens: &history,
+                    num_generated: i,
+                    tokens_left: 1000,
+                    phase: ReasoningPhase::Inside,
+                    reasoning_tokens: i,
+                };
+                let mut logits = vec![0.0f32; 64];
+                c.process(&ctx, &mut logits);
+                if c.forcing() || c.should_stop() {
+                    fired_at = Some(i);
+                    break;
+                }
+                c.observe(&ctx, t);
+                history.push(t);
+            }
+            // Three copies of the 40-token span are 120 tokens.
+            assert_eq!(fired_at, Some(120), "{mode}");
+            let end = c.end_state(ReasoningPhase::Inside, FinishReason::Stop);
+            assert_eq!(end == ReasoningEnd::Loop, mode == LoopGuardMode::Stop, "{mode}");
+        }
+    }
+}
