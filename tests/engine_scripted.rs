@@ -9,7 +9,10 @@ mod common;
 use common::engine::{abort_frees_every_block, greedy, run, wait_idle};
 use common::scripted::{reference, Counters, Scripted, BASE, SPAN};
 use futures::future::join_all;
+use r1serve::engine::reasoning_control::{LoopGuardMode, DEFAULT_CLOSE_TEXT};
+use r1serve::engine::types::{FinishReason, ReasoningParams};
 use r1serve::engine::{Engine, EngineConfig, EngineHandle};
+use r1serve::reasoning::{ReasoningEnd, ReasoningParser};
 use r1serve::kv_cache::storage::KvDtype;
 use r1serve::tokenizer::Tokenizer;
 use std::sync::atomic::Ordering;
@@ -180,5 +183,55 @@ fn abort_returns_every_block() {
         let (h, _) = start(256, |_| {});
         abort_frees_every_block(&h, prompt(100, 3)).await;
         h.shutdown();
+    });
+}
+
+/// A model whose reasoning repeats a 40-token span forever is caught when
+/// the third copy is complete (120 tokens): `close` feeds the close
+/// sequence right there and the choice goes on to answer; `stop` ends it.
+#[test]
+fn the_loop_guard_catches_a_repeating_span_after_its_third_copy() {
+    rt().block_on(async {
+        let tok = tokenizer();
+        let close = tok.encode(DEFAULT_CLOSE_TEXT, false).unwrap();
+        let span: Vec<u32> = (1000..1040).collect();
+        for mode in [LoopGuardMode::Close, LoopGuardMode::Stop] {
+            let model = Scripted::looping(tok.vocab_size(), 4096, span.clone());
+            let mut config = EngineConfig {
+                kv_cache_memory: Some(64 * 16 * 8),
+                kv_dtype: KvDtype::F32,
+                max_model_len: Some(1024),
+                ..Default::default()
+            };
+            config.reasoning.loop_guard = mode;
+            let h = Engine::start(Box::new(model), tok.clone(), config).unwrap();
+            let mut params = greedy(300);
+            params.reasoning = ReasoningParams {
+                parser: ReasoningParser::DeepSeekR1,
+                starts_inside: true,
+                ..Default::default()
+            };
+            let got = run(&h, prompt(8, 1), params).await;
+            assert_eq!(got.reasoning_end[0], Some(ReasoningEnd::Loop), "{mode}");
+            let tokens = &got.tokens[0];
+            assert_eq!(&tokens[..40], &span[8..].iter().chain(&span[..8]).copied().collect::<Vec<_>>()[..]);
+            match mode {
+                LoopGuardMode::Stop => {
+                    assert_eq!(tokens.len(), 120);
+                    assert_eq!(got.finish[0], Some(FinishReason::Stop));
+                    assert_eq!(got.reasoning_tokens[0], 120);
+                    assert!(got.text[0].is_empty());
+                }
+                _ => {
+                    assert_eq!(&tokens[120..120 + close.len()], &close[..]);
+                    assert_eq!(got.reasoning_tokens[0], 120 + close.len());
+                    assert_eq!(got.finish[0], Some(FinishReason::Length));
+                    assert!(!got.text[0].is_empty(), "the answer follows the close");
+                }
+            }
+            let s = wait_idle(&h).await;
+            assert_eq!(s.free_blocks, s.total_blocks);
+            h.shutdown();
+        }
     });
 }

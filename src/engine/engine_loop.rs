@@ -4,7 +4,7 @@
 
 use super::logits::{LogitsContext, LogitsProcessor};
 use super::reasoning_control::{ReasoningConfig, ReasoningTokens};
-use super::sampler::sample;
+use super::sampler::{logprob_entry, sample};
 use super::scheduler::{Scheduler, SchedulerConfig};
 use super::sequence::{GenerationSetup, Sequence};
 use super::types::{
@@ -481,7 +481,7 @@ fn sample_and_advance(
         reasoning_tokens: seq.reasoning.reasoning_tokens(),
     };
     let (processors, control) = (&mut seq.processors, &mut seq.control);
-    let (token, logprob) = sample(logits, &params, &mut seq.sampler, ctx.tokens, |l| {
+    let (mut token, raw_logprobs) = sample(logits, &params, &mut seq.sampler, ctx.tokens, |l| {
         for p in processors.iter_mut() {
             p.process(&ctx, l);
         }
@@ -489,6 +489,12 @@ fn sample_and_advance(
             c.process(&ctx, l);
         }
     });
+    if seq.stop_ids.contains(&token) {
+        if let Some(close) = control.as_mut().and_then(|c| c.close_instead_of_stop(&ctx)) {
+            token = close;
+        }
+    }
+    let logprob = raw_logprobs.map(|raw| logprob_entry(&raw, token, params.logprobs.unwrap_or(0)));
     let forced = control.as_ref().is_some_and(|c| c.forcing());
     for p in processors.iter_mut() {
         p.observe(&ctx, token);

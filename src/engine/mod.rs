@@ -7,6 +7,7 @@ mod engine_loop;
 mod fault;
 pub mod logits;
 pub mod reasoning_control;
+mod reopen_mask;
 pub mod sampler;
 pub mod scheduler;
 pub mod sequence;

@@ -9,6 +9,7 @@
 //! the model cannot escape the budget by reopening its reasoning.
 
 use super::logits::{LogitsContext, LogitsProcessor};
+use super::reopen_mask::ReopenMask;
 use super::types::{FinishReason, ReasoningParams};
 use crate::reasoning::{
     LoopGuard, LoopGuardConfig, ReasoningEnd, ReasoningParser, ReasoningPhase, THINK_END,
@@ -100,7 +101,7 @@ impl Default for ReasoningConfig {
 #[derive(Clone, Debug)]
 pub struct ReasoningTokens {
     close: Vec<TokenId>,
-    open: Vec<TokenId>,
+    reopen: ReopenMask,
     mode: LoopGuardMode,
     detector: LoopGuardConfig,
 }
@@ -126,7 +127,12 @@ impl ReasoningTokens {
         }
         Ok(Self {
             close,
-            open: tokenizer.encode(THINK_START, false)?,
+            reopen: ReopenMask::new(
+                THINK_START,
+                (0..tokenizer.vocab_size() as TokenId)
+                    .map(|id| tokenizer.id_to_token(id).unwrap_or_default().into())
+                    .collect(),
+            ),
             mode: config.loop_guard,
             detector: config.loop_detector.clone(),
         })
@@ -156,6 +162,8 @@ pub struct ReasoningControl {
     reserve: Option<usize>,
     guard: Option<LoopGuard>,
     state: State,
+    /// End of the generated text, for the reopening mask.
+    tail: String,
     /// The guard fired in `close` mode: force the close at the next step.
     loop_seen: bool,
     /// The guard fired in `stop` mode: the choice ends here.
@@ -179,6 +187,7 @@ impl ReasoningControl {
             reserve: params.answer_reserve,
             guard,
             state: State::Free,
+            tail: String::new(),
             loop_seen: false,
             stop: false,
             cause: None,
@@ -190,6 +199,22 @@ impl ReasoningControl {
     /// [`process`]: LogitsProcessor::process
     pub fn forcing(&self) -> bool {
         matches!(self.state, State::Forcing(_))
+    }
+
+    /// Called when the model sampled a token that ends the sequence: when
+    /// the request bounds its reasoning (a budget or a reserve promises an
+    /// answer) and the model ends inside its reasoning with room left, the
+    /// close sequence replaces the end, and its first token is returned.
+    pub fn close_instead_of_stop(&mut self, ctx: &LogitsContext) -> Option<TokenId> {
+        let promised = self.budget.is_some() || self.reserve.is_some();
+        let room = ctx.tokens_left > self.tokens.close.len();
+        if self.state != State::Free || ctx.phase != ReasoningPhase::Inside || !promised || !room
+        {
+            return None;
+        }
+        self.state = State::Forcing(0);
+        self.cause = Some(ReasoningEnd::Closed);
+        Some(self.tokens.close[0])
     }
 
     /// Whether the loop guard ended the choice.
@@ -239,19 +264,6 @@ impl ReasoningControl {
             ReasoningPhase::Before | ReasoningPhase::After => {}
         }
     }
-
-    /// Masks the token that would complete the opening tag: the tag itself
-    /// when it is one token, else its last token after the others.
-    fn mask_reopen(&self, tokens: &[TokenId], logits: &mut [f32]) {
-        let Some((&last, head)) = self.tokens.open.split_last() else {
-            return;
-        };
-        if tokens.ends_with(head) {
-            if let Some(l) = logits.get_mut(last as usize) {
-                *l = f32::NEG_INFINITY;
-            }
-        }
-    }
 }
 
 impl LogitsProcessor for ReasoningControl {
@@ -266,11 +278,12 @@ impl LogitsProcessor for ReasoningControl {
                     *l = 0.0;
                 }
             }
-            State::Closed => self.mask_reopen(ctx.tokens, logits),
+            State::Closed => self.tokens.reopen.apply(&self.tail, logits),
         }
     }
 
     fn observe(&mut self, ctx: &LogitsContext, token: TokenId) {
+        self.tokens.reopen.advance(&mut self.tail, token);
         match self.state {
             State::Forcing(i) if i + 1 == self.tokens.close.len() => self.state = State::Closed,
             State::Forcing(i) => self.state = State::Forcing(i + 1),
@@ -296,10 +309,20 @@ mod tests {
 
     const CLOSE: [TokenId; 3] = [50, 51, 52];
 
-    fn tokens(open: &[TokenId], mode: LoopGuardMode) -> Arc<ReasoningTokens> {
+    /// Token 10 is `<think>`; 7, 8 and 9 spell it as `<th`, `ink`, `>`.
+    fn tokens(mode: LoopGuardMode) -> Arc<ReasoningTokens> {
+        let pieces = (0..64)
+            .map(|i| match i {
+                7 => "<th".into(),
+                8 => "ink".into(),
+                9 => ">".into(),
+                10 => "<think>".into(),
+                _ => format!("x{i}").into(),
+            })
+            .collect();
         Arc::new(ReasoningTokens {
             close: CLOSE.to_vec(),
-            open: open.to_vec(),
+            reopen: ReopenMask::new(THINK_START, pieces),
             mode,
             detector: LoopGuardConfig::default(),
         })
@@ -312,7 +335,7 @@ mod tests {
             budget,
             answer_reserve: reserve,
         };
-        ReasoningControl::new(&tokens(&[9], LoopGuardMode::Off), &params).unwrap()
+        ReasoningControl::new(&tokens(LoopGuardMode::Off), &params).unwrap()
     }
 
     /// Runs one step with flat logits over 64 ids and returns the argmax
@@ -349,7 +372,7 @@ mod tests {
         let forced: Vec<_> = (0..3).map(|i| step(&mut c, &[1], inside, 2 + i, 98)).collect();
         assert_eq!(forced, vec![(50, true), (51, true), (52, true)]);
         let mut logits = vec![0.0f32; 64];
-        logits[9] = 5.0;
+        logits[10] = 5.0;
         c.process(
             &LogitsContext {
                 tokens: &[],
@@ -360,7 +383,7 @@ mod tests {
             },
             &mut logits,
         );
-        assert_eq!(logits[9], f32::NEG_INFINITY);
+        assert_eq!(logits[10], f32::NEG_INFINITY);
         assert_eq!(
             c.end_state(ReasoningPhase::After, FinishReason::Stop),
             ReasoningEnd::Budget
@@ -383,28 +406,49 @@ mod tests {
             budget: Some(0),
             answer_reserve: None,
         };
-        // A three-token opening tag: only its last token is masked, and
-        // only right after the first two.
-        let mut c = ReasoningControl::new(&tokens(&[7, 8, 9], LoopGuardMode::Off), &params)
-            .unwrap();
-        let ctx = |tokens: &'static [TokenId]| LogitsContext {
-            tokens,
+        // The one-token tag is always masked; the spelled-out one only at
+        // its last token, right after the others.
+        let mut c = ReasoningControl::new(&tokens(LoopGuardMode::Off), &params).unwrap();
+        let ctx = LogitsContext {
+            tokens: &[],
             num_generated: 0,
             tokens_left: 10,
             phase: ReasoningPhase::Before,
             reasoning_tokens: 0,
         };
-        let mut logits = vec![0.0f32; 16];
-        c.process(&ctx(&[3, 7, 8]), &mut logits);
-        assert_eq!(logits[9], f32::NEG_INFINITY);
-        assert_eq!(logits.iter().filter(|l| l.is_infinite()).count(), 1);
-        let mut logits = vec![0.0f32; 16];
-        c.process(&ctx(&[3, 8]), &mut logits);
-        assert!(logits.iter().all(|l| l.is_finite()));
+        let mut infinite_after = |history: &[TokenId]| {
+            for &t in history {
+                c.process(&ctx, &mut vec![0.0f32; 64]);
+                c.observe(&ctx, t);
+            }
+            let mut logits = vec![0.0f32; 64];
+            c.process(&ctx, &mut logits);
+            (0..64).filter(|&i| logits[i].is_infinite()).collect::<Vec<_>>()
+        };
+        assert_eq!(infinite_after(&[3, 7, 8]), vec![9, 10]);
+        assert_eq!(infinite_after(&[8]), vec![10]);
         assert_eq!(
             c.end_state(ReasoningPhase::Before, FinishReason::Stop),
             ReasoningEnd::None
         );
+    }
+
+    #[test]
+    fn an_end_inside_bounded_reasoning_becomes_the_close() {
+        let ctx = |tokens_left| LogitsContext {
+            tokens: &[],
+            num_generated: 3,
+            tokens_left,
+            phase: ReasoningPhase::Inside,
+            reasoning_tokens: 3,
+        };
+        assert_eq!(control(None, None).close_instead_of_stop(&ctx(50)), None);
+        assert_eq!(control(Some(9), None).close_instead_of_stop(&ctx(3)), None);
+        let mut c = control(Some(9), None);
+        assert_eq!(c.close_instead_of_stop(&ctx(50)), Some(50));
+        assert!(c.forcing());
+        c.observe(&ctx(50), 50);
+        assert_eq!(step(&mut c, &[], ReasoningPhase::Inside, 4, 49), (51, true));
     }
 
     #[test]
@@ -423,7 +467,7 @@ mod tests {
             ReasoningEnd::None
         );
         let params = ReasoningParams::default();
-        assert!(ReasoningControl::new(&tokens(&[9], LoopGuardMode::Close), &params).is_none());
+        assert!(ReasoningControl::new(&tokens(LoopGuardMode::Close), &params).is_none());
     }
 
     #[test]
@@ -434,7 +478,7 @@ mod tests {
                 starts_inside: true,
                 ..Default::default()
             };
-            let mut c = ReasoningControl::new(&tokens(&[9], mode), &params).unwrap();
+            let mut c = ReasoningControl::new(&tokens(mode), &params).unwrap();
             let span: Vec<TokenId> = (10..50).collect();
             let mut history = Vec::new();
             let mut fired_at = None;

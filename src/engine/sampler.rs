@@ -64,16 +64,17 @@ fn top_n(values: &[f32], n: usize) -> Vec<(TokenId, f32)> {
 }
 
 /// Samples one token from `logits` (modified in place) and returns it with
-/// its logprob entry when the request asked for logprobs. `process` runs
-/// the sequence's logits processors; `all_tokens` (prompt and output) feed
-/// the repetition penalty.
+/// the raw distribution's log-probabilities when the request asked for
+/// logprobs (see [`logprob_entry`]). `process` runs the sequence's logits
+/// processors; `all_tokens` (prompt and output) feed the repetition
+/// penalty.
 pub fn sample(
     logits: &mut [f32],
     params: &SamplingParams,
     state: &mut SamplerState,
     all_tokens: &[TokenId],
     process: impl FnOnce(&mut [f32]),
-) -> (TokenId, Option<TokenLogprob>) {
+) -> (TokenId, Option<Vec<f32>>) {
     // Log-probabilities are reported on the model's raw distribution, as
     // OpenAI and vLLM do, before any request-specific processing.
     let raw_logprobs = params.logprobs.map(|_| log_softmax(logits));
@@ -107,12 +108,17 @@ pub fn sample(
         sample_random(logits, params, &mut state.rng)
     };
 
-    let logprob = raw_logprobs.map(|lp| TokenLogprob {
+    (token, raw_logprobs)
+}
+
+/// The logprob entry of `token` with the `k` most likely alternatives,
+/// from the log-probabilities [`sample`] returned.
+pub fn logprob_entry(raw_logprobs: &[f32], token: TokenId, k: usize) -> TokenLogprob {
+    TokenLogprob {
         token,
-        logprob: lp[token as usize],
-        top: top_n(&lp, params.logprobs.unwrap_or(0)),
-    });
-    (token, logprob)
+        logprob: raw_logprobs.get(token as usize).copied().unwrap_or(f32::NEG_INFINITY),
+        top: top_n(raw_logprobs, k),
+    }
 }
 
 fn sample_random(logits: &[f32], params: &SamplingParams, rng: &mut StdRng) -> TokenId {
@@ -184,7 +190,7 @@ mod tests {
         p: &SamplingParams,
         s: &mut SamplerState,
         all: &[TokenId],
-    ) -> (TokenId, Option<TokenLogprob>) {
+    ) -> (TokenId, Option<Vec<f32>>) {
         sample(logits, p, s, all, |_| {})
     }
 
@@ -309,8 +315,8 @@ mod tests {
             ..greedy()
         };
         let mut s = SamplerState::new(Some(1), 0);
-        let (t, lp) = sample(&mut [0.0, 1.0, 0.5], &p, &mut s, &[], |l| l[0] += 10.0);
-        let lp = lp.unwrap();
+        let (t, raw) = sample(&mut [0.0, 1.0, 0.5], &p, &mut s, &[], |l| l[0] += 10.0);
+        let lp = logprob_entry(&raw.unwrap(), t, 2);
         assert_eq!(t, 0);
         let lse = (1f32.exp() + 1.0 + 0.5f32.exp()).ln();
         assert!((lp.logprob - (0.0 - lse)).abs() < 1e-6);

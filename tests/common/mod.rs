@@ -3,6 +3,8 @@
 //! engine-facing model interface.
 #![allow(dead_code)]
 
+pub mod server;
+
 use r1serve::kv_cache::storage::KvDtype;
 use r1serve::model::{BatchSeq, ForwardBatch, Model};
 use r1serve::types::BlockId;
@@ -165,6 +167,7 @@ pub mod engine {
     };
     use r1serve::engine::{Engine, EngineConfig, EngineHandle};
     use r1serve::model::load::{load, LoadOptions};
+    use r1serve::reasoning::ReasoningEnd;
     use r1serve::tokenizer::Tokenizer;
     use std::path::Path;
     use std::sync::Arc;
@@ -184,8 +187,14 @@ pub mod engine {
     pub struct Collected {
         /// Tokens per sample index.
         pub tokens: Vec<Vec<u32>>,
-        /// Text per sample index.
+        /// Answer text (all text without a reasoning parser) per sample.
         pub text: Vec<String>,
+        /// Reasoning text per sample.
+        pub reasoning: Vec<String>,
+        /// Reasoning tokens per sample.
+        pub reasoning_tokens: Vec<usize>,
+        /// How each sample's reasoning ended.
+        pub reasoning_end: Vec<Option<ReasoningEnd>>,
         /// Finish reason per sample index.
         pub finish: Vec<Option<FinishReason>>,
         /// Final usage.
@@ -203,6 +212,9 @@ pub mod engine {
         let mut c = Collected {
             tokens: vec![Vec::new(); n],
             text: vec![String::new(); n],
+            reasoning: vec![String::new(); n],
+            reasoning_tokens: vec![0; n],
+            reasoning_end: vec![None; n],
             finish: vec![None; n],
             ..Default::default()
         };
@@ -212,6 +224,11 @@ pub mod engine {
             for sample in o.samples {
                 c.tokens[sample.index].extend(sample.token_ids);
                 c.text[sample.index].push_str(&sample.text);
+                c.reasoning[sample.index].push_str(&sample.reasoning);
+                c.reasoning_tokens[sample.index] = sample.reasoning_tokens;
+                if sample.reasoning_end.is_some() {
+                    c.reasoning_end[sample.index] = sample.reasoning_end;
+                }
                 if sample.finish_reason.is_some() {
                     c.finish[sample.index] = sample.finish_reason;
                 }

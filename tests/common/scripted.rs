@@ -62,6 +62,9 @@ pub struct Scripted {
     /// `(token, position)` per slot, `None` when never written.
     slots: Vec<Option<(u32, usize)>>,
     counters: Arc<Counters>,
+    /// When set, the next token is `cycle[context length % cycle.len()]`
+    /// instead of the script: a model stuck in a loop.
+    cycle: Option<Vec<u32>>,
 }
 
 impl Scripted {
@@ -88,8 +91,16 @@ impl Scripted {
             block_size: 0,
             slots: Vec::new(),
             counters: counters.clone(),
+            cycle: None,
         };
         (model, counters)
+    }
+
+    /// A model that repeats `cycle` forever, whatever the context.
+    pub fn looping(vocab_size: usize, max_len: usize, cycle: Vec<u32>) -> Self {
+        let (mut model, _) = Self::new(vocab_size, max_len);
+        model.cycle = Some(cycle);
+        model
     }
 }
 
@@ -132,8 +143,13 @@ impl Model for Scripted {
                 }
             }
             let mut logits = vec![-10.0f32; self.info.vocab_size];
-            for (i, v) in scores(&context).into_iter().enumerate() {
-                logits[BASE as usize + i] = v;
+            match &self.cycle {
+                Some(cycle) => logits[cycle[s.ctx_len % cycle.len()] as usize] = 10.0,
+                None => {
+                    for (i, v) in scores(&context).into_iter().enumerate() {
+                        logits[BASE as usize + i] = v;
+                    }
+                }
             }
             out.push(logits);
         }

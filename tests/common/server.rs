@@ -1,0 +1,287 @@
+//! The real `r1serve serve` binary on a free port, spoken to over HTTP, for
+//! the end-to-end tests: starting it, requests, SSE framing checks and
+//! metric reading.
+//!
+//! Models come from `$R1SERVE_MODELS` or `~/.cache/r1serve/models`
+//! (`models/fetch.sh` downloads them); a missing model fails the test rather
+//! than skipping it, so CI cannot pass without exercising the server.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::{Client, Response, StatusCode};
+use serde_json::{json, Value};
+
+pub const SMOL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+pub const QWEN: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
+pub const KEY: &str = "test-key";
+
+pub fn model_path(file: &str) -> PathBuf {
+    let dir = std::env::var_os("R1SERVE_MODELS")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/r1serve/models")))
+        .expect("set R1SERVE_MODELS or HOME");
+    let path = dir.join(file);
+    assert!(
+        path.is_file(),
+        "test model {} is missing; run models/fetch.sh",
+        path.display()
+    );
+    path
+}
+
+/// The Python with the test clients (`tests/requirements.txt`):
+/// `$R1SERVE_PYTHON`, else the venv `models/fetch.sh` creates
+/// (`$R1SERVE_VENV`, default `~/.cache/r1serve/venv`), else `python3`.
+/// Whichever it is, a missing client fails the test that needs it.
+pub fn python() -> PathBuf {
+    if let Some(python) = std::env::var_os("R1SERVE_PYTHON") {
+        return python.into();
+    }
+    let venv = std::env::var_os("R1SERVE_VENV")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/r1serve/venv")));
+    venv.map(|v| v.join("bin/python"))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| "python3".into())
+}
+
+/// A free port: bind port 0, read the port, release it. Another process
+/// could take it in between, which is unlikely enough on a test machine.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+/// A running server process, killed on drop.
+pub struct Server {
+    /// The server process.
+    pub child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// The HTTP client.
+    pub client: Client,
+    /// The API key sent, if any.
+    pub key: Option<&'static str>,
+}
+
+impl Server {
+    pub async fn start(model: &str, extra: &[&str], key: Option<&'static str>) -> Server {
+        let port = free_port();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_r1serve"));
+        command
+            .args(["serve", "--model"])
+            .arg(model_path(model))
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--kv-cache-memory", "256MiB"])
+            .args(extra)
+            .env_remove("R1SERVE_API_KEY")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        // clap rejects a repeated option, so the default length yields to
+        // a test's own.
+        if !extra.contains(&"--max-model-len") {
+            command.args(["--max-model-len", "2048"]);
+        }
+        if let Some(key) = key {
+            command.args(["--api-key", key]);
+        }
+        let child = command.spawn().expect("cannot start r1serve");
+        let mut server = Server {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            client: Client::new(),
+            key,
+        };
+        server.wait_ready().await;
+        server
+    }
+
+    /// Polls `/health` until 200; the port is bound before the model
+    /// loads, so 503 (or a refused connection very early) means "wait".
+    pub async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let mut saw_loading = false;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("cannot poll r1serve") {
+                panic!("r1serve exited during startup: {status}");
+            }
+            if let Ok(response) = self.client.get(self.url("/health")).send().await {
+                match response.status() {
+                    StatusCode::OK => break,
+                    StatusCode::SERVICE_UNAVAILABLE => saw_loading = true,
+                    other => panic!("/health answered {other}"),
+                }
+            }
+            assert!(Instant::now() < deadline, "server not ready after 300 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Not asserted: a tiny model may load before the first poll.
+        let _ = saw_loading;
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn authed(&self, builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match self.key {
+            Some(key) => builder.bearer_auth(key),
+            None => builder,
+        }
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Response {
+        self.authed(self.client.post(self.url(path)).json(body))
+            .send()
+            .await
+            .expect("request failed")
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.authed(self.client.get(self.url(path)))
+            .send()
+            .await
+            .expect("request failed")
+    }
+
+    pub async fn post_ok(&self, path: &str, body: &Value) -> Value {
+        let response = self.post(path, body).await;
+        let status = response.status();
+        let text = response.text().await.expect("body");
+        assert_eq!(status, StatusCode::OK, "{path} {body}: {text}");
+        serde_json::from_str(&text).expect("JSON body")
+    }
+
+    /// Streams `body` and returns the raw SSE text after checking its
+    /// framing byte for byte.
+    pub async fn stream_raw(&self, path: &str, body: &Value) -> String {
+        let response = self.post(path, body).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        let text = response.text().await.expect("stream body");
+        check_sse_framing(&text);
+        text
+    }
+
+    pub async fn stream(&self, path: &str, body: &Value) -> Vec<Value> {
+        events(&self.stream_raw(path, body).await)
+    }
+
+    /// The value of a metric, named with its labels but without the
+    /// `model_name` label every metric carries.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.get("/metrics").await.text().await.expect("metrics");
+        text.lines()
+            .find_map(|line| {
+                let (key, value) = line.split_once(' ')?;
+                (without_model_name(key) == name).then(|| value.trim().parse().ok())?
+            })
+            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A metric's key with its `model_name` label removed.
+pub fn without_model_name(key: &str) -> String {
+    let Some((name, labels)) = key.split_once('{') else {
+        return key.to_string();
+    };
+    let labels: Vec<&str> = labels
+        .trim_end_matches('}')
+        .split(',')
+        .filter(|label| !label.starts_with("model_name="))
+        .collect();
+    if labels.is_empty() {
+        name.to_string()
+    } else {
+        format!("{name}{{{}}}", labels.join(","))
+    }
+}
+
+/// OpenAI's framing: only `data: <json>` events separated by a blank line,
+/// ending with `data: [DONE]`; no comments, ids or event names.
+pub fn check_sse_framing(text: &str) {
+    assert!(
+        text.ends_with("data: [DONE]\n\n"),
+        "stream must end with [DONE]: {text:?}"
+    );
+    let body = &text[..text.len() - 2];
+    for event in body.split("\n\n") {
+        assert!(event.starts_with("data: "), "bad event {event:?}");
+        assert!(!event.contains('\n'), "multi-line event {event:?}");
+        let payload = &event["data: ".len()..];
+        if payload != "[DONE]" {
+            let value: Value = serde_json::from_str(payload).expect("event is JSON");
+            // Re-serializing reorders keys but keeps the length of compact
+            // JSON, so equal lengths mean no whitespace between tokens.
+            assert_eq!(
+                payload.len(),
+                value.to_string().len(),
+                "event JSON must be compact: {payload}"
+            );
+        }
+    }
+    assert_eq!(text.matches("data: [DONE]").count(), 1);
+}
+
+pub fn events(text: &str) -> Vec<Value> {
+    text.split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter(|p| *p != "[DONE]")
+        .map(|p| serde_json::from_str(p).expect("event JSON"))
+        .collect()
+}
+
+pub fn chat(content: &str, extra: Value) -> Value {
+    let mut body = json!({"messages": [{"role": "user", "content": content}]});
+    if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+        body.extend(extra.clone());
+    }
+    body
+}
+
+/// Joins the text fields of streamed chat chunks per choice index.
+pub fn joined(chunks: &[Value], field: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for chunk in chunks {
+        for choice in chunk["choices"].as_array().expect("choices") {
+            let index = choice["index"].as_u64().expect("index") as usize;
+            if out.len() <= index {
+                out.resize(index + 1, String::new());
+            }
+            let text = if field == "text" {
+                &choice["text"]
+            } else {
+                &choice["delta"][field]
+            };
+            out[index].push_str(text.as_str().unwrap_or(""));
+        }
+    }
+    out
+}
+
+pub fn usage_adds_up(usage: &Value) {
+    let prompt = usage["prompt_tokens"].as_u64().expect("prompt_tokens");
+    let completion = usage["completion_tokens"]
+        .as_u64()
+        .expect("completion_tokens");
+    assert_eq!(
+        usage["total_tokens"].as_u64(),
+        Some(prompt + completion),
+        "{usage}"
+    );
+    assert!(prompt > 0, "{usage}");
+}
+
