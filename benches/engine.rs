@@ -9,6 +9,11 @@
 //! 3. Prefix-cache hashing: the cost of the SHA-256 block hashes when a
 //!    32,768-token prompt is committed to the cache and when it is looked up
 //!    again (every block a hit), per 16-token block and per prompt.
+//! 4. The logits-processor hook: decode tokens/s of 16 concurrent
+//!    Qwen2.5-0.5B streams with no processor (hook off) and with every one a
+//!    request can switch on (logit bias, min_tokens, reasoning tracking with
+//!    a budget that is never reached, the loop guard), alternating off and
+//!    on rounds. Target: on ≥ 0.98 × off.
 //!
 //! `cargo bench --bench engine` (checkpoints from `models/fetch.sh`, found in
 //! `$R1SERVE_MODELS` or `~/.cache/r1serve/models`).
@@ -22,10 +27,11 @@
 mod common;
 
 use futures::StreamExt;
-use r1serve::engine::types::{EngineRequest, SamplingParams};
+use r1serve::engine::types::{EngineRequest, ReasoningParams, SamplingParams};
 use r1serve::engine::{Engine, EngineConfig, EngineHandle};
 use r1serve::kv_cache::manager::KvCacheManager;
 use r1serve::model::load::{load, LoadOptions};
+use r1serve::reasoning::ReasoningParser;
 use r1serve::tokenizer::Tokenizer;
 use r1serve::types::SeqId;
 use std::sync::Arc;
@@ -133,12 +139,12 @@ async fn timed(h: EngineHandle, prompt: Vec<u32>, params: SamplingParams) -> Tim
     }
 }
 
-/// Aggregate decode rate of `n` concurrent sequences: the tokens each
-/// produced after its first, over the span from the earliest first token
-/// to the last token of all.
-async fn decode_rate(h: &EngineHandle, tok: &Tokenizer, n: usize, new_tokens: usize) -> f64 {
+/// Aggregate decode rate of `n` concurrent sequences with `params`: the
+/// tokens each produced after its first, over the span from the earliest
+/// first token to the last token of all.
+async fn decode_rate(h: &EngineHandle, tok: &Tokenizer, n: usize, params: &SamplingParams) -> f64 {
     let tasks: Vec<_> = (0..n)
-        .map(|i| tokio::spawn(timed(h.clone(), prompt(tok, i), greedy(new_tokens))))
+        .map(|i| tokio::spawn(timed(h.clone(), prompt(tok, i), params.clone())))
         .collect();
     let mut timings = Vec::with_capacity(n);
     for t in tasks {
@@ -148,6 +154,48 @@ async fn decode_rate(h: &EngineHandle, tok: &Tokenizer, n: usize, new_tokens: us
     let end = timings.iter().map(|t| t.last).max().expect("n > 0");
     let decoded: usize = timings.iter().map(|t| t.tokens - 1).sum();
     decoded as f64 / (end - start).as_secs_f64()
+}
+
+async fn hook_cost(plan: &Plan) {
+    const ROUNDS: usize = 3;
+    let (h, tok) = start("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
+    let off = greedy(plan.new_tokens);
+    let on = SamplingParams {
+        logit_bias: vec![(tok.encode(" the", false).expect("encode")[0], 0.5)],
+        min_tokens: 1,
+        reasoning: ReasoningParams {
+            parser: ReasoningParser::DeepSeekR1,
+            starts_inside: true,
+            budget: Some(1 << 20),
+            answer_reserve: None,
+        },
+        ..greedy(plan.new_tokens)
+    };
+    decode_rate(&h, &tok, 16, &off).await;
+    let (mut rates_off, mut rates_on) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        rates_off.push(decode_rate(&h, &tok, 16, &off).await);
+        rates_on.push(decode_rate(&h, &tok, 16, &on).await);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (off_rate, on_rate) = (median(&mut rates_off), median(&mut rates_on));
+    println!(
+        "## Logits-processor hook, 16 concurrent Qwen2.5-0.5B streams, {} new tokens, median of {ROUNDS} alternating rounds
+
+         | hook | decode tok/s | ratio |
+|---|---|---|
+         | off (no processor) | {off_rate:.1} | 1.00x |
+         | on (bias, min_tokens, reasoning budget, loop guard) | {on_rate:.1} | {:.3}x |
+
+         target: on >= 0.98x off
+",
+        plan.new_tokens,
+        on_rate / off_rate,
+    );
+    h.shutdown();
 }
 
 /// Resident set size of this process in KiB.
@@ -164,7 +212,7 @@ fn rss_kib() -> u64 {
 async fn batching(plan: &Plan) {
     let (h, tok) = start("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
     // Warm-up: first-touch of weights and buffers.
-    decode_rate(&h, &tok, 1, 8).await;
+    decode_rate(&h, &tok, 1, &greedy(8)).await;
     println!(
         "## Batched decode, Qwen2.5-0.5B Q4_K_M, {} new tokens per sequence\n\n\
          | sequences | decode tok/s | vs single stream |\n|---|---|---|",
@@ -172,7 +220,7 @@ async fn batching(plan: &Plan) {
     );
     let mut single = None;
     for &n in &plan.levels {
-        let rate = decode_rate(&h, &tok, n, plan.new_tokens).await;
+        let rate = decode_rate(&h, &tok, n, &greedy(plan.new_tokens)).await;
         let base = *single.get_or_insert(rate);
         println!("| {n} | {rate:.1} | {:.2}x |", rate / base);
     }
@@ -250,6 +298,7 @@ fn main() {
     prefix_hashing();
     rt.block_on(async {
         batching(&plan).await;
+        hook_cost(&plan).await;
         memory(&plan).await;
     });
 }

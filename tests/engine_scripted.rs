@@ -12,8 +12,8 @@ use futures::future::join_all;
 use r1serve::engine::reasoning_control::{LoopGuardMode, DEFAULT_CLOSE_TEXT};
 use r1serve::engine::types::{FinishReason, ReasoningParams};
 use r1serve::engine::{Engine, EngineConfig, EngineHandle};
-use r1serve::reasoning::{ReasoningEnd, ReasoningParser};
 use r1serve::kv_cache::storage::KvDtype;
+use r1serve::reasoning::{ReasoningEnd, ReasoningParser};
 use r1serve::tokenizer::Tokenizer;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -214,7 +214,14 @@ fn the_loop_guard_catches_a_repeating_span_after_its_third_copy() {
             let got = run(&h, prompt(8, 1), params).await;
             assert_eq!(got.reasoning_end[0], Some(ReasoningEnd::Loop), "{mode}");
             let tokens = &got.tokens[0];
-            assert_eq!(&tokens[..40], &span[8..].iter().chain(&span[..8]).copied().collect::<Vec<_>>()[..]);
+            assert_eq!(
+                &tokens[..40],
+                &span[8..]
+                    .iter()
+                    .chain(&span[..8])
+                    .copied()
+                    .collect::<Vec<_>>()[..]
+            );
             match mode {
                 LoopGuardMode::Stop => {
                     assert_eq!(tokens.len(), 120);

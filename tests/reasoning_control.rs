@@ -117,7 +117,10 @@ async fn budgets_bound_the_reasoning(server: &Server, close_len: u64) {
         (0u64, json!({"thinking_token_budget": 0})),
         (1, json!({"reasoning": {"max_tokens": 1}})),
         (8, json!({"thinking_token_budget": 8})),
-        (64, json!({"reasoning": {"max_tokens": 64}, "reasoning_effort": null})),
+        (
+            64,
+            json!({"reasoning": {"max_tokens": 64}, "reasoning_effort": null}),
+        ),
     ] {
         let mut extra = json!({"temperature": 0, "max_tokens": 64 + close_len + 48});
         extra
@@ -155,7 +158,9 @@ async fn budgets_bound_the_reasoning(server: &Server, close_len: u64) {
             "budget {budget}: an answer follows: {reply}"
         );
     }
-    let ended = server.metric("r1serve:reasoning_end_total{state=\"budget\"}").await;
+    let ended = server
+        .metric("r1serve:reasoning_end_total{state=\"budget\"}")
+        .await;
     assert!(ended >= 2.0, "{ended}");
 }
 
@@ -222,7 +227,10 @@ async fn the_answer_reserve_leaves_room(server: &Server) {
     let refused = server
         .post(
             "/v1/chat/completions",
-            &chat(QUESTION, json!({"max_tokens": 16, "answer_token_reserve": 16})),
+            &chat(
+                QUESTION,
+                json!({"max_tokens": 16, "answer_token_reserve": 16}),
+            ),
         )
         .await;
     assert_eq!(refused.status(), reqwest::StatusCode::BAD_REQUEST);

@@ -13,8 +13,8 @@ use serde_json::{Map, Value};
 use super::backend::{OutputStream, PromptCodec};
 use super::error::{ApiError, ErrorKind};
 use super::protocol::{
-    CompletionTokensDetails, DeltaFunction, DeltaToolCall, Effort, FinishReason,
-    GenerationParams, PromptTokensDetails, ThinkingRequest, Usage,
+    CompletionTokensDetails, DeltaFunction, DeltaToolCall, Effort, FinishReason, GenerationParams,
+    PromptTokensDetails, ThinkingRequest, Usage,
 };
 use super::state::ServedModel;
 use crate::engine::stop::StopStrings;
@@ -485,9 +485,7 @@ impl Generation {
     /// Whether choice `index` ended (or so far is) inside its reasoning
     /// block; its `content` is then `null`, as the answer never started.
     pub fn in_reasoning(&self, index: usize) -> bool {
-        self.choices
-            .get(index)
-            .is_some_and(|c| c.in_reasoning)
+        self.choices.get(index).is_some_and(|c| c.in_reasoning)
     }
 
     fn reasoning_tokens(&self) -> usize {

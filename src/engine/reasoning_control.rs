@@ -179,8 +179,8 @@ impl ReasoningControl {
         if params.parser == ReasoningParser::None {
             return None;
         }
-        let guard = (tokens.mode != LoopGuardMode::Off)
-            .then(|| LoopGuard::new(tokens.detector.clone()));
+        let guard =
+            (tokens.mode != LoopGuardMode::Off).then(|| LoopGuard::new(tokens.detector.clone()));
         Some(Self {
             tokens: Arc::clone(tokens),
             budget: params.budget,
@@ -208,8 +208,7 @@ impl ReasoningControl {
     pub fn close_instead_of_stop(&mut self, ctx: &LogitsContext) -> Option<TokenId> {
         let promised = self.budget.is_some() || self.reserve.is_some();
         let room = ctx.tokens_left > self.tokens.close.len();
-        if self.state != State::Free || ctx.phase != ReasoningPhase::Inside || !promised || !room
-        {
+        if self.state != State::Free || ctx.phase != ReasoningPhase::Inside || !promised || !room {
             return None;
         }
         self.state = State::Forcing(0);
@@ -369,7 +368,9 @@ mod tests {
         let inside = ReasoningPhase::Inside;
         assert_eq!(step(&mut c, &[], inside, 0, 100), (1, false));
         assert_eq!(step(&mut c, &[1], inside, 1, 99), (1, false));
-        let forced: Vec<_> = (0..3).map(|i| step(&mut c, &[1], inside, 2 + i, 98)).collect();
+        let forced: Vec<_> = (0..3)
+            .map(|i| step(&mut c, &[1], inside, 2 + i, 98))
+            .collect();
         assert_eq!(forced, vec![(50, true), (51, true), (52, true)]);
         let mut logits = vec![0.0f32; 64];
         logits[10] = 5.0;
@@ -423,7 +424,9 @@ mod tests {
             }
             let mut logits = vec![0.0f32; 64];
             c.process(&ctx, &mut logits);
-            (0..64).filter(|&i| logits[i].is_infinite()).collect::<Vec<_>>()
+            (0..64)
+                .filter(|&i| logits[i].is_infinite())
+                .collect::<Vec<_>>()
         };
         assert_eq!(infinite_after(&[3, 7, 8]), vec![9, 10]);
         assert_eq!(infinite_after(&[8]), vec![10]);
@@ -502,7 +505,11 @@ mod tests {
             // Three copies of the 40-token span are 120 tokens.
             assert_eq!(fired_at, Some(120), "{mode}");
             let end = c.end_state(ReasoningPhase::Inside, FinishReason::Stop);
-            assert_eq!(end == ReasoningEnd::Loop, mode == LoopGuardMode::Stop, "{mode}");
+            assert_eq!(
+                end == ReasoningEnd::Loop,
+                mode == LoopGuardMode::Stop,
+                "{mode}"
+            );
         }
     }
 }

@@ -89,10 +89,21 @@ mod tests {
     use super::*;
 
     fn vocab() -> Vec<Box<str>> {
-        ["<", "think", ">", ">\n", "th", "ink>", "x", "<think>", "a<think>b", "<th"]
-            .into_iter()
-            .map(Box::from)
-            .collect()
+        [
+            "<",
+            "think",
+            ">",
+            ">\n",
+            "th",
+            "ink>",
+            "x",
+            "<think>",
+            "a<think>b",
+            "<th",
+        ]
+        .into_iter()
+        .map(Box::from)
+        .collect()
     }
 
     fn masked(mask: &ReopenMask, history: &[TokenId]) -> Vec<TokenId> {
@@ -102,7 +113,9 @@ mod tests {
         }
         let mut logits = vec![0.0; 10];
         mask.apply(&tail, &mut logits);
-        (0..10).filter(|&i| logits[i as usize].is_infinite()).collect()
+        (0..10)
+            .filter(|&i| logits[i as usize].is_infinite())
+            .collect()
     }
 
     #[test]

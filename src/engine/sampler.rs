@@ -116,7 +116,10 @@ pub fn sample(
 pub fn logprob_entry(raw_logprobs: &[f32], token: TokenId, k: usize) -> TokenLogprob {
     TokenLogprob {
         token,
-        logprob: raw_logprobs.get(token as usize).copied().unwrap_or(f32::NEG_INFINITY),
+        logprob: raw_logprobs
+            .get(token as usize)
+            .copied()
+            .unwrap_or(f32::NEG_INFINITY),
         top: top_n(raw_logprobs, k),
     }
 }
@@ -215,10 +218,7 @@ mod tests {
             ..greedy()
         };
         let mut s = SamplerState::new(Some(1), 0);
-        assert_eq!(
-            draw(&mut [0.1, 3.0, 2.0], &p, &mut s, &[1]).0,
-            2
-        );
+        assert_eq!(draw(&mut [0.1, 3.0, 2.0], &p, &mut s, &[1]).0, 2);
     }
 
     #[test]
@@ -232,10 +232,7 @@ mod tests {
             let mut s = SamplerState::new(Some(1), 0);
             s.observe(1);
             s.observe(1);
-            assert_eq!(
-                draw(&mut [0.1, 3.0, 2.0], &p, &mut s, &[]).0,
-                2
-            );
+            assert_eq!(draw(&mut [0.1, 3.0, 2.0], &p, &mut s, &[]).0, 2);
         }
     }
 

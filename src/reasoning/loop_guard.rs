@@ -15,7 +15,11 @@ pub struct LoopGuardConfig {
 
 impl Default for LoopGuardConfig {
     fn default() -> Self {
-        Self { min_span: 32, repeats: 3, window: 1024 }
+        Self {
+            min_span: 32,
+            repeats: 3,
+            window: 1024,
+        }
     }
 }
 
@@ -29,7 +33,10 @@ pub struct LoopGuard {
 impl LoopGuard {
     /// A detector.
     pub fn new(config: LoopGuardConfig) -> Self {
-        Self { config, recent: Vec::new() }
+        Self {
+            config,
+            recent: Vec::new(),
+        }
     }
 
     /// Feeds a token; true when the recent tokens loop.

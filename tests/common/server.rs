@@ -284,4 +284,3 @@ pub fn usage_adds_up(usage: &Value) {
     );
     assert!(prompt > 0, "{usage}");
 }
-

@@ -7,7 +7,6 @@ use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
-
 use super::*;
 use crate::api::error::ApiError;
 use crate::types::TokenId;

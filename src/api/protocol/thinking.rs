@@ -84,7 +84,9 @@ fn tokens(param: &str, value: &Value) -> Result<Option<u32>, ApiError> {
         Some(v) if (0..=MAX_THINKING_TOKENS).contains(&v) => Ok(Some(v as u32)),
         _ => Err(ApiError::bad_request(
             param,
-            format!("'{param}' must be an integer between 0 and {MAX_THINKING_TOKENS}, got {value}"),
+            format!(
+                "'{param}' must be an integer between 0 and {MAX_THINKING_TOKENS}, got {value}"
+            ),
         )),
     }
 }
@@ -195,7 +197,10 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(check(json!({"thinking_token_budget": 64})).unwrap(), budget);
-        assert_eq!(check(json!({"reasoning": {"max_tokens": 64}})).unwrap(), budget);
+        assert_eq!(
+            check(json!({"reasoning": {"max_tokens": 64}})).unwrap(),
+            budget
+        );
         let high = check(json!({"reasoning_effort": "high"})).unwrap();
         assert_eq!(high.effort, Some(Effort::High));
         assert_eq!(
@@ -210,11 +215,20 @@ mod tests {
     #[test]
     fn bad_values_name_their_field() {
         for (body, param) in [
-            (json!({"thinking_token_budget": -1}), "thinking_token_budget"),
-            (json!({"thinking_token_budget": "8"}), "thinking_token_budget"),
+            (
+                json!({"thinking_token_budget": -1}),
+                "thinking_token_budget",
+            ),
+            (
+                json!({"thinking_token_budget": "8"}),
+                "thinking_token_budget",
+            ),
             (json!({"reasoning_effort": "extreme"}), "reasoning_effort"),
             (json!({"reasoning": {"effort": 3}}), "reasoning.effort"),
-            (json!({"reasoning": {"max_tokens": 1.5}}), "reasoning.max_tokens"),
+            (
+                json!({"reasoning": {"max_tokens": 1.5}}),
+                "reasoning.max_tokens",
+            ),
             (json!({"reasoning": {"bogus": 1}}), "reasoning.bogus"),
             (json!({"reasoning": "high"}), "reasoning"),
             (json!({"answer_token_reserve": -3}), "answer_token_reserve"),
