@@ -10,9 +10,11 @@
 //!
 //! Split by direction: [`request`] (request bodies and their validation),
 //! [`response`] (responses, stream chunks, logprob serialization),
+//! [`reasoning_field`] (the name the reasoning text goes under),
 //! [`tools`] (tool definitions and calls in requests) and [`utility`]
 //! (models list, tokenize and detokenize).
 
+mod reasoning_field;
 mod request;
 mod response;
 #[cfg(test)]
@@ -20,6 +22,7 @@ mod tests;
 mod tools;
 mod utility;
 
+pub use reasoning_field::*;
 pub use request::*;
 pub use response::*;
 pub use tools::*;
