@@ -1,4 +1,5 @@
-//! Splitting a streamed completion into `reasoning_content` and `content`.
+//! Splitting a streamed completion into reasoning and `content`, and
+//! watching reasoning for loops ([`LoopGuard`]).
 //!
 //! DeepSeek-R1 and its distills wrap their chain of thought in
 //! `<think>` … `</think>`. The server streams text deltas from the
@@ -21,8 +22,12 @@
 //!   the output is dropped too, so that it does not leak into the content as
 //!   a stray prefix of the final answer.
 
+mod loop_guard;
 mod splitter;
 
+pub use loop_guard::{
+    InvalidLoopGuardConfig, Loop, LoopGuard, LoopGuardConfig, MAX_LOOP_GUARD_WINDOW,
+};
 pub use splitter::{prompt_opens_reasoning, ReasoningSplitter, Split};
 
 use std::fmt;
