@@ -44,6 +44,7 @@
 //! After a report the guard starts afresh, so an unbroken loop is reported
 //! again only once it has repeated another `repeats` times.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -251,9 +252,10 @@ impl LoopGuard {
         self.len += 1;
         // The occurrence ending here starts `window` tokens back: leaving.
         if let Some(leaving) = (t + m).checked_sub(window + 1).filter(|&e| e + 1 >= m) {
-            let hash = self.hashes[self.slot(leaving)];
-            if self.latest.get(&hash) == Some(&leaving) {
-                self.latest.remove(&hash);
+            if let Entry::Occupied(anchor) = self.latest.entry(self.hashes[self.slot(leaving)]) {
+                if *anchor.get() == leaving {
+                    anchor.remove();
+                }
             }
         }
         let slot = self.slot(t);
@@ -268,11 +270,11 @@ impl LoopGuard {
             return None;
         }
         self.hashes[slot] = self.hash;
-        match self.latest.get(&self.hash).copied() {
-            Some(previous) if previous + m > t => {}
-            previous => {
-                self.links[slot] = previous.unwrap_or(NONE);
-                self.latest.insert(self.hash, t);
+        match self.latest.entry(self.hash) {
+            Entry::Occupied(anchor) if *anchor.get() + m > t => {}
+            Entry::Occupied(mut anchor) => self.links[slot] = anchor.insert(t),
+            Entry::Vacant(anchor) => {
+                anchor.insert(t);
             }
         }
         let found = match self.found.take() {
