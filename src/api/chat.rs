@@ -152,26 +152,23 @@ impl Reply {
                 }
             }
         }
+        let mut reasoning: Vec<_> = reasoning.into_iter().map(|r| self.reasoning(r)).collect();
         let choices = (0..n as usize)
-            .map(|i| {
-                let (reasoning_content, reasoning) =
-                    self.reasoning(std::mem::take(&mut reasoning[i]));
-                ChatChoice {
-                    index: i as u32,
-                    message: AssistantMessage {
-                        role: Role::Assistant,
-                        // A reply that is only tool calls has no content, as
-                        // OpenAI's.
-                        content: (!generation.in_reasoning(i)
-                            && (!content[i].is_empty() || calls[i].is_empty()))
-                        .then(|| std::mem::take(&mut content[i])),
-                        reasoning_content,
-                        reasoning,
-                        tool_calls: (!calls[i].is_empty()).then(|| std::mem::take(&mut calls[i])),
-                    },
-                    logprobs: self.logprobs(&logprobs[i]),
-                    finish_reason: finish[i],
-                }
+            .map(|i| ChatChoice {
+                index: i as u32,
+                message: AssistantMessage {
+                    role: Role::Assistant,
+                    // A reply that is only tool calls has no content, as
+                    // OpenAI's.
+                    content: (!generation.in_reasoning(i)
+                        && (!content[i].is_empty() || calls[i].is_empty()))
+                    .then(|| std::mem::take(&mut content[i])),
+                    reasoning_content: reasoning[i].0.take(),
+                    reasoning: reasoning[i].1.take(),
+                    tool_calls: (!calls[i].is_empty()).then(|| std::mem::take(&mut calls[i])),
+                },
+                logprobs: self.logprobs(&logprobs[i]),
+                finish_reason: finish[i],
             })
             .collect();
         let response = ChatCompletionResponse::new(
