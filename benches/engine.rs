@@ -15,8 +15,10 @@
 //!    a budget that is never reached, the loop guard), alternating off and
 //!    on rounds. Target: on ≥ 0.98 × off.
 //!
-//! `cargo bench --bench engine` (checkpoints from `models/fetch.sh`, found in
-//! `$R1SERVE_MODELS` or `~/.cache/r1serve/models`).
+//! `cargo bench --bench engine [-- NAME...]` (checkpoints from
+//! `models/fetch.sh`, found in `$R1SERVE_MODELS` or
+//! `~/.cache/r1serve/models`); NAMEs (`hashing`, `batching`, `hook`,
+//! `memory`) run only those sections.
 //!
 //! Environment:
 //! - `R1SERVE_BENCH_QUICK=1`: a smoke run, with levels 1, 4 and 16, 32 new
@@ -290,15 +292,29 @@ fn prefix_hashing() {
 
 fn main() {
     let plan = Plan::from_env();
+    // Cargo passes `--bench`; every other argument names a section to run.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
     println!("threads: {} (rayon)\n", rayon::current_num_threads());
-    prefix_hashing();
+    if wanted("hashing") {
+        prefix_hashing();
+    }
     rt.block_on(async {
-        batching(&plan).await;
-        hook_cost(&plan).await;
-        memory(&plan).await;
+        if wanted("batching") {
+            batching(&plan).await;
+        }
+        if wanted("hook") {
+            hook_cost(&plan).await;
+        }
+        if wanted("memory") {
+            memory(&plan).await;
+        }
     });
 }

@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use r1serve::api::backend::TokenizerCodec;
 use r1serve::api::connections::ConnectionLimits;
-use r1serve::api::protocol::unix_timestamp;
+use r1serve::api::protocol::{unix_timestamp, ReasoningField};
 use r1serve::api::router::RouterConfig;
 use r1serve::api::server::{serve, ServerOptions};
 use r1serve::api::state::{AppState, ServedModel, ThinkingDefaults};
@@ -154,6 +154,11 @@ struct ServeArgs {
     /// How to split reasoning from the answer.
     #[arg(long, value_enum, default_value_t = ReasoningParserArg::Auto)]
     reasoning_parser: ReasoningParserArg,
+    /// Name of the reasoning field in chat responses: `reasoning_content`
+    /// (DeepSeek, SGLang, llama.cpp), `reasoning` (vLLM, OpenRouter) or
+    /// `both`; a request's `reasoning_field` overrides it.
+    #[arg(long, default_value_t = ReasoningField::ReasoningContent, value_name = "NAME")]
+    reasoning_field: ReasoningField,
     /// How to read tool calls from the answer.
     #[arg(long, value_enum, default_value_t = ToolCallParserArg::Auto)]
     tool_call_parser: ToolCallParserArg,
@@ -438,6 +443,7 @@ fn load_model(args: &ServeArgs) -> Result<ServedModel> {
         default_temperature: loaded.default_temperature,
         default_top_p: loaded.default_top_p,
         reasoning,
+        reasoning_field: args.reasoning_field,
         tool_parser,
         thinking: ThinkingDefaults {
             budget: args.thinking.thinking_budget,
@@ -503,6 +509,7 @@ mod tests {
         assert_eq!(args.api_keys, ["a", "b"]);
         assert_eq!(args.allowed_origins, ["*"]);
         assert_eq!(args.reasoning_parser, ReasoningParserArg::DeepseekR1);
+        assert_eq!(args.reasoning_field, ReasoningField::ReasoningContent);
         assert_eq!(args.tool_call_parser, ToolCallParserArg::Auto);
         assert!(args.tool_call_template.is_none());
         assert_eq!(args.kv_cache_memory, Some(1 << 30));
@@ -517,5 +524,30 @@ mod tests {
         assert_eq!(args.max_connections, 512);
         assert_eq!(args.header_timeout, 60);
         assert_eq!(args.body_timeout, 60);
+    }
+
+    #[test]
+    fn reasoning_field_flag() {
+        let parse = |name: &str| {
+            Cli::try_parse_from([
+                "r1serve",
+                "serve",
+                "--model",
+                "m.gguf",
+                "--reasoning-field",
+                name,
+            ])
+        };
+        for field in ReasoningField::ALL {
+            let Command::Serve(args) = parse(field.as_str()).unwrap().command else {
+                panic!("parsed as another command");
+            };
+            assert_eq!(args.reasoning_field, field);
+        }
+        let error = parse("thoughts").unwrap_err().to_string();
+        assert!(
+            error.contains("thoughts") && error.contains("reasoning_content"),
+            "{error}"
+        );
     }
 }

@@ -1,11 +1,15 @@
 //! R1-style outputs encoded with the real DeepSeek-R1 tokenizer (from the
 //! R1-Distill GGUF header), fed token by token through the incremental
 //! detokenizer and the reasoning splitter exactly as the server does, give
-//! exactly the expected reasoning, content and reasoning-token count.
+//! exactly the expected reasoning, content and reasoning-token count; and
+//! the loop guard, fed real text in the R1 tokenizer's ids, stays quiet on
+//! prose and reports a paragraph written three times as its third copy ends.
 
 mod common;
 
-use r1serve::reasoning::{prompt_opens_reasoning, ReasoningParser, ReasoningTracker};
+use r1serve::reasoning::{
+    prompt_opens_reasoning, Loop, LoopGuard, LoopGuardConfig, ReasoningParser, ReasoningTracker,
+};
 use r1serve::tokenizer::{ChatTemplate, IncrementalDecoder, Tokenizer};
 
 fn r1() -> Tokenizer {
@@ -162,4 +166,50 @@ fn text_before_model_emitted_think_is_content() {
     let (r, c, _) = stream(&tok, &out, false);
     assert_eq!(r, "plan");
     assert_eq!(c, "Sure. Done.");
+}
+
+/// Positions at which the default loop guard reports a loop in `ids`.
+fn loop_reports(ids: &[u32]) -> Vec<(usize, Loop)> {
+    let mut guard = LoopGuard::new(LoopGuardConfig::default()).expect("default config");
+    ids.iter()
+        .enumerate()
+        .filter_map(|(i, &id)| guard.push(id).map(|found| (i, found)))
+        .collect()
+}
+
+/// This repository's documentation is long technical prose that reuses its
+/// terms, flag names and phrases everywhere, with tables of similar rows:
+/// none of it is a loop. The same prose with one of its paragraphs written
+/// three times in a row is one, reported at the third copy's last token.
+#[test]
+fn loop_guard_on_real_text() {
+    let tok = r1();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let prose: String = ["README.md", "docs/architecture.md"]
+        .iter()
+        .map(|f| std::fs::read_to_string(root.join(f)).expect("docs"))
+        .collect();
+    let ids = tok.encode(&prose, false).unwrap();
+    assert!(ids.len() > 10_000, "{} tokens", ids.len());
+    assert_eq!(loop_reports(&ids), []);
+
+    let paragraph = "Wait, let me re-check the multiplication: 17 times 23 is 17 times 20, which \
+        is 340, plus 17 times 3, which is 51, so the total is 391. Yes, that is right.\n\n";
+    let copy = tok.encode(paragraph, false).unwrap();
+    let before = ids[..2000].to_vec();
+    let looped: Vec<u32> = before
+        .iter()
+        .chain(copy.iter().cycle().take(3 * copy.len()))
+        .copied()
+        .collect();
+    assert_eq!(
+        loop_reports(&looped),
+        [(
+            looped.len() - 1,
+            Loop {
+                span: copy.len(),
+                extent: 3 * copy.len()
+            }
+        )]
+    );
 }

@@ -288,7 +288,7 @@ async fn smollm_reasoning_control() {
 }
 
 /// The loop guard (on by default) never fires on the real model's own
-/// reasoning: 200 samples at temperature 0.6.
+/// reasoning: 200 samples at temperature 0.6, each up to 192 tokens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_loop_guard_is_silent_on_real_reasoning() {
     let (server, dir) = start(QWEN, &[]).await;
@@ -305,7 +305,12 @@ async fn the_loop_guard_is_silent_on_real_reasoning() {
                 "/v1/chat/completions",
                 &chat(
                     q,
-                    json!({"temperature": 0.6, "top_p": 0.95, "n": 50, "seed": i, "max_tokens": 192}),
+                    // The guard watches reasoning only: each sample stops
+                    // where its reasoning closes.
+                    json!({
+                        "temperature": 0.6, "top_p": 0.95, "n": 50, "seed": i,
+                        "max_tokens": 192, "stop": ["</think>"],
+                    }),
                 ),
             )
             .await;

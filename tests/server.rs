@@ -660,6 +660,8 @@ async fn reasoning_lands_in_reasoning_content() {
         .as_str()
         .expect("reasoning");
     assert!(!reasoning.is_empty());
+    // `reasoning_content` is the default dialect, and the only one.
+    assert!(choice["message"].get("reasoning").is_none(), "{choice}");
     let usage = &reply["usage"];
     assert_eq!(usage["completion_tokens"], 8);
     assert_eq!(
@@ -689,6 +691,88 @@ async fn reasoning_lands_in_reasoning_content() {
 
     let metric = server.metric("r1serve:finished_in_reasoning_total").await;
     assert!(metric >= 1.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// [`R1_STYLE_TEMPLATE`] showing earlier turns' reasoning, as Qwen3's and
+/// other reasoning templates do, so that what becomes of an assistant
+/// message's reasoning can be seen in the prompt.
+const R1_STYLE_HISTORY_TEMPLATE: &str = "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{% if message['reasoning_content'] %}<think>\n{{ message['reasoning_content'] }}\n</think>\n\n{% endif %}{{ message['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}";
+
+/// The reasoning field dialects (issue 14, item 7) on a model that reasons:
+/// `tests/openai_reasoning_client.py` checks with the official client that
+/// the server's `--reasoning-field reasoning` and each request's override
+/// name exactly the fields it reads, and that the stream equals the reply
+/// in every field. An assistant turn's reasoning sent back as `reasoning`
+/// renders exactly as `reasoning_content` does.
+#[tokio::test]
+async fn reasoning_field_dialects() {
+    let dir = std::env::temp_dir().join(format!("r1serve-dialects-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let template = dir.join("r1-history.jinja");
+    std::fs::write(&template, R1_STYLE_HISTORY_TEMPLATE).expect("write template");
+    let template_arg = template.to_string_lossy().into_owned();
+    let server = Server::start(
+        QWEN,
+        &[
+            "--chat-template",
+            &template_arg,
+            "--reasoning-field",
+            "reasoning",
+        ],
+        None,
+    )
+    .await;
+
+    let tokenize = |reasoning: Value| {
+        let mut turn = json!({"role": "assistant", "content": "42"});
+        if let (Some(turn), Some(reasoning)) = (turn.as_object_mut(), reasoning.as_object()) {
+            turn.extend(reasoning.clone());
+        }
+        json!({"messages": [{"role": "user", "content": "12 + 30?"}, turn,
+                            {"role": "user", "content": "Thanks."}]})
+    };
+    let mut prompts = Vec::new();
+    for reasoning in [
+        json!({"reasoning_content": "Add the tens: 42."}),
+        json!({"reasoning": "Add the tens: 42."}),
+        json!({}),
+    ] {
+        let tokens = server.post_ok("/tokenize", &tokenize(reasoning)).await["tokens"].clone();
+        let text = server
+            .post_ok("/detokenize", &json!({"tokens": tokens}))
+            .await["prompt"]
+            .as_str()
+            .expect("prompt")
+            .to_owned();
+        prompts.push(text);
+    }
+    assert!(
+        prompts[0].contains("<think>\nAdd the tens: 42.\n</think>"),
+        "{}",
+        prompts[0]
+    );
+    assert_eq!(
+        prompts[1], prompts[0],
+        "`reasoning` renders as `reasoning_content`"
+    );
+    assert!(!prompts[2].contains("Add the tens"), "{}", prompts[2]);
+
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openai_reasoning_client.py");
+    let output = tokio::process::Command::new(python())
+        .arg(script)
+        .env("OPENAI_BASE_URL", server.url("/v1"))
+        .env("OPENAI_API_KEY", "unused")
+        .env("R1SERVE_REASONING_FIELD", "reasoning")
+        .output()
+        .await
+        .expect("cannot run Python");
+    assert!(
+        output.status.success(),
+        "openai_reasoning_client.py failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -1,5 +1,6 @@
 //! `POST /v1/chat/completions`: template the conversation (with its tools),
-//! generate, split the output into `reasoning_content`, `content` and
+//! generate, split the output into reasoning (sent as `reasoning_content`,
+//! `reasoning` or both, see [`ReasoningField`]), `content` and
 //! `tool_calls`, and answer as one JSON body or as OpenAI's chunk stream.
 
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use super::generation::{
 use super::protocol::{
     chat_completion_id, unix_timestamp, AssistantMessage, ChatChoice, ChatCompletionChunk,
     ChatCompletionRequest, ChatCompletionResponse, ChatLogprobs, ChatTokenLogprob, ChunkChoice,
-    Delta, DeltaToolCall, FunctionCall, Role, ToolCall, ToolChoice, TopLogprob,
+    Delta, DeltaToolCall, FunctionCall, ReasoningField, Role, ToolCall, ToolChoice, TopLogprob,
 };
 use super::sse::{done_event, error_event, json_event, sse_response};
 use super::state::{AppState, ServedModel};
@@ -74,6 +75,7 @@ pub async fn chat_completions(
     let reply = Reply {
         id: chat_completion_id(),
         created: unix_timestamp(),
+        reasoning_field: chat.reasoning_field.unwrap_or(model.reasoning_field),
         model,
         include_reasoning: chat.include_reasoning,
         logprobs: chat.params.logprobs.is_some(),
@@ -95,6 +97,7 @@ struct Reply {
     created: u64,
     model: Arc<ServedModel>,
     include_reasoning: bool,
+    reasoning_field: ReasoningField,
     logprobs: bool,
     include_usage: bool,
 }
@@ -109,6 +112,13 @@ impl Reply {
                     .collect(),
             ),
         })
+    }
+
+    /// Reasoning text as `(reasoning_content, reasoning)`: under the
+    /// reply's field names, or under none when it is empty or not wanted.
+    fn reasoning(&self, text: String) -> (Option<String>, Option<String>) {
+        self.reasoning_field
+            .place((self.include_reasoning && !text.is_empty()).then_some(text))
     }
 
     async fn collect(self, mut generation: Generation, n: u32) -> Result<Response, ApiError> {
@@ -139,6 +149,7 @@ impl Reply {
                 }
             }
         }
+        let mut reasoning: Vec<_> = reasoning.into_iter().map(|r| self.reasoning(r)).collect();
         let choices = (0..n as usize)
             .map(|i| ChatChoice {
                 index: i as u32,
@@ -149,8 +160,8 @@ impl Reply {
                     content: (!generation.in_reasoning(i)
                         && (!content[i].is_empty() || calls[i].is_empty()))
                     .then(|| std::mem::take(&mut content[i])),
-                    reasoning_content: (self.include_reasoning && !reasoning[i].is_empty())
-                        .then(|| std::mem::take(&mut reasoning[i])),
+                    reasoning_content: reasoning[i].0.take(),
+                    reasoning: reasoning[i].1.take(),
                     tool_calls: (!calls[i].is_empty()).then(|| std::mem::take(&mut calls[i])),
                 },
                 logprobs: self.logprobs(&logprobs[i]),
@@ -181,15 +192,17 @@ impl Reply {
     /// The chunk for one update, or `None` when it carries nothing the
     /// client can see (text held back by the splitter or detokenizer).
     fn update_chunk(&self, update: ChoiceUpdate) -> Option<ChatCompletionChunk> {
+        let (reasoning_content, reasoning) = self.reasoning(update.reasoning);
         let delta = Delta {
             role: None,
             content: (!update.content.is_empty()).then_some(update.content),
-            reasoning_content: (self.include_reasoning && !update.reasoning.is_empty())
-                .then_some(update.reasoning),
+            reasoning_content,
+            reasoning,
             tool_calls: (!update.tool_calls.is_empty()).then_some(update.tool_calls),
         };
         let empty = delta.content.is_none()
             && delta.reasoning_content.is_none()
+            && delta.reasoning.is_none()
             && delta.tool_calls.is_none()
             && update.logprobs.is_empty()
             && update.finish_reason.is_none();
@@ -213,8 +226,7 @@ impl Reply {
                     delta: Delta {
                         role: Some(Role::Assistant),
                         content: Some(String::new()),
-                        reasoning_content: None,
-                        tool_calls: None,
+                        ..Delta::default()
                     },
                     logprobs: None,
                     finish_reason: None,

@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 
 use super::backend::{InferenceBackend, PromptCodec};
 use super::error::{ApiError, ErrorKind};
+use super::protocol::ReasoningField;
 use crate::metrics::Metrics;
 use crate::reasoning::ReasoningParser;
 use crate::tools::ToolCallParser;
@@ -33,6 +34,9 @@ pub struct ServedModel {
     pub default_top_p: Option<f32>,
     /// How chat output is split into reasoning and content.
     pub reasoning: ReasoningParser,
+    /// The name(s) chat responses carry the reasoning under, unless a
+    /// request names its own.
+    pub reasoning_field: ReasoningField,
     /// How tool calls are read from chat answers.
     pub tool_parser: ToolCallParser,
     /// Reasoning bounds for requests that set none.

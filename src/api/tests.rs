@@ -14,6 +14,7 @@ use serde_json::{json, Map, Value};
 use tower::ServiceExt;
 
 use super::backend::{InferenceBackend, OutputStream, PromptCodec};
+use super::protocol::ReasoningField;
 use super::router::{router, RouterConfig};
 use super::state::{AppState, ServedModel};
 use crate::engine::types::{
@@ -237,6 +238,7 @@ struct Setup {
     script: Vec<&'static str>,
     suffix: &'static str,
     reasoning: ReasoningParser,
+    reasoning_field: ReasoningField,
     tool_parser: ToolCallParser,
     keys: Vec<String>,
     hang: bool,
@@ -252,6 +254,7 @@ impl Default for Setup {
             script: vec!["<think>", "hmm", "</think>", "\n\n", "Hi", "!"],
             suffix: "",
             reasoning: ReasoningParser::DeepSeekR1,
+            reasoning_field: ReasoningField::default(),
             tool_parser: ToolCallParser::Hermes,
             keys: Vec::new(),
             hang: false,
@@ -287,6 +290,7 @@ fn harness(setup: Setup) -> Harness {
             default_temperature: Some(0.6),
             default_top_p: Some(0.95),
             reasoning: setup.reasoning,
+            reasoning_field: setup.reasoning_field,
             tool_parser: setup.tool_parser,
             thinking: Default::default(),
             created: 1,
@@ -470,6 +474,79 @@ async fn prompt_opened_reasoning_and_unclosed_block() {
         body["usage"]["completion_tokens_details"]["reasoning_tokens"],
         4
     );
+}
+
+/// The reasoning goes under the server's `--reasoning-field` unless the
+/// request names its own, in the message and in every delta alike, and
+/// under no name when it is not wanted.
+#[tokio::test]
+async fn reasoning_field_names_message_and_delta_fields() {
+    const NAMES: [&str; 2] = ["reasoning_content", "reasoning"];
+    let expected = |field: ReasoningField| match field {
+        ReasoningField::ReasoningContent => vec!["reasoning_content"],
+        ReasoningField::Reasoning => vec!["reasoning"],
+        ReasoningField::Both => NAMES.to_vec(),
+    };
+    for server in ReasoningField::ALL {
+        let h = harness(Setup {
+            reasoning_field: server,
+            ..Setup::default()
+        });
+        let overrides = ReasoningField::ALL.map(Some);
+        for request in [None].into_iter().chain(overrides) {
+            let mut body = json!({"messages": user("hey"), "n": 2});
+            if let Some(field) = request {
+                body["reasoning_field"] = json!(field.as_str());
+            }
+            let names = expected(request.unwrap_or(server));
+            let what = format!("server {server}, request {request:?}");
+            let (status, reply) = h.post("/v1/chat/completions", body.clone()).await;
+            assert_eq!(status, StatusCode::OK, "{what}: {reply}");
+            for choice in reply["choices"].as_array().unwrap() {
+                let message = &choice["message"];
+                for name in NAMES {
+                    let want = names.contains(&name).then(|| json!("hmm"));
+                    assert_eq!(message.get(name), want.as_ref(), "{what}: {message}");
+                }
+                assert_eq!(message["content"], "Hi!", "{what}");
+            }
+            body["stream"] = json!(true);
+            let (_, raw) = h.post_raw("/v1/chat/completions", body.clone()).await;
+            let chunks = events(&raw);
+            for name in NAMES {
+                let want = if names.contains(&name) { "hmm" } else { "" };
+                assert_eq!(joined_deltas(&chunks, name), [want, want], "{what}: {name}");
+            }
+            body["include_reasoning"] = json!(false);
+            let (_, raw) = h.post_raw("/v1/chat/completions", body.clone()).await;
+            for name in NAMES {
+                assert_eq!(joined_deltas(&events(&raw), name), ["", ""], "{what}");
+            }
+        }
+        let (status, reply) = h
+            .post(
+                "/v1/chat/completions",
+                json!({"messages": user("hey"), "reasoning_field": "thoughts"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(reply["error"]["param"], "reasoning_field", "{reply}");
+    }
+}
+
+/// The text of `field` in the deltas of `chunks`, joined per choice.
+fn joined_deltas(chunks: &[Value], field: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for chunk in chunks {
+        for choice in chunk["choices"].as_array().unwrap() {
+            let index = choice["index"].as_u64().unwrap() as usize;
+            if out.len() <= index {
+                out.resize(index + 1, String::new());
+            }
+            out[index].push_str(choice["delta"][field].as_str().unwrap_or(""));
+        }
+    }
+    out
 }
 
 #[tokio::test]

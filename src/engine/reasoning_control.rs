@@ -125,6 +125,10 @@ impl ReasoningTokens {
         if let Some(eos) = close.iter().find(|t| tokenizer.eos_ids().contains(t)) {
             bail!("the thinking close text contains the end-of-sequence token {eos}");
         }
+        config
+            .loop_detector
+            .validate()
+            .map_err(|e| anyhow::anyhow!("loop guard settings: {e}"))?;
         Ok(Self {
             close,
             reopen: ReopenMask::new(
@@ -179,8 +183,10 @@ impl ReasoningControl {
         if params.parser == ReasoningParser::None {
             return None;
         }
-        let guard =
-            (tokens.mode != LoopGuardMode::Off).then(|| LoopGuard::new(tokens.detector.clone()));
+        // The settings were checked when `tokens` was built.
+        let guard = (tokens.mode != LoopGuardMode::Off)
+            .then(|| LoopGuard::new(tokens.detector.clone()).ok())
+            .flatten();
         Some(Self {
             tokens: Arc::clone(tokens),
             budget: params.budget,
@@ -290,7 +296,7 @@ impl LogitsProcessor for ReasoningControl {
                 let Some(guard) = &mut self.guard else {
                     return;
                 };
-                if guard.push(token) {
+                if guard.push(token).is_some() {
                     match self.tokens.mode {
                         LoopGuardMode::Stop => self.stop = true,
                         LoopGuardMode::Close | LoopGuardMode::Off => self.loop_seen = true,

@@ -1,4 +1,5 @@
-//! Splitting a streamed completion into `reasoning_content` and `content`.
+//! Splitting a streamed completion into reasoning and `content`, and
+//! watching reasoning for loops ([`LoopGuard`]).
 //!
 //! DeepSeek-R1 and its distills wrap their chain of thought in
 //! `<think>` … `</think>`. The server streams text deltas from the
@@ -25,7 +26,9 @@ mod loop_guard;
 mod splitter;
 mod tracker;
 
-pub use loop_guard::{LoopGuard, LoopGuardConfig};
+pub use loop_guard::{
+    InvalidLoopGuardConfig, Loop, LoopGuard, LoopGuardConfig, MAX_LOOP_GUARD_WINDOW,
+};
 pub use splitter::{prompt_opens_reasoning, ReasoningSplitter, Split};
 pub use tracker::{ReasoningEnd, ReasoningPhase, ReasoningTracker};
 

@@ -10,9 +10,12 @@
 //!
 //! Split by direction: [`request`] (request bodies and their validation),
 //! [`response`] (responses, stream chunks, logprob serialization),
-//! [`thinking`] (reasoning budgets in their dialects), [`tools`] (tool definitions and calls in requests) and [`utility`]
+//! [`thinking`] (reasoning budgets in their dialects), [`reasoning_field`]
+//! (the name the reasoning text goes under), [`tools`] (tool definitions and
+//! calls in requests) and [`utility`]
 //! (models list, tokenize and detokenize).
 
+mod reasoning_field;
 mod request;
 mod response;
 #[cfg(test)]
@@ -21,6 +24,7 @@ mod thinking;
 mod tools;
 mod utility;
 
+pub use reasoning_field::*;
 pub use request::*;
 pub use response::*;
 pub use thinking::*;

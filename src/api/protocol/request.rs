@@ -123,6 +123,9 @@ pub struct ChatMessage {
     /// Reasoning of an earlier assistant turn, as returned by this server.
     #[serde(default)]
     pub reasoning_content: Option<String>,
+    /// The same under vLLM's and OpenRouter's name; see [`ReasoningField`].
+    #[serde(default)]
+    pub reasoning: Option<String>,
     /// Optional participant name; accepted and ignored.
     #[serde(default)]
     pub name: Option<String>,
@@ -143,7 +146,10 @@ pub struct TextMessage {
     /// for an assistant turn that made tool calls and said nothing, which
     /// is how templates (R1's) tell such a turn apart.
     pub content: Option<String>,
-    /// Reasoning of an earlier assistant turn, if the client sent it back.
+    /// Reasoning of an earlier assistant turn, if the client sent it back
+    /// under either name: templates read `reasoning_content`, and only the
+    /// fields the tokenizer knows come from the client are encoded as plain
+    /// text.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reasoning_content: Option<String>,
     /// Tool calls of an assistant turn, see [`message_tool_calls`].
@@ -391,9 +397,13 @@ pub struct ChatCompletionRequest {
     /// Extra variables for the chat template.
     #[serde(default)]
     pub chat_template_kwargs: Option<Map<String, Value>>,
-    /// Whether to return `reasoning_content` (default true).
+    /// Whether to return the reasoning (default true).
     #[serde(default)]
     pub include_reasoning: Option<bool>,
+    /// The name(s) to return the reasoning under, overriding
+    /// `--reasoning-field`; checked by validation.
+    #[serde(default)]
+    pub reasoning_field: Option<String>,
     /// Tool definitions, checked by [`validate_tools`].
     #[serde(default)]
     pub tools: Option<Value>,
@@ -510,8 +520,11 @@ pub struct ValidatedChat {
     pub messages: Vec<TextMessage>,
     /// Generation parameters.
     pub params: GenerationParams,
-    /// Whether to return `reasoning_content`.
+    /// Whether to return the reasoning.
     pub include_reasoning: bool,
+    /// The request's choice of reasoning field; `None` leaves it to the
+    /// server's `--reasoning-field`.
+    pub reasoning_field: Option<ReasoningField>,
     /// The request's tools, `None` when it has none.
     pub tools: Option<ChatTools>,
     /// What the request asks of its reasoning.
@@ -770,12 +783,24 @@ pub fn text_messages(messages: &[ChatMessage]) -> Result<Vec<TextMessage>, ApiEr
             Ok(TextMessage {
                 role: message.role,
                 content: (tool_calls.is_none() || !content.is_empty()).then_some(content),
-                reasoning_content: message.reasoning_content.clone(),
+                reasoning_content: message_reasoning(i, message)?,
                 tool_calls,
                 tool_call_id: message.tool_call_id.clone(),
             })
         })
         .collect()
+}
+
+/// A message's reasoning under either of its names; two different texts
+/// are refused rather than one silently dropped.
+fn message_reasoning(i: usize, message: &ChatMessage) -> Result<Option<String>, ApiError> {
+    match (&message.reasoning_content, &message.reasoning) {
+        (Some(a), Some(b)) if a != b => Err(ApiError::bad_request(
+            format!("messages[{i}].reasoning"),
+            "'reasoning' and 'reasoning_content' name the same text and must not differ; send one",
+        )),
+        (a, b) => Ok(a.as_ref().or(b.as_ref()).cloned()),
+    }
 }
 
 impl ChatCompletionRequest {
@@ -812,10 +837,19 @@ impl ChatCompletionRequest {
             .sampling
             .validate(max_tokens, logprobs.then(|| top_logprobs.unwrap_or(0)))?;
         let thinking = self.thinking.validate()?;
+        let reasoning_field = self
+            .reasoning_field
+            .as_deref()
+            .map(|name| {
+                name.parse::<ReasoningField>()
+                    .map_err(|e| ApiError::bad_request("reasoning_field", e.to_string()))
+            })
+            .transpose()?;
         Ok(ValidatedChat {
             messages,
             params,
             include_reasoning: self.include_reasoning.unwrap_or(true) && !thinking.exclude,
+            reasoning_field,
             tools,
             thinking,
         })

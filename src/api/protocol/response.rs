@@ -144,9 +144,14 @@ pub struct AssistantMessage {
     /// The answer; `null` when the output ended inside the reasoning, or
     /// when it is only tool calls.
     pub content: Option<String>,
-    /// The reasoning, omitted when there is none or it was not requested.
+    /// The reasoning, omitted when there is none, it was not requested, or
+    /// [`ReasoningField`] names only `reasoning`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning_content: Option<String>,
+    /// The reasoning under vLLM's and OpenRouter's name, present when
+    /// [`ReasoningField`] names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<String>,
     /// The tool calls, omitted when there are none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Vec<ToolCall>>,
@@ -178,9 +183,12 @@ pub struct Delta {
     /// New answer text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
-    /// New reasoning text.
+    /// New reasoning text, when [`ReasoningField`] names `reasoning_content`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning_content: Option<String>,
+    /// New reasoning text, when [`ReasoningField`] names `reasoning`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<String>,
     /// New pieces of tool calls.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Vec<DeltaToolCall>>,

@@ -176,6 +176,54 @@ fn harmless_unsupported_values_are_accepted() {
     assert!(chat_with(extra).validate().is_ok());
 }
 
+/// An assistant message's reasoning is read under either name; the two
+/// names may agree but not differ. The request's `reasoning_field` takes
+/// the three names and nothing else.
+#[test]
+fn reasoning_dialects_in_requests() {
+    let turn = |fields: Value| {
+        let mut message = json!({"role": "assistant", "content": "4"});
+        if let (Some(message), Some(fields)) = (message.as_object_mut(), fields.as_object()) {
+            message.extend(fields.clone());
+        }
+        json!({"messages": [{"role": "user", "content": "2+2?"}, message,
+                            {"role": "user", "content": "and 3+3?"}]})
+    };
+    for fields in [
+        json!({"reasoning_content": "add"}),
+        json!({"reasoning": "add"}),
+        json!({"reasoning": "add", "reasoning_content": "add"}),
+        json!({"reasoning": null, "reasoning_content": "add"}),
+    ] {
+        let checked = chat_with(turn(fields.clone())).validate().unwrap();
+        assert_eq!(
+            checked.messages[1].reasoning_content.as_deref(),
+            Some("add"),
+            "{fields}"
+        );
+    }
+    let plain = chat_with(turn(json!({}))).validate().unwrap();
+    assert_eq!(plain.messages[1].reasoning_content, None);
+    assert_rejected(
+        turn(json!({"reasoning": "add", "reasoning_content": "sum"})),
+        "messages[1].reasoning",
+    );
+
+    assert_eq!(
+        chat_with(json!({})).validate().unwrap().reasoning_field,
+        None
+    );
+    for field in ReasoningField::ALL {
+        let checked = chat_with(json!({"reasoning_field": field.as_str()}))
+            .validate()
+            .unwrap();
+        assert_eq!(checked.reasoning_field, Some(field));
+    }
+    for bad in ["thinking", "", "REASONING"] {
+        assert_rejected(json!({"reasoning_field": bad}), "reasoning_field");
+    }
+}
+
 #[test]
 fn message_rules() {
     assert_rejected(json!({"messages": []}), "messages");
@@ -406,6 +454,7 @@ fn chat_completion_built_by_constructor() {
                 role: Role::Assistant,
                 content: None,
                 reasoning_content: Some("thinking".into()),
+                reasoning: None,
                 tool_calls: None,
             },
             logprobs: None,
@@ -430,6 +479,21 @@ fn chat_completion_built_by_constructor() {
             "usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7,
             "prompt_tokens_details":{"cached_tokens":2},
             "completion_tokens_details":{"reasoning_tokens":4}}}"#,
+    );
+}
+
+/// Both reasoning names serialize as given and parse back, in a message
+/// and in a delta.
+#[test]
+fn both_reasoning_names_round_trip() {
+    let message: AssistantMessage = round_trip(
+        r#"{"role":"assistant","content":"4","reasoning_content":"2+2","reasoning":"2+2"}"#,
+    );
+    assert_eq!(message.reasoning.as_deref(), Some("2+2"));
+    let delta: Delta = round_trip(r#"{"reasoning":"2+"}"#);
+    assert_eq!(
+        (delta.reasoning.as_deref(), delta.reasoning_content),
+        (Some("2+"), None)
     );
 }
 
