@@ -185,15 +185,12 @@ async fn hook_cost(plan: &Plan) {
     };
     let (off_rate, on_rate) = (median(&mut rates_off), median(&mut rates_on));
     println!(
-        "## Logits-processor hook, 16 concurrent Qwen2.5-0.5B streams, {} new tokens, median of {ROUNDS} alternating rounds
-
-         | hook | decode tok/s | ratio |
-|---|---|---|
-         | off (no processor) | {off_rate:.1} | 1.00x |
-         | on (bias, min_tokens, reasoning budget, loop guard) | {on_rate:.1} | {:.3}x |
-
-         target: on >= 0.98x off
-",
+        "## Logits-processor hook, 16 concurrent Qwen2.5-0.5B streams, {} new tokens, \
+         median of {ROUNDS} alternating rounds\n\n\
+         | hook | decode tok/s | ratio |\n|---|---|---|\n\
+         | off (no processor) | {off_rate:.1} | 1.00x |\n\
+         | on (bias, min_tokens, reasoning budget, loop guard) | {on_rate:.1} | {:.3}x |\n\n\
+         target: on >= 0.98x off\n",
         plan.new_tokens,
         on_rate / off_rate,
     );
