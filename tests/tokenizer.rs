@@ -680,7 +680,11 @@ fn input<'a>(
 ) -> r1serve::tokenizer::ChatInput<'a> {
     r1serve::tokenizer::ChatInput {
         messages,
-        add_generation_prompt,
+        ending: if add_generation_prompt {
+            r1serve::tokenizer::ChatEnding::GenerationPrompt
+        } else {
+            r1serve::tokenizer::ChatEnding::Closed
+        },
         tools: None,
         extra,
     }

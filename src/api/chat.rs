@@ -19,7 +19,8 @@ use super::generation::{
 use super::protocol::{
     chat_completion_id, unix_timestamp, AssistantMessage, ChatChoice, ChatCompletionChunk,
     ChatCompletionRequest, ChatCompletionResponse, ChatLogprobs, ChatTokenLogprob, ChunkChoice,
-    Delta, DeltaToolCall, FunctionCall, Role, ToolCall, ToolChoice, TopLogprob,
+    warn_unknown_fields, Delta, DeltaToolCall, FunctionCall, Role, ToolCall, ToolChoice,
+    TopLogprob,
 };
 use super::sse::{done_event, error_event, json_event, sse_response};
 use super::state::{AppState, ServedModel};
@@ -36,6 +37,7 @@ pub async fn chat_completions(
     let model = state.model()?;
     model.check_name(request.model.as_deref())?;
     let chat = request.validate()?;
+    warn_unknown_fields("/v1/chat/completions", &request.unknown);
     let messages = serde_json::to_value(&chat.messages).map_err(ApiError::internal)?;
     // With `tool_choice: "none"` the model is not shown the tools, as vLLM
     // does by default, and its output is not parsed for calls.
@@ -51,13 +53,14 @@ pub async fn chat_completions(
     let kwargs = request.chat_template_kwargs.unwrap_or_default();
     let codec = Arc::clone(&model.codec);
     let max_model_len = model.max_model_len;
+    let ending = chat.ending;
     let (prompt, prompt_ids) = state
         .tokenizer_work(move || {
             // The template writes BOS and every special token itself.
             let chat = encode_chat_prompt(
                 codec.as_ref(),
                 &messages,
-                true,
+                ending,
                 definitions.as_ref(),
                 &kwargs,
                 false,
@@ -83,6 +86,7 @@ pub async fn chat_completions(
         created: unix_timestamp(),
         model,
         include_reasoning: chat.include_reasoning,
+        echo: chat.echo,
         logprobs: chat.params.logprobs.is_some(),
         include_usage: chat.params.include_usage,
     };
@@ -102,6 +106,8 @@ struct Reply {
     created: u64,
     model: Arc<ServedModel>,
     include_reasoning: bool,
+    /// Text every choice's answer starts with (chat `echo`).
+    echo: Option<String>,
     logprobs: bool,
     include_usage: bool,
 }
@@ -120,24 +126,27 @@ impl Reply {
 
     async fn collect(self, mut generation: Generation, n: u32) -> Result<Response, ApiError> {
         let mut reasoning = vec![String::new(); n as usize];
-        let mut content = vec![String::new(); n as usize];
+        let mut content = vec![self.echo.clone().unwrap_or_default(); n as usize];
         let mut logprobs = vec![Vec::new(); n as usize];
         let mut finish = vec![None; n as usize];
+        let mut stop_reasons = vec![None; n as usize];
         let mut calls = vec![Vec::new(); n as usize];
         while let Some(updates) = generation.next().await {
             for update in updates? {
                 let i = update.index as usize;
-                if let (Some(r), Some(c), Some(l), Some(f), Some(t)) = (
+                if let (Some(r), Some(c), Some(l), Some(f), Some(t), Some(s)) = (
                     reasoning.get_mut(i),
                     content.get_mut(i),
                     logprobs.get_mut(i),
                     finish.get_mut(i),
                     calls.get_mut(i),
+                    stop_reasons.get_mut(i),
                 ) {
                     r.push_str(&update.reasoning);
                     c.push_str(&update.content);
                     l.extend(update.logprobs);
                     *f = update.finish_reason;
+                    *s = update.stop_reason;
                     merge_tool_calls(t, update.tool_calls);
                 }
             }
@@ -149,8 +158,9 @@ impl Reply {
                     role: Role::Assistant,
                     // A reply that is only tool calls has no content, as
                     // OpenAI's.
-                    content: (!generation.in_reasoning(i)
-                        && (!content[i].is_empty() || calls[i].is_empty()))
+                    content: (self.echo.is_some()
+                        || !generation.in_reasoning(i)
+                            && (!content[i].is_empty() || calls[i].is_empty()))
                     .then(|| std::mem::take(&mut content[i])),
                     reasoning_content: (self.include_reasoning && !reasoning[i].is_empty())
                         .then(|| std::mem::take(&mut reasoning[i])),
@@ -158,6 +168,7 @@ impl Reply {
                 },
                 logprobs: self.logprobs(&logprobs[i]),
                 finish_reason: finish[i],
+                stop_reason: stop_reasons[i].take(),
             })
             .collect();
         let response = ChatCompletionResponse::new(
@@ -201,6 +212,7 @@ impl Reply {
                 logprobs: self.logprobs(&update.logprobs),
                 delta,
                 finish_reason: update.finish_reason,
+                stop_reason: update.stop_reason,
             })
         })
     }
@@ -219,8 +231,24 @@ impl Reply {
                     },
                     logprobs: None,
                     finish_reason: None,
+                    stop_reason: None,
                 }))
             })
+            .chain(self.echo.iter().flat_map(|echo| {
+                // vLLM sends the echoed text as each choice's first content.
+                (0..n).map(|index| {
+                    frame(&self.chunk(ChunkChoice {
+                        index,
+                        delta: Delta {
+                            content: Some(echo.clone()),
+                            ..Delta::default()
+                        },
+                        logprobs: None,
+                        finish_reason: None,
+                        stop_reason: None,
+                    }))
+                })
+            }))
             .collect();
         // The generation lives in the stream state, so when axum drops the
         // body of a disconnected client the engine request goes with it.

@@ -14,7 +14,7 @@ use super::error::{ApiError, Json};
 use super::generation::{encode_prompt, sampling_params, token_text, ChoiceUpdate, Generation};
 use super::protocol::{
     completion_id, unix_timestamp, CompletionChoice, CompletionChunk, CompletionLogprobs,
-    CompletionRequest, CompletionResponse, Prompt, TopLogprobMap,
+    warn_unknown_fields, CompletionRequest, CompletionResponse, Prompt, TopLogprobMap,
 };
 use super::sse::{done_event, error_event, json_event, sse_response};
 use super::state::{AppState, ServedModel};
@@ -34,6 +34,7 @@ pub async fn completions(
     let model = state.model()?;
     model.check_name(request.model.as_deref())?;
     let completion = request.validate()?;
+    warn_unknown_fields("/v1/completions", &request.unknown);
     if completion.echo && completion.params.logprobs.is_some() {
         // Echoed prompt tokens would need prompt logprobs, which the engine
         // does not compute.
@@ -154,6 +155,7 @@ impl Reply {
                 text: echo.clone(),
                 logprobs: self.logprobs.then(CompletionLogprobs::default),
                 finish_reason: None,
+                stop_reason: None,
             })
             .collect();
         while let Some(updates) = generation.next().await {
@@ -164,6 +166,7 @@ impl Reply {
                 };
                 choice.text.push_str(&update.content);
                 choice.finish_reason = update.finish_reason;
+                choice.stop_reason = update.stop_reason;
                 if let (Some(all), Some(new)) = (choice.logprobs.as_mut(), logprobs) {
                     all.tokens.extend(new.tokens);
                     all.token_logprobs.extend(new.token_logprobs);
@@ -205,6 +208,7 @@ impl Reply {
             text: update.content,
             logprobs,
             finish_reason: update.finish_reason,
+            stop_reason: update.stop_reason,
         }))
     }
 
@@ -217,6 +221,7 @@ impl Reply {
                         text: prompt.clone(),
                         logprobs: None,
                         finish_reason: None,
+                        stop_reason: None,
                     })
                 })
                 .collect(),

@@ -14,17 +14,17 @@ use super::backend::{OutputStream, PromptCodec};
 use super::error::{ApiError, ErrorKind};
 use super::protocol::{
     CompletionTokensDetails, DeltaFunction, DeltaToolCall, FinishReason, GenerationParams,
-    PromptTokensDetails, Usage,
+    PromptTokensDetails, StopReason, Usage,
 };
 use super::state::ServedModel;
 use crate::engine::stop::StopStrings;
 use crate::engine::types::{
     EngineError, EngineRequest, FinishReason as EngineFinish, RequestUsage, SampleOutput,
-    SamplingParams, TokenLogprob,
+    SamplingParams, StopReason as EngineStopReason, TokenLogprob,
 };
 use crate::metrics::{Completion, RequestRecorder};
 use crate::reasoning::{ReasoningParser, ReasoningSplitter};
-use crate::tokenizer::{ChatPrompt, PromptTooLong};
+use crate::tokenizer::{ChatEnding, ChatPrompt, PromptTooLong};
 use crate::tools::{call_id, ParsedText, ToolCallStream};
 use crate::types::TokenId;
 
@@ -64,15 +64,28 @@ pub fn sampling_params(
             format!("'logit_bias' token {id} is outside the vocabulary of {vocab} tokens"),
         ));
     }
+    if let Some(&id) = params
+        .stop_token_ids
+        .iter()
+        .find(|&&id| id as usize >= vocab)
+    {
+        return Err(ApiError::bad_request(
+            "stop_token_ids",
+            format!("'stop_token_ids' token {id} is outside the vocabulary of {vocab} tokens"),
+        ));
+    }
     Ok(SamplingParams {
         temperature: params
             .temperature
-            .or(model.default_temperature)
+            .or(model.defaults.temperature)
             .unwrap_or(1.0),
-        top_p: params.top_p.or(model.default_top_p).unwrap_or(1.0),
-        top_k: params.top_k.map_or(0, |k| k as usize),
-        min_p: params.min_p.unwrap_or(0.0),
-        repetition_penalty: params.repetition_penalty,
+        top_p: params.top_p.or(model.defaults.top_p).unwrap_or(1.0),
+        top_k: params.top_k.or(model.defaults.top_k).map_or(0, |k| k as usize),
+        min_p: params.min_p.or(model.defaults.min_p).unwrap_or(0.0),
+        repetition_penalty: params
+            .repetition_penalty
+            .or(model.defaults.repetition_penalty)
+            .unwrap_or(1.0),
         presence_penalty: params.presence_penalty,
         frequency_penalty: params.frequency_penalty,
         logit_bias: params.logit_bias.clone(),
@@ -81,11 +94,13 @@ pub fn sampling_params(
         max_tokens,
         min_tokens: params.min_tokens as usize,
         ignore_eos: params.ignore_eos,
-        stop_token_ids: Vec::new(),
+        stop_token_ids: params.stop_token_ids.clone(),
         stop: StopStrings::new(params.stop.clone())
             .map_err(|e| ApiError::bad_request("stop", e))?,
+        include_stop_str_in_output: params.include_stop_str_in_output,
+        prompt_logprobs: params.prompt_logprobs.map(|k| k as usize),
         n: params.n as usize,
-        skip_special_tokens: true,
+        skip_special_tokens: params.skip_special_tokens,
     })
 }
 
@@ -185,7 +200,7 @@ pub fn too_many_bytes(
 pub fn encode_chat_prompt(
     codec: &dyn PromptCodec,
     messages: &Value,
-    add_generation_prompt: bool,
+    ending: ChatEnding,
     tools: Option<&Value>,
     extra: &Map<String, Value>,
     add_special_tokens: bool,
@@ -195,7 +210,7 @@ pub fn encode_chat_prompt(
     codec
         .encode_chat(
             messages,
-            add_generation_prompt,
+            ending,
             tools,
             extra,
             add_special_tokens,
@@ -223,6 +238,8 @@ pub struct ChoiceUpdate {
     pub logprobs: Vec<TokenLogprob>,
     /// Set on the choice's last update.
     pub finish_reason: Option<FinishReason>,
+    /// The stop token or string that ended the choice, on its last update.
+    pub stop_reason: Option<StopReason>,
 }
 
 /// Per-choice bookkeeping.
@@ -306,6 +323,10 @@ impl ChoiceState {
             tool_calls,
             logprobs: sample.logprobs,
             finish_reason,
+            stop_reason: sample.stop_reason.map(|reason| match reason {
+                EngineStopReason::Token(id) => StopReason::Token(id),
+                EngineStopReason::Text(text) => StopReason::Text(text),
+            }),
         })
     }
 }

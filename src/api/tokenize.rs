@@ -12,6 +12,7 @@ use super::protocol::{
     TokenizeRequest, TokenizeResponse,
 };
 use super::state::AppState;
+use crate::tokenizer::ChatEnding;
 
 /// Handles `POST /tokenize`: a prompt, or messages rendered with the chat
 /// template exactly as `/v1/chat/completions` would.
@@ -36,7 +37,11 @@ pub async fn tokenize(
                     encode_chat_prompt(
                         codec.as_ref(),
                         &messages,
-                        chat.add_generation_prompt,
+                        if chat.add_generation_prompt {
+                            ChatEnding::GenerationPrompt
+                        } else {
+                            ChatEnding::Closed
+                        },
                         tools.as_ref(),
                         &kwargs,
                         chat.add_special_tokens,

@@ -7,7 +7,7 @@ use super::scheduler::{Scheduler, SchedulerConfig};
 use super::sequence::Sequence;
 use super::types::{
     EngineRequest, EngineStats, FinishReason, RequestOutput, RequestUsage, SampleOutput,
-    SamplingParams,
+    SamplingParams, StopReason,
 };
 use super::{Admission, Command, EngineHandle, PanicWatch, Shared};
 use crate::kv_cache::manager::KvCacheManager;
@@ -472,7 +472,7 @@ fn sample_and_advance(
     if ends_by_token {
         finish = Some(FinishReason::Stop);
         if params.stop_token_ids.contains(&token) {
-            stop_reason = Some(token.to_string());
+            stop_reason = Some(StopReason::Token(token));
         }
     } else {
         let delta = seq.detok.push(tokenizer, token).unwrap_or_default();
@@ -480,7 +480,7 @@ fn sample_and_advance(
         text = emit;
         if hit.is_some() {
             finish = Some(FinishReason::Stop);
-            stop_reason = hit;
+            stop_reason = hit.map(StopReason::Text);
         }
     }
     if finish.is_none()

@@ -71,7 +71,8 @@ impl Sequence {
             wait_for: None,
             sampler: SamplerState::new(params.seed, index),
             detok: IncrementalDecoder::new(params.skip_special_tokens),
-            stop: StopChecker::new(params.stop.clone()),
+            stop: StopChecker::new(params.stop.clone())
+                .keeping_match(params.include_stop_str_in_output),
             params,
         }
     }

@@ -37,9 +37,15 @@ pub struct SamplingParams {
     pub ignore_eos: bool,
     /// Extra token ids that end generation.
     pub stop_token_ids: Vec<TokenId>,
-    /// Strings that end generation; they are not part of the output. Not
-    /// looked for before `min_tokens` tokens exist.
+    /// Strings that end generation; they are not part of the output
+    /// unless `include_stop_str_in_output`. Not looked for before
+    /// `min_tokens` tokens exist.
     pub stop: StopStrings,
+    /// Keep a matched stop string at the end of the output.
+    pub include_stop_str_in_output: bool,
+    /// `Some(k)`: report the logprob of every prompt token after the first,
+    /// with `k` alternatives per position.
+    pub prompt_logprobs: Option<usize>,
     /// Parallel samples sharing the prompt.
     pub n: usize,
     /// Drop special tokens from the text.
@@ -64,6 +70,8 @@ impl Default for SamplingParams {
             ignore_eos: false,
             stop_token_ids: Vec::new(),
             stop: StopStrings::default(),
+            include_stop_str_in_output: false,
+            prompt_logprobs: None,
             n: 1,
             skip_special_tokens: true,
         }
@@ -126,7 +134,17 @@ pub struct SampleOutput {
     /// Set on the sample's last output.
     pub finish_reason: Option<FinishReason>,
     /// The stop string or token that ended it, if any.
-    pub stop_reason: Option<String>,
+    pub stop_reason: Option<StopReason>,
+}
+
+/// What ended a sample with [`FinishReason::Stop`], when it was not EOS
+/// (vLLM's `stop_reason`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// One of the request's `stop_token_ids`.
+    Token(TokenId),
+    /// One of the request's stop strings.
+    Text(String),
 }
 
 /// Token accounting of a request, sent with every output.

@@ -8,6 +8,7 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::*;
+use crate::types::TokenId;
 
 /// Why a choice stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -151,6 +152,17 @@ pub struct AssistantMessage {
     pub tool_calls: Option<Vec<ToolCall>>,
 }
 
+/// vLLM's `stop_reason`: which of the request's `stop_token_ids` (a
+/// number) or `stop` strings (a string) ended a choice.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum StopReason {
+    /// A stop token id.
+    Token(TokenId),
+    /// A stop string.
+    Text(String),
+}
+
 /// One choice of a non-streaming chat completion.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ChatChoice {
@@ -162,6 +174,10 @@ pub struct ChatChoice {
     pub logprobs: Option<ChatLogprobs>,
     /// Why generation stopped.
     pub finish_reason: Option<FinishReason>,
+    /// The stop token or string that ended the choice (vLLM's field);
+    /// absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<StopReason>,
 }
 
 /// The delta of a streamed chat choice; absent fields mean "no change".
@@ -218,6 +234,10 @@ pub struct ChunkChoice {
     pub logprobs: Option<ChatLogprobs>,
     /// `null` until the choice's last chunk.
     pub finish_reason: Option<FinishReason>,
+    /// The stop token or string that ended the choice (vLLM's field);
+    /// absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<StopReason>,
 }
 
 /// Top alternatives at one position of legacy logprobs: a JSON object from
@@ -281,6 +301,10 @@ pub struct CompletionChoice {
     pub logprobs: Option<CompletionLogprobs>,
     /// `null` until the choice's last chunk.
     pub finish_reason: Option<FinishReason>,
+    /// The stop token or string that ended the choice (vLLM's field);
+    /// absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<StopReason>,
 }
 
 /// A non-streaming completion, chat or legacy; `C` is the choice type,
