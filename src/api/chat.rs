@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use super::backend::PromptCodec;
 use super::error::{ApiError, Json};
+use super::prompt_logprobs;
 use super::generation::{
     encode_chat_prompt, sampling_params, token_text, ChoiceUpdate, Generation,
 };
@@ -171,13 +172,16 @@ impl Reply {
                 stop_reason: stop_reasons[i].take(),
             })
             .collect();
-        let response = ChatCompletionResponse::new(
+        let mut response = ChatCompletionResponse::new(
             self.id,
             self.created,
             self.model.name.clone(),
             choices,
             generation.usage(),
         );
+        response.prompt_logprobs = generation
+            .take_prompt_logprobs()
+            .map(|entries| prompt_logprobs::wire(self.model.codec.as_ref(), &entries));
         Ok(Json(response).into_response())
     }
 

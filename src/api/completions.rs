@@ -11,6 +11,7 @@ use futures::stream::{self, StreamExt};
 
 use super::backend::PromptCodec;
 use super::error::{ApiError, Json};
+use super::prompt_logprobs;
 use super::generation::{encode_prompt, sampling_params, token_text, ChoiceUpdate, Generation};
 use super::protocol::{
     completion_id, unix_timestamp, CompletionChoice, CompletionChunk, CompletionLogprobs,
@@ -154,6 +155,7 @@ impl Reply {
                 index,
                 text: echo.clone(),
                 logprobs: self.logprobs.then(CompletionLogprobs::default),
+                prompt_logprobs: None,
                 finish_reason: None,
                 stop_reason: None,
             })
@@ -173,6 +175,12 @@ impl Reply {
                     all.top_logprobs.extend(new.top_logprobs);
                     all.text_offset.extend(new.text_offset);
                 }
+            }
+        }
+        if let Some(entries) = generation.take_prompt_logprobs() {
+            let wire = prompt_logprobs::wire(self.model.codec.as_ref(), &entries);
+            for choice in &mut choices {
+                choice.prompt_logprobs = Some(wire.clone());
             }
         }
         let response = CompletionResponse::new(
@@ -207,6 +215,7 @@ impl Reply {
             index: update.index,
             text: update.content,
             logprobs,
+            prompt_logprobs: None,
             finish_reason: update.finish_reason,
             stop_reason: update.stop_reason,
         }))
@@ -220,6 +229,7 @@ impl Reply {
                         index,
                         text: prompt.clone(),
                         logprobs: None,
+                        prompt_logprobs: None,
                         finish_reason: None,
                         stop_reason: None,
                     })

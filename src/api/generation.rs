@@ -19,7 +19,8 @@ use super::protocol::{
 use super::state::ServedModel;
 use crate::engine::stop::StopStrings;
 use crate::engine::types::{
-    EngineError, EngineRequest, FinishReason as EngineFinish, RequestUsage, SampleOutput,
+    EngineError, EngineRequest, FinishReason as EngineFinish, PromptLogprob, RequestUsage,
+    SampleOutput,
     SamplingParams, StopReason as EngineStopReason, TokenLogprob,
 };
 use crate::metrics::{Completion, RequestRecorder};
@@ -339,6 +340,7 @@ pub struct Generation {
     recorder: RequestRecorder,
     choices: Vec<ChoiceState>,
     usage: RequestUsage,
+    prompt_logprobs: Option<Vec<PromptLogprob>>,
     done: bool,
 }
 
@@ -376,6 +378,7 @@ impl Generation {
             recorder: RequestRecorder::new(model.name.as_str().into(), arrived),
             choices,
             usage: RequestUsage::default(),
+            prompt_logprobs: None,
             done: false,
         })
     }
@@ -396,6 +399,9 @@ impl Generation {
         let new_tokens = output.samples.iter().map(|s| s.token_ids.len()).sum();
         self.recorder.on_output(new_tokens);
         self.usage = output.usage;
+        if output.prompt_logprobs.is_some() {
+            self.prompt_logprobs = output.prompt_logprobs;
+        }
         let mut updates = Vec::with_capacity(output.samples.len());
         for sample in output.samples {
             let Some(choice) = self.choices.get_mut(sample.index) else {
@@ -449,6 +455,12 @@ impl Generation {
 
     fn reasoning_tokens(&self) -> usize {
         self.choices.iter().map(|c| c.reasoning_tokens).sum()
+    }
+
+    /// The prompt's logprobs, once the engine has sent them (requests
+    /// with `prompt_logprobs` only).
+    pub fn take_prompt_logprobs(&mut self) -> Option<Vec<PromptLogprob>> {
+        self.prompt_logprobs.take()
     }
 
     /// Token accounting so far, in OpenAI's shape.

@@ -171,6 +171,7 @@ impl InferenceBackend for ScriptedEngine {
                         completion_tokens: (step + 1) * n,
                     },
                     finished: last,
+                    prompt_logprobs: None,
                 }
             })
             .collect();

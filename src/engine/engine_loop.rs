@@ -2,12 +2,13 @@
 //! stream outputs. The logic lives in the scheduler, sampler and stop
 //! matcher; this loop only wires them together.
 
+use super::prompt_logprobs;
 use super::sampler::{sample, SampleContext};
 use super::scheduler::{Scheduler, SchedulerConfig};
 use super::sequence::Sequence;
 use super::types::{
     EngineRequest, EngineStats, FinishReason, RequestOutput, RequestUsage, SampleOutput,
-    SamplingParams, StopReason,
+    PromptLogprob, SamplingParams, StopReason,
 };
 use super::{Admission, Command, EngineHandle, PanicWatch, Shared};
 use crate::kv_cache::manager::KvCacheManager;
@@ -78,6 +79,8 @@ struct RequestState {
     remaining: usize,
     /// Prompt tokens already added to `EngineLoop::prompt_tokens`.
     prompt_counted: usize,
+    /// Prompt logprobs collected so far, when asked for and not yet sent.
+    prompt_logprobs: Option<Vec<PromptLogprob>>,
 }
 
 /// Starts engines.
@@ -288,6 +291,7 @@ impl EngineLoop {
                 admitted: false,
                 remaining: n,
                 prompt_counted: 0,
+                prompt_logprobs: params.prompt_logprobs.map(|_| Vec::new()),
             },
         );
     }
@@ -317,6 +321,7 @@ impl EngineLoop {
             samples,
             usage: req.usage,
             finished: true,
+            prompt_logprobs: None,
         });
     }
 
@@ -356,6 +361,7 @@ impl EngineLoop {
                 ctx_len: start + n,
                 block_table: self.kv.block_table(sid).to_vec(),
                 want_logits: start + n == seq.tokens.len(),
+                all_logits: seq.wants_prompt_logits(),
             });
         }
         self.steps += 1;
@@ -384,10 +390,28 @@ impl EngineLoop {
             };
             seq.num_computed += n;
             self.kv.commit(sid, &seq.tokens, seq.num_computed);
+            let mut rows: Vec<Vec<f32>> = Vec::new();
+            if bs.all_logits {
+                rows.extend(logits.by_ref().take(n));
+                let k = seq.params.prompt_logprobs.unwrap_or(0);
+                let prompt = &seq.tokens[..seq.prompt_len];
+                if let Some(entries) = self
+                    .requests
+                    .get_mut(&seq.request)
+                    .and_then(|r| r.prompt_logprobs.as_mut())
+                {
+                    prompt_logprobs::collect(entries, prompt, seq.num_computed - n, &rows, k);
+                }
+            }
             if !bs.want_logits {
                 continue;
             }
-            let Some(mut l) = logits.next() else {
+            let row = if bs.all_logits {
+                rows.pop()
+            } else {
+                logits.next()
+            };
+            let Some(mut l) = row else {
                 continue;
             };
             let out =
@@ -407,10 +431,14 @@ impl EngineLoop {
             self.generation_tokens += sampled as u64;
             req.remaining -= samples.iter().filter(|s| s.finish_reason.is_some()).count();
             let finished = req.remaining == 0;
+            let prompt_len = req.usage.prompt_tokens;
             let _ = req.tx.send(RequestOutput {
                 samples,
                 usage: req.usage,
                 finished,
+                prompt_logprobs: req
+                    .prompt_logprobs
+                    .take_if(|entries| entries.len() + 1 >= prompt_len),
             });
             if finished {
                 self.requests.remove(&rid);

@@ -5,6 +5,7 @@
 
 mod engine_loop;
 mod fault;
+pub mod prompt_logprobs;
 pub mod sampler;
 pub mod scheduler;
 pub mod sequence;

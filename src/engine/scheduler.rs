@@ -132,7 +132,7 @@ impl Scheduler {
                 continue; // preempted earlier in this loop
             }
             let seq = &self.seqs[&id];
-            let n = seq.num_uncomputed().min(budget);
+            let n = seq.num_uncomputed().min(budget).min(seq.max_chunk());
             if n == 0 {
                 continue;
             }
@@ -199,9 +199,16 @@ impl Scheduler {
                     continue;
                 }
             }
-            let prefix = kv.cached_prefix(&seq.tokens);
+            // Cached positions would have no logits for prompt logprobs.
+            let prefix = if seq.wants_prompt_logits() {
+                Vec::new()
+            } else {
+                kv.cached_prefix(&seq.tokens)
+            };
             let computed = prefix.len() * kv.block_size();
-            let n = (seq.tokens.len() - computed).min(*budget);
+            let n = (seq.tokens.len() - computed)
+                .min(*budget)
+                .min(seq.max_chunk());
             if !kv.allocate(id, &prefix, computed + n) {
                 break;
             }

@@ -120,6 +120,19 @@ pub struct TokenLogprob {
     pub top: Vec<(TokenId, f32)>,
 }
 
+/// Log-probability of a prompt token given the tokens before it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PromptLogprob {
+    /// The prompt's token.
+    pub token: TokenId,
+    /// Its log-probability under the raw logits.
+    pub logprob: f32,
+    /// 1 plus the number of tokens that were more likely.
+    pub rank: usize,
+    /// The most likely tokens with theirs, best first.
+    pub top: Vec<(TokenId, f32)>,
+}
+
 /// One step's news for one sample of a request.
 #[derive(Clone, Debug)]
 pub struct SampleOutput {
@@ -167,6 +180,9 @@ pub struct RequestOutput {
     pub usage: RequestUsage,
     /// True on the last item: every sample has finished.
     pub finished: bool,
+    /// When the request asked for them, the logprobs of its prompt tokens
+    /// after the first, once, with the first sampled tokens.
+    pub prompt_logprobs: Option<Vec<PromptLogprob>>,
 }
 
 /// Why the engine refused a request.

@@ -741,6 +741,13 @@ impl SamplingFields {
             .prompt_logprobs
             .map(|k| validate_top_logprobs("prompt_logprobs", k))
             .transpose()?;
+        if prompt_logprobs.is_some() && self.stream == Some(true) {
+            // As vLLM: they come once, with the whole answer.
+            return Err(ApiError::bad_request(
+                "prompt_logprobs",
+                "'prompt_logprobs' is not available with 'stream': true",
+            ));
+        }
         Ok(GenerationParams {
             max_tokens,
             min_tokens,

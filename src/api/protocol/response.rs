@@ -1,5 +1,6 @@
 //! Responses and stream chunks, serialized exactly as OpenAI does.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -107,6 +108,24 @@ pub struct ChatTokenLogprob {
     /// The most likely alternatives at this position.
     pub top_logprobs: Vec<TopLogprob>,
 }
+
+/// One token of a prompt position in vLLM's `prompt_logprobs`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PromptTokenLogprob {
+    /// Its log probability given the prompt before it; −∞ is sent as
+    /// [`MIN_LOGPROB`].
+    #[serde(serialize_with = "serialize_logprob")]
+    pub logprob: f32,
+    /// 1 plus the number of tokens that were more likely.
+    pub rank: usize,
+    /// The token's text.
+    pub decoded_token: String,
+}
+
+/// vLLM's `prompt_logprobs`: per prompt token, `null` for the first, then
+/// an object from token id (as a string) to its entry, holding the prompt's
+/// own token and the requested number of most likely ones.
+pub type PromptLogprobs = Vec<Option<BTreeMap<String, PromptTokenLogprob>>>;
 
 /// `choices[].logprobs` of a chat completion.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -299,6 +318,10 @@ pub struct CompletionChoice {
     pub text: String,
     /// Logprobs, `null` unless requested.
     pub logprobs: Option<CompletionLogprobs>,
+    /// The prompt's logprobs when requested (vLLM's field); absent
+    /// otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_logprobs: Option<PromptLogprobs>,
     /// `null` until the choice's last chunk.
     pub finish_reason: Option<FinishReason>,
     /// The stop token or string that ended the choice (vLLM's field);
@@ -326,6 +349,10 @@ pub struct Response<C> {
     pub choices: Vec<C>,
     /// Token accounting.
     pub usage: Usage,
+    /// The prompt's logprobs when a chat request asked for them (vLLM's
+    /// field; legacy completions carry it in each choice, as vLLM's do).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_logprobs: Option<PromptLogprobs>,
 }
 
 /// Choice types of non-streaming responses.
@@ -353,6 +380,7 @@ impl<C: ResponseChoice> Response<C> {
             system_fingerprint: None,
             choices,
             usage,
+            prompt_logprobs: None,
         }
     }
 }

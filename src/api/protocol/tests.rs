@@ -241,7 +241,8 @@ fn sampling_boundaries_are_accepted() {
     ] {
         assert!(chat_with(extra.clone()).validate().is_ok(), "{extra}");
     }
-    for (top_k, expected) in [(-1, None), (0, None), (1, Some(1)), (50, Some(50))] {
+    // Disabling is explicit (`Some(0)`), so it overrides a server default.
+    for (top_k, expected) in [(-1, Some(0)), (0, Some(0)), (1, Some(1)), (50, Some(50))] {
         let p = chat_with(json!({"top_k": top_k}))
             .validate()
             .unwrap()
