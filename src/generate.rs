@@ -58,10 +58,7 @@ pub async fn run(opts: GenerateOptions) -> Result<()> {
             .temperature
             .or(model.generation_config.temperature)
             .unwrap_or(0.0),
-        top_p: opts
-            .top_p
-            .or(model.generation_config.top_p)
-            .unwrap_or(1.0),
+        top_p: opts.top_p.or(model.generation_config.top_p).unwrap_or(1.0),
         seed: opts.seed,
         max_tokens: opts.max_tokens,
         ..Default::default()

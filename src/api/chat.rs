@@ -13,14 +13,14 @@ use serde_json::Value;
 
 use super::backend::PromptCodec;
 use super::error::{ApiError, Json};
-use super::prompt_logprobs;
 use super::generation::{
     encode_chat_prompt, sampling_params, token_text, ChoiceUpdate, Generation,
 };
+use super::prompt_logprobs;
 use super::protocol::{
-    chat_completion_id, unix_timestamp, AssistantMessage, ChatChoice, ChatCompletionChunk,
-    ChatCompletionRequest, ChatCompletionResponse, ChatLogprobs, ChatTokenLogprob, ChunkChoice,
-    warn_unknown_fields, Delta, DeltaToolCall, FunctionCall, Role, ToolCall, ToolChoice,
+    chat_completion_id, unix_timestamp, warn_unknown_fields, AssistantMessage, ChatChoice,
+    ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, ChatLogprobs,
+    ChatTokenLogprob, ChunkChoice, Delta, DeltaToolCall, FunctionCall, Role, ToolCall, ToolChoice,
     TopLogprob,
 };
 use super::sse::{done_event, error_event, json_event, sse_response};

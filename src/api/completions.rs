@@ -11,11 +11,11 @@ use futures::stream::{self, StreamExt};
 
 use super::backend::PromptCodec;
 use super::error::{ApiError, Json};
-use super::prompt_logprobs;
 use super::generation::{encode_prompt, sampling_params, token_text, ChoiceUpdate, Generation};
+use super::prompt_logprobs;
 use super::protocol::{
-    completion_id, unix_timestamp, CompletionChoice, CompletionChunk, CompletionLogprobs,
-    warn_unknown_fields, CompletionRequest, CompletionResponse, Prompt, TopLogprobMap,
+    completion_id, unix_timestamp, warn_unknown_fields, CompletionChoice, CompletionChunk,
+    CompletionLogprobs, CompletionRequest, CompletionResponse, Prompt, TopLogprobMap,
 };
 use super::sse::{done_event, error_event, json_event, sse_response};
 use super::state::{AppState, ServedModel};

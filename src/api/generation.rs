@@ -20,8 +20,7 @@ use super::state::ServedModel;
 use crate::engine::stop::StopStrings;
 use crate::engine::types::{
     EngineError, EngineRequest, FinishReason as EngineFinish, PromptLogprob, RequestUsage,
-    SampleOutput,
-    SamplingParams, StopReason as EngineStopReason, TokenLogprob,
+    SampleOutput, SamplingParams, StopReason as EngineStopReason, TokenLogprob,
 };
 use crate::metrics::{Completion, RequestRecorder};
 use crate::reasoning::{ReasoningParser, ReasoningSplitter};
@@ -81,7 +80,10 @@ pub fn sampling_params(
             .or(model.defaults.temperature)
             .unwrap_or(1.0),
         top_p: params.top_p.or(model.defaults.top_p).unwrap_or(1.0),
-        top_k: params.top_k.or(model.defaults.top_k).map_or(0, |k| k as usize),
+        top_k: params
+            .top_k
+            .or(model.defaults.top_k)
+            .map_or(0, |k| k as usize),
         min_p: params.min_p.or(model.defaults.min_p).unwrap_or(0.0),
         repetition_penalty: params
             .repetition_penalty
@@ -209,14 +211,7 @@ pub fn encode_chat_prompt(
 ) -> Result<ChatPrompt, ApiError> {
     let limit = byte_limit(codec, max_model_len);
     codec
-        .encode_chat(
-            messages,
-            ending,
-            tools,
-            extra,
-            add_special_tokens,
-            limit,
-        )
+        .encode_chat(messages, ending, tools, extra, add_special_tokens, limit)
         .map_err(|e| match e.downcast_ref::<PromptTooLong>() {
             Some(long) => too_many_bytes(codec, long.bytes, max_model_len, "messages"),
             None => ApiError::bad_request("messages", format!("chat template error: {e}")),

@@ -7,8 +7,8 @@ use super::sampler::{sample, SampleContext};
 use super::scheduler::{Scheduler, SchedulerConfig};
 use super::sequence::Sequence;
 use super::types::{
-    EngineRequest, EngineStats, FinishReason, RequestOutput, RequestUsage, SampleOutput,
-    PromptLogprob, SamplingParams, StopReason,
+    EngineRequest, EngineStats, FinishReason, PromptLogprob, RequestOutput, RequestUsage,
+    SampleOutput, SamplingParams, StopReason,
 };
 use super::{Admission, Command, EngineHandle, PanicWatch, Shared};
 use crate::kv_cache::manager::KvCacheManager;
@@ -501,6 +501,13 @@ fn sample_and_advance(
         finish = Some(FinishReason::Stop);
         if params.stop_token_ids.contains(&token) {
             stop_reason = Some(StopReason::Token(token));
+        }
+        if params.include_stop_str_in_output {
+            // The ending token's text is kept too, after any text held
+            // back for a stop string that can no longer complete.
+            text = seq.stop.flush();
+            text.push_str(&seq.detok.push(tokenizer, token).unwrap_or_default());
+            text.push_str(&seq.detok.flush(tokenizer).unwrap_or_default());
         }
     } else {
         let delta = seq.detok.push(tokenizer, token).unwrap_or_default();

@@ -23,7 +23,10 @@ pub const MAX_PROMPT_LOGIT_ROWS: usize = 64;
 /// plus the number of tokens strictly more likely.
 pub fn entry(logits: &[f32], token: TokenId, k: usize) -> PromptLogprob {
     let logprobs = log_softmax(logits);
-    let logprob = logprobs.get(token as usize).copied().unwrap_or(f32::NEG_INFINITY);
+    let logprob = logprobs
+        .get(token as usize)
+        .copied()
+        .unwrap_or(f32::NEG_INFINITY);
     PromptLogprob {
         token,
         logprob,
@@ -77,6 +80,9 @@ mod tests {
         // A recomputation from 0 adds nothing twice; the row of the last
         // prompt position predicts a generated token and adds nothing.
         collect(&mut entries, &prompt, 0, &rows, 0);
-        assert_eq!(entries.iter().map(|e| e.token).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(
+            entries.iter().map(|e| e.token).collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
     }
 }

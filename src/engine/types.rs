@@ -41,7 +41,8 @@ pub struct SamplingParams {
     /// unless `include_stop_str_in_output`. Not looked for before
     /// `min_tokens` tokens exist.
     pub stop: StopStrings,
-    /// Keep a matched stop string at the end of the output.
+    /// Keep a matched stop string, or the text of the stop token or EOS
+    /// that ended generation, at the end of the output.
     pub include_stop_str_in_output: bool,
     /// `Some(k)`: report the logprob of every prompt token after the first,
     /// with `k` alternatives per position.

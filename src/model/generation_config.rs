@@ -165,18 +165,28 @@ mod tests {
         let r1 = GenerationDefaults::for_template(Some("<｜Assistant｜>{{ c.split('</think>') }}"));
         let all = flag.or(config).or(r1);
         assert_eq!(all.top_p, Some(0.5), "the flag beats R1's 0.95");
-        assert_eq!(all.temperature, Some(0.7), "generation_config beats R1's 0.6");
+        assert_eq!(
+            all.temperature,
+            Some(0.7),
+            "generation_config beats R1's 0.6"
+        );
         assert_eq!(all.top_k, Some(20));
         assert_eq!(all.min_p, None);
         let r1_only = GenerationDefaults::default().or(r1);
-        assert_eq!((r1_only.temperature, r1_only.top_p), (Some(0.6), Some(0.95)));
+        assert_eq!(
+            (r1_only.temperature, r1_only.top_p),
+            (Some(0.6), Some(0.95))
+        );
         assert_eq!(temp(0.0).or(temp(0.6)).temperature, Some(0.0));
     }
 
     #[test]
     fn only_r1_templates_get_r1_defaults() {
         let qwen = "<|im_start|>assistant\n<think>\n";
-        assert_eq!(GenerationDefaults::for_template(Some(qwen)), Default::default());
+        assert_eq!(
+            GenerationDefaults::for_template(Some(qwen)),
+            Default::default()
+        );
         assert_eq!(GenerationDefaults::for_template(None), Default::default());
         let r1 = "{{'<｜Assistant｜>' + content.split('</think>')[-1]}}";
         assert_eq!(GenerationDefaults::for_template(Some(r1)), R1_DEFAULTS);

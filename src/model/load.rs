@@ -2,9 +2,9 @@
 //! configuration, build the tokenizer, and pick up generation defaults
 //! (`generation_config.json`: EOS ids and sampling defaults).
 
+use super::generation_config::GenerationDefaults;
 use super::interface::Model;
 use super::source::{resolve, ResolvedSource};
-use super::generation_config::GenerationDefaults;
 use super::weights::WeightSource;
 use super::{build, open_weights};
 use crate::tokenizer::Tokenizer;

@@ -178,9 +178,14 @@ fn final_content_end(
     let last = messages.as_array().and_then(|m| m.last());
     let texts_in_last = CONTENT_FIELDS
         .iter()
-        .filter(|field| last.and_then(|m| m.get(**field)).is_some_and(Value::is_string))
+        .filter(|field| {
+            last.and_then(|m| m.get(**field))
+                .is_some_and(Value::is_string)
+        })
         .count();
-    let has_content = last.and_then(|m| m.get("content")).is_some_and(Value::is_string);
+    let has_content = last
+        .and_then(|m| m.get("content"))
+        .is_some_and(Value::is_string);
     // `content` is numbered first among a message's texts.
     let k = count - texts_in_last;
     match refs.iter().rposition(|&r| r == k) {

@@ -595,7 +595,6 @@ pub struct GenerationParams {
     pub prompt_logprobs: Option<u32>,
 }
 
-
 /// A checked chat request.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ValidatedChat {
@@ -805,7 +804,10 @@ impl SamplingFields {
             )
             .with_code("unsupported_parameter"));
         }
-        if !matches!(self.store, None | Some(Value::Null) | Some(Value::Bool(false))) {
+        if !matches!(
+            self.store,
+            None | Some(Value::Null) | Some(Value::Bool(false))
+        ) {
             return Err(ApiError::bad_request(
                 "store",
                 "'store' is not supported: this server stores no completions",
@@ -994,7 +996,11 @@ impl ChatCompletionRequest {
         let params = self
             .sampling
             .validate(max_tokens, logprobs.then(|| top_logprobs.unwrap_or(0)))?;
-        let ending = self.ending(&messages)?;
+        let ending = chat_ending(
+            self.add_generation_prompt,
+            self.continue_final_message,
+            &messages,
+        )?;
         let echo = match messages.last() {
             Some(last) if self.echo == Some(true) && last.role == Role::Assistant => {
                 Some(last.content.clone().unwrap_or_default())
@@ -1010,28 +1016,33 @@ impl ChatCompletionRequest {
             echo,
         })
     }
+}
 
-    /// Checks `add_generation_prompt` and `continue_final_message` together,
-    /// as vLLM does: both true is a contradiction, and only an assistant
-    /// message can be continued.
-    fn ending(&self, messages: &[TextMessage]) -> Result<ChatEnding, ApiError> {
-        match (self.add_generation_prompt, self.continue_final_message) {
-            (Some(true), Some(true)) => Err(ApiError::bad_request(
-                "continue_final_message",
-                "'continue_final_message' and 'add_generation_prompt' cannot both be true",
-            )),
-            (_, Some(true)) => {
-                if messages.last().map(|m| m.role) != Some(Role::Assistant) {
-                    return Err(ApiError::bad_request(
-                        "continue_final_message",
-                        "'continue_final_message' needs the final message to be the assistant's",
-                    ));
-                }
-                Ok(ChatEnding::ContinueFinal)
+/// Checks `add_generation_prompt` (default true) and
+/// `continue_final_message` (default false) together, as vLLM does: both
+/// set true is a contradiction, and only an assistant message can be
+/// continued.
+pub fn chat_ending(
+    add_generation_prompt: Option<bool>,
+    continue_final_message: Option<bool>,
+    messages: &[TextMessage],
+) -> Result<ChatEnding, ApiError> {
+    match (add_generation_prompt, continue_final_message) {
+        (Some(true), Some(true)) => Err(ApiError::bad_request(
+            "continue_final_message",
+            "'continue_final_message' and 'add_generation_prompt' cannot both be true",
+        )),
+        (_, Some(true)) => {
+            if messages.last().map(|m| m.role) != Some(Role::Assistant) {
+                return Err(ApiError::bad_request(
+                    "continue_final_message",
+                    "'continue_final_message' needs the final message to be the assistant's",
+                ));
             }
-            (Some(false), _) => Ok(ChatEnding::Closed),
-            _ => Ok(ChatEnding::GenerationPrompt),
+            Ok(ChatEnding::ContinueFinal)
         }
+        (Some(false), _) => Ok(ChatEnding::Closed),
+        _ => Ok(ChatEnding::GenerationPrompt),
     }
 }
 

@@ -464,7 +464,10 @@ fn stop_reason_is_a_token_id_or_a_string_as_vllm_writes_it() {
     };
     let json = |reason| serde_json::to_value(choice(reason)).unwrap()["stop_reason"].clone();
     assert_eq!(json(StopReason::Token(151643)), serde_json::json!(151643));
-    assert_eq!(json(StopReason::Text("END".into())), serde_json::json!("END"));
+    assert_eq!(
+        json(StopReason::Text("END".into())),
+        serde_json::json!("END")
+    );
 }
 
 #[test]
@@ -619,7 +622,7 @@ fn tokenize_shapes() {
     let TokenizeRequest::Chat(chat) = chat else {
         panic!("expected the chat shape");
     };
-    assert!(!chat.add_generation_prompt && !chat.add_special_tokens);
+    assert!(chat.add_generation_prompt == Some(false) && !chat.add_special_tokens);
     assert!(serde_json::from_str::<TokenizeRequest>(r#"{"tokens":[1]}"#).is_err());
     assert_wire(
         &TokenizeResponse {
@@ -865,12 +868,19 @@ fn chat_endings_and_echo_follow_vllm() {
         json!({"messages": assistant, "continue_final_message": true, "add_generation_prompt": true}),
         "continue_final_message",
     );
-    assert_rejected(json!({"continue_final_message": true}), "continue_final_message");
+    assert_rejected(
+        json!({"continue_final_message": true}),
+        "continue_final_message",
+    );
     let echo = |extra: Value| chat_with(extra).validate().unwrap().echo;
     assert_eq!(
         echo(json!({"messages": assistant, "echo": true})).as_deref(),
         Some("Hello, I")
     );
     assert_eq!(echo(json!({"messages": assistant})), None);
-    assert_eq!(echo(json!({"echo": true})), None, "the last message is the user's");
+    assert_eq!(
+        echo(json!({"echo": true})),
+        None,
+        "the last message is the user's"
+    );
 }
