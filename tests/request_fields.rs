@@ -263,7 +263,6 @@ async fn chat_echo(server: &Server) {
     let echoed = server
         .post_ok("/v1/chat/completions", &with(&body, json!({"echo": true})))
         .await;
-    assert!(!content(&plain).starts_with("Zebra quokka:"), "{plain}");
     assert_eq!(
         content(&echoed),
         format!("Zebra quokka:{}", content(&plain))
@@ -285,11 +284,13 @@ async fn chat_echo(server: &Server) {
 
 /// Tolerance between the logprob a prompt row gives and the one a
 /// generation step gives for the same position. Both are log-softmax of
-/// the same model's logits for the same context, but computed in
-/// differently shaped batches (a 64-row prefill chunk against a prefill
-/// ending at that position), whose f32 sums run in different orders:
-/// logits of magnitude ~30 agree to a few 1e-5 relative, so logprobs (a
-/// logit minus a log-sum-exp) to ~1e-3; 1e-2 leaves a margin.
+/// the same model's logits for the same context, computed in differently
+/// shaped batches (a 64-row prefill chunk against a prefill ending at that
+/// position). On AVX2 the kernels are batch-invariant and the two agree bit
+/// for bit (measured: difference 0 at every checked position); kernels that
+/// block rows differently sum in another order, leaving f32 rounding of a
+/// few 1e-5 relative on logits of magnitude ~30, so ~1e-3 on a logprob (a
+/// logit minus a log-sum-exp); 1e-2 leaves a margin.
 const ROW_TOLERANCE: f64 = 1e-2;
 
 async fn prompt_logprobs(server: &Server) {
@@ -329,7 +330,7 @@ async fn prompt_logprobs(server: &Server) {
     }
     // Each prompt row against a generation step over the prompt cut there:
     // the greedy token is the row's rank-1 token, with the same logprob.
-    for i in [5, 40, 70, prompt_ids.len() - 2] {
+    for i in [5, 40, 63, 64, prompt_ids.len() - 2] {
         let step = server
             .post_ok(
                 "/v1/completions",
