@@ -4,18 +4,18 @@
 //!
 //! Only the first sample of a request collects them, during its prefill: its
 //! model rows are all kept for that, which costs a `vocab`-sized row per
-//! prompt token, so its prefill chunks are capped at
-//! [`MAX_PROMPT_LOGIT_ROWS`] tokens; and it does not take prompt blocks from
-//! the prefix cache, whose positions would have no logits (vLLM does the
-//! same).
+//! prompt token, so the scheduler computes at most [`MAX_PROMPT_LOGIT_ROWS`]
+//! such tokens per step, all requests together; and it does not take prompt
+//! blocks from the prefix cache, whose positions would have no logits (vLLM
+//! does the same).
 
 use super::sampler::{log_softmax, top_n};
 use super::types::PromptLogprob;
 use crate::types::TokenId;
 
-/// Most prompt tokens per step of a sequence that collects prompt logprobs:
-/// bounds the logits a step returns to this many rows (64 rows of a
-/// 152k-token vocabulary are 39 MB).
+/// Most prompt tokens per step, all sequences together, whose logits are
+/// kept for prompt logprobs: bounds the extra logits a step returns to this
+/// many rows (64 rows of a 152k-token vocabulary are 39 MB).
 pub const MAX_PROMPT_LOGIT_ROWS: usize = 64;
 
 /// The entry of `token` under `logits`, with the `k` most likely tokens.

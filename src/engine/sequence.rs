@@ -108,13 +108,4 @@ impl Sequence {
     pub fn wants_prompt_logits(&self) -> bool {
         self.index == 0 && self.params.prompt_logprobs.is_some() && self.num_generated() == 0
     }
-
-    /// Most tokens this sequence may compute in one step.
-    pub fn max_chunk(&self) -> usize {
-        if self.wants_prompt_logits() {
-            super::prompt_logprobs::MAX_PROMPT_LOGIT_ROWS
-        } else {
-            usize::MAX
-        }
-    }
 }
