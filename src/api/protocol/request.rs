@@ -286,8 +286,9 @@ pub fn warn_unknown_fields(route: &str, unknown: &UnknownFields) {
         .keys()
         .take(MAX_LOGGED_FIELDS)
         .map(|name| {
+            // Quoted and escaped: the names come from the client.
             let name: String = name.chars().take(MAX_LOGGED_FIELD_CHARS).collect();
-            name.escape_debug().to_string()
+            format!("{name:?}")
         })
         .collect();
     if unknown.len() > MAX_LOGGED_FIELDS {
