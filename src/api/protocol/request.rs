@@ -325,6 +325,84 @@ pub struct UnsupportedChatFields {
     pub prediction: Option<Value>,
 }
 
+/// vLLM request parameters this server does not implement, on both
+/// generation routes. Recognized so that a client relying on one gets a 400
+/// naming it rather than an answer that silently lacks it; kept as raw JSON
+/// so values that ask for nothing (`false`, `null`, `[]`) pass.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct UnsupportedVllmFields {
+    /// Structured output: a JSON schema.
+    #[serde(default)]
+    pub guided_json: Option<Value>,
+    /// Structured output: a regular expression.
+    #[serde(default)]
+    pub guided_regex: Option<Value>,
+    /// Structured output: one of a list of strings.
+    #[serde(default)]
+    pub guided_choice: Option<Value>,
+    /// Structured output: a grammar.
+    #[serde(default)]
+    pub guided_grammar: Option<Value>,
+    /// Structured output, vLLM's newer spelling.
+    #[serde(default)]
+    pub structured_outputs: Option<Value>,
+    /// Beam search instead of sampling.
+    #[serde(default)]
+    pub use_beam_search: Option<Value>,
+    /// Word sequences never to generate.
+    #[serde(default)]
+    pub bad_words: Option<Value>,
+    /// The only tokens that may be generated.
+    #[serde(default)]
+    pub allowed_token_ids: Option<Value>,
+    /// Keep only the last this many prompt tokens.
+    #[serde(default)]
+    pub truncate_prompt_tokens: Option<Value>,
+    /// Write logprob tokens as `token_id:N`.
+    #[serde(default)]
+    pub return_tokens_as_token_ids: Option<Value>,
+    /// A chat template for this request only.
+    #[serde(default)]
+    pub chat_template: Option<Value>,
+    /// Named server-side logits processors.
+    #[serde(default)]
+    pub logits_processors: Option<Value>,
+    /// Documents for retrieval-augmented templates.
+    #[serde(default)]
+    pub documents: Option<Value>,
+}
+
+impl UnsupportedVllmFields {
+    /// The first parameter whose value asks for something.
+    pub fn first_used(&self) -> Option<&'static str> {
+        let present = |v: &Option<Value>| !matches!(v, None | Some(Value::Null));
+        let on = |v: &Option<Value>| !matches!(v, None | Some(Value::Null | Value::Bool(false)));
+        [
+            ("guided_json", present(&self.guided_json)),
+            ("guided_regex", present(&self.guided_regex)),
+            ("guided_choice", non_empty_list(&self.guided_choice)),
+            ("guided_grammar", present(&self.guided_grammar)),
+            ("structured_outputs", present(&self.structured_outputs)),
+            ("use_beam_search", on(&self.use_beam_search)),
+            ("bad_words", non_empty_list(&self.bad_words)),
+            ("allowed_token_ids", non_empty_list(&self.allowed_token_ids)),
+            (
+                "truncate_prompt_tokens",
+                present(&self.truncate_prompt_tokens),
+            ),
+            (
+                "return_tokens_as_token_ids",
+                on(&self.return_tokens_as_token_ids),
+            ),
+            ("chat_template", present(&self.chat_template)),
+            ("logits_processors", non_empty_list(&self.logits_processors)),
+            ("documents", non_empty_list(&self.documents)),
+        ]
+        .into_iter()
+        .find_map(|(name, used)| used.then_some(name))
+    }
+}
+
 /// Whether a list-valued feature parameter asks for something: absent,
 /// `null` and `[]` do not.
 fn non_empty_list(value: &Option<Value>) -> bool {
@@ -486,6 +564,9 @@ pub struct ChatCompletionRequest {
     /// Unimplemented OpenAI parameters.
     #[serde(flatten)]
     pub unsupported: UnsupportedChatFields,
+    /// Unimplemented vLLM parameters.
+    #[serde(flatten)]
+    pub unsupported_vllm: UnsupportedVllmFields,
     /// Fields nothing above recognizes; must stay the last flattened field.
     #[serde(flatten)]
     pub unknown: UnknownFields,
@@ -528,6 +609,9 @@ pub struct CompletionRequest {
     /// Server-side best-of; only `best_of == n` is supported.
     #[serde(default)]
     pub best_of: Option<i64>,
+    /// Unimplemented vLLM parameters.
+    #[serde(flatten)]
+    pub unsupported_vllm: UnsupportedVllmFields,
     /// Fields nothing above recognizes; must stay the last flattened field.
     #[serde(flatten)]
     pub unknown: UnknownFields,
@@ -968,7 +1052,11 @@ impl ChatCompletionRequest {
     /// Checks the whole request: unsupported parameters, messages and
     /// generation parameters.
     pub fn validate(&self) -> Result<ValidatedChat, ApiError> {
-        if let Some(param) = self.unsupported.first_used() {
+        if let Some(param) = self
+            .unsupported
+            .first_used()
+            .or_else(|| self.unsupported_vllm.first_used())
+        {
             return Err(ApiError::unsupported_param(param));
         }
         validate_template_kwargs(self.chat_template_kwargs.as_ref())?;
@@ -1079,6 +1167,9 @@ impl CompletionRequest {
         }
         if self.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
             return Err(ApiError::unsupported_param("suffix"));
+        }
+        if let Some(param) = self.unsupported_vllm.first_used() {
+            return Err(ApiError::unsupported_param(param));
         }
         let logprobs = self
             .logprobs

@@ -884,3 +884,40 @@ fn chat_endings_and_echo_follow_vllm() {
         "the last message is the user's"
     );
 }
+
+#[test]
+fn unimplemented_vllm_parameters_are_named_unless_they_ask_for_nothing() {
+    for (extra, param) in [
+        (json!({"guided_json": {"type": "object"}}), "guided_json"),
+        (json!({"guided_choice": ["a", "b"]}), "guided_choice"),
+        (
+            json!({"structured_outputs": {"regex": "a+"}}),
+            "structured_outputs",
+        ),
+        (json!({"use_beam_search": true}), "use_beam_search"),
+        (json!({"allowed_token_ids": [1, 2]}), "allowed_token_ids"),
+        (
+            json!({"truncate_prompt_tokens": 10}),
+            "truncate_prompt_tokens",
+        ),
+        (json!({"chat_template": "{{ messages }}"}), "chat_template"),
+    ] {
+        let error = chat_error(extra.clone());
+        assert_eq!(error.param.as_deref(), Some(param), "{extra}");
+        assert_eq!(error.code.as_deref(), Some("unsupported_parameter"));
+        let error = completion_with(extra.clone()).validate().unwrap_err();
+        assert_eq!(error.param.as_deref(), Some(param), "{extra}");
+    }
+    for nothing in [
+        json!({"use_beam_search": false, "bad_words": [], "guided_json": null}),
+        json!({"return_tokens_as_token_ids": false, "documents": []}),
+    ] {
+        let chat = chat_with(nothing.clone());
+        assert!(chat.unknown.is_empty(), "{nothing}: recognized");
+        assert!(chat.validate().is_ok(), "{nothing}");
+        assert!(
+            completion_with(nothing.clone()).validate().is_ok(),
+            "{nothing}"
+        );
+    }
+}
