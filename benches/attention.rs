@@ -230,6 +230,7 @@ fn step_time(model: &mut Decoder<Cpu>, ctx: usize, batch: usize, dtype: KvDtype)
             ctx_len: ctx + 1,
             block_table: table,
             want_logits: true,
+            all_logits: false,
         });
     }
     let fb = ForwardBatch {

@@ -35,6 +35,7 @@ fn ours(model: &mut dyn Model, tokens: &[u32]) -> (f64, f64) {
                 ctx_len,
                 block_table: table.clone(),
                 want_logits: true,
+                all_logits: false,
             }],
             tokens: toks,
         };

@@ -45,7 +45,7 @@ pub async fn run(opts: GenerateOptions) -> Result<()> {
         let messages = serde_json::json!([{"role": "user", "content": opts.prompt}]);
         let input = crate::tokenizer::ChatInput {
             messages: &messages,
-            add_generation_prompt: true,
+            ending: crate::tokenizer::ChatEnding::GenerationPrompt,
             tools: None,
             extra: &serde_json::Map::new(),
         };
@@ -56,9 +56,9 @@ pub async fn run(opts: GenerateOptions) -> Result<()> {
     let params = SamplingParams {
         temperature: opts
             .temperature
-            .or(model.default_temperature)
+            .or(model.generation_config.temperature)
             .unwrap_or(0.0),
-        top_p: opts.top_p.or(model.default_top_p).unwrap_or(1.0),
+        top_p: opts.top_p.or(model.generation_config.top_p).unwrap_or(1.0),
         seed: opts.seed,
         max_tokens: opts.max_tokens,
         ..Default::default()

@@ -21,6 +21,7 @@ use r1serve::engine::reasoning_control::{LoopGuardMode, ReasoningConfig, DEFAULT
 use r1serve::engine::{Engine, EngineConfig};
 use r1serve::kv_cache::storage::KvDtype;
 use r1serve::metrics::Metrics;
+use r1serve::model::generation_config::GenerationDefaults;
 use r1serve::model::load::{load, LoadOptions};
 use r1serve::reasoning::{ReasoningParser, THINK_END, THINK_START};
 use r1serve::tokenizer::ChatTemplate;
@@ -166,6 +167,11 @@ struct ServeArgs {
     /// models whose own template has no tool block.
     #[arg(long, value_name = "FILE")]
     tool_call_template: Option<PathBuf>,
+    /// Sampling defaults replacing the model's own, as a JSON object, e.g.
+    /// '{"temperature": 0.5, "top_p": 0.9}' (keys: temperature, top_p,
+    /// top_k, min_p, repetition_penalty). A request's own values win.
+    #[arg(long, value_name = "JSON", value_parser = parse_generation_config)]
+    override_generation_config: Option<GenerationDefaults>,
     /// Requests allowed to wait for admission before new ones get 503.
     #[arg(long, default_value_t = 256)]
     max_waiting_requests: usize,
@@ -287,6 +293,11 @@ fn parse_bytes(text: &str) -> Result<u64, String> {
     } else {
         Err(format!("size '{text}' is out of range"))
     }
+}
+
+/// Parses `--override-generation-config`.
+fn parse_generation_config(json: &str) -> Result<GenerationDefaults, String> {
+    GenerationDefaults::from_override(json).map_err(|e| format!("{e:#}"))
 }
 
 fn main() -> Result<()> {
@@ -435,13 +446,18 @@ fn load_model(args: &ServeArgs) -> Result<ServedModel> {
         },
     )?;
     tracing::info!(reasoning_parser = %reasoning, tool_call_parser = %tool_parser, "engine started");
+    let defaults = args
+        .override_generation_config
+        .unwrap_or_default()
+        .or(loaded.generation_config)
+        .or(GenerationDefaults::for_template(template_source.as_deref()));
+    tracing::info!("sampling defaults for requests that set none: {defaults}");
     Ok(ServedModel {
         max_model_len: engine.max_model_len(),
         engine: Arc::new(engine),
         codec: Arc::new(TokenizerCodec::new(tokenizer, template, tool_template)),
         name: args.served_model_name.clone().unwrap_or(loaded.name),
-        default_temperature: loaded.default_temperature,
-        default_top_p: loaded.default_top_p,
+        defaults,
         reasoning,
         reasoning_field: args.reasoning_field,
         tool_parser,
@@ -524,6 +540,31 @@ mod tests {
         assert_eq!(args.max_connections, 512);
         assert_eq!(args.header_timeout, 60);
         assert_eq!(args.body_timeout, 60);
+        assert!(args.override_generation_config.is_none());
+    }
+
+    #[test]
+    fn override_generation_config_is_parsed_at_startup() {
+        let parse = |json: &str| {
+            Cli::try_parse_from([
+                "r1serve",
+                "serve",
+                "--model",
+                "m.gguf",
+                "--override-generation-config",
+                json,
+            ])
+        };
+        let Command::Serve(args) = parse(r#"{"temperature": 0.5, "top_p": 0.9}"#)
+            .unwrap()
+            .command
+        else {
+            panic!("parsed as another command");
+        };
+        let flag = args.override_generation_config.unwrap();
+        assert_eq!((flag.temperature, flag.top_p), (Some(0.5), Some(0.9)));
+        assert!(parse(r#"{"temperature": 5}"#).is_err());
+        assert!(parse(r#"{"seed": 1}"#).is_err());
     }
 
     #[test]

@@ -31,7 +31,7 @@ fn hf_dir() -> PathBuf {
 fn safetensors_qwen2_matches_candle_transformers_qwen2() {
     let dir = hf_dir();
     let mut m = load(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
-    assert_eq!(m.default_temperature, Some(0.7));
+    assert_eq!(m.generation_config.temperature, Some(0.7));
     assert!(m.tokenizer.eos_ids().contains(&151643));
     let prompts = common::chat_prompts(&common::qwen05());
     let cfg: candle_transformers::models::qwen2::Config =

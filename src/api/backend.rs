@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 
 use crate::engine::types::{EngineError, EngineRequest, EngineStats, RequestOutput};
 use crate::engine::EngineHandle;
-use crate::tokenizer::{ChatInput, ChatPrompt, ChatTemplate, Tokenizer};
+use crate::tokenizer::{ChatEnding, ChatInput, ChatPrompt, ChatTemplate, Tokenizer};
 use crate::types::TokenId;
 
 /// A request's outputs as they are produced. Dropping it aborts the request
@@ -51,16 +51,17 @@ pub trait PromptCodec: Send + Sync + 'static {
     /// tokenized. `None` when no bound holds (a normalizer that may shrink
     /// the text, an unknown token that may swallow a whole word).
     fn max_token_bytes(&self) -> Option<usize>;
-    /// Renders a conversation (a JSON array of messages) with the chat
-    /// template, with `tools` (a JSON array of tool definitions) when the
-    /// model may call them, and tokenizes it: message text as plain text,
+    /// Renders a conversation (a JSON array of messages), ending as
+    /// `ending` says, with the chat template, with `tools` (a JSON array of
+    /// tool definitions) when the model may call them, and tokenizes it:
+    /// message text as plain text,
     /// only the template's markup as special tokens. A rendering longer than
     /// `max_bytes` fails with [`crate::tokenizer::PromptTooLong`] before it
     /// is tokenized.
     fn encode_chat(
         &self,
         messages: &Value,
-        add_generation_prompt: bool,
+        ending: ChatEnding,
         tools: Option<&Value>,
         extra: &Map<String, Value>,
         add_special_tokens: bool,
@@ -164,7 +165,7 @@ impl PromptCodec for TokenizerCodec {
     fn encode_chat(
         &self,
         messages: &Value,
-        add_generation_prompt: bool,
+        ending: ChatEnding,
         tools: Option<&Value>,
         extra: &Map<String, Value>,
         add_special_tokens: bool,
@@ -178,7 +179,7 @@ impl PromptCodec for TokenizerCodec {
         })?;
         let input = ChatInput {
             messages,
-            add_generation_prompt,
+            ending,
             tools,
             extra,
         };

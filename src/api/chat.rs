@@ -17,10 +17,12 @@ use super::error::{ApiError, Json};
 use super::generation::{
     encode_chat_prompt, reasoning_params, sampling_params, token_text, ChoiceUpdate, Generation,
 };
+use super::prompt_logprobs;
 use super::protocol::{
-    chat_completion_id, unix_timestamp, AssistantMessage, ChatChoice, ChatCompletionChunk,
-    ChatCompletionRequest, ChatCompletionResponse, ChatLogprobs, ChatTokenLogprob, ChunkChoice,
-    Delta, DeltaToolCall, FunctionCall, ReasoningField, Role, ToolCall, ToolChoice, TopLogprob,
+    chat_completion_id, unix_timestamp, warn_unknown_fields, AssistantMessage, ChatChoice,
+    ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, ChatLogprobs,
+    ChatTokenLogprob, ChunkChoice, Delta, DeltaToolCall, FunctionCall, ReasoningField, Role,
+    ToolCall, ToolChoice, TopLogprob,
 };
 use super::sse::{done_event, error_event, json_event, sse_response};
 use super::state::{AppState, ServedModel};
@@ -37,6 +39,7 @@ pub async fn chat_completions(
     let model = state.model()?;
     model.check_name(request.model.as_deref())?;
     let chat = request.validate()?;
+    warn_unknown_fields("/v1/chat/completions", &request.unknown);
     let messages = serde_json::to_value(&chat.messages).map_err(ApiError::internal)?;
     // With `tool_choice: "none"` the model is not shown the tools, as vLLM
     // does by default, and its output is not parsed for calls.
@@ -52,13 +55,14 @@ pub async fn chat_completions(
     let kwargs = request.chat_template_kwargs.unwrap_or_default();
     let codec = Arc::clone(&model.codec);
     let max_model_len = model.max_model_len;
+    let ending = chat.ending;
     let (prompt, prompt_ids) = state
         .tokenizer_work(move || {
             // The template writes BOS and every special token itself.
             let chat = encode_chat_prompt(
                 codec.as_ref(),
                 &messages,
-                true,
+                ending,
                 definitions.as_ref(),
                 &kwargs,
                 false,
@@ -78,6 +82,7 @@ pub async fn chat_completions(
         reasoning_field: chat.reasoning_field.unwrap_or(model.reasoning_field),
         model,
         include_reasoning: chat.include_reasoning,
+        echo: chat.echo,
         logprobs: chat.params.logprobs.is_some(),
         include_usage: chat.params.include_usage,
     };
@@ -98,6 +103,8 @@ struct Reply {
     model: Arc<ServedModel>,
     include_reasoning: bool,
     reasoning_field: ReasoningField,
+    /// Text every choice's answer starts with (chat `echo`).
+    echo: Option<String>,
     logprobs: bool,
     include_usage: bool,
 }
@@ -123,9 +130,10 @@ impl Reply {
 
     async fn collect(self, mut generation: Generation, n: u32) -> Result<Response, ApiError> {
         let mut reasoning = vec![String::new(); n as usize];
-        let mut content = vec![String::new(); n as usize];
+        let mut content = vec![self.echo.clone().unwrap_or_default(); n as usize];
         let mut logprobs = vec![Vec::new(); n as usize];
         let mut finish = vec![None; n as usize];
+        let mut stop_reasons = vec![None; n as usize];
         let mut calls = vec![Vec::new(); n as usize];
         let mut ends = vec![None; n as usize];
         while let Some(updates) = generation.next().await {
@@ -134,17 +142,19 @@ impl Reply {
                 if let (Some(end), Some(slot)) = (update.reasoning_end, ends.get_mut(i)) {
                     *slot = Some(end);
                 }
-                if let (Some(r), Some(c), Some(l), Some(f), Some(t)) = (
+                if let (Some(r), Some(c), Some(l), Some(f), Some(t), Some(s)) = (
                     reasoning.get_mut(i),
                     content.get_mut(i),
                     logprobs.get_mut(i),
                     finish.get_mut(i),
                     calls.get_mut(i),
+                    stop_reasons.get_mut(i),
                 ) {
                     r.push_str(&update.reasoning);
                     c.push_str(&update.content);
                     l.extend(update.logprobs);
                     *f = update.finish_reason;
+                    *s = update.stop_reason;
                     merge_tool_calls(t, update.tool_calls);
                 }
             }
@@ -157,8 +167,9 @@ impl Reply {
                     role: Role::Assistant,
                     // A reply that is only tool calls has no content, as
                     // OpenAI's.
-                    content: (!generation.in_reasoning(i)
-                        && (!content[i].is_empty() || calls[i].is_empty()))
+                    content: (self.echo.is_some()
+                        || !generation.in_reasoning(i)
+                            && (!content[i].is_empty() || calls[i].is_empty()))
                     .then(|| std::mem::take(&mut content[i])),
                     reasoning_content: reasoning[i].0.take(),
                     reasoning: reasoning[i].1.take(),
@@ -167,15 +178,19 @@ impl Reply {
                 logprobs: self.logprobs(&logprobs[i]),
                 finish_reason: finish[i],
                 reasoning_end: ends[i],
+                stop_reason: stop_reasons[i].take(),
             })
             .collect();
-        let response = ChatCompletionResponse::new(
+        let mut response = ChatCompletionResponse::new(
             self.id,
             self.created,
             self.model.name.clone(),
             choices,
             generation.usage(),
         );
+        response.prompt_logprobs = generation
+            .take_prompt_logprobs()
+            .map(|entries| prompt_logprobs::wire(self.model.codec.as_ref(), &entries));
         Ok(Json(response).into_response())
     }
 
@@ -213,6 +228,7 @@ impl Reply {
                 delta,
                 finish_reason: update.finish_reason,
                 reasoning_end: update.reasoning_end,
+                stop_reason: update.stop_reason,
             })
         })
     }
@@ -231,8 +247,25 @@ impl Reply {
                     logprobs: None,
                     finish_reason: None,
                     reasoning_end: None,
+                    stop_reason: None,
                 }))
             })
+            .chain(self.echo.iter().flat_map(|echo| {
+                // vLLM sends the echoed text as each choice's first content.
+                (0..n).map(|index| {
+                    frame(&self.chunk(ChunkChoice {
+                        index,
+                        delta: Delta {
+                            content: Some(echo.clone()),
+                            ..Delta::default()
+                        },
+                        logprobs: None,
+                        finish_reason: None,
+                        reasoning_end: None,
+                        stop_reason: None,
+                    }))
+                })
+            }))
             .collect();
         // The generation lives in the stream state, so when axum drops the
         // body of a disconnected client the engine request goes with it.

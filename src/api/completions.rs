@@ -12,9 +12,10 @@ use futures::stream::{self, StreamExt};
 use super::backend::PromptCodec;
 use super::error::{ApiError, Json};
 use super::generation::{encode_prompt, sampling_params, token_text, ChoiceUpdate, Generation};
+use super::prompt_logprobs;
 use super::protocol::{
-    completion_id, unix_timestamp, CompletionChoice, CompletionChunk, CompletionLogprobs,
-    CompletionRequest, CompletionResponse, Prompt, TopLogprobMap,
+    completion_id, unix_timestamp, warn_unknown_fields, CompletionChoice, CompletionChunk,
+    CompletionLogprobs, CompletionRequest, CompletionResponse, Prompt, TopLogprobMap,
 };
 use super::sse::{done_event, error_event, json_event, sse_response};
 use super::state::{AppState, ServedModel};
@@ -33,6 +34,7 @@ pub async fn completions(
     let model = state.model()?;
     model.check_name(request.model.as_deref())?;
     let completion = request.validate()?;
+    warn_unknown_fields("/v1/completions", &request.unknown);
     if completion.echo && completion.params.logprobs.is_some() {
         // Echoed prompt tokens would need prompt logprobs, which the engine
         // does not compute.
@@ -150,7 +152,9 @@ impl Reply {
                 index,
                 text: echo.clone(),
                 logprobs: self.logprobs.then(CompletionLogprobs::default),
+                prompt_logprobs: None,
                 finish_reason: None,
+                stop_reason: None,
             })
             .collect();
         while let Some(updates) = generation.next().await {
@@ -161,12 +165,19 @@ impl Reply {
                 };
                 choice.text.push_str(&update.content);
                 choice.finish_reason = update.finish_reason;
+                choice.stop_reason = update.stop_reason;
                 if let (Some(all), Some(new)) = (choice.logprobs.as_mut(), logprobs) {
                     all.tokens.extend(new.tokens);
                     all.token_logprobs.extend(new.token_logprobs);
                     all.top_logprobs.extend(new.top_logprobs);
                     all.text_offset.extend(new.text_offset);
                 }
+            }
+        }
+        if let Some(entries) = generation.take_prompt_logprobs() {
+            let wire = prompt_logprobs::wire(self.model.codec.as_ref(), &entries);
+            for choice in &mut choices {
+                choice.prompt_logprobs = Some(wire.clone());
             }
         }
         let response = CompletionResponse::new(
@@ -201,7 +212,9 @@ impl Reply {
             index: update.index,
             text: update.content,
             logprobs,
+            prompt_logprobs: None,
             finish_reason: update.finish_reason,
+            stop_reason: update.stop_reason,
         }))
     }
 
@@ -213,7 +226,9 @@ impl Reply {
                         index,
                         text: prompt.clone(),
                         logprobs: None,
+                        prompt_logprobs: None,
                         finish_reason: None,
+                        stop_reason: None,
                     })
                 })
                 .collect(),

@@ -14,17 +14,17 @@ use super::backend::{OutputStream, PromptCodec};
 use super::error::{ApiError, ErrorKind};
 use super::protocol::{
     CompletionTokensDetails, DeltaFunction, DeltaToolCall, Effort, FinishReason, GenerationParams,
-    PromptTokensDetails, ThinkingRequest, Usage,
+    PromptTokensDetails, StopReason, ThinkingRequest, Usage,
 };
 use super::state::ServedModel;
 use crate::engine::stop::StopStrings;
 use crate::engine::types::{
-    EngineError, EngineRequest, FinishReason as EngineFinish, ReasoningParams, RequestUsage,
-    SampleOutput, SamplingParams, TokenLogprob,
+    EngineError, EngineRequest, FinishReason as EngineFinish, PromptLogprob, ReasoningParams,
+    RequestUsage, SampleOutput, SamplingParams, StopReason as EngineStopReason, TokenLogprob,
 };
 use crate::metrics::{Completion, RequestRecorder};
 use crate::reasoning::{ReasoningEnd, ReasoningParser};
-use crate::tokenizer::{ChatPrompt, PromptTooLong};
+use crate::tokenizer::{ChatEnding, ChatPrompt, PromptTooLong};
 use crate::tools::{call_id, ParsedText, ToolCallStream};
 use crate::types::TokenId;
 
@@ -64,15 +64,31 @@ pub fn sampling_params(
             format!("'logit_bias' token {id} is outside the vocabulary of {vocab} tokens"),
         ));
     }
+    if let Some(&id) = params
+        .stop_token_ids
+        .iter()
+        .find(|&&id| id as usize >= vocab)
+    {
+        return Err(ApiError::bad_request(
+            "stop_token_ids",
+            format!("'stop_token_ids' token {id} is outside the vocabulary of {vocab} tokens"),
+        ));
+    }
     Ok(SamplingParams {
         temperature: params
             .temperature
-            .or(model.default_temperature)
+            .or(model.defaults.temperature)
             .unwrap_or(1.0),
-        top_p: params.top_p.or(model.default_top_p).unwrap_or(1.0),
-        top_k: params.top_k.map_or(0, |k| k as usize),
-        min_p: params.min_p.unwrap_or(0.0),
-        repetition_penalty: params.repetition_penalty,
+        top_p: params.top_p.or(model.defaults.top_p).unwrap_or(1.0),
+        top_k: params
+            .top_k
+            .or(model.defaults.top_k)
+            .map_or(0, |k| k as usize),
+        min_p: params.min_p.or(model.defaults.min_p).unwrap_or(0.0),
+        repetition_penalty: params
+            .repetition_penalty
+            .or(model.defaults.repetition_penalty)
+            .unwrap_or(1.0),
         presence_penalty: params.presence_penalty,
         frequency_penalty: params.frequency_penalty,
         logit_bias: params.logit_bias.clone(),
@@ -81,11 +97,13 @@ pub fn sampling_params(
         max_tokens,
         min_tokens: params.min_tokens as usize,
         ignore_eos: params.ignore_eos,
-        stop_token_ids: Vec::new(),
+        stop_token_ids: params.stop_token_ids.clone(),
         stop: StopStrings::new(params.stop.clone())
             .map_err(|e| ApiError::bad_request("stop", e))?,
+        include_stop_str_in_output: params.include_stop_str_in_output,
+        prompt_logprobs: params.prompt_logprobs.map(|k| k as usize),
         n: params.n as usize,
-        skip_special_tokens: true,
+        skip_special_tokens: params.skip_special_tokens,
         reasoning: ReasoningParams::default(),
     })
 }
@@ -248,7 +266,7 @@ pub fn too_many_bytes(
 pub fn encode_chat_prompt(
     codec: &dyn PromptCodec,
     messages: &Value,
-    add_generation_prompt: bool,
+    ending: ChatEnding,
     tools: Option<&Value>,
     extra: &Map<String, Value>,
     add_special_tokens: bool,
@@ -256,14 +274,7 @@ pub fn encode_chat_prompt(
 ) -> Result<ChatPrompt, ApiError> {
     let limit = byte_limit(codec, max_model_len);
     codec
-        .encode_chat(
-            messages,
-            add_generation_prompt,
-            tools,
-            extra,
-            add_special_tokens,
-            limit,
-        )
+        .encode_chat(messages, ending, tools, extra, add_special_tokens, limit)
         .map_err(|e| match e.downcast_ref::<PromptTooLong>() {
             Some(long) => too_many_bytes(codec, long.bytes, max_model_len, "messages"),
             None => ApiError::bad_request("messages", format!("chat template error: {e}")),
@@ -288,6 +299,8 @@ pub struct ChoiceUpdate {
     pub finish_reason: Option<FinishReason>,
     /// How the choice's reasoning ended; set on its last update.
     pub reasoning_end: Option<ReasoningEnd>,
+    /// The stop token or string that ended the choice, on its last update.
+    pub stop_reason: Option<StopReason>,
 }
 
 /// Per-choice bookkeeping.
@@ -366,6 +379,10 @@ impl ChoiceState {
             logprobs: sample.logprobs,
             finish_reason,
             reasoning_end: sample.reasoning_end,
+            stop_reason: sample.stop_reason.map(|reason| match reason {
+                EngineStopReason::Token(id) => StopReason::Token(id),
+                EngineStopReason::Text(text) => StopReason::Text(text),
+            }),
         })
     }
 }
@@ -378,6 +395,7 @@ pub struct Generation {
     recorder: RequestRecorder,
     choices: Vec<ChoiceState>,
     usage: RequestUsage,
+    prompt_logprobs: Option<Vec<PromptLogprob>>,
     done: bool,
 }
 
@@ -413,6 +431,7 @@ impl Generation {
             recorder: RequestRecorder::new(model.name.as_str().into(), arrived),
             choices,
             usage: RequestUsage::default(),
+            prompt_logprobs: None,
             done: false,
         })
     }
@@ -433,6 +452,9 @@ impl Generation {
         let new_tokens = output.samples.iter().map(|s| s.token_ids.len()).sum();
         self.recorder.on_output(new_tokens);
         self.usage = output.usage;
+        if output.prompt_logprobs.is_some() {
+            self.prompt_logprobs = output.prompt_logprobs;
+        }
         let mut updates = Vec::with_capacity(output.samples.len());
         for sample in output.samples {
             let Some(choice) = self.choices.get_mut(sample.index) else {
@@ -490,6 +512,12 @@ impl Generation {
 
     fn reasoning_tokens(&self) -> usize {
         self.choices.iter().map(|c| c.reasoning_tokens).sum()
+    }
+
+    /// The prompt's logprobs, once the engine has sent them (requests
+    /// with `prompt_logprobs` only).
+    pub fn take_prompt_logprobs(&mut self) -> Option<Vec<PromptLogprob>> {
+        self.prompt_logprobs.take()
     }
 
     /// Token accounting so far, in OpenAI's shape.

@@ -10,6 +10,7 @@ pub mod error;
 pub mod generation;
 pub mod models;
 pub mod ops;
+pub mod prompt_logprobs;
 pub mod protocol;
 pub mod router;
 pub mod server;

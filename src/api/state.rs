@@ -14,6 +14,7 @@ use super::backend::{InferenceBackend, PromptCodec};
 use super::error::{ApiError, ErrorKind};
 use super::protocol::ReasoningField;
 use crate::metrics::Metrics;
+use crate::model::generation_config::GenerationDefaults;
 use crate::reasoning::ReasoningParser;
 use crate::tools::ToolCallParser;
 
@@ -27,11 +28,9 @@ pub struct ServedModel {
     pub name: String,
     /// Prompt plus completion limit in tokens.
     pub max_model_len: usize,
-    /// `temperature` when the client sends none (from
-    /// `generation_config.json`); 1.0 when the model has none.
-    pub default_temperature: Option<f32>,
-    /// `top_p` when the client sends none.
-    pub default_top_p: Option<f32>,
+    /// Sampling parameters for what the client leaves out, all sources but
+    /// the request already layered (see [`GenerationDefaults`]).
+    pub defaults: GenerationDefaults,
     /// How chat output is split into reasoning and content.
     pub reasoning: ReasoningParser,
     /// The name(s) chat responses carry the reasoning under, unless a

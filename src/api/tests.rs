@@ -74,7 +74,7 @@ impl PromptCodec for ByteCodec {
     fn encode_chat(
         &self,
         messages: &Value,
-        add_generation_prompt: bool,
+        ending: crate::tokenizer::ChatEnding,
         tools: Option<&Value>,
         _extra: &Map<String, Value>,
         add_special_tokens: bool,
@@ -91,7 +91,7 @@ impl PromptCodec for ByteCodec {
                 m["content"].as_str().unwrap_or("")
             ));
         }
-        if add_generation_prompt {
+        if ending == crate::tokenizer::ChatEnding::GenerationPrompt {
             out.push_str("<assistant>");
             out.push_str(self.generation_suffix);
         }
@@ -190,6 +190,7 @@ impl InferenceBackend for ScriptedEngine {
                         completion_tokens: (step + 1) * n,
                     },
                     finished: last,
+                    prompt_logprobs: None,
                 }
             })
             .collect();
@@ -287,8 +288,7 @@ fn harness(setup: Setup) -> Harness {
             codec: codec.clone(),
             name: "test-model".into(),
             max_model_len: 128,
-            default_temperature: Some(0.6),
-            default_top_p: Some(0.95),
+            defaults: crate::model::generation_config::R1_DEFAULTS,
             reasoning: setup.reasoning,
             reasoning_field: setup.reasoning_field,
             tool_parser: setup.tool_parser,

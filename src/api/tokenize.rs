@@ -8,8 +8,8 @@ use axum::extract::State;
 use super::error::{ApiError, Json};
 use super::generation::{encode_chat_prompt, encode_prompt};
 use super::protocol::{
-    text_messages, validate_template_kwargs, validate_tools, DetokenizeRequest, DetokenizeResponse,
-    TokenizeRequest, TokenizeResponse,
+    chat_ending, text_messages, validate_template_kwargs, validate_tools, DetokenizeRequest,
+    DetokenizeResponse, TokenizeRequest, TokenizeResponse,
 };
 use super::state::AppState;
 
@@ -25,8 +25,13 @@ pub async fn tokenize(
         TokenizeRequest::Chat(chat) => {
             model.check_name(chat.model.as_deref())?;
             validate_template_kwargs(chat.chat_template_kwargs.as_ref())?;
-            let messages =
-                serde_json::to_value(text_messages(&chat.messages)?).map_err(ApiError::internal)?;
+            let messages = text_messages(&chat.messages)?;
+            let ending = chat_ending(
+                chat.add_generation_prompt,
+                chat.continue_final_message,
+                &messages,
+            )?;
+            let messages = serde_json::to_value(messages).map_err(ApiError::internal)?;
             let tools = validate_tools(chat.tools.as_ref(), None, None)?
                 .map(|tools| serde_json::Value::Array(tools.definitions));
             let kwargs = chat.chat_template_kwargs.unwrap_or_default();
@@ -36,7 +41,7 @@ pub async fn tokenize(
                     encode_chat_prompt(
                         codec.as_ref(),
                         &messages,
-                        chat.add_generation_prompt,
+                        ending,
                         tools.as_ref(),
                         &kwargs,
                         chat.add_special_tokens,

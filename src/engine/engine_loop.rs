@@ -3,13 +3,14 @@
 //! matcher; this loop only wires them together.
 
 use super::logits::{LogitsContext, LogitsProcessor};
+use super::prompt_logprobs;
 use super::reasoning_control::{ReasoningConfig, ReasoningTokens};
 use super::sampler::{logprob_entry, sample};
 use super::scheduler::{Scheduler, SchedulerConfig};
 use super::sequence::{GenerationSetup, Sequence};
 use super::types::{
-    EngineRequest, EngineStats, FinishReason, RequestOutput, RequestUsage, SampleOutput,
-    SamplingParams,
+    EngineRequest, EngineStats, FinishReason, PromptLogprob, RequestOutput, RequestUsage,
+    SampleOutput, SamplingParams, StopReason,
 };
 use super::{Admission, Command, EngineHandle, PanicWatch, Shared};
 use crate::kv_cache::manager::KvCacheManager;
@@ -84,6 +85,8 @@ struct RequestState {
     remaining: usize,
     /// Prompt tokens already added to `EngineLoop::prompt_tokens`.
     prompt_counted: usize,
+    /// Prompt logprobs collected so far, when asked for and not yet sent.
+    prompt_logprobs: Option<Vec<PromptLogprob>>,
 }
 
 /// Starts engines.
@@ -270,7 +273,7 @@ impl EngineLoop {
     /// Applies a command; false means shut down.
     fn handle(&mut self, cmd: Command) -> bool {
         match cmd {
-            Command::Add(id, req, tx) => self.add(id, req, tx),
+            Command::Add(id, req, tx) => self.add(id, *req, tx),
             Command::Abort(id) => self.finish_request(id, FinishReason::Abort),
             Command::Shutdown => return false,
         }
@@ -310,6 +313,7 @@ impl EngineLoop {
                 admitted: false,
                 remaining: n,
                 prompt_counted: 0,
+                prompt_logprobs: params.prompt_logprobs.map(|_| Vec::new()),
             },
         );
     }
@@ -343,6 +347,7 @@ impl EngineLoop {
             samples,
             usage: req.usage,
             finished: true,
+            prompt_logprobs: None,
         });
     }
 
@@ -382,6 +387,7 @@ impl EngineLoop {
                 ctx_len: start + n,
                 block_table: self.kv.block_table(sid).to_vec(),
                 want_logits: start + n == seq.tokens.len(),
+                all_logits: seq.wants_prompt_logits(),
             });
         }
         self.steps += 1;
@@ -410,10 +416,28 @@ impl EngineLoop {
             };
             seq.num_computed += n;
             self.kv.commit(sid, &seq.tokens, seq.num_computed);
+            let mut rows: Vec<Vec<f32>> = Vec::new();
+            if bs.all_logits {
+                rows.extend(logits.by_ref().take(n));
+                let k = seq.params.prompt_logprobs.unwrap_or(0);
+                let prompt = &seq.tokens[..seq.prompt_len];
+                if let Some(entries) = self
+                    .requests
+                    .get_mut(&seq.request)
+                    .and_then(|r| r.prompt_logprobs.as_mut())
+                {
+                    prompt_logprobs::collect(entries, prompt, seq.num_computed - n, &rows, k);
+                }
+            }
             if !bs.want_logits {
                 continue;
             }
-            let Some(mut l) = logits.next() else {
+            let row = if bs.all_logits {
+                rows.pop()
+            } else {
+                logits.next()
+            };
+            let Some(mut l) = row else {
                 continue;
             };
             let out = sample_and_advance(seq, &mut l, &self.tokenizer, self.max_model_len);
@@ -432,10 +456,14 @@ impl EngineLoop {
             self.generation_tokens += sampled as u64;
             req.remaining -= samples.iter().filter(|s| s.finish_reason.is_some()).count();
             let finished = req.remaining == 0;
+            let prompt_len = req.usage.prompt_tokens;
             let _ = req.tx.send(RequestOutput {
                 samples,
                 usage: req.usage,
                 finished,
+                prompt_logprobs: req
+                    .prompt_logprobs
+                    .take_if(|entries| entries.len() + 1 >= prompt_len),
             });
             if finished {
                 self.requests.remove(&rid);
@@ -512,7 +540,14 @@ fn sample_and_advance(
     if ends_by_token {
         finish = Some(FinishReason::Stop);
         if params.stop_token_ids.contains(&token) {
-            stop_reason = Some(token.to_string());
+            stop_reason = Some(StopReason::Token(token));
+        }
+        if params.include_stop_str_in_output {
+            // The ending token's text is kept too, after any text held
+            // back for a stop string that can no longer complete.
+            text = seq.stop.flush();
+            text.push_str(&seq.detok.push(tokenizer, token).unwrap_or_default());
+            text.push_str(&seq.detok.flush(tokenizer).unwrap_or_default());
         }
     } else {
         let delta = seq.detok.push(tokenizer, token).unwrap_or_default();
@@ -520,7 +555,7 @@ fn sample_and_advance(
         text = emit;
         if hit.is_some() {
             finish = Some(FinishReason::Stop);
-            stop_reason = hit;
+            stop_reason = hit.map(StopReason::Text);
         }
     }
     let mut split = seq.reasoning.push(1, &text, forced);

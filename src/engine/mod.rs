@@ -6,6 +6,7 @@
 mod engine_loop;
 mod fault;
 pub mod logits;
+pub mod prompt_logprobs;
 pub mod reasoning_control;
 mod reopen_mask;
 pub mod sampler;
@@ -27,7 +28,7 @@ use types::{EngineError, EngineRequest, EngineStats, RequestOutput};
 
 /// Messages from handles to the engine thread.
 enum Command {
-    Add(RequestId, EngineRequest, UnboundedSender<RequestOutput>),
+    Add(RequestId, Box<EngineRequest>, UnboundedSender<RequestOutput>),
     Abort(RequestId),
     Shutdown,
 }
@@ -113,7 +114,7 @@ impl EngineHandle {
             .tx
             .lock()
             .map_err(|_| EngineError::Stopped)?
-            .send(Command::Add(id, req, tx));
+            .send(Command::Add(id, Box::new(req), tx));
         if sent.is_err() {
             self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
             return Err(match self.failure() {

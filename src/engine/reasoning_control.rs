@@ -138,7 +138,7 @@ impl ReasoningTokens {
                     .collect(),
             ),
             mode: config.loop_guard,
-            detector: config.loop_detector.clone(),
+            detector: config.loop_detector,
         })
     }
 
@@ -185,7 +185,7 @@ impl ReasoningControl {
         }
         // The settings were checked when `tokens` was built.
         let guard = (tokens.mode != LoopGuardMode::Off)
-            .then(|| LoopGuard::new(tokens.detector.clone()).ok())
+            .then(|| LoopGuard::new(tokens.detector).ok())
             .flatten();
         Some(Self {
             tokens: Arc::clone(tokens),

@@ -42,14 +42,17 @@ impl SamplerState {
     }
 }
 
-fn log_softmax(logits: &[f32]) -> Vec<f32> {
+/// Log-probabilities of `logits`.
+pub(super) fn log_softmax(logits: &[f32]) -> Vec<f32> {
     let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     let sum: f32 = logits.iter().map(|v| (v - max).exp()).sum();
     let lse = max + sum.ln();
     logits.iter().map(|v| v - lse).collect()
 }
 
-fn top_n(values: &[f32], n: usize) -> Vec<(TokenId, f32)> {
+/// The `n` largest values with their indices, largest first (lower index
+/// first on ties).
+pub(super) fn top_n(values: &[f32], n: usize) -> Vec<(TokenId, f32)> {
     let mut idx: Vec<usize> = (0..values.len()).collect();
     let n = n.min(values.len());
     if n == 0 {

@@ -21,6 +21,7 @@
 //! engine has idle slots; in exchange no request waits for another's samples
 //! to finish before it starts.
 
+use super::prompt_logprobs::MAX_PROMPT_LOGIT_ROWS;
 use super::sequence::{SeqStatus, Sequence};
 use crate::kv_cache::manager::KvCacheManager;
 use crate::types::{RequestId, SeqId};
@@ -119,6 +120,9 @@ impl Scheduler {
     pub fn schedule(&mut self, kv: &mut KvCacheManager) -> SchedulerOutput {
         let mut out = SchedulerOutput::default();
         let mut budget = self.config.max_num_batched_tokens;
+        // Prompt tokens whose logits are all kept (prompt logprobs), for the
+        // whole step: each costs a vocabulary-sized row of logits.
+        let mut logit_rows = MAX_PROMPT_LOGIT_ROWS;
 
         // Decodes first, so a long prefill never stalls running streams;
         // then prefill chunks of running sequences, in admission order.
@@ -132,7 +136,11 @@ impl Scheduler {
                 continue; // preempted earlier in this loop
             }
             let seq = &self.seqs[&id];
-            let n = seq.num_uncomputed().min(budget);
+            let rows = seq.wants_prompt_logits();
+            let n =
+                seq.num_uncomputed()
+                    .min(budget)
+                    .min(if rows { logit_rows } else { usize::MAX });
             if n == 0 {
                 continue;
             }
@@ -152,17 +160,26 @@ impl Scheduler {
             if ok {
                 out.scheduled.push((id, n));
                 budget -= n;
+                if rows {
+                    logit_rows -= n;
+                }
             }
         }
         // After a preemption nothing new is admitted this step: the pool is
         // short, and admitting would only thrash.
         if out.preempted.is_empty() {
-            self.admit(kv, &mut budget, &mut out);
+            self.admit(kv, &mut budget, &mut logit_rows, &mut out);
         }
         out
     }
 
-    fn admit(&mut self, kv: &mut KvCacheManager, budget: &mut usize, out: &mut SchedulerOutput) {
+    fn admit(
+        &mut self,
+        kv: &mut KvCacheManager,
+        budget: &mut usize,
+        logit_rows: &mut usize,
+        out: &mut SchedulerOutput,
+    ) {
         if self.waiting.is_empty() || self.running.len() >= self.config.max_num_seqs {
             return;
         }
@@ -199,9 +216,25 @@ impl Scheduler {
                     continue;
                 }
             }
-            let prefix = kv.cached_prefix(&seq.tokens);
+            // Cached positions would have no logits for prompt logprobs.
+            let rows = seq.wants_prompt_logits();
+            let prefix = if rows {
+                Vec::new()
+            } else {
+                kv.cached_prefix(&seq.tokens)
+            };
             let computed = prefix.len() * kv.block_size();
-            let n = (seq.tokens.len() - computed).min(*budget);
+            let n = (seq.tokens.len() - computed).min(*budget).min(if rows {
+                *logit_rows
+            } else {
+                usize::MAX
+            });
+            if n == 0 {
+                continue;
+            }
+            if rows {
+                *logit_rows -= n;
+            }
             if !kv.allocate(id, &prefix, computed + n) {
                 break;
             }
@@ -277,6 +310,51 @@ mod tests {
             assert!(total <= 64);
             run_step(&mut s, &mut kv, &o);
         }
+    }
+
+    #[test]
+    fn prompt_logprob_rows_are_bounded_per_step_and_skip_the_prefix_cache() {
+        let mut kv = KvCacheManager::new(100, 16, true);
+        let mut s = Scheduler::new(cfg(8, 2048));
+        let prompt: Vec<u32> = (0..100).collect();
+        let with_params = |id: u64, params: SamplingParams| {
+            Sequence::new(
+                SeqId(id),
+                RequestId(id),
+                0,
+                prompt.clone(),
+                Arc::new(params),
+                &Default::default(),
+            )
+        };
+        s.add(with_params(1, SamplingParams::default()));
+        let o = s.schedule(&mut kv);
+        run_step(&mut s, &mut kv, &o);
+        let logprobs = || SamplingParams {
+            prompt_logprobs: Some(1),
+            ..Default::default()
+        };
+        s.add(with_params(2, logprobs()));
+        s.add(with_params(3, logprobs()));
+        s.add(with_params(4, SamplingParams::default()));
+        let mut steps = 0;
+        while s.seqs[&SeqId(2)].num_generated() == 0 || s.seqs[&SeqId(3)].num_generated() == 0 {
+            let o = s.schedule(&mut kv);
+            let rows: usize = o
+                .scheduled
+                .iter()
+                .filter(|(id, _)| s.seqs[id].wants_prompt_logits())
+                .map(|x| x.1)
+                .sum();
+            assert!(rows <= MAX_PROMPT_LOGIT_ROWS, "{rows} rows in one step");
+            run_step(&mut s, &mut kv, &o);
+            steps += 1;
+        }
+        assert!(steps >= 200 / MAX_PROMPT_LOGIT_ROWS, "{steps} steps");
+        // Whole prompts computed, while the plain one took the cached blocks.
+        assert_eq!(s.seqs[&SeqId(2)].cached_prompt, Some(0));
+        assert_eq!(s.seqs[&SeqId(3)].cached_prompt, Some(0));
+        assert_eq!(s.seqs[&SeqId(4)].cached_prompt, Some(96));
     }
 
     #[test]

@@ -100,7 +100,8 @@ impl Sequence {
             wait_for: None,
             sampler: SamplerState::new(params.seed, index),
             detok: IncrementalDecoder::new(params.skip_special_tokens),
-            stop: StopChecker::new(params.stop.clone()),
+            stop: StopChecker::new(params.stop.clone())
+                .keeping_match(params.include_stop_str_in_output),
             processors: processors_for(&params, &stop_ids),
             control: setup
                 .reasoning
@@ -135,5 +136,12 @@ impl Sequence {
     /// Whether the prompt is still being computed.
     pub fn in_prefill(&self) -> bool {
         self.num_computed < self.prompt_len
+    }
+
+    /// Whether this sequence collects its request's prompt logprobs: the
+    /// first sample of a request that asked, until its first token (see
+    /// [`super::prompt_logprobs`]).
+    pub fn wants_prompt_logits(&self) -> bool {
+        self.index == 0 && self.params.prompt_logprobs.is_some() && self.num_generated() == 0
     }
 }

@@ -81,6 +81,9 @@ pub struct StopChecker {
     stops: StopStrings,
     state: Option<StateID>,
     held: String,
+    /// Whether the matched stop string stays in the output (vLLM's
+    /// `include_stop_str_in_output`).
+    keep_match: bool,
 }
 
 impl StopChecker {
@@ -96,6 +99,16 @@ impl StopChecker {
             stops,
             state,
             held: String::new(),
+            keep_match: false,
+        }
+    }
+
+    /// The same matcher, but a matched stop string is emitted as the end
+    /// of the text (what follows it is still dropped) when `keep` is set.
+    pub fn keeping_match(self, keep: bool) -> Self {
+        Self {
+            keep_match: keep,
+            ..self
         }
     }
 
@@ -118,8 +131,9 @@ impl StopChecker {
                     .unwrap_or_else(|| unreachable!("a match state has a pattern"));
                 // The stop string's bytes were all read since the last
                 // release: the held text is exactly the state's depth.
-                let start = offset + i + 1 - set.automaton.pattern_len(pid);
-                let out = self.held[..start].to_string();
+                let end = offset + i + 1;
+                let start = end - set.automaton.pattern_len(pid);
+                let out = self.held[..if self.keep_match { end } else { start }].to_string();
                 self.held.clear();
                 self.state = None;
                 return (out, Some(set.strings[pid.as_usize()].clone()));
@@ -174,6 +188,13 @@ mod tests {
         assert_eq!(c.push("hello E").0, "hello ");
         assert_eq!(c.push("N"), (String::new(), None));
         assert_eq!(c.push("D tail"), (String::new(), Some("END".into())));
+    }
+
+    #[test]
+    fn a_kept_match_ends_the_text_and_what_follows_is_dropped() {
+        let mut c = StopChecker::new(stops(&["END"])).keeping_match(true);
+        assert_eq!(c.push("hello E").0, "hello ");
+        assert_eq!(c.push("ND tail"), ("END".into(), Some("END".into())));
     }
 
     #[test]

@@ -38,9 +38,16 @@ pub struct SamplingParams {
     pub ignore_eos: bool,
     /// Extra token ids that end generation.
     pub stop_token_ids: Vec<TokenId>,
-    /// Strings that end generation; they are not part of the output. Not
-    /// looked for before `min_tokens` tokens exist.
+    /// Strings that end generation; they are not part of the output
+    /// unless `include_stop_str_in_output`. Not looked for before
+    /// `min_tokens` tokens exist.
     pub stop: StopStrings,
+    /// Keep a matched stop string, or the text of the stop token or EOS
+    /// that ended generation, at the end of the output.
+    pub include_stop_str_in_output: bool,
+    /// `Some(k)`: report the logprob of every prompt token after the first,
+    /// with `k` alternatives per position.
+    pub prompt_logprobs: Option<usize>,
     /// Parallel samples sharing the prompt.
     pub n: usize,
     /// Drop special tokens from the text.
@@ -83,6 +90,8 @@ impl Default for SamplingParams {
             ignore_eos: false,
             stop_token_ids: Vec::new(),
             stop: StopStrings::default(),
+            include_stop_str_in_output: false,
+            prompt_logprobs: None,
             n: 1,
             skip_special_tokens: true,
             reasoning: ReasoningParams::default(),
@@ -132,6 +141,19 @@ pub struct TokenLogprob {
     pub top: Vec<(TokenId, f32)>,
 }
 
+/// Log-probability of a prompt token given the tokens before it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PromptLogprob {
+    /// The prompt's token.
+    pub token: TokenId,
+    /// Its log-probability under the raw logits.
+    pub logprob: f32,
+    /// 1 plus the number of tokens that were more likely.
+    pub rank: usize,
+    /// The most likely tokens with theirs, best first.
+    pub top: Vec<(TokenId, f32)>,
+}
+
 /// One step's news for one sample of a request.
 #[derive(Clone, Debug)]
 pub struct SampleOutput {
@@ -155,7 +177,17 @@ pub struct SampleOutput {
     /// Set on the sample's last output.
     pub finish_reason: Option<FinishReason>,
     /// The stop string or token that ended it, if any.
-    pub stop_reason: Option<String>,
+    pub stop_reason: Option<StopReason>,
+}
+
+/// What ended a sample with [`FinishReason::Stop`], when it was not EOS
+/// (vLLM's `stop_reason`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// One of the request's `stop_token_ids`.
+    Token(TokenId),
+    /// One of the request's stop strings.
+    Text(String),
 }
 
 /// Token accounting of a request, sent with every output.
@@ -178,6 +210,9 @@ pub struct RequestOutput {
     pub usage: RequestUsage,
     /// True on the last item: every sample has finished.
     pub finished: bool,
+    /// When the request asked for them, the logprobs of its prompt tokens
+    /// after the first, once, with the first sampled tokens.
+    pub prompt_logprobs: Option<Vec<PromptLogprob>>,
 }
 
 /// Why the engine refused a request.

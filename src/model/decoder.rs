@@ -111,10 +111,12 @@ impl<B: Backend> Model for Decoder<B> {
                 ctx_len: s.ctx_len,
                 block_table: &s.block_table,
             });
-            q_start += s.num_tokens;
-            if s.want_logits {
-                last_rows.push(q_start - 1);
+            if s.all_logits {
+                last_rows.extend(q_start..q_start + s.num_tokens);
+            } else if s.want_logits {
+                last_rows.push(q_start + s.num_tokens - 1);
             }
+            q_start += s.num_tokens;
         }
         let tables = b.rope_tables(&self.rope.inv_freq, &positions)?;
         let shape = AttnShape {

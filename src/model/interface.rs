@@ -20,6 +20,9 @@ pub struct BatchSeq {
     pub block_table: Vec<BlockId>,
     /// Whether the logits of the last new token are wanted.
     pub want_logits: bool,
+    /// Whether the logits of every new token are wanted, in order (for
+    /// prompt logprobs); the last token's row is then among them.
+    pub all_logits: bool,
 }
 
 /// The input of one model step: several sequences of different lengths
@@ -64,6 +67,7 @@ pub trait Model: Send {
 
     /// Runs one step: writes the new tokens' keys and values into their
     /// blocks and returns the logits (`vocab_size` each) of every sequence
-    /// that asked for them, in batch order.
+    /// that asked for them, in batch order: one row per new token of a
+    /// sequence with `all_logits`, else one row when `want_logits`.
     fn forward(&mut self, batch: &ForwardBatch) -> Result<Vec<Vec<f32>>>;
 }

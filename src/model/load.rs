@@ -1,7 +1,8 @@
 //! From `--model` to a runnable model: resolve the source, read weights and
 //! configuration, build the tokenizer, and pick up generation defaults
-//! (`generation_config.json`: EOS ids, temperature, top_p).
+//! (`generation_config.json`: EOS ids and sampling defaults).
 
+use super::generation_config::GenerationDefaults;
 use super::interface::Model;
 use super::source::{resolve, ResolvedSource};
 use super::weights::WeightSource;
@@ -28,10 +29,9 @@ pub struct LoadedModel {
     pub name: String,
     /// The model's context length.
     pub max_model_len: usize,
-    /// Sampling temperature the checkpoint recommends.
-    pub default_temperature: Option<f32>,
-    /// Nucleus mass the checkpoint recommends.
-    pub default_top_p: Option<f32>,
+    /// Sampling defaults the checkpoint recommends
+    /// (`generation_config.json`).
+    pub generation_config: GenerationDefaults,
 }
 
 fn name_of(spec: &str) -> String {
@@ -56,8 +56,7 @@ pub fn load(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
         (ResolvedSource::HfDir(dir), _) => Tokenizer::from_hf_dir(dir)?,
         _ => anyhow::bail!("{spec}: weights and tokenizer source kinds disagree"),
     };
-    let mut default_temperature = None;
-    let mut default_top_p = None;
+    let mut generation_config = GenerationDefaults::default();
     if let ResolvedSource::HfDir(dir) = &source {
         let gen = dir.join("generation_config.json");
         if gen.exists() {
@@ -77,11 +76,10 @@ pub fn load(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
                 _ => Vec::new(),
             };
             tokenizer.add_eos_ids(eos);
-            default_temperature = j
-                .get("temperature")
-                .and_then(|v| v.as_f64())
-                .map(|v| v as f32);
-            default_top_p = j.get("top_p").and_then(|v| v.as_f64()).map(|v| v as f32);
+            if let Some(config) = j.as_object() {
+                generation_config = GenerationDefaults::from_generation_config(config)
+                    .with_context(|| format!("{}", gen.display()))?;
+            }
         }
     }
     let max_model_len = config.max_position_embeddings;
@@ -91,7 +89,6 @@ pub fn load(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
         tokenizer: Arc::new(tokenizer),
         name: name_of(spec),
         max_model_len,
-        default_temperature,
-        default_top_p,
+        generation_config,
     })
 }

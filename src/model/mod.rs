@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod decoder;
+pub mod generation_config;
 pub mod interface;
 pub mod layers;
 pub mod llama;

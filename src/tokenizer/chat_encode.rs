@@ -52,13 +52,27 @@ impl std::error::Error for PromptTooLong {}
 /// Message fields whose text comes from the client.
 const CONTENT_FIELDS: [&str; 2] = ["content", "reasoning_content"];
 
+/// How a rendered conversation ends: vLLM's `add_generation_prompt` and
+/// `continue_final_message`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChatEnding {
+    /// Open the assistant's turn (`add_generation_prompt`).
+    GenerationPrompt,
+    /// The conversation as it is, every turn closed.
+    Closed,
+    /// The final message left open: the rendering stops right after its
+    /// content, dropping the template's end of turn, so generation
+    /// continues it (`continue_final_message`).
+    ContinueFinal,
+}
+
 /// What a chat template renders: the arguments of [`ChatTemplate::render`].
 #[derive(Clone, Copy, Debug)]
 pub struct ChatInput<'a> {
     /// The conversation, a JSON array of messages.
     pub messages: &'a Value,
-    /// Whether to open the assistant's turn.
-    pub add_generation_prompt: bool,
+    /// How the conversation ends.
+    pub ending: ChatEnding,
     /// Tool definitions shown to the model, if any.
     pub tools: Option<&'a Value>,
     /// Further template variables (`chat_template_kwargs`).
@@ -80,11 +94,12 @@ impl ChatTemplate {
     ) -> Result<ChatPrompt> {
         let ChatInput {
             messages,
-            add_generation_prompt,
+            ending,
             tools,
             extra,
         } = *input;
-        let text = self.render(messages, add_generation_prompt, tools, extra)?;
+        let add_generation_prompt = ending == ChatEnding::GenerationPrompt;
+        let mut text = self.render(messages, add_generation_prompt, tools, extra)?;
         if max_bytes.is_some_and(|limit| text.len() > limit) {
             return Err(PromptTooLong { bytes: text.len() }.into());
         }
@@ -92,7 +107,12 @@ impl ChatTemplate {
         let (masked, contents) = mask_contents(messages, &nonce);
         let skeleton = self.render(&masked, add_generation_prompt, tools, extra)?;
         let (parts, refs) = split_skeleton(&skeleton, &nonce, contents.len())?;
-        let markup = locate_markup(&text, &parts, &refs, &contents)?;
+        let mut markup = locate_markup(&text, &parts, &refs, &contents)?;
+        if ending == ChatEnding::ContinueFinal {
+            let cut = final_content_end(messages, contents.len(), &refs, &markup)?;
+            text.truncate(cut);
+            markup.retain(|range| range.end <= cut);
+        }
         let ids = tok.encode_with_markup(&text, &markup, add_special_tokens)?;
         Ok(ChatPrompt { text, ids })
     }
@@ -141,6 +161,39 @@ impl Tokenizer {
             .map_err(|e| anyhow::anyhow!("tokenizing {} bytes of text: {e}", text.len()))?;
         ids.extend_from_slice(encoding.get_ids());
         Ok(())
+    }
+}
+
+/// Where the rendering of the final message's content ends (as vLLM
+/// continues a message: what the template writes after it, the end of
+/// turn, is dropped). `count` is the number of client texts
+/// [`mask_contents`] numbered, the final message's last; the piece rendered
+/// last for the final message's `content` is the one continued.
+fn final_content_end(
+    messages: &Value,
+    count: usize,
+    refs: &[usize],
+    markup: &[Range<usize>],
+) -> Result<usize> {
+    let last = messages.as_array().and_then(|m| m.last());
+    let texts_in_last = CONTENT_FIELDS
+        .iter()
+        .filter(|field| {
+            last.and_then(|m| m.get(**field))
+                .is_some_and(Value::is_string)
+        })
+        .count();
+    let has_content = last
+        .and_then(|m| m.get("content"))
+        .is_some_and(Value::is_string);
+    // `content` is numbered first among a message's texts.
+    let k = count - texts_in_last;
+    match refs.iter().rposition(|&r| r == k) {
+        Some(i) if has_content => Ok(markup[i + 1].start),
+        _ => bail!(
+            "the chat template does not render the final message's content, so it cannot be \
+             continued"
+        ),
     }
 }
 

@@ -20,7 +20,7 @@ use anyhow::{anyhow, Result};
 
 use crate::types::TokenId;
 
-pub use chat_encode::{ChatInput, ChatPrompt, PromptTooLong};
+pub use chat_encode::{ChatEnding, ChatInput, ChatPrompt, PromptTooLong};
 pub use detok::IncrementalDecoder;
 pub use template::ChatTemplate;
 

@@ -84,6 +84,7 @@ impl<'a> SoloRun<'a> {
                 ctx_len: self.ctx_len,
                 block_table: self.table.clone(),
                 want_logits: true,
+                all_logits: false,
             }],
         };
         self.model.forward(&batch).expect("forward").remove(0)

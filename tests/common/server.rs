@@ -4,7 +4,8 @@
 //!
 //! Models come from `$R1SERVE_MODELS` or `~/.cache/r1serve/models`
 //! (`models/fetch.sh` downloads them); a missing model fails the test rather
-//! than skipping it, so CI cannot pass without exercising the server.
+//! than skipping it, so CI cannot pass without exercising the server. The
+//! server logs at `info` to a file the test can read back ([`Server::log`]).
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -67,11 +68,15 @@ pub struct Server {
     pub client: Client,
     /// The API key sent, if any.
     pub key: Option<&'static str>,
+    /// Where the server's stderr goes.
+    pub log: PathBuf,
 }
 
 impl Server {
     pub async fn start(model: &str, extra: &[&str], key: Option<&'static str>) -> Server {
         let port = free_port();
+        let log = std::env::temp_dir().join(format!("r1serve-{}-{port}.log", std::process::id()));
+        let stderr = std::fs::File::create(&log).expect("log file");
         let mut command = Command::new(env!("CARGO_BIN_EXE_r1serve"));
         command
             .args(["serve", "--model"])
@@ -80,9 +85,9 @@ impl Server {
             .args(["--kv-cache-memory", "256MiB"])
             .args(extra)
             .env_remove("R1SERVE_API_KEY")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stderr(stderr);
         // clap rejects a repeated option, so the default length yields to
         // a test's own.
         if !extra.contains(&"--max-model-len") {
@@ -97,6 +102,7 @@ impl Server {
             base: format!("http://127.0.0.1:{port}"),
             client: Client::new(),
             key,
+            log,
         };
         server.wait_ready().await;
         server
@@ -109,7 +115,7 @@ impl Server {
         let mut saw_loading = false;
         loop {
             if let Some(status) = self.child.try_wait().expect("cannot poll r1serve") {
-                panic!("r1serve exited during startup: {status}");
+                panic!("r1serve exited during startup: {status}\n{}", self.log());
             }
             if let Ok(response) = self.client.get(self.url("/health")).send().await {
                 match response.status() {
@@ -123,6 +129,11 @@ impl Server {
         }
         // Not asserted: a tiny model may load before the first poll.
         let _ = saw_loading;
+    }
+
+    /// What the server has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -158,6 +169,17 @@ impl Server {
         serde_json::from_str(&text).expect("JSON body")
     }
 
+    /// Posts `body`, expects a 400 naming `param`, and returns the error.
+    pub async fn post_400(&self, path: &str, body: &Value, param: &str) -> Value {
+        let response = self.post(path, body).await;
+        let status = response.status();
+        let text = response.text().await.expect("body");
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path} {body}: {text}");
+        let json: Value = serde_json::from_str(&text).expect("JSON body");
+        assert_eq!(json["error"]["param"], param, "{body}: {json}");
+        json
+    }
+
     /// Streams `body` and returns the raw SSE text after checking its
     /// framing byte for byte.
     pub async fn stream_raw(&self, path: &str, body: &Value) -> String {
@@ -190,6 +212,7 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 

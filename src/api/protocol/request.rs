@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 
 use super::*;
 use crate::api::error::ApiError;
+use crate::tokenizer::ChatEnding;
 use crate::types::TokenId;
 
 /// The JSON type of `value`, for error messages.
@@ -236,6 +237,73 @@ pub struct SamplingFields {
     /// Suppress EOS and stop strings until this many tokens (vLLM extension).
     #[serde(default)]
     pub min_tokens: Option<i64>,
+    /// Token ids that end generation (vLLM extension).
+    #[serde(default)]
+    pub stop_token_ids: Option<Vec<i64>>,
+    /// Drop special tokens from the text (vLLM extension, default true).
+    #[serde(default)]
+    pub skip_special_tokens: Option<bool>,
+    /// vLLM's slow-tokenizer option to put spaces around special tokens in
+    /// the text; only `false`, what this server's detokenizer does, is
+    /// accepted together with `skip_special_tokens: false`.
+    #[serde(default)]
+    pub spaces_between_special_tokens: Option<bool>,
+    /// Keep the matched stop string at the end of the text (vLLM
+    /// extension, default false).
+    #[serde(default)]
+    pub include_stop_str_in_output: Option<bool>,
+    /// Alternatives per prompt position to report with the logprobs of the
+    /// prompt's tokens (vLLM extension).
+    #[serde(default)]
+    pub prompt_logprobs: Option<i64>,
+    /// OpenAI's processing tier; only the default tiers exist here.
+    #[serde(default)]
+    pub service_tier: Option<Value>,
+    /// Whether OpenAI should store the completion; this server stores
+    /// nothing.
+    #[serde(default)]
+    pub store: Option<Value>,
+    /// Tags of a stored completion; accepted like `user` and not used.
+    #[serde(default)]
+    pub metadata: Option<Value>,
+}
+
+/// Most `stop_token_ids` per request: each generated token is compared
+/// with every one of them.
+pub const MAX_STOP_TOKEN_IDS: usize = 256;
+
+/// Most top-level field names one warning about unrecognized fields lists,
+/// and the most characters of each, so a client cannot fill the log.
+const MAX_LOGGED_FIELDS: usize = 16;
+const MAX_LOGGED_FIELD_CHARS: usize = 64;
+
+/// Top-level fields no request struct recognizes, captured by a
+/// `#[serde(flatten)]` map declared after every other flattened struct (serde
+/// gives a flattened struct only its own fields and the map what is left).
+/// They are ignored with a log line, as vLLM does.
+pub type UnknownFields = std::collections::BTreeMap<String, serde::de::IgnoredAny>;
+
+/// Logs the fields of `unknown`, if any, at warn level.
+pub fn warn_unknown_fields(route: &str, unknown: &UnknownFields) {
+    if unknown.is_empty() {
+        return;
+    }
+    let mut names: Vec<String> = unknown
+        .keys()
+        .take(MAX_LOGGED_FIELDS)
+        .map(|name| {
+            // Quoted and escaped: the names come from the client.
+            let name: String = name.chars().take(MAX_LOGGED_FIELD_CHARS).collect();
+            format!("{name:?}")
+        })
+        .collect();
+    if unknown.len() > MAX_LOGGED_FIELDS {
+        names.push(format!("and {} more", unknown.len() - MAX_LOGGED_FIELDS));
+    }
+    tracing::warn!(
+        "{route}: ignoring unrecognized request fields: {}",
+        names.join(", ")
+    );
 }
 
 /// OpenAI chat parameters this server does not implement. Each is kept as
@@ -261,6 +329,84 @@ pub struct UnsupportedChatFields {
     /// Predicted output.
     #[serde(default)]
     pub prediction: Option<Value>,
+}
+
+/// vLLM request parameters this server does not implement, on both
+/// generation routes. Recognized so that a client relying on one gets a 400
+/// naming it rather than an answer that silently lacks it; kept as raw JSON
+/// so values that ask for nothing (`false`, `null`, `[]`) pass.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct UnsupportedVllmFields {
+    /// Structured output: a JSON schema.
+    #[serde(default)]
+    pub guided_json: Option<Value>,
+    /// Structured output: a regular expression.
+    #[serde(default)]
+    pub guided_regex: Option<Value>,
+    /// Structured output: one of a list of strings.
+    #[serde(default)]
+    pub guided_choice: Option<Value>,
+    /// Structured output: a grammar.
+    #[serde(default)]
+    pub guided_grammar: Option<Value>,
+    /// Structured output, vLLM's newer spelling.
+    #[serde(default)]
+    pub structured_outputs: Option<Value>,
+    /// Beam search instead of sampling.
+    #[serde(default)]
+    pub use_beam_search: Option<Value>,
+    /// Word sequences never to generate.
+    #[serde(default)]
+    pub bad_words: Option<Value>,
+    /// The only tokens that may be generated.
+    #[serde(default)]
+    pub allowed_token_ids: Option<Value>,
+    /// Keep only the last this many prompt tokens.
+    #[serde(default)]
+    pub truncate_prompt_tokens: Option<Value>,
+    /// Write logprob tokens as `token_id:N`.
+    #[serde(default)]
+    pub return_tokens_as_token_ids: Option<Value>,
+    /// A chat template for this request only.
+    #[serde(default)]
+    pub chat_template: Option<Value>,
+    /// Named server-side logits processors.
+    #[serde(default)]
+    pub logits_processors: Option<Value>,
+    /// Documents for retrieval-augmented templates.
+    #[serde(default)]
+    pub documents: Option<Value>,
+}
+
+impl UnsupportedVllmFields {
+    /// The first parameter whose value asks for something.
+    pub fn first_used(&self) -> Option<&'static str> {
+        let present = |v: &Option<Value>| !matches!(v, None | Some(Value::Null));
+        let on = |v: &Option<Value>| !matches!(v, None | Some(Value::Null | Value::Bool(false)));
+        [
+            ("guided_json", present(&self.guided_json)),
+            ("guided_regex", present(&self.guided_regex)),
+            ("guided_choice", non_empty_list(&self.guided_choice)),
+            ("guided_grammar", present(&self.guided_grammar)),
+            ("structured_outputs", present(&self.structured_outputs)),
+            ("use_beam_search", on(&self.use_beam_search)),
+            ("bad_words", non_empty_list(&self.bad_words)),
+            ("allowed_token_ids", non_empty_list(&self.allowed_token_ids)),
+            (
+                "truncate_prompt_tokens",
+                present(&self.truncate_prompt_tokens),
+            ),
+            (
+                "return_tokens_as_token_ids",
+                on(&self.return_tokens_as_token_ids),
+            ),
+            ("chat_template", present(&self.chat_template)),
+            ("logits_processors", non_empty_list(&self.logits_processors)),
+            ("documents", non_empty_list(&self.documents)),
+        ]
+        .into_iter()
+        .find_map(|(name, used)| used.then_some(name))
+    }
 }
 
 /// Whether a list-valued feature parameter asks for something: absent,
@@ -416,9 +562,27 @@ pub struct ChatCompletionRequest {
     /// Thinking budgets and the answer reserve.
     #[serde(flatten)]
     pub thinking: ThinkingFields,
+    /// Open the assistant's turn after the conversation (vLLM extension,
+    /// default true).
+    #[serde(default)]
+    pub add_generation_prompt: Option<bool>,
+    /// Leave the final (assistant) message open and continue it (vLLM
+    /// extension, default false).
+    #[serde(default)]
+    pub continue_final_message: Option<bool>,
+    /// Start the answer with the final message's content when that message
+    /// is the assistant's (vLLM extension, default false).
+    #[serde(default)]
+    pub echo: Option<bool>,
     /// Unimplemented OpenAI parameters.
     #[serde(flatten)]
     pub unsupported: UnsupportedChatFields,
+    /// Unimplemented vLLM parameters.
+    #[serde(flatten)]
+    pub unsupported_vllm: UnsupportedVllmFields,
+    /// Fields nothing above recognizes; must stay the last flattened field.
+    #[serde(flatten)]
+    pub unknown: UnknownFields,
 }
 
 /// `POST /v1/completions` prompt as sent.
@@ -458,6 +622,12 @@ pub struct CompletionRequest {
     /// Server-side best-of; only `best_of == n` is supported.
     #[serde(default)]
     pub best_of: Option<i64>,
+    /// Unimplemented vLLM parameters.
+    #[serde(flatten)]
+    pub unsupported_vllm: UnsupportedVllmFields,
+    /// Fields nothing above recognizes; must stay the last flattened field.
+    #[serde(flatten)]
+    pub unknown: UnknownFields,
 }
 
 /// A validated prompt for a legacy completion.
@@ -483,7 +653,7 @@ pub struct GenerationParams {
     pub temperature: Option<f32>,
     /// Nucleus mass in (0, 1].
     pub top_p: Option<f32>,
-    /// Top-k cutoff; `None` when disabled.
+    /// Top-k cutoff; `Some(0)` when the client disabled it (-1 or 0).
     pub top_k: Option<u32>,
     /// Min-p in [0, 1].
     pub min_p: Option<f32>,
@@ -497,7 +667,7 @@ pub struct GenerationParams {
     /// Frequency penalty in [-2, 2].
     pub frequency_penalty: f32,
     /// Repetition penalty in [0.01, 100] (1 disables it).
-    pub repetition_penalty: f32,
+    pub repetition_penalty: Option<f32>,
     /// Logit biases sorted by token id; ids are not yet checked against the
     /// vocabulary size, which this module does not know.
     pub logit_bias: Vec<(TokenId, f32)>,
@@ -511,6 +681,16 @@ pub struct GenerationParams {
     pub stream: bool,
     /// Send a usage chunk at the end of the stream.
     pub include_usage: bool,
+    /// Token ids that end generation, sorted and distinct; not yet checked
+    /// against the vocabulary size.
+    pub stop_token_ids: Vec<TokenId>,
+    /// Drop special tokens from the text.
+    pub skip_special_tokens: bool,
+    /// Keep a matched stop string in the text.
+    pub include_stop_str_in_output: bool,
+    /// `Some(k)`: return the prompt's logprobs with `k` alternatives per
+    /// position.
+    pub prompt_logprobs: Option<u32>,
 }
 
 /// A checked chat request.
@@ -529,6 +709,11 @@ pub struct ValidatedChat {
     pub tools: Option<ChatTools>,
     /// What the request asks of its reasoning.
     pub thinking: ThinkingRequest,
+    /// How the conversation ends in the prompt.
+    pub ending: ChatEnding,
+    /// Text the answer starts with: the final assistant message's content,
+    /// when `echo` asks for it.
+    pub echo: Option<String>,
 }
 
 /// A checked legacy completion request.
@@ -614,7 +799,8 @@ impl SamplingFields {
             })
             .transpose()?;
         let top_k = match self.top_k {
-            None | Some(-1) | Some(0) => None,
+            None => None,
+            Some(-1) | Some(0) => Some(0),
             Some(k) if k >= 1 => Some(u32::try_from(k).unwrap_or(u32::MAX)),
             Some(k) => {
                 return Err(ApiError::bad_request(
@@ -640,12 +826,30 @@ impl SamplingFields {
             -2.0,
             2.0,
         )?;
-        let repetition_penalty = in_range(
-            "repetition_penalty",
-            self.repetition_penalty.unwrap_or(1.0),
-            MIN_REPETITION_PENALTY,
-            MAX_REPETITION_PENALTY,
-        )?;
+        let repetition_penalty = self
+            .repetition_penalty
+            .map(|p| {
+                in_range(
+                    "repetition_penalty",
+                    p,
+                    MIN_REPETITION_PENALTY,
+                    MAX_REPETITION_PENALTY,
+                )
+            })
+            .transpose()?;
+        self.check_unsupported()?;
+        let skip_special_tokens = self.skip_special_tokens.unwrap_or(true);
+        let prompt_logprobs = self
+            .prompt_logprobs
+            .map(|k| validate_top_logprobs("prompt_logprobs", k))
+            .transpose()?;
+        if prompt_logprobs.is_some() && self.stream == Some(true) {
+            // As vLLM: they come once, with the whole answer.
+            return Err(ApiError::bad_request(
+                "prompt_logprobs",
+                "'prompt_logprobs' is not available with 'stream': true",
+            ));
+        }
         Ok(GenerationParams {
             max_tokens,
             min_tokens,
@@ -671,7 +875,78 @@ impl SamplingFields {
                 .as_ref()
                 .and_then(|o| o.include_usage)
                 .unwrap_or(false),
+            stop_token_ids: self.validate_stop_token_ids()?,
+            skip_special_tokens,
+            include_stop_str_in_output: self.include_stop_str_in_output.unwrap_or(false),
+            prompt_logprobs,
         })
+    }
+
+    /// Refuses values of recognized fields that ask for what this server
+    /// does not do.
+    fn check_unsupported(&self) -> Result<(), ApiError> {
+        if self.spaces_between_special_tokens == Some(true)
+            && self.skip_special_tokens == Some(false)
+        {
+            return Err(ApiError::bad_request(
+                "spaces_between_special_tokens",
+                "'spaces_between_special_tokens' is not supported: special tokens are written \
+                 without added spaces, as vLLM's fast detokenizer writes them; send false or omit it",
+            )
+            .with_code("unsupported_parameter"));
+        }
+        let default_tier = match &self.service_tier {
+            None | Some(Value::Null) => true,
+            Some(Value::String(tier)) => tier == "auto" || tier == "default",
+            Some(_) => false,
+        };
+        if !default_tier {
+            return Err(ApiError::bad_request(
+                "service_tier",
+                "'service_tier' must be \"auto\" or \"default\": this server has one tier",
+            )
+            .with_code("unsupported_parameter"));
+        }
+        if !matches!(
+            self.store,
+            None | Some(Value::Null) | Some(Value::Bool(false))
+        ) {
+            return Err(ApiError::bad_request(
+                "store",
+                "'store' is not supported: this server stores no completions",
+            )
+            .with_code("unsupported_parameter"));
+        }
+        Ok(())
+    }
+
+    fn validate_stop_token_ids(&self) -> Result<Vec<TokenId>, ApiError> {
+        let Some(list) = &self.stop_token_ids else {
+            return Ok(Vec::new());
+        };
+        if list.len() > MAX_STOP_TOKEN_IDS {
+            return Err(ApiError::bad_request(
+                "stop_token_ids",
+                format!(
+                    "'stop_token_ids' may hold at most {MAX_STOP_TOKEN_IDS} ids, got {}",
+                    list.len()
+                ),
+            ));
+        }
+        let mut ids = list
+            .iter()
+            .map(|&id| {
+                TokenId::try_from(id).map_err(|_| {
+                    ApiError::bad_request(
+                        "stop_token_ids",
+                        format!("'stop_token_ids' entry {id} is not a token id"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
     }
 
     fn validate_logit_bias(&self) -> Result<Vec<(TokenId, f32)>, ApiError> {
@@ -807,7 +1082,11 @@ impl ChatCompletionRequest {
     /// Checks the whole request: unsupported parameters, messages and
     /// generation parameters.
     pub fn validate(&self) -> Result<ValidatedChat, ApiError> {
-        if let Some(param) = self.unsupported.first_used() {
+        if let Some(param) = self
+            .unsupported
+            .first_used()
+            .or_else(|| self.unsupported_vllm.first_used())
+        {
             return Err(ApiError::unsupported_param(param));
         }
         validate_template_kwargs(self.chat_template_kwargs.as_ref())?;
@@ -845,6 +1124,17 @@ impl ChatCompletionRequest {
                     .map_err(|e| ApiError::bad_request("reasoning_field", e.to_string()))
             })
             .transpose()?;
+        let ending = chat_ending(
+            self.add_generation_prompt,
+            self.continue_final_message,
+            &messages,
+        )?;
+        let echo = match messages.last() {
+            Some(last) if self.echo == Some(true) && last.role == Role::Assistant => {
+                Some(last.content.clone().unwrap_or_default())
+            }
+            _ => None,
+        };
         Ok(ValidatedChat {
             messages,
             params,
@@ -852,7 +1142,37 @@ impl ChatCompletionRequest {
             reasoning_field,
             tools,
             thinking,
+            ending,
+            echo,
         })
+    }
+}
+
+/// Checks `add_generation_prompt` (default true) and
+/// `continue_final_message` (default false) together, as vLLM does: both
+/// set true is a contradiction, and only an assistant message can be
+/// continued.
+pub fn chat_ending(
+    add_generation_prompt: Option<bool>,
+    continue_final_message: Option<bool>,
+    messages: &[TextMessage],
+) -> Result<ChatEnding, ApiError> {
+    match (add_generation_prompt, continue_final_message) {
+        (Some(true), Some(true)) => Err(ApiError::bad_request(
+            "continue_final_message",
+            "'continue_final_message' and 'add_generation_prompt' cannot both be true",
+        )),
+        (_, Some(true)) => {
+            if messages.last().map(|m| m.role) != Some(Role::Assistant) {
+                return Err(ApiError::bad_request(
+                    "continue_final_message",
+                    "'continue_final_message' needs the final message to be the assistant's",
+                ));
+            }
+            Ok(ChatEnding::ContinueFinal)
+        }
+        (Some(false), _) => Ok(ChatEnding::Closed),
+        _ => Ok(ChatEnding::GenerationPrompt),
     }
 }
 
@@ -888,6 +1208,9 @@ impl CompletionRequest {
         }
         if self.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
             return Err(ApiError::unsupported_param("suffix"));
+        }
+        if let Some(param) = self.unsupported_vllm.first_used() {
+            return Err(ApiError::unsupported_param(param));
         }
         let logprobs = self
             .logprobs

@@ -1,5 +1,6 @@
 //! Responses and stream chunks, serialized exactly as OpenAI does.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -9,6 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::*;
 use crate::reasoning::ReasoningEnd;
+use crate::types::TokenId;
 
 /// Why a choice stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -108,6 +110,24 @@ pub struct ChatTokenLogprob {
     pub top_logprobs: Vec<TopLogprob>,
 }
 
+/// One token of a prompt position in vLLM's `prompt_logprobs`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PromptTokenLogprob {
+    /// Its log probability given the prompt before it; −∞ is sent as
+    /// [`MIN_LOGPROB`].
+    #[serde(serialize_with = "serialize_logprob")]
+    pub logprob: f32,
+    /// 1 plus the number of tokens that were more likely.
+    pub rank: usize,
+    /// The token's text.
+    pub decoded_token: String,
+}
+
+/// vLLM's `prompt_logprobs`: per prompt token, `null` for the first, then
+/// an object from token id (as a string) to its entry, holding the prompt's
+/// own token and the requested number of most likely ones.
+pub type PromptLogprobs = Vec<Option<BTreeMap<String, PromptTokenLogprob>>>;
+
 /// `choices[].logprobs` of a chat completion.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ChatLogprobs {
@@ -157,6 +177,17 @@ pub struct AssistantMessage {
     pub tool_calls: Option<Vec<ToolCall>>,
 }
 
+/// vLLM's `stop_reason`: which of the request's `stop_token_ids` (a
+/// number) or `stop` strings (a string) ended a choice.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum StopReason {
+    /// A stop token id.
+    Token(TokenId),
+    /// A stop string.
+    Text(String),
+}
+
 /// One choice of a non-streaming chat completion.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ChatChoice {
@@ -172,6 +203,10 @@ pub struct ChatChoice {
     /// server parses no reasoning.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning_end: Option<ReasoningEnd>,
+    /// The stop token or string that ended the choice (vLLM's field);
+    /// absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<StopReason>,
 }
 
 /// The delta of a streamed chat choice; absent fields mean "no change".
@@ -235,6 +270,10 @@ pub struct ChunkChoice {
     /// extension).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning_end: Option<ReasoningEnd>,
+    /// The stop token or string that ended the choice (vLLM's field);
+    /// absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<StopReason>,
 }
 
 /// Top alternatives at one position of legacy logprobs: a JSON object from
@@ -296,8 +335,16 @@ pub struct CompletionChoice {
     pub text: String,
     /// Logprobs, `null` unless requested.
     pub logprobs: Option<CompletionLogprobs>,
+    /// The prompt's logprobs when requested (vLLM's field); absent
+    /// otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_logprobs: Option<PromptLogprobs>,
     /// `null` until the choice's last chunk.
     pub finish_reason: Option<FinishReason>,
+    /// The stop token or string that ended the choice (vLLM's field);
+    /// absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<StopReason>,
 }
 
 /// A non-streaming completion, chat or legacy; `C` is the choice type,
@@ -319,6 +366,10 @@ pub struct Response<C> {
     pub choices: Vec<C>,
     /// Token accounting.
     pub usage: Usage,
+    /// The prompt's logprobs when a chat request asked for them (vLLM's
+    /// field; legacy completions carry it in each choice, as vLLM's do).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_logprobs: Option<PromptLogprobs>,
 }
 
 /// Choice types of non-streaming responses.
@@ -346,6 +397,7 @@ impl<C: ResponseChoice> Response<C> {
             system_fingerprint: None,
             choices,
             usage,
+            prompt_logprobs: None,
         }
     }
 }

@@ -1,5 +1,6 @@
 use super::*;
 use crate::api::error::ApiError;
+use crate::tokenizer::ChatEnding;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -104,7 +105,7 @@ fn full_chat_request_parses_and_validates() {
     assert_eq!(p.stop, ["END"]);
     assert_eq!(p.seed, Some(u64::MAX));
     assert_eq!((p.presence_penalty, p.frequency_penalty), (0.5, -0.5));
-    assert_eq!(p.repetition_penalty, 1.1);
+    assert_eq!(p.repetition_penalty, Some(1.1));
     assert_eq!(p.logit_bias, [(7, 5.5), (42, -100.0)]);
     assert_eq!(p.logprobs, Some(3));
     assert!(p.stream && p.include_usage && p.ignore_eos);
@@ -123,7 +124,7 @@ fn minimal_chat_request_defaults() {
         (p.max_tokens, p.temperature, p.top_p, p.top_k),
         (None, None, None, None)
     );
-    assert_eq!((p.n, p.min_tokens, p.repetition_penalty), (1, 0, 1.0));
+    assert_eq!((p.n, p.min_tokens, p.repetition_penalty), (1, 0, None));
     assert_eq!(p.logprobs, None);
     assert!(!p.stream && !p.include_usage && !p.ignore_eos);
     assert!(p.stop.is_empty() && p.logit_bias.is_empty());
@@ -288,7 +289,8 @@ fn sampling_boundaries_are_accepted() {
     ] {
         assert!(chat_with(extra.clone()).validate().is_ok(), "{extra}");
     }
-    for (top_k, expected) in [(-1, None), (0, None), (1, Some(1)), (50, Some(50))] {
+    // Disabling is explicit (`Some(0)`), so it overrides a server default.
+    for (top_k, expected) in [(-1, Some(0)), (0, Some(0)), (1, Some(1)), (50, Some(50))] {
         let p = chat_with(json!({"top_k": top_k}))
             .validate()
             .unwrap()
@@ -460,6 +462,7 @@ fn chat_completion_built_by_constructor() {
             logprobs: None,
             finish_reason: Some(FinishReason::Length),
             reasoning_end: None,
+            stop_reason: None,
         }],
         Usage {
             prompt_tokens: 3,
@@ -516,6 +519,24 @@ fn chat_chunks_match_openai_docs() {
 }
 
 #[test]
+fn stop_reason_is_a_token_id_or_a_string_as_vllm_writes_it() {
+    let choice = |reason| ChunkChoice {
+        index: 0,
+        delta: Delta::default(),
+        logprobs: None,
+        finish_reason: Some(FinishReason::Stop),
+        reasoning_end: None,
+        stop_reason: Some(reason),
+    };
+    let json = |reason| serde_json::to_value(choice(reason)).unwrap()["stop_reason"].clone();
+    assert_eq!(json(StopReason::Token(151643)), serde_json::json!(151643));
+    assert_eq!(
+        json(StopReason::Text("END".into())),
+        serde_json::json!("END")
+    );
+}
+
+#[test]
 fn chunk_usage_field_three_states() {
     let choice = ChunkChoice {
         index: 0,
@@ -526,6 +547,7 @@ fn chunk_usage_field_three_states() {
         logprobs: None,
         finish_reason: None,
         reasoning_end: None,
+        stop_reason: None,
     };
     let plain = ChatCompletionChunk::new("c".into(), 1, "m".into(), vec![choice.clone()], false);
     assert_eq!(
@@ -667,7 +689,7 @@ fn tokenize_shapes() {
     let TokenizeRequest::Chat(chat) = chat else {
         panic!("expected the chat shape");
     };
-    assert!(!chat.add_generation_prompt && !chat.add_special_tokens);
+    assert!(chat.add_generation_prompt == Some(false) && !chat.add_special_tokens);
     assert!(serde_json::from_str::<TokenizeRequest>(r#"{"tokens":[1]}"#).is_err());
     assert_wire(
         &TokenizeResponse {
@@ -835,4 +857,136 @@ fn tool_turns_render_with_null_content_and_string_arguments() {
     assert_eq!(json[2]["tool_call_id"], "call_1");
     assert_eq!(json[2]["content"], "22 C");
     assert!(json[0].get("tool_calls").is_none());
+}
+
+#[test]
+fn unknown_fields_are_captured_and_recognized_ones_are_not() {
+    let chat = chat_with(json!({
+        "max_tokens": 3, "stop_token_ids": [7], "response_format": {"type": "text"},
+        "echo": false, "guided_foo": 1, "zz_extra": {"a": [1]},
+        "thinking_token_budget": 8, "reasoning_effort": "low", "reasoning": {"exclude": true},
+        "answer_token_reserve": 4, "reasoning_field": "both",
+    }));
+    assert_eq!(
+        chat.unknown.keys().collect::<Vec<_>>(),
+        ["guided_foo", "zz_extra"]
+    );
+    assert_eq!(chat.sampling.max_tokens, Some(3));
+    assert!(chat_with(json!({"n": 1})).unknown.is_empty());
+    let completion = completion_with(json!({"echo": true, "best_of": 1, "foo": null}));
+    assert_eq!(completion.unknown.keys().collect::<Vec<_>>(), ["foo"]);
+}
+
+#[test]
+fn vllm_output_fields_are_checked_and_passed_on() {
+    let p = chat_with(json!({
+        "stop_token_ids": [9, 2, 9], "skip_special_tokens": false,
+        "include_stop_str_in_output": true, "prompt_logprobs": 3,
+    }))
+    .validate()
+    .unwrap()
+    .params;
+    assert_eq!(p.stop_token_ids, [2, 9]);
+    assert!(!p.skip_special_tokens && p.include_stop_str_in_output);
+    assert_eq!(p.prompt_logprobs, Some(3));
+    let p = chat_with(json!({})).validate().unwrap().params;
+    assert!(p.skip_special_tokens && !p.include_stop_str_in_output);
+    assert!(p.stop_token_ids.is_empty() && p.prompt_logprobs.is_none());
+    let many: Vec<i64> = (0..=MAX_STOP_TOKEN_IDS as i64).collect();
+    for (extra, param) in [
+        (json!({"stop_token_ids": [-1]}), "stop_token_ids"),
+        (json!({"stop_token_ids": [1i64 << 32]}), "stop_token_ids"),
+        (json!({"stop_token_ids": many}), "stop_token_ids"),
+        (json!({"prompt_logprobs": -1}), "prompt_logprobs"),
+        (json!({"prompt_logprobs": 21}), "prompt_logprobs"),
+        (
+            json!({"skip_special_tokens": false, "spaces_between_special_tokens": true}),
+            "spaces_between_special_tokens",
+        ),
+        (json!({"service_tier": "flex"}), "service_tier"),
+        (json!({"store": true}), "store"),
+    ] {
+        assert_rejected(extra, param);
+    }
+    for harmless in [
+        json!({"spaces_between_special_tokens": true}),
+        json!({"skip_special_tokens": false, "spaces_between_special_tokens": false}),
+        json!({"service_tier": "auto", "store": false, "metadata": {"k": "v"}}),
+    ] {
+        assert!(chat_with(harmless.clone()).validate().is_ok(), "{harmless}");
+    }
+}
+
+#[test]
+fn chat_endings_and_echo_follow_vllm() {
+    let assistant = json!([
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "Hello, I"},
+    ]);
+    let ending = |extra: Value| chat_with(extra).validate().map(|c| c.ending);
+    assert_eq!(ending(json!({})).unwrap(), ChatEnding::GenerationPrompt);
+    assert_eq!(
+        ending(json!({"add_generation_prompt": false})).unwrap(),
+        ChatEnding::Closed
+    );
+    assert_eq!(
+        ending(json!({"messages": assistant, "continue_final_message": true})).unwrap(),
+        ChatEnding::ContinueFinal
+    );
+    assert_rejected(
+        json!({"messages": assistant, "continue_final_message": true, "add_generation_prompt": true}),
+        "continue_final_message",
+    );
+    assert_rejected(
+        json!({"continue_final_message": true}),
+        "continue_final_message",
+    );
+    let echo = |extra: Value| chat_with(extra).validate().unwrap().echo;
+    assert_eq!(
+        echo(json!({"messages": assistant, "echo": true})).as_deref(),
+        Some("Hello, I")
+    );
+    assert_eq!(echo(json!({"messages": assistant})), None);
+    assert_eq!(
+        echo(json!({"echo": true})),
+        None,
+        "the last message is the user's"
+    );
+}
+
+#[test]
+fn unimplemented_vllm_parameters_are_named_unless_they_ask_for_nothing() {
+    for (extra, param) in [
+        (json!({"guided_json": {"type": "object"}}), "guided_json"),
+        (json!({"guided_choice": ["a", "b"]}), "guided_choice"),
+        (
+            json!({"structured_outputs": {"regex": "a+"}}),
+            "structured_outputs",
+        ),
+        (json!({"use_beam_search": true}), "use_beam_search"),
+        (json!({"allowed_token_ids": [1, 2]}), "allowed_token_ids"),
+        (
+            json!({"truncate_prompt_tokens": 10}),
+            "truncate_prompt_tokens",
+        ),
+        (json!({"chat_template": "{{ messages }}"}), "chat_template"),
+    ] {
+        let error = chat_error(extra.clone());
+        assert_eq!(error.param.as_deref(), Some(param), "{extra}");
+        assert_eq!(error.code.as_deref(), Some("unsupported_parameter"));
+        let error = completion_with(extra.clone()).validate().unwrap_err();
+        assert_eq!(error.param.as_deref(), Some(param), "{extra}");
+    }
+    for nothing in [
+        json!({"use_beam_search": false, "bad_words": [], "guided_json": null}),
+        json!({"return_tokens_as_token_ids": false, "documents": []}),
+    ] {
+        let chat = chat_with(nothing.clone());
+        assert!(chat.unknown.is_empty(), "{nothing}: recognized");
+        assert!(chat.validate().is_ok(), "{nothing}");
+        assert!(
+            completion_with(nothing.clone()).validate().is_ok(),
+            "{nothing}"
+        );
+    }
 }

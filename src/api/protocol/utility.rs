@@ -67,8 +67,12 @@ pub struct TokenizeChatRequest {
     /// The conversation to render with the chat template.
     pub messages: Vec<ChatMessage>,
     /// Append the assistant generation prompt (default true).
-    #[serde(default = "default_true")]
-    pub add_generation_prompt: bool,
+    #[serde(default)]
+    pub add_generation_prompt: Option<bool>,
+    /// Leave the final assistant message open (default false), as the chat
+    /// route's field of the same name.
+    #[serde(default)]
+    pub continue_final_message: Option<bool>,
     /// Let the tokenizer add BOS; default false because the chat template
     /// already renders it.
     #[serde(default)]
