@@ -517,7 +517,9 @@ fn sample_and_advance(
             c.process(&ctx, l);
         }
     });
-    if seq.stop_ids.contains(&token) {
+    // The model's own end (not a stop id the client chose) inside bounded
+    // reasoning becomes the close.
+    if seq.stop_ids.contains(&token) && !params.stop_token_ids.contains(&token) {
         if let Some(close) = control.as_mut().and_then(|c| c.close_instead_of_stop(&ctx)) {
             token = close;
         }

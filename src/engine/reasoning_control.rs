@@ -207,7 +207,7 @@ impl ReasoningControl {
         matches!(self.state, State::Forcing(_))
     }
 
-    /// Called when the model sampled a token that ends the sequence: when
+    /// Called when the model sampled its end-of-sequence token: when
     /// the request bounds its reasoning (a budget or a reserve promises an
     /// answer) and the model ends inside its reasoning with room left, the
     /// close sequence replaces the end, and its first token is returned.
