@@ -28,7 +28,11 @@ use types::{EngineError, EngineRequest, EngineStats, RequestOutput};
 
 /// Messages from handles to the engine thread.
 enum Command {
-    Add(RequestId, Box<EngineRequest>, UnboundedSender<RequestOutput>),
+    Add(
+        RequestId,
+        Box<EngineRequest>,
+        UnboundedSender<RequestOutput>,
+    ),
     Abort(RequestId),
     Shutdown,
 }
