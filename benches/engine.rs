@@ -228,7 +228,6 @@ async fn hook_cost(plan: &Plan) {
     let started = Instant::now();
     for (i, &t) in stream.iter().enumerate() {
         let ctx = LogitsContext {
-            tokens: &stream[..i],
             num_generated: i,
             tokens_left: 1 << 20,
             phase: tracker.phase(),

@@ -28,9 +28,7 @@ fn rt() -> tokio::runtime::Runtime {
 
 /// SmolLM2's tokenizer: the engine detokenizes what the script emits.
 fn tokenizer() -> Arc<Tokenizer> {
-    let path = common::smollm2();
-    let file = r1serve::model::weights::GgufFile::open(&path).unwrap();
-    Arc::new(Tokenizer::from_gguf(&file.content, &path).unwrap())
+    Arc::new(common::gguf_tokenizer(&common::smollm2()))
 }
 
 /// An engine over the scripted model with a pool of `blocks` 16-token
@@ -38,6 +36,16 @@ fn tokenizer() -> Arc<Tokenizer> {
 fn start(blocks: u64, tweak: impl FnOnce(&mut EngineConfig)) -> (EngineHandle, Arc<Counters>) {
     let tok = tokenizer();
     let (model, counters) = Scripted::new(tok.vocab_size(), 4096);
+    (start_model(model, tok, blocks, tweak), counters)
+}
+
+/// An engine over `model` with a pool of `blocks` 16-token blocks.
+fn start_model(
+    model: Scripted,
+    tok: Arc<Tokenizer>,
+    blocks: u64,
+    tweak: impl FnOnce(&mut EngineConfig),
+) -> EngineHandle {
     let mut config = EngineConfig {
         kv_cache_memory: Some(blocks * 16 * 8),
         kv_dtype: KvDtype::F32,
@@ -45,8 +53,7 @@ fn start(blocks: u64, tweak: impl FnOnce(&mut EngineConfig)) -> (EngineHandle, A
         ..Default::default()
     };
     tweak(&mut config);
-    let h = Engine::start(Box::new(model), tok, config).unwrap();
-    (h, counters)
+    Engine::start(Box::new(model), tok, config).unwrap()
 }
 
 fn prompt(len: usize, salt: u32) -> Vec<u32> {
@@ -197,14 +204,7 @@ fn the_loop_guard_catches_a_repeating_span_after_its_third_copy() {
         let span: Vec<u32> = (1000..1040).collect();
         for mode in [LoopGuardMode::Close, LoopGuardMode::Stop] {
             let model = Scripted::looping(tok.vocab_size(), 4096, span.clone());
-            let mut config = EngineConfig {
-                kv_cache_memory: Some(64 * 16 * 8),
-                kv_dtype: KvDtype::F32,
-                max_model_len: Some(1024),
-                ..Default::default()
-            };
-            config.reasoning.loop_guard = mode;
-            let h = Engine::start(Box::new(model), tok.clone(), config).unwrap();
+            let h = start_model(model, tok.clone(), 64, |c| c.reasoning.loop_guard = mode);
             let mut params = greedy(300);
             params.reasoning = ReasoningParams {
                 parser: ReasoningParser::DeepSeekR1,

@@ -13,9 +13,7 @@ use r1serve::reasoning::{
 use r1serve::tokenizer::{ChatTemplate, IncrementalDecoder, Tokenizer};
 
 fn r1() -> Tokenizer {
-    let path = common::r1_header();
-    let file = r1serve::model::weights::GgufFile::open(&path).expect("gguf header");
-    Tokenizer::from_gguf(&file.content, &path).expect("tokenizer")
+    common::gguf_tokenizer(&common::r1_header())
 }
 
 /// (reasoning, content, reasoning tokens) from streaming `ids`.

@@ -12,7 +12,6 @@ mod common;
 
 use common::server::*;
 use r1serve::engine::reasoning_control::DEFAULT_CLOSE_TEXT;
-use r1serve::model::weights::GgufFile;
 use r1serve::tokenizer::Tokenizer;
 use serde_json::{json, Value};
 
@@ -22,9 +21,7 @@ const R1_STYLE_TEMPLATE: &str = "{% for message in messages %}<|im_start|>{{ mes
 const QUESTION: &str = "What is 17 * 23? Think briefly, then answer.";
 
 fn tokenizer(model: &str) -> Tokenizer {
-    let path = model_path(model);
-    let file = GgufFile::open(&path).expect("gguf");
-    Tokenizer::from_gguf(&file.content, &path).expect("tokenizer")
+    common::gguf_tokenizer(&model_path(model))
 }
 
 async fn start(model: &str, extra: &[&str]) -> (Server, std::path::PathBuf) {

@@ -19,8 +19,7 @@ use r1serve::tokenizer::{ChatTemplate, IncrementalDecoder, Tokenizer};
 use r1serve::tools::{ToolCallParser, ToolCallStream};
 
 fn load(path: &Path) -> Tokenizer {
-    let file = r1serve::model::weights::GgufFile::open(path).expect("gguf header");
-    Tokenizer::from_gguf(&file.content, path).expect("tokenizer")
+    common::gguf_tokenizer(path)
 }
 
 /// The DeepSeek-R1 tokenizer, read once: building one takes seconds.

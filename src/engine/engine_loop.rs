@@ -502,14 +502,13 @@ fn sample_and_advance(
     let params: Arc<SamplingParams> = seq.params.clone();
     let num_generated = seq.num_generated();
     let ctx = LogitsContext {
-        tokens: &seq.tokens,
         num_generated,
         tokens_left: params.max_tokens.saturating_sub(num_generated),
         phase: seq.reasoning.phase(),
         reasoning_tokens: seq.reasoning.reasoning_tokens(),
     };
     let (processors, control) = (&mut seq.processors, &mut seq.control);
-    let (mut token, raw_logprobs) = sample(logits, &params, &mut seq.sampler, ctx.tokens, |l| {
+    let (mut token, raw_logprobs) = sample(logits, &params, &mut seq.sampler, &seq.tokens, |l| {
         for p in processors.iter_mut() {
             p.process(&ctx, l);
         }

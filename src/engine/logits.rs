@@ -11,9 +11,7 @@ use crate::reasoning::ReasoningPhase;
 use crate::types::TokenId;
 
 /// What a processor may look at besides the logits.
-pub struct LogitsContext<'a> {
-    /// Prompt and generated tokens.
-    pub tokens: &'a [TokenId],
+pub struct LogitsContext {
     /// Tokens generated so far.
     pub num_generated: usize,
     /// Tokens that may still be generated under `max_tokens`.
@@ -89,9 +87,8 @@ pub fn processors_for(
 mod tests {
     use super::*;
 
-    fn ctx(num_generated: usize) -> LogitsContext<'static> {
+    fn ctx(num_generated: usize) -> LogitsContext {
         LogitsContext {
-            tokens: &[],
             num_generated,
             tokens_left: 10,
             phase: ReasoningPhase::Before,

@@ -166,7 +166,8 @@ pub struct ReasoningControl {
     reserve: Option<usize>,
     guard: Option<LoopGuard>,
     state: State,
-    /// End of the generated text, for the reopening mask.
+    /// End of the text generated since the engine took over, for the
+    /// reopening mask.
     tail: String,
     /// The guard fired in `close` mode: force the close at the next step.
     loop_seen: bool,
@@ -288,7 +289,10 @@ impl LogitsProcessor for ReasoningControl {
     }
 
     fn observe(&mut self, ctx: &LogitsContext, token: TokenId) {
-        self.tokens.reopen.advance(&mut self.tail, token);
+        // Only text from the close on can grow into a reopening tag.
+        if self.state != State::Free {
+            self.tokens.reopen.advance(&mut self.tail, token);
+        }
         match self.state {
             State::Forcing(i) if i + 1 == self.tokens.close.len() => self.state = State::Closed,
             State::Forcing(i) => self.state = State::Forcing(i + 1),
@@ -347,14 +351,13 @@ mod tests {
     /// after processing and whether the control forced it.
     fn step(
         c: &mut ReasoningControl,
-        history: &[TokenId],
+        num_generated: usize,
         phase: ReasoningPhase,
         reasoning_tokens: usize,
         tokens_left: usize,
     ) -> (TokenId, bool) {
         let ctx = LogitsContext {
-            tokens: history,
-            num_generated: history.len(),
+            num_generated,
             tokens_left,
             phase,
             reasoning_tokens,
@@ -372,17 +375,14 @@ mod tests {
     fn budget_forces_the_close_then_masks_reopening() {
         let mut c = control(Some(2), None);
         let inside = ReasoningPhase::Inside;
-        assert_eq!(step(&mut c, &[], inside, 0, 100), (1, false));
-        assert_eq!(step(&mut c, &[1], inside, 1, 99), (1, false));
-        let forced: Vec<_> = (0..3)
-            .map(|i| step(&mut c, &[1], inside, 2 + i, 98))
-            .collect();
+        assert_eq!(step(&mut c, 0, inside, 0, 100), (1, false));
+        assert_eq!(step(&mut c, 1, inside, 1, 99), (1, false));
+        let forced: Vec<_> = (0..3).map(|i| step(&mut c, 1, inside, 2 + i, 98)).collect();
         assert_eq!(forced, vec![(50, true), (51, true), (52, true)]);
         let mut logits = vec![0.0f32; 64];
         logits[10] = 5.0;
         c.process(
             &LogitsContext {
-                tokens: &[],
                 num_generated: 5,
                 tokens_left: 95,
                 phase: ReasoningPhase::After,
@@ -401,8 +401,8 @@ mod tests {
     fn the_reserve_starts_the_close_so_it_ends_before_the_reserve() {
         // max_tokens 40, reserve 16, close 3: forced from 19 tokens left.
         let mut c = control(None, Some(16));
-        assert!(!step(&mut c, &[], ReasoningPhase::Inside, 0, 20).1);
-        assert_eq!(step(&mut c, &[], ReasoningPhase::Inside, 1, 19), (50, true));
+        assert!(!step(&mut c, 0, ReasoningPhase::Inside, 0, 20).1);
+        assert_eq!(step(&mut c, 0, ReasoningPhase::Inside, 1, 19), (50, true));
     }
 
     #[test]
@@ -417,7 +417,6 @@ mod tests {
         // its last token, right after the others.
         let mut c = ReasoningControl::new(&tokens(LoopGuardMode::Off), &params).unwrap();
         let ctx = LogitsContext {
-            tokens: &[],
             num_generated: 0,
             tokens_left: 10,
             phase: ReasoningPhase::Before,
@@ -445,7 +444,6 @@ mod tests {
     #[test]
     fn an_end_inside_bounded_reasoning_becomes_the_close() {
         let ctx = |tokens_left| LogitsContext {
-            tokens: &[],
             num_generated: 3,
             tokens_left,
             phase: ReasoningPhase::Inside,
@@ -457,7 +455,7 @@ mod tests {
         assert_eq!(c.close_instead_of_stop(&ctx(50)), Some(50));
         assert!(c.forcing());
         c.observe(&ctx(50), 50);
-        assert_eq!(step(&mut c, &[], ReasoningPhase::Inside, 4, 49), (51, true));
+        assert_eq!(step(&mut c, 0, ReasoningPhase::Inside, 4, 49), (51, true));
     }
 
     #[test]
@@ -489,11 +487,9 @@ mod tests {
             };
             let mut c = ReasoningControl::new(&tokens(mode), &params).unwrap();
             let span: Vec<TokenId> = (10..50).collect();
-            let mut history = Vec::new();
             let mut fired_at = None;
             for (i, &t) in span.iter().cycle().take(400).enumerate() {
                 let ctx = LogitsContext {
-                    tokens: &history,
                     num_generated: i,
                     tokens_left: 1000,
                     phase: ReasoningPhase::Inside,
@@ -506,7 +502,6 @@ mod tests {
                     break;
                 }
                 c.observe(&ctx, t);
-                history.push(t);
             }
             // Three copies of the 40-token span are 120 tokens.
             assert_eq!(fired_at, Some(120), "{mode}");

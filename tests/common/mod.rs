@@ -36,6 +36,12 @@ pub fn model(file: &str) -> PathBuf {
     path
 }
 
+/// The tokenizer of a GGUF checkpoint (or header).
+pub fn gguf_tokenizer(path: &std::path::Path) -> r1serve::tokenizer::Tokenizer {
+    let file = r1serve::model::weights::GgufFile::open(path).expect("gguf");
+    r1serve::tokenizer::Tokenizer::from_gguf(&file.content, path).expect("tokenizer")
+}
+
 /// SmolLM2-135M-Instruct Q4_1.
 pub fn smollm2() -> PathBuf {
     models_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf")

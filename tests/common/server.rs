@@ -20,17 +20,7 @@ pub const QWEN: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
 pub const KEY: &str = "test-key";
 
 pub fn model_path(file: &str) -> PathBuf {
-    let dir = std::env::var_os("R1SERVE_MODELS")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/r1serve/models")))
-        .expect("set R1SERVE_MODELS or HOME");
-    let path = dir.join(file);
-    assert!(
-        path.is_file(),
-        "test model {} is missing; run models/fetch.sh",
-        path.display()
-    );
-    path
+    super::model(file)
 }
 
 /// The Python with the test clients (`tests/requirements.txt`):
