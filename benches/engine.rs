@@ -219,7 +219,7 @@ async fn hook_cost(plan: &Plan) {
         ReasoningTokens::new(&tok, &ReasoningConfig::default()).expect("reasoning tokens"),
     );
     let mut processors = processors_for(&on, tok.eos_ids());
-    let mut control = ReasoningControl::new(&tokens, &on.reasoning).expect("control");
+    let mut control = ReasoningControl::new(&tokens, &on.reasoning, false).expect("control");
     let mut tracker = ReasoningTracker::new(ReasoningParser::DeepSeekR1, true);
     let mut logits = vec![0.0f32; tok.vocab_size()];
     let stream: Vec<u32> = tok

@@ -14,6 +14,7 @@ pub mod kv_cache;
 pub mod metrics;
 pub mod model;
 pub mod reasoning;
+pub mod structured;
 pub mod tokenizer;
 pub mod tools;
 pub mod types;

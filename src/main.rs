@@ -24,7 +24,9 @@ use r1serve::metrics::Metrics;
 use r1serve::model::generation_config::GenerationDefaults;
 use r1serve::model::load::{load, LoadOptions};
 use r1serve::reasoning::{ReasoningParser, THINK_END, THINK_START};
+use r1serve::structured::GrammarVocab;
 use r1serve::tokenizer::ChatTemplate;
+use r1serve::tokenizer::Tokenizer;
 use r1serve::tools::ToolCallParser;
 
 /// OpenAI-compatible inference server for DeepSeek-R1 distilled models.
@@ -426,6 +428,7 @@ fn load_model(args: &ServeArgs) -> Result<ServedModel> {
             }
         }
     };
+    let grammar = grammar_vocab(&tokenizer, loaded.model.info().vocab_size);
     let engine = Engine::start(
         loaded.model,
         Arc::clone(&tokenizer),
@@ -466,8 +469,29 @@ fn load_model(args: &ServeArgs) -> Result<ServedModel> {
             effort_budgets: args.thinking.reasoning_effort_budgets.0,
             answer_reserve: args.thinking.answer_token_reserve,
         },
+        grammar,
         created: unix_timestamp(),
     })
+}
+
+/// Indexes the vocabulary for structured outputs. A tokenizer the grammar
+/// engine cannot read costs only those: the server runs and says why
+/// constrained requests are refused.
+fn grammar_vocab(tokenizer: &Tokenizer, vocab_size: usize) -> Option<Arc<GrammarVocab>> {
+    let started = std::time::Instant::now();
+    match GrammarVocab::new(tokenizer, vocab_size) {
+        Ok(vocab) => {
+            tracing::info!(
+                "structured outputs: vocabulary indexed in {:.0} ms",
+                started.elapsed().as_secs_f64() * 1e3
+            );
+            Some(Arc::new(vocab))
+        }
+        Err(e) => {
+            tracing::warn!("structured outputs are unavailable: {e:#}");
+            None
+        }
+    }
 }
 
 #[cfg(test)]

@@ -15,20 +15,22 @@ use serde_json::Value;
 use super::backend::PromptCodec;
 use super::error::{ApiError, Json};
 use super::generation::{
-    encode_chat_prompt, reasoning_params, sampling_params, token_text, ChoiceUpdate, Generation,
+    compile_constraint, encode_chat_prompt, reasoning_params, sampling_params, token_text,
+    ChoiceUpdate, Generation,
 };
 use super::prompt_logprobs;
 use super::protocol::{
     chat_completion_id, unix_timestamp, warn_unknown_fields, AssistantMessage, ChatChoice,
     ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, ChatLogprobs,
-    ChatTokenLogprob, ChunkChoice, Delta, DeltaToolCall, FunctionCall, ReasoningField, Role,
-    ToolCall, ToolChoice, TopLogprob,
+    ChatTokenLogprob, ChatTools, ChunkChoice, Constraint, Delta, DeltaToolCall, FunctionCall,
+    ReasoningField, Role, ToolCall, ToolChoice, TopLogprob,
 };
 use super::sse::{done_event, error_event, json_event, sse_response};
 use super::state::{AppState, ServedModel};
 use crate::engine::types::TokenLogprob;
 use crate::reasoning::{prompt_opens_reasoning, ReasoningParser};
-use crate::tools::{ToolCallParser, ToolCallStream};
+use crate::structured::GrammarSpec;
+use crate::tools::{call_grammar, ToolCallParser, ToolCallStream, ToolFunction};
 
 /// Handles `POST /v1/chat/completions`.
 pub async fn chat_completions(
@@ -46,11 +48,19 @@ pub async fn chat_completions(
     let tools = chat
         .tools
         .as_ref()
-        .filter(|tools| tools.choice == ToolChoice::Auto);
+        .filter(|tools| tools.choice != ToolChoice::None);
     let tool_stream = ToolCallStream::new(
         tools.map_or(ToolCallParser::None, |_| model.tool_parser),
         tools.is_none_or(|tools| tools.parallel),
     );
+    let constraint = match tools.filter(|t| t.choice.forces_call()) {
+        Some(tools) => Some(forced_call(&model, tools)?),
+        None => chat.constraint.clone(),
+    };
+    let grammar = match constraint {
+        Some(c) => Some(compile_constraint(&state, &model, c).await?),
+        None => None,
+    };
     let definitions = tools.map(|tools| Value::Array(tools.definitions.clone()));
     let kwargs = request.chat_template_kwargs.unwrap_or_default();
     let codec = Arc::clone(&model.codec);
@@ -75,6 +85,7 @@ pub async fn chat_completions(
     let starts_inside =
         model.reasoning == ReasoningParser::DeepSeekR1 && prompt_opens_reasoning(&prompt);
     params.reasoning = reasoning_params(&model, &chat.thinking, params.max_tokens, starts_inside)?;
+    params.grammar = grammar;
     let generation = Generation::submit(&model, prompt_ids, params, arrived, &tool_stream)?;
     let reply = Reply {
         id: chat_completion_id(),
@@ -94,6 +105,36 @@ pub async fn chat_completions(
         // which aborts the request in the engine.
         reply.collect(generation, chat.params.n).await
     }
+}
+
+/// The constraint of a `tool_choice` that forces a call: the served
+/// format's call markup around the arguments schema of the named function,
+/// or of any function for `required` (with `parallel_tool_calls`, one or
+/// more calls).
+fn forced_call(model: &ServedModel, tools: &ChatTools) -> Result<Constraint, ApiError> {
+    let functions: Vec<ToolFunction> = tools
+        .definitions
+        .iter()
+        .filter_map(ToolFunction::from_definition)
+        .filter(|f| match &tools.choice {
+            ToolChoice::Named(name) => &f.name == name,
+            _ => true,
+        })
+        .collect();
+    let parallel = tools.parallel && tools.choice == ToolChoice::Required;
+    let token = |marker: &str| model.grammar.as_ref().and_then(|v| v.single_token(marker));
+    let grammar =
+        call_grammar(model.tool_parser, &functions, parallel, &token).ok_or_else(|| {
+            ApiError::bad_request(
+                "tool_choice",
+                "a 'tool_choice' that forces a call needs a tool-call format, and this server has \
+             none (--tool-call-parser none, and the chat template shows no tool-call markup)",
+            )
+        })?;
+    Ok(Constraint {
+        spec: GrammarSpec::Lark(grammar),
+        param: "tool_choice".into(),
+    })
 }
 
 /// What every part of one reply shares.

@@ -11,7 +11,9 @@ use futures::stream::{self, StreamExt};
 
 use super::backend::PromptCodec;
 use super::error::{ApiError, Json};
-use super::generation::{encode_prompt, sampling_params, token_text, ChoiceUpdate, Generation};
+use super::generation::{
+    compile_constraint, encode_prompt, sampling_params, token_text, ChoiceUpdate, Generation,
+};
 use super::prompt_logprobs;
 use super::protocol::{
     completion_id, unix_timestamp, warn_unknown_fields, CompletionChoice, CompletionChunk,
@@ -75,12 +77,15 @@ pub async fn completions(
             "'prompt' must not be empty",
         ));
     }
-    let params = sampling_params(
+    let mut params = sampling_params(
         &model,
         &completion.params,
         prompt_ids.len(),
         Some(DEFAULT_MAX_TOKENS),
     )?;
+    if let Some(constraint) = completion.constraint {
+        params.grammar = Some(compile_constraint(&state, &model, constraint).await?);
+    }
     let generation = Generation::submit(
         &model,
         prompt_ids,

@@ -12,11 +12,12 @@ use serde_json::{Map, Value};
 
 use super::backend::{OutputStream, PromptCodec};
 use super::error::{ApiError, ErrorKind};
+use super::protocol::Constraint;
 use super::protocol::{
     CompletionTokensDetails, DeltaFunction, DeltaToolCall, Effort, FinishReason, GenerationParams,
     PromptTokensDetails, StopReason, ThinkingRequest, Usage,
 };
-use super::state::ServedModel;
+use super::state::{AppState, ServedModel};
 use crate::engine::stop::StopStrings;
 use crate::engine::types::{
     EngineError, EngineRequest, FinishReason as EngineFinish, PromptLogprob, ReasoningParams,
@@ -24,13 +25,46 @@ use crate::engine::types::{
 };
 use crate::metrics::{Completion, RequestRecorder};
 use crate::reasoning::{ReasoningEnd, ReasoningParser};
+use crate::structured::CompiledGrammar;
 use crate::tokenizer::{ChatEnding, ChatPrompt, PromptTooLong};
 use crate::tools::{call_id, ParsedText, ToolCallStream};
 use crate::types::TokenId;
+use std::sync::Arc;
 
 /// Seconds a client is told to wait when the queue is full: long enough for
 /// a few decode steps to free slots, short enough not to idle the server.
 const QUEUE_FULL_RETRY_AFTER: u64 = 1;
+
+/// Compiles the request's constraint for the served vocabulary on a
+/// blocking thread (a large schema takes milliseconds); a schema or grammar
+/// the engine rejects is a 400 naming the parameter, with its message.
+pub async fn compile_constraint(
+    state: &AppState,
+    model: &ServedModel,
+    constraint: Constraint,
+) -> Result<Arc<CompiledGrammar>, ApiError> {
+    let Some(vocab) = model.grammar.clone() else {
+        return Err(ApiError::bad_request(
+            &constraint.param,
+            format!(
+                "'{}' needs structured outputs, which this model's tokenizer does not support",
+                constraint.param
+            ),
+        ));
+    };
+    state
+        .tokenizer_work(move || {
+            CompiledGrammar::compile(&constraint.spec, &vocab)
+                .map(Arc::new)
+                .map_err(|e| {
+                    ApiError::bad_request(
+                        &constraint.param,
+                        format!("invalid '{}': {e}", constraint.param),
+                    )
+                })
+        })
+        .await
+}
 
 /// Builds the engine's sampling parameters, filling what the client left
 /// out from the model's defaults and checking the length budget.
@@ -105,6 +139,7 @@ pub fn sampling_params(
         n: params.n as usize,
         skip_special_tokens: params.skip_special_tokens,
         reasoning: ReasoningParams::default(),
+        grammar: None,
     })
 }
 

@@ -16,6 +16,7 @@ use super::protocol::ReasoningField;
 use crate::metrics::Metrics;
 use crate::model::generation_config::GenerationDefaults;
 use crate::reasoning::ReasoningParser;
+use crate::structured::GrammarVocab;
 use crate::tools::ToolCallParser;
 
 /// A loaded model, ready to serve.
@@ -40,6 +41,10 @@ pub struct ServedModel {
     pub tool_parser: ToolCallParser,
     /// Reasoning bounds for requests that set none.
     pub thinking: ThinkingDefaults,
+    /// The vocabulary indexed for structured outputs; `None` when the
+    /// grammar engine cannot read this tokenizer (constrained requests are
+    /// then refused).
+    pub grammar: Option<Arc<GrammarVocab>>,
     /// Unix time the model finished loading, reported as `created`.
     pub created: u64,
 }

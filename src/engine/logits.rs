@@ -6,6 +6,8 @@
 //! Processors are built once per sequence from its parameters, and only
 //! the ones a request needs exist, so a plain request pays nothing.
 
+use super::grammar::GrammarProcessor;
+use super::sequence::GenerationSetup;
 use super::types::SamplingParams;
 use crate::reasoning::ReasoningPhase;
 use crate::types::TokenId;
@@ -66,9 +68,12 @@ impl LogitsProcessor for MinTokens {
 
 /// The processors `params` ask for, in the order they apply; `stop_ids`
 /// are the ids that end the sequence (EOS unless ignored, and stop ids).
+/// The grammar comes last: where it requires the end, the end is possible
+/// whatever `min_tokens` says.
 pub fn processors_for(
     params: &SamplingParams,
     stop_ids: &[TokenId],
+    setup: &GenerationSetup,
 ) -> Vec<Box<dyn LogitsProcessor>> {
     let mut out: Vec<Box<dyn LogitsProcessor>> = Vec::new();
     if !params.logit_bias.is_empty() {
@@ -79,6 +84,13 @@ pub fn processors_for(
             min: params.min_tokens,
             stop_ids: stop_ids.to_vec(),
         }));
+    }
+    if let Some(grammar) = &params.grammar {
+        out.push(Box::new(GrammarProcessor::new(
+            grammar,
+            &params.reasoning,
+            setup.reasoning.clone(),
+        )));
     }
     out
 }
@@ -98,13 +110,21 @@ mod tests {
 
     #[test]
     fn only_requested_processors_exist() {
-        assert!(processors_for(&SamplingParams::default(), &[2]).is_empty());
+        assert!(processors_for(
+            &SamplingParams::default(),
+            &[2],
+            &GenerationSetup::default()
+        )
+        .is_empty());
         let params = SamplingParams {
             logit_bias: vec![(1, 1.0)],
             min_tokens: 3,
             ..Default::default()
         };
-        assert_eq!(processors_for(&params, &[2]).len(), 2);
+        assert_eq!(
+            processors_for(&params, &[2], &GenerationSetup::default()).len(),
+            2
+        );
     }
 
     #[test]

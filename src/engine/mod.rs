@@ -5,6 +5,7 @@
 
 mod engine_loop;
 mod fault;
+mod grammar;
 pub mod logits;
 pub mod prompt_logprobs;
 pub mod reasoning_control;

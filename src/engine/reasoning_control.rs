@@ -101,7 +101,14 @@ impl Default for ReasoningConfig {
 #[derive(Clone, Debug)]
 pub struct ReasoningTokens {
     close: Vec<TokenId>,
+    /// The close text up to the end of `</think>`, for answers a grammar
+    /// constrains from their first token.
+    close_at_tag: Vec<TokenId>,
     reopen: ReopenMask,
+    /// Tokens that complete `</think>` and run past it.
+    close_overrun: ReopenMask,
+    /// `<think>` when the vocabulary has it as one token.
+    think_token: Option<TokenId>,
     mode: LoopGuardMode,
     detector: LoopGuardConfig,
 }
@@ -116,6 +123,8 @@ impl ReasoningTokens {
             );
         }
         let close = tokenizer.encode(&config.close_text, false)?;
+        let tag_end = config.close_text.find(THINK_END).unwrap_or_default() + THINK_END.len();
+        let close_at_tag = tokenizer.encode(&config.close_text[..tag_end], false)?;
         if close.len() > MAX_CLOSE_TOKENS {
             bail!(
                 "the thinking close text is {} tokens long; at most {MAX_CLOSE_TOKENS} are allowed",
@@ -129,14 +138,15 @@ impl ReasoningTokens {
             .loop_detector
             .validate()
             .map_err(|e| anyhow::anyhow!("loop guard settings: {e}"))?;
+        let pieces: Arc<[Box<str>]> = (0..tokenizer.vocab_size() as TokenId)
+            .map(|id| tokenizer.id_to_token(id).unwrap_or_default().into())
+            .collect();
         Ok(Self {
             close,
-            reopen: ReopenMask::new(
-                THINK_START,
-                (0..tokenizer.vocab_size() as TokenId)
-                    .map(|id| tokenizer.id_to_token(id).unwrap_or_default().into())
-                    .collect(),
-            ),
+            close_at_tag,
+            reopen: ReopenMask::new(THINK_START, Arc::clone(&pieces)),
+            close_overrun: ReopenMask::overrunning(THINK_END, pieces),
+            think_token: tokenizer.token_to_id(THINK_START),
             mode: config.loop_guard,
             detector: config.loop_detector,
         })
@@ -145,6 +155,16 @@ impl ReasoningTokens {
     /// Tokens of the close sequence.
     pub fn close_len(&self) -> usize {
         self.close.len()
+    }
+
+    /// Tokens that complete `</think>` with text after it.
+    pub fn close_overrun(&self) -> &ReopenMask {
+        &self.close_overrun
+    }
+
+    /// `<think>` as one token, where the vocabulary has it.
+    pub fn think_token(&self) -> Option<TokenId> {
+        self.think_token
     }
 }
 
@@ -162,6 +182,8 @@ enum State {
 /// One sequence's reasoning control.
 pub struct ReasoningControl {
     tokens: Arc<ReasoningTokens>,
+    /// Close at the tag (the answer is constrained from its first token).
+    close_at_tag: bool,
     budget: Option<usize>,
     reserve: Option<usize>,
     guard: Option<LoopGuard>,
@@ -179,8 +201,13 @@ pub struct ReasoningControl {
 
 impl ReasoningControl {
     /// The control of a sequence with `params`, or `None` when its output
-    /// is not parsed for reasoning.
-    pub fn new(tokens: &Arc<ReasoningTokens>, params: &ReasoningParams) -> Option<Self> {
+    /// is not parsed for reasoning. `constrained`: a grammar constrains the
+    /// answer, so a forced close ends with the tag.
+    pub fn new(
+        tokens: &Arc<ReasoningTokens>,
+        params: &ReasoningParams,
+        constrained: bool,
+    ) -> Option<Self> {
         if params.parser == ReasoningParser::None {
             return None;
         }
@@ -190,6 +217,7 @@ impl ReasoningControl {
             .flatten();
         Some(Self {
             tokens: Arc::clone(tokens),
+            close_at_tag: constrained,
             budget: params.budget,
             reserve: params.answer_reserve,
             guard,
@@ -199,6 +227,14 @@ impl ReasoningControl {
             stop: false,
             cause: None,
         })
+    }
+
+    fn close(&self) -> &[TokenId] {
+        if self.close_at_tag {
+            &self.tokens.close_at_tag
+        } else {
+            &self.tokens.close
+        }
     }
 
     /// Whether the token sampled after the last [`process`] was forced.
@@ -214,13 +250,13 @@ impl ReasoningControl {
     /// close sequence replaces the end, and its first token is returned.
     pub fn close_instead_of_stop(&mut self, ctx: &LogitsContext) -> Option<TokenId> {
         let promised = self.budget.is_some() || self.reserve.is_some();
-        let room = ctx.tokens_left > self.tokens.close.len();
+        let room = ctx.tokens_left > self.close().len();
         if self.state != State::Free || ctx.phase != ReasoningPhase::Inside || !promised || !room {
             return None;
         }
         self.state = State::Forcing(0);
         self.cause = Some(ReasoningEnd::Closed);
-        Some(self.tokens.close[0])
+        Some(self.close()[0])
     }
 
     /// Whether the loop guard ended the choice.
@@ -250,7 +286,7 @@ impl ReasoningControl {
         // reasoning, close included, ends `reserve` tokens before the limit.
         let reserve_hit = self
             .reserve
-            .is_some_and(|r| ctx.tokens_left <= r + self.tokens.close.len());
+            .is_some_and(|r| ctx.tokens_left <= r + self.close().len());
         match ctx.phase {
             ReasoningPhase::Inside => {
                 let budget_hit = self.budget.is_some_and(|b| ctx.reasoning_tokens >= b);
@@ -278,7 +314,7 @@ impl LogitsProcessor for ReasoningControl {
         match self.state {
             State::Free => {}
             State::Forcing(i) => {
-                let keep = self.tokens.close[i] as usize;
+                let keep = self.close()[i] as usize;
                 logits.fill(f32::NEG_INFINITY);
                 if let Some(l) = logits.get_mut(keep) {
                     *l = 0.0;
@@ -294,7 +330,7 @@ impl LogitsProcessor for ReasoningControl {
             self.tokens.reopen.advance(&mut self.tail, token);
         }
         match self.state {
-            State::Forcing(i) if i + 1 == self.tokens.close.len() => self.state = State::Closed,
+            State::Forcing(i) if i + 1 == self.close().len() => self.state = State::Closed,
             State::Forcing(i) => self.state = State::Forcing(i + 1),
             State::Free if ctx.phase == ReasoningPhase::Inside => {
                 let Some(guard) = &mut self.guard else {
@@ -320,7 +356,7 @@ mod tests {
 
     /// Token 10 is `<think>`; 7, 8 and 9 spell it as `<th`, `ink`, `>`.
     fn tokens(mode: LoopGuardMode) -> Arc<ReasoningTokens> {
-        let pieces = (0..64)
+        let pieces: Arc<[Box<str>]> = (0..64)
             .map(|i| match i {
                 7 => "<th".into(),
                 8 => "ink".into(),
@@ -331,7 +367,10 @@ mod tests {
             .collect();
         Arc::new(ReasoningTokens {
             close: CLOSE.to_vec(),
-            reopen: ReopenMask::new(THINK_START, pieces),
+            close_at_tag: CLOSE[..2].to_vec(),
+            reopen: ReopenMask::new(THINK_START, Arc::clone(&pieces)),
+            close_overrun: ReopenMask::overrunning(THINK_END, pieces),
+            think_token: Some(10),
             mode,
             detector: LoopGuardConfig::default(),
         })
@@ -344,7 +383,7 @@ mod tests {
             budget,
             answer_reserve: reserve,
         };
-        ReasoningControl::new(&tokens(LoopGuardMode::Off), &params).unwrap()
+        ReasoningControl::new(&tokens(LoopGuardMode::Off), &params, false).unwrap()
     }
 
     /// Runs one step with flat logits over 64 ids and returns the argmax
@@ -415,7 +454,7 @@ mod tests {
         };
         // The one-token tag is always masked; the spelled-out one only at
         // its last token, right after the others.
-        let mut c = ReasoningControl::new(&tokens(LoopGuardMode::Off), &params).unwrap();
+        let mut c = ReasoningControl::new(&tokens(LoopGuardMode::Off), &params, false).unwrap();
         let ctx = LogitsContext {
             num_generated: 0,
             tokens_left: 10,
@@ -474,7 +513,7 @@ mod tests {
             ReasoningEnd::None
         );
         let params = ReasoningParams::default();
-        assert!(ReasoningControl::new(&tokens(LoopGuardMode::Close), &params).is_none());
+        assert!(ReasoningControl::new(&tokens(LoopGuardMode::Close), &params, false).is_none());
     }
 
     #[test]
@@ -485,7 +524,7 @@ mod tests {
                 starts_inside: true,
                 ..Default::default()
             };
-            let mut c = ReasoningControl::new(&tokens(mode), &params).unwrap();
+            let mut c = ReasoningControl::new(&tokens(mode), &params, false).unwrap();
             let span: Vec<TokenId> = (10..50).collect();
             let mut fired_at = None;
             for (i, &t) in span.iter().cycle().take(400).enumerate() {

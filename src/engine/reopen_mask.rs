@@ -1,5 +1,7 @@
 //! Keeping a closed reasoning block closed: the tokens that would write
-//! the opening tag next, given the text generated so far.
+//! the opening tag next, given the text generated so far. The same tables
+//! over the closing tag, restricted to tokens that run past it, make a
+//! constrained answer start exactly at a token boundary.
 //!
 //! Where `<think>` is one token, masking it is enough. Where it is text
 //! spelled by several tokens (and BPE merges its last character with what
@@ -10,6 +12,8 @@
 //! are vocabulary spellings, in which the tag's printable ASCII characters
 //! stand for themselves in every tokenizer family.
 
+use std::sync::Arc;
+
 use crate::types::TokenId;
 
 /// The masking tables of one tag over one vocabulary.
@@ -17,7 +21,7 @@ use crate::types::TokenId;
 pub struct ReopenMask {
     tag: String,
     /// Spelling of every token, by id.
-    pieces: Vec<Box<str>>,
+    pieces: Arc<[Box<str>]>,
     /// Tokens whose text contains the whole tag.
     whole: Vec<TokenId>,
     /// `completing[k]`: tokens whose text starts with `tag[k..]`, which
@@ -27,16 +31,32 @@ pub struct ReopenMask {
 
 impl ReopenMask {
     /// Tables for `tag` over a vocabulary given as `pieces[id]`.
-    pub fn new(tag: &str, pieces: Vec<Box<str>>) -> Self {
+    pub fn new(tag: &str, pieces: Arc<[Box<str>]>) -> Self {
+        Self::build(tag, pieces, false)
+    }
+
+    /// Tables of only the tokens that complete `tag` and carry text after
+    /// it: masking them makes the tag end exactly at a token's end.
+    pub fn overrunning(tag: &str, pieces: Arc<[Box<str>]>) -> Self {
+        Self::build(tag, pieces, true)
+    }
+
+    fn build(tag: &str, pieces: Arc<[Box<str>]>, overrun_only: bool) -> Self {
         let mut whole = Vec::new();
         let mut completing = vec![Vec::new(); tag.len()];
         for (id, piece) in pieces.iter().enumerate() {
             let id = id as TokenId;
-            if piece.contains(tag) {
+            if piece.contains(tag) && !(overrun_only && piece.ends_with(tag)) {
                 whole.push(id);
             }
             for (k, slot) in completing.iter_mut().enumerate().skip(1) {
-                if tag.is_char_boundary(k) && !piece.is_empty() && piece.starts_with(&tag[k..]) {
+                let rest = tag.get(k..).unwrap_or_default();
+                let overruns = piece.len() > rest.len();
+                if tag.is_char_boundary(k)
+                    && !piece.is_empty()
+                    && piece.starts_with(rest)
+                    && (overruns || !overrun_only)
+                {
                     slot.push(id);
                 }
             }
@@ -65,6 +85,17 @@ impl ReopenMask {
         }
     }
 
+    /// Whether `token` completes the tag after text ending in `tail`.
+    pub fn completes(&self, tail: &str, token: TokenId) -> bool {
+        let Some(piece) = self.pieces.get(token as usize) else {
+            return false;
+        };
+        let mut text = String::with_capacity(tail.len() + piece.len());
+        text.push_str(tail);
+        text.push_str(piece);
+        text.contains(self.tag.as_str())
+    }
+
     /// Masks every token that would complete the tag after text ending in
     /// `tail`.
     pub fn apply(&self, tail: &str, logits: &mut [f32]) {
@@ -88,7 +119,7 @@ impl ReopenMask {
 mod tests {
     use super::*;
 
-    fn vocab() -> Vec<Box<str>> {
+    fn vocab() -> Arc<[Box<str>]> {
         [
             "<",
             "think",

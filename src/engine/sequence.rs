@@ -102,11 +102,11 @@ impl Sequence {
             detok: IncrementalDecoder::new(params.skip_special_tokens),
             stop: StopChecker::new(params.stop.clone())
                 .keeping_match(params.include_stop_str_in_output),
-            processors: processors_for(&params, &stop_ids),
+            processors: processors_for(&params, &stop_ids, setup),
             control: setup
                 .reasoning
                 .as_ref()
-                .and_then(|tokens| ReasoningControl::new(tokens, r)),
+                .and_then(|tokens| ReasoningControl::new(tokens, r, params.grammar.is_some())),
             reasoning: ReasoningTracker::new(r.parser, r.starts_inside),
             stop_ids,
             params,

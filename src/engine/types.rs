@@ -4,7 +4,9 @@
 use super::stop::StopStrings;
 use crate::kv_cache::storage::KvDtype;
 use crate::reasoning::{ReasoningEnd, ReasoningParser};
+use crate::structured::CompiledGrammar;
 use crate::types::TokenId;
+use std::sync::Arc;
 
 /// Sampling and stopping parameters of one request, already validated.
 #[derive(Clone, Debug)]
@@ -54,6 +56,8 @@ pub struct SamplingParams {
     pub skip_special_tokens: bool,
     /// How the output's reasoning is tracked and bounded.
     pub reasoning: ReasoningParams,
+    /// The grammar the answer (after any reasoning) must follow.
+    pub grammar: Option<Arc<CompiledGrammar>>,
 }
 
 /// A request's reasoning settings.
@@ -95,6 +99,7 @@ impl Default for SamplingParams {
             n: 1,
             skip_special_tokens: true,
             reasoning: ReasoningParams::default(),
+            grammar: None,
         }
     }
 }

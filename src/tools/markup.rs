@@ -6,6 +6,8 @@ use std::str::FromStr;
 
 /// Opens DeepSeek's block of calls.
 pub const DEEPSEEK_CALLS_BEGIN: &str = "<｜tool▁calls▁begin｜>";
+/// Closes DeepSeek's block of calls.
+pub const DEEPSEEK_CALLS_END: &str = "<｜tool▁calls▁end｜>";
 /// Opens one DeepSeek call.
 pub const DEEPSEEK_CALL_BEGIN: &str = "<｜tool▁call▁begin｜>";
 /// Separates a DeepSeek call's type (R1) or name (V3.1) from what follows.

@@ -10,13 +10,18 @@
 //!
 //! The HTTP layer feeds it only the answer, after the reasoning splitter: a
 //! call written inside `<think>` is not executed (it is counted instead, see
-//! [`ToolCallParser::count_calls`]), since the model had not committed to it.
+//! [`ToolCallStream::calls`]), since the model had not committed to it.
+//!
+//! A `tool_choice` that forces a call is enforced by a grammar of the same
+//! markup ([`call_grammar`]), applied to the answer after the reasoning.
 
+mod grammar;
 mod markup;
 mod parser;
 #[cfg(test)]
 mod tests;
 
+pub use grammar::{call_grammar, ToolFunction};
 pub use markup::ToolCallParser;
 pub use parser::{ParsedText, ToolCallDelta, ToolCallStream};
 

@@ -2,14 +2,15 @@
 //! validation that turns a request into checked generation parameters.
 //!
 //! Request types accept everything OpenAI clients send: unknown fields are
-//! ignored, and OpenAI features this server does not implement (structured
-//! output, audio, …) are captured so that validation can reject
+//! ignored, and OpenAI features this server does not implement (audio,
+//! predicted outputs, …) are captured so that validation can reject
 //! them with a 400 naming the parameter instead of silently ignoring them.
 //! Response types serialize exactly as OpenAI does, including which fields
 //! are `null` and which are absent, since some clients depend on both.
 //!
 //! Split by direction: [`request`] (request bodies and their validation),
 //! [`response`] (responses, stream chunks, logprob serialization),
+//! [`structured`] (structured-output fields in OpenAI's and vLLM's dialects),
 //! [`thinking`] (reasoning budgets in their dialects), [`reasoning_field`]
 //! (the name the reasoning text goes under), [`tools`] (tool definitions and
 //! calls in requests) and [`utility`]
@@ -18,6 +19,7 @@
 mod reasoning_field;
 mod request;
 mod response;
+mod structured;
 #[cfg(test)]
 mod tests;
 mod thinking;
@@ -27,6 +29,7 @@ mod utility;
 pub use reasoning_field::*;
 pub use request::*;
 pub use response::*;
+pub use structured::*;
 pub use thinking::*;
 pub use tools::*;
 pub use utility::*;

@@ -317,9 +317,6 @@ pub struct UnsupportedChatFields {
     /// Legacy function selection.
     #[serde(default)]
     pub function_call: Option<Value>,
-    /// Structured output format.
-    #[serde(default)]
-    pub response_format: Option<Value>,
     /// Audio output options.
     #[serde(default)]
     pub audio: Option<Value>,
@@ -337,21 +334,6 @@ pub struct UnsupportedChatFields {
 /// so values that ask for nothing (`false`, `null`, `[]`) pass.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 pub struct UnsupportedVllmFields {
-    /// Structured output: a JSON schema.
-    #[serde(default)]
-    pub guided_json: Option<Value>,
-    /// Structured output: a regular expression.
-    #[serde(default)]
-    pub guided_regex: Option<Value>,
-    /// Structured output: one of a list of strings.
-    #[serde(default)]
-    pub guided_choice: Option<Value>,
-    /// Structured output: a grammar.
-    #[serde(default)]
-    pub guided_grammar: Option<Value>,
-    /// Structured output, vLLM's newer spelling.
-    #[serde(default)]
-    pub structured_outputs: Option<Value>,
     /// Beam search instead of sampling.
     #[serde(default)]
     pub use_beam_search: Option<Value>,
@@ -384,11 +366,6 @@ impl UnsupportedVllmFields {
         let present = |v: &Option<Value>| !matches!(v, None | Some(Value::Null));
         let on = |v: &Option<Value>| !matches!(v, None | Some(Value::Null | Value::Bool(false)));
         [
-            ("guided_json", present(&self.guided_json)),
-            ("guided_regex", present(&self.guided_regex)),
-            ("guided_choice", non_empty_list(&self.guided_choice)),
-            ("guided_grammar", present(&self.guided_grammar)),
-            ("structured_outputs", present(&self.structured_outputs)),
             ("use_beam_search", on(&self.use_beam_search)),
             ("bad_words", non_empty_list(&self.bad_words)),
             ("allowed_token_ids", non_empty_list(&self.allowed_token_ids)),
@@ -492,15 +469,10 @@ impl UnsupportedChatFields {
     /// The first parameter whose value asks for an unimplemented feature.
     ///
     /// Values that request nothing are accepted, because common clients send
-    /// them by default: empty `functions`, `function_call` of `"none"`,
-    /// `response_format` `{"type": "text"}` and `modalities` `["text"]`.
+    /// them by default: empty `functions`, `function_call` of `"none"` and
+    /// `modalities` `["text"]`.
     pub fn first_used(&self) -> Option<&'static str> {
         let present = |v: &Option<Value>| !matches!(v, None | Some(Value::Null));
-        let text_format = |v: &Option<Value>| match v {
-            None | Some(Value::Null) => true,
-            Some(Value::Object(o)) => o.get("type").and_then(Value::as_str) == Some("text"),
-            Some(_) => false,
-        };
         let text_modalities = |v: &Option<Value>| match v {
             None | Some(Value::Null) => true,
             Some(Value::Array(items)) => items.iter().all(|m| m.as_str() == Some("text")),
@@ -509,7 +481,6 @@ impl UnsupportedChatFields {
         [
             ("functions", non_empty_list(&self.functions)),
             ("function_call", not_none(&self.function_call)),
-            ("response_format", !text_format(&self.response_format)),
             ("audio", present(&self.audio)),
             ("modalities", !text_modalities(&self.modalities)),
             ("prediction", present(&self.prediction)),
@@ -574,6 +545,9 @@ pub struct ChatCompletionRequest {
     /// is the assistant's (vLLM extension, default false).
     #[serde(default)]
     pub echo: Option<bool>,
+    /// Structured outputs in every dialect.
+    #[serde(flatten)]
+    pub structured: StructuredFields,
     /// Unimplemented OpenAI parameters.
     #[serde(flatten)]
     pub unsupported: UnsupportedChatFields,
@@ -622,6 +596,9 @@ pub struct CompletionRequest {
     /// Server-side best-of; only `best_of == n` is supported.
     #[serde(default)]
     pub best_of: Option<i64>,
+    /// Structured outputs in every dialect.
+    #[serde(flatten)]
+    pub structured: StructuredFields,
     /// Unimplemented vLLM parameters.
     #[serde(flatten)]
     pub unsupported_vllm: UnsupportedVllmFields,
@@ -714,6 +691,8 @@ pub struct ValidatedChat {
     /// Text the answer starts with: the final assistant message's content,
     /// when `echo` asks for it.
     pub echo: Option<String>,
+    /// What the answer must match.
+    pub constraint: Option<Constraint>,
 }
 
 /// A checked legacy completion request.
@@ -725,6 +704,8 @@ pub struct ValidatedCompletion {
     pub echo: bool,
     /// Generation parameters.
     pub params: GenerationParams,
+    /// What the output must match.
+    pub constraint: Option<Constraint>,
 }
 
 fn in_range(param: &str, value: f32, lo: f32, hi: f32) -> Result<f32, ApiError> {
@@ -1096,6 +1077,18 @@ impl ChatCompletionRequest {
             self.tool_choice.as_ref(),
             self.parallel_tool_calls.as_ref(),
         )?;
+        let constraint = self.structured.constraint()?;
+        if let (Some(c), Some(tools)) = (&constraint, &tools) {
+            if tools.choice.forces_call() {
+                return Err(ApiError::bad_request(
+                    &c.param,
+                    format!(
+                        "'{}' and a 'tool_choice' that forces a call both constrain the answer; send one",
+                        c.param
+                    ),
+                ));
+            }
+        }
         let logprobs = self.logprobs.unwrap_or(false);
         let top_logprobs = self
             .top_logprobs
@@ -1144,6 +1137,7 @@ impl ChatCompletionRequest {
             thinking,
             ending,
             echo,
+            constraint,
         })
     }
 }
@@ -1233,6 +1227,7 @@ impl CompletionRequest {
             prompt,
             echo: self.echo.unwrap_or(false),
             params,
+            constraint: self.structured.constraint()?,
         })
     }
 }

@@ -153,11 +153,6 @@ fn unsupported_parameters_are_named() {
     for (extra, param) in [
         (json!({"functions": [{"name": "f"}]}), "functions"),
         (json!({"function_call": "auto"}), "function_call"),
-        (
-            json!({"response_format": {"type": "json_object"}}),
-            "response_format",
-        ),
-        (json!({"response_format": "text"}), "response_format"),
         (json!({"audio": {"voice": "alloy"}}), "audio"),
         (json!({"modalities": ["text", "audio"]}), "modalities"),
         (json!({"prediction": {"type": "content"}}), "prediction"),
@@ -725,7 +720,8 @@ fn weather_tool() -> Value {
 
 #[test]
 fn tools_are_checked_and_kept_as_sent() {
-    let tools = json!([weather_tool(), {"type": "function", "function": {"name": "now"}}]);
+    let tools = json!([weather_tool(), {"type": "function", "function": {"name": "now",
+        "parameters": {"type": "object", "properties": {}}}}]);
     let checked = chat_with(json!({"tools": tools, "parallel_tool_calls": false}))
         .validate()
         .unwrap()
@@ -769,12 +765,12 @@ fn bad_tools_are_named() {
             "more than once",
         ),
         (
-            json!({"tools": tool(json!({"description": "no name"}))}),
+            json!({"tools": tool(json!({"description": "no name", "parameters": {}}))}),
             "tools[0].function.name",
             "must be a string",
         ),
         (
-            json!({"tools": tool(json!({"name": "has space"}))}),
+            json!({"tools": tool(json!({"name": "has space", "parameters": {}}))}),
             "tools[0].function.name",
             "letters, digits",
         ),
@@ -790,9 +786,9 @@ fn bad_tools_are_named() {
             "requires 'tools'",
         ),
         (
-            json!({"tools": [weather_tool()], "tool_choice": "required"}),
-            "tool_choice",
-            "tool_choice 'required' is not supported yet",
+            json!({"tools": tool(json!({"name": "f"}))}),
+            "tools[0].function.parameters",
+            "function 'f' has no parameters schema",
         ),
         (
             json!({"tools": [weather_tool()], "tool_choice": {"type": "function", "function": {"name": "nope"}}}),
@@ -800,9 +796,15 @@ fn bad_tools_are_named() {
             "'nope', which is not in 'tools'",
         ),
         (
-            json!({"tools": [weather_tool()], "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}),
+            json!({"tool_choice": {"type": "function", "function": {"name": "get_weather"}}}),
             "tool_choice",
-            "named 'tool_choice' is not supported yet",
+            "requires 'tools'",
+        ),
+        (
+            json!({"tools": [weather_tool()], "tool_choice": "required",
+                   "response_format": {"type": "json_object"}}),
+            "response_format",
+            "both constrain the answer",
         ),
         (
             json!({"tools": [weather_tool()], "tool_choice": "sometimes"}),
@@ -957,12 +959,6 @@ fn chat_endings_and_echo_follow_vllm() {
 #[test]
 fn unimplemented_vllm_parameters_are_named_unless_they_ask_for_nothing() {
     for (extra, param) in [
-        (json!({"guided_json": {"type": "object"}}), "guided_json"),
-        (json!({"guided_choice": ["a", "b"]}), "guided_choice"),
-        (
-            json!({"structured_outputs": {"regex": "a+"}}),
-            "structured_outputs",
-        ),
         (json!({"use_beam_search": true}), "use_beam_search"),
         (json!({"allowed_token_ids": [1, 2]}), "allowed_token_ids"),
         (

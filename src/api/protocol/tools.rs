@@ -14,15 +14,26 @@ pub const MAX_TOOLS_BYTES: usize = 1 << 20;
 /// Longest function name (OpenAI's limit).
 pub const MAX_TOOL_NAME_BYTES: usize = 64;
 
-/// Whether the model may call the tools. `required` and a named function
-/// need constrained decoding and are refused for now.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Whether the model may, or must, call the tools.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ToolChoice {
     /// The tools are not shown to the model and output is never parsed for
     /// calls.
     None,
     /// The model decides; calls in its answer are parsed.
     Auto,
+    /// The answer is one or more calls (a grammar enforces it after the
+    /// reasoning).
+    Required,
+    /// The answer is one call of this function.
+    Named(String),
+}
+
+impl ToolChoice {
+    /// Whether the answer must be a call.
+    pub fn forces_call(&self) -> bool {
+        matches!(self, ToolChoice::Required | ToolChoice::Named(_))
+    }
 }
 
 /// Checked `tools`, `tool_choice` and `parallel_tool_calls`.
@@ -99,7 +110,16 @@ fn check_tool(i: usize, tool: &Value) -> Result<&str, ApiError> {
         ));
     }
     match function.get("parameters") {
-        None | Some(Value::Null) => {}
+        // A call's arguments are checked against this schema; a function
+        // without arguments says so with an empty object schema.
+        None | Some(Value::Null) => {
+            return Err(bad(
+                format!("{param}.function.parameters"),
+                format!(
+                    "function '{name}' has no parameters schema; give one (for no arguments: {{\"type\": \"object\", \"properties\": {{}}}})"
+                ),
+            ))
+        }
         Some(Value::Object(schema)) => match schema.get("type") {
             None | Some(Value::Null) => {}
             Some(Value::String(t)) if t == "object" => {}
@@ -204,17 +224,20 @@ pub fn validate_tools(
                     "'tool_choice' object must be {\"type\": \"function\", \"function\": {\"name\": ...}}",
                 )
             })?;
+            if definitions.is_empty() {
+                return Err(bad("tool_choice", "'tool_choice' requires 'tools'"));
+            }
             if !names.contains(&name) {
                 return Err(bad(
                     "tool_choice",
                     format!("'tool_choice' names function '{name}', which is not in 'tools'"),
                 ));
             }
-            return Err(bad(
-                "tool_choice",
-                "a named 'tool_choice' is not supported yet; use \"auto\" or \"none\"",
-            )
-            .with_code("unsupported_parameter"));
+            return Ok(Some(ChatTools {
+                choice: ToolChoice::Named(name.to_string()),
+                definitions,
+                parallel,
+            }));
         }
         Some(_) => {
             return Err(bad(
@@ -227,13 +250,7 @@ pub fn validate_tools(
         None if definitions.is_empty() => return Ok(None),
         None | Some("auto") => ToolChoice::Auto,
         Some("none") => ToolChoice::None,
-        Some("required") => {
-            return Err(bad(
-                "tool_choice",
-                "tool_choice 'required' is not supported yet; use \"auto\" or \"none\"",
-            )
-            .with_code("unsupported_parameter"))
-        }
+        Some("required") => ToolChoice::Required,
         Some(other) => {
             return Err(bad(
                 "tool_choice",
@@ -246,7 +263,7 @@ pub fn validate_tools(
     if definitions.is_empty() {
         return match choice {
             ToolChoice::None => Ok(None),
-            ToolChoice::Auto => Err(bad("tool_choice", "'tool_choice' requires 'tools'")),
+            _ => Err(bad("tool_choice", "'tool_choice' requires 'tools'")),
         };
     }
     Ok(Some(ChatTools {
