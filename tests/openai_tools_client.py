@@ -8,17 +8,27 @@ Run by `tests/server.rs` (test `qwen_calls_tools`) against the server it starts;
 
 The round trip is the one an agent makes: the model calls a tool, the client runs it and
 sends the result back as a `tool` message after the assistant's call, and the model
-answers. Greedy decoding makes the model's choices reproducible. Whatever the first reply
-is, its wire format is checked and streaming must equal non-streaming; when the model
-writes no parsable call (this 0.5B model writes bare JSON), the call turn sent back is the
-client's own, so the tool-result turn and final answer are exercised either way.
-Exits non-zero on the first failed check.
+answers. Greedy decoding makes the model's choices reproducible. With `tool_choice`
+`auto`, whatever the first reply is, its wire format is checked and streaming must equal
+non-streaming. With a named `tool_choice` the server's grammar makes the model call that
+function with arguments valid under its parameters schema (checked here with the
+`jsonschema` package, not by r1serve), and `required` makes it call one or more; the
+forced call is the one the round trip sends back. Exits non-zero on the first failed check.
 """
 
 import json
 import sys
 
+import jsonschema
 import openai
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "description": "The city, e.g. Paris"},
+    },
+    "required": ["city"],
+}
 
 TOOLS = [
     {
@@ -26,13 +36,7 @@ TOOLS = [
         "function": {
             "name": "get_weather",
             "description": "Get the current weather in a given city.",
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "city": {"type": "string", "description": "The city, e.g. Paris"},
-                },
-                "required": ["city"],
-            },
+            "parameters": SCHEMA,
         },
     }
 ]
@@ -97,23 +101,30 @@ def main():
         f"streamed calls {stream_calls} differ from {calls}",
     )
 
-    if calls:
-        assistant = choice.message.model_dump(exclude_none=True)
-    else:
-        # Qwen2.5-Coder-0.5B at T=0 writes the call's JSON without the <tool_call>
-        # tags here (so it is content, as in vLLM); the client then makes the call
-        # itself, which is the turn it sends back.
-        assistant = {
-            "role": "assistant",
-            "content": None,
-            "tool_calls": [
-                {
-                    "id": "call_0",
-                    "type": "function",
-                    "function": {"name": "get_weather", "arguments": json.dumps({"city": "Paris"})},
-                }
-            ],
-        }
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    forced = client.chat.completions.create(**request, tool_choice=named)
+    forced_choice = forced.choices[0]
+    forced_calls = forced_choice.message.tool_calls or []
+    check(len(forced_calls) == 1, f"a named tool_choice makes one call: {forced_choice.message}")
+    check(forced_choice.finish_reason == "tool_calls", f"finish_reason {forced_choice.finish_reason}")
+    check(forced_calls[0].function.name == "get_weather", f"{forced_calls[0]}")
+    jsonschema.validate(json.loads(forced_calls[0].function.arguments), SCHEMA)
+    content, stream_calls, finish = streamed(client, **request, tool_choice=named)
+    check(finish == "tool_calls", f"streamed finish_reason {finish}")
+    check(
+        [(n, a) for _, n, a in stream_calls]
+        == [(c.function.name, c.function.arguments) for c in forced_calls],
+        f"streamed forced calls {stream_calls} differ from {forced_calls}",
+    )
+
+    required = client.chat.completions.create(**request, tool_choice="required")
+    required_calls = required.choices[0].message.tool_calls or []
+    check(required_calls, f"tool_choice required makes a call: {required.choices[0].message}")
+    for call in required_calls:
+        check(call.function.name == "get_weather", f"{call}")
+        jsonschema.validate(json.loads(call.function.arguments), SCHEMA)
+
+    assistant = forced_choice.message.model_dump(exclude_none=True)
     call = assistant["tool_calls"][0]
     # The client runs the tool and sends the result back.
     messages.append(assistant)
@@ -132,11 +143,12 @@ def main():
 
     try:
         client.chat.completions.create(
-            model=model, messages=messages, tools=TOOLS, tool_choice="required"
+            model=model, messages=messages, tools=TOOLS,
+            tool_choice={"type": "function", "function": {"name": "get_time"}},
         )
-        check(False, "tool_choice required must fail")
+        check(False, "a tool_choice naming an undefined function must fail")
     except openai.BadRequestError as error:
-        check("required" in str(error), f"error names the value: {error}")
+        check("get_time" in str(error), f"error names the function: {error}")
 
     print("openai tools client: all checks passed")
 

@@ -436,6 +436,25 @@ mod tests {
         );
     }
 
+    /// A grammar constrains the answer from its first token: the close
+    /// ends with the tag, and the grammar starts right after it.
+    #[test]
+    fn a_constrained_answer_gets_the_close_up_to_the_tag() {
+        let params = ReasoningParams {
+            parser: ReasoningParser::DeepSeekR1,
+            starts_inside: true,
+            budget: Some(1),
+            answer_reserve: None,
+        };
+        let mut c = ReasoningControl::new(&tokens(LoopGuardMode::Off), &params, true).unwrap();
+        let inside = ReasoningPhase::Inside;
+        assert_eq!(step(&mut c, 0, inside, 0, 100), (1, false));
+        let forced: Vec<_> = (0..3)
+            .map(|i| step(&mut c, 1 + i, inside, 1 + i, 99))
+            .collect();
+        assert_eq!(forced, vec![(50, true), (51, true), (1, false)]);
+    }
+
     #[test]
     fn the_reserve_starts_the_close_so_it_ends_before_the_reserve() {
         // max_tokens 40, reserve 16, close 3: forced from 19 tokens left.

@@ -162,6 +162,36 @@ mod tests {
     }
 
     #[test]
+    fn overrunning_tables_keep_only_tokens_that_run_past_the_tag() {
+        let pieces: Arc<[Box<str>]> = ["</", "think", ">", ">\n\n", "</think>", "</think>\n", "x"]
+            .into_iter()
+            .map(Box::from)
+            .collect();
+        let mask = ReopenMask::overrunning("</think>", pieces);
+        assert_eq!(masked7(&mask, &[6]), vec![5]);
+        assert_eq!(masked7(&mask, &[0, 1]), vec![3, 5]);
+        let mut tail = String::new();
+        for t in [0, 1] {
+            mask.advance(&mut tail, t);
+        }
+        assert!(mask.completes(&tail, 2) && mask.completes(&tail, 3));
+        assert!(!mask.completes(&tail, 6));
+        assert!(mask.completes("", 4) && !mask.completes("", 2));
+    }
+
+    fn masked7(mask: &ReopenMask, history: &[TokenId]) -> Vec<TokenId> {
+        let mut tail = String::new();
+        for &t in history {
+            mask.advance(&mut tail, t);
+        }
+        let mut logits = vec![0.0; 7];
+        mask.apply(&tail, &mut logits);
+        (0..7)
+            .filter(|&i| logits[i as usize].is_infinite())
+            .collect()
+    }
+
+    #[test]
     fn the_tail_stays_short() {
         let mask = ReopenMask::new("<think>", vocab());
         let mut tail = String::new();

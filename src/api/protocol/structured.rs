@@ -157,12 +157,14 @@ fn structured_outputs(object: &Map<String, Value>) -> Result<Vec<Constraint>, Ap
             | "disable_additional_properties"
             | "backend"
             | "whitespace_pattern" => continue,
-            _ => return Err(bad(
-                &param,
-                format!(
+            _ => {
+                return Err(bad(
+                    &param,
+                    format!(
                     "'{param}' is not supported; use json, regex, choice, grammar or json_object"
                 ),
-            )),
+                ))
+            }
         };
         found.push(Constraint { spec, param });
     }
