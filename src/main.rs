@@ -428,7 +428,13 @@ fn load_model(args: &ServeArgs) -> Result<ServedModel> {
             }
         }
     };
-    let grammar = grammar_vocab(&tokenizer, loaded.model.info().vocab_size);
+    // Indexing the vocabulary takes seconds; it overlaps the engine's start
+    // (cache allocation and commit).
+    let grammar = {
+        let tokenizer = Arc::clone(&tokenizer);
+        let vocab_size = loaded.model.info().vocab_size;
+        std::thread::spawn(move || grammar_vocab(&tokenizer, vocab_size))
+    };
     let engine = Engine::start(
         loaded.model,
         Arc::clone(&tokenizer),
@@ -449,6 +455,10 @@ fn load_model(args: &ServeArgs) -> Result<ServedModel> {
         },
     )?;
     tracing::info!(reasoning_parser = %reasoning, tool_call_parser = %tool_parser, "engine started");
+    let grammar = grammar.join().unwrap_or_else(|_| {
+        tracing::warn!("structured outputs are unavailable: indexing the vocabulary failed");
+        None
+    });
     let defaults = args
         .override_generation_config
         .unwrap_or_default()

@@ -62,24 +62,6 @@ fn accepts(v: &Vocab, grammar: &CompiledGrammar, text: &str) -> bool {
     m.consume_tokens(&tokens).is_ok() && m.is_accepting().unwrap_or(false)
 }
 
-/// JSON in the layout constrained answers use: `", "` and `": "`.
-fn spaced(value: &Value) -> String {
-    match value {
-        Value::Array(items) => format!(
-            "[{}]",
-            items.iter().map(spaced).collect::<Vec<_>>().join(", ")
-        ),
-        Value::Object(map) => format!(
-            "{{{}}}",
-            map.iter()
-                .map(|(k, v)| format!("{}: {}", Value::String(k.clone()), spaced(v)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        other => other.to_string(),
-    }
-}
-
 #[test]
 fn schemas_are_enforced_on_real_vocabularies() {
     let schema = json!({"type": "object", "properties": {
@@ -97,7 +79,7 @@ fn schemas_are_enforced_on_real_vocabularies() {
             json!({"code": "XYZ-999", "priority": "high", "score": 10, "tags": ["a", "b c"],
                    "owner": {"name": "Zoë"}}),
         ] {
-            assert!(accepts(v, &g, &spaced(&good)), "{good}");
+            assert!(accepts(v, &g, &common::spaced_json(&good)), "{good}");
         }
         for bad in [
             json!({"code": "abc-123", "priority": "low", "score": 1}),
@@ -109,11 +91,15 @@ fn schemas_are_enforced_on_real_vocabularies() {
             json!({"code": "ABC-123", "priority": "low", "score": 1, "owner": {}}),
             json!({"code": "ABC-123", "priority": "low", "score": 1, "extra": 0}),
         ] {
-            assert!(!accepts(v, &g, &spaced(&bad)), "{bad}");
+            assert!(!accepts(v, &g, &common::spaced_json(&bad)), "{bad}");
         }
         // The layout is fixed: no padding to run an answer on with.
         let good = json!({"code": "ABC-123", "priority": "low", "score": 1});
-        assert!(!accepts(v, &g, &format!("{}\n\n", spaced(&good))));
+        assert!(!accepts(
+            v,
+            &g,
+            &format!("{}\n\n", common::spaced_json(&good))
+        ));
         assert!(!accepts(v, &g, &good.to_string()));
     }
 }
@@ -207,7 +193,7 @@ fn forced_call_grammars_accept_what_the_templates_render() {
             ToolCallParser::Hermes,
             format!(
                 "<tool_call>\n{{\"name\": \"get_weather\", \"arguments\": {}}}\n</tool_call>",
-                spaced(&paris)
+                common::spaced_json(&paris)
             ),
             "<tool_call>\n{\"name\": \"get_time\", \"arguments\": {}}\n</tool_call>".into(),
         ),
@@ -216,7 +202,7 @@ fn forced_call_grammars_accept_what_the_templates_render() {
             ToolCallParser::DeepSeekR1,
             format!(
                 "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n{}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>",
-                spaced(&paris)
+                common::spaced_json(&paris)
             ),
             "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_time\n```json\n{}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>".into(),
         ),
@@ -225,7 +211,7 @@ fn forced_call_grammars_accept_what_the_templates_render() {
             ToolCallParser::DeepSeekV31,
             format!(
                 "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>{}<｜tool▁call▁end｜><｜tool▁calls▁end｜>",
-                spaced(&paris)
+                common::spaced_json(&paris)
             ),
             "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_time<｜tool▁sep｜>{}<｜tool▁call▁end｜><｜tool▁calls▁end｜>".into(),
         ),

@@ -310,3 +310,23 @@ pub mod engine {
         ids
     }
 }
+
+/// JSON in the layout constrained answers use (`structured::compact_layout`):
+/// `", "` between items and `": "` after keys, no other whitespace.
+pub fn spaced_json(value: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match value {
+        Value::Array(items) => format!(
+            "[{}]",
+            items.iter().map(spaced_json).collect::<Vec<_>>().join(", ")
+        ),
+        Value::Object(map) => format!(
+            "{{{}}}",
+            map.iter()
+                .map(|(k, v)| format!("{}: {}", Value::String(k.clone()), spaced_json(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        other => other.to_string(),
+    }
+}
