@@ -323,7 +323,7 @@ async fn structured(plan: &Plan) {
     );
     // The grammar's work per token without the model: one mask and one
     // advance, walking a valid answer.
-    let answer = serde_json::json!({"items": (0..40).map(|i| serde_json::json!({
+    let answer = serde_json::json!({"items": (0..64).map(|i| serde_json::json!({
         "name": format!("item {i}"), "qty": i, "tags": ["new", "sale"],
         "owner": {"email": format!("o{i}@example.com")}})).collect::<Vec<_>>()});
     let tokens = tok
