@@ -286,6 +286,21 @@ def v2_config(vocab):
     )
 
 
+def stored(model):
+    """The checkpoint's tensors: bf16, but the correction bias in f32 as R1
+    stores it."""
+    return {k: v.detach().to(torch.float32 if k.endswith("e_score_correction_bias") else torch.bfloat16).clone()
+            for k, v in model.state_dict().items()}
+
+
+def f32_model(cls, cfg, tensors):
+    """A fresh f32 model holding `tensors`. (Casting a bf16 model back to f32
+    would also round its RoPE `inv_freq` buffer through bf16.)"""
+    model = cls(cfg).eval()
+    model.load_state_dict({k: v.float() for k, v in tensors.items()})
+    return model
+
+
 def config_json(model, tok, extra):
     c = model.config.to_dict()
     c.pop("_attn_implementation_autoset", None)
@@ -312,11 +327,10 @@ def main():
     cfg = v3_config(vocab)
     model = DeepseekV3ForCausalLM(cfg).eval()
     randomize(model, 1)
-    model = model.to(torch.bfloat16)
-    bf16 = {k: v.clone() for k, v in model.state_dict().items()}
+    bf16 = stored(model)
     g = torch.Generator().manual_seed(2)
     mtp = mtp_tensors(cfg, cfg.num_hidden_layers, g)
-    ref = reference(model.float(), tok)
+    ref = reference(f32_model(DeepseekV3ForCausalLM, cfg, bf16), tok)
     # R1's config.json names its routing; transformers' config class has no field for it.
     extra = {"num_nextn_predict_layers": 1, "architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3",
              "scoring_func": "sigmoid", "topk_method": "noaux_tc"}
@@ -331,19 +345,18 @@ def main():
             deq[k] = fp8_dequantize(q, s)
         else:
             fp8[k] = deq[k] = v
-    model.load_state_dict({k: v.float() for k, v in deq.items()})
-    ref = reference(model.float(), tok)
+    ref = reference(f32_model(DeepseekV3ForCausalLM, cfg, deq), tok)
     extra["quantization_config"] = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
                                     "weight_block_size": [BLOCK, BLOCK]}
     write_dir(out_root / names[1], {**fp8, **mtp}, config_json(model, tok, extra), tok, ref)
 
     # DeepSeek-V2 (V2-Lite's shape of routing), bf16.
     torch.manual_seed(3)
-    model = DeepseekV2ForCausalLM(v2_config(vocab)).eval()
+    cfg = v2_config(vocab)
+    model = DeepseekV2ForCausalLM(cfg).eval()
     randomize(model, 4)
-    model = model.to(torch.bfloat16)
-    tensors = {k: v.clone() for k, v in model.state_dict().items()}
-    ref = reference(model.float(), tok)
+    tensors = stored(model)
+    ref = reference(f32_model(DeepseekV2ForCausalLM, cfg, tensors), tok)
     extra = {"architectures": ["DeepseekV2ForCausalLM"], "model_type": "deepseek_v2", "scoring_func": "softmax"}
     write_dir(out_root / names[2], tensors, config_json(model, tok, extra), tok, ref)
 
