@@ -2,7 +2,8 @@
 //! `models/deepseek/gen_tiny.py` builds (run by `models/fetch.sh`): the
 //! prompt's last logits and 24 greedy tokens for 3 prompts, for bf16 V3,
 //! block-scaled FP8 V3 and bf16 V2; absorbed against materialised MLA on the
-//! same positions; the latent cache's size; and broken checkpoints.
+//! same positions; the latent cache's size; broken checkpoints; and the
+//! real server serving the tiny V3 with R1's template.
 //!
 //! Tolerance: both sides compute in f32 from the same bf16 weights (the FP8
 //! ones dequantized to bf16 the same way), so they differ only by f32
@@ -18,11 +19,12 @@
 
 mod common;
 
+use common::server::Server;
 use common::{argmax, models_dir, rel_diff, SoloRun};
 use r1serve::kv_cache::storage::{KvCache, KvDtype};
 use r1serve::model::deepseek_v3::{self, AttentionPath, DeepseekV3};
 use r1serve::model::{open_weights, source::resolve, Model};
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
 const V3_BF16: &str = "tiny-deepseek-v3-bf16";
@@ -283,4 +285,71 @@ fn fp8_without_block_size_is_refused() {
         "{e}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The server on the tiny V3: R1's chat template renders the prompt as
+/// transformers' `apply_chat_template` did (same token count), greedy
+/// decoding through the engine (latent paged cache, scheduler, sampler,
+/// detokenizer) yields transformers' tokens, and the reasoning splitter
+/// cuts them at R1's `<think>`: transformers' greedy continuation of this
+/// prompt emits `<think>` as its second token, so the text after it is the
+/// reasoning (unclosed, 24 tokens being too few for `</think>`) and what
+/// came before it is dropped, as DeepSeek's R1 parsers do. The startup log
+/// sizes the cache by latent rows and names the skipped MTP layer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_serves_tiny_v3_with_r1_template_and_reasoning_split() {
+    let dir = tiny(V3_BF16);
+    let (prompts, _) = reference(&dir);
+    let p = &prompts[0];
+    let tok = r1serve::tokenizer::Tokenizer::from_hf_dir(&dir).unwrap();
+    let id = |t: &str| tok.inner().token_to_id(t).unwrap();
+    let open = p.greedy.iter().position(|&t| t == id("<think>"));
+    let open = open.expect("the reference continuation opens <think>");
+    let thought = &p.greedy[open + 1..];
+    assert!(!thought.contains(&id("</think>")));
+    // An f32 cache: f16 latent rows would move logits by ~1e-3, more than
+    // some of the reference's top-2 gaps.
+    let args = ["--max-model-len", "256", "--kv-cache-dtype", "f32"];
+    let server = Server::start(V3_BF16, &args, None).await;
+    let reply = server
+        .post_ok(
+            "/v1/chat/completions",
+            &json!({
+                "model": V3_BF16,
+                "messages": [{"role": "user", "content": "What is 12 times 7?"}],
+                "temperature": 0,
+                "max_tokens": p.greedy.len(),
+                "ignore_eos": true,
+            }),
+        )
+        .await;
+    let usage = &reply["usage"];
+    assert_eq!(usage["prompt_tokens"], p.ids.len(), "{reply}");
+    assert_eq!(usage["completion_tokens"], p.greedy.len(), "{reply}");
+    assert_eq!(
+        usage["completion_tokens_details"]["reasoning_tokens"],
+        thought.len(),
+        "{reply}"
+    );
+    let message = &reply["choices"][0]["message"];
+    assert_eq!(
+        message["reasoning_content"],
+        tok.decode(thought, true).unwrap(),
+        "{reply}"
+    );
+    assert!(message["content"].is_null(), "{reply}");
+    // The pool is sized by the latent rows: 4 layers × (64 + 16) f32 values.
+    let log = server.log();
+    let per_token = 4 * (64 + 16) * 4;
+    assert!(
+        log.contains(&format!(
+            "{per_token} bytes per token, {} tokens per GiB",
+            (1 << 30) / per_token
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains("skipping 1 multi-token-prediction layer"),
+        "{log}"
+    );
 }

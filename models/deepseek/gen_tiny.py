@@ -66,6 +66,8 @@ SPECIAL = [
     "<｜tool▁output▁begin｜>", "<｜tool▁output▁end｜>", "<｜tool▁sep｜>",
 ]
 NON_SPECIAL = ["<think>", "</think>"]
+# Text the BPE merges are learnt from; it includes the line r1serve feeds to
+# close a reasoning budget, which must tokenize to a few dozen tokens at most.
 CORPUS = """\
 The quick brown fox jumps over the lazy dog. A model reasons step by step before it answers.
 Question: what is 12 times 7? Let me think. 12 times 7 is 84, so the answer is 84.
@@ -76,6 +78,7 @@ Mixture of experts layers route each token to a few experts chosen by a gate wit
 The capital of France is Paris. The sun rises in the east and sets in the west.
 {"name": "get_weather", "arguments": {"city": "Berlin", "unit": "celsius"}}
 0 1 2 3 4 5 6 7 8 9 10 100 1000 + - * / = ( ) [ ] { } < > , . ; : ! ? ' "
+I have thought about this enough; time to answer.
 """
 PROMPTS = [
     ("chat", "What is 12 times 7?"),
