@@ -2,8 +2,9 @@
 //! `models/deepseek/gen_tiny.py` builds (run by `models/fetch.sh`): the
 //! prompt's last logits and 24 greedy tokens for 3 prompts, for bf16 V3,
 //! block-scaled FP8 V3 and bf16 V2; absorbed against materialised MLA on the
-//! same positions; the latent cache's size; broken checkpoints; and the
-//! real server serving the tiny V3 with R1's template.
+//! same positions; the latent cache's size; broken checkpoints; the engine's
+//! batch invariance, preemption and prefix caching on the latent cache; and
+//! the real server serving the tiny V3 with R1's template.
 //!
 //! Tolerance: both sides compute in f32 from the same bf16 weights (the FP8
 //! ones dequantized to bf16 the same way), so they differ only by f32
@@ -19,8 +20,11 @@
 
 mod common;
 
+use common::engine::{greedy, run, start, text_prompt, wait_idle};
 use common::server::Server;
 use common::{argmax, models_dir, rel_diff, SoloRun};
+use futures::future::join_all;
+use r1serve::engine::EngineConfig;
 use r1serve::kv_cache::storage::{KvCache, KvDtype};
 use r1serve::model::deepseek_v3::{self, AttentionPath, DeepseekV3};
 use r1serve::model::{open_weights, source::resolve, Model};
@@ -352,4 +356,121 @@ async fn server_serves_tiny_v3_with_r1_template_and_reasoning_split() {
         log.contains("skipping 1 multi-token-prediction layer"),
         "{log}"
     );
+}
+
+fn engine_config(cache_bytes: u64) -> EngineConfig {
+    EngineConfig {
+        kv_cache_memory: Some(cache_bytes),
+        max_model_len: Some(256),
+        ..Default::default()
+    }
+}
+
+/// The tiny V3's latent block size in bytes, at the engine's default
+/// 16-token blocks and cache type.
+fn block_bytes(dir: &Path) -> usize {
+    load(dir)
+        .unwrap()
+        .info()
+        .kv
+        .block_bytes(16, EngineConfig::default().kv_dtype)
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Every sequence decodes the same tokens alone and in a batch of eight
+/// (mixed prefill chunks and decodes, experts shared across sequences).
+#[test]
+fn engine_batch_invariance_on_tiny_v3() {
+    let dir = tiny(V3_BF16);
+    rt().block_on(async {
+        let (alone_engine, tok) = start(&dir, engine_config(64 << 20));
+        let lens = [5usize, 17, 33, 64, 100, 150, 180, 200];
+        let prompts: Vec<Vec<u32>> = lens
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| text_prompt(&tok, n, i))
+            .collect();
+        let mut alone = Vec::new();
+        for p in &prompts {
+            alone.push(run(&alone_engine, p.clone(), greedy(40)).await.tokens[0].clone());
+        }
+        alone_engine.shutdown();
+        let (h, _) = start(&dir, engine_config(64 << 20));
+        let together = join_all(prompts.iter().map(|p| run(&h, p.clone(), greedy(40)))).await;
+        for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
+            assert_eq!(
+                a, &t.tokens[0],
+                "prompt {i} ({} tokens) differs in a batch",
+                lens[i]
+            );
+        }
+        let s = wait_idle(&h).await;
+        assert_eq!(s.free_blocks, s.total_blocks);
+        h.shutdown();
+    });
+}
+
+/// A pool of latent blocks for two sequences forces preemption by
+/// recompute; every request still decodes what it decodes unconstrained.
+#[test]
+fn engine_preemption_on_tiny_v3() {
+    let dir = tiny(V3_BF16);
+    rt().block_on(async {
+        let (free, tok) = start(&dir, engine_config(64 << 20));
+        let prompts: Vec<Vec<u32>> = (0..8).map(|i| text_prompt(&tok, 40 + 9 * i, i)).collect();
+        let expected = join_all(prompts.iter().map(|p| run(&free, p.clone(), greedy(40)))).await;
+        free.shutdown();
+        let cfg = EngineConfig {
+            kv_cache_memory: Some((2 * 10 * block_bytes(&dir)) as u64),
+            max_model_len: Some(160),
+            enable_prefix_caching: false,
+            ..Default::default()
+        };
+        let (tight, _) = start(&dir, cfg);
+        let got = join_all(prompts.iter().map(|p| run(&tight, p.clone(), greedy(40)))).await;
+        for (i, (e, g)) in expected.iter().zip(&got).enumerate() {
+            assert_eq!(e.tokens, g.tokens, "request {i} changed under preemption");
+        }
+        let s = wait_idle(&tight).await;
+        assert!(s.preemptions >= 1, "no preemption happened: {s:?}");
+        assert_eq!(s.free_blocks, s.total_blocks);
+        tight.shutdown();
+    });
+}
+
+/// A shared prefix is served from cached latent blocks, with the same
+/// tokens as a run that computes it.
+#[test]
+fn engine_prefix_cache_on_tiny_v3() {
+    let dir = tiny(V3_BF16);
+    rt().block_on(async {
+        let (h, tok) = start(&dir, engine_config(64 << 20));
+        let shared = text_prompt(&tok, 160, 42);
+        let mut a = shared.clone();
+        a.extend(text_prompt(&tok, 20, 1));
+        let mut b = shared.clone();
+        b.extend(text_prompt(&tok, 24, 2));
+        run(&h, a, greedy(8)).await;
+        let cached = run(&h, b.clone(), greedy(16)).await;
+        assert!(cached.usage.cached_tokens >= 144, "{:?}", cached.usage);
+        h.shutdown();
+        let (nc, _) = start(
+            &dir,
+            EngineConfig {
+                enable_prefix_caching: false,
+                ..engine_config(64 << 20)
+            },
+        );
+        let uncached = run(&nc, b, greedy(16)).await;
+        assert_eq!(uncached.usage.cached_tokens, 0);
+        assert_eq!(cached.tokens, uncached.tokens);
+        nc.shutdown();
+    });
 }
