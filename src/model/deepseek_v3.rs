@@ -345,63 +345,6 @@ impl DeepseekV3 {
         Ok(())
     }
 
-    /// Experts chosen for one token and their weights.
-    fn route(&self, moe: &Moe, logits: &[f32]) -> Vec<(usize, f32)> {
-        let ds = &self.ds;
-        let n = logits.len();
-        let scores: Vec<f32> = match ds.scoring {
-            Scoring::Sigmoid => logits.iter().map(|&l| 1.0 / (1.0 + (-l).exp())).collect(),
-            Scoring::Softmax => {
-                let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let e: Vec<f32> = logits.iter().map(|&l| (l - max).exp()).collect();
-                let z: f32 = e.iter().sum();
-                e.iter().map(|x| x / z).collect()
-            }
-        };
-        // The bias only chooses; the weights come from the plain scores.
-        let mut choice: Vec<f32> = match (&moe.bias, ds.topk) {
-            (Some(b), TopK::NoauxTc) => scores.iter().zip(b).map(|(s, b)| s + b).collect(),
-            _ => scores.clone(),
-        };
-        let group = n / ds.n_group;
-        if ds.topk != TopK::Greedy && ds.topk_group < ds.n_group {
-            let group_score = |g: &[f32]| match ds.topk {
-                TopK::NoauxTc => {
-                    let mut v = g.to_vec();
-                    v.sort_by(|a, b| b.total_cmp(a));
-                    v[0] + v[1]
-                }
-                _ => g.iter().copied().fold(f32::NEG_INFINITY, f32::max),
-            };
-            let mut groups: Vec<(usize, f32)> = choice
-                .chunks_exact(group)
-                .map(group_score)
-                .enumerate()
-                .collect();
-            groups.sort_by(|a, b| b.1.total_cmp(&a.1));
-            // transformers masks the dropped groups with 0, not -inf.
-            for &(g, _) in &groups[ds.topk_group..] {
-                choice[g * group..(g + 1) * group].fill(0.0);
-            }
-        }
-        let mut order: Vec<usize> = (0..n).collect();
-        order.sort_by(|&a, &b| choice[b].total_cmp(&choice[a]));
-        let mut chosen: Vec<(usize, f32)> = order[..ds.num_experts_per_tok]
-            .iter()
-            .map(|&e| (e, scores[e]))
-            .collect();
-        if ds.norm_topk_prob {
-            let sum: f32 = chosen.iter().map(|c| c.1).sum::<f32>() + 1e-20;
-            for c in &mut chosen {
-                c.1 /= sum;
-            }
-        }
-        for c in &mut chosen {
-            c.1 *= ds.routed_scaling_factor;
-        }
-        chosen
-    }
-
     /// Routed experts (each run once over the tokens routed to it) plus the
     /// shared experts.
     fn moe(&self, moe: &Moe, h: &[f32], rows: usize) -> Result<Vec<f32>> {
@@ -414,7 +357,7 @@ impl DeepseekV3 {
                 .chunks_exact(hidden)
                 .map(|w| w.iter().zip(x).map(|(a, b)| a * b).sum())
                 .collect();
-            for (e, w) in self.route(moe, &logits) {
+            for (e, w) in route(&self.ds, moe.bias.as_deref(), &logits) {
                 routed[e].push((t, w));
             }
         }
@@ -536,6 +479,63 @@ impl DeepseekV3 {
             .map(<[f32]>::to_vec)
             .collect())
     }
+}
+
+/// The experts one token is routed to and their weights, from its router
+/// logits, as transformers' `DeepseekV3TopkRouter` / `DeepseekV2MoEGate`.
+pub fn route(ds: &DeepseekConfig, bias: Option<&[f32]>, logits: &[f32]) -> Vec<(usize, f32)> {
+    let n = logits.len();
+    let scores: Vec<f32> = match ds.scoring {
+        Scoring::Sigmoid => logits.iter().map(|&l| 1.0 / (1.0 + (-l).exp())).collect(),
+        Scoring::Softmax => {
+            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let e: Vec<f32> = logits.iter().map(|&l| (l - max).exp()).collect();
+            let z: f32 = e.iter().sum();
+            e.iter().map(|x| x / z).collect()
+        }
+    };
+    // The bias only chooses; the weights come from the plain scores.
+    let mut choice: Vec<f32> = match (bias, ds.topk) {
+        (Some(b), TopK::NoauxTc) => scores.iter().zip(b).map(|(s, b)| s + b).collect(),
+        _ => scores.clone(),
+    };
+    let group = n / ds.n_group;
+    if ds.topk != TopK::Greedy && ds.topk_group < ds.n_group {
+        let group_score = |g: &[f32]| match ds.topk {
+            TopK::NoauxTc => {
+                let mut v = g.to_vec();
+                v.sort_by(|a, b| b.total_cmp(a));
+                v[0] + v[1]
+            }
+            _ => g.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+        };
+        let mut groups: Vec<(usize, f32)> = choice
+            .chunks_exact(group)
+            .map(group_score)
+            .enumerate()
+            .collect();
+        groups.sort_by(|a, b| b.1.total_cmp(&a.1));
+        // transformers masks the dropped groups with 0, not -inf.
+        for &(g, _) in &groups[ds.topk_group..] {
+            choice[g * group..(g + 1) * group].fill(0.0);
+        }
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| choice[b].total_cmp(&choice[a]));
+    let mut chosen: Vec<(usize, f32)> = order[..ds.num_experts_per_tok]
+        .iter()
+        .map(|&e| (e, scores[e]))
+        .collect();
+    if ds.norm_topk_prob {
+        let sum: f32 = chosen.iter().map(|c| c.1).sum::<f32>() + 1e-20;
+        for c in &mut chosen {
+            c.1 /= sum;
+        }
+    }
+    for c in &mut chosen {
+        c.1 *= ds.routed_scaling_factor;
+    }
+    chosen
 }
 
 /// An f32 matrix as a linear layer's weight.
@@ -703,4 +703,83 @@ pub fn load(weights: &WeightSource, config: ModelConfig) -> Result<DeepseekV3> {
         cfg: config,
         ds,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::config::Arch;
+
+    fn config(fields: serde_json::Value, arch: Arch) -> DeepseekConfig {
+        let mut j = serde_json::json!({
+            "kv_lora_rank": 8, "qk_nope_head_dim": 4, "qk_rope_head_dim": 4, "v_head_dim": 4,
+            "moe_intermediate_size": 8,
+        });
+        j.as_object_mut()
+            .unwrap()
+            .extend(fields.as_object().unwrap().clone());
+        DeepseekConfig::from_hf_json(&j, arch, std::path::Path::new("config.json")).unwrap()
+    }
+
+    fn sorted(mut v: Vec<(usize, f32)>) -> Vec<(usize, f32)> {
+        v.sort_by_key(|c| c.0);
+        v
+    }
+
+    /// noaux_tc: groups are ranked by the sum of their two best biased
+    /// scores, so the single best expert is dropped with its weak group;
+    /// the bias changes which experts win but not their weights.
+    #[test]
+    fn noaux_tc_limits_groups_and_uses_the_bias_only_to_choose() {
+        let ds = config(
+            serde_json::json!({"n_routed_experts": 8, "num_experts_per_tok": 2, "n_group": 4,
+                "topk_group": 2, "norm_topk_prob": true, "routed_scaling_factor": 2.0}),
+            Arch::DeepseekV3,
+        );
+        // Sigmoid scores: group 0 {0.953, 0.002}, 1 {0.731, 0.711}, 2 {0.622, 0.622}, 3 low.
+        let logits = [3.0, -6.0, 1.0, 0.9, 0.5, 0.5, -1.0, -1.0];
+        let plain = sorted(route(&ds, Some(&[0.0; 8]), &logits));
+        assert_eq!(plain.iter().map(|c| c.0).collect::<Vec<_>>(), [2, 3]);
+        let total: f32 = plain.iter().map(|c| c.1).sum();
+        assert!((total - 2.0).abs() < 1e-6, "{plain:?}");
+
+        let mut bias = [0.0; 8];
+        bias[4] = 0.3;
+        let biased = sorted(route(&ds, Some(&bias), &logits));
+        assert_eq!(biased.iter().map(|c| c.0).collect::<Vec<_>>(), [2, 4]);
+        let sig = |x: f32| 1.0 / (1.0 + (-x).exp());
+        // Weights in the ratio of the unbiased scores, summing to the scale.
+        let ratio = biased[1].1 / biased[0].1;
+        assert!((ratio - sig(0.5) / sig(1.0)).abs() < 1e-6, "{biased:?}");
+        assert!((biased[0].1 + biased[1].1 - 2.0).abs() < 1e-6);
+    }
+
+    /// V2-Lite: softmax over all experts, the best `top_k`, weights not
+    /// renormalised.
+    #[test]
+    fn greedy_softmax_keeps_probabilities() {
+        let ds = config(
+            serde_json::json!({"n_routed_experts": 4, "num_experts_per_tok": 2,
+                "norm_topk_prob": false}),
+            Arch::DeepseekV2,
+        );
+        let logits = [0.0, 2f32.ln(), 4f32.ln(), 0.0];
+        let chosen = sorted(route(&ds, None, &logits));
+        assert_eq!(chosen.len(), 2);
+        assert_eq!((chosen[0].0, chosen[1].0), (1, 2));
+        assert!((chosen[0].1 - 0.25).abs() < 1e-6 && (chosen[1].1 - 0.5).abs() < 1e-6);
+    }
+
+    /// V2's group-limited greedy ranks groups by their best score.
+    #[test]
+    fn group_limited_greedy_ranks_groups_by_their_best() {
+        let ds = config(
+            serde_json::json!({"n_routed_experts": 4, "num_experts_per_tok": 1, "n_group": 2,
+                "topk_group": 1, "topk_method": "group_limited_greedy"}),
+            Arch::DeepseekV2,
+        );
+        // Group 0's best (expert 0) beats group 1's best; group 1 has the larger sum.
+        let chosen = route(&ds, None, &[2.0, -5.0, 1.5, 1.5]);
+        assert_eq!(chosen[0].0, 0);
+    }
 }
