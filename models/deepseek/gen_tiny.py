@@ -221,7 +221,7 @@ def fp8_target(name):
     """The tensors DeepSeek stores in FP8: every projection of a decoder layer
     (attention, dense MLP, experts, shared experts); not the router, norms,
     embeddings or LM head."""
-    return name.startswith("model.layers.") and name.endswith("proj.weight")
+    return name.startswith("model.layers.") and name.endswith(("proj.weight", "proj_with_mqa.weight"))
 
 
 def mtp_tensors(config, layer, g):
