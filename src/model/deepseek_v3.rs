@@ -18,7 +18,7 @@
 //! tokens. This forward pass runs on the CPU; the device seam's op set does
 //! not yet include its column splits, per-head products and expert gathers.
 
-use super::config::{ModelConfig, RopeStyle};
+use super::config::{Arch, ModelConfig, RopeStyle};
 use super::deepseek_config::{DeepseekConfig, Scoring, TopK};
 use super::interface::{ForwardBatch, Model, ModelInfo};
 use super::weights::{RawTensor, WeightSource};
@@ -27,7 +27,7 @@ use crate::kernels::latent_attention::{latent_attention, read_rows};
 use crate::kernels::linear::{Embedding, Linear};
 use crate::kernels::ops::{self, RopeTables};
 use crate::kv_cache::spec::{KvSpec, LayerKvSpec};
-use crate::kv_cache::storage::{KvCache, KvDtype};
+use crate::kv_cache::storage::{KvCache, KvDtype, KvGeometry, LayerKv};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
@@ -249,8 +249,8 @@ impl DeepseekV3 {
         attn: &Mla,
         q: &[f32],
         out: &mut [f32],
-        kv: &crate::kv_cache::storage::LayerKv,
-        geom: &crate::kv_cache::storage::KvGeometry,
+        kv: &LayerKv,
+        geom: &KvGeometry,
         s: &AttnSeq,
     ) -> Result<()> {
         let ds = &self.ds;
@@ -670,7 +670,7 @@ pub fn load(weights: &WeightSource, config: ModelConfig) -> Result<DeepseekV3> {
     let (inv_freq, rope_factor) = ds.rope(c.rope_theta as f64);
     let info = ModelInfo {
         arch: match c.arch {
-            super::config::Arch::DeepseekV2 => "deepseek_v2".into(),
+            Arch::DeepseekV2 => "deepseek_v2".into(),
             _ => "deepseek_v3".into(),
         },
         device: "cpu".into(),
@@ -708,7 +708,6 @@ pub fn load(weights: &WeightSource, config: ModelConfig) -> Result<DeepseekV3> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::config::Arch;
 
     fn config(fields: serde_json::Value, arch: Arch) -> DeepseekConfig {
         let mut j = serde_json::json!({
