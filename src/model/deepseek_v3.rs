@@ -23,6 +23,7 @@ use super::deepseek_config::{DeepseekConfig, Scoring, TopK};
 use super::interface::{ForwardBatch, Model, ModelInfo};
 use super::weights::{RawTensor, WeightSource};
 use crate::kernels::attention::{write_kv, AttnSeq};
+use crate::kernels::bytes::{HalfKind, WeightBytes};
 use crate::kernels::latent_attention::{latent_attention, read_rows};
 use crate::kernels::linear::{Embedding, Linear};
 use crate::kernels::ops::{self, RopeTables};
@@ -31,6 +32,7 @@ use crate::kv_cache::storage::{KvCache, KvDtype, KvGeometry, LayerKv};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
+use std::sync::Arc;
 
 /// Which attention form a sequence's step takes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -538,8 +540,24 @@ pub fn route(ds: &DeepseekConfig, bias: Option<&[f32]>, logits: &[f32]) -> Vec<(
     chosen
 }
 
-/// An f32 matrix as a linear layer's weight.
-fn dense(values: Vec<f32>, out: usize, inp: usize) -> Result<Linear> {
+/// A matrix cut from `kv_b_proj` as a linear layer's weight: bf16 when
+/// `kv_b_proj` is (every value then fits exactly, and bf16 halves the
+/// memory and traffic of R1's 61 × 2 × 128 per-head matrices), else f32.
+fn per_head(values: Vec<f32>, out: usize, inp: usize, bf16: bool) -> Result<Linear> {
+    if bf16 {
+        let bytes: Vec<u8> = values
+            .iter()
+            .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+            .collect();
+        return Linear::new(
+            RawTensor::Half {
+                kind: HalfKind::Bf16,
+                dims: vec![out, inp],
+                bytes: WeightBytes::Owned(Arc::new(bytes)),
+            },
+            None,
+        );
+    }
     let t = Tensor::from_vec(values, (out, inp), &Device::Cpu)?;
     Linear::new(RawTensor::Dense(t), None)
 }
@@ -601,6 +619,13 @@ pub fn load(weights: &WeightSource, config: ModelConfig) -> Result<DeepseekV3> {
             &[heads * (nope + vd), lora],
         )?;
         let kv_b_f32 = kv_b_raw.to_f32_vec()?;
+        let bf16 = matches!(
+            kv_b_raw,
+            RawTensor::Half {
+                kind: HalfKind::Bf16,
+                ..
+            }
+        );
         let (mut uk_t, mut uv) = (Vec::with_capacity(heads), Vec::with_capacity(heads));
         for h in 0..heads {
             let rows = &kv_b_f32[h * (nope + vd) * lora..(h + 1) * (nope + vd) * lora];
@@ -610,8 +635,8 @@ pub fn load(weights: &WeightSource, config: ModelConfig) -> Result<DeepseekV3> {
                     t[col * nope + r] = v;
                 }
             }
-            uk_t.push(dense(t, lora, nope)?);
-            uv.push(dense(rows[nope * lora..].to_vec(), vd, lora)?);
+            uk_t.push(per_head(t, lora, nope, bf16)?);
+            uv.push(per_head(rows[nope * lora..].to_vec(), vd, lora, bf16)?);
         }
         let attn = Mla {
             q,
