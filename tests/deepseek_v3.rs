@@ -474,3 +474,29 @@ fn engine_prefix_cache_on_tiny_v3() {
         nc.shutdown();
     });
 }
+
+/// A prompt prefilled in chunks of 32 tokens (each chunk materialising keys
+/// and values from the latent rows of everything cached before it) decodes
+/// the same tokens as one prefill of the whole prompt.
+#[test]
+fn engine_chunked_prefill_on_tiny_v3() {
+    let dir = tiny(V3_BF16);
+    rt().block_on(async {
+        let (whole, tok) = start(&dir, engine_config(64 << 20));
+        let prompt = text_prompt(&tok, 230, 9);
+        let expected = run(&whole, prompt.clone(), greedy(16)).await;
+        whole.shutdown();
+        let (chunked, _) = start(
+            &dir,
+            EngineConfig {
+                max_num_batched_tokens: 32,
+                enable_prefix_caching: false,
+                ..engine_config(64 << 20)
+            },
+        );
+        let got = run(&chunked, prompt.clone(), greedy(16)).await;
+        assert!(prompt.len() > 3 * 32, "{} tokens", prompt.len());
+        assert_eq!(expected.tokens, got.tokens);
+        chunked.shutdown();
+    });
+}
