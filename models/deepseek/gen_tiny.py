@@ -42,11 +42,24 @@ import struct
 import sys
 from pathlib import Path
 
-import torch
-from safetensors.torch import save_file
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from tokenizers import AddedToken
-from transformers import (
+SCRIPT_SHA = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+NAMES = ["tiny-deepseek-v3-bf16", "tiny-deepseek-v3-fp8", "tiny-deepseek-v2-bf16"]
+OUT_ROOT = Path(sys.argv[1] if len(sys.argv) > 1 else os.environ.get(
+    "R1SERVE_MODELS", str(Path.home() / ".cache/r1serve/models")))
+
+# Up to date: done before importing torch, which takes seconds.
+if __name__ == "__main__" and all(
+        (OUT_ROOT / n / "complete").is_file() and (OUT_ROOT / n / "complete").read_text() == SCRIPT_SHA
+        for n in NAMES):
+    for n in NAMES:
+        print(f"ok   {n}", file=sys.stderr)
+    sys.exit(0)
+
+import torch  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers  # noqa: E402
+from tokenizers import AddedToken  # noqa: E402
+from transformers import (  # noqa: E402
     DeepseekV2Config,
     DeepseekV2ForCausalLM,
     DeepseekV3Config,
@@ -54,7 +67,6 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-SCRIPT_SHA = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
 R1_HEADER = "DeepSeek-R1-Distill-Qwen-7B-Q4_K_M.head.gguf"
 BOS, EOS, PAD = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>"
 # R1's added tokens: control tokens, then <think>/</think>, which R1 marks
@@ -313,14 +325,7 @@ def config_json(model, tok, extra):
 
 
 def main():
-    out_root = Path(sys.argv[1] if len(sys.argv) > 1 else os.environ.get(
-        "R1SERVE_MODELS", str(Path.home() / ".cache/r1serve/models")))
-    names = ["tiny-deepseek-v3-bf16", "tiny-deepseek-v3-fp8", "tiny-deepseek-v2-bf16"]
-    if all((out_root / n / "complete").is_file() and (out_root / n / "complete").read_text() == SCRIPT_SHA
-           for n in names):
-        for n in names:
-            print(f"ok   {n}", file=sys.stderr)
-        return
+    out_root, names = OUT_ROOT, NAMES
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     tok = build_tokenizer(gguf_chat_template(out_root / R1_HEADER))
     vocab = len(tok)
