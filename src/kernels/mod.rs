@@ -10,6 +10,8 @@
 //! the tile plumbing of `amx`), and the dense bf16/f16 matmul ([`dense`];
 //! SIMD bodies in `dense_simd`, AMX-BF16 tiles in `dense_amx`). Every
 //! family's runtime dispatch is capped by `R1SERVE_ISA` ([`isa`]).
+//! MLA's attention over one shared latent row per token is
+//! [`latent_attention`].
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
@@ -23,6 +25,7 @@ pub mod dense;
 mod dense_amx;
 mod dense_simd;
 pub mod isa;
+pub mod latent_attention;
 pub mod linear;
 pub mod ops;
 pub mod qmatmul;

@@ -3,6 +3,8 @@
 
 pub use crate::kernels::backend::RopeStyle;
 
+pub use super::deepseek_config::DeepseekConfig;
+
 use super::weights::GgufFile;
 use anyhow::{bail, Context, Result};
 use std::path::Path;
@@ -14,6 +16,22 @@ pub enum Arch {
     Llama,
     /// Qwen2 (R1-Distill-Qwen-1.5B/7B/14B/32B, Qwen2.5).
     Qwen2,
+    /// DeepSeek-V2 (MLA, softmax-routed MoE): V2, V2-Lite.
+    DeepseekV2,
+    /// DeepSeek-V3 (MLA, sigmoid-routed MoE with a correction bias): V3, R1.
+    DeepseekV3,
+}
+
+/// Block-scaled FP8 weights (`quantization_config.quant_method = "fp8"` with
+/// `weight_block_size`, as DeepSeek publishes V3 and R1): each E4M3 weight
+/// `W` comes with `W_scale_inv`, one f32 per `rows × cols` block, and the
+/// real weight is their product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fp8Blocks {
+    /// Block height (output rows).
+    pub rows: usize,
+    /// Block width (input columns).
+    pub cols: usize,
 }
 
 /// Llama 3's frequency-dependent RoPE scaling (`rope_scaling.rope_type = "llama3"`).
@@ -60,29 +78,56 @@ pub struct ModelConfig {
     pub max_position_embeddings: usize,
     /// Whether the LM head reuses the embedding matrix.
     pub tie_word_embeddings: bool,
+    /// How the checkpoint's weights are quantized, when they are.
+    pub weight_quant: Option<Fp8Blocks>,
+    /// MLA and MoE hyper-parameters of the DeepSeek architectures.
+    pub deepseek: Option<Box<DeepseekConfig>>,
 }
 
 fn arch_from_name(name: &str, origin: &Path) -> Result<Arch> {
     match name {
         "llama" | "LlamaForCausalLM" => Ok(Arch::Llama),
         "qwen2" | "Qwen2ForCausalLM" => Ok(Arch::Qwen2),
+        "deepseek_v2" | "DeepseekV2ForCausalLM" => Ok(Arch::DeepseekV2),
+        "deepseek_v3" | "DeepseekV3ForCausalLM" => Ok(Arch::DeepseekV3),
         other => bail!(
-            "{}: unsupported architecture `{other}` (supported: LlamaForCausalLM/llama, Qwen2ForCausalLM/qwen2)",
+            "{}: unsupported architecture `{other}` (supported: LlamaForCausalLM/llama, \
+             Qwen2ForCausalLM/qwen2, DeepseekV2ForCausalLM/deepseek_v2, \
+             DeepseekV3ForCausalLM/deepseek_v3)",
             origin.display()
         ),
     }
 }
 
-/// r1serve implements no checkpoint quantization method yet, and the raw
-/// tensors of a quantized checkpoint loaded without their method's scales
-/// and packing would serve garbage: any quantization config is refused, by
-/// name. (`compression_config` is what older compressed-tensors exports call it.)
-fn refuse_quantization(j: &serde_json::Value, path: &Path) -> Result<()> {
+/// The one checkpoint quantization r1serve implements is block-scaled FP8
+/// ([`Fp8Blocks`]); the raw tensors of any other quantized checkpoint loaded
+/// without their method's scales and packing would serve garbage, so every
+/// other config is refused, by name. (`compression_config` is what older
+/// compressed-tensors exports call it.)
+fn weight_quantization(j: &serde_json::Value, path: &Path) -> Result<Option<Fp8Blocks>> {
     for key in ["quantization_config", "compression_config"] {
         let Some(q) = j.get(key).filter(|q| !q.is_null()) else {
             continue;
         };
         match q.get("quant_method").and_then(|m| m.as_str()) {
+            Some("fp8") if key == "quantization_config" => {
+                let block = q
+                    .get("weight_block_size")
+                    .and_then(|b| b.as_array())
+                    .map(|b| b.iter().filter_map(|v| v.as_u64()).collect::<Vec<_>>());
+                return match block.as_deref() {
+                    Some(&[rows, cols]) if rows > 0 && cols > 0 => Ok(Some(Fp8Blocks {
+                        rows: rows as usize,
+                        cols: cols as usize,
+                    })),
+                    _ => bail!(
+                        "{}: `{key}` names quantization method `fp8` without a two-element \
+                         `weight_block_size`; r1serve does not implement per-tensor FP8 \
+                         (it implements block-scaled FP8, as DeepSeek ships V3 and R1)",
+                        path.display()
+                    ),
+                };
+            }
             Some(method) => bail!(
                 "{}: `{key}` names quantization method `{method}`, which r1serve does not \
                  implement (it loads bf16, f16 and f32 safetensors, and GGUF files)",
@@ -94,7 +139,7 @@ fn refuse_quantization(j: &serde_json::Value, path: &Path) -> Result<()> {
             ),
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 impl ModelConfig {
@@ -147,7 +192,7 @@ impl ModelConfig {
             rms_norm_eps,
             rope_theta,
             rope_style: match arch {
-                Arch::Llama => RopeStyle::Interleaved,
+                Arch::Llama | Arch::DeepseekV2 | Arch::DeepseekV3 => RopeStyle::Interleaved,
                 Arch::Qwen2 => RopeStyle::Half,
             },
             // llama.cpp stores Llama 3 scaling as the `rope_freqs.weight` tensor,
@@ -155,6 +200,8 @@ impl ModelConfig {
             rope_scaling: None,
             max_position_embeddings: get_usize("context_length")?,
             tie_word_embeddings: !has_output,
+            weight_quant: None,
+            deepseek: None,
         }
         .checked(path)
     }
@@ -165,7 +212,7 @@ impl ModelConfig {
             .with_context(|| format!("{}: cannot read", path.display()))?;
         let j: serde_json::Value = serde_json::from_str(&text)
             .with_context(|| format!("{}: invalid JSON", path.display()))?;
-        refuse_quantization(&j, path)?;
+        let weight_quant = weight_quantization(&j, path)?;
         let arch_name = j
             .get("architectures")
             .and_then(|a| a.get(0))
@@ -181,7 +228,15 @@ impl ModelConfig {
         let get_f32 = |key: &str| j.get(key).and_then(|v| v.as_f64()).map(|v| v as f32);
         let hidden_size = get_usize("hidden_size")?;
         let num_heads = get_usize("num_attention_heads")?;
+        let deepseek = match arch {
+            Arch::DeepseekV2 | Arch::DeepseekV3 => {
+                Some(Box::new(DeepseekConfig::from_hf_json(&j, arch, path)?))
+            }
+            Arch::Llama | Arch::Qwen2 => None,
+        };
         let rope_scaling = match j.get("rope_scaling") {
+            // DeepSeek's YaRN scaling is read into `deepseek`.
+            _ if deepseek.is_some() => None,
             Some(s) if !s.is_null() => {
                 let kind = s
                     .get("rope_type")
@@ -213,8 +268,14 @@ impl ModelConfig {
             num_layers: get_usize("num_hidden_layers")?,
             num_heads,
             num_kv_heads: get_usize("num_key_value_heads").unwrap_or(num_heads),
-            head_dim: get_usize("head_dim")
-                .unwrap_or(hidden_size.checked_div(num_heads).unwrap_or(0)),
+            // MLA heads have no single width; the rotated part is what RoPE
+            // and the checks below concern.
+            head_dim: match &deepseek {
+                Some(d) => d.qk_rope_head_dim,
+                None => {
+                    get_usize("head_dim").unwrap_or(hidden_size.checked_div(num_heads).unwrap_or(0))
+                }
+            },
             vocab_size: get_usize("vocab_size")?,
             rms_norm_eps: get_f32("rms_norm_eps").unwrap_or(1e-6),
             rope_theta: get_f32("rope_theta").unwrap_or(10_000.0),
@@ -225,6 +286,8 @@ impl ModelConfig {
                 .get("tie_word_embeddings")
                 .and_then(|v| v.as_bool())
                 .unwrap_or(false),
+            weight_quant,
+            deepseek,
         }
         .checked(path)
     }

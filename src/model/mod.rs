@@ -3,10 +3,14 @@
 //! tensors, [`config`] reads the hyper-parameters, and one file per
 //! architecture ([`llama`], [`qwen2`]) assembles the shared [`decoder`]
 //! stack from them, whatever the weight format, on a device of the
-//! kernels' [`Backend`] seam.
+//! kernels' [`Backend`] seam. [`deepseek_v3`] (DeepSeek-V2/V3: MLA and MoE)
+//! has a forward pass of its own, on the CPU.
 
 pub mod config;
 pub mod decoder;
+pub mod deepseek_config;
+pub mod deepseek_v3;
+pub mod fp8;
 pub mod generation_config;
 pub mod interface;
 pub mod layers;
@@ -42,17 +46,22 @@ pub fn open_weights(source: &ResolvedSource) -> Result<(WeightSource, ModelConfi
         }
         ResolvedSource::HfDir(dir) => {
             let config = ModelConfig::from_hf_config(&dir.join("config.json"))?;
-            Ok((WeightSource::open_safetensors(dir)?, config))
+            let weights = WeightSource::open_safetensors(dir, config.weight_quant)?;
+            Ok((weights, config))
         }
     }
 }
 
-/// Builds the model that `config.arch` names on the CPU.
+/// Builds the model that `config.arch` names on the CPU: the one table
+/// from architecture to model file.
 pub fn build(weights: &WeightSource, config: ModelConfig) -> Result<Box<dyn Model>> {
-    build_on(Cpu, weights, config)
+    Ok(match config.arch {
+        Arch::Llama | Arch::Qwen2 => build_on(Cpu, weights, config)?,
+        Arch::DeepseekV2 | Arch::DeepseekV3 => Box::new(deepseek_v3::load(weights, config)?),
+    })
 }
 
-/// Builds the model that `config.arch` names on `backend`.
+/// Builds a model of the shared decoder stack (Llama, Qwen2) on `backend`.
 pub fn build_on<B: Backend>(
     backend: B,
     weights: &WeightSource,
@@ -61,5 +70,9 @@ pub fn build_on<B: Backend>(
     Ok(match config.arch {
         Arch::Llama => Box::new(llama::load(backend, weights, config)?),
         Arch::Qwen2 => Box::new(qwen2::load(backend, weights, config)?),
+        Arch::DeepseekV2 | Arch::DeepseekV3 => anyhow::bail!(
+            "{:?} runs on the CPU forward pass of `deepseek_v3` only",
+            config.arch
+        ),
     })
 }

@@ -7,7 +7,11 @@
 //! weight is touched: a shard missing from disk, a truncated or garbled file,
 //! or a tensor in a quantized float format (F8, F6, F4) that would need
 //! scales r1serve does not implement is reported there, naming the file.
+//! The exception is block-scaled FP8 ([`Fp8Blocks`], named by the
+//! checkpoint's config): its E4M3 weights are dequantized with their
+//! `_scale_inv` tensors when fetched ([`super::fp8`]).
 
+use super::config::Fp8Blocks;
 use super::weights::RawTensor;
 use crate::kernels::bytes::{HalfKind, WeightBytes};
 use anyhow::{anyhow, bail, Context, Result};
@@ -43,6 +47,7 @@ pub struct Shards {
     dir: PathBuf,
     shards: Vec<Shard>,
     index: HashMap<String, Entry>,
+    fp8: Option<Fp8Blocks>,
 }
 
 /// Float formats narrower than 16 bits only appear in quantized checkpoints,
@@ -138,8 +143,9 @@ fn header_error(path: &Path, map: &[u8], e: SafeTensorError) -> anyhow::Error {
 }
 
 impl Shards {
-    /// Maps every shard of `dir` and indexes its tensors.
-    pub fn open(dir: &Path) -> Result<Self> {
+    /// Maps every shard of `dir` and indexes its tensors; `fp8` admits
+    /// E4M3 weights with block scales.
+    pub fn open(dir: &Path, fp8: Option<Fp8Blocks>) -> Result<Self> {
         let mut shards: Vec<Shard> = Vec::new();
         let mut index = HashMap::new();
         for path in shard_files(dir)? {
@@ -155,7 +161,8 @@ impl Shards {
             let mut tensors: Vec<_> = metadata.tensors().into_iter().collect();
             tensors.sort_by_key(|(_, info)| info.data_offsets);
             for (name, info) in tensors {
-                if is_quantized_float(info.dtype) {
+                let scaled = fp8.is_some() && info.dtype == Dtype::F8_E4M3;
+                if is_quantized_float(info.dtype) && !scaled {
                     bail!(
                         "{}: tensor `{name}` is {}, a quantized format whose values mean nothing \
                          without its method's scales, and {} names no quantization method \
@@ -189,6 +196,7 @@ impl Shards {
             dir: dir.to_path_buf(),
             shards,
             index,
+            fp8,
         })
     }
 
@@ -231,6 +239,11 @@ impl Shards {
                     )
                 })?,
             ),
+            Dtype::F8_E4M3 => RawTensor::Half {
+                kind: HalfKind::Bf16,
+                dims: e.dims.clone(),
+                bytes: WeightBytes::Owned(Arc::new(self.dequantize_fp8(name, e)?)),
+            },
             other => bail!(
                 "{}: tensor `{name}` has dtype {other}, which r1serve cannot use as a weight \
                  (it reads BF16, F16 and F32)",
@@ -238,5 +251,49 @@ impl Shards {
             ),
         };
         Ok((t, &shard.path))
+    }
+
+    /// An E4M3 weight times its `{name}_scale_inv` block scales, as bf16.
+    fn dequantize_fp8(&self, name: &str, e: &Entry) -> Result<Vec<u8>> {
+        let path = &self.shards[e.shard].path;
+        let Some(blocks) = self.fp8 else {
+            bail!(
+                "{}: tensor `{name}` is E4M3 without block scales",
+                path.display()
+            );
+        };
+        let &[rows, cols] = &e.dims[..] else {
+            bail!(
+                "{}: E4M3 tensor `{name}` has shape {:?}; block scales apply to matrices",
+                path.display(),
+                e.dims
+            );
+        };
+        let scale_name = format!("{name}_scale_inv");
+        let s = self.index.get(&scale_name).with_context(|| {
+            format!(
+                "{}: tensor `{scale_name}` (the block scales of E4M3 `{name}`) is missing",
+                self.dir.display()
+            )
+        })?;
+        let want = [rows.div_ceil(blocks.rows), cols.div_ceil(blocks.cols)];
+        if s.dtype != Dtype::F32 || s.dims != want {
+            bail!(
+                "{}: tensor `{scale_name}` is {} {:?}, expected F32 {want:?} ({rows}×{cols} in \
+                 blocks of {}×{})",
+                self.shards[s.shard].path.display(),
+                s.dtype,
+                s.dims,
+                blocks.rows,
+                blocks.cols
+            );
+        }
+        let scales: Vec<f32> = self.shards[s.shard].map[s.start..s.end]
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let values = &self.shards[e.shard].map[e.start..e.end];
+        super::fp8::dequantize(values, rows, cols, &scales, blocks, name)
+            .with_context(|| format!("{}", path.display()))
     }
 }

@@ -6,6 +6,7 @@
 //! Tensor names are GGUF's (`blk.3.attn_q.weight`); the safetensors source
 //! translates them to Hugging Face names (`model.layers.3.self_attn.q_proj.weight`).
 
+use super::config::Fp8Blocks;
 use super::shards::Shards;
 use crate::kernels::bytes::{HalfKind, WeightBytes};
 use anyhow::{bail, Context, Result};
@@ -150,9 +151,10 @@ pub fn hf_name(gguf: &str) -> String {
 
 impl WeightSource {
     /// Opens the safetensors shards of an HF directory: either the files named
-    /// by `model.safetensors.index.json` or a single `model.safetensors`.
-    pub fn open_safetensors(dir: &Path) -> Result<Self> {
-        Ok(WeightSource::Safetensors(Shards::open(dir)?))
+    /// by `model.safetensors.index.json` or a single `model.safetensors`;
+    /// `fp8` (from its config) admits block-scaled E4M3 weights.
+    pub fn open_safetensors(dir: &Path, fp8: Option<Fp8Blocks>) -> Result<Self> {
+        Ok(WeightSource::Safetensors(Shards::open(dir, fp8)?))
     }
 
     /// Whether a tensor (GGUF name) exists.

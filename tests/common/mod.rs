@@ -25,11 +25,12 @@ pub fn models_dir() -> PathBuf {
     dir
 }
 
-/// One checkpoint in [`models_dir`]; fails loudly when it is missing.
+/// One checkpoint (a file, or an HF directory) in [`models_dir`]; fails
+/// loudly when it is missing.
 pub fn model(file: &str) -> PathBuf {
     let path = models_dir().join(file);
     assert!(
-        path.is_file(),
+        path.exists(),
         "{} missing: run models/fetch.sh first",
         path.display()
     );

@@ -1,0 +1,809 @@
+//! DeepSeek-V3 (R1, R1-Zero) and DeepSeek-V2 from Hugging Face safetensors:
+//! multi-head latent attention (MLA) over a paged latent cache, and
+//! mixture-of-experts layers after the first `first_k_dense_replace` dense
+//! ones. Written after transformers' `modeling_deepseek_v3.py` /
+//! `modeling_deepseek_v2.py`, the reference the tests compare against.
+//!
+//! MLA caches, per token and layer, one row: the normalised KV latent
+//! (`kv_lora_rank`) followed by the roped shared key (`qk_rope_head_dim`).
+//! Decode uses the absorbed form: the non-rotated query of each head is
+//! multiplied by that head's `W_UK` into latent space, attention runs over
+//! the cached rows directly ([`latent_attention`]), and `W_UV` maps each
+//! head's latent output to its value. A prefill chunk instead materialises
+//! per-head keys and values from the latent rows of its context (cheaper
+//! when many queries share them); both read the same cached rows.
+//!
+//! MoE routing is computed per token on the host; execution then groups the
+//! step's tokens by expert, so each chosen expert runs once over all of its
+//! tokens. This forward pass runs on the CPU; the device seam's op set does
+//! not yet include its column splits, per-head products and expert gathers.
+
+use super::config::{Arch, ModelConfig, RopeStyle};
+use super::deepseek_config::{DeepseekConfig, Scoring, TopK};
+use super::interface::{ForwardBatch, Model, ModelInfo};
+use super::weights::{RawTensor, WeightSource};
+use crate::kernels::attention::{write_kv, AttnSeq};
+use crate::kernels::bytes::{HalfKind, WeightBytes};
+use crate::kernels::latent_attention::{latent_attention, read_rows};
+use crate::kernels::linear::{Embedding, Linear};
+use crate::kernels::ops::{self, RopeTables};
+use crate::kv_cache::spec::{KvSpec, LayerKvSpec};
+use crate::kv_cache::storage::{KvCache, KvDtype, KvGeometry, LayerKv};
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use rayon::prelude::*;
+use std::sync::Arc;
+
+/// Which attention form a sequence's step takes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttentionPath {
+    /// Absorbed for single-token steps, materialised for longer chunks.
+    #[default]
+    Auto,
+    /// Always the absorbed form over latent rows.
+    Absorbed,
+    /// Always per-head keys and values materialised from the latent rows.
+    Materialized,
+}
+
+enum QProj {
+    /// `q_a_proj` → `q_a_layernorm` → `q_b_proj` (V3, V2).
+    Lora {
+        a: Linear,
+        norm: Vec<f32>,
+        b: Linear,
+    },
+    /// `q_proj` (V2-Lite).
+    Plain(Linear),
+}
+
+struct Mla {
+    q: QProj,
+    /// hidden → latent + shared RoPE key.
+    kv_a: Linear,
+    kv_norm: Vec<f32>,
+    /// latent → per head non-rotated key and value (materialised path).
+    kv_b: Linear,
+    /// Per head `W_UKᵀ`: non-rotated query → latent (absorbed path).
+    uk_t: Vec<Linear>,
+    /// Per head `W_UV`: latent → value (absorbed path).
+    uv: Vec<Linear>,
+    o: Linear,
+}
+
+struct Mlp {
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+impl Mlp {
+    fn forward(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        let mut g = self.gate.forward(x, rows)?;
+        ops::silu_mul(&mut g, &self.up.forward(x, rows)?);
+        self.down.forward(&g, rows)
+    }
+}
+
+struct Moe {
+    /// Router weight, `n_routed_experts × hidden`, f32 as transformers
+    /// computes the router.
+    router: Vec<f32>,
+    /// `e_score_correction_bias` (noaux_tc routing).
+    bias: Option<Vec<f32>>,
+    experts: Vec<Mlp>,
+    shared: Option<Mlp>,
+}
+
+enum Ffn {
+    Dense(Mlp),
+    Moe(Moe),
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    attn: Mla,
+    ffn_norm: Vec<f32>,
+    ffn: Ffn,
+}
+
+/// A DeepSeek-V2/V3 model on the CPU.
+pub struct DeepseekV3 {
+    cfg: ModelConfig,
+    ds: DeepseekConfig,
+    info: ModelInfo,
+    embed: Embedding,
+    layers: Vec<Layer>,
+    norm: Vec<f32>,
+    lm_head: Linear,
+    inv_freq: Vec<f32>,
+    /// YaRN's factor on cos and sin.
+    rope_factor: f32,
+    rope_style: RopeStyle,
+    softmax_scale: f32,
+    cache: Option<KvCache>,
+    path: AttentionPath,
+}
+
+impl DeepseekV3 {
+    /// Forces one attention form (tests compare the two on the same
+    /// positions).
+    pub fn set_attention_path(&mut self, path: AttentionPath) {
+        self.path = path;
+    }
+
+    /// The DeepSeek hyper-parameters.
+    pub fn deepseek_config(&self) -> &DeepseekConfig {
+        &self.ds
+    }
+}
+
+/// Rotates the `rope`-wide slice at `offset` of every `chunk`-wide chunk of
+/// each row (one row per token of `t`).
+fn rope_slices(x: &mut [f32], chunk: usize, offset: usize, style: RopeStyle, t: &RopeTables) {
+    let half = t.pairs;
+    let tokens = t.cos.len() / half.max(1);
+    if tokens == 0 {
+        return;
+    }
+    let row_len = x.len() / tokens;
+    for (i, row) in x.chunks_exact_mut(row_len).enumerate() {
+        let (c, s) = (&t.cos[i * half..][..half], &t.sin[i * half..][..half]);
+        for part in row.chunks_exact_mut(chunk) {
+            let head = &mut part[offset..offset + 2 * half];
+            for j in 0..half {
+                let (i1, i2) = match style {
+                    RopeStyle::Half => (j, j + half),
+                    RopeStyle::Interleaved => (2 * j, 2 * j + 1),
+                };
+                let (a, b) = (head[i1], head[i2]);
+                head[i1] = a * c[j] - b * s[j];
+                head[i2] = a * s[j] + b * c[j];
+            }
+        }
+    }
+}
+
+/// Column block `start..start + width` of each `row_len`-wide row.
+fn columns(x: &[f32], row_len: usize, start: usize, width: usize) -> Vec<f32> {
+    x.chunks_exact(row_len)
+        .flat_map(|r| &r[start..start + width])
+        .copied()
+        .collect()
+}
+
+impl Mla {
+    /// Queries with their rotated parts roped: `rows × heads × qk_head_dim`.
+    fn queries(&self, h: &[f32], rows: usize, eps: f32) -> Result<Vec<f32>> {
+        match &self.q {
+            QProj::Lora { a, norm, b } => {
+                let qa = ops::rms_norm(&a.forward(h, rows)?, norm, eps);
+                b.forward(&qa, rows)
+            }
+            QProj::Plain(q) => q.forward(h, rows),
+        }
+    }
+}
+
+impl DeepseekV3 {
+    /// One layer's attention over the step's tokens `h`; writes their latent
+    /// rows to the cache first.
+    fn attention(
+        &self,
+        layer: usize,
+        h: &[f32],
+        seqs: &[AttnSeq],
+        tables: &RopeTables,
+        cache: &mut KvCache,
+    ) -> Result<Vec<f32>> {
+        let (ds, eps) = (&self.ds, self.cfg.rms_norm_eps);
+        let attn = &self.layers[layer].attn;
+        let rows = h.len() / self.cfg.hidden_size;
+        let (heads, nope, rope, lora) = (
+            self.cfg.num_heads,
+            ds.qk_nope_head_dim,
+            ds.qk_rope_head_dim,
+            ds.kv_lora_rank,
+        );
+        let (qk, vd, width) = (ds.qk_head_dim(), ds.v_head_dim, lora + rope);
+        let mut q = attn.queries(h, rows, eps)?;
+        rope_slices(&mut q, qk, nope, self.rope_style, tables);
+        let mut latent = attn.kv_a.forward(h, rows)?;
+        for row in latent.chunks_exact_mut(width) {
+            let normed = ops::rms_norm(&row[..lora], &attn.kv_norm, eps);
+            row[..lora].copy_from_slice(&normed);
+        }
+        rope_slices(&mut latent, width, lora, self.rope_style, tables);
+
+        let (Some(kv), Some(geom)) = (cache.layers.get_mut(layer), cache.geometries.get(layer))
+        else {
+            bail!("the cache has no layer {layer}");
+        };
+        for s in seqs {
+            let new = &latent[s.q_start * width..(s.q_start + s.q_len) * width];
+            write_kv(kv, geom, s.block_table, s.ctx_len - s.q_len, new, &[])?;
+        }
+        let kv = &cache.layers[layer];
+        let mut out = vec![0f32; rows * heads * vd];
+        for s in seqs {
+            let q_seq = &q[s.q_start * heads * qk..(s.q_start + s.q_len) * heads * qk];
+            let o_seq = &mut out[s.q_start * heads * vd..(s.q_start + s.q_len) * heads * vd];
+            let absorbed = match self.path {
+                AttentionPath::Auto => s.q_len == 1,
+                AttentionPath::Absorbed => true,
+                AttentionPath::Materialized => false,
+            };
+            let local = AttnSeq { q_start: 0, ..*s };
+            if absorbed {
+                self.absorbed(attn, q_seq, o_seq, kv, geom, &local)?;
+            } else {
+                let ctx = read_rows(kv, geom, s.block_table, s.ctx_len)?;
+                self.materialized(attn, q_seq, o_seq, &ctx, &local)?;
+            }
+        }
+        attn.o.forward(&out, rows)
+    }
+
+    /// `W_UK` folded into the queries, attention over the latent rows, then
+    /// `W_UV`.
+    fn absorbed(
+        &self,
+        attn: &Mla,
+        q: &[f32],
+        out: &mut [f32],
+        kv: &LayerKv,
+        geom: &KvGeometry,
+        s: &AttnSeq,
+    ) -> Result<()> {
+        let ds = &self.ds;
+        let (heads, nope, rope, lora, vd) = (
+            self.cfg.num_heads,
+            ds.qk_nope_head_dim,
+            ds.qk_rope_head_dim,
+            ds.kv_lora_rank,
+            ds.v_head_dim,
+        );
+        let (qk, width, n) = (ds.qk_head_dim(), lora + rope, s.q_len);
+        let mut q_abs = vec![0f32; n * heads * width];
+        for head in 0..heads {
+            let q_nope = columns(q, heads * qk, head * qk, nope);
+            let q_lat = attn.uk_t[head].forward(&q_nope, n)?;
+            for t in 0..n {
+                let dst = &mut q_abs[(t * heads + head) * width..][..width];
+                dst[..lora].copy_from_slice(&q_lat[t * lora..][..lora]);
+                dst[lora..].copy_from_slice(&q[(t * heads + head) * qk + nope..][..rope]);
+            }
+        }
+        let mut o_lat = vec![0f32; n * heads * lora];
+        let shape = (heads, lora, self.softmax_scale);
+        latent_attention(&q_abs, &mut o_lat, kv, geom, &[*s], shape)?;
+        for head in 0..heads {
+            let v = attn.uv[head].forward(&columns(&o_lat, heads * lora, head * lora, lora), n)?;
+            for t in 0..n {
+                out[(t * heads + head) * vd..][..vd].copy_from_slice(&v[t * vd..][..vd]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Per-head keys and values of the whole context from its latent rows
+    /// `ctx`, then causal attention of the sequence's queries.
+    fn materialized(
+        &self,
+        attn: &Mla,
+        q: &[f32],
+        out: &mut [f32],
+        ctx: &[f32],
+        s: &AttnSeq,
+    ) -> Result<()> {
+        let ds = &self.ds;
+        let (heads, nope, rope, lora, vd) = (
+            self.cfg.num_heads,
+            ds.qk_nope_head_dim,
+            ds.qk_rope_head_dim,
+            ds.kv_lora_rank,
+            ds.v_head_dim,
+        );
+        let (qk, width, len) = (ds.qk_head_dim(), lora + rope, s.ctx_len);
+        let kvb = attn.kv_b.forward(&columns(ctx, width, 0, lora), len)?;
+        let per_head = nope + vd;
+        let scale = self.softmax_scale;
+        out.par_chunks_exact_mut(vd).enumerate().for_each(|(i, o)| {
+            let (t, head) = (i / heads, i % heads);
+            let pos = len - s.q_len + t;
+            let qh = &q[(t * heads + head) * qk..][..qk];
+            let scores: Vec<f32> = (0..=pos)
+                .map(|p| {
+                    let k_nope = &kvb[p * heads * per_head + head * per_head..][..nope];
+                    let k_rope = &ctx[p * width + lora..][..rope];
+                    let dot: f32 = qh[..nope]
+                        .iter()
+                        .zip(k_nope)
+                        .map(|(a, b)| a * b)
+                        .sum::<f32>()
+                        + qh[nope..]
+                            .iter()
+                            .zip(k_rope)
+                            .map(|(a, b)| a * b)
+                            .sum::<f32>();
+                    dot * scale
+                })
+                .collect();
+            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut total = 0f32;
+            o.fill(0.0);
+            for (p, sc) in scores.iter().enumerate() {
+                let w = (sc - max).exp();
+                total += w;
+                let v = &kvb[p * heads * per_head + head * per_head + nope..][..vd];
+                for (a, x) in o.iter_mut().zip(v) {
+                    *a += w * x;
+                }
+            }
+            for a in o.iter_mut() {
+                *a /= total;
+            }
+        });
+        Ok(())
+    }
+
+    /// Routed experts (each run once over the tokens routed to it) plus the
+    /// shared experts.
+    fn moe(&self, moe: &Moe, h: &[f32], rows: usize) -> Result<Vec<f32>> {
+        let hidden = self.cfg.hidden_size;
+        let n = moe.experts.len();
+        let mut routed: Vec<Vec<(usize, f32)>> = vec![Vec::new(); n];
+        for (t, x) in h.chunks_exact(hidden).enumerate() {
+            let logits: Vec<f32> = moe
+                .router
+                .chunks_exact(hidden)
+                .map(|w| w.iter().zip(x).map(|(a, b)| a * b).sum())
+                .collect();
+            for (e, w) in route(&self.ds, moe.bias.as_deref(), &logits) {
+                routed[e].push((t, w));
+            }
+        }
+        let mut out = vec![0f32; rows * hidden];
+        for (expert, tokens) in moe.experts.iter().zip(&routed) {
+            if tokens.is_empty() {
+                continue;
+            }
+            let x: Vec<f32> = tokens
+                .iter()
+                .flat_map(|&(t, _)| &h[t * hidden..(t + 1) * hidden])
+                .copied()
+                .collect();
+            let y = expert.forward(&x, tokens.len())?;
+            for (&(t, w), y) in tokens.iter().zip(y.chunks_exact(hidden)) {
+                for (o, v) in out[t * hidden..(t + 1) * hidden].iter_mut().zip(y) {
+                    *o += w * v;
+                }
+            }
+        }
+        if let Some(shared) = &moe.shared {
+            ops::add(&mut out, &shared.forward(h, rows)?);
+        }
+        Ok(out)
+    }
+}
+
+impl Model for DeepseekV3 {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn allocate_cache(
+        &mut self,
+        block_size: usize,
+        num_blocks: usize,
+        dtype: KvDtype,
+    ) -> Result<()> {
+        self.cache = None;
+        let mut cache = KvCache::new(&self.info.kv, block_size, num_blocks, dtype)?;
+        cache.commit();
+        self.cache = Some(cache);
+        Ok(())
+    }
+
+    fn forward(&mut self, batch: &ForwardBatch) -> Result<Vec<Vec<f32>>> {
+        let mut cache = self
+            .cache
+            .take()
+            .context("forward before the KV cache was allocated")?;
+        let result = self.forward_with(batch, &mut cache);
+        self.cache = Some(cache);
+        result
+    }
+}
+
+impl DeepseekV3 {
+    fn forward_with(&self, batch: &ForwardBatch, cache: &mut KvCache) -> Result<Vec<Vec<f32>>> {
+        let t = batch.tokens.len();
+        let total: usize = batch.seqs.iter().map(|s| s.num_tokens).sum();
+        if total != t || t == 0 {
+            bail!("batch has {t} tokens but its sequences claim {total}");
+        }
+        let mut positions = Vec::with_capacity(t);
+        let mut seqs = Vec::with_capacity(batch.seqs.len());
+        let mut last_rows = Vec::new();
+        let mut q_start = 0;
+        for s in &batch.seqs {
+            if s.num_tokens > s.ctx_len || s.num_tokens == 0 {
+                bail!(
+                    "sequence has {} new tokens for a context of {}",
+                    s.num_tokens,
+                    s.ctx_len
+                );
+            }
+            positions.extend(s.ctx_len - s.num_tokens..s.ctx_len);
+            seqs.push(AttnSeq {
+                q_start,
+                q_len: s.num_tokens,
+                ctx_len: s.ctx_len,
+                block_table: &s.block_table,
+            });
+            if s.all_logits {
+                last_rows.extend(q_start..q_start + s.num_tokens);
+            } else if s.want_logits {
+                last_rows.push(q_start + s.num_tokens - 1);
+            }
+            q_start += s.num_tokens;
+        }
+        let mut tables = ops::rope_tables(&self.inv_freq, &positions);
+        for v in tables.cos.iter_mut().chain(tables.sin.iter_mut()) {
+            *v *= self.rope_factor;
+        }
+        let (hidden, eps) = (self.cfg.hidden_size, self.cfg.rms_norm_eps);
+        let mut x = self.embed.forward(&batch.tokens)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let h = ops::rms_norm(&x, &layer.attn_norm, eps);
+            ops::add(&mut x, &self.attention(i, &h, &seqs, &tables, cache)?);
+            let h = ops::rms_norm(&x, &layer.ffn_norm, eps);
+            let f = match &layer.ffn {
+                Ffn::Dense(mlp) => mlp.forward(&h, t)?,
+                Ffn::Moe(moe) => self.moe(moe, &h, t)?,
+            };
+            ops::add(&mut x, &f);
+        }
+        if last_rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let last: Vec<f32> = last_rows
+            .iter()
+            .flat_map(|&r| &x[r * hidden..(r + 1) * hidden])
+            .copied()
+            .collect();
+        let logits = self
+            .lm_head
+            .forward(&ops::rms_norm(&last, &self.norm, eps), last_rows.len())?;
+        Ok(logits
+            .chunks_exact(self.cfg.vocab_size)
+            .map(<[f32]>::to_vec)
+            .collect())
+    }
+}
+
+/// The experts one token is routed to and their weights, from its router
+/// logits, as transformers' `DeepseekV3TopkRouter` / `DeepseekV2MoEGate`.
+pub fn route(ds: &DeepseekConfig, bias: Option<&[f32]>, logits: &[f32]) -> Vec<(usize, f32)> {
+    let n = logits.len();
+    let scores: Vec<f32> = match ds.scoring {
+        Scoring::Sigmoid => logits.iter().map(|&l| 1.0 / (1.0 + (-l).exp())).collect(),
+        Scoring::Softmax => {
+            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let e: Vec<f32> = logits.iter().map(|&l| (l - max).exp()).collect();
+            let z: f32 = e.iter().sum();
+            e.iter().map(|x| x / z).collect()
+        }
+    };
+    // The bias only chooses; the weights come from the plain scores.
+    let mut choice: Vec<f32> = match (bias, ds.topk) {
+        (Some(b), TopK::NoauxTc) => scores.iter().zip(b).map(|(s, b)| s + b).collect(),
+        _ => scores.clone(),
+    };
+    let group = n / ds.n_group;
+    if ds.topk != TopK::Greedy && ds.topk_group < ds.n_group {
+        let group_score = |g: &[f32]| match ds.topk {
+            TopK::NoauxTc => {
+                let mut v = g.to_vec();
+                v.sort_by(|a, b| b.total_cmp(a));
+                v[0] + v[1]
+            }
+            _ => g.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+        };
+        let mut groups: Vec<(usize, f32)> = choice
+            .chunks_exact(group)
+            .map(group_score)
+            .enumerate()
+            .collect();
+        groups.sort_by(|a, b| b.1.total_cmp(&a.1));
+        // transformers masks the dropped groups with 0, not -inf.
+        for &(g, _) in &groups[ds.topk_group..] {
+            choice[g * group..(g + 1) * group].fill(0.0);
+        }
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| choice[b].total_cmp(&choice[a]));
+    let mut chosen: Vec<(usize, f32)> = order[..ds.num_experts_per_tok]
+        .iter()
+        .map(|&e| (e, scores[e]))
+        .collect();
+    if ds.norm_topk_prob {
+        let sum: f32 = chosen.iter().map(|c| c.1).sum::<f32>() + 1e-20;
+        for c in &mut chosen {
+            c.1 /= sum;
+        }
+    }
+    for c in &mut chosen {
+        c.1 *= ds.routed_scaling_factor;
+    }
+    chosen
+}
+
+/// A matrix cut from `kv_b_proj` as a linear layer's weight: bf16 when
+/// `kv_b_proj` is (every value then fits exactly, and bf16 halves the
+/// memory and traffic of R1's 61 × 2 × 128 per-head matrices), else f32.
+fn per_head(values: Vec<f32>, out: usize, inp: usize, bf16: bool) -> Result<Linear> {
+    if bf16 {
+        let bytes: Vec<u8> = values
+            .iter()
+            .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+            .collect();
+        return Linear::new(
+            RawTensor::Half {
+                kind: HalfKind::Bf16,
+                dims: vec![out, inp],
+                bytes: WeightBytes::Owned(Arc::new(bytes)),
+            },
+            None,
+        );
+    }
+    let t = Tensor::from_vec(values, (out, inp), &Device::Cpu)?;
+    Linear::new(RawTensor::Dense(t), None)
+}
+
+/// Loads a DeepSeek-V2/V3 model from HF safetensors.
+pub fn load(weights: &WeightSource, config: ModelConfig) -> Result<DeepseekV3> {
+    let ds = *config
+        .deepseek
+        .clone()
+        .context("a DeepSeek model needs its MLA/MoE configuration")?;
+    if matches!(weights, WeightSource::Gguf(_)) {
+        bail!(
+            "DeepSeek models load from HF safetensors only (GGUF `deepseek2` is not supported yet)"
+        );
+    }
+    let c = &config;
+    let (hidden, heads) = (c.hidden_size, c.num_heads);
+    let (nope, rope, lora, vd) = (
+        ds.qk_nope_head_dim,
+        ds.qk_rope_head_dim,
+        ds.kv_lora_rank,
+        ds.v_head_dim,
+    );
+    let qk = ds.qk_head_dim();
+    let linear = |name: &str, out: usize, inp: usize| -> Result<Linear> {
+        Linear::new(weights.get(&format!("{name}.weight"), &[out, inp])?, None)
+    };
+    let vector =
+        |name: &str, n: usize| -> Result<Vec<f32>> { weights.get(name, &[n])?.to_f32_vec() };
+    let mlp = |p: &str, inner: usize| -> Result<Mlp> {
+        Ok(Mlp {
+            gate: linear(&format!("{p}.gate_proj"), inner, hidden)?,
+            up: linear(&format!("{p}.up_proj"), inner, hidden)?,
+            down: linear(&format!("{p}.down_proj"), hidden, inner)?,
+        })
+    };
+    if ds.num_nextn_predict_layers > 0 {
+        tracing::info!(
+            "skipping {} multi-token-prediction layer(s) (model.layers.{}.* on): r1serve decodes \
+             one token per step",
+            ds.num_nextn_predict_layers,
+            c.num_layers
+        );
+    }
+    let mut layers = Vec::with_capacity(c.num_layers);
+    for i in 0..c.num_layers {
+        let p = format!("model.layers.{i}");
+        let a = format!("{p}.self_attn");
+        let q = match ds.q_lora_rank {
+            Some(r) => QProj::Lora {
+                a: linear(&format!("{a}.q_a_proj"), r, hidden)?,
+                norm: vector(&format!("{a}.q_a_layernorm.weight"), r)?,
+                b: linear(&format!("{a}.q_b_proj"), heads * qk, r)?,
+            },
+            None => QProj::Plain(linear(&format!("{a}.q_proj"), heads * qk, hidden)?),
+        };
+        let kv_b_raw = weights.get(
+            &format!("{a}.kv_b_proj.weight"),
+            &[heads * (nope + vd), lora],
+        )?;
+        let kv_b_f32 = kv_b_raw.to_f32_vec()?;
+        let bf16 = matches!(
+            kv_b_raw,
+            RawTensor::Half {
+                kind: HalfKind::Bf16,
+                ..
+            }
+        );
+        let (mut uk_t, mut uv) = (Vec::with_capacity(heads), Vec::with_capacity(heads));
+        for h in 0..heads {
+            let rows = &kv_b_f32[h * (nope + vd) * lora..(h + 1) * (nope + vd) * lora];
+            let mut t = vec![0f32; lora * nope];
+            for (r, row) in rows[..nope * lora].chunks_exact(lora).enumerate() {
+                for (col, &v) in row.iter().enumerate() {
+                    t[col * nope + r] = v;
+                }
+            }
+            uk_t.push(per_head(t, lora, nope, bf16)?);
+            uv.push(per_head(rows[nope * lora..].to_vec(), vd, lora, bf16)?);
+        }
+        let attn = Mla {
+            q,
+            kv_a: linear(&format!("{a}.kv_a_proj_with_mqa"), lora + rope, hidden)?,
+            kv_norm: vector(&format!("{a}.kv_a_layernorm.weight"), lora)?,
+            kv_b: Linear::new(kv_b_raw, None)?,
+            uk_t,
+            uv,
+            o: linear(&format!("{a}.o_proj"), hidden, heads * vd)?,
+        };
+        let m = format!("{p}.mlp");
+        let ffn = if i < ds.first_k_dense_replace {
+            Ffn::Dense(mlp(&m, c.intermediate_size)?)
+        } else {
+            let experts = (0..ds.n_routed_experts)
+                .map(|e| mlp(&format!("{m}.experts.{e}"), ds.moe_intermediate_size))
+                .collect::<Result<Vec<_>>>()?;
+            Ffn::Moe(Moe {
+                router: weights
+                    .get(&format!("{m}.gate.weight"), &[ds.n_routed_experts, hidden])?
+                    .to_f32_vec()?,
+                bias: match ds.topk {
+                    TopK::NoauxTc => Some(vector(
+                        &format!("{m}.gate.e_score_correction_bias"),
+                        ds.n_routed_experts,
+                    )?),
+                    TopK::Greedy | TopK::GroupLimitedGreedy => None,
+                },
+                experts,
+                shared: match ds.n_shared_experts {
+                    0 => None,
+                    n => Some(mlp(
+                        &format!("{m}.shared_experts"),
+                        n * ds.moe_intermediate_size,
+                    )?),
+                },
+            })
+        };
+        layers.push(Layer {
+            attn_norm: vector(&format!("{p}.input_layernorm.weight"), hidden)?,
+            attn,
+            ffn_norm: vector(&format!("{p}.post_attention_layernorm.weight"), hidden)?,
+            ffn,
+        });
+    }
+    let embed =
+        Embedding::new(&weights.get("model.embed_tokens.weight", &[c.vocab_size, hidden])?)?;
+    let lm_head = if c.tie_word_embeddings {
+        Linear::new(
+            weights.get("model.embed_tokens.weight", &[c.vocab_size, hidden])?,
+            None,
+        )?
+    } else {
+        linear("lm_head", c.vocab_size, hidden)?
+    };
+    let (inv_freq, rope_factor) = ds.rope(c.rope_theta as f64);
+    let info = ModelInfo {
+        arch: match c.arch {
+            Arch::DeepseekV2 => "deepseek_v2".into(),
+            _ => "deepseek_v3".into(),
+        },
+        device: "cpu".into(),
+        vocab_size: c.vocab_size,
+        max_position_embeddings: c.max_position_embeddings,
+        kv: KvSpec::uniform(
+            LayerKvSpec::Latent {
+                width: lora + rope,
+                v_dim: lora,
+            },
+            c.num_layers,
+        ),
+    };
+    Ok(DeepseekV3 {
+        norm: vector("model.norm.weight", hidden)?,
+        embed,
+        layers,
+        lm_head,
+        inv_freq,
+        rope_factor,
+        rope_style: if ds.rope_interleave {
+            RopeStyle::Interleaved
+        } else {
+            RopeStyle::Half
+        },
+        softmax_scale: ds.softmax_scale(),
+        info,
+        cache: None,
+        path: AttentionPath::Auto,
+        cfg: config,
+        ds,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(fields: serde_json::Value, arch: Arch) -> DeepseekConfig {
+        let mut j = serde_json::json!({
+            "kv_lora_rank": 8, "qk_nope_head_dim": 4, "qk_rope_head_dim": 4, "v_head_dim": 4,
+            "moe_intermediate_size": 8,
+        });
+        j.as_object_mut()
+            .unwrap()
+            .extend(fields.as_object().unwrap().clone());
+        DeepseekConfig::from_hf_json(&j, arch, std::path::Path::new("config.json")).unwrap()
+    }
+
+    fn sorted(mut v: Vec<(usize, f32)>) -> Vec<(usize, f32)> {
+        v.sort_by_key(|c| c.0);
+        v
+    }
+
+    /// noaux_tc: groups are ranked by the sum of their two best biased
+    /// scores, so the single best expert is dropped with its weak group;
+    /// the bias changes which experts win but not their weights.
+    #[test]
+    fn noaux_tc_limits_groups_and_uses_the_bias_only_to_choose() {
+        let ds = config(
+            serde_json::json!({"n_routed_experts": 8, "num_experts_per_tok": 2, "n_group": 4,
+                "topk_group": 2, "norm_topk_prob": true, "routed_scaling_factor": 2.0}),
+            Arch::DeepseekV3,
+        );
+        // Sigmoid scores: group 0 {0.953, 0.002}, 1 {0.731, 0.711}, 2 {0.622, 0.622}, 3 low.
+        let logits = [3.0, -6.0, 1.0, 0.9, 0.5, 0.5, -1.0, -1.0];
+        let plain = sorted(route(&ds, Some(&[0.0; 8]), &logits));
+        assert_eq!(plain.iter().map(|c| c.0).collect::<Vec<_>>(), [2, 3]);
+        let total: f32 = plain.iter().map(|c| c.1).sum();
+        assert!((total - 2.0).abs() < 1e-6, "{plain:?}");
+
+        let mut bias = [0.0; 8];
+        bias[4] = 0.3;
+        let biased = sorted(route(&ds, Some(&bias), &logits));
+        assert_eq!(biased.iter().map(|c| c.0).collect::<Vec<_>>(), [2, 4]);
+        let sig = |x: f32| 1.0 / (1.0 + (-x).exp());
+        // Weights in the ratio of the unbiased scores, summing to the scale.
+        let ratio = biased[1].1 / biased[0].1;
+        assert!((ratio - sig(0.5) / sig(1.0)).abs() < 1e-6, "{biased:?}");
+        assert!((biased[0].1 + biased[1].1 - 2.0).abs() < 1e-6);
+    }
+
+    /// V2-Lite: softmax over all experts, the best `top_k`, weights not
+    /// renormalised.
+    #[test]
+    fn greedy_softmax_keeps_probabilities() {
+        let ds = config(
+            serde_json::json!({"n_routed_experts": 4, "num_experts_per_tok": 2,
+                "norm_topk_prob": false}),
+            Arch::DeepseekV2,
+        );
+        let logits = [0.0, 2f32.ln(), 4f32.ln(), 0.0];
+        let chosen = sorted(route(&ds, None, &logits));
+        assert_eq!(chosen.len(), 2);
+        assert_eq!((chosen[0].0, chosen[1].0), (1, 2));
+        assert!((chosen[0].1 - 0.25).abs() < 1e-6 && (chosen[1].1 - 0.5).abs() < 1e-6);
+    }
+
+    /// V2's group-limited greedy ranks groups by their best score.
+    #[test]
+    fn group_limited_greedy_ranks_groups_by_their_best() {
+        let ds = config(
+            serde_json::json!({"n_routed_experts": 4, "num_experts_per_tok": 1, "n_group": 2,
+                "topk_group": 1, "topk_method": "group_limited_greedy"}),
+            Arch::DeepseekV2,
+        );
+        // Group 0's best (expert 0) beats group 1's best; group 1 has the larger sum.
+        let chosen = route(&ds, None, &[2.0, -5.0, 1.5, 1.5]);
+        assert_eq!(chosen[0].0, 0);
+    }
+}
