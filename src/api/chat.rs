@@ -1,7 +1,9 @@
 //! `POST /v1/chat/completions`: template the conversation (with its tools),
-//! generate, split the output into reasoning (sent as `reasoning_content`,
-//! `reasoning` or both, see [`ReasoningField`]), `content` and
-//! `tool_calls`, and answer as one JSON body or as OpenAI's chunk stream.
+//! constrain the answer when asked (`response_format`, vLLM's fields, or a
+//! `tool_choice` that forces a call), generate, split the output into
+//! reasoning (sent as `reasoning_content`, `reasoning` or both, see
+//! [`ReasoningField`]), `content` and `tool_calls`, and answer as one JSON
+//! body or as OpenAI's chunk stream.
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -1,5 +1,6 @@
 //! The part of a completion request shared by the chat and legacy routes:
-//! turning checked parameters into an engine request, submitting it, and
+//! turning checked parameters (and any output constraint, compiled here)
+//! into an engine request, submitting it, and
 //! following its outputs (split into reasoning and answer by the engine)
 //! through the tool-call parser while keeping the usage and metrics books.
 //!
@@ -12,10 +13,9 @@ use serde_json::{Map, Value};
 
 use super::backend::{OutputStream, PromptCodec};
 use super::error::{ApiError, ErrorKind};
-use super::protocol::Constraint;
 use super::protocol::{
-    CompletionTokensDetails, DeltaFunction, DeltaToolCall, Effort, FinishReason, GenerationParams,
-    PromptTokensDetails, StopReason, ThinkingRequest, Usage,
+    CompletionTokensDetails, Constraint, DeltaFunction, DeltaToolCall, Effort, FinishReason,
+    GenerationParams, PromptTokensDetails, StopReason, ThinkingRequest, Usage,
 };
 use super::state::{AppState, ServedModel};
 use crate::engine::stop::StopStrings;
