@@ -11,13 +11,44 @@ use super::types::{SamplingParams, TokenLogprob};
 use crate::types::TokenId;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Per-sequence sampling state.
 pub struct SamplerState {
     rng: StdRng,
     /// Occurrences of each generated token, for presence/frequency penalties.
     output_counts: HashMap<TokenId, u32>,
+    /// The distinct tokens of prompt and output, for the repetition
+    /// penalty: built from the context at the first penalized step, then
+    /// kept up to date one token at a time, so a step costs the distinct
+    /// tokens, not a sort of the whole context.
+    seen: Option<Seen>,
+}
+
+/// A set of tokens with its members in a list, for iteration in a fixed
+/// order.
+struct Seen {
+    ids: Vec<TokenId>,
+    set: HashSet<TokenId>,
+}
+
+impl Seen {
+    fn new(tokens: &[TokenId]) -> Self {
+        let mut seen = Seen {
+            ids: Vec::new(),
+            set: HashSet::new(),
+        };
+        for &t in tokens {
+            seen.insert(t);
+        }
+        seen
+    }
+
+    fn insert(&mut self, token: TokenId) {
+        if self.set.insert(token) {
+            self.ids.push(token);
+        }
+    }
 }
 
 impl SamplerState {
@@ -33,12 +64,16 @@ impl SamplerState {
         Self {
             rng,
             output_counts: HashMap::new(),
+            seen: None,
         }
     }
 
     /// Records a generated token.
     pub fn observe(&mut self, token: TokenId) {
         *self.output_counts.entry(token).or_default() += 1;
+        if let Some(seen) = &mut self.seen {
+            seen.insert(token);
+        }
     }
 }
 
@@ -84,10 +119,8 @@ pub fn sample(
 
     process(logits);
     if params.repetition_penalty != 1.0 {
-        let mut seen: Vec<TokenId> = all_tokens.to_vec();
-        seen.sort_unstable();
-        seen.dedup();
-        for t in seen {
+        let seen = state.seen.get_or_insert_with(|| Seen::new(all_tokens));
+        for &t in &seen.ids {
             if let Some(l) = logits.get_mut(t as usize) {
                 *l = if *l > 0.0 {
                     *l / params.repetition_penalty
@@ -222,6 +255,20 @@ mod tests {
         };
         let mut s = SamplerState::new(Some(1), 0);
         assert_eq!(draw(&mut [0.1, 3.0, 2.0], &p, &mut s, &[1]).0, 2);
+    }
+
+    /// The context is read once; later tokens join the set as they are
+    /// generated, without rereading the context.
+    #[test]
+    fn repetition_penalty_follows_generated_tokens() {
+        let p = SamplingParams {
+            repetition_penalty: 2.0,
+            ..greedy()
+        };
+        let mut s = SamplerState::new(Some(1), 0);
+        assert_eq!(draw(&mut [0.1, 3.0, 2.5, 2.4], &p, &mut s, &[1]).0, 2);
+        s.observe(2);
+        assert_eq!(draw(&mut [0.1, 3.0, 2.5, 2.4], &p, &mut s, &[1]).0, 3);
     }
 
     #[test]
