@@ -515,20 +515,7 @@ async fn concurrent_streams_complete(server: &Server) {
 /// Runs `tests/openai_client.py` (the official `openai` package) against
 /// the server.
 async fn python_openai_client(server: &Server) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openai_client.py");
-    let output = tokio::process::Command::new(python())
-        .arg(script)
-        .env("OPENAI_BASE_URL", server.url("/v1"))
-        .env("OPENAI_API_KEY", KEY)
-        .output()
-        .await
-        .expect("cannot run Python");
-    assert!(
-        output.status.success(),
-        "openai_client.py failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    server.run_client("openai_client.py", &[]).await;
 }
 
 #[tokio::test]
@@ -758,21 +745,12 @@ async fn reasoning_field_dialects() {
     );
     assert!(!prompts[2].contains("Add the tens"), "{}", prompts[2]);
 
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openai_reasoning_client.py");
-    let output = tokio::process::Command::new(python())
-        .arg(script)
-        .env("OPENAI_BASE_URL", server.url("/v1"))
-        .env("OPENAI_API_KEY", "unused")
-        .env("R1SERVE_REASONING_FIELD", "reasoning")
-        .output()
-        .await
-        .expect("cannot run Python");
-    assert!(
-        output.status.success(),
-        "openai_reasoning_client.py failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    server
+        .run_client(
+            "openai_reasoning_client.py",
+            &[("R1SERVE_REASONING_FIELD", "reasoning")],
+        )
+        .await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -1083,18 +1061,5 @@ async fn open_webui_default_request(server: &Server) {
 /// Runs `tests/openai_tools_client.py`: the `openai` package's round trip
 /// of call, tool result and final answer.
 async fn python_openai_tools_client(server: &Server) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openai_tools_client.py");
-    let output = tokio::process::Command::new(python())
-        .arg(script)
-        .env("OPENAI_BASE_URL", server.url("/v1"))
-        .env("OPENAI_API_KEY", "unused")
-        .output()
-        .await
-        .expect("cannot run Python");
-    assert!(
-        output.status.success(),
-        "openai_tools_client.py failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    server.run_client("openai_tools_client.py", &[]).await;
 }

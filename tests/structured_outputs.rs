@@ -9,9 +9,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use common::server::{python, Server, QWEN};
+use common::server::{Server, QWEN};
 use serde_json::{json, Value};
 
 const GENERATION_PROMPT: &str = "<|im_start|>assistant\\n";
@@ -167,26 +167,6 @@ async fn legacy_route_follows_regex_and_choice(server: &Server) {
 
 /// Runs `tests/structured_client.py`.
 async fn python_structured_client(server: &Server) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/structured_client.py");
-    let output = tokio::process::Command::new(python())
-        .arg(script)
-        .env("OPENAI_BASE_URL", server.url("/v1"))
-        .env("OPENAI_API_KEY", "unused")
-        .output()
-        .await
-        .expect("cannot run Python");
-    assert!(
-        output.status.success(),
-        "structured_client.py failed:\n{}\n{}\nserver log tail:\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr),
-        server
-            .log()
-            .lines()
-            .rev()
-            .take(20)
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-    eprintln!("{}", String::from_utf8_lossy(&output.stdout));
+    let out = server.run_client("structured_client.py", &[]).await;
+    eprintln!("{out}");
 }

@@ -185,6 +185,39 @@ impl Server {
         events(&self.stream_raw(path, body).await)
     }
 
+    /// Runs `tests/SCRIPT` (a Python client of `tests/requirements.txt`)
+    /// against this server, as an OpenAI client configured by environment
+    /// (`OPENAI_BASE_URL`, `OPENAI_API_KEY`, and `env`), asserts that it
+    /// exits successfully and returns its standard output. A failure shows
+    /// the client's output and the end of the server's log.
+    pub async fn run_client(&self, script: &str, env: &[(&str, &str)]) -> String {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests")
+            .join(script);
+        let output = tokio::process::Command::new(python())
+            .arg(path)
+            .env("OPENAI_BASE_URL", self.url("/v1"))
+            .env("OPENAI_API_KEY", self.key.unwrap_or("unused"))
+            .envs(env.iter().copied())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .expect("cannot run Python");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "{script} failed:\n{stdout}\n{}\nserver log tail:\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            self.log()
+                .lines()
+                .rev()
+                .take(20)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        stdout
+    }
+
     /// The value of a metric, named with its labels but without the
     /// `model_name` label every metric carries.
     pub async fn metric(&self, name: &str) -> f64 {
