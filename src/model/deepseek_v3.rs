@@ -562,17 +562,83 @@ fn per_head(values: Vec<f32>, out: usize, inp: usize, bf16: bool) -> Result<Line
     Linear::new(RawTensor::Dense(t), None)
 }
 
-/// Loads a DeepSeek-V2/V3 model from HF safetensors.
+/// The MLA up-projection of one layer in its two uses: the whole `kv_b`
+/// (latent → per-head non-rotated key and value) for the materialised path,
+/// and per head `W_UKᵀ` and `W_UV` for the absorbed one.
+struct KvB {
+    kv_b: Linear,
+    uk_t: Vec<Linear>,
+    uv: Vec<Linear>,
+}
+
+/// `kv_b_proj` as HF and older GGUF conversions store it,
+/// `heads × (nope + v) × lora`.
+fn kv_b_whole(raw: RawTensor, heads: usize, nope: usize, vd: usize, lora: usize) -> Result<KvB> {
+    let values = raw.to_f32_vec()?;
+    let bf16 = matches!(
+        raw,
+        RawTensor::Half {
+            kind: HalfKind::Bf16,
+            ..
+        }
+    );
+    let (mut uk_t, mut uv) = (Vec::with_capacity(heads), Vec::with_capacity(heads));
+    for h in 0..heads {
+        let rows = &values[h * (nope + vd) * lora..(h + 1) * (nope + vd) * lora];
+        let mut t = vec![0f32; lora * nope];
+        for (r, row) in rows[..nope * lora].chunks_exact(lora).enumerate() {
+            for (col, &v) in row.iter().enumerate() {
+                t[col * nope + r] = v;
+            }
+        }
+        uk_t.push(per_head(t, lora, nope, bf16)?);
+        uv.push(per_head(rows[nope * lora..].to_vec(), vd, lora, bf16)?);
+    }
+    Ok(KvB {
+        kv_b: Linear::new(raw, None)?,
+        uk_t,
+        uv,
+    })
+}
+
+/// llama.cpp's split form: `attn_k_b` (`heads × lora × nope`, each head's
+/// `W_UKᵀ`) and `attn_v_b` (`heads × v × lora`); the whole `kv_b` is
+/// reassembled from them for the materialised path. Held in f32 (exact for
+/// every GGUF type).
+fn kv_b_split(k_b: RawTensor, v_b: RawTensor, heads: usize, vd: usize) -> Result<KvB> {
+    let (k, v) = (k_b.to_f32_vec()?, v_b.to_f32_vec()?);
+    let dims = k_b.dims();
+    let (lora, nope) = (dims[1], dims[2]);
+    let mut whole = Vec::with_capacity(heads * (nope + vd) * lora);
+    let (mut uk_t, mut uv) = (Vec::with_capacity(heads), Vec::with_capacity(heads));
+    for h in 0..heads {
+        let kh = &k[h * lora * nope..(h + 1) * lora * nope];
+        let vh = &v[h * vd * lora..(h + 1) * vd * lora];
+        for r in 0..nope {
+            whole.extend(kh.iter().skip(r).step_by(nope));
+        }
+        whole.extend_from_slice(vh);
+        uk_t.push(per_head(kh.to_vec(), lora, nope, false)?);
+        uv.push(per_head(vh.to_vec(), vd, lora, false)?);
+    }
+    Ok(KvB {
+        kv_b: per_head(whole, heads * (nope + vd), lora, false)?,
+        uk_t,
+        uv,
+    })
+}
+
+/// Loads a DeepSeek-V2/V3 model from HF safetensors or from a GGUF
+/// `deepseek2` file. Tensors are named as GGUF names them; the safetensors
+/// source translates ([`super::weights::hf_name`]). The two differ only in
+/// the experts (one tensor per expert and projection in HF, one 3-D tensor
+/// per projection in GGUF) and in how `kv_b_proj` may be split.
 pub fn load(weights: &WeightSource, config: ModelConfig) -> Result<DeepseekV3> {
     let ds = *config
         .deepseek
         .clone()
         .context("a DeepSeek model needs its MLA/MoE configuration")?;
-    if matches!(weights, WeightSource::Gguf(_)) {
-        bail!(
-            "DeepSeek models load from HF safetensors only (GGUF `deepseek2` is not supported yet)"
-        );
-    }
+    let gguf = matches!(weights, WeightSource::Gguf(_));
     let c = &config;
     let (hidden, heads) = (c.hidden_size, c.num_heads);
     let (nope, rope, lora, vd) = (
@@ -587,16 +653,54 @@ pub fn load(weights: &WeightSource, config: ModelConfig) -> Result<DeepseekV3> {
     };
     let vector =
         |name: &str, n: usize| -> Result<Vec<f32>> { weights.get(name, &[n])?.to_f32_vec() };
-    let mlp = |p: &str, inner: usize| -> Result<Mlp> {
+    let mlp = |p: &str, suffix: &str, inner: usize| -> Result<Mlp> {
         Ok(Mlp {
-            gate: linear(&format!("{p}.gate_proj"), inner, hidden)?,
-            up: linear(&format!("{p}.up_proj"), inner, hidden)?,
-            down: linear(&format!("{p}.down_proj"), hidden, inner)?,
+            gate: linear(&format!("{p}.ffn_gate{suffix}"), inner, hidden)?,
+            up: linear(&format!("{p}.ffn_up{suffix}"), inner, hidden)?,
+            down: linear(&format!("{p}.ffn_down{suffix}"), hidden, inner)?,
         })
+    };
+    let (n_exp, inner) = (ds.n_routed_experts, ds.moe_intermediate_size);
+    let experts = |i: usize| -> Result<Vec<Mlp>> {
+        if !gguf {
+            let hf = |e: usize, proj: &str, out: usize, inp: usize| {
+                linear(
+                    &format!("model.layers.{i}.mlp.experts.{e}.{proj}"),
+                    out,
+                    inp,
+                )
+            };
+            return (0..n_exp)
+                .map(|e| {
+                    Ok(Mlp {
+                        gate: hf(e, "gate_proj", inner, hidden)?,
+                        up: hf(e, "up_proj", inner, hidden)?,
+                        down: hf(e, "down_proj", hidden, inner)?,
+                    })
+                })
+                .collect();
+        }
+        let stacked = |part: &str, out: usize, inp: usize| -> Result<Vec<Linear>> {
+            weights
+                .get(&format!("blk.{i}.{part}.weight"), &[n_exp, out, inp])?
+                .split_outer()?
+                .into_iter()
+                .map(|w| Linear::new(w, None))
+                .collect()
+        };
+        let gate = stacked("ffn_gate_exps", inner, hidden)?;
+        let up = stacked("ffn_up_exps", inner, hidden)?;
+        let down = stacked("ffn_down_exps", hidden, inner)?;
+        Ok(gate
+            .into_iter()
+            .zip(up)
+            .zip(down)
+            .map(|((gate, up), down)| Mlp { gate, up, down })
+            .collect())
     };
     if ds.num_nextn_predict_layers > 0 {
         tracing::info!(
-            "skipping {} multi-token-prediction layer(s) (model.layers.{}.* on): r1serve decodes \
+            "skipping {} multi-token-prediction layer(s) (layer {} on): r1serve decodes \
              one token per step",
             ds.num_nextn_predict_layers,
             c.num_layers
@@ -604,93 +708,66 @@ pub fn load(weights: &WeightSource, config: ModelConfig) -> Result<DeepseekV3> {
     }
     let mut layers = Vec::with_capacity(c.num_layers);
     for i in 0..c.num_layers {
-        let p = format!("model.layers.{i}");
-        let a = format!("{p}.self_attn");
+        let p = format!("blk.{i}");
         let q = match ds.q_lora_rank {
             Some(r) => QProj::Lora {
-                a: linear(&format!("{a}.q_a_proj"), r, hidden)?,
-                norm: vector(&format!("{a}.q_a_layernorm.weight"), r)?,
-                b: linear(&format!("{a}.q_b_proj"), heads * qk, r)?,
+                a: linear(&format!("{p}.attn_q_a"), r, hidden)?,
+                norm: vector(&format!("{p}.attn_q_a_norm.weight"), r)?,
+                b: linear(&format!("{p}.attn_q_b"), heads * qk, r)?,
             },
-            None => QProj::Plain(linear(&format!("{a}.q_proj"), heads * qk, hidden)?),
+            None => QProj::Plain(linear(&format!("{p}.attn_q"), heads * qk, hidden)?),
         };
-        let kv_b_raw = weights.get(
-            &format!("{a}.kv_b_proj.weight"),
-            &[heads * (nope + vd), lora],
-        )?;
-        let kv_b_f32 = kv_b_raw.to_f32_vec()?;
-        let bf16 = matches!(
-            kv_b_raw,
-            RawTensor::Half {
-                kind: HalfKind::Bf16,
-                ..
-            }
-        );
-        let (mut uk_t, mut uv) = (Vec::with_capacity(heads), Vec::with_capacity(heads));
-        for h in 0..heads {
-            let rows = &kv_b_f32[h * (nope + vd) * lora..(h + 1) * (nope + vd) * lora];
-            let mut t = vec![0f32; lora * nope];
-            for (r, row) in rows[..nope * lora].chunks_exact(lora).enumerate() {
-                for (col, &v) in row.iter().enumerate() {
-                    t[col * nope + r] = v;
-                }
-            }
-            uk_t.push(per_head(t, lora, nope, bf16)?);
-            uv.push(per_head(rows[nope * lora..].to_vec(), vd, lora, bf16)?);
-        }
+        let whole = format!("{p}.attn_kv_b.weight");
+        let kvb = if !gguf || weights.contains(&whole) {
+            let raw = weights.get(&whole, &[heads * (nope + vd), lora])?;
+            kv_b_whole(raw, heads, nope, vd, lora)?
+        } else {
+            let k_b = weights.get(&format!("{p}.attn_k_b.weight"), &[heads, lora, nope])?;
+            let v_b = weights.get(&format!("{p}.attn_v_b.weight"), &[heads, vd, lora])?;
+            kv_b_split(k_b, v_b, heads, vd)?
+        };
         let attn = Mla {
             q,
-            kv_a: linear(&format!("{a}.kv_a_proj_with_mqa"), lora + rope, hidden)?,
-            kv_norm: vector(&format!("{a}.kv_a_layernorm.weight"), lora)?,
-            kv_b: Linear::new(kv_b_raw, None)?,
-            uk_t,
-            uv,
-            o: linear(&format!("{a}.o_proj"), hidden, heads * vd)?,
+            kv_a: linear(&format!("{p}.attn_kv_a_mqa"), lora + rope, hidden)?,
+            kv_norm: vector(&format!("{p}.attn_kv_a_norm.weight"), lora)?,
+            kv_b: kvb.kv_b,
+            uk_t: kvb.uk_t,
+            uv: kvb.uv,
+            o: linear(&format!("{p}.attn_output"), hidden, heads * vd)?,
         };
-        let m = format!("{p}.mlp");
         let ffn = if i < ds.first_k_dense_replace {
-            Ffn::Dense(mlp(&m, c.intermediate_size)?)
+            Ffn::Dense(mlp(&p, "", c.intermediate_size)?)
         } else {
-            let experts = (0..ds.n_routed_experts)
-                .map(|e| mlp(&format!("{m}.experts.{e}"), ds.moe_intermediate_size))
-                .collect::<Result<Vec<_>>>()?;
             Ffn::Moe(Moe {
                 router: weights
-                    .get(&format!("{m}.gate.weight"), &[ds.n_routed_experts, hidden])?
+                    .get(&format!("{p}.ffn_gate_inp.weight"), &[n_exp, hidden])?
                     .to_f32_vec()?,
                 bias: match ds.topk {
-                    TopK::NoauxTc => Some(vector(
-                        &format!("{m}.gate.e_score_correction_bias"),
-                        ds.n_routed_experts,
-                    )?),
+                    TopK::NoauxTc => Some(vector(&format!("{p}.exp_probs_b.bias"), n_exp)?),
                     TopK::Greedy | TopK::GroupLimitedGreedy => None,
                 },
-                experts,
+                experts: experts(i)?,
                 shared: match ds.n_shared_experts {
                     0 => None,
-                    n => Some(mlp(
-                        &format!("{m}.shared_experts"),
-                        n * ds.moe_intermediate_size,
-                    )?),
+                    n => Some(mlp(&p, "_shexp", n * inner)?),
                 },
             })
         };
         layers.push(Layer {
-            attn_norm: vector(&format!("{p}.input_layernorm.weight"), hidden)?,
+            attn_norm: vector(&format!("{p}.attn_norm.weight"), hidden)?,
             attn,
-            ffn_norm: vector(&format!("{p}.post_attention_layernorm.weight"), hidden)?,
+            ffn_norm: vector(&format!("{p}.ffn_norm.weight"), hidden)?,
             ffn,
         });
     }
-    let embed =
-        Embedding::new(&weights.get("model.embed_tokens.weight", &[c.vocab_size, hidden])?)?;
+    let embed = Embedding::new(&weights.get("token_embd.weight", &[c.vocab_size, hidden])?)?;
     let lm_head = if c.tie_word_embeddings {
         Linear::new(
-            weights.get("model.embed_tokens.weight", &[c.vocab_size, hidden])?,
+            weights.get("token_embd.weight", &[c.vocab_size, hidden])?,
             None,
         )?
     } else {
-        linear("lm_head", c.vocab_size, hidden)?
+        linear("output", c.vocab_size, hidden)?
     };
     let (inv_freq, rope_factor) = ds.rope(c.rope_theta as f64);
     let info = ModelInfo {
@@ -710,7 +787,7 @@ pub fn load(weights: &WeightSource, config: ModelConfig) -> Result<DeepseekV3> {
         ),
     };
     Ok(DeepseekV3 {
-        norm: vector("model.norm.weight", hidden)?,
+        norm: vector("output_norm.weight", hidden)?,
         embed,
         layers,
         lm_head,
