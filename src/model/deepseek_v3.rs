@@ -19,8 +19,9 @@
 //! not yet include its column splits, per-head products and expert gathers.
 
 use super::config::{Arch, ModelConfig, RopeStyle};
-use super::deepseek_config::{DeepseekConfig, Scoring, TopK};
+use super::deepseek_config::{DeepseekConfig, TopK};
 use super::interface::{ForwardBatch, Model, ModelInfo};
+use super::moe::{Mlp, Moe};
 use super::weights::{RawTensor, WeightSource};
 use crate::kernels::attention::{write_kv, AttnSeq};
 use crate::kernels::bytes::{HalfKind, WeightBytes};
@@ -69,30 +70,6 @@ struct Mla {
     /// Per head `W_UV`: latent → value (absorbed path).
     uv: Vec<Linear>,
     o: Linear,
-}
-
-struct Mlp {
-    gate: Linear,
-    up: Linear,
-    down: Linear,
-}
-
-impl Mlp {
-    fn forward(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
-        let mut g = self.gate.forward(x, rows)?;
-        ops::silu_mul(&mut g, &self.up.forward(x, rows)?);
-        self.down.forward(&g, rows)
-    }
-}
-
-struct Moe {
-    /// Router weight, `n_routed_experts × hidden`, f32 as transformers
-    /// computes the router.
-    router: Vec<f32>,
-    /// `e_score_correction_bias` (noaux_tc routing).
-    bias: Option<Vec<f32>>,
-    experts: Vec<Mlp>,
-    shared: Option<Mlp>,
 }
 
 enum Ffn {
@@ -346,45 +323,6 @@ impl DeepseekV3 {
         });
         Ok(())
     }
-
-    /// Routed experts (each run once over the tokens routed to it) plus the
-    /// shared experts.
-    fn moe(&self, moe: &Moe, h: &[f32], rows: usize) -> Result<Vec<f32>> {
-        let hidden = self.cfg.hidden_size;
-        let n = moe.experts.len();
-        let mut routed: Vec<Vec<(usize, f32)>> = vec![Vec::new(); n];
-        for (t, x) in h.chunks_exact(hidden).enumerate() {
-            let logits: Vec<f32> = moe
-                .router
-                .chunks_exact(hidden)
-                .map(|w| w.iter().zip(x).map(|(a, b)| a * b).sum())
-                .collect();
-            for (e, w) in route(&self.ds, moe.bias.as_deref(), &logits) {
-                routed[e].push((t, w));
-            }
-        }
-        let mut out = vec![0f32; rows * hidden];
-        for (expert, tokens) in moe.experts.iter().zip(&routed) {
-            if tokens.is_empty() {
-                continue;
-            }
-            let x: Vec<f32> = tokens
-                .iter()
-                .flat_map(|&(t, _)| &h[t * hidden..(t + 1) * hidden])
-                .copied()
-                .collect();
-            let y = expert.forward(&x, tokens.len())?;
-            for (&(t, w), y) in tokens.iter().zip(y.chunks_exact(hidden)) {
-                for (o, v) in out[t * hidden..(t + 1) * hidden].iter_mut().zip(y) {
-                    *o += w * v;
-                }
-            }
-        }
-        if let Some(shared) = &moe.shared {
-            ops::add(&mut out, &shared.forward(h, rows)?);
-        }
-        Ok(out)
-    }
 }
 
 impl Model for DeepseekV3 {
@@ -461,7 +399,7 @@ impl DeepseekV3 {
             let h = ops::rms_norm(&x, &layer.ffn_norm, eps);
             let f = match &layer.ffn {
                 Ffn::Dense(mlp) => mlp.forward(&h, t)?,
-                Ffn::Moe(moe) => self.moe(moe, &h, t)?,
+                Ffn::Moe(moe) => moe.forward(&self.ds, &h, t)?,
             };
             ops::add(&mut x, &f);
         }
@@ -481,63 +419,6 @@ impl DeepseekV3 {
             .map(<[f32]>::to_vec)
             .collect())
     }
-}
-
-/// The experts one token is routed to and their weights, from its router
-/// logits, as transformers' `DeepseekV3TopkRouter` / `DeepseekV2MoEGate`.
-pub fn route(ds: &DeepseekConfig, bias: Option<&[f32]>, logits: &[f32]) -> Vec<(usize, f32)> {
-    let n = logits.len();
-    let scores: Vec<f32> = match ds.scoring {
-        Scoring::Sigmoid => logits.iter().map(|&l| 1.0 / (1.0 + (-l).exp())).collect(),
-        Scoring::Softmax => {
-            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let e: Vec<f32> = logits.iter().map(|&l| (l - max).exp()).collect();
-            let z: f32 = e.iter().sum();
-            e.iter().map(|x| x / z).collect()
-        }
-    };
-    // The bias only chooses; the weights come from the plain scores.
-    let mut choice: Vec<f32> = match (bias, ds.topk) {
-        (Some(b), TopK::NoauxTc) => scores.iter().zip(b).map(|(s, b)| s + b).collect(),
-        _ => scores.clone(),
-    };
-    let group = n / ds.n_group;
-    if ds.topk != TopK::Greedy && ds.topk_group < ds.n_group {
-        let group_score = |g: &[f32]| match ds.topk {
-            TopK::NoauxTc => {
-                let mut v = g.to_vec();
-                v.sort_by(|a, b| b.total_cmp(a));
-                v[0] + v[1]
-            }
-            _ => g.iter().copied().fold(f32::NEG_INFINITY, f32::max),
-        };
-        let mut groups: Vec<(usize, f32)> = choice
-            .chunks_exact(group)
-            .map(group_score)
-            .enumerate()
-            .collect();
-        groups.sort_by(|a, b| b.1.total_cmp(&a.1));
-        // transformers masks the dropped groups with 0, not -inf.
-        for &(g, _) in &groups[ds.topk_group..] {
-            choice[g * group..(g + 1) * group].fill(0.0);
-        }
-    }
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by(|&a, &b| choice[b].total_cmp(&choice[a]));
-    let mut chosen: Vec<(usize, f32)> = order[..ds.num_experts_per_tok]
-        .iter()
-        .map(|&e| (e, scores[e]))
-        .collect();
-    if ds.norm_topk_prob {
-        let sum: f32 = chosen.iter().map(|c| c.1).sum::<f32>() + 1e-20;
-        for c in &mut chosen {
-            c.1 /= sum;
-        }
-    }
-    for c in &mut chosen {
-        c.1 *= ds.routed_scaling_factor;
-    }
-    chosen
 }
 
 /// A matrix cut from `kv_b_proj` as a linear layer's weight: bf16 when
@@ -654,11 +535,11 @@ pub fn load(weights: &WeightSource, config: ModelConfig) -> Result<DeepseekV3> {
     let vector =
         |name: &str, n: usize| -> Result<Vec<f32>> { weights.get(name, &[n])?.to_f32_vec() };
     let mlp = |p: &str, suffix: &str, inner: usize| -> Result<Mlp> {
-        Ok(Mlp {
-            gate: linear(&format!("{p}.ffn_gate{suffix}"), inner, hidden)?,
-            up: linear(&format!("{p}.ffn_up{suffix}"), inner, hidden)?,
-            down: linear(&format!("{p}.ffn_down{suffix}"), hidden, inner)?,
-        })
+        Ok(Mlp::new(
+            linear(&format!("{p}.ffn_gate{suffix}"), inner, hidden)?,
+            linear(&format!("{p}.ffn_up{suffix}"), inner, hidden)?,
+            linear(&format!("{p}.ffn_down{suffix}"), hidden, inner)?,
+        ))
     };
     let (n_exp, inner) = (ds.n_routed_experts, ds.moe_intermediate_size);
     let experts = |i: usize| -> Result<Vec<Mlp>> {
@@ -672,11 +553,11 @@ pub fn load(weights: &WeightSource, config: ModelConfig) -> Result<DeepseekV3> {
             };
             return (0..n_exp)
                 .map(|e| {
-                    Ok(Mlp {
-                        gate: hf(e, "gate_proj", inner, hidden)?,
-                        up: hf(e, "up_proj", inner, hidden)?,
-                        down: hf(e, "down_proj", hidden, inner)?,
-                    })
+                    Ok(Mlp::new(
+                        hf(e, "gate_proj", inner, hidden)?,
+                        hf(e, "up_proj", inner, hidden)?,
+                        hf(e, "down_proj", hidden, inner)?,
+                    ))
                 })
                 .collect();
         }
@@ -695,7 +576,7 @@ pub fn load(weights: &WeightSource, config: ModelConfig) -> Result<DeepseekV3> {
             .into_iter()
             .zip(up)
             .zip(down)
-            .map(|((gate, up), down)| Mlp { gate, up, down })
+            .map(|((gate, up), down)| Mlp::new(gate, up, down))
             .collect())
     };
     if ds.num_nextn_predict_layers > 0 {
@@ -738,20 +619,18 @@ pub fn load(weights: &WeightSource, config: ModelConfig) -> Result<DeepseekV3> {
         let ffn = if i < ds.first_k_dense_replace {
             Ffn::Dense(mlp(&p, "", c.intermediate_size)?)
         } else {
-            Ffn::Moe(Moe {
-                router: weights
-                    .get(&format!("{p}.ffn_gate_inp.weight"), &[n_exp, hidden])?
-                    .to_f32_vec()?,
-                bias: match ds.topk {
-                    TopK::NoauxTc => Some(vector(&format!("{p}.exp_probs_b.bias"), n_exp)?),
-                    TopK::Greedy | TopK::GroupLimitedGreedy => None,
-                },
-                experts: experts(i)?,
-                shared: match ds.n_shared_experts {
-                    0 => None,
-                    n => Some(mlp(&p, "_shexp", n * inner)?),
-                },
-            })
+            let router = weights
+                .get(&format!("{p}.ffn_gate_inp.weight"), &[n_exp, hidden])?
+                .to_f32_vec()?;
+            let bias = match ds.topk {
+                TopK::NoauxTc => Some(vector(&format!("{p}.exp_probs_b.bias"), n_exp)?),
+                TopK::Greedy | TopK::GroupLimitedGreedy => None,
+            };
+            let shared = match ds.n_shared_experts {
+                0 => None,
+                n => Some(mlp(&p, "_shexp", n * inner)?),
+            };
+            Ffn::Moe(Moe::new(router, bias, experts(i)?, shared)?)
         };
         layers.push(Layer {
             attn_norm: vector(&format!("{p}.attn_norm.weight"), hidden)?,
@@ -805,82 +684,4 @@ pub fn load(weights: &WeightSource, config: ModelConfig) -> Result<DeepseekV3> {
         cfg: config,
         ds,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn config(fields: serde_json::Value, arch: Arch) -> DeepseekConfig {
-        let mut j = serde_json::json!({
-            "kv_lora_rank": 8, "qk_nope_head_dim": 4, "qk_rope_head_dim": 4, "v_head_dim": 4,
-            "moe_intermediate_size": 8,
-        });
-        j.as_object_mut()
-            .unwrap()
-            .extend(fields.as_object().unwrap().clone());
-        DeepseekConfig::from_hf_json(&j, arch, std::path::Path::new("config.json")).unwrap()
-    }
-
-    fn sorted(mut v: Vec<(usize, f32)>) -> Vec<(usize, f32)> {
-        v.sort_by_key(|c| c.0);
-        v
-    }
-
-    /// noaux_tc: groups are ranked by the sum of their two best biased
-    /// scores, so the single best expert is dropped with its weak group;
-    /// the bias changes which experts win but not their weights.
-    #[test]
-    fn noaux_tc_limits_groups_and_uses_the_bias_only_to_choose() {
-        let ds = config(
-            serde_json::json!({"n_routed_experts": 8, "num_experts_per_tok": 2, "n_group": 4,
-                "topk_group": 2, "norm_topk_prob": true, "routed_scaling_factor": 2.0}),
-            Arch::DeepseekV3,
-        );
-        // Sigmoid scores: group 0 {0.953, 0.002}, 1 {0.731, 0.711}, 2 {0.622, 0.622}, 3 low.
-        let logits = [3.0, -6.0, 1.0, 0.9, 0.5, 0.5, -1.0, -1.0];
-        let plain = sorted(route(&ds, Some(&[0.0; 8]), &logits));
-        assert_eq!(plain.iter().map(|c| c.0).collect::<Vec<_>>(), [2, 3]);
-        let total: f32 = plain.iter().map(|c| c.1).sum();
-        assert!((total - 2.0).abs() < 1e-6, "{plain:?}");
-
-        let mut bias = [0.0; 8];
-        bias[4] = 0.3;
-        let biased = sorted(route(&ds, Some(&bias), &logits));
-        assert_eq!(biased.iter().map(|c| c.0).collect::<Vec<_>>(), [2, 4]);
-        let sig = |x: f32| 1.0 / (1.0 + (-x).exp());
-        // Weights in the ratio of the unbiased scores, summing to the scale.
-        let ratio = biased[1].1 / biased[0].1;
-        assert!((ratio - sig(0.5) / sig(1.0)).abs() < 1e-6, "{biased:?}");
-        assert!((biased[0].1 + biased[1].1 - 2.0).abs() < 1e-6);
-    }
-
-    /// V2-Lite: softmax over all experts, the best `top_k`, weights not
-    /// renormalised.
-    #[test]
-    fn greedy_softmax_keeps_probabilities() {
-        let ds = config(
-            serde_json::json!({"n_routed_experts": 4, "num_experts_per_tok": 2,
-                "norm_topk_prob": false}),
-            Arch::DeepseekV2,
-        );
-        let logits = [0.0, 2f32.ln(), 4f32.ln(), 0.0];
-        let chosen = sorted(route(&ds, None, &logits));
-        assert_eq!(chosen.len(), 2);
-        assert_eq!((chosen[0].0, chosen[1].0), (1, 2));
-        assert!((chosen[0].1 - 0.25).abs() < 1e-6 && (chosen[1].1 - 0.5).abs() < 1e-6);
-    }
-
-    /// V2's group-limited greedy ranks groups by their best score.
-    #[test]
-    fn group_limited_greedy_ranks_groups_by_their_best() {
-        let ds = config(
-            serde_json::json!({"n_routed_experts": 4, "num_experts_per_tok": 1, "n_group": 2,
-                "topk_group": 1, "topk_method": "group_limited_greedy"}),
-            Arch::DeepseekV2,
-        );
-        // Group 0's best (expert 0) beats group 1's best; group 1 has the larger sum.
-        let chosen = route(&ds, None, &[2.0, -5.0, 1.5, 1.5]);
-        assert_eq!(chosen[0].0, 0);
-    }
 }
