@@ -91,7 +91,9 @@ fn q4k(rows: usize, cols: usize, rng: &mut Rng) -> anyhow::Result<Linear> {
             chunk.copy_from_slice(&r[..chunk.len()]);
         }
     }
-    let storage = QStorage::from_data(Cow::Owned(data), &Device::Cpu, GgmlDType::Q4K)?;
+    // Borrowed: candle's `from_data` copies out of the slice it is given, and
+    // frees an owned buffer before that copy.
+    let storage = QStorage::from_data(Cow::Borrowed(&data), &Device::Cpu, GgmlDType::Q4K)?;
     Linear::new(
         RawTensor::Quantized(QTensor::new(storage, (rows, cols))?),
         None,
