@@ -321,6 +321,8 @@ impl DeepseekConfig {
             routed_scaling_factor: float_opt("expert_weights_scale")?.unwrap_or(1.0) as f32,
             num_nextn_predict_layers: int_opt("nextn_predict_layers")?.unwrap_or(0),
             yarn,
+            // The converter keeps DeepSeek's q/k layout, whose RoPE pairs
+            // adjacent dimensions (llama.cpp's "norm" rope for deepseek2).
             rope_interleave: true,
         };
         c.checked(path)
