@@ -104,5 +104,40 @@ if [[ "$want" != "serve" ]]; then
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
         -r "$(dirname "$0")/deepseek/requirements.txt" >&2
     "$VENV/bin/python" "$(dirname "$0")/deepseek/gen_tiny.py" "$CACHE"
+    # ...and their GGUF conversions by llama.cpp's convert_hf_to_gguf.py, taken
+    # from the llama-cpp-python source package (pinned, sha256 checked; only the
+    # converter and its gguf package are unpacked, nothing is built).
+    LLAMA_CPP_PY=0.3.36
+    LLAMA_CPP_SHA=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
+    LLAMA_CPP="$DL/llama-cpp-python-$LLAMA_CPP_PY/vendor/llama.cpp"
+    if [[ ! -f "$LLAMA_CPP/convert_hf_to_gguf.py" ]]; then
+        echo "get  llama-cpp-python $LLAMA_CPP_PY (sdist, for convert_hf_to_gguf.py)" >&2
+        "$VENV/bin/python" - "$DL" "$LLAMA_CPP_PY" "$LLAMA_CPP_SHA" <<'PY'
+import hashlib, io, json, sys, tarfile, urllib.parse, urllib.request
+dl, version, want = sys.argv[1:]
+# The index pip reads (PEP 691 JSON); `pip download` of an sdist would also
+# build its metadata, which means compiling llama.cpp's build backend.
+index = "https://pypi.org/simple/llama-cpp-python/"
+req = urllib.request.Request(index, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+files = json.load(urllib.request.urlopen(req, timeout=60))["files"]
+name = f"llama_cpp_python-{version}.tar.gz"
+sdist = next(f for f in files if f["filename"] == name)
+data = urllib.request.urlopen(urllib.parse.urljoin(index, sdist["url"]), timeout=600).read()
+got = hashlib.sha256(data).hexdigest()
+if got != want:
+    sys.exit(f"sha256 mismatch for {name}: got {got}, want {want}")
+root = f"llama_cpp_python-{version}/vendor/llama.cpp/"
+keep = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
+with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+    members = []
+    for m in tar.getmembers():
+        rel = m.name[len(root):] if m.name.startswith(root) else None
+        if rel is not None and rel.startswith(keep) and (m.isfile() or m.isdir()):
+            m.name = f"llama-cpp-python-{version}/vendor/llama.cpp/{rel}"
+            members.append(m)
+    tar.extractall(dl, members=members)
+PY
+    fi
+    "$VENV/bin/python" "$(dirname "$0")/deepseek/gen_gguf.py" "$CACHE" "$LLAMA_CPP"
 fi
 echo "$CACHE"

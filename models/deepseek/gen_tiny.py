@@ -10,7 +10,8 @@ It writes, each a directory with config.json, safetensors shards and their index
 tokenizer.json, tokenizer_config.json, generation_config.json and reference.json:
 
 - tiny-deepseek-v3-bf16: `DeepseekV3ForCausalLM` (q LoRA, YaRN with mscale and
-  mscale_all_dim, one dense layer then three MoE layers, sigmoid routing with a
+  mscale_all_dim equal, as in R1, since a GGUF conversion keeps only the
+  latter; not 1, so the softmax scale correction shows), one dense layer then three MoE layers, sigmoid routing with a
   non-zero `e_score_correction_bias`, 4 expert groups of which 2 are kept, a shared
   expert) in bf16, plus one MTP layer (`num_nextn_predict_layers`) that
   transformers does not model and r1serve must skip.
@@ -24,8 +25,9 @@ tokenizer.json, tokenizer_config.json, generation_config.json and reference.json
   greedy top-k, no YaRN: transformers' V2 attention leaves out the mscale softmax
   correction the original V2 code applies, so a YaRN V2 would test that quirk).
 
-The tokenizer is a byte-level BPE trained here on a fixed text, with R1's special
-tokens and R1's chat template (read from the R1-Distill GGUF header that fetch.sh
+The tokenizer is a byte-level BPE trained here on a fixed text, split before
+merging as R1's tokenizer does (DeepSeek-LLM's splits for the V2 one), with R1's
+special tokens and R1's chat template (read from the R1-Distill GGUF header that fetch.sh
 downloads). reference.json holds, for 3 prompts, the prompt ids, transformers'
 last-position logits (f32 compute, eager attention) and 24 greedy tokens, plus the
 smallest gap between the best and second-best logit over all greedy steps (a test
@@ -58,7 +60,7 @@ if __name__ == "__main__" and all(
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers  # noqa: E402
-from tokenizers import AddedToken  # noqa: E402
+from tokenizers import AddedToken, Regex  # noqa: E402
 from transformers import (  # noqa: E402
     DeepseekV2Config,
     DeepseekV2ForCausalLM,
@@ -97,6 +99,23 @@ PROMPTS = [
     ("raw", "The quick brown fox"),
     ("chat", "Write a function that adds two numbers."),
 ]
+# The pre-tokenizer splits of R1/V3's tokenizer.json (llama.cpp: "deepseek-v3")
+# and of DeepSeek-LLM/V2's ("deepseek-llm"), so that a GGUF conversion can name
+# its pre-tokenizer truthfully.
+V3_SPLITS = [
+    r"\p{N}{1,3}",
+    "[一-龥\u3040-ゟ゠-ヿ]+",
+    "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+"
+    "| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+",
+]
+V2_SPLITS = [
+    "[\r\n]",
+    "\\s?[A-Za-z\u00b5\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u01ba\u01bc-\u01bf\u01c4-\u0293\u0295-\u02af\u0370-\u0373\u0376\u0377\u037b-\u037d\u037f\u0386\u0388-\u038a\u038c\u038e-\u03a1\u03a3-\u03f5\u03f7-\u0481\u048a-\u052f\u0531-\u0556\u10a0-\u10c5\u13a0-\u13f5\u13f8-\u13fd\u1c90-\u1cba\u1cbd-\u1cbf\u1d00-\u1d2b\u1d6b-\u1d77\u1d79-\u1d9a\u1e00-\u1f15\u1f18-\u1f1d\u1f20-\u1f45\u1f48-\u1f4d\u1f50-\u1f57\u1f59\u1f5b\u1f5d\u1f5f-\u1f7d\u1f80-\u1fb4\u1fb6-\u1fbc\u1fbe\u1fc2-\u1fc4\u1fc6-\u1fcc\u1fd0-\u1fd3\u1fd6-\u1fdb\u1fe0-\u1fec\u1ff2-\u1ff4\u1ff6-\u1ffc\u2102\u2107\u210a-\u2113\u2115\u2119-\u211d\u2124\u2126\u2128\u212a-\u212d\u212f-\u2134\u2139\u213c-\u213f\u2145-\u2149\u214e\u2183\u2184\u2c00-\u2c7b\u2c7e-\u2ce4\u2ceb-\u2cee\u2cf2\u2cf3\ua640-\ua66d\ua680-\ua69b\ua722-\ua76f\ua771-\ua787\ua78b-\ua78e\uab70-\uabbf\ufb00-\ufb06\ufb13-\ufb17\uff21-\uff3a\uff41-\uff5a\U00010400-\U0001044f\U000104b0-\U000104d3\U000104d8-\U000104fb\U00010c80-\U00010cb2\U00010cc0-\U00010cf2\U000118a0-\U000118df\U0001e900-\U0001e943]+",
+    "\\s?[!-/:-~！-／：-～‘-‟　-。]+",
+    "\\s+$",
+    "[一-龥ࠀ-一가-퟿]+",
+    "\\p{N}+",
+]
 GREEDY_TOKENS = 24
 VOCAB = 384
 
@@ -131,9 +150,15 @@ def gguf_chat_template(path):
     sys.exit(f"{path}: no tokenizer.chat_template")
 
 
-def build_tokenizer(template):
+def build_tokenizer(template, splits):
+    """A byte-level BPE whose text is first split by `splits` (applied in
+    turn, as DeepSeek's tokenizer.json and llama.cpp's pre-tokenizer of the
+    same name do)."""
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in splits]
+        + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=VOCAB,
@@ -283,7 +308,7 @@ def v3_config(vocab):
         qk_rope_head_dim=16, qk_nope_head_dim=32, v_head_dim=24, max_position_embeddings=256,
         rope_theta=10000.0,
         rope_scaling={"type": "yarn", "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64,
-                      "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 0.8},
+                      "beta_fast": 32, "beta_slow": 1, "mscale": 0.8, "mscale_all_dim": 0.8},
         rms_norm_eps=1e-6, tie_word_embeddings=False, bos_token_id=None, eos_token_id=None,
         attn_implementation="eager",
     )
@@ -327,18 +352,29 @@ def config_json(model, tok, extra):
 def main():
     out_root, names = OUT_ROOT, NAMES
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    tok = build_tokenizer(gguf_chat_template(out_root / R1_HEADER))
+    template = gguf_chat_template(out_root / R1_HEADER)
+    tok = build_tokenizer(template, V3_SPLITS)
     vocab = len(tok)
 
     # DeepSeek-V3, bf16.
     torch.manual_seed(0)
     cfg = v3_config(vocab)
     model = DeepseekV3ForCausalLM(cfg).eval()
-    randomize(model, 1)
-    bf16 = stored(model)
+    # The server test splits R1's reasoning from the first prompt's greedy
+    # continuation, so the weights are the first seed's whose continuation
+    # opens <think> and leaves it open (random weights decide the tokens).
+    for seed in range(1, 200):
+        randomize(model, seed)
+        bf16 = stored(model)
+        ref = reference(f32_model(DeepseekV3ForCausalLM, cfg, bf16), tok)
+        first = ref["prompts"][0]["greedy"]
+        think, end = tok.convert_tokens_to_ids(NON_SPECIAL)
+        if think in first and end not in first:
+            break
+    else:
+        sys.exit("no seed below 200 makes the first prompt's continuation open <think>")
     g = torch.Generator().manual_seed(2)
     mtp = mtp_tensors(cfg, cfg.num_hidden_layers, g)
-    ref = reference(f32_model(DeepseekV3ForCausalLM, cfg, bf16), tok)
     # R1's config.json names its routing; transformers' config class has no field for it.
     extra = {"num_nextn_predict_layers": 1, "architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3",
              "scoring_func": "sigmoid", "topk_method": "noaux_tc"}
@@ -360,7 +396,8 @@ def main():
 
     # DeepSeek-V2 (V2-Lite's shape of routing), bf16.
     torch.manual_seed(3)
-    cfg = v2_config(vocab)
+    tok = build_tokenizer(template, V2_SPLITS)
+    cfg = v2_config(len(tok))
     model = DeepseekV2ForCausalLM(cfg).eval()
     randomize(model, 4)
     tensors = stored(model)

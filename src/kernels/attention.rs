@@ -160,9 +160,10 @@ fn key_chunk(block_size: usize) -> usize {
     KEY_CHUNK.next_multiple_of(lcm)
 }
 
-/// Instruction sets the kernel body is compiled for.
+/// Instruction sets the kernel body is compiled for (this one's and
+/// [`super::latent_attention`]'s).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Isa {
+pub(super) enum Isa {
     #[cfg(target_arch = "x86_64")]
     Avx512,
     #[cfg(target_arch = "x86_64")]

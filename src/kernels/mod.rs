@@ -26,6 +26,7 @@ mod dense_amx;
 mod dense_simd;
 pub mod isa;
 pub mod latent_attention;
+mod latent_simd;
 pub mod linear;
 pub mod ops;
 pub mod qmatmul;

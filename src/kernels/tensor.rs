@@ -2,10 +2,12 @@
 //! backend, which decides how its device holds and multiplies it.
 
 use super::bytes::{HalfKind, WeightBytes};
-use anyhow::Result;
-use candle_core::quantized::QTensor;
+use anyhow::{bail, Result};
+use candle_core::quantized::{QStorage, QTensor};
 use candle_core::{DType, Device, Tensor};
 use half::{bf16, f16};
+use std::borrow::Cow;
+use std::sync::Arc;
 
 /// A tensor as stored: quantized, dense 16-bit, or dense f32.
 pub enum RawTensor {
@@ -47,6 +49,43 @@ impl RawTensor {
             RawTensor::Dense(t) => t.clone(),
         };
         Ok(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?)
+    }
+}
+
+impl RawTensor {
+    /// Splits a 3-D tensor into its `dims[0]` 2-D slices (GGUF stores the
+    /// experts of a layer as one `experts × rows × cols` tensor), each in
+    /// the stored format.
+    pub fn split_outer(self) -> Result<Vec<RawTensor>> {
+        let dims = self.dims();
+        let [n, rows, cols] = dims[..] else {
+            bail!("expected a 3-D tensor, got shape {dims:?}");
+        };
+        Ok(match self {
+            RawTensor::Quantized(q) => {
+                let dtype = q.dtype();
+                let data = q.data()?;
+                let each = data.len() / n.max(1);
+                data.chunks_exact(each)
+                    .map(|d| {
+                        let storage = QStorage::from_data(Cow::Borrowed(d), &Device::Cpu, dtype)?;
+                        Ok(RawTensor::Quantized(QTensor::new(storage, (rows, cols))?))
+                    })
+                    .collect::<Result<_>>()?
+            }
+            RawTensor::Half { kind, bytes, .. } => bytes
+                .as_slice()
+                .chunks_exact(rows * cols * 2)
+                .map(|b| RawTensor::Half {
+                    kind,
+                    dims: vec![rows, cols],
+                    bytes: WeightBytes::Owned(Arc::new(b.to_vec())),
+                })
+                .collect(),
+            RawTensor::Dense(t) => (0..n)
+                .map(|i| Ok(RawTensor::Dense(t.get(i)?)))
+                .collect::<Result<_>>()?,
+        })
     }
 }
 

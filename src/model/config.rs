@@ -5,6 +5,8 @@ pub use crate::kernels::backend::RopeStyle;
 
 pub use super::deepseek_config::DeepseekConfig;
 
+use super::deepseek_config::Scoring;
+
 use super::weights::GgufFile;
 use anyhow::{bail, Context, Result};
 use std::path::Path;
@@ -93,7 +95,7 @@ fn arch_from_name(name: &str, origin: &Path) -> Result<Arch> {
         other => bail!(
             "{}: unsupported architecture `{other}` (supported: LlamaForCausalLM/llama, \
              Qwen2ForCausalLM/qwen2, DeepseekV2ForCausalLM/deepseek_v2, \
-             DeepseekV3ForCausalLM/deepseek_v3)",
+             DeepseekV3ForCausalLM/deepseek_v3, deepseek2 in GGUF)",
             origin.display()
         ),
     }
@@ -149,8 +151,18 @@ impl ModelConfig {
         let arch_name = file
             .meta_str("general.architecture")
             .with_context(|| format!("{}: no `general.architecture` key", path.display()))?;
-        let arch = arch_from_name(arch_name, path)?;
         let md = &file.content.metadata;
+        // llama.cpp's one DeepSeek architecture covers V2, V3 and R1; V3's
+        // sigmoid gate tells them apart.
+        let deepseek = match arch_name {
+            "deepseek2" => Some(Box::new(DeepseekConfig::from_gguf(md, path)?)),
+            _ => None,
+        };
+        let arch = match &deepseek {
+            Some(d) if d.scoring == Scoring::Sigmoid => Arch::DeepseekV3,
+            Some(_) => Arch::DeepseekV2,
+            None => arch_from_name(arch_name, path)?,
+        };
         let get = |key: &str| {
             md.get(&format!("{arch_name}.{key}"))
                 .with_context(|| format!("{}: missing `{arch_name}.{key}`", path.display()))
@@ -201,7 +213,7 @@ impl ModelConfig {
             max_position_embeddings: get_usize("context_length")?,
             tie_word_embeddings: !has_output,
             weight_quant: None,
-            deepseek: None,
+            deepseek,
         }
         .checked(path)
     }

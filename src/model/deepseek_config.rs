@@ -4,7 +4,9 @@
 
 use super::config::Arch;
 use anyhow::{bail, Context, Result};
+use candle_core::quantized::gguf_file::Value as GgufValue;
 use serde_json::Value;
+use std::collections::HashMap;
 use std::path::Path;
 
 /// How router logits become expert scores.
@@ -205,6 +207,123 @@ impl DeepseekConfig {
                 .get("rope_interleave")
                 .and_then(Value::as_bool)
                 .unwrap_or(true),
+        };
+        c.checked(path)
+    }
+
+    /// Reads the `deepseek2.*` keys llama.cpp's converter writes (the GGUF
+    /// file at `path`). A GGUF stores YaRN's `mscale_all_dim` only (as
+    /// `rope.scaling.yarn_log_multiplier`, 0.1 times it), so `mscale` is taken
+    /// equal to it, as in every published DeepSeek-V2/V3/R1 config; llama.cpp
+    /// assumes the same.
+    pub fn from_gguf(md: &HashMap<String, GgufValue>, path: &Path) -> Result<Self> {
+        let file = path.display();
+        let key = |k: &str| format!("deepseek2.{k}");
+        let int_opt = |k: &str| -> Result<Option<usize>> {
+            md.get(&key(k))
+                .map(|v| {
+                    v.to_u32()
+                        .map(|x| x as usize)
+                        .or_else(|_| v.to_u64().map(|x| x as usize))
+                        .or_else(|_| v.to_i32().map(|x| x.max(0) as usize))
+                        .map_err(|e| anyhow::anyhow!("{file}: `{}`: {e}", key(k)))
+                })
+                .transpose()
+        };
+        let int = |k: &str| -> Result<usize> {
+            int_opt(k)?.with_context(|| format!("{file}: missing `{}`", key(k)))
+        };
+        let float_opt = |k: &str| -> Result<Option<f64>> {
+            md.get(&key(k))
+                .map(|v| {
+                    v.to_f32()
+                        .map(f64::from)
+                        .or_else(|_| v.to_f64())
+                        .map_err(|e| anyhow::anyhow!("{file}: `{}`: {e}", key(k)))
+                })
+                .transpose()
+        };
+        let rope = int("rope.dimension_count")?;
+        // Since llama.cpp stores MLA as MQA over the latent, `key_length` is
+        // the latent row and the per-head widths are the `_mla` keys; older
+        // conversions have only the per-head widths, as `key_length`.
+        let (qk_head, v_head_dim) = match int_opt("attention.key_length_mla")? {
+            Some(k) => (k, int("attention.value_length_mla")?),
+            None => (int("attention.key_length")?, int("attention.value_length")?),
+        };
+        let qk_nope_head_dim = qk_head.checked_sub(rope).with_context(|| {
+            format!("{file}: key length {qk_head} is shorter than the RoPE width {rope}")
+        })?;
+        // llama.cpp's `llama_expert_gating_func_type`: 1 softmax, 2 sigmoid.
+        let scoring = match int_opt("expert_gating_func")? {
+            None | Some(1) => Scoring::Softmax,
+            Some(2) => Scoring::Sigmoid,
+            Some(other) => bail!(
+                "{file}: unsupported `{}` {other}",
+                key("expert_gating_func")
+            ),
+        };
+        let n_group = int_opt("expert_group_count")?.unwrap_or(1);
+        let topk = match (scoring, n_group) {
+            (Scoring::Sigmoid, _) => TopK::NoauxTc,
+            (Scoring::Softmax, 1) => TopK::Greedy,
+            (Scoring::Softmax, _) => TopK::GroupLimitedGreedy,
+        };
+        let yarn = match md.get(&key("rope.scaling.type")) {
+            None => None,
+            Some(v) => {
+                let kind = v.to_string().map(String::as_str).unwrap_or("");
+                match kind {
+                    "none" => None,
+                    "yarn" => {
+                        let mscale =
+                            float_opt("rope.scaling.yarn_log_multiplier")?.unwrap_or(0.0) / 0.1;
+                        Some(Yarn {
+                            factor: float_opt("rope.scaling.factor")?.with_context(|| {
+                                format!("{file}: missing `{}`", key("rope.scaling.factor"))
+                            })?,
+                            original_max_position_embeddings: int(
+                                "rope.scaling.original_context_length",
+                            )?,
+                            beta_fast: float_opt("rope.scaling.yarn_beta_fast")?.unwrap_or(32.0),
+                            beta_slow: float_opt("rope.scaling.yarn_beta_slow")?.unwrap_or(1.0),
+                            mscale,
+                            mscale_all_dim: mscale,
+                            attention_factor: None,
+                        })
+                    }
+                    other => bail!(
+                        "{file}: unsupported `{}` `{other}` (DeepSeek uses yarn)",
+                        key("rope.scaling.type")
+                    ),
+                }
+            }
+        };
+        let c = Self {
+            q_lora_rank: int_opt("attention.q_lora_rank")?,
+            kv_lora_rank: int("attention.kv_lora_rank")?,
+            qk_nope_head_dim,
+            qk_rope_head_dim: rope,
+            v_head_dim,
+            n_routed_experts: int("expert_count")?,
+            n_shared_experts: int_opt("expert_shared_count")?.unwrap_or(0),
+            num_experts_per_tok: int("expert_used_count")?,
+            moe_intermediate_size: int("expert_feed_forward_length")?,
+            first_k_dense_replace: int_opt("leading_dense_block_count")?.unwrap_or(0),
+            n_group,
+            topk_group: int_opt("expert_group_used_count")?.unwrap_or(1),
+            scoring,
+            topk,
+            norm_topk_prob: md
+                .get(&key("expert_weights_norm"))
+                .and_then(|v| v.to_bool().ok())
+                .unwrap_or(false),
+            routed_scaling_factor: float_opt("expert_weights_scale")?.unwrap_or(1.0) as f32,
+            num_nextn_predict_layers: int_opt("nextn_predict_layers")?.unwrap_or(0),
+            yarn,
+            // The converter keeps DeepSeek's q/k layout, whose RoPE pairs
+            // adjacent dimensions (llama.cpp's "norm" rope for deepseek2).
+            rope_interleave: true,
         };
         c.checked(path)
     }

@@ -19,8 +19,9 @@
 //! not yet include its column splits, per-head products and expert gathers.
 
 use super::config::{Arch, ModelConfig, RopeStyle};
-use super::deepseek_config::{DeepseekConfig, Scoring, TopK};
+use super::deepseek_config::{DeepseekConfig, TopK};
 use super::interface::{ForwardBatch, Model, ModelInfo};
+use super::moe::{Mlp, Moe};
 use super::weights::{RawTensor, WeightSource};
 use crate::kernels::attention::{write_kv, AttnSeq};
 use crate::kernels::bytes::{HalfKind, WeightBytes};
@@ -69,30 +70,6 @@ struct Mla {
     /// Per head `W_UV`: latent → value (absorbed path).
     uv: Vec<Linear>,
     o: Linear,
-}
-
-struct Mlp {
-    gate: Linear,
-    up: Linear,
-    down: Linear,
-}
-
-impl Mlp {
-    fn forward(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
-        let mut g = self.gate.forward(x, rows)?;
-        ops::silu_mul(&mut g, &self.up.forward(x, rows)?);
-        self.down.forward(&g, rows)
-    }
-}
-
-struct Moe {
-    /// Router weight, `n_routed_experts × hidden`, f32 as transformers
-    /// computes the router.
-    router: Vec<f32>,
-    /// `e_score_correction_bias` (noaux_tc routing).
-    bias: Option<Vec<f32>>,
-    experts: Vec<Mlp>,
-    shared: Option<Mlp>,
 }
 
 enum Ffn {
@@ -346,45 +323,6 @@ impl DeepseekV3 {
         });
         Ok(())
     }
-
-    /// Routed experts (each run once over the tokens routed to it) plus the
-    /// shared experts.
-    fn moe(&self, moe: &Moe, h: &[f32], rows: usize) -> Result<Vec<f32>> {
-        let hidden = self.cfg.hidden_size;
-        let n = moe.experts.len();
-        let mut routed: Vec<Vec<(usize, f32)>> = vec![Vec::new(); n];
-        for (t, x) in h.chunks_exact(hidden).enumerate() {
-            let logits: Vec<f32> = moe
-                .router
-                .chunks_exact(hidden)
-                .map(|w| w.iter().zip(x).map(|(a, b)| a * b).sum())
-                .collect();
-            for (e, w) in route(&self.ds, moe.bias.as_deref(), &logits) {
-                routed[e].push((t, w));
-            }
-        }
-        let mut out = vec![0f32; rows * hidden];
-        for (expert, tokens) in moe.experts.iter().zip(&routed) {
-            if tokens.is_empty() {
-                continue;
-            }
-            let x: Vec<f32> = tokens
-                .iter()
-                .flat_map(|&(t, _)| &h[t * hidden..(t + 1) * hidden])
-                .copied()
-                .collect();
-            let y = expert.forward(&x, tokens.len())?;
-            for (&(t, w), y) in tokens.iter().zip(y.chunks_exact(hidden)) {
-                for (o, v) in out[t * hidden..(t + 1) * hidden].iter_mut().zip(y) {
-                    *o += w * v;
-                }
-            }
-        }
-        if let Some(shared) = &moe.shared {
-            ops::add(&mut out, &shared.forward(h, rows)?);
-        }
-        Ok(out)
-    }
 }
 
 impl Model for DeepseekV3 {
@@ -461,7 +399,7 @@ impl DeepseekV3 {
             let h = ops::rms_norm(&x, &layer.ffn_norm, eps);
             let f = match &layer.ffn {
                 Ffn::Dense(mlp) => mlp.forward(&h, t)?,
-                Ffn::Moe(moe) => self.moe(moe, &h, t)?,
+                Ffn::Moe(moe) => moe.forward(&self.ds, &h, t)?,
             };
             ops::add(&mut x, &f);
         }
@@ -481,63 +419,6 @@ impl DeepseekV3 {
             .map(<[f32]>::to_vec)
             .collect())
     }
-}
-
-/// The experts one token is routed to and their weights, from its router
-/// logits, as transformers' `DeepseekV3TopkRouter` / `DeepseekV2MoEGate`.
-pub fn route(ds: &DeepseekConfig, bias: Option<&[f32]>, logits: &[f32]) -> Vec<(usize, f32)> {
-    let n = logits.len();
-    let scores: Vec<f32> = match ds.scoring {
-        Scoring::Sigmoid => logits.iter().map(|&l| 1.0 / (1.0 + (-l).exp())).collect(),
-        Scoring::Softmax => {
-            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let e: Vec<f32> = logits.iter().map(|&l| (l - max).exp()).collect();
-            let z: f32 = e.iter().sum();
-            e.iter().map(|x| x / z).collect()
-        }
-    };
-    // The bias only chooses; the weights come from the plain scores.
-    let mut choice: Vec<f32> = match (bias, ds.topk) {
-        (Some(b), TopK::NoauxTc) => scores.iter().zip(b).map(|(s, b)| s + b).collect(),
-        _ => scores.clone(),
-    };
-    let group = n / ds.n_group;
-    if ds.topk != TopK::Greedy && ds.topk_group < ds.n_group {
-        let group_score = |g: &[f32]| match ds.topk {
-            TopK::NoauxTc => {
-                let mut v = g.to_vec();
-                v.sort_by(|a, b| b.total_cmp(a));
-                v[0] + v[1]
-            }
-            _ => g.iter().copied().fold(f32::NEG_INFINITY, f32::max),
-        };
-        let mut groups: Vec<(usize, f32)> = choice
-            .chunks_exact(group)
-            .map(group_score)
-            .enumerate()
-            .collect();
-        groups.sort_by(|a, b| b.1.total_cmp(&a.1));
-        // transformers masks the dropped groups with 0, not -inf.
-        for &(g, _) in &groups[ds.topk_group..] {
-            choice[g * group..(g + 1) * group].fill(0.0);
-        }
-    }
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by(|&a, &b| choice[b].total_cmp(&choice[a]));
-    let mut chosen: Vec<(usize, f32)> = order[..ds.num_experts_per_tok]
-        .iter()
-        .map(|&e| (e, scores[e]))
-        .collect();
-    if ds.norm_topk_prob {
-        let sum: f32 = chosen.iter().map(|c| c.1).sum::<f32>() + 1e-20;
-        for c in &mut chosen {
-            c.1 /= sum;
-        }
-    }
-    for c in &mut chosen {
-        c.1 *= ds.routed_scaling_factor;
-    }
-    chosen
 }
 
 /// A matrix cut from `kv_b_proj` as a linear layer's weight: bf16 when
@@ -562,17 +443,83 @@ fn per_head(values: Vec<f32>, out: usize, inp: usize, bf16: bool) -> Result<Line
     Linear::new(RawTensor::Dense(t), None)
 }
 
-/// Loads a DeepSeek-V2/V3 model from HF safetensors.
+/// The MLA up-projection of one layer in its two uses: the whole `kv_b`
+/// (latent → per-head non-rotated key and value) for the materialised path,
+/// and per head `W_UKᵀ` and `W_UV` for the absorbed one.
+struct KvB {
+    kv_b: Linear,
+    uk_t: Vec<Linear>,
+    uv: Vec<Linear>,
+}
+
+/// `kv_b_proj` as HF and older GGUF conversions store it,
+/// `heads × (nope + v) × lora`.
+fn kv_b_whole(raw: RawTensor, heads: usize, nope: usize, vd: usize, lora: usize) -> Result<KvB> {
+    let values = raw.to_f32_vec()?;
+    let bf16 = matches!(
+        raw,
+        RawTensor::Half {
+            kind: HalfKind::Bf16,
+            ..
+        }
+    );
+    let (mut uk_t, mut uv) = (Vec::with_capacity(heads), Vec::with_capacity(heads));
+    for h in 0..heads {
+        let rows = &values[h * (nope + vd) * lora..(h + 1) * (nope + vd) * lora];
+        let mut t = vec![0f32; lora * nope];
+        for (r, row) in rows[..nope * lora].chunks_exact(lora).enumerate() {
+            for (col, &v) in row.iter().enumerate() {
+                t[col * nope + r] = v;
+            }
+        }
+        uk_t.push(per_head(t, lora, nope, bf16)?);
+        uv.push(per_head(rows[nope * lora..].to_vec(), vd, lora, bf16)?);
+    }
+    Ok(KvB {
+        kv_b: Linear::new(raw, None)?,
+        uk_t,
+        uv,
+    })
+}
+
+/// llama.cpp's split form: `attn_k_b` (`heads × lora × nope`, each head's
+/// `W_UKᵀ`) and `attn_v_b` (`heads × v × lora`); the whole `kv_b` is
+/// reassembled from them for the materialised path. Held in f32 (exact for
+/// every GGUF type).
+fn kv_b_split(k_b: RawTensor, v_b: RawTensor, heads: usize, vd: usize) -> Result<KvB> {
+    let (k, v) = (k_b.to_f32_vec()?, v_b.to_f32_vec()?);
+    let dims = k_b.dims();
+    let (lora, nope) = (dims[1], dims[2]);
+    let mut whole = Vec::with_capacity(heads * (nope + vd) * lora);
+    let (mut uk_t, mut uv) = (Vec::with_capacity(heads), Vec::with_capacity(heads));
+    for h in 0..heads {
+        let kh = &k[h * lora * nope..(h + 1) * lora * nope];
+        let vh = &v[h * vd * lora..(h + 1) * vd * lora];
+        for r in 0..nope {
+            whole.extend(kh.iter().skip(r).step_by(nope));
+        }
+        whole.extend_from_slice(vh);
+        uk_t.push(per_head(kh.to_vec(), lora, nope, false)?);
+        uv.push(per_head(vh.to_vec(), vd, lora, false)?);
+    }
+    Ok(KvB {
+        kv_b: per_head(whole, heads * (nope + vd), lora, false)?,
+        uk_t,
+        uv,
+    })
+}
+
+/// Loads a DeepSeek-V2/V3 model from HF safetensors or from a GGUF
+/// `deepseek2` file. Tensors are named as GGUF names them; the safetensors
+/// source translates ([`super::weights::hf_name`]). The two differ only in
+/// the experts (one tensor per expert and projection in HF, one 3-D tensor
+/// per projection in GGUF) and in how `kv_b_proj` may be split.
 pub fn load(weights: &WeightSource, config: ModelConfig) -> Result<DeepseekV3> {
     let ds = *config
         .deepseek
         .clone()
         .context("a DeepSeek model needs its MLA/MoE configuration")?;
-    if matches!(weights, WeightSource::Gguf(_)) {
-        bail!(
-            "DeepSeek models load from HF safetensors only (GGUF `deepseek2` is not supported yet)"
-        );
-    }
+    let gguf = matches!(weights, WeightSource::Gguf(_));
     let c = &config;
     let (hidden, heads) = (c.hidden_size, c.num_heads);
     let (nope, rope, lora, vd) = (
@@ -587,16 +534,54 @@ pub fn load(weights: &WeightSource, config: ModelConfig) -> Result<DeepseekV3> {
     };
     let vector =
         |name: &str, n: usize| -> Result<Vec<f32>> { weights.get(name, &[n])?.to_f32_vec() };
-    let mlp = |p: &str, inner: usize| -> Result<Mlp> {
-        Ok(Mlp {
-            gate: linear(&format!("{p}.gate_proj"), inner, hidden)?,
-            up: linear(&format!("{p}.up_proj"), inner, hidden)?,
-            down: linear(&format!("{p}.down_proj"), hidden, inner)?,
-        })
+    let mlp = |p: &str, suffix: &str, inner: usize| -> Result<Mlp> {
+        Ok(Mlp::new(
+            linear(&format!("{p}.ffn_gate{suffix}"), inner, hidden)?,
+            linear(&format!("{p}.ffn_up{suffix}"), inner, hidden)?,
+            linear(&format!("{p}.ffn_down{suffix}"), hidden, inner)?,
+        ))
+    };
+    let (n_exp, inner) = (ds.n_routed_experts, ds.moe_intermediate_size);
+    let experts = |i: usize| -> Result<Vec<Mlp>> {
+        if !gguf {
+            let hf = |e: usize, proj: &str, out: usize, inp: usize| {
+                linear(
+                    &format!("model.layers.{i}.mlp.experts.{e}.{proj}"),
+                    out,
+                    inp,
+                )
+            };
+            return (0..n_exp)
+                .map(|e| {
+                    Ok(Mlp::new(
+                        hf(e, "gate_proj", inner, hidden)?,
+                        hf(e, "up_proj", inner, hidden)?,
+                        hf(e, "down_proj", hidden, inner)?,
+                    ))
+                })
+                .collect();
+        }
+        let stacked = |part: &str, out: usize, inp: usize| -> Result<Vec<Linear>> {
+            weights
+                .get(&format!("blk.{i}.{part}.weight"), &[n_exp, out, inp])?
+                .split_outer()?
+                .into_iter()
+                .map(|w| Linear::new(w, None))
+                .collect()
+        };
+        let gate = stacked("ffn_gate_exps", inner, hidden)?;
+        let up = stacked("ffn_up_exps", inner, hidden)?;
+        let down = stacked("ffn_down_exps", hidden, inner)?;
+        Ok(gate
+            .into_iter()
+            .zip(up)
+            .zip(down)
+            .map(|((gate, up), down)| Mlp::new(gate, up, down))
+            .collect())
     };
     if ds.num_nextn_predict_layers > 0 {
         tracing::info!(
-            "skipping {} multi-token-prediction layer(s) (model.layers.{}.* on): r1serve decodes \
+            "skipping {} multi-token-prediction layer(s) (layer {} on): r1serve decodes \
              one token per step",
             ds.num_nextn_predict_layers,
             c.num_layers
@@ -604,93 +589,64 @@ pub fn load(weights: &WeightSource, config: ModelConfig) -> Result<DeepseekV3> {
     }
     let mut layers = Vec::with_capacity(c.num_layers);
     for i in 0..c.num_layers {
-        let p = format!("model.layers.{i}");
-        let a = format!("{p}.self_attn");
+        let p = format!("blk.{i}");
         let q = match ds.q_lora_rank {
             Some(r) => QProj::Lora {
-                a: linear(&format!("{a}.q_a_proj"), r, hidden)?,
-                norm: vector(&format!("{a}.q_a_layernorm.weight"), r)?,
-                b: linear(&format!("{a}.q_b_proj"), heads * qk, r)?,
+                a: linear(&format!("{p}.attn_q_a"), r, hidden)?,
+                norm: vector(&format!("{p}.attn_q_a_norm.weight"), r)?,
+                b: linear(&format!("{p}.attn_q_b"), heads * qk, r)?,
             },
-            None => QProj::Plain(linear(&format!("{a}.q_proj"), heads * qk, hidden)?),
+            None => QProj::Plain(linear(&format!("{p}.attn_q"), heads * qk, hidden)?),
         };
-        let kv_b_raw = weights.get(
-            &format!("{a}.kv_b_proj.weight"),
-            &[heads * (nope + vd), lora],
-        )?;
-        let kv_b_f32 = kv_b_raw.to_f32_vec()?;
-        let bf16 = matches!(
-            kv_b_raw,
-            RawTensor::Half {
-                kind: HalfKind::Bf16,
-                ..
-            }
-        );
-        let (mut uk_t, mut uv) = (Vec::with_capacity(heads), Vec::with_capacity(heads));
-        for h in 0..heads {
-            let rows = &kv_b_f32[h * (nope + vd) * lora..(h + 1) * (nope + vd) * lora];
-            let mut t = vec![0f32; lora * nope];
-            for (r, row) in rows[..nope * lora].chunks_exact(lora).enumerate() {
-                for (col, &v) in row.iter().enumerate() {
-                    t[col * nope + r] = v;
-                }
-            }
-            uk_t.push(per_head(t, lora, nope, bf16)?);
-            uv.push(per_head(rows[nope * lora..].to_vec(), vd, lora, bf16)?);
-        }
+        let whole = format!("{p}.attn_kv_b.weight");
+        let kvb = if !gguf || weights.contains(&whole) {
+            let raw = weights.get(&whole, &[heads * (nope + vd), lora])?;
+            kv_b_whole(raw, heads, nope, vd, lora)?
+        } else {
+            let k_b = weights.get(&format!("{p}.attn_k_b.weight"), &[heads, lora, nope])?;
+            let v_b = weights.get(&format!("{p}.attn_v_b.weight"), &[heads, vd, lora])?;
+            kv_b_split(k_b, v_b, heads, vd)?
+        };
         let attn = Mla {
             q,
-            kv_a: linear(&format!("{a}.kv_a_proj_with_mqa"), lora + rope, hidden)?,
-            kv_norm: vector(&format!("{a}.kv_a_layernorm.weight"), lora)?,
-            kv_b: Linear::new(kv_b_raw, None)?,
-            uk_t,
-            uv,
-            o: linear(&format!("{a}.o_proj"), hidden, heads * vd)?,
+            kv_a: linear(&format!("{p}.attn_kv_a_mqa"), lora + rope, hidden)?,
+            kv_norm: vector(&format!("{p}.attn_kv_a_norm.weight"), lora)?,
+            kv_b: kvb.kv_b,
+            uk_t: kvb.uk_t,
+            uv: kvb.uv,
+            o: linear(&format!("{p}.attn_output"), hidden, heads * vd)?,
         };
-        let m = format!("{p}.mlp");
         let ffn = if i < ds.first_k_dense_replace {
-            Ffn::Dense(mlp(&m, c.intermediate_size)?)
+            Ffn::Dense(mlp(&p, "", c.intermediate_size)?)
         } else {
-            let experts = (0..ds.n_routed_experts)
-                .map(|e| mlp(&format!("{m}.experts.{e}"), ds.moe_intermediate_size))
-                .collect::<Result<Vec<_>>>()?;
-            Ffn::Moe(Moe {
-                router: weights
-                    .get(&format!("{m}.gate.weight"), &[ds.n_routed_experts, hidden])?
-                    .to_f32_vec()?,
-                bias: match ds.topk {
-                    TopK::NoauxTc => Some(vector(
-                        &format!("{m}.gate.e_score_correction_bias"),
-                        ds.n_routed_experts,
-                    )?),
-                    TopK::Greedy | TopK::GroupLimitedGreedy => None,
-                },
-                experts,
-                shared: match ds.n_shared_experts {
-                    0 => None,
-                    n => Some(mlp(
-                        &format!("{m}.shared_experts"),
-                        n * ds.moe_intermediate_size,
-                    )?),
-                },
-            })
+            let router = weights
+                .get(&format!("{p}.ffn_gate_inp.weight"), &[n_exp, hidden])?
+                .to_f32_vec()?;
+            let bias = match ds.topk {
+                TopK::NoauxTc => Some(vector(&format!("{p}.exp_probs_b.bias"), n_exp)?),
+                TopK::Greedy | TopK::GroupLimitedGreedy => None,
+            };
+            let shared = match ds.n_shared_experts {
+                0 => None,
+                n => Some(mlp(&p, "_shexp", n * inner)?),
+            };
+            Ffn::Moe(Moe::new(router, bias, experts(i)?, shared)?)
         };
         layers.push(Layer {
-            attn_norm: vector(&format!("{p}.input_layernorm.weight"), hidden)?,
+            attn_norm: vector(&format!("{p}.attn_norm.weight"), hidden)?,
             attn,
-            ffn_norm: vector(&format!("{p}.post_attention_layernorm.weight"), hidden)?,
+            ffn_norm: vector(&format!("{p}.ffn_norm.weight"), hidden)?,
             ffn,
         });
     }
-    let embed =
-        Embedding::new(&weights.get("model.embed_tokens.weight", &[c.vocab_size, hidden])?)?;
+    let embed = Embedding::new(&weights.get("token_embd.weight", &[c.vocab_size, hidden])?)?;
     let lm_head = if c.tie_word_embeddings {
         Linear::new(
-            weights.get("model.embed_tokens.weight", &[c.vocab_size, hidden])?,
+            weights.get("token_embd.weight", &[c.vocab_size, hidden])?,
             None,
         )?
     } else {
-        linear("lm_head", c.vocab_size, hidden)?
+        linear("output", c.vocab_size, hidden)?
     };
     let (inv_freq, rope_factor) = ds.rope(c.rope_theta as f64);
     let info = ModelInfo {
@@ -710,7 +666,7 @@ pub fn load(weights: &WeightSource, config: ModelConfig) -> Result<DeepseekV3> {
         ),
     };
     Ok(DeepseekV3 {
-        norm: vector("model.norm.weight", hidden)?,
+        norm: vector("output_norm.weight", hidden)?,
         embed,
         layers,
         lm_head,
@@ -728,82 +684,4 @@ pub fn load(weights: &WeightSource, config: ModelConfig) -> Result<DeepseekV3> {
         cfg: config,
         ds,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn config(fields: serde_json::Value, arch: Arch) -> DeepseekConfig {
-        let mut j = serde_json::json!({
-            "kv_lora_rank": 8, "qk_nope_head_dim": 4, "qk_rope_head_dim": 4, "v_head_dim": 4,
-            "moe_intermediate_size": 8,
-        });
-        j.as_object_mut()
-            .unwrap()
-            .extend(fields.as_object().unwrap().clone());
-        DeepseekConfig::from_hf_json(&j, arch, std::path::Path::new("config.json")).unwrap()
-    }
-
-    fn sorted(mut v: Vec<(usize, f32)>) -> Vec<(usize, f32)> {
-        v.sort_by_key(|c| c.0);
-        v
-    }
-
-    /// noaux_tc: groups are ranked by the sum of their two best biased
-    /// scores, so the single best expert is dropped with its weak group;
-    /// the bias changes which experts win but not their weights.
-    #[test]
-    fn noaux_tc_limits_groups_and_uses_the_bias_only_to_choose() {
-        let ds = config(
-            serde_json::json!({"n_routed_experts": 8, "num_experts_per_tok": 2, "n_group": 4,
-                "topk_group": 2, "norm_topk_prob": true, "routed_scaling_factor": 2.0}),
-            Arch::DeepseekV3,
-        );
-        // Sigmoid scores: group 0 {0.953, 0.002}, 1 {0.731, 0.711}, 2 {0.622, 0.622}, 3 low.
-        let logits = [3.0, -6.0, 1.0, 0.9, 0.5, 0.5, -1.0, -1.0];
-        let plain = sorted(route(&ds, Some(&[0.0; 8]), &logits));
-        assert_eq!(plain.iter().map(|c| c.0).collect::<Vec<_>>(), [2, 3]);
-        let total: f32 = plain.iter().map(|c| c.1).sum();
-        assert!((total - 2.0).abs() < 1e-6, "{plain:?}");
-
-        let mut bias = [0.0; 8];
-        bias[4] = 0.3;
-        let biased = sorted(route(&ds, Some(&bias), &logits));
-        assert_eq!(biased.iter().map(|c| c.0).collect::<Vec<_>>(), [2, 4]);
-        let sig = |x: f32| 1.0 / (1.0 + (-x).exp());
-        // Weights in the ratio of the unbiased scores, summing to the scale.
-        let ratio = biased[1].1 / biased[0].1;
-        assert!((ratio - sig(0.5) / sig(1.0)).abs() < 1e-6, "{biased:?}");
-        assert!((biased[0].1 + biased[1].1 - 2.0).abs() < 1e-6);
-    }
-
-    /// V2-Lite: softmax over all experts, the best `top_k`, weights not
-    /// renormalised.
-    #[test]
-    fn greedy_softmax_keeps_probabilities() {
-        let ds = config(
-            serde_json::json!({"n_routed_experts": 4, "num_experts_per_tok": 2,
-                "norm_topk_prob": false}),
-            Arch::DeepseekV2,
-        );
-        let logits = [0.0, 2f32.ln(), 4f32.ln(), 0.0];
-        let chosen = sorted(route(&ds, None, &logits));
-        assert_eq!(chosen.len(), 2);
-        assert_eq!((chosen[0].0, chosen[1].0), (1, 2));
-        assert!((chosen[0].1 - 0.25).abs() < 1e-6 && (chosen[1].1 - 0.5).abs() < 1e-6);
-    }
-
-    /// V2's group-limited greedy ranks groups by their best score.
-    #[test]
-    fn group_limited_greedy_ranks_groups_by_their_best() {
-        let ds = config(
-            serde_json::json!({"n_routed_experts": 4, "num_experts_per_tok": 1, "n_group": 2,
-                "topk_group": 1, "topk_method": "group_limited_greedy"}),
-            Arch::DeepseekV2,
-        );
-        // Group 0's best (expert 0) beats group 1's best; group 1 has the larger sum.
-        let chosen = route(&ds, None, &[2.0, -5.0, 1.5, 1.5]);
-        assert_eq!(chosen[0].0, 0);
-    }
 }

@@ -4,7 +4,7 @@
 //! architecture ([`llama`], [`qwen2`]) assembles the shared [`decoder`]
 //! stack from them, whatever the weight format, on a device of the
 //! kernels' [`Backend`] seam. [`deepseek_v3`] (DeepSeek-V2/V3: MLA and MoE)
-//! has a forward pass of its own, on the CPU.
+//! has a forward pass of its own, on the CPU, with its MoE layer in [`moe`].
 
 pub mod config;
 pub mod decoder;
@@ -16,6 +16,7 @@ pub mod interface;
 pub mod layers;
 pub mod llama;
 pub mod load;
+pub mod moe;
 pub mod qwen2;
 pub mod shards;
 pub mod source;

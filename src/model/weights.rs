@@ -137,9 +137,23 @@ pub fn hf_name(gguf: &str) -> String {
         ("ffn_gate", "mlp.gate_proj"),
         ("ffn_up", "mlp.up_proj"),
         ("ffn_down", "mlp.down_proj"),
+        // DeepSeek-V2/V3 (llama.cpp's `deepseek2`).
+        ("attn_q_a", "self_attn.q_a_proj"),
+        ("attn_q_a_norm", "self_attn.q_a_layernorm"),
+        ("attn_q_b", "self_attn.q_b_proj"),
+        ("attn_kv_a_mqa", "self_attn.kv_a_proj_with_mqa"),
+        ("attn_kv_a_norm", "self_attn.kv_a_layernorm"),
+        ("attn_kv_b", "self_attn.kv_b_proj"),
+        ("ffn_gate_inp", "mlp.gate"),
+        ("ffn_gate_shexp", "mlp.shared_experts.gate_proj"),
+        ("ffn_up_shexp", "mlp.shared_experts.up_proj"),
+        ("ffn_down_shexp", "mlp.shared_experts.down_proj"),
     ];
     let mut it = gguf.splitn(3, '.');
     if let (Some("blk"), Some(layer), Some(rest)) = (it.next(), it.next(), it.next()) {
+        if rest == "exp_probs_b.bias" {
+            return format!("model.layers.{layer}.mlp.gate.e_score_correction_bias");
+        }
         if let Some((part, suffix)) = rest.split_once('.') {
             if let Some((_, hf)) = PARTS.iter().find(|(g, _)| *g == part) {
                 return format!("model.layers.{layer}.{hf}.{suffix}");
@@ -210,5 +224,13 @@ mod tests {
             "model.layers.0.mlp.down_proj.weight"
         );
         assert_eq!(hf_name("output.weight"), "lm_head.weight");
+        assert_eq!(
+            hf_name("blk.3.attn_kv_a_mqa.weight"),
+            "model.layers.3.self_attn.kv_a_proj_with_mqa.weight"
+        );
+        assert_eq!(
+            hf_name("blk.3.exp_probs_b.bias"),
+            "model.layers.3.mlp.gate.e_score_correction_bias"
+        );
     }
 }
