@@ -6,4 +6,6 @@
 pub mod answer;
 pub mod extract;
 pub mod language;
+pub mod problems;
+pub mod run;
 pub mod score;

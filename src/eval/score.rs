@@ -176,6 +176,50 @@ pub fn report(rows: &[SampleRow], k: usize) -> Report {
     }
 }
 
+impl Report {
+    /// The report as a two-column terminal table.
+    pub fn table(&self) -> String {
+        let pct = |x: f64| format!("{:.1}%", 100.0 * x);
+        let tally = |m: &BTreeMap<String, usize>| {
+            m.iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let rows = [
+            ("problems", self.problems.to_string()),
+            ("samples", self.samples.to_string()),
+            ("pass@1", pct(self.pass_at_1)),
+            (&*format!("pass@{}", self.k), pct(self.pass_at_k)),
+            (&*format!("cons@{}", self.k), pct(self.cons_at_k)),
+            ("format rate", pct(self.format_rate)),
+            ("no answer", pct(self.no_answer_rate)),
+            (
+                "language consistency",
+                self.language_consistency.map_or("-".into(), pct),
+            ),
+            (
+                "reasoning tokens",
+                format!(
+                    "mean {:.1}, median {:.1}",
+                    self.reasoning_tokens_mean, self.reasoning_tokens_median
+                ),
+            ),
+            (
+                "answer tokens",
+                format!(
+                    "mean {:.1}, median {:.1}",
+                    self.answer_tokens_mean, self.answer_tokens_median
+                ),
+            ),
+            ("reasoning end", tally(&self.reasoning_end)),
+            ("finish reason", tally(&self.finish_reason)),
+        ]
+        .map(|(k, v)| (k.to_owned(), v));
+        rows.iter().map(|(k, v)| format!("{k:<22}{v}\n")).collect()
+    }
+}
+
 fn mean(values: &[usize]) -> f64 {
     if values.is_empty() {
         return 0.0;
