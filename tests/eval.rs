@@ -75,7 +75,7 @@ const SAMPLING: &[&str] = &[
     "--seed",
     "7",
     "--concurrency",
-    "8",
+    "16",
 ];
 
 /// The test server's engine settings (`Server::start` adds the memory and
@@ -86,7 +86,7 @@ const ENGINE: &[&str] = &[
     "--max-model-len",
     "2048",
     "--max-num-seqs",
-    "8",
+    "16",
 ];
 
 fn problems() -> PathBuf {
@@ -164,7 +164,7 @@ async fn eval_in_process_over_http_and_resumed() {
     let local_answers = answers(&local_out);
     assert_eq!(local_answers.len(), 80);
 
-    let server = Server::start(QWEN, &["--max-num-seqs", "8"], Some(KEY)).await;
+    let server = Server::start(QWEN, &["--max-num-seqs", "16"], Some(KEY)).await;
     let http_out = dir.join("http.jsonl");
     let base = server.url("/v1");
     let http = eval(&["--url", &base, "--api-key", KEY], &http_out);
