@@ -66,8 +66,8 @@ struct EvalArgs {
     /// `http://localhost:8000/v1`.
     #[arg(long, value_name = "BASE_URL")]
     url: Option<String>,
-    /// Bearer key for `--url`.
-    #[arg(long, env = API_KEY_ENV, value_name = "KEY", requires = "url")]
+    /// Bearer key for `--url` (unused with `--model`).
+    #[arg(long, env = API_KEY_ENV, value_name = "KEY")]
     api_key: Option<String>,
     /// Samples per problem (the k of pass@k and cons@k).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
@@ -665,6 +665,26 @@ mod tests {
             };
             assert!(api_keys(&args).is_err(), "{key:?} accepted");
         }
+    }
+
+    /// `eval` takes exactly one of `--model` and `--url`, the paper's
+    /// sampling by default, and `serve` flags after `--`.
+    #[test]
+    fn eval_flags() {
+        let eval = |argv: &[&str]| {
+            let base = ["r1serve", "eval", "--data", "p.jsonl"];
+            Cli::try_parse_from(base.iter().chain(argv)).map(|cli| match cli.command {
+                Command::Eval(args) => args,
+                other => panic!("parsed as {other:?}"),
+            })
+        };
+        let args = eval(&["--model", "m.gguf", "--", "--kv-cache-dtype", "fp8"]).unwrap();
+        assert_eq!((args.samples, args.temperature, args.top_p), (4, 0.6, 0.95));
+        assert_eq!(args.serve_flags, ["--kv-cache-dtype", "fp8"]);
+        assert!(eval(&["--url", "http://h/v1", "--samples", "8", "--json"]).is_ok());
+        assert!(eval(&[]).is_err(), "a target is required");
+        assert!(eval(&["--model", "m", "--url", "http://h/v1"]).is_err());
+        assert!(eval(&["--model", "m", "--samples", "0"]).is_err());
     }
 
     #[test]
