@@ -107,6 +107,13 @@ fn message_text(messages: &Value) -> String {
         .join("\n")
 }
 
+/// A problem with an English prompt and `answer`, for other modules' tests.
+#[cfg(test)]
+pub(crate) fn tests_problem(answer: &str) -> Problem {
+    let line = serde_json::json!({"id": "t", "prompt": "What is 5 + 7?", "answer": answer});
+    parse(&line.to_string()).expect("test problem")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

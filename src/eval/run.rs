@@ -398,6 +398,58 @@ impl Progress {
 mod tests {
     use super::*;
 
+    /// Reasoning in its own field or as `<think>` in the content, closed or
+    /// cut off, and the answer read from after it only.
+    #[test]
+    fn completions_are_judged_by_their_parts() {
+        let problem = super::super::problems::tests_problem("12");
+        let opts = EvalOptions {
+            samples: 1,
+            temperature: 0.6,
+            top_p: 0.95,
+            max_tokens: 64,
+            concurrency: 1,
+            seed: 0,
+            out: None,
+            extractor: Extractor::new(),
+        };
+        let response = |message: Value, finish: &str| {
+            json!({"choices": [{"message": message, "finish_reason": finish}],
+                   "usage": {"completion_tokens": 10, "completion_tokens_details": {"reasoning_tokens": 7}}})
+        };
+        let judged = |message: Value, finish: &str| {
+            judge(&problem, 0, &response(message, finish), &opts, 1.0)
+        };
+        let row = judged(
+            json!({"reasoning_content": "so 5 + 7", "content": "\\boxed{12}"}),
+            "stop",
+        );
+        assert_eq!(
+            (row.verdict, row.format_ok, &*row.reasoning_end),
+            (Verdict::Correct, true, "closed")
+        );
+        assert_eq!((row.reasoning_tokens, row.answer_tokens), (7, 3));
+        assert_eq!(row.language_share, Some(1.0));
+        let row = judged(
+            json!({"content": "<think>maybe 12</think> It is 13."}),
+            "stop",
+        );
+        assert_eq!(
+            (row.verdict, row.answer.as_deref()),
+            (Verdict::Wrong, Some("13"))
+        );
+        let row = judged(json!({"reasoning": "it is 12 or", "content": ""}), "length");
+        assert_eq!(
+            (row.verdict, &*row.reasoning_end, row.format_ok),
+            (Verdict::NoAnswer, "unclosed", false)
+        );
+        let row = judged(json!({"content": "12"}), "stop");
+        assert_eq!(
+            (row.verdict, &*row.reasoning_end, row.format_ok),
+            (Verdict::Correct, "none", false)
+        );
+    }
+
     #[test]
     fn sample_seeds_follow_the_sampler() {
         assert_eq!(sample_seed(7, 0), 7);
