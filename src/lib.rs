@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod engine;
+pub mod eval;
 pub mod generate;
 pub mod kernels;
 pub mod kv_cache;

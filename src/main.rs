@@ -14,11 +14,14 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use r1serve::api::backend::TokenizerCodec;
 use r1serve::api::connections::ConnectionLimits;
 use r1serve::api::protocol::{unix_timestamp, ReasoningField};
-use r1serve::api::router::RouterConfig;
+use r1serve::api::router::{router, RouterConfig};
 use r1serve::api::server::{serve, ServerOptions};
 use r1serve::api::state::{AppState, ServedModel, ThinkingDefaults};
 use r1serve::engine::reasoning_control::{LoopGuardMode, ReasoningConfig, DEFAULT_CLOSE_TEXT};
 use r1serve::engine::{Engine, EngineConfig};
+use r1serve::eval::extract::Extractor;
+use r1serve::eval::run::{run, EvalOptions, Target};
+use r1serve::eval::score::report;
 use r1serve::kv_cache::storage::KvDtype;
 use r1serve::metrics::Metrics;
 use r1serve::model::generation_config::GenerationDefaults;
@@ -43,6 +46,62 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Generate text for one prompt, streamed to stdout.
     Generate(GenerateArgs),
+    /// Evaluate reasoning on a problem file as the DeepSeek-R1 paper does:
+    /// k samples per problem, rule-checked answers, pass@1, pass@k, cons@k.
+    Eval(EvalArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["model", "url"])))]
+struct EvalArgs {
+    /// Problems: JSON lines with `id`, `prompt` or `messages`, `answer`, and
+    /// optionally `language` and `units`.
+    #[arg(long, value_name = "FILE.jsonl")]
+    data: PathBuf,
+    /// Run this model in this process, with `serve`'s defaults; `serve`
+    /// flags go after `--` (e.g. `-- --kv-cache-dtype fp8`).
+    #[arg(long, value_name = "SRC")]
+    model: Option<String>,
+    /// Evaluate an OpenAI-compatible server instead, e.g.
+    /// `http://localhost:8000/v1`.
+    #[arg(long, value_name = "BASE_URL")]
+    url: Option<String>,
+    /// Bearer key for `--url` (unused with `--model`).
+    #[arg(long, env = API_KEY_ENV, value_name = "KEY")]
+    api_key: Option<String>,
+    /// Samples per problem (the k of pass@k and cons@k).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    samples: u32,
+    /// Sampling temperature (the R1 paper's 0.6).
+    #[arg(long, default_value_t = 0.6)]
+    temperature: f32,
+    /// Nucleus sampling mass (the R1 paper's 0.95).
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// Most tokens per sample, reasoning included.
+    #[arg(long, default_value_t = 4096)]
+    max_tokens: usize,
+    /// Requests in flight at once; in process, also `--max-num-seqs`.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    concurrency: u32,
+    /// Seed: sample i gets the stream of choice i of an `n = k` request
+    /// with this seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Per-sample results, one JSON line each, appended as samples finish;
+    /// an existing file is resumed (finished samples are not redone).
+    #[arg(long, value_name = "FILE.jsonl")]
+    out: Option<PathBuf>,
+    /// Regex for the final answer when there is no `\boxed{…}` (its first
+    /// group, else the whole match), before falling back to the last number.
+    #[arg(long, value_name = "REGEX")]
+    answer_regex: Option<String>,
+    /// Print the report as one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// `serve` flags for `--model`, after `--`.
+    #[arg(last = true, value_name = "SERVE_FLAGS")]
+    serve_flags: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -315,6 +374,7 @@ fn main() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Serve(args) => run_serve(*args),
+        Command::Eval(args) => run_eval(args),
         Command::Generate(args) => {
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(r1serve::generate::run(r1serve::generate::GenerateOptions {
@@ -331,6 +391,15 @@ fn main() -> Result<()> {
     }
 }
 
+fn router_config(args: &ServeArgs) -> Result<RouterConfig> {
+    Ok(RouterConfig {
+        max_body_bytes: usize::try_from(args.max_body_bytes)
+            .context("--max-body-bytes is too large for this platform")?,
+        allowed_origins: args.allowed_origins.clone(),
+        body_timeout: Duration::from_secs(args.body_timeout),
+    })
+}
+
 fn run_serve(args: ServeArgs) -> Result<()> {
     let api_keys = api_keys(&args)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
@@ -339,12 +408,7 @@ fn run_serve(args: ServeArgs) -> Result<()> {
         let state = AppState::new(api_keys, metrics);
         let options = ServerOptions {
             addr: SocketAddr::new(args.host, args.port),
-            router: RouterConfig {
-                max_body_bytes: usize::try_from(args.max_body_bytes)
-                    .context("--max-body-bytes is too large for this platform")?,
-                allowed_origins: args.allowed_origins.clone(),
-                body_timeout: Duration::from_secs(args.body_timeout),
-            },
+            router: router_config(&args)?,
             connections: ConnectionLimits {
                 max_connections: args.max_connections as usize,
                 header_timeout: Duration::from_secs(args.header_timeout),
@@ -358,6 +422,75 @@ fn run_serve(args: ServeArgs) -> Result<()> {
         };
         serve(options, state, load).await
     })
+}
+
+/// `r1serve eval`: the problems through r1serve's own router in this
+/// process (`--model`, loaded exactly as `serve` loads it) or through an
+/// OpenAI-compatible server (`--url`); the report on stdout.
+fn run_eval(args: EvalArgs) -> Result<()> {
+    let problems = r1serve::eval::problems::load(&args.data)?;
+    let extractor = match &args.answer_regex {
+        Some(pattern) => Extractor::with_regex(pattern).map_err(anyhow::Error::msg)?,
+        None => Extractor::new(),
+    };
+    let options = EvalOptions {
+        samples: args.samples as usize,
+        temperature: args.temperature,
+        top_p: args.top_p,
+        max_tokens: args.max_tokens,
+        concurrency: args.concurrency as usize,
+        seed: args.seed,
+        out: args.out.clone(),
+        extractor,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let (rows, stats) = runtime.block_on(async {
+        let target = match (&args.model, &args.url) {
+            (Some(model), _) => Target::Router(in_process_router(model, &args)?),
+            (None, Some(url)) => Target::http(url, args.api_key.clone())?,
+            (None, None) => bail!("give --model or --url"),
+        };
+        run(&target, &problems, &options).await
+    })?;
+    let report = report(&rows, options.samples);
+    if args.json {
+        let mut value = serde_json::to_value(&report)?;
+        value["run"] = serde_json::to_value(&stats)?;
+        println!("{value}");
+    } else {
+        print!("{}", report.table());
+        println!(
+            "{:<22}{} run, {} resumed, {:.1} s, {:.1} tokens/s",
+            "this run",
+            stats.samples_run,
+            stats.samples_resumed,
+            stats.wall_seconds,
+            stats.tokens_per_second
+        );
+    }
+    Ok(())
+}
+
+/// The router `serve` would run for `model` with `--max-num-seqs` at the
+/// eval's concurrency and the `serve` flags given after `--`.
+fn in_process_router(model: &str, args: &EvalArgs) -> Result<axum::Router> {
+    let concurrency = args.concurrency.to_string();
+    let mut argv = vec!["r1serve", "serve", "--model", model];
+    if !args
+        .serve_flags
+        .iter()
+        .any(|f| f.starts_with("--max-num-seqs"))
+    {
+        argv.extend(["--max-num-seqs", &concurrency]);
+    }
+    argv.extend(args.serve_flags.iter().map(String::as_str));
+    let Command::Serve(serve_args) = Cli::try_parse_from(argv)?.command else {
+        bail!("the flags after `--` are not `serve` flags");
+    };
+    let metrics = Metrics::install()?;
+    let state = AppState::new(Vec::new(), metrics);
+    state.set_model(load_model(&serve_args)?);
+    Ok(router(state, &router_config(&serve_args)?))
 }
 
 /// Loads the model, picks the chat template and reasoning parser, and
@@ -532,6 +665,26 @@ mod tests {
             };
             assert!(api_keys(&args).is_err(), "{key:?} accepted");
         }
+    }
+
+    /// `eval` takes exactly one of `--model` and `--url`, the paper's
+    /// sampling by default, and `serve` flags after `--`.
+    #[test]
+    fn eval_flags() {
+        let eval = |argv: &[&str]| {
+            let base = ["r1serve", "eval", "--data", "p.jsonl"];
+            Cli::try_parse_from(base.iter().chain(argv)).map(|cli| match cli.command {
+                Command::Eval(args) => args,
+                other => panic!("parsed as {other:?}"),
+            })
+        };
+        let args = eval(&["--model", "m.gguf", "--", "--kv-cache-dtype", "fp8"]).unwrap();
+        assert_eq!((args.samples, args.temperature, args.top_p), (4, 0.6, 0.95));
+        assert_eq!(args.serve_flags, ["--kv-cache-dtype", "fp8"]);
+        assert!(eval(&["--url", "http://h/v1", "--samples", "8", "--json"]).is_ok());
+        assert!(eval(&[]).is_err(), "a target is required");
+        assert!(eval(&["--model", "m", "--url", "http://h/v1"]).is_err());
+        assert!(eval(&["--model", "m", "--samples", "0"]).is_err());
     }
 
     #[test]
