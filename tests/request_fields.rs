@@ -399,7 +399,7 @@ async fn unknown_and_refused_fields(server: &Server) {
     for (extra, param) in [
         (json!({"service_tier": "priority"}), "service_tier"),
         (json!({"store": true}), "store"),
-        (json!({"guided_json": {"type": "object"}}), "guided_json"),
+        (json!({"use_beam_search": true}), "use_beam_search"),
     ] {
         server
             .post_400("/v1/chat/completions", &with(&body, extra), param)
