@@ -93,6 +93,13 @@ pub fn rope_tables(inv_freq: &[f32], positions: &[usize]) -> RopeTables {
 /// Rotates the first `2 · pairs` dimensions of every `head_dim`-wide head
 /// of every row of `x` in place; row `t` uses the angles of token `t`.
 pub fn rope(x: &mut [f32], head_dim: usize, style: RopeStyle, t: &RopeTables) {
+    rope_at(x, head_dim, 0, style, t);
+}
+
+/// Rotates the `2 · pairs` dimensions starting at `offset` of every
+/// `chunk`-wide chunk of every row of `x` in place (MLA ropes only the tail
+/// of each head); row `t` uses the angles of token `t`.
+pub fn rope_at(x: &mut [f32], chunk: usize, offset: usize, style: RopeStyle, t: &RopeTables) {
     let half = t.pairs;
     let tokens = t.cos.len() / half.max(1);
     if tokens == 0 {
@@ -102,7 +109,8 @@ pub fn rope(x: &mut [f32], head_dim: usize, style: RopeStyle, t: &RopeTables) {
     for (i, row) in x.chunks_exact_mut(row_len).enumerate() {
         let c = &t.cos[i * half..(i + 1) * half];
         let s = &t.sin[i * half..(i + 1) * half];
-        for head in row.chunks_exact_mut(head_dim) {
+        for part in row.chunks_exact_mut(chunk) {
+            let head = &mut part[offset..offset + 2 * half];
             for j in 0..half {
                 let (i1, i2) = match style {
                     RopeStyle::Half => (j, j + half),

@@ -7,10 +7,10 @@
 //! values whatever it is batched with.
 
 use super::config::ModelConfig;
-use super::interface::{ForwardBatch, Model, ModelInfo};
+use super::interface::{BatchLayout, ForwardBatch, Model, ModelInfo};
 use super::layers::Rope;
 use super::weights::WeightSource;
-use crate::kernels::attention::{AttnSeq, AttnShape};
+use crate::kernels::attention::AttnShape;
 use crate::kernels::backend::Backend;
 use crate::kv_cache::spec::{KvSpec, LayerKvSpec};
 use crate::kv_cache::storage::KvDtype;
@@ -91,33 +91,11 @@ impl<B: Backend> Model for Decoder<B> {
             .cache
             .as_mut()
             .context("forward before the KV cache was allocated")?;
-        let t = batch.tokens.len();
-        let total: usize = batch.seqs.iter().map(|s| s.num_tokens).sum();
-        if total != t || t == 0 {
-            bail!("batch has {t} tokens but its sequences claim {total}");
-        }
-        let mut positions = Vec::with_capacity(t);
-        let mut seqs = Vec::with_capacity(batch.seqs.len());
-        let mut last_rows = Vec::new();
-        let mut q_start = 0;
-        for s in &batch.seqs {
-            if s.num_tokens > s.ctx_len {
-                bail!("sequence has more new tokens than context");
-            }
-            positions.extend(s.ctx_len - s.num_tokens..s.ctx_len);
-            seqs.push(AttnSeq {
-                q_start,
-                q_len: s.num_tokens,
-                ctx_len: s.ctx_len,
-                block_table: &s.block_table,
-            });
-            if s.all_logits {
-                last_rows.extend(q_start..q_start + s.num_tokens);
-            } else if s.want_logits {
-                last_rows.push(q_start + s.num_tokens - 1);
-            }
-            q_start += s.num_tokens;
-        }
+        let BatchLayout {
+            positions,
+            seqs,
+            logit_rows: last_rows,
+        } = batch.layout()?;
         let tables = b.rope_tables(&self.rope.inv_freq, &positions)?;
         let shape = AttnShape {
             num_heads: cfg.num_heads,

@@ -20,7 +20,7 @@
 
 use super::config::{Arch, ModelConfig, RopeStyle};
 use super::deepseek_config::{DeepseekConfig, TopK};
-use super::interface::{ForwardBatch, Model, ModelInfo};
+use super::interface::{BatchLayout, ForwardBatch, Model, ModelInfo};
 use super::moe::{Mlp, Moe};
 use super::weights::{RawTensor, WeightSource};
 use crate::kernels::attention::{write_kv, AttnSeq};
@@ -115,32 +115,6 @@ impl DeepseekV3 {
     }
 }
 
-/// Rotates the `rope`-wide slice at `offset` of every `chunk`-wide chunk of
-/// each row (one row per token of `t`).
-fn rope_slices(x: &mut [f32], chunk: usize, offset: usize, style: RopeStyle, t: &RopeTables) {
-    let half = t.pairs;
-    let tokens = t.cos.len() / half.max(1);
-    if tokens == 0 {
-        return;
-    }
-    let row_len = x.len() / tokens;
-    for (i, row) in x.chunks_exact_mut(row_len).enumerate() {
-        let (c, s) = (&t.cos[i * half..][..half], &t.sin[i * half..][..half]);
-        for part in row.chunks_exact_mut(chunk) {
-            let head = &mut part[offset..offset + 2 * half];
-            for j in 0..half {
-                let (i1, i2) = match style {
-                    RopeStyle::Half => (j, j + half),
-                    RopeStyle::Interleaved => (2 * j, 2 * j + 1),
-                };
-                let (a, b) = (head[i1], head[i2]);
-                head[i1] = a * c[j] - b * s[j];
-                head[i2] = a * s[j] + b * c[j];
-            }
-        }
-    }
-}
-
 /// Column block `start..start + width` of each `row_len`-wide row.
 fn columns(x: &[f32], row_len: usize, start: usize, width: usize) -> Vec<f32> {
     x.chunks_exact(row_len)
@@ -184,13 +158,13 @@ impl DeepseekV3 {
         );
         let (qk, vd, width) = (ds.qk_head_dim(), ds.v_head_dim, lora + rope);
         let mut q = attn.queries(h, rows, eps)?;
-        rope_slices(&mut q, qk, nope, self.rope_style, tables);
+        ops::rope_at(&mut q, qk, nope, self.rope_style, tables);
         let mut latent = attn.kv_a.forward(h, rows)?;
         for row in latent.chunks_exact_mut(width) {
             let normed = ops::rms_norm(&row[..lora], &attn.kv_norm, eps);
             row[..lora].copy_from_slice(&normed);
         }
-        rope_slices(&mut latent, width, lora, self.rope_style, tables);
+        ops::rope_at(&mut latent, width, lora, self.rope_style, tables);
 
         let (Some(kv), Some(geom)) = (cache.layers.get_mut(layer), cache.geometries.get(layer))
         else {
@@ -357,36 +331,11 @@ impl Model for DeepseekV3 {
 impl DeepseekV3 {
     fn forward_with(&self, batch: &ForwardBatch, cache: &mut KvCache) -> Result<Vec<Vec<f32>>> {
         let t = batch.tokens.len();
-        let total: usize = batch.seqs.iter().map(|s| s.num_tokens).sum();
-        if total != t || t == 0 {
-            bail!("batch has {t} tokens but its sequences claim {total}");
-        }
-        let mut positions = Vec::with_capacity(t);
-        let mut seqs = Vec::with_capacity(batch.seqs.len());
-        let mut last_rows = Vec::new();
-        let mut q_start = 0;
-        for s in &batch.seqs {
-            if s.num_tokens > s.ctx_len || s.num_tokens == 0 {
-                bail!(
-                    "sequence has {} new tokens for a context of {}",
-                    s.num_tokens,
-                    s.ctx_len
-                );
-            }
-            positions.extend(s.ctx_len - s.num_tokens..s.ctx_len);
-            seqs.push(AttnSeq {
-                q_start,
-                q_len: s.num_tokens,
-                ctx_len: s.ctx_len,
-                block_table: &s.block_table,
-            });
-            if s.all_logits {
-                last_rows.extend(q_start..q_start + s.num_tokens);
-            } else if s.want_logits {
-                last_rows.push(q_start + s.num_tokens - 1);
-            }
-            q_start += s.num_tokens;
-        }
+        let BatchLayout {
+            positions,
+            seqs,
+            logit_rows: last_rows,
+        } = batch.layout()?;
         let mut tables = ops::rope_tables(&self.inv_freq, &positions);
         for v in tables.cos.iter_mut().chain(tables.sin.iter_mut()) {
             *v *= self.rope_factor;

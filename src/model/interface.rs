@@ -3,10 +3,11 @@
 //! from. Any architecture on any device implements it; the engine never
 //! learns which.
 
+use crate::kernels::attention::AttnSeq;
 use crate::kv_cache::spec::KvSpec;
 use crate::kv_cache::storage::KvDtype;
 use crate::types::{BlockId, TokenId};
-use anyhow::Result;
+use anyhow::{bail, Result};
 
 /// One sequence's share of a forward batch.
 #[derive(Clone, Debug)]
@@ -33,6 +34,58 @@ pub struct ForwardBatch {
     pub tokens: Vec<TokenId>,
     /// The sequences, in the order of their tokens.
     pub seqs: Vec<BatchSeq>,
+}
+
+/// Where each sequence of a [`ForwardBatch`] sits in the flattened
+/// token dimension, as every architecture's step needs it.
+pub struct BatchLayout<'a> {
+    /// The position of every new token, in batch order.
+    pub positions: Vec<usize>,
+    /// Each sequence's rows and blocks, for attention.
+    pub seqs: Vec<AttnSeq<'a>>,
+    /// The rows whose logits are wanted, in order.
+    pub logit_rows: Vec<usize>,
+}
+
+impl ForwardBatch {
+    /// Checks that the sequences account for every token (each at least
+    /// one, within its context) and lays them out.
+    pub fn layout(&self) -> Result<BatchLayout<'_>> {
+        let t = self.tokens.len();
+        let total: usize = self.seqs.iter().map(|s| s.num_tokens).sum();
+        if total != t || t == 0 {
+            bail!("batch has {t} tokens but its sequences claim {total}");
+        }
+        let mut layout = BatchLayout {
+            positions: Vec::with_capacity(t),
+            seqs: Vec::with_capacity(self.seqs.len()),
+            logit_rows: Vec::new(),
+        };
+        let mut q_start = 0;
+        for s in &self.seqs {
+            if s.num_tokens > s.ctx_len || s.num_tokens == 0 {
+                bail!(
+                    "sequence has {} new tokens for a context of {}",
+                    s.num_tokens,
+                    s.ctx_len
+                );
+            }
+            layout.positions.extend(s.ctx_len - s.num_tokens..s.ctx_len);
+            layout.seqs.push(AttnSeq {
+                q_start,
+                q_len: s.num_tokens,
+                ctx_len: s.ctx_len,
+                block_table: &s.block_table,
+            });
+            if s.all_logits {
+                layout.logit_rows.extend(q_start..q_start + s.num_tokens);
+            } else if s.want_logits {
+                layout.logit_rows.push(q_start + s.num_tokens - 1);
+            }
+            q_start += s.num_tokens;
+        }
+        Ok(layout)
+    }
 }
 
 /// What a model declares about itself.
