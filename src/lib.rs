@@ -6,6 +6,7 @@
 //! → sampler → detokenizer ([`tokenizer`]) → reasoning splitter
 //! ([`reasoning`]) → SSE.
 
+pub mod answers;
 pub mod api;
 pub mod engine;
 pub mod eval;

@@ -67,6 +67,9 @@ pub mod names {
     pub const TOOL_CALLS_IN_REASONING: &str = "r1serve:tool_calls_in_reasoning_total";
     /// Choices by how their reasoning ended (`state` label).
     pub const REASONING_END: &str = "r1serve:reasoning_end_total";
+    /// Per request, the share of the reasoning's words written in the
+    /// question's script (1 = no language mixing).
+    pub const REASONING_LANGUAGE_CONSISTENCY: &str = "r1serve:reasoning_language_consistency";
 }
 
 /// Latency buckets in seconds: 1 ms to 10 min, dense below a second where
@@ -82,6 +85,10 @@ const TOKEN_BUCKETS: &[f64] = &[
     1.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0,
     32768.0,
 ];
+
+/// Language-consistency buckets: a share of words, finest near 1 where a
+/// model that mixes languages a little shows up.
+const SHARE_BUCKETS: &[f64] = &[0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0];
 
 /// The label every metric carries: the served model's name.
 pub const MODEL_NAME_LABEL: &str = "model_name";
@@ -107,6 +114,12 @@ impl Metrics {
                 b.set_buckets_for_metric(
                     Matcher::Full(names::REQUEST_REASONING_TOKENS.into()),
                     TOKEN_BUCKETS,
+                )
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full(names::REASONING_LANGUAGE_CONSISTENCY.into()),
+                    SHARE_BUCKETS,
                 )
             })
             .context("configuring histogram buckets")?
@@ -240,6 +253,11 @@ fn describe() {
         names::REASONING_END,
         "Finished choices by how their reasoning ended (state: closed, budget, loop, length, none)"
     );
+    describe_histogram!(
+        names::REASONING_LANGUAGE_CONSISTENCY,
+        "Per request, the share of the reasoning's words written in the script of the question \
+         (its last user message); requests without words on either side are not counted"
+    );
 }
 
 fn record_engine_stats(model_name: &str, stats: &EngineStats) {
@@ -353,6 +371,12 @@ impl RequestRecorder {
             histogram!(names::TIME_TO_FIRST_ANSWER_TOKEN, &self.model())
                 .record(self.arrived.elapsed().as_secs_f64());
         }
+    }
+
+    /// Records the share of the request's reasoning written in the
+    /// question's script.
+    pub fn on_reasoning_language(&self, share: f64) {
+        histogram!(names::REASONING_LANGUAGE_CONSISTENCY, &self.model()).record(share);
     }
 
     /// Marks the request as finished normally; the metrics are written when

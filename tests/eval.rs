@@ -2,14 +2,17 @@
 //! client recomputes pass@1, pass@k and cons@k from the raw rows of a fixed
 //! results file), and the real binary end to end on Qwen2.5-Coder-0.5B over
 //! 20 generated arithmetic problems: in process and against a live server
-//! with the same seed, and killed mid-run then resumed.
+//! with the same seed, and killed mid-run then resumed; and the API's
+//! `consensus` vote on the live server.
 
 mod common;
 
-use common::server::{python, Server, KEY, QWEN};
+use common::server::{chat, joined, python, Server, KEY, QWEN};
+use r1serve::answers::extract::last_number;
+use r1serve::answers::vote::Tally;
 use r1serve::eval::run::read_rows;
 use r1serve::eval::score::{report, SampleRow};
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -168,6 +171,7 @@ async fn eval_in_process_over_http_and_resumed() {
     let http_out = dir.join("http.jsonl");
     let base = server.url("/v1");
     let http = eval(&["--url", &base, "--api-key", KEY], &http_out);
+    consensus_on_a_live_server(&server).await;
     drop(server);
     assert_eq!(answers(&http_out), local_answers, "in process vs over HTTP");
     assert_eq!(http["pass_at_1"], local["pass_at_1"]);
@@ -208,4 +212,77 @@ async fn eval_in_process_over_http_and_resumed() {
     );
     assert_eq!(resumed["pass_at_1"], local["pass_at_1"]);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `consensus` over HTTP: k choices whose extracted answers the vote
+/// counts (recounted here from the choices the response returns), the
+/// prompt prefilled once for all k (the prefix-cache counters), the same
+/// vote in the final chunk of the same request streamed, and 400s for
+/// requests it cannot honour.
+async fn consensus_on_a_live_server(server: &Server) {
+    const K: u64 = 4;
+    const BLOCK: u64 = 16;
+    let body = chat(
+        "Consensus check: what is 17 + 26? Answer with the number.",
+        json!({
+            "consensus": {"samples": K, "extract": "last_number"},
+            "temperature": 0.8,
+            "seed": 11,
+            "max_tokens": 24,
+        }),
+    );
+    let hits = server.metric("r1serve:prefix_cache_hits_total").await;
+    let queries = server.metric("r1serve:prefix_cache_queries_total").await;
+    let response = server.post_ok("/v1/chat/completions", &body).await;
+    let prompt = response["usage"]["prompt_tokens"].as_u64().unwrap();
+    let choices = response["choices"].as_array().unwrap();
+    assert_eq!(choices.len() as u64, K);
+    let mut tally = Tally::default();
+    let mut no_answer = 0;
+    for (i, choice) in choices.iter().enumerate() {
+        match last_number(choice["message"]["content"].as_str().unwrap_or("")) {
+            Some(answer) => tally.add_answer(&answer, i),
+            None => no_answer += 1,
+        }
+    }
+    let vote = &response["consensus"];
+    assert_eq!(vote["total"], K, "{vote}");
+    assert_eq!(vote["no_answer"], no_answer, "{vote}");
+    let votes = vote["votes"].as_object().unwrap();
+    let counted: u64 = votes.values().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(counted + no_answer, K, "{vote}");
+    let winner = tally.winner().expect("a 0.5B model writes a number in 24 tokens");
+    assert_eq!(vote["answer"], winner.answer.as_str(), "{response}");
+    assert_eq!(votes[&winner.answer], winner.votes as u64, "{vote}");
+    // One lookup per choice; choices after the first find every full block
+    // of the prompt (all but its last token) that the first computed.
+    let full_blocks = (prompt - 1) / BLOCK * BLOCK;
+    let queried = server.metric("r1serve:prefix_cache_queries_total").await - queries;
+    let hit = server.metric("r1serve:prefix_cache_hits_total").await - hits;
+    assert_eq!(queried as u64, K * prompt);
+    assert!(
+        hit as u64 >= (K - 1) * full_blocks && full_blocks > 0,
+        "{hit} hits for {K} x {prompt} prompt tokens"
+    );
+
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let chunks = server.stream("/v1/chat/completions", &streamed).await;
+    let (last, rest) = chunks.split_last().unwrap();
+    assert_eq!(last["choices"], json!([]));
+    assert_eq!(last["consensus"], *vote, "the same seed streamed");
+    assert!(rest.iter().all(|c| c.get("consensus").is_none()));
+    let contents = joined(rest, "content");
+    for (choice, text) in choices.iter().zip(&contents) {
+        assert_eq!(choice["message"]["content"].as_str().unwrap_or(""), text);
+    }
+
+    let mut mismatched = body.clone();
+    mismatched["n"] = json!(2);
+    server.post_400("/v1/chat/completions", &mismatched, "n").await;
+    let mut bad_regex = body.clone();
+    bad_regex["consensus"]["extract"] = json!({"regex": "("});
+    server
+        .post_400("/v1/chat/completions", &bad_regex, "consensus")
+        .await;
 }

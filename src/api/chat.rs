@@ -24,11 +24,12 @@ use super::prompt_logprobs;
 use super::protocol::{
     chat_completion_id, unix_timestamp, warn_unknown_fields, AssistantMessage, ChatChoice,
     ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, ChatLogprobs,
-    ChatTokenLogprob, ChatTools, ChunkChoice, Constraint, Delta, DeltaToolCall, FunctionCall,
+    ChatTokenLogprob, ChatTools, ChunkChoice, Consensus, ConsensusResult, Constraint, Delta, DeltaToolCall, FunctionCall,
     ReasoningField, Role, ToolCall, ToolChoice, TopLogprob,
 };
 use super::sse::{done_event, error_event, json_event, sse_response};
 use super::state::{AppState, ServedModel};
+use crate::answers::language::{Script, WordCounts};
 use crate::engine::types::TokenLogprob;
 use crate::reasoning::{prompt_opens_reasoning, ReasoningParser};
 use crate::structured::GrammarSpec;
@@ -68,8 +69,9 @@ pub async fn chat_completions(
     let codec = Arc::clone(&model.codec);
     let max_model_len = model.max_model_len;
     let ending = chat.ending;
-    let (prompt, prompt_ids) = state
+    let (prompt, prompt_ids, script) = state
         .tokenizer_work(move || {
+            let script = question_script(&messages);
             // The template writes BOS and every special token itself.
             let chat = encode_chat_prompt(
                 codec.as_ref(),
@@ -80,7 +82,7 @@ pub async fn chat_completions(
                 false,
                 max_model_len,
             )?;
-            Ok((chat.text, chat.ids))
+            Ok((chat.text, chat.ids, script))
         })
         .await?;
     let mut params = sampling_params(&model, &chat.params, prompt_ids.len(), None)?;
@@ -88,7 +90,8 @@ pub async fn chat_completions(
         model.reasoning == ReasoningParser::DeepSeekR1 && prompt_opens_reasoning(&prompt);
     params.reasoning = reasoning_params(&model, &chat.thinking, params.max_tokens, starts_inside)?;
     params.grammar = grammar;
-    let generation = Generation::submit(&model, prompt_ids, params, arrived, &tool_stream)?;
+    let generation = Generation::submit(&model, prompt_ids, params, arrived, &tool_stream)?
+        .with_prompt_script(script);
     let reply = Reply {
         id: chat_completion_id(),
         created: unix_timestamp(),
@@ -98,6 +101,7 @@ pub async fn chat_completions(
         echo: chat.echo,
         logprobs: chat.params.logprobs.is_some(),
         include_usage: chat.params.include_usage,
+        consensus: chat.consensus.map(|c| (c, state.clone())),
     };
     if chat.params.stream {
         Ok(reply.stream(generation, chat.params.n))
@@ -107,6 +111,18 @@ pub async fn chat_completions(
         // which aborts the request in the engine.
         reply.collect(generation, chat.params.n).await
     }
+}
+
+/// The script of the question being answered (the last user message),
+/// which the reasoning's language is measured against; `None` when it has
+/// no words.
+fn question_script(messages: &Value) -> Option<Script> {
+    let question = messages
+        .as_array()?
+        .iter()
+        .rev()
+        .find(|m| m["role"] == "user")?;
+    WordCounts::of(question["content"].as_str()?).dominant()
 }
 
 /// The constraint of a `tool_choice` that forces a call: the served
@@ -150,9 +166,25 @@ struct Reply {
     echo: Option<String>,
     logprobs: bool,
     include_usage: bool,
+    /// The vote to take over the answers, and the state whose blocking
+    /// pool takes it (extraction reads every answer whole).
+    consensus: Option<(Consensus, AppState)>,
 }
 
 impl Reply {
+    /// The vote over the choices' answer texts (`None` for a choice that
+    /// never left its reasoning), when the request asked for one.
+    async fn vote(&self, answers: Vec<Option<String>>) -> Result<Option<ConsensusResult>, ApiError> {
+        let Some((consensus, state)) = &self.consensus else {
+            return Ok(None);
+        };
+        let consensus = consensus.clone();
+        state
+            .tokenizer_work(move || Ok(consensus.vote(answers.iter().map(Option::as_deref))))
+            .await
+            .map(Some)
+    }
+
     fn logprobs(&self, entries: &[TokenLogprob]) -> Option<ChatLogprobs> {
         self.logprobs.then(|| ChatLogprobs {
             content: Some(
@@ -202,6 +234,10 @@ impl Reply {
                 }
             }
         }
+        let answers = (0..n as usize)
+            .map(|i| (!generation.in_reasoning(i)).then(|| content[i].clone()))
+            .collect();
+        let consensus = self.vote(answers).await?;
         let mut reasoning: Vec<_> = reasoning.into_iter().map(|r| self.reasoning(r)).collect();
         let choices = (0..n as usize)
             .map(|i| ChatChoice {
@@ -234,6 +270,7 @@ impl Reply {
         response.prompt_logprobs = generation
             .take_prompt_logprobs()
             .map(|entries| prompt_logprobs::wire(self.model.codec.as_ref(), &entries));
+        response.consensus = consensus;
         Ok(Json(response).into_response())
     }
 
@@ -312,34 +349,73 @@ impl Reply {
             .collect();
         // The generation lives in the stream state, so when axum drops the
         // body of a disconnected client the engine request goes with it.
-        let body = stream::unfold(Some((generation, self)), |state| async move {
-            let (mut generation, reply) = state?;
+        // A consensus request also keeps each choice's answer for the vote.
+        let answers = vec![String::new(); if self.consensus.is_some() { n as usize } else { 0 }];
+        let body = stream::unfold(Some((generation, self, answers)), |state| async move {
+            let (mut generation, reply, mut answers) = state?;
             match generation.next().await {
                 Some(Ok(updates)) => {
+                    for update in &updates {
+                        if let Some(answer) = answers.get_mut(update.index as usize) {
+                            answer.push_str(&update.content);
+                        }
+                    }
                     let frames: Vec<Bytes> = updates
                         .into_iter()
                         .filter_map(|u| reply.update_chunk(u))
                         .map(|c| frame(&c))
                         .collect();
-                    Some((frames, Some((generation, reply))))
+                    Some((frames, Some((generation, reply, answers))))
                 }
                 Some(Err(error)) => Some((vec![error_event(&error), done_event()], None)),
                 None => {
-                    let mut frames = Vec::with_capacity(2);
-                    if reply.include_usage {
-                        frames.push(frame(&ChatCompletionChunk::usage_only(
-                            reply.id.clone(),
-                            reply.created,
-                            reply.model.name.clone(),
-                            generation.usage(),
-                        )));
-                    }
-                    frames.push(done_event());
-                    Some((frames, None))
+                    let answers = answers
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, a)| (!generation.in_reasoning(i)).then_some(a))
+                        .collect();
+                    let consensus = match reply.vote(answers).await {
+                        Ok(consensus) => consensus,
+                        Err(error) => return Some((vec![error_event(&error), done_event()], None)),
+                    };
+                    Some((reply.closing(&generation, consensus), None))
                 }
             }
         });
         sse_response(stream::iter(opening).chain(body.flat_map(stream::iter)))
+    }
+
+    /// The stream's last frames: the usage chunk when asked for, carrying
+    /// the vote of a consensus request (else a chunk of its own), then
+    /// `[DONE]`.
+    fn closing(&self, generation: &Generation, consensus: Option<ConsensusResult>) -> Vec<Bytes> {
+        let mut frames = Vec::with_capacity(2);
+        let last = if self.include_usage {
+            Some(ChatCompletionChunk::usage_only(
+                self.id.clone(),
+                self.created,
+                self.model.name.clone(),
+                generation.usage(),
+            ))
+        } else {
+            consensus.is_some().then(|| self.chunk_without_choices())
+        };
+        if let Some(mut last) = last {
+            last.consensus = consensus;
+            frames.push(frame(&last));
+        }
+        frames.push(done_event());
+        frames
+    }
+
+    fn chunk_without_choices(&self) -> ChatCompletionChunk {
+        ChatCompletionChunk::new(
+            self.id.clone(),
+            self.created,
+            self.model.name.clone(),
+            Vec::new(),
+            false,
+        )
     }
 }
 

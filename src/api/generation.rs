@@ -23,6 +23,7 @@ use crate::engine::types::{
     EngineError, EngineRequest, FinishReason as EngineFinish, PromptLogprob, ReasoningParams,
     RequestUsage, SampleOutput, SamplingParams, StopReason as EngineStopReason, TokenLogprob,
 };
+use crate::answers::language::{Script, WordCounter};
 use crate::metrics::{Completion, RequestRecorder};
 use crate::reasoning::{ReasoningEnd, ReasoningParser};
 use crate::structured::CompiledGrammar;
@@ -350,6 +351,9 @@ struct ChoiceState {
     reasoning_end: Option<ReasoningEnd>,
     finished: bool,
     length: bool,
+    /// Words of the reasoning per script, when the request measures its
+    /// language.
+    words: Option<WordCounter>,
 }
 
 /// Gives each new call an id and turns parser pieces into wire pieces.
@@ -382,6 +386,9 @@ impl ChoiceState {
             self.reasoning_end = sample.reasoning_end;
         }
         let finishing = sample.finish_reason.is_some();
+        if let Some(words) = &mut self.words {
+            words.push(&sample.reasoning);
+        }
         self.reasoning_tools.push(&sample.reasoning);
         let mut parsed = self.tools.push(&sample.text);
         if finishing {
@@ -431,6 +438,9 @@ pub struct Generation {
     choices: Vec<ChoiceState>,
     usage: RequestUsage,
     prompt_logprobs: Option<Vec<PromptLogprob>>,
+    /// The script of the question, which the reasoning's is measured
+    /// against.
+    prompt_script: Option<Script>,
     done: bool,
 }
 
@@ -459,6 +469,7 @@ impl Generation {
                 reasoning_end: None,
                 finished: false,
                 length: false,
+                words: None,
             })
             .collect();
         Ok(Self {
@@ -467,8 +478,34 @@ impl Generation {
             choices,
             usage: RequestUsage::default(),
             prompt_logprobs: None,
+            prompt_script: None,
             done: false,
         })
+    }
+
+    /// Measures the share of the reasoning written in `script` (the
+    /// question's), for the language-consistency metric; `None` measures
+    /// nothing.
+    pub fn with_prompt_script(mut self, script: Option<Script>) -> Self {
+        self.prompt_script = script;
+        for choice in &mut self.choices {
+            choice.words = script.map(|_| WordCounter::default());
+        }
+        self
+    }
+
+    /// The share of the reasoning's words, over all choices, written in
+    /// the question's script; `None` without a script or reasoning words.
+    fn language_share(&self) -> Option<f64> {
+        let script = self.prompt_script?;
+        let (matching, total) = self
+            .choices
+            .iter()
+            .filter_map(|c| c.words.as_ref().map(WordCounter::counts))
+            .fold((0, 0), |(m, t), counts| {
+                (m + counts.get(script), t + counts.total())
+            });
+        (total > 0).then(|| matching as f64 / total as f64)
     }
 
     /// The updates of the next engine output, or `None` once every choice
@@ -515,6 +552,9 @@ impl Generation {
         }
         if output.finished || self.choices.iter().all(|c| c.finished) {
             self.done = true;
+            if let Some(share) = self.language_share() {
+                self.recorder.on_reasoning_language(share);
+            }
             self.recorder.finish(Completion {
                 finished_reason: if self.choices.iter().any(|c| c.length) {
                     "length"

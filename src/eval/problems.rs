@@ -3,8 +3,8 @@
 //! and optionally `language` (an ISO code or script name: the script the
 //! reasoning should be in) and `units` (units an answer may carry).
 
-use super::answer::Reference;
-use super::language::{Script, WordCounts};
+use crate::answers::answer::Reference;
+use crate::answers::language::{Script, WordCounts};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use serde_json::Value;

@@ -9,8 +9,8 @@
 //! (`SamplerState::new`), so answers do not depend on how the k samples are
 //! grouped into requests, nor on which process serves them.
 
-use super::extract::Extractor;
-use super::language::WordCounts;
+use crate::answers::extract::Extractor;
+use crate::answers::language::WordCounts;
 use super::problems::Problem;
 use super::score::{SampleRow, Verdict};
 use anyhow::{bail, Context, Result};
@@ -47,7 +47,11 @@ pub enum Target {
 impl Target {
     /// An HTTP target; `base_url` with or without a trailing `/`.
     pub fn http(base_url: &str, api_key: Option<String>) -> Result<Self> {
+        // Servers close idle keep-alive connections (uvicorn, under vLLM,
+        // after 5 s); reusing one just as it closes fails the request, so
+        // idle connections are dropped before any server drops them.
         let client = reqwest::Client::builder()
+            .pool_idle_timeout(std::time::Duration::from_secs(4))
             .build()
             .context("building the HTTP client")?;
         Ok(Target::Http {
@@ -311,7 +315,7 @@ fn judge(
     let canonical = answer.as_deref().map(|a| problem.reference.read(a));
     let verdict = match &canonical {
         None => Verdict::NoAnswer,
-        Some(c) if super::answer::equivalent(c, problem.reference.canonical()) => Verdict::Correct,
+        Some(c) if crate::answers::answer::equivalent(c, problem.reference.canonical()) => Verdict::Correct,
         Some(_) => Verdict::Wrong,
     };
     let usage = &response["usage"];

@@ -7,6 +7,8 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+use crate::answers::vote::Tally;
+
 /// How one sample's answer was judged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -27,7 +29,7 @@ pub struct SampleRow {
     /// The extracted final answer.
     pub answer: Option<String>,
     /// The key majority voting groups this answer under
-    /// ([`super::answer::Canonical::vote_key`]).
+    /// ([`crate::answers::answer::Canonical::vote_key`]).
     pub vote_key: Option<String>,
     pub verdict: Verdict,
     /// Reasoning closed by `</think>` and an answer present.
@@ -92,27 +94,16 @@ pub fn pass_at_k(n: usize, c: usize, k: usize) -> f64 {
 /// vote key with the most samples wins; on a tie, the key whose first sample
 /// has the lowest index. No answer at all is a miss.
 pub fn consensus_correct(rows: &[&SampleRow]) -> bool {
-    majority(
-        rows.iter()
-            .filter_map(|r| r.vote_key.as_deref().map(|k| (k, r.sample))),
-    )
-    .and_then(|key| rows.iter().find(|r| r.vote_key.as_deref() == Some(key)))
-    .is_some_and(|r| r.verdict == Verdict::Correct)
-}
-
-/// The winning key of `(key, order)` votes, with its count: most votes,
-/// ties to the lowest `order`.
-pub fn majority<'a>(votes: impl Iterator<Item = (&'a str, usize)>) -> Option<&'a str> {
-    let mut tally: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
-    for (key, order) in votes {
-        let entry = tally.entry(key).or_insert((0, order));
-        entry.0 += 1;
-        entry.1 = entry.1.min(order);
+    let mut tally = Tally::default();
+    for row in rows {
+        if let Some(key) = &row.vote_key {
+            tally.add(key, key, row.sample);
+        }
     }
     tally
-        .into_iter()
-        .max_by(|a, b| a.1 .0.cmp(&b.1 .0).then(b.1 .1.cmp(&a.1 .1)))
-        .map(|(key, _)| key)
+        .winner()
+        .and_then(|winner| rows.iter().find(|r| r.vote_key.as_ref() == Some(&winner.key)))
+        .is_some_and(|r| r.verdict == Verdict::Correct)
 }
 
 /// The report over `rows` at `k` samples per problem. Rows repeated for
@@ -264,14 +255,5 @@ mod tests {
         assert_eq!(pass_at_k(4, 1, 1), 0.25);
         assert_eq!(pass_at_k(0, 0, 4), 0.0);
         assert_eq!(pass_at_k(2, 1, 4), 1.0);
-    }
-
-    #[test]
-    fn majority_breaks_ties_by_first_sample() {
-        let votes = [("3", 2), ("4", 0), ("3", 3), ("4", 1)];
-        assert_eq!(majority(votes.into_iter()), Some("4"));
-        let votes = [("3", 2), ("4", 0), ("3", 3)];
-        assert_eq!(majority(votes.into_iter()), Some("3"));
-        assert_eq!(majority(std::iter::empty()), None);
     }
 }

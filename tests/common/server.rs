@@ -90,7 +90,13 @@ impl Server {
         let mut server = Server {
             child,
             base: format!("http://127.0.0.1:{port}"),
-            client: Client::new(),
+            // The server closes a keep-alive connection idle for
+            // `--header-timeout` (60 s); a pooled connection reused at that
+            // moment fails mid-request, so the pool lets go sooner.
+            client: Client::builder()
+                .pool_idle_timeout(Duration::from_secs(20))
+                .build()
+                .expect("HTTP client"),
             key,
             log,
         };

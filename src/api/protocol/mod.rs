@@ -10,12 +10,14 @@
 //!
 //! Split by direction: [`request`] (request bodies and their validation),
 //! [`response`] (responses, stream chunks, logprob serialization),
+//! [`consensus`] (the self-consistency extension and its vote),
 //! [`structured`] (structured-output fields in OpenAI's and vLLM's dialects),
 //! [`thinking`] (reasoning budgets in their dialects), [`reasoning_field`]
 //! (the name the reasoning text goes under), [`tools`] (tool definitions and
 //! calls in requests) and [`utility`]
 //! (models list, tokenize and detokenize).
 
+mod consensus;
 mod reasoning_field;
 mod request;
 mod response;
@@ -26,6 +28,7 @@ mod thinking;
 mod tools;
 mod utility;
 
+pub use consensus::*;
 pub use reasoning_field::*;
 pub use request::*;
 pub use response::*;

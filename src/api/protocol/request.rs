@@ -548,6 +548,10 @@ pub struct ChatCompletionRequest {
     /// Structured outputs in every dialect.
     #[serde(flatten)]
     pub structured: StructuredFields,
+    /// k samples and a majority vote over their answers (r1serve
+    /// extension), checked by [`Consensus::parse`].
+    #[serde(default)]
+    pub consensus: Option<Value>,
     /// Unimplemented OpenAI parameters.
     #[serde(flatten)]
     pub unsupported: UnsupportedChatFields,
@@ -693,6 +697,9 @@ pub struct ValidatedChat {
     pub echo: Option<String>,
     /// What the answer must match.
     pub constraint: Option<Constraint>,
+    /// The vote over the choices' answers, when asked for; `params.n` is
+    /// then its sample count.
+    pub consensus: Option<Consensus>,
 }
 
 /// A checked legacy completion request.
@@ -1105,9 +1112,27 @@ impl ChatCompletionRequest {
             (None, Some(v)) => Some(("max_tokens", v)),
             (None, None) => None,
         };
-        let params = self
+        let mut params = self
             .sampling
             .validate(max_tokens, logprobs.then(|| top_logprobs.unwrap_or(0)))?;
+        let consensus = self
+            .consensus
+            .as_ref()
+            .map(Consensus::parse)
+            .transpose()?;
+        if let Some(c) = &consensus {
+            if self.sampling.n.is_some_and(|n| n != i64::from(c.samples)) {
+                return Err(ApiError::bad_request(
+                    "n",
+                    format!(
+                        "'n' ({}) differs from 'consensus.samples' ({}); the samples are the \
+                         choices, so send one of them",
+                        params.n, c.samples
+                    ),
+                ));
+            }
+            params.n = c.samples;
+        }
         let thinking = self.thinking.validate()?;
         let reasoning_field = self
             .reasoning_field
@@ -1138,6 +1163,7 @@ impl ChatCompletionRequest {
             ending,
             echo,
             constraint,
+            consensus,
         })
     }
 }

@@ -370,6 +370,10 @@ pub struct Response<C> {
     /// field; legacy completions carry it in each choice, as vLLM's do).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt_logprobs: Option<PromptLogprobs>,
+    /// The vote over the choices' answers, when the request asked for
+    /// `consensus` (r1serve extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consensus: Option<ConsensusResult>,
 }
 
 /// Choice types of non-streaming responses.
@@ -398,6 +402,7 @@ impl<C: ResponseChoice> Response<C> {
             choices,
             usage,
             prompt_logprobs: None,
+            consensus: None,
         }
     }
 }
@@ -432,6 +437,9 @@ pub struct Chunk<C> {
         deserialize_with = "double_option"
     )]
     pub usage: Option<Option<Usage>>,
+    /// The vote, in the stream's final chunk of a `consensus` request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consensus: Option<ConsensusResult>,
 }
 
 /// Choice types of stream chunks.
@@ -467,6 +475,7 @@ impl<C: StreamChoice> Chunk<C> {
             system_fingerprint: None,
             choices,
             usage: include_usage.then_some(None),
+            consensus: None,
         }
     }
 

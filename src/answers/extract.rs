@@ -20,6 +20,9 @@ pub struct Extractor {
     pub regex: Option<Regex>,
     /// Skip the `\boxed{…}` step (the API's `"extract": "last_number"`).
     pub skip_boxed: bool,
+    /// Skip the last-number fallback (the API's `{"regex": …}`, which
+    /// takes the pattern's answer or none).
+    pub skip_number: bool,
 }
 
 impl Extractor {
@@ -35,7 +38,7 @@ impl Extractor {
             Regex::new(pattern).map_err(|e| format!("bad answer regex {pattern:?}: {e}"))?;
         Ok(Self {
             regex: Some(regex),
-            skip_boxed: false,
+            ..Self::default()
         })
     }
 
@@ -52,6 +55,9 @@ impl Extractor {
                 return Some(m.as_str().trim().to_owned());
             }
         }
+        if self.skip_number {
+            return None;
+        }
         last_number(text)
     }
 }
@@ -60,32 +66,51 @@ impl Extractor {
 /// braces balanced, empty boxes skipped); `\boxed 5` (TeX's brace-less form) gives `5`. A box cut
 /// off by the token limit is skipped in favour of an earlier complete one.
 pub fn last_boxed(text: &str) -> Option<String> {
-    let mut starts: Vec<(usize, usize)> = Vec::new();
-    for macro_name in ["\\boxed", "\\fbox"] {
-        starts.extend(
-            text.match_indices(macro_name)
-                .map(|(at, m)| (at, at + m.len())),
-        );
+    // One pass with a stack of open braces, so a text full of unclosed
+    // boxes costs its length, not its length times its boxes. The box that
+    // starts last among the complete ones wins.
+    let mut open: Vec<Option<(usize, usize)>> = Vec::new();
+    let mut best: Option<(usize, &str)> = None;
+    let mut i = 0;
+    while i < text.len() {
+        let rest = &text[i..];
+        if let Some(name) = ["\\boxed", "\\fbox"].iter().find(|m| rest.starts_with(*m)) {
+            let after = i + name.len();
+            if text[after..].starts_with('{') {
+                open.push(Some((i, after + 1)));
+                i = after + 1;
+                continue;
+            }
+            if let Some(arg) = braceless_argument(&text[after..]) {
+                best = Some((i, arg));
+            }
+            i = after;
+            continue;
+        }
+        match rest.as_bytes()[0] {
+            b'{' => open.push(None),
+            b'}' => {
+                if let Some(Some((start, content))) = open.pop() {
+                    let inner = text[content..i].trim();
+                    if !inner.is_empty() && best.is_none_or(|(s, _)| start > s) {
+                        best = Some((start, inner));
+                    }
+                }
+            }
+            _ => {}
+        }
+        i += rest.chars().next().map_or(1, char::len_utf8);
     }
-    starts.sort_unstable();
-    starts
-        .iter()
-        .rev()
-        .find_map(|&(_, after)| box_contents(&text[after..]))
+    best.map(|(_, inner)| inner.to_owned())
 }
 
-/// The argument of a box macro whose name ends just before `rest`.
-fn box_contents(rest: &str) -> Option<String> {
-    if let Some(body) = rest.strip_prefix('{') {
-        let inner = braced(body)?.trim();
-        return (!inner.is_empty()).then(|| inner.to_owned());
-    }
-    // `\boxed 5`: a space, then everything up to the next space or `$`.
+/// `\boxed 5`: after a space, everything up to the next space or `$`.
+fn braceless_argument(rest: &str) -> Option<&str> {
     let arg = rest.strip_prefix(' ')?.trim_start();
     let end = arg
         .find(|c: char| c.is_whitespace() || c == '$')
         .unwrap_or(arg.len());
-    (end > 0).then(|| arg[..end].to_owned())
+    (end > 0).then(|| &arg[..end])
 }
 
 /// The text up to the `}` closing an already-open `{`, or `None` when it
@@ -121,6 +146,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn unclosed_boxes_cost_one_pass() {
+        // Quadratic scanning would take minutes here; one pass takes
+        // milliseconds.
+        let text = format!("{}\\boxed{{7}}", "\\boxed{".repeat(200_000));
+        assert_eq!(last_boxed(&text).as_deref(), Some("7"));
+        let text = format!("\\boxed{{1}}{}", "\\fbox{{".repeat(200_000));
+        assert_eq!(last_boxed(&text).as_deref(), Some("1"));
+    }
+
+    #[test]
     fn boxed_nesting_truncation_and_fallbacks() {
         let ex = Extractor::new();
         let cases: &[(&str, Option<&str>)] = &[
@@ -131,6 +166,7 @@ mod tests {
             ("\\boxed{{a}{b}{c}}", Some("{a}{b}{c}")),
             ("\\boxed{7} and \\boxed{\\frac{1", Some("7")),
             ("\\fbox{9}", Some("9")),
+            ("\\boxed{\\boxed{3}} and \\boxed{4", Some("3")),
             ("$\\boxed 5$", Some("5")),
             ("\\boxed{ 12 }", Some("12")),
             ("The answer is 3, not 4.", Some("4")),
@@ -158,8 +194,8 @@ mod tests {
             .unwrap_err()
             .contains("bad answer regex"));
         let last = Extractor {
-            regex: None,
             skip_boxed: true,
+            ..Extractor::default()
         };
         assert_eq!(last.extract("\\boxed{A} 12").as_deref(), Some("12"));
     }

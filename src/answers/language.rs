@@ -104,28 +104,9 @@ pub struct WordCounts([usize; SCRIPTS.len()]);
 impl WordCounts {
     /// Counts the words of `text`.
     pub fn of(text: &str) -> Self {
-        let mut counts = [0usize; SCRIPTS.len()];
-        let mut current: Option<Script> = None;
-        let mut in_command = false;
-        for c in text.chars() {
-            if c == '\\' {
-                in_command = true;
-                current = None;
-                continue;
-            }
-            let script = Script::of(c);
-            if in_command && script.is_some() {
-                continue;
-            }
-            in_command = false;
-            match script {
-                Some(Script::Cjk) => counts[Script::Cjk.index()] += 1,
-                Some(s) if current != Some(s) => counts[s.index()] += 1,
-                _ => {}
-            }
-            current = script.filter(|&s| s != Script::Cjk);
-        }
-        Self(counts)
+        let mut counter = WordCounter::default();
+        counter.push(text);
+        counter.counts()
     }
 
     /// All words.
@@ -158,6 +139,48 @@ impl WordCounts {
     }
 }
 
+/// Counts words of a text that arrives in pieces (a streamed reasoning),
+/// so a word split across pieces counts once and each piece costs only its
+/// own length.
+#[derive(Clone, Debug, Default)]
+pub struct WordCounter {
+    counts: WordCounts,
+    /// The script of the word the last character was part of (none for
+    /// CJK, where every character is a word).
+    current: Option<Script>,
+    /// Inside a TeX command name (`\frac`), which is not a word.
+    in_command: bool,
+}
+
+impl WordCounter {
+    /// Counts the words of the next piece.
+    pub fn push(&mut self, piece: &str) {
+        for c in piece.chars() {
+            if c == '\\' {
+                self.in_command = true;
+                self.current = None;
+                continue;
+            }
+            let script = Script::of(c);
+            if self.in_command && script.is_some() {
+                continue;
+            }
+            self.in_command = false;
+            match script {
+                Some(Script::Cjk) => self.counts.0[Script::Cjk.index()] += 1,
+                Some(s) if self.current != Some(s) => self.counts.0[s.index()] += 1,
+                _ => {}
+            }
+            self.current = script.filter(|&s| s != Script::Cjk);
+        }
+    }
+
+    /// The words counted so far.
+    pub fn counts(&self) -> WordCounts {
+        self.counts
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,6 +197,17 @@ mod tests {
         assert_eq!(WordCounts::of("12 + 3 = 15").share(Script::Latin), None);
         assert_eq!(WordCounts::of("안녕 하세요").get(Script::Hangul), 2);
         assert_eq!(WordCounts::of("Ελληνικά").dominant(), Some(Script::Greek));
+    }
+
+    #[test]
+    fn pieces_count_as_the_whole_text() {
+        let text = "Let x be 3. Тогда 所以答案 \\frac{1}{2} café ok";
+        let mut counter = WordCounter::default();
+        let chars: Vec<char> = text.chars().collect();
+        for piece in chars.chunks(3) {
+            counter.push(&piece.iter().collect::<String>());
+        }
+        assert_eq!(counter.counts(), WordCounts::of(text));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! included), reference, declared units, and the expected verdict.
 
 use super::*;
-use crate::eval::extract::Extractor;
+use crate::answers::extract::Extractor;
 
 /// (model output, reference, declared units, equivalent?)
 const CASES: &[(&str, &str, &[&str], bool)] = &[
