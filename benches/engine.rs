@@ -20,11 +20,17 @@
 //!    stream completes it), in ABBA rounds, and the grammar's own time per
 //!    token (mask and advance) measured alone. Target: constrained ≥ 0.90 ×
 //!    unconstrained.
+//! 6. `r1serve eval` keeps the engine busy: completion tokens/s of the
+//!    in-process eval (the binary, `--model`) at k = 8 over the 20
+//!    arithmetic problems of `tests/fixtures/arithmetic20.jsonl`, 16
+//!    samples in flight, at the paper's temperature 0.6 / top-p 0.95 with
+//!    at most 128 tokens, over the engine's aggregate decode rate at 16
+//!    sequences, alternating, twice. Target: eval ≥ 0.90 × engine.
 //!
 //! `cargo bench --bench engine [-- NAME...]` (checkpoints from
 //! `models/fetch.sh`, found in `$R1SERVE_MODELS` or
 //! `~/.cache/r1serve/models`); NAMEs (`hashing`, `batching`, `hook`,
-//! `structured`, `memory`) run only those sections.
+//! `structured`, `memory`, `eval`) run only those sections.
 //!
 //! Environment:
 //! - `R1SERVE_BENCH_QUICK=1`: a smoke run, with levels 1, 4 and 16, 32 new
@@ -381,6 +387,53 @@ async fn batching(plan: &Plan) {
     h.shutdown();
 }
 
+/// Completion tokens/s of one `r1serve eval` run over the arithmetic
+/// problems, as its JSON report gives them (wall time from the first
+/// sample submitted, model loading excluded).
+fn eval_rate(model: &std::path::Path) -> f64 {
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/arithmetic20.jsonl");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_r1serve"))
+        .arg("eval")
+        .arg("--data")
+        .arg(data)
+        .arg("--model")
+        .arg(model)
+        .args(["--samples", "8", "--max-tokens", "128", "--concurrency", "16"])
+        .args(["--seed", "1", "--json", "--"])
+        .args(["--kv-cache-memory", "256MiB", "--max-model-len", "2048"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("cannot run r1serve eval");
+    assert!(
+        output.status.success(),
+        "r1serve eval failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON report");
+    report["run"]["tokens_per_second"]
+        .as_f64()
+        .expect("run.tokens_per_second")
+}
+
+async fn eval_throughput() {
+    const FILE: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
+    let (h, tok) = start(FILE);
+    decode_rate(&h, &tok, 1, &greedy(8)).await;
+    println!(
+        "## r1serve eval vs the engine, Qwen2.5-0.5B Q4_K_M, 16 in flight\n\n\
+         | round | engine decode tok/s (16 seqs) | eval completion tok/s (k=8, 20 problems) | ratio |\n\
+         |---|---|---|---|"
+    );
+    for round in 1..=2 {
+        let engine = decode_rate(&h, &tok, 16, &greedy(128)).await;
+        let eval = eval_rate(&common::model(FILE));
+        println!("| {round} | {engine:.1} | {eval:.1} | {:.2}x |", eval / engine);
+    }
+    println!("\ntarget: eval >= 0.90x engine\n");
+    h.shutdown();
+}
+
 async fn memory(plan: &Plan) {
     let (h, tok) = start("SmolLM2-135M-Instruct.Q4_1.gguf");
     for i in 0..WARMUP_REQUESTS {
@@ -469,6 +522,9 @@ fn main() {
         }
         if wanted("memory") {
             memory(&plan).await;
+        }
+        if wanted("eval") {
+            eval_throughput().await;
         }
     });
 }

@@ -159,6 +159,20 @@ async fn budgets_bound_the_reasoning(server: &Server, close_len: u64) {
         .metric("r1serve:reasoning_end_total{state=\"budget\"}")
         .await;
     assert!(ended >= 2.0, "{ended}");
+    // English questions, English reasoning (digits are not words): each
+    // request observes the share of its reasoning's words in Latin script.
+    let observed = server
+        .metric("r1serve:reasoning_language_consistency_count")
+        .await;
+    let shares = server
+        .metric("r1serve:reasoning_language_consistency_sum")
+        .await;
+    assert!(observed >= 2.0, "{observed} requests measured");
+    assert!(
+        shares <= observed && shares / observed > 0.9,
+        "mean share {}",
+        shares / observed
+    );
 }
 
 /// After a forced close the model cannot reopen its reasoning, even when
