@@ -12,7 +12,7 @@
 //!    multiply-adds it does per second (128 heads share each row, so it does
 //!    ~128 multiply-adds per byte: compute, not memory, bounds it on a CPU).
 //!
-//! `cargo bench --bench deepseek` (peak memory ~3.5 GB: the experts of a
+//! `cargo bench --bench deepseek [-- moe|mla]` (only the named table; peak memory ~3.5 GB: the experts of a
 //! batch of 16 and a 64k × 8 latent cache). `DS_QUICK=1` stops at 16k.
 
 use candle_core::quantized::{GgmlDType, QStorage, QTensor};
@@ -270,7 +270,15 @@ fn main() -> anyhow::Result<()> {
         rayon::current_num_threads(),
         bandwidth / 1e9
     );
-    moe_table(bandwidth)?;
+    // Cargo passes `--bench`; another argument names the one table to run.
+    let only = std::env::args().skip(1).find(|a| !a.starts_with("--"));
+    let wanted = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    if wanted("moe") {
+        moe_table(bandwidth)?;
+    }
+    if !wanted("mla") {
+        return Ok(());
+    }
     let contexts: &[usize] = if quick {
         &[1024, 16384]
     } else {
