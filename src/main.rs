@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use r1serve::answers::extract::Extractor;
 use r1serve::api::backend::TokenizerCodec;
 use r1serve::api::connections::ConnectionLimits;
 use r1serve::api::protocol::{unix_timestamp, ReasoningField};
@@ -19,7 +20,6 @@ use r1serve::api::server::{serve, ServerOptions};
 use r1serve::api::state::{AppState, ServedModel, ThinkingDefaults};
 use r1serve::engine::reasoning_control::{LoopGuardMode, ReasoningConfig, DEFAULT_CLOSE_TEXT};
 use r1serve::engine::{Engine, EngineConfig};
-use r1serve::answers::extract::Extractor;
 use r1serve::eval::run::{run, EvalOptions, Target};
 use r1serve::eval::score::report;
 use r1serve::kv_cache::storage::KvDtype;

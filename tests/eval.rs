@@ -251,7 +251,9 @@ async fn consensus_on_a_live_server(server: &Server) {
     let votes = vote["votes"].as_object().unwrap();
     let counted: u64 = votes.values().map(|v| v.as_u64().unwrap()).sum();
     assert_eq!(counted + no_answer, K, "{vote}");
-    let winner = tally.winner().expect("a 0.5B model writes a number in 24 tokens");
+    let winner = tally
+        .winner()
+        .expect("a 0.5B model writes a number in 24 tokens");
     assert_eq!(vote["answer"], winner.answer.as_str(), "{response}");
     assert_eq!(votes[&winner.answer], winner.votes as u64, "{vote}");
     // One lookup per choice; choices after the first find every full block
@@ -279,7 +281,9 @@ async fn consensus_on_a_live_server(server: &Server) {
 
     let mut mismatched = body.clone();
     mismatched["n"] = json!(2);
-    server.post_400("/v1/chat/completions", &mismatched, "n").await;
+    server
+        .post_400("/v1/chat/completions", &mismatched, "n")
+        .await;
     let mut bad_regex = body.clone();
     bad_regex["consensus"]["extract"] = json!({"regex": "("});
     server

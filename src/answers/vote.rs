@@ -76,7 +76,10 @@ mod tests {
         }
         assert_eq!(tally.winner().map(|c| c.key.as_str()), Some("4"));
         tally.add("3", "3", 4);
-        assert_eq!(tally.winner().map(|c| (c.key.as_str(), c.votes)), Some(("3", 3)));
+        assert_eq!(
+            tally.winner().map(|c| (c.key.as_str(), c.votes)),
+            Some(("3", 3))
+        );
         assert_eq!(Tally::default().winner(), None);
     }
 

@@ -24,8 +24,8 @@ use super::prompt_logprobs;
 use super::protocol::{
     chat_completion_id, unix_timestamp, warn_unknown_fields, AssistantMessage, ChatChoice,
     ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, ChatLogprobs,
-    ChatTokenLogprob, ChatTools, ChunkChoice, Consensus, ConsensusResult, Constraint, Delta, DeltaToolCall, FunctionCall,
-    ReasoningField, Role, ToolCall, ToolChoice, TopLogprob,
+    ChatTokenLogprob, ChatTools, ChunkChoice, Consensus, ConsensusResult, Constraint, Delta,
+    DeltaToolCall, FunctionCall, ReasoningField, Role, ToolCall, ToolChoice, TopLogprob,
 };
 use super::sse::{done_event, error_event, json_event, sse_response};
 use super::state::{AppState, ServedModel};
@@ -174,7 +174,10 @@ struct Reply {
 impl Reply {
     /// The vote over the choices' answer texts (`None` for a choice that
     /// never left its reasoning), when the request asked for one.
-    async fn vote(&self, answers: Vec<Option<String>>) -> Result<Option<ConsensusResult>, ApiError> {
+    async fn vote(
+        &self,
+        answers: Vec<Option<String>>,
+    ) -> Result<Option<ConsensusResult>, ApiError> {
         let Some((consensus, state)) = &self.consensus else {
             return Ok(None);
         };
@@ -349,8 +352,14 @@ impl Reply {
             .collect();
         // The generation lives in the stream state, so when axum drops the
         // body of a disconnected client the engine request goes with it.
-        // A consensus request also keeps each choice's answer for the vote.
-        let answers = vec![String::new(); if self.consensus.is_some() { n as usize } else { 0 }];
+        // A consensus request also keeps each choice's answer for the vote,
+        // echoed start included as in the collected reply.
+        let voters = if self.consensus.is_some() {
+            n as usize
+        } else {
+            0
+        };
+        let answers = vec![self.echo.clone().unwrap_or_default(); voters];
         let body = stream::unfold(Some((generation, self, answers)), |state| async move {
             let (mut generation, reply, mut answers) = state?;
             match generation.next().await {

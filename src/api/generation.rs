@@ -18,12 +18,12 @@ use super::protocol::{
     GenerationParams, PromptTokensDetails, StopReason, ThinkingRequest, Usage,
 };
 use super::state::{AppState, ServedModel};
+use crate::answers::language::{Script, WordCounter};
 use crate::engine::stop::StopStrings;
 use crate::engine::types::{
     EngineError, EngineRequest, FinishReason as EngineFinish, PromptLogprob, ReasoningParams,
     RequestUsage, SampleOutput, SamplingParams, StopReason as EngineStopReason, TokenLogprob,
 };
-use crate::answers::language::{Script, WordCounter};
 use crate::metrics::{Completion, RequestRecorder};
 use crate::reasoning::{ReasoningEnd, ReasoningParser};
 use crate::structured::CompiledGrammar;

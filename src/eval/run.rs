@@ -9,10 +9,10 @@
 //! (`SamplerState::new`), so answers do not depend on how the k samples are
 //! grouped into requests, nor on which process serves them.
 
-use crate::answers::extract::Extractor;
-use crate::answers::language::WordCounts;
 use super::problems::Problem;
 use super::score::{SampleRow, Verdict};
+use crate::answers::extract::Extractor;
+use crate::answers::language::WordCounts;
 use anyhow::{bail, Context, Result};
 use axum::body::Body;
 use axum::http::{header, Request};
@@ -315,7 +315,9 @@ fn judge(
     let canonical = answer.as_deref().map(|a| problem.reference.read(a));
     let verdict = match &canonical {
         None => Verdict::NoAnswer,
-        Some(c) if crate::answers::answer::equivalent(c, problem.reference.canonical()) => Verdict::Correct,
+        Some(c) if crate::answers::answer::equivalent(c, problem.reference.canonical()) => {
+            Verdict::Correct
+        }
         Some(_) => Verdict::Wrong,
     };
     let usage = &response["usage"];

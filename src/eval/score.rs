@@ -102,7 +102,10 @@ pub fn consensus_correct(rows: &[&SampleRow]) -> bool {
     }
     tally
         .winner()
-        .and_then(|winner| rows.iter().find(|r| r.vote_key.as_ref() == Some(&winner.key)))
+        .and_then(|winner| {
+            rows.iter()
+                .find(|r| r.vote_key.as_ref() == Some(&winner.key))
+        })
         .is_some_and(|r| r.verdict == Verdict::Correct)
 }
 

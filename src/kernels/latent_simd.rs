@@ -149,7 +149,9 @@ unsafe fn value_block<S: F32x16, const HB: usize>(
     }
     for x in 0..HB {
         for d in vv..v {
-            acc[x * v + d] += (0..tn).map(|j| p[x * TILE + j] * tile[j * w + d]).sum::<f32>();
+            acc[x * v + d] += (0..tn)
+                .map(|j| p[x * TILE + j] * tile[j * w + d])
+                .sum::<f32>();
         }
     }
 }

@@ -254,7 +254,10 @@ mod tests {
         };
         assert_eq!(answer(json!("boxed")).as_deref(), Some("7"));
         assert_eq!(answer(json!("last_number")).as_deref(), Some("12"));
-        assert_eq!(answer(json!({"regex": "answer: ([A-E])"})).as_deref(), Some("B"));
+        assert_eq!(
+            answer(json!({"regex": "answer: ([A-E])"})).as_deref(),
+            Some("B")
+        );
         assert_eq!(answer(json!({"regex": "final: (\\d+)"})), None);
     }
 }

@@ -1115,11 +1115,7 @@ impl ChatCompletionRequest {
         let mut params = self
             .sampling
             .validate(max_tokens, logprobs.then(|| top_logprobs.unwrap_or(0)))?;
-        let consensus = self
-            .consensus
-            .as_ref()
-            .map(Consensus::parse)
-            .transpose()?;
+        let consensus = self.consensus.as_ref().map(Consensus::parse).transpose()?;
         if let Some(c) = &consensus {
             if self.sampling.n.is_some_and(|n| n != i64::from(c.samples)) {
                 return Err(ApiError::bad_request(
