@@ -22,6 +22,8 @@ pub struct GenerateOptions {
     pub chat: bool,
     /// Most tokens to generate.
     pub max_tokens: usize,
+    /// Keep generating past the end-of-sequence token.
+    pub ignore_eos: bool,
     /// Sampling temperature; default: the model's recommendation, else 0.
     pub temperature: Option<f32>,
     /// Nucleus mass; default: the model's recommendation, else 1.
@@ -61,6 +63,7 @@ pub async fn run(opts: GenerateOptions) -> Result<()> {
         top_p: opts.top_p.or(model.generation_config.top_p).unwrap_or(1.0),
         seed: opts.seed,
         max_tokens: opts.max_tokens,
+        ignore_eos: opts.ignore_eos,
         ..Default::default()
     };
     let max_model_len = model.max_model_len.min(prompt.len() + opts.max_tokens + 16);

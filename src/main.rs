@@ -121,6 +121,10 @@ struct GenerateArgs {
     /// Most tokens to generate.
     #[arg(long, default_value_t = 256)]
     max_tokens: usize,
+    /// Keep generating past the end-of-sequence token (for timing exactly
+    /// `--max-tokens` tokens).
+    #[arg(long)]
+    ignore_eos: bool,
     /// Sampling temperature; default: the model's recommendation, else greedy.
     #[arg(long)]
     temperature: Option<f32>,
@@ -383,6 +387,7 @@ fn main() -> Result<()> {
                 prompt: args.prompt,
                 chat: args.chat,
                 max_tokens: args.max_tokens,
+                ignore_eos: args.ignore_eos,
                 temperature: args.temperature,
                 top_p: args.top_p,
                 seed: args.seed,

@@ -101,6 +101,19 @@ pub(super) fn top_n(values: &[f32], n: usize) -> Vec<(TokenId, f32)> {
     idx.into_iter().map(|i| (i as TokenId, values[i])).collect()
 }
 
+/// The index of the largest value, the lowest on ties: `top_n(values, 1)`
+/// in one pass, without the index buffer and selection that would cost a
+/// vocabulary-sized allocation per greedy token.
+pub(super) fn argmax(values: &[f32]) -> TokenId {
+    let mut best = 0;
+    for (i, v) in values.iter().enumerate().skip(1) {
+        if v.total_cmp(&values[best]).is_gt() {
+            best = i;
+        }
+    }
+    best as TokenId
+}
+
 /// Samples one token from `logits` (modified in place) and returns it with
 /// the raw distribution's log-probabilities when the request asked for
 /// logprobs (see [`logprob_entry`]). `process` runs the sequence's logits
@@ -139,7 +152,7 @@ pub fn sample(
     }
 
     let token = if params.temperature <= 0.0 {
-        top_n(logits, 1).first().map_or(0, |(t, _)| *t)
+        argmax(logits)
     } else {
         sample_random(logits, params, &mut state.rng)
     };
@@ -160,9 +173,9 @@ pub fn logprob_entry(raw_logprobs: &[f32], token: TokenId, k: usize) -> TokenLog
     }
 }
 
-fn sample_random(logits: &[f32], params: &SamplingParams, rng: &mut StdRng) -> TokenId {
-    let inv_t = 1.0 / params.temperature;
-    // Candidates sorted by logit; top-k bounds the sort for big vocabularies.
+/// The tokens a random draw chooses among, most likely first (lower index
+/// on ties), with their logits; top-k bounds the sort for big vocabularies.
+fn candidates(logits: &[f32], params: &SamplingParams) -> Vec<(TokenId, f32)> {
     let k = if params.top_k > 0 {
         params.top_k.min(logits.len())
     } else {
@@ -170,20 +183,29 @@ fn sample_random(logits: &[f32], params: &SamplingParams, rng: &mut StdRng) -> T
     };
     // Without top-k, sorting a 150k vocabulary per token would dominate the
     // step; tokens more than 30 nats (after temperature) below the best have
-    // probability under 1e-13 and are dropped before sorting.
+    // probability under 1e-13 and are dropped before sorting, so only the
+    // few survivors are collected and sorted.
     let mut cand = if params.top_k == 0 {
         let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
         let floor = max - 30.0 * params.temperature;
-        let kept: Vec<f32> = logits
+        let mut kept: Vec<(TokenId, f32)> = logits
             .iter()
-            .map(|&l| if l >= floor { l } else { f32::NEG_INFINITY })
+            .enumerate()
+            .filter(|(_, l)| **l >= floor && l.is_finite())
+            .map(|(i, &l)| (i as TokenId, l))
             .collect();
-        let n = kept.iter().filter(|l| l.is_finite()).count();
-        top_n(&kept, n)
+        kept.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        kept
     } else {
         top_n(logits, k)
     };
     cand.retain(|(_, l)| l.is_finite());
+    cand
+}
+
+fn sample_random(logits: &[f32], params: &SamplingParams, rng: &mut StdRng) -> TokenId {
+    let inv_t = 1.0 / params.temperature;
+    let cand = candidates(logits, params);
     if cand.is_empty() {
         return 0;
     }
@@ -245,6 +267,48 @@ mod tests {
         let mut s = SamplerState::new(Some(1), 0);
         let (t, _) = draw(&mut [0.1, 3.0, 2.0], &greedy(), &mut s, &[]);
         assert_eq!(t, 1);
+    }
+
+    /// The greedy pick is the first of `top_n`'s order: the largest value,
+    /// the lowest index on ties, NaN ordered as `total_cmp` orders it.
+    #[test]
+    fn argmax_agrees_with_top_n() {
+        let cases: [&[f32]; 5] = [
+            &[0.5],
+            &[1.0, 3.0, 3.0, -2.0],
+            &[f32::NEG_INFINITY, f32::NEG_INFINITY],
+            &[-0.0, 0.0, -1.0],
+            &[2.0, f32::NAN, 7.0],
+        ];
+        for values in cases {
+            assert_eq!(argmax(values), top_n(values, 1)[0].0, "{values:?}");
+        }
+    }
+
+    /// Dropping the far tail before sorting keeps the candidates and the
+    /// order `top_n` over the whole vocabulary gives (largest first, lower
+    /// index on ties), so seeded draws are unchanged.
+    #[test]
+    fn tail_cut_keeps_the_candidate_order() {
+        let p = SamplingParams {
+            temperature: 0.5,
+            ..Default::default()
+        };
+        let mut logits = vec![-100.0f32; 1000];
+        for (i, l) in [(7, 1.0), (3, 1.0), (500, 2.0), (999, -5.0), (10, -12.9)] {
+            logits[i] = l;
+        }
+        logits[11] = f32::NAN;
+        let floor = 2.0 - 30.0 * p.temperature;
+        let reference: Vec<_> = top_n(&logits, logits.len())
+            .into_iter()
+            .filter(|(_, l)| *l >= floor && l.is_finite())
+            .collect();
+        assert_eq!(
+            reference.iter().map(|c| c.0).collect::<Vec<_>>(),
+            [500, 3, 7, 999, 10]
+        );
+        assert_eq!(candidates(&logits, &p), reference);
     }
 
     #[test]

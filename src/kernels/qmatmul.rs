@@ -429,7 +429,6 @@ impl QMatrix {
     /// into `o[i][j - j0]`.
     fn tile(&self, data: &[u8], xq: &Activations, j0: usize, o: &mut [&mut [f32]]) {
         let m = o.len();
-        let width = o.first().map_or(0, |row| row.len());
         // Activation rows outermost: a group of rows stays in L1
         // while the tile's weight rows (a few tens of KiB) cycle through L2.
         let pairs = matches!(xq, Activations::Pairs(_));
@@ -442,37 +441,71 @@ impl QMatrix {
             } else {
                 (m - i0).min(SMALL_ROWS)
             };
-            for jj in 0..width {
-                let j = j0 + jj;
-                let w = &data[j * self.row_bytes..(j + 1) * self.row_bytes];
-                let mut res = [0f32; PAIR_ROWS];
-                match r {
-                    1 => res[..1].copy_from_slice(&self.dot_rows::<1>(xq, i0, w)),
-                    2 => res[..2].copy_from_slice(&self.dot_rows::<2>(xq, i0, w)),
-                    3 => res[..3].copy_from_slice(&self.dot_rows::<3>(xq, i0, w)),
-                    SMALL_ROWS => {
-                        res[..SMALL_ROWS].copy_from_slice(&self.dot_rows::<SMALL_ROWS>(xq, i0, w))
-                    }
-                    ROWS => res[..ROWS].copy_from_slice(&self.dot_rows::<ROWS>(xq, i0, w)),
-                    _ => res = self.dot_rows::<PAIR_ROWS>(xq, i0, w),
-                }
-                for (row, &v) in o[i0..i0 + r].iter_mut().zip(&res) {
-                    row[jj] = v;
-                }
+            let group = &mut o[i0..i0 + r];
+            match r {
+                1 => self.group::<1>(data, xq, i0, j0, group),
+                2 => self.group::<2>(data, xq, i0, j0, group),
+                3 => self.group::<3>(data, xq, i0, j0, group),
+                SMALL_ROWS => self.group::<SMALL_ROWS>(data, xq, i0, j0, group),
+                ROWS => self.group::<ROWS>(data, xq, i0, j0, group),
+                _ => self.group::<PAIR_ROWS>(data, xq, i0, j0, group),
             }
             i0 += r;
         }
     }
 
-    /// Dot products of weight row `w` with activation rows `i0..i0 + R`.
-    fn dot_rows<const R: usize>(&self, xq: &Activations, i0: usize, w: &[u8]) -> [f32; R] {
-        let isa = self.isa;
+    /// The tile's weight rows against activation rows `i0..i0 + R`, whose
+    /// outputs are `o`, with the kernel chosen once for all of them.
+    fn group<const R: usize>(
+        &self,
+        data: &[u8],
+        xq: &Activations,
+        i0: usize,
+        j0: usize,
+        o: &mut [&mut [f32]],
+    ) {
+        let (isa, dtype) = (self.isa, self.dtype);
         match xq {
-            Activations::B32(xs) => dot32(isa, self.dtype, w, rows(xs, self.k / QK, i0)),
-            Activations::K(xs) => dotk(isa, self.dtype, w, rows(xs, self.k / QK_K, i0)),
+            Activations::B32(xs) => {
+                let xs = rows::<_, R>(xs, self.k / QK, i0);
+                match qmatmul_simd::dot32::<R>(isa, dtype) {
+                    // SAFETY: `dot32` only returns kernels this CPU can run.
+                    Some(f) => self.each_row(data, j0, o, |w| unsafe { f(w, xs) }),
+                    None => self.each_row(data, j0, o, |w| xs.map(|x| dot32_scalar(dtype, w, x))),
+                }
+            }
+            Activations::K(xs) => {
+                let xs = rows::<_, R>(xs, self.k / QK_K, i0);
+                match qmatmul_simd::dotk::<R>(isa, dtype) {
+                    // SAFETY: `dotk` only returns kernels this CPU can run.
+                    Some(f) => self.each_row(data, j0, o, |w| unsafe { f(w, xs) }),
+                    None => self.each_row(data, j0, o, |w| xs.map(|x| dotk_scalar(dtype, w, x))),
+                }
+            }
             Activations::Pairs(xs) => {
-                qmatmul_simd::dot32_pairs(isa, self.dtype, w, rows(xs, self.k / QK / 2, i0))
-                    .expect("pairs are only built where their kernel runs")
+                let xs = rows::<_, R>(xs, self.k / QK / 2, i0);
+                let f = qmatmul_simd::dot32_pairs::<R>(isa, dtype)
+                    .expect("pairs are only built where their kernel runs");
+                // SAFETY: `dot32_pairs` only returns kernels this CPU can run.
+                self.each_row(data, j0, o, |w| unsafe { f(w, xs) });
+            }
+        }
+    }
+
+    /// `o[r][jj] = dot(jj)[r]` for the weight rows `j0 + jj` of the tile.
+    fn each_row<const R: usize>(
+        &self,
+        data: &[u8],
+        j0: usize,
+        o: &mut [&mut [f32]],
+        dot: impl Fn(&[u8]) -> [f32; R],
+    ) {
+        let width = o.first().map_or(0, |row| row.len());
+        let weights =
+            data[j0 * self.row_bytes..(j0 + width) * self.row_bytes].chunks_exact(self.row_bytes);
+        for (jj, w) in weights.enumerate() {
+            for (row, v) in o.iter_mut().zip(dot(w)) {
+                row[jj] = v;
             }
         }
     }
@@ -520,29 +553,6 @@ fn is_k_quant(dtype: GgmlDType) -> bool {
         dtype,
         GgmlDType::Q2K | GgmlDType::Q3K | GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K
     )
-}
-
-/// Dot products of one weight row (32-element block type) with `R`
-/// activation rows.
-fn dot32<const R: usize>(isa: Isa, dtype: GgmlDType, w: &[u8], xs: [&[Q8x32]; R]) -> [f32; R] {
-    qmatmul_simd::dot32(isa, dtype, w, xs).unwrap_or_else(|| {
-        let mut out = [0f32; R];
-        for (o, x) in out.iter_mut().zip(xs) {
-            *o = dot32_scalar(dtype, w, x);
-        }
-        out
-    })
-}
-
-/// Dot products of one weight row (k-quant type) with `R` activation rows.
-fn dotk<const R: usize>(isa: Isa, dtype: GgmlDType, w: &[u8], xs: [&[Q8xK]; R]) -> [f32; R] {
-    qmatmul_simd::dotk(isa, dtype, w, xs).unwrap_or_else(|| {
-        let mut out = [0f32; R];
-        for (o, x) in out.iter_mut().zip(xs) {
-            *o = dotk_scalar(dtype, w, x);
-        }
-        out
-    })
 }
 
 impl Q8x32 {

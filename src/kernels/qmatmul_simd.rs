@@ -19,109 +19,103 @@ use candle_core::quantized::GgmlDType;
 use super::isa::KernelIsa;
 use super::qmatmul::{Isa, Q8Pair, Q8x32, Q8xK};
 
-/// SIMD dot products of one 32-element-block weight row with `R` activation
-/// rows, or `None` when `isa` has no kernel for `dtype`.
-pub(super) fn dot32<const R: usize>(
-    isa: Isa,
-    dtype: GgmlDType,
-    w: &[u8],
-    xs: [&[Q8x32]; R],
-) -> Option<[f32; R]> {
+/// A SIMD kernel: dot products of one weight row with `R` activation rows.
+/// `unsafe` because it is compiled for instruction-set extensions; the
+/// selectors below only return kernels this CPU can run.
+pub(super) type RowKernel<B, const R: usize> = unsafe fn(&[u8], [&[B]; R]) -> [f32; R];
+
+/// The SIMD kernel for a 32-element-block weight type, or `None` when `isa`
+/// has none for `dtype` (or this CPU cannot run `isa`). Chosen once per call
+/// rather than per weight row: the per-row dispatch was a few percent of a
+/// decode step.
+pub(super) fn dot32<const R: usize>(isa: Isa, dtype: GgmlDType) -> Option<RowKernel<Q8x32, R>> {
     #[cfg(target_arch = "x86_64")]
     {
         use GgmlDType as T;
         if !isa.is_supported() {
             return None;
         }
-        // SAFETY: `isa.is_supported()` was checked above, so the CPU has
-        // every feature the called kernel is compiled for.
-        unsafe {
-            match (isa, dtype) {
-                (Isa::AvxVnni, T::Q4_0) => return Some(avxvnni::dot32::<Q4_0, R>(w, xs)),
-                (Isa::AvxVnni, T::Q4_1) => return Some(avxvnni::dot32::<Q4_1, R>(w, xs)),
-                (Isa::AvxVnni, T::Q5_0) => return Some(avxvnni::dot32::<Q5_0, R>(w, xs)),
-                (Isa::AvxVnni, T::Q5_1) => return Some(avxvnni::dot32::<Q5_1, R>(w, xs)),
-                (Isa::AvxVnni, T::Q8_0) => return Some(avxvnni::dot32::<Q8_0, R>(w, xs)),
-                (Isa::Avx512Vnni, T::Q4_0) => return Some(vnni::dot32::<Q4_0, R>(w, xs)),
-                (Isa::Avx512Vnni, T::Q4_1) => return Some(vnni::dot32::<Q4_1, R>(w, xs)),
-                (Isa::Avx512Vnni, T::Q5_0) => return Some(vnni::dot32::<Q5_0, R>(w, xs)),
-                (Isa::Avx512Vnni, T::Q5_1) => return Some(vnni::dot32::<Q5_1, R>(w, xs)),
-                (Isa::Avx512Vnni, T::Q8_0) => return Some(vnni::dot32::<Q8_0, R>(w, xs)),
-                (Isa::Avx2, T::Q4_0) => return Some(avx2::dot32::<Q4_0, R>(w, xs)),
-                (Isa::Avx2, T::Q4_1) => return Some(avx2::dot32::<Q4_1, R>(w, xs)),
-                (Isa::Avx2, T::Q5_0) => return Some(avx2::dot32::<Q5_0, R>(w, xs)),
-                (Isa::Avx2, T::Q5_1) => return Some(avx2::dot32::<Q5_1, R>(w, xs)),
-                (Isa::Avx2, T::Q8_0) => return Some(avx2::dot32::<Q8_0, R>(w, xs)),
-                _ => {}
-            }
-        }
+        let kernel: RowKernel<Q8x32, R> = match (isa, dtype) {
+            (Isa::AvxVnni, T::Q4_0) => avxvnni::dot32::<Q4_0, R>,
+            (Isa::AvxVnni, T::Q4_1) => avxvnni::dot32::<Q4_1, R>,
+            (Isa::AvxVnni, T::Q5_0) => avxvnni::dot32::<Q5_0, R>,
+            (Isa::AvxVnni, T::Q5_1) => avxvnni::dot32::<Q5_1, R>,
+            (Isa::AvxVnni, T::Q8_0) => avxvnni::dot32::<Q8_0, R>,
+            (Isa::Avx512Vnni, T::Q4_0) => vnni::dot32::<Q4_0, R>,
+            (Isa::Avx512Vnni, T::Q4_1) => vnni::dot32::<Q4_1, R>,
+            (Isa::Avx512Vnni, T::Q5_0) => vnni::dot32::<Q5_0, R>,
+            (Isa::Avx512Vnni, T::Q5_1) => vnni::dot32::<Q5_1, R>,
+            (Isa::Avx512Vnni, T::Q8_0) => vnni::dot32::<Q8_0, R>,
+            (Isa::Avx2, T::Q4_0) => avx2::dot32::<Q4_0, R>,
+            (Isa::Avx2, T::Q4_1) => avx2::dot32::<Q4_1, R>,
+            (Isa::Avx2, T::Q5_0) => avx2::dot32::<Q5_0, R>,
+            (Isa::Avx2, T::Q5_1) => avx2::dot32::<Q5_1, R>,
+            (Isa::Avx2, T::Q8_0) => avx2::dot32::<Q8_0, R>,
+            _ => return None,
+        };
+        Some(kernel)
     }
-    // No kernel for this pair (or not an x86-64 target).
-    let _ = (isa, dtype, w, xs);
-    None
+    // No kernel off x86-64.
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (isa, dtype);
+        None
+    }
 }
 
-/// SIMD dot products of one k-quant weight row with `R` activation rows, or
-/// `None` when `isa` has no kernel for `dtype`.
-pub(super) fn dotk<const R: usize>(
-    isa: Isa,
-    dtype: GgmlDType,
-    w: &[u8],
-    xs: [&[Q8xK]; R],
-) -> Option<[f32; R]> {
+/// The SIMD kernel for a k-quant weight type, or `None` when `isa` has none
+/// for `dtype` (or this CPU cannot run `isa`).
+pub(super) fn dotk<const R: usize>(isa: Isa, dtype: GgmlDType) -> Option<RowKernel<Q8xK, R>> {
     #[cfg(target_arch = "x86_64")]
     {
         use GgmlDType as T;
         if !isa.is_supported() {
             return None;
         }
-        // SAFETY: `isa.is_supported()` was checked above, so the CPU has
-        // every feature the called kernel is compiled for.
-        unsafe {
-            match (isa, dtype) {
-                (Isa::AvxVnni, T::Q4K) => return Some(avxvnni::dot_q4k::<R>(w, xs)),
-                (Isa::AvxVnni, T::Q6K) => return Some(avxvnni::dot_q6k::<R>(w, xs)),
-                (Isa::Avx512Vnni, T::Q4K) => return Some(wide::dot_q4k::<R>(w, xs)),
-                (Isa::Avx512Vnni, T::Q6K) => return Some(wide::dot_q6k::<R>(w, xs)),
-                (Isa::Avx2, T::Q4K) => return Some(avx2::dot_q4k::<R>(w, xs)),
-                (Isa::Avx2, T::Q6K) => return Some(avx2::dot_q6k::<R>(w, xs)),
-                _ => {}
-            }
-        }
+        let kernel: RowKernel<Q8xK, R> = match (isa, dtype) {
+            (Isa::AvxVnni, T::Q4K) => avxvnni::dot_q4k::<R>,
+            (Isa::AvxVnni, T::Q6K) => avxvnni::dot_q6k::<R>,
+            (Isa::Avx512Vnni, T::Q4K) => wide::dot_q4k::<R>,
+            (Isa::Avx512Vnni, T::Q6K) => wide::dot_q6k::<R>,
+            (Isa::Avx2, T::Q4K) => avx2::dot_q4k::<R>,
+            (Isa::Avx2, T::Q6K) => avx2::dot_q6k::<R>,
+            _ => return None,
+        };
+        Some(kernel)
     }
-    // No kernel for this pair (or not an x86-64 target).
-    let _ = (isa, dtype, w, xs);
-    None
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (isa, dtype);
+        None
+    }
 }
 
-/// AVX-512 VNNI dot products of one Q4_0 / Q5_0 / Q8_0 weight row with `R`
-/// activation rows in [`Q8Pair`] form, two blocks per 512-bit step, or
-/// `None` when `isa` or `dtype` has no such kernel.
+/// The AVX-512 VNNI kernel for Q4_0 / Q5_0 / Q8_0 weights against
+/// activations in [`Q8Pair`] form (two blocks per 512-bit step), or `None`
+/// when `isa` or `dtype` has no such kernel.
 pub(super) fn dot32_pairs<const R: usize>(
     isa: Isa,
     dtype: GgmlDType,
-    w: &[u8],
-    xs: [&[Q8Pair]; R],
-) -> Option<[f32; R]> {
+) -> Option<RowKernel<Q8Pair, R>> {
     #[cfg(target_arch = "x86_64")]
     {
         use GgmlDType as T;
         if isa != Isa::Avx512Vnni || !isa.is_supported() {
             return None;
         }
-        // SAFETY: `isa.is_supported()` was checked above, so the CPU has
-        // every feature the called kernel is compiled for.
-        unsafe {
-            match dtype {
-                T::Q4_0 => return Some(pairs::dot::<Q4_0, R>(w, xs)),
-                T::Q5_0 => return Some(pairs::dot::<Q5_0, R>(w, xs)),
-                T::Q8_0 => return Some(pairs::dot::<Q8_0, R>(w, xs)),
-                _ => {}
-            }
-        }
+        let kernel: RowKernel<Q8Pair, R> = match dtype {
+            T::Q4_0 => pairs::dot::<Q4_0, R>,
+            T::Q5_0 => pairs::dot::<Q5_0, R>,
+            T::Q8_0 => pairs::dot::<Q8_0, R>,
+            _ => return None,
+        };
+        Some(kernel)
     }
-    let _ = (isa, dtype, w, xs);
-    None
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (isa, dtype);
+        None
+    }
 }
 
 /// Kernel selectors for `dot32` (const generics cannot take enums).

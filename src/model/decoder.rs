@@ -129,6 +129,11 @@ impl<B: Backend> Model for Decoder<B> {
         let last = b.gather_rows(&x, &last_rows)?;
         let logits = b.matmul(&self.lm_head, &b.rms_norm(&last, &self.norm, eps)?)?;
         let logits = b.logits_to_host(logits)?;
+        if last_rows.len() == 1 {
+            // A single stream's row is the buffer itself: no vocabulary-sized
+            // copy per token.
+            return Ok(vec![logits]);
+        }
         let vocab = logits.len() / last_rows.len();
         Ok(logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
     }
