@@ -135,7 +135,7 @@ impl Consensus {
             .map(|c| (c.answer.clone(), c.votes as u32))
             .collect();
         // Most votes first; equal counts keep the order answers appeared in.
-        votes.sort_by(|a, b| b.1.cmp(&a.1));
+        votes.sort_by_key(|v| std::cmp::Reverse(v.1));
         ConsensusResult {
             answer: tally.winner().map(|w| w.answer.clone()),
             votes: VoteCounts(votes),
