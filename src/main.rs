@@ -23,7 +23,7 @@ use r1serve::eval::extract::Extractor;
 use r1serve::eval::run::{run, EvalOptions, Target};
 use r1serve::eval::score::report;
 use r1serve::kv_cache::storage::KvDtype;
-use r1serve::metrics::Metrics;
+use r1serve::metrics::{Metrics, MetricsCompat};
 use r1serve::model::generation_config::GenerationDefaults;
 use r1serve::model::load::{load, LoadOptions};
 use r1serve::reasoning::{ReasoningParser, THINK_END, THINK_START};
@@ -257,6 +257,11 @@ struct ServeArgs {
     /// request fails with 408.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     body_timeout: u64,
+    /// Also export every metric that has a vLLM equivalent under its
+    /// `vllm:` name (`vllm`), for the llm-d endpoint picker's default
+    /// configuration and vLLM's dashboards.
+    #[arg(long, value_name = "NAMES")]
+    metrics_compat: Option<MetricsCompat>,
     #[command(flatten)]
     thinking: ThinkingArgs,
 }
@@ -404,7 +409,7 @@ fn run_serve(args: ServeArgs) -> Result<()> {
     let api_keys = api_keys(&args)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
-        let metrics = Metrics::install()?;
+        let metrics = Metrics::install_with(args.metrics_compat)?;
         let state = AppState::new(api_keys, metrics);
         let options = ServerOptions {
             addr: SocketAddr::new(args.host, args.port),
@@ -487,7 +492,7 @@ fn in_process_router(model: &str, args: &EvalArgs) -> Result<axum::Router> {
     let Command::Serve(serve_args) = Cli::try_parse_from(argv)?.command else {
         bail!("the flags after `--` are not `serve` flags");
     };
-    let metrics = Metrics::install()?;
+    let metrics = Metrics::install_with(serve_args.metrics_compat)?;
     let state = AppState::new(Vec::new(), metrics);
     state.set_model(load_model(&serve_args)?);
     Ok(router(state, &router_config(&serve_args)?))
@@ -728,6 +733,7 @@ mod tests {
         assert_eq!(args.header_timeout, 60);
         assert_eq!(args.body_timeout, 60);
         assert!(args.override_generation_config.is_none());
+        assert!(args.metrics_compat.is_none());
     }
 
     #[test]
