@@ -23,6 +23,7 @@ use r1serve::eval::extract::Extractor;
 use r1serve::eval::run::{run, EvalOptions, Target};
 use r1serve::eval::score::report;
 use r1serve::kv_cache::storage::KvDtype;
+use r1serve::kv_events::KvEventsConfig;
 use r1serve::metrics::{Metrics, MetricsCompat};
 use r1serve::model::generation_config::GenerationDefaults;
 use r1serve::model::load::{load, LoadOptions};
@@ -262,6 +263,12 @@ struct ServeArgs {
     /// configuration and vLLM's dashboards.
     #[arg(long, value_name = "NAMES")]
     metrics_compat: Option<MetricsCompat>,
+    /// Publish KV-cache events for prefix-aware routers, as vLLM's JSON,
+    /// e.g. '{"enable_kv_cache_events": true, "publisher": "zmq",
+    /// "endpoint": "tcp://*:5557", "topic": "kv-events"}' (also:
+    /// max_queue_size).
+    #[arg(long, value_name = "JSON", value_parser = parse_kv_events_config)]
+    kv_events_config: Option<KvEventsConfigArg>,
     #[command(flatten)]
     thinking: ThinkingArgs,
 }
@@ -359,6 +366,16 @@ fn parse_bytes(text: &str) -> Result<u64, String> {
     } else {
         Err(format!("size '{text}' is out of range"))
     }
+}
+
+/// `--kv-events-config` as parsed: `None` inside when it turns events off.
+#[derive(Clone, Debug)]
+struct KvEventsConfigArg(Option<KvEventsConfig>);
+
+fn parse_kv_events_config(json: &str) -> Result<KvEventsConfigArg, String> {
+    KvEventsConfig::parse(json)
+        .map(KvEventsConfigArg)
+        .map_err(|e| format!("{e:#}"))
 }
 
 /// Parses `--override-generation-config`.
@@ -573,7 +590,13 @@ fn load_model(args: &ServeArgs) -> Result<ServedModel> {
         let vocab_size = loaded.model.info().vocab_size;
         std::thread::spawn(move || grammar_vocab(&tokenizer, vocab_size))
     };
-    let engine = Engine::start(
+    let kv_events = args
+        .kv_events_config
+        .as_ref()
+        .and_then(|arg| arg.0.as_ref())
+        .map(r1serve::kv_events::start)
+        .transpose()?;
+    let engine = Engine::start_publishing(
         loaded.model,
         Arc::clone(&tokenizer),
         EngineConfig {
@@ -591,6 +614,7 @@ fn load_model(args: &ServeArgs) -> Result<ServedModel> {
                 ..Default::default()
             },
         },
+        kv_events,
     )?;
     tracing::info!(reasoning_parser = %reasoning, tool_call_parser = %tool_parser, "engine started");
     let grammar = grammar.join().unwrap_or_else(|_| {
@@ -734,6 +758,7 @@ mod tests {
         assert_eq!(args.body_timeout, 60);
         assert!(args.override_generation_config.is_none());
         assert!(args.metrics_compat.is_none());
+        assert!(args.kv_events_config.is_none());
     }
 
     #[test]

@@ -74,6 +74,8 @@ pub mod names {
     pub const TOOL_CALLS_IN_REASONING: &str = "r1serve:tool_calls_in_reasoning_total";
     /// Choices by how their reasoning ended (`state` label).
     pub const REASONING_END: &str = "r1serve:reasoning_end_total";
+    /// KV-cache events dropped because their publisher fell behind.
+    pub const KV_EVENTS_DROPPED: &str = "r1serve:kv_events_dropped_total";
 }
 
 /// Latency buckets in seconds: 1 ms to 10 min, dense below a second where
@@ -219,6 +221,10 @@ fn describe() {
     );
     describe_counter!(names::ENGINE_STEPS, "Model steps run by the engine");
     describe_counter!(
+        names::KV_EVENTS_DROPPED,
+        "KV-cache events dropped because their publisher fell behind"
+    );
+    describe_counter!(
         names::ENGINE_STEP_TOKENS,
         "Tokens computed in engine steps (prompt chunks and decodes); over steps, tokens per step"
     );
@@ -304,6 +310,7 @@ fn record_engine_stats(model_name: &str, stats: &EngineStats) {
     counter!(names::ENGINE_STEP_TOKENS, model()).absolute(stats.step_tokens);
     counter!(names::PROMPT_TOKENS, model()).absolute(stats.prompt_tokens);
     counter!(names::GENERATION_TOKENS, model()).absolute(stats.generation_tokens);
+    counter!(names::KV_EVENTS_DROPPED, model()).absolute(stats.kv_events_dropped);
     register_request_metrics(model_name);
     // An engine always has blocks; without one there is no cache to describe.
     if stats.total_blocks > 0 {
