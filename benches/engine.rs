@@ -181,12 +181,6 @@ async fn decode_rate(h: &EngineHandle, tok: &Tokenizer, n: usize, params: &Sampl
     decoded as f64 / (end - start).as_secs_f64()
 }
 
-/// Median of `v`.
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    (v[(v.len() - 1) / 2] + v[v.len() / 2]) / 2.0
-}
-
 async fn kv_events_cost(plan: &Plan) {
     const ROUNDS: usize = 4;
     let model = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
@@ -212,7 +206,7 @@ async fn kv_events_cost(plan: &Plan) {
             rates_without.push(decode_rate(&without, &tok, 16, &params).await);
         }
     }
-    let (without_rate, with_rate) = (median(&mut rates_without), median(&mut rates_with));
+    let (without_rate, with_rate) = (median(rates_without), median(rates_with));
     println!(
         "\n## KV-cache events, 16 concurrent Qwen2.5-0.5B streams, {} new tokens, \
          median of {ROUNDS} rounds in ABBA order\n\n\
