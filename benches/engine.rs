@@ -27,11 +27,15 @@
 //!    at most 128 tokens, over the same samples (same prompts, same seeds)
 //!    submitted straight to an engine, alternating, twice. Target: eval ≥
 //!    0.90 × engine.
+//! 7. KV-cache events: decode tokens/s of 16 concurrent Qwen2.5-0.5B
+//!    streams on an engine publishing its prefix-cache events on a ZMQ
+//!    socket nobody subscribes to, and on one without events, in ABBA
+//!    rounds. Target: with events ≥ 0.98 × without.
 //!
 //! `cargo bench --bench engine [-- NAME...]` (checkpoints from
 //! `models/fetch.sh`, found in `$R1SERVE_MODELS` or
 //! `~/.cache/r1serve/models`); NAMEs (`hashing`, `batching`, `hook`,
-//! `structured`, `memory`, `eval`) run only those sections.
+//! `structured`, `memory`, `eval`, `kv-events`) run only those sections.
 //!
 //! Environment:
 //! - `R1SERVE_BENCH_QUICK=1`: a smoke run, with levels 1, 4 and 16, 32 new
@@ -47,11 +51,12 @@ use r1serve::engine::reasoning_control::{ReasoningConfig, ReasoningControl, Reas
 use r1serve::engine::sequence::GenerationSetup;
 use r1serve::engine::types::{EngineRequest, ReasoningParams, SamplingParams};
 use r1serve::engine::{Engine, EngineConfig, EngineHandle};
+use r1serve::eval::run::sample_seed;
 use r1serve::kv_cache::manager::KvCacheManager;
+use r1serve::kv_events::{KvEventSender, KvEventsConfig};
 use r1serve::model::load::{load, LoadOptions};
 use r1serve::reasoning::{ReasoningParser, ReasoningTracker};
 use r1serve::structured::{CompiledGrammar, GrammarSpec, GrammarVocab};
-use r1serve::eval::run::sample_seed;
 use r1serve::tokenizer::{ChatEnding, ChatInput, ChatTemplate, Tokenizer};
 use r1serve::types::SeqId;
 use std::sync::Arc;
@@ -95,6 +100,14 @@ const WARMUP_REQUESTS: usize = 10;
 /// Loads `file` and starts an engine with a small, fixed KV cache, so that
 /// the pool does not scale with the machine's free memory.
 fn start(file: &str) -> (EngineHandle, Arc<Tokenizer>) {
+    start_publishing(file, None)
+}
+
+/// [`start`], publishing the prefix cache's events to `kv_events`.
+fn start_publishing(
+    file: &str,
+    kv_events: Option<KvEventSender>,
+) -> (EngineHandle, Arc<Tokenizer>) {
     let path = common::model(file);
     let m = load(path.to_str().expect("UTF-8 path"), &LoadOptions::default()).expect("load");
     let tok = m.tokenizer.clone();
@@ -104,7 +117,7 @@ fn start(file: &str) -> (EngineHandle, Arc<Tokenizer>) {
         ..Default::default()
     };
     (
-        Engine::start(m.model, tok.clone(), config).expect("engine"),
+        Engine::start_publishing(m.model, tok.clone(), config, kv_events).expect("engine"),
         tok,
     )
 }
@@ -174,6 +187,45 @@ async fn decode_rate(h: &EngineHandle, tok: &Tokenizer, n: usize, params: &Sampl
     let end = timings.iter().map(|t| t.last).max().expect("n > 0");
     let decoded: usize = timings.iter().map(|t| t.tokens - 1).sum();
     decoded as f64 / (end - start).as_secs_f64()
+}
+
+async fn kv_events_cost(plan: &Plan) {
+    const ROUNDS: usize = 4;
+    let model = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
+    let port = common::server::free_port();
+    let config = KvEventsConfig::parse(&format!(
+        r#"{{"enable_kv_cache_events": true, "publisher": "zmq", "endpoint": "tcp://*:{port}"}}"#
+    ))
+    .expect("config")
+    .expect("events on");
+    let sender = r1serve::kv_events::start(&config).expect("publisher");
+    let (with, tok) = start_publishing(model, Some(sender.clone()));
+    let (without, _) = start(model);
+    let params = greedy(plan.new_tokens);
+    decode_rate(&with, &tok, 16, &params).await;
+    decode_rate(&without, &tok, 16, &params).await;
+    let (mut rates_with, mut rates_without) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        if round % 2 == 0 {
+            rates_without.push(decode_rate(&without, &tok, 16, &params).await);
+            rates_with.push(decode_rate(&with, &tok, 16, &params).await);
+        } else {
+            rates_with.push(decode_rate(&with, &tok, 16, &params).await);
+            rates_without.push(decode_rate(&without, &tok, 16, &params).await);
+        }
+    }
+    let (without_rate, with_rate) = (median(rates_without), median(rates_with));
+    println!(
+        "\n## KV-cache events, 16 concurrent Qwen2.5-0.5B streams, {} new tokens, \
+         median of {ROUNDS} rounds in ABBA order\n\n\
+         | events | decode tok/s | ratio |\n|---|---|---|\n\
+         | off | {without_rate:.1} | 1.00x |\n\
+         | on, ZMQ publisher, no subscriber | {with_rate:.1} | {:.3}x |\n\n\
+         events dropped: {}\n",
+        plan.new_tokens,
+        with_rate / without_rate,
+        sender.dropped(),
+    );
 }
 
 async fn hook_cost(plan: &Plan) {
@@ -427,7 +479,9 @@ fn eval_rate(model: &std::path::Path) -> (usize, f64) {
     let rate = report["run"]["tokens_per_second"]
         .as_f64()
         .expect("run.tokens_per_second");
-    let seconds = report["run"]["wall_seconds"].as_f64().expect("wall_seconds");
+    let seconds = report["run"]["wall_seconds"]
+        .as_f64()
+        .expect("wall_seconds");
     ((rate * seconds).round() as usize, rate)
 }
 
@@ -451,7 +505,10 @@ async fn direct_rate(h: &EngineHandle, tok: &Tokenizer) -> (usize, f64) {
             tools: None,
             extra: &extra,
         };
-        let ids = template.encode(tok, &input, false, None).expect("prompt").ids;
+        let ids = template
+            .encode(tok, &input, false, None)
+            .expect("prompt")
+            .ids;
         for i in 0..EVAL_K {
             let params = SamplingParams {
                 temperature: 0.6,
@@ -587,6 +644,9 @@ fn main() {
         }
         if wanted("eval") {
             eval_throughput().await;
+        }
+        if wanted("kv-events") {
+            kv_events_cost(&plan).await;
         }
     });
 }

@@ -13,6 +13,7 @@ pub mod eval;
 pub mod generate;
 pub mod kernels;
 pub mod kv_cache;
+pub mod kv_events;
 pub mod metrics;
 pub mod model;
 pub mod reasoning;

@@ -23,7 +23,8 @@ use r1serve::engine::{Engine, EngineConfig};
 use r1serve::eval::run::{run, EvalOptions, Target};
 use r1serve::eval::score::report;
 use r1serve::kv_cache::storage::KvDtype;
-use r1serve::metrics::Metrics;
+use r1serve::kv_events::KvEventsConfig;
+use r1serve::metrics::{Metrics, MetricsCompat};
 use r1serve::model::generation_config::GenerationDefaults;
 use r1serve::model::load::{load, LoadOptions};
 use r1serve::reasoning::{ReasoningParser, THINK_END, THINK_START};
@@ -261,6 +262,17 @@ struct ServeArgs {
     /// request fails with 408.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     body_timeout: u64,
+    /// Also export every metric that has a vLLM equivalent under its
+    /// `vllm:` name (`vllm`), for the llm-d endpoint picker's default
+    /// configuration and vLLM's dashboards.
+    #[arg(long, value_name = "NAMES")]
+    metrics_compat: Option<MetricsCompat>,
+    /// Publish KV-cache events for prefix-aware routers, as vLLM's JSON,
+    /// e.g. '{"enable_kv_cache_events": true, "publisher": "zmq",
+    /// "endpoint": "tcp://*:5557", "topic": "kv-events"}' (also:
+    /// max_queue_size).
+    #[arg(long, value_name = "JSON", value_parser = parse_kv_events_config)]
+    kv_events_config: Option<KvEventsConfigArg>,
     #[command(flatten)]
     thinking: ThinkingArgs,
 }
@@ -360,6 +372,16 @@ fn parse_bytes(text: &str) -> Result<u64, String> {
     }
 }
 
+/// `--kv-events-config` as parsed: `None` inside when it turns events off.
+#[derive(Clone, Debug)]
+struct KvEventsConfigArg(Option<KvEventsConfig>);
+
+fn parse_kv_events_config(json: &str) -> Result<KvEventsConfigArg, String> {
+    KvEventsConfig::parse(json)
+        .map(KvEventsConfigArg)
+        .map_err(|e| format!("{e:#}"))
+}
+
 /// Parses `--override-generation-config`.
 fn parse_generation_config(json: &str) -> Result<GenerationDefaults, String> {
     GenerationDefaults::from_override(json).map_err(|e| format!("{e:#}"))
@@ -409,7 +431,7 @@ fn run_serve(args: ServeArgs) -> Result<()> {
     let api_keys = api_keys(&args)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
-        let metrics = Metrics::install()?;
+        let metrics = Metrics::install_with(args.metrics_compat)?;
         let state = AppState::new(api_keys, metrics);
         let options = ServerOptions {
             addr: SocketAddr::new(args.host, args.port),
@@ -492,7 +514,7 @@ fn in_process_router(model: &str, args: &EvalArgs) -> Result<axum::Router> {
     let Command::Serve(serve_args) = Cli::try_parse_from(argv)?.command else {
         bail!("the flags after `--` are not `serve` flags");
     };
-    let metrics = Metrics::install()?;
+    let metrics = Metrics::install_with(serve_args.metrics_compat)?;
     let state = AppState::new(Vec::new(), metrics);
     state.set_model(load_model(&serve_args)?);
     Ok(router(state, &router_config(&serve_args)?))
@@ -573,7 +595,13 @@ fn load_model(args: &ServeArgs) -> Result<ServedModel> {
         let vocab_size = loaded.model.info().vocab_size;
         std::thread::spawn(move || grammar_vocab(&tokenizer, vocab_size))
     };
-    let engine = Engine::start(
+    let kv_events = args
+        .kv_events_config
+        .as_ref()
+        .and_then(|arg| arg.0.as_ref())
+        .map(r1serve::kv_events::start)
+        .transpose()?;
+    let engine = Engine::start_publishing(
         loaded.model,
         Arc::clone(&tokenizer),
         EngineConfig {
@@ -591,6 +619,7 @@ fn load_model(args: &ServeArgs) -> Result<ServedModel> {
                 ..Default::default()
             },
         },
+        kv_events,
     )?;
     tracing::info!(reasoning_parser = %reasoning, tool_call_parser = %tool_parser, "engine started");
     let grammar = grammar.join().unwrap_or_else(|_| {
@@ -733,6 +762,8 @@ mod tests {
         assert_eq!(args.header_timeout, 60);
         assert_eq!(args.body_timeout, 60);
         assert!(args.override_generation_config.is_none());
+        assert!(args.metrics_compat.is_none());
+        assert!(args.kv_events_config.is_none());
     }
 
     #[test]

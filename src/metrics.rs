@@ -9,6 +9,13 @@
 //! [`EngineStats`] at scrape time rather than pushed by the engine, so the
 //! engine loop never touches the metrics registry; the engine keeps those
 //! counts per step, so throughput graphs follow the work as it is done.
+//!
+//! Every metric is present from the first scrape after the model loads,
+//! counters at 0 and histograms empty, so rates and alerts work before the
+//! first request (and the llm-d endpoint picker, which reads the queue and
+//! cache gauges, sees an idle replica rather than a broken one).
+
+mod vllm;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -70,6 +77,8 @@ pub mod names {
     /// Per request, the share of the reasoning's words written in the
     /// question's script (1 = no language mixing).
     pub const REASONING_LANGUAGE_CONSISTENCY: &str = "r1serve:reasoning_language_consistency";
+    /// KV-cache events dropped because their publisher fell behind.
+    pub const KV_EVENTS_DROPPED: &str = "r1serve:kv_events_dropped_total";
 }
 
 /// Latency buckets in seconds: 1 ms to 10 min, dense below a second where
@@ -98,6 +107,26 @@ pub const MODEL_NAME_LABEL: &str = "model_name";
 /// memory would grow with every token it serves.
 pub const UPKEEP_PERIOD: Duration = Duration::from_secs(5);
 
+/// Extra names the metrics are exported under (`--metrics-compat`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricsCompat {
+    /// vLLM's `vllm:` names, for every metric that has one.
+    Vllm,
+}
+
+impl std::str::FromStr for MetricsCompat {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "vllm" => Ok(Self::Vllm),
+            other => Err(format!(
+                "unknown metrics compatibility '{other}' (known: vllm)"
+            )),
+        }
+    }
+}
+
 /// The installed Prometheus recorder.
 #[derive(Clone)]
 pub struct Metrics {
@@ -108,7 +137,13 @@ impl Metrics {
     /// Installs the process-wide recorder that the `metrics` macros write
     /// to. Fails if one is already installed.
     pub fn install() -> Result<Self> {
-        let handle = PrometheusBuilder::new()
+        Self::install_with(None)
+    }
+
+    /// [`install`](Self::install), also exporting under the names of
+    /// `compat`.
+    pub fn install_with(compat: Option<MetricsCompat>) -> Result<Self> {
+        let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
             .and_then(|b| {
                 b.set_buckets_for_metric(
@@ -123,8 +158,18 @@ impl Metrics {
                 )
             })
             .context("configuring histogram buckets")?
-            .install_recorder()
-            .context("installing the Prometheus recorder")?;
+            .build_recorder();
+        let handle = recorder.handle();
+        let installed = match compat {
+            None => metrics::set_global_recorder(recorder).is_ok(),
+            Some(MetricsCompat::Vllm) => {
+                metrics::set_global_recorder(vllm::VllmAliases::new(recorder)).is_ok()
+            }
+        };
+        anyhow::ensure!(
+            installed,
+            "installing the Prometheus recorder: one is already installed"
+        );
         describe();
         Ok(Self { handle })
     }
@@ -188,6 +233,10 @@ fn describe() {
         "Requests preempted to free KV-cache blocks"
     );
     describe_counter!(names::ENGINE_STEPS, "Model steps run by the engine");
+    describe_counter!(
+        names::KV_EVENTS_DROPPED,
+        "KV-cache events dropped because their publisher fell behind"
+    );
     describe_counter!(
         names::ENGINE_STEP_TOKENS,
         "Tokens computed in engine steps (prompt chunks and decodes); over steps, tokens per step"
@@ -279,6 +328,8 @@ fn record_engine_stats(model_name: &str, stats: &EngineStats) {
     counter!(names::ENGINE_STEP_TOKENS, model()).absolute(stats.step_tokens);
     counter!(names::PROMPT_TOKENS, model()).absolute(stats.prompt_tokens);
     counter!(names::GENERATION_TOKENS, model()).absolute(stats.generation_tokens);
+    counter!(names::KV_EVENTS_DROPPED, model()).absolute(stats.kv_events_dropped);
+    register_request_metrics(model_name);
     // An engine always has blocks; without one there is no cache to describe.
     if stats.total_blocks > 0 {
         gauge!(
@@ -288,8 +339,56 @@ fn record_engine_stats(model_name: &str, stats: &EngineStats) {
             "cache_dtype" => stats.kv_dtype.to_string(),
             "enable_prefix_caching" => stats.prefix_caching.to_string(),
             "num_blocks" => stats.total_blocks.to_string(),
+            // vLLM's name for the same count, which the llm-d picker reads.
+            "num_gpu_blocks" => stats.total_blocks.to_string(),
         )
         .set(1.0);
+    }
+}
+
+/// Registers the per-request metrics of `model_name` that
+/// [`RequestRecorder`] writes, so they are exported (at 0, or empty) before
+/// the first request ends. Registering an existing metric changes nothing.
+fn register_request_metrics(model_name: &str) {
+    let model = || {
+        vec![metrics::Label::new(
+            MODEL_NAME_LABEL,
+            model_name.to_string(),
+        )]
+    };
+    for reason in ["stop", "length", "abort"] {
+        counter!(
+            names::REQUEST_SUCCESS,
+            MODEL_NAME_LABEL => model_name.to_string(),
+            "finished_reason" => reason
+        )
+        .increment(0);
+    }
+    for counter in [
+        names::REASONING_TOKENS,
+        names::FINISHED_IN_REASONING,
+        names::TOOL_CALLS_IN_REASONING,
+    ] {
+        counter!(counter, model()).increment(0);
+    }
+    for state in ReasoningEnd::ALL {
+        counter!(
+            names::REASONING_END,
+            MODEL_NAME_LABEL => model_name.to_string(),
+            "state" => state.as_str()
+        )
+        .increment(0);
+    }
+    for histogram in [
+        names::TIME_TO_FIRST_TOKEN,
+        names::INTER_TOKEN_LATENCY,
+        names::E2E_REQUEST_LATENCY,
+        names::REQUEST_QUEUE_TIME,
+        names::REQUEST_REASONING_TOKENS,
+        names::TIME_TO_FIRST_ANSWER_TOKEN,
+        names::REASONING_LANGUAGE_CONSISTENCY,
+    ] {
+        let _registered = histogram!(histogram, model());
     }
 }
 
@@ -542,9 +641,20 @@ mod tests {
             "cache_dtype=\"fp8\"",
             "enable_prefix_caching=\"true\"",
             "num_blocks=\"100\"",
+            "num_gpu_blocks=\"100\"",
         ] {
             assert!(info.contains(label), "{info}");
         }
         assert!(info.ends_with("} 1"), "{info}");
+        // Per-request metrics exist before any request has ended.
+        for line in [
+            "r1serve:request_success_total{model_name=\"m\",finished_reason=\"stop\"} 0",
+            "r1serve:request_success_total{model_name=\"m\",finished_reason=\"abort\"} 0",
+            "r1serve:reasoning_end_total{model_name=\"m\",state=\"closed\"} 0",
+            "r1serve:time_to_first_token_seconds_count{model_name=\"m\"} 0",
+            "r1serve:e2e_request_latency_seconds_count{model_name=\"m\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
     }
 }

@@ -12,7 +12,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use futures::stream::{self, StreamExt};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::backend::PromptCodec;
 use super::error::{ApiError, Json};
@@ -25,7 +25,8 @@ use super::protocol::{
     chat_completion_id, unix_timestamp, warn_unknown_fields, AssistantMessage, ChatChoice,
     ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, ChatLogprobs,
     ChatTokenLogprob, ChatTools, ChunkChoice, Consensus, ConsensusResult, Constraint, Delta,
-    DeltaToolCall, FunctionCall, ReasoningField, Role, ToolCall, ToolChoice, TopLogprob,
+    DeltaToolCall, FunctionCall, ReasoningField, Role, TextMessage, ToolCall, ToolChoice,
+    TopLogprob, ValidatedChat,
 };
 use super::sse::{done_event, error_event, json_event, sse_response};
 use super::state::{AppState, ServedModel};
@@ -34,6 +35,7 @@ use crate::engine::types::TokenLogprob;
 use crate::reasoning::{prompt_opens_reasoning, ReasoningParser};
 use crate::structured::GrammarSpec;
 use crate::tools::{call_grammar, ToolCallParser, ToolCallStream, ToolFunction};
+use crate::types::TokenId;
 
 /// Handles `POST /v1/chat/completions`.
 pub async fn chat_completions(
@@ -45,13 +47,7 @@ pub async fn chat_completions(
     model.check_name(request.model.as_deref())?;
     let chat = request.validate()?;
     warn_unknown_fields("/v1/chat/completions", &request.unknown);
-    let messages = serde_json::to_value(&chat.messages).map_err(ApiError::internal)?;
-    // With `tool_choice: "none"` the model is not shown the tools, as vLLM
-    // does by default, and its output is not parsed for calls.
-    let tools = chat
-        .tools
-        .as_ref()
-        .filter(|tools| tools.choice != ToolChoice::None);
+    let tools = shown_tools(&chat);
     let tool_stream = ToolCallStream::new(
         tools.map_or(ToolCallParser::None, |_| model.tool_parser),
         tools.is_none_or(|tools| tools.parallel),
@@ -64,27 +60,9 @@ pub async fn chat_completions(
         Some(c) => Some(compile_constraint(&state, &model, c).await?),
         None => None,
     };
-    let definitions = tools.map(|tools| Value::Array(tools.definitions.clone()));
     let kwargs = request.chat_template_kwargs.unwrap_or_default();
-    let codec = Arc::clone(&model.codec);
-    let max_model_len = model.max_model_len;
-    let ending = chat.ending;
-    let (prompt, prompt_ids, script) = state
-        .tokenizer_work(move || {
-            let script = question_script(&messages);
-            // The template writes BOS and every special token itself.
-            let chat = encode_chat_prompt(
-                codec.as_ref(),
-                &messages,
-                ending,
-                definitions.as_ref(),
-                &kwargs,
-                false,
-                max_model_len,
-            )?;
-            Ok((chat.text, chat.ids, script))
-        })
-        .await?;
+    let (prompt, prompt_ids) = chat_prompt(&state, &model, &chat, kwargs).await?;
+    let script = question_script(&chat.messages);
     let mut params = sampling_params(&model, &chat.params, prompt_ids.len(), None)?;
     let starts_inside =
         model.reasoning == ReasoningParser::DeepSeekR1 && prompt_opens_reasoning(&prompt);
@@ -116,13 +94,49 @@ pub async fn chat_completions(
 /// The script of the question being answered (the last user message),
 /// which the reasoning's language is measured against; `None` when it has
 /// no words.
-fn question_script(messages: &Value) -> Option<Script> {
-    let question = messages
-        .as_array()?
-        .iter()
-        .rev()
-        .find(|m| m["role"] == "user")?;
-    WordCounts::of(question["content"].as_str()?).dominant()
+fn question_script(messages: &[TextMessage]) -> Option<Script> {
+    let question = messages.iter().rev().find(|m| m.role == Role::User)?;
+    WordCounts::of(question.content.as_deref()?).dominant()
+}
+
+/// The tools the model is shown. With `tool_choice: "none"` it is not
+/// shown them, as vLLM does by default, and its output is not parsed for
+/// calls.
+fn shown_tools(chat: &ValidatedChat) -> Option<&ChatTools> {
+    chat.tools
+        .as_ref()
+        .filter(|tools| tools.choice != ToolChoice::None)
+}
+
+/// The prompt of a checked chat request as the model sees it, its text and
+/// ids, templated and tokenized off the async threads; shared with
+/// `/v1/chat/completions/render`, which must give the same ids.
+pub(super) async fn chat_prompt(
+    state: &AppState,
+    model: &ServedModel,
+    chat: &ValidatedChat,
+    kwargs: Map<String, Value>,
+) -> Result<(String, Vec<TokenId>), ApiError> {
+    let messages = serde_json::to_value(&chat.messages).map_err(ApiError::internal)?;
+    let definitions = shown_tools(chat).map(|tools| Value::Array(tools.definitions.clone()));
+    let codec = Arc::clone(&model.codec);
+    let max_model_len = model.max_model_len;
+    let ending = chat.ending;
+    state
+        .tokenizer_work(move || {
+            // The template writes BOS and every special token itself.
+            let chat = encode_chat_prompt(
+                codec.as_ref(),
+                &messages,
+                ending,
+                definitions.as_ref(),
+                &kwargs,
+                false,
+                max_model_len,
+            )?;
+            Ok((chat.text, chat.ids))
+        })
+        .await
 }
 
 /// The constraint of a `tool_choice` that forces a call: the served

@@ -23,9 +23,10 @@ use super::sse::{done_event, error_event, json_event, sse_response};
 use super::state::{AppState, ServedModel};
 use crate::engine::types::TokenLogprob;
 use crate::tools::{ToolCallParser, ToolCallStream};
+use crate::types::TokenId;
 
 /// OpenAI's default `max_tokens` for legacy completions.
-const DEFAULT_MAX_TOKENS: usize = 16;
+pub(super) const DEFAULT_MAX_TOKENS: usize = 16;
 
 /// Handles `POST /v1/completions`.
 pub async fn completions(
@@ -45,12 +46,58 @@ pub async fn completions(
             "'echo' together with 'logprobs' is not supported",
         ));
     }
+    let (prompt_text, prompt_ids) =
+        completion_prompt(&state, &model, completion.prompt, completion.echo).await?;
+    let mut params = sampling_params(
+        &model,
+        &completion.params,
+        prompt_ids.len(),
+        Some(DEFAULT_MAX_TOKENS),
+    )?;
+    if let Some(constraint) = completion.constraint {
+        params.grammar = Some(compile_constraint(&state, &model, constraint).await?);
+    }
+    let generation = Generation::submit(
+        &model,
+        prompt_ids,
+        params,
+        arrived,
+        &ToolCallStream::new(ToolCallParser::None, true),
+    )?;
+    let reply = Reply {
+        id: completion_id(),
+        created: unix_timestamp(),
+        model,
+        echo: completion.echo.then_some(prompt_text),
+        logprobs: completion.params.logprobs.is_some(),
+        include_usage: completion.params.include_usage,
+        offsets: vec![0; completion.params.n as usize],
+    };
+    if completion.params.stream {
+        Ok(reply.stream(generation, completion.params.n))
+    } else {
+        // Collected inside the handler future: when a client hangs up
+        // mid-request hyper drops that future, and with it the generation,
+        // which aborts the request in the engine.
+        reply.collect(generation, completion.params.n).await
+    }
+}
+
+/// The prompt of a checked completion request, its text (only when
+/// `echo` needs it) and ids; shared with `/v1/completions/render`, which
+/// must give the same ids. Token prompts are checked against the
+/// vocabulary, and an empty prompt is refused.
+pub(super) async fn completion_prompt(
+    state: &AppState,
+    model: &ServedModel,
+    prompt: Prompt,
+    echo: bool,
+) -> Result<(String, Vec<TokenId>), ApiError> {
     let codec = Arc::clone(&model.codec);
     let vocab = codec.vocab_size();
-    let echo = completion.echo;
     let max_model_len = model.max_model_len;
     let (prompt_text, prompt_ids) = state
-        .tokenizer_work(move || match completion.prompt {
+        .tokenizer_work(move || match prompt {
             Prompt::Text(text) => {
                 let ids = encode_prompt(codec.as_ref(), &text, true, max_model_len, "prompt")?;
                 Ok((text, ids))
@@ -77,39 +124,7 @@ pub async fn completions(
             "'prompt' must not be empty",
         ));
     }
-    let mut params = sampling_params(
-        &model,
-        &completion.params,
-        prompt_ids.len(),
-        Some(DEFAULT_MAX_TOKENS),
-    )?;
-    if let Some(constraint) = completion.constraint {
-        params.grammar = Some(compile_constraint(&state, &model, constraint).await?);
-    }
-    let generation = Generation::submit(
-        &model,
-        prompt_ids,
-        params,
-        arrived,
-        &ToolCallStream::new(ToolCallParser::None, true),
-    )?;
-    let reply = Reply {
-        id: completion_id(),
-        created: unix_timestamp(),
-        model,
-        echo: echo.then_some(prompt_text),
-        logprobs: completion.params.logprobs.is_some(),
-        include_usage: completion.params.include_usage,
-        offsets: vec![0; completion.params.n as usize],
-    };
-    if completion.params.stream {
-        Ok(reply.stream(generation, completion.params.n))
-    } else {
-        // Collected inside the handler future: when a client hangs up
-        // mid-request hyper drops that future, and with it the generation,
-        // which aborts the request in the engine.
-        reply.collect(generation, completion.params.n).await
-    }
+    Ok((prompt_text, prompt_ids))
 }
 
 /// What every part of one reply shares.

@@ -12,6 +12,7 @@ pub mod models;
 pub mod ops;
 pub mod prompt_logprobs;
 pub mod protocol;
+pub mod render;
 pub mod router;
 pub mod server;
 pub mod sse;

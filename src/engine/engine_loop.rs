@@ -15,6 +15,7 @@ use super::types::{
 use super::{Admission, Command, EngineHandle, PanicWatch, Shared};
 use crate::kv_cache::manager::KvCacheManager;
 use crate::kv_cache::storage::KvDtype;
+use crate::kv_events::KvEventSender;
 use crate::model::{BatchSeq, ForwardBatch, Model};
 use crate::reasoning::ReasoningPhase;
 use crate::tokenizer::Tokenizer;
@@ -95,9 +96,20 @@ pub struct Engine;
 impl Engine {
     /// Sizes the KV pool, starts the engine thread and returns its handle.
     pub fn start(
+        model: Box<dyn Model>,
+        tokenizer: Arc<Tokenizer>,
+        config: EngineConfig,
+    ) -> Result<EngineHandle> {
+        Self::start_publishing(model, tokenizer, config, None)
+    }
+
+    /// [`start`](Self::start), handing the prefix cache's events to
+    /// `kv_events` after every step when given.
+    pub fn start_publishing(
         mut model: Box<dyn Model>,
         tokenizer: Arc<Tokenizer>,
         config: EngineConfig,
+        kv_events: Option<KvEventSender>,
     ) -> Result<EngineHandle> {
         let info = model.info().clone();
         let max_model_len = config.max_model_len.unwrap_or(info.max_position_embeddings);
@@ -179,9 +191,15 @@ impl Engine {
             reasoning.close_len(),
             config.reasoning.loop_guard
         );
+        let mut kv =
+            KvCacheManager::new(num_blocks, config.block_size, config.enable_prefix_caching);
+        if kv_events.is_some() {
+            kv.enable_events();
+        }
         let looper = EngineLoop {
             _watch: PanicWatch(shared.clone()),
-            kv: KvCacheManager::new(num_blocks, config.block_size, config.enable_prefix_caching),
+            kv,
+            kv_events,
             sched: Scheduler::new(SchedulerConfig {
                 max_num_seqs: config.max_num_seqs,
                 max_num_batched_tokens: config.max_num_batched_tokens,
@@ -221,6 +239,8 @@ struct EngineLoop {
     model: Box<dyn Model>,
     tokenizer: Arc<Tokenizer>,
     kv: KvCacheManager,
+    /// Where each step's prefix-cache events go, when published.
+    kv_events: Option<KvEventSender>,
     sched: Scheduler,
     requests: HashMap<RequestId, RequestState>,
     rx: mpsc::Receiver<Command>,
@@ -260,6 +280,9 @@ impl EngineLoop {
             }
             if self.sched.has_work() {
                 self.step();
+            }
+            if let Some(events) = &self.kv_events {
+                events.send(self.kv.take_events());
             }
             self.publish_stats();
         }
@@ -486,6 +509,7 @@ impl EngineLoop {
             s.step_tokens = self.step_tokens;
             s.prompt_tokens = self.prompt_tokens;
             s.generation_tokens = self.generation_tokens;
+            s.kv_events_dropped = self.kv_events.as_ref().map_or(0, KvEventSender::dropped);
         }
     }
 }

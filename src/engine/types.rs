@@ -288,4 +288,6 @@ pub struct EngineStats {
     pub kv_dtype: KvDtype,
     /// Whether requests reuse the blocks of shared prompt prefixes.
     pub prefix_caching: bool,
+    /// KV-cache events dropped because their queue was full.
+    pub kv_events_dropped: u64,
 }

@@ -7,6 +7,7 @@
 //! hash: it sits in the free queue in LRU order and can be revived by a
 //! prefix-cache hit until it is handed out again, when its hash is dropped.
 
+use super::events::{EventLog, KvEvent};
 use crate::types::BlockId;
 use std::collections::{HashMap, VecDeque};
 
@@ -28,6 +29,8 @@ pub struct BlockPool {
     free: VecDeque<BlockId>,
     num_free: usize,
     cached: HashMap<BlockHash, BlockId>,
+    /// Prefix-cache changes for the outside, when someone listens.
+    events: EventLog,
 }
 
 impl BlockPool {
@@ -39,6 +42,7 @@ impl BlockPool {
             free: (0..num_blocks as u32).map(BlockId).collect(),
             num_free: num_blocks,
             cached: HashMap::new(),
+            events: EventLog::default(),
         }
     }
 
@@ -71,6 +75,9 @@ impl BlockPool {
             if let Some(h) = self.hashes[b.index()].take() {
                 if self.cached.get(&h) == Some(&b) {
                     self.cached.remove(&h);
+                    self.events.push(KvEvent::BlockRemoved {
+                        block_hashes: vec![h],
+                    });
                 }
             }
             self.ref_counts[b.index()] = 1;
@@ -111,14 +118,16 @@ impl BlockPool {
         }
     }
 
-    /// Records that a full block now holds the prefix `hash`. A hash already
-    /// cached elsewhere keeps its first block: at most one block per hash.
-    pub fn register(&mut self, block: BlockId, hash: BlockHash) {
+    /// Records that a full block now holds the prefix `hash`, and says
+    /// whether it entered the cache. A hash already cached elsewhere keeps
+    /// its first block: at most one block per hash.
+    pub fn register(&mut self, block: BlockId, hash: BlockHash) -> bool {
         if self.hashes[block.index()].is_some() || self.cached.contains_key(&hash) {
-            return;
+            return false;
         }
         self.hashes[block.index()] = Some(hash);
         self.cached.insert(hash, block);
+        true
     }
 
     /// Hash a block is registered under.
@@ -130,6 +139,13 @@ impl BlockPool {
     pub fn reset_prefix_cache(&mut self) {
         self.cached.clear();
         self.hashes.iter_mut().for_each(|h| *h = None);
+        self.events.push(KvEvent::AllBlocksCleared);
+    }
+
+    /// The prefix-cache event log: the manager records stores there (it
+    /// knows their tokens), the pool records evictions and clears.
+    pub fn events(&mut self) -> &mut EventLog {
+        &mut self.events
     }
 }
 
@@ -284,5 +300,17 @@ mod tests {
         assert_ne!(hash_block(None, &[2, 1], 0), root);
         assert_ne!(hash_block(None, &[1, 2], 1), root);
         assert_ne!(hash_block(Some(BlockHash([0; 32])), &[1, 2], 0), root);
+    }
+
+    #[test]
+    fn reset_reports_all_blocks_cleared() {
+        let mut pool = BlockPool::new(2);
+        pool.events().enable();
+        let b = pool.allocate().unwrap();
+        assert!(pool.register(b, key(1)));
+        assert!(!pool.register(b, key(2)), "a block holds one prefix");
+        pool.reset_prefix_cache();
+        assert_eq!(pool.events().drain(), [KvEvent::AllBlocksCleared]);
+        assert_eq!(pool.lookup(key(1)), None);
     }
 }

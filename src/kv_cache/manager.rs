@@ -5,6 +5,7 @@
 //! `kv_cache_manager.py`).
 
 use super::block_pool::{hash_block, BlockHash, BlockPool};
+use super::events::KvEvent;
 use crate::types::{BlockId, SeqId, TokenId};
 use std::collections::HashMap;
 
@@ -142,7 +143,8 @@ impl KvCacheManager {
     }
 
     /// Registers the blocks that became full and computed, so later requests
-    /// sharing the prefix can reuse them.
+    /// sharing the prefix can reuse them. With events on, each run of blocks
+    /// that entered the cache is reported with its tokens.
     pub fn commit(&mut self, seq: SeqId, tokens: &[TokenId], num_computed: usize) {
         if !self.prefix_caching {
             return;
@@ -151,17 +153,60 @@ impl KvCacheManager {
             return;
         };
         let full = (num_computed / self.block_size).min(entry.blocks.len());
+        let mut stored: Option<KvEvent> = None;
         while entry.hashes.len() < full {
             let i = entry.hashes.len();
             let parent = entry.hashes.last().copied();
-            let h = hash_block(
-                parent,
-                &tokens[i * self.block_size..(i + 1) * self.block_size],
-                0,
-            );
-            self.pool.register(entry.blocks[i], h);
+            let block_tokens = &tokens[i * self.block_size..(i + 1) * self.block_size];
+            let h = hash_block(parent, block_tokens, 0);
+            let entered = self.pool.register(entry.blocks[i], h);
             entry.hashes.push(h);
+            if !self.pool.events().enabled() {
+                continue;
+            }
+            match (&mut stored, entered) {
+                (
+                    Some(KvEvent::BlockStored {
+                        block_hashes,
+                        token_ids,
+                        ..
+                    }),
+                    true,
+                ) => {
+                    block_hashes.push(h);
+                    token_ids.extend_from_slice(block_tokens);
+                }
+                (_, true) => {
+                    stored = Some(KvEvent::BlockStored {
+                        block_hashes: vec![h],
+                        parent,
+                        token_ids: block_tokens.to_vec(),
+                        block_size: self.block_size,
+                    });
+                }
+                // A block whose prefix another block already caches ends
+                // the run: the events describe only what entered.
+                (_, false) => {
+                    if let Some(event) = stored.take() {
+                        self.pool.events().push(event);
+                    }
+                }
+            }
         }
+        if let Some(event) = stored {
+            self.pool.events().push(event);
+        }
+    }
+
+    /// Starts recording prefix-cache events for [`take_events`](Self::take_events).
+    pub fn enable_events(&mut self) {
+        self.pool.events().enable();
+    }
+
+    /// Prefix-cache events since the last call, oldest first; empty when
+    /// events are off.
+    pub fn take_events(&mut self) -> Vec<KvEvent> {
+        self.pool.events().drain()
     }
 
     /// Releases every block of `seq` (their contents stay cached).
@@ -214,5 +259,63 @@ mod tests {
         assert!(m.allocate(SeqId(1), &[], 8));
         m.commit(SeqId(1), &a, 8);
         assert_eq!(m.cached_prefix(&a).len(), 1);
+    }
+
+    /// With events on, a commit reports the blocks that entered the cache
+    /// with their tokens and chain, reuse reports nothing, eviction reports
+    /// the hashes that left; with events off nothing is recorded.
+    #[test]
+    fn events_report_stores_and_evictions() {
+        let mut m = KvCacheManager::new(4, 4, true);
+        m.enable_events();
+        let a: Vec<u32> = (0..10).collect();
+        assert!(m.allocate(SeqId(1), &[], a.len()));
+        m.commit(SeqId(1), &a, 6);
+        m.commit(SeqId(1), &a, a.len());
+        let events = m.take_events();
+        let h0 = hash_block(None, &a[..4], 0);
+        let h1 = hash_block(Some(h0), &a[4..8], 0);
+        assert_eq!(
+            events,
+            [
+                KvEvent::BlockStored {
+                    block_hashes: vec![h0],
+                    parent: None,
+                    token_ids: a[..4].to_vec(),
+                    block_size: 4,
+                },
+                KvEvent::BlockStored {
+                    block_hashes: vec![h1],
+                    parent: Some(h0),
+                    token_ids: a[4..8].to_vec(),
+                    block_size: 4,
+                },
+            ]
+        );
+        // A second sequence reusing the prefix stores nothing new.
+        let prefix = m.cached_prefix(&a);
+        assert_eq!(prefix.len(), 2);
+        assert!(m.allocate(SeqId(2), &prefix, a.len()));
+        m.commit(SeqId(2), &a, a.len());
+        assert!(m.take_events().is_empty());
+        m.free(SeqId(1));
+        m.free(SeqId(2));
+        // Four fresh blocks take every block, the two cached ones included.
+        let b: Vec<u32> = (100..116).collect();
+        assert!(m.allocate(SeqId(3), &[], b.len()));
+        let events = m.take_events();
+        let [KvEvent::BlockRemoved { block_hashes }] = &events[..] else {
+            panic!("{events:?}");
+        };
+        let mut removed = block_hashes.clone();
+        removed.sort_by_key(|h| h.0);
+        let mut expected = vec![h0, h1];
+        expected.sort_by_key(|h| h.0);
+        assert_eq!(removed, expected);
+
+        let mut off = KvCacheManager::new(4, 4, true);
+        assert!(off.allocate(SeqId(1), &[], a.len()));
+        off.commit(SeqId(1), &a, a.len());
+        assert!(off.take_events().is_empty());
     }
 }

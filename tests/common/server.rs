@@ -72,16 +72,18 @@ impl Server {
             .args(["serve", "--model"])
             .arg(model_path(model))
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--kv-cache-memory", "256MiB"])
             .args(extra)
             .env_remove("R1SERVE_API_KEY")
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(stderr);
-        // clap rejects a repeated option, so the default length yields to
-        // a test's own.
+        // clap rejects a repeated option, so the default length and cache
+        // size yield to a test's own.
         if !extra.contains(&"--max-model-len") {
             command.args(["--max-model-len", "2048"]);
+        }
+        if !extra.contains(&"--kv-cache-memory") {
+            command.args(["--kv-cache-memory", "256MiB"]);
         }
         if let Some(key) = key {
             command.args(["--api-key", key]);
