@@ -64,11 +64,23 @@ def main():
         fail("readiness must be /health")
 
     epp = yaml.safe_load(objects["ConfigMap"]["data"]["epp-config.yaml"])
-    (metrics_plugin,) = [p for p in epp["plugins"] if "engineConfigs" in p.get("parameters", {})]
+    types = [p["type"] for p in epp["plugins"]]
+    if "metrics-data-source" not in types:
+        fail("the picker has no metrics-data-source to scrape /metrics")
+    (metrics_plugin,) = [p for p in epp["plugins"] if p["type"] == "core-metrics-extractor"]
     params = metrics_plugin["parameters"]
+    # The parameters llm-d's core-metrics-extractor reads (its
+    # engineConfigParams); an unknown key would be silently ignored there.
+    known = {
+        "name", "queuedRequestsSpec", "runningRequestsSpec", "kvUsageSpec", "loraSpec",
+        "cacheInfoSpec", "cacheBlockSizeLabelName", "cacheNumBlocksLabelName",
+        "cacheBlockSizeSpec", "cacheNumBlocksSpec",
+    }
     if labels.get(params["engineLabelKey"]) != "r1serve":
         fail(f"pods lack {params['engineLabelKey']}: r1serve")
     (entry,) = [e for e in params["engineConfigs"] if e["name"] == "r1serve"]
+    if set(entry) - known:
+        fail(f"engineConfigs keys the extractor does not read: {sorted(set(entry) - known)}")
     exported = (ROOT / "src" / "metrics.rs").read_text()
     for key, metric in entry.items():
         if key != "name" and f'"{metric}"' not in exported:
