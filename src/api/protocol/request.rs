@@ -603,6 +603,10 @@ pub struct CompletionRequest {
     /// Structured outputs in every dialect.
     #[serde(flatten)]
     pub structured: StructuredFields,
+    /// The chat route's `consensus` extension, captured so that it is
+    /// refused here rather than silently ignored.
+    #[serde(default)]
+    pub consensus: Option<Value>,
     /// Unimplemented vLLM parameters.
     #[serde(flatten)]
     pub unsupported_vllm: UnsupportedVllmFields,
@@ -1224,6 +1228,12 @@ impl CompletionRequest {
         }
         if self.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
             return Err(ApiError::unsupported_param("suffix"));
+        }
+        if self.consensus.is_some() {
+            return Err(ApiError::bad_request(
+                "consensus",
+                "'consensus' votes over chat answers: send it to /v1/chat/completions",
+            ));
         }
         if let Some(param) = self.unsupported_vllm.first_used() {
             return Err(ApiError::unsupported_param(param));

@@ -391,6 +391,10 @@ fn completion_rules() {
         Some("suffix")
     );
     assert_eq!(
+        error(json!({"consensus": {"samples": 2}})).param.as_deref(),
+        Some("consensus")
+    );
+    assert_eq!(
         error(json!({"best_of": 3, "n": 2})).param.as_deref(),
         Some("best_of")
     );
