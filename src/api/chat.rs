@@ -62,7 +62,10 @@ pub async fn chat_completions(
     };
     let kwargs = request.chat_template_kwargs.unwrap_or_default();
     let (prompt, prompt_ids) = chat_prompt(&state, &model, &chat, kwargs).await?;
-    let script = question_script(&chat.messages);
+    // Only a reasoning model's output is measured against the question.
+    let script = (model.reasoning != ReasoningParser::None)
+        .then(|| question_script(&chat.messages))
+        .flatten();
     let mut params = sampling_params(&model, &chat.params, prompt_ids.len(), None)?;
     let starts_inside =
         model.reasoning == ReasoningParser::DeepSeekR1 && prompt_opens_reasoning(&prompt);
@@ -251,10 +254,16 @@ impl Reply {
                 }
             }
         }
-        let answers = (0..n as usize)
-            .map(|i| (!generation.in_reasoning(i)).then(|| content[i].clone()))
-            .collect();
-        let consensus = self.vote(answers).await?;
+        // Only a consensus request copies the answers out for its vote.
+        let consensus = match self.consensus {
+            Some(_) => {
+                let answers = (0..n as usize)
+                    .map(|i| (!generation.in_reasoning(i)).then(|| content[i].clone()))
+                    .collect();
+                self.vote(answers).await?
+            }
+            None => None,
+        };
         let mut reasoning: Vec<_> = reasoning.into_iter().map(|r| self.reasoning(r)).collect();
         let choices = (0..n as usize)
             .map(|i| ChatChoice {
