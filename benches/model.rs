@@ -2,7 +2,9 @@
 //! quantized models on the same GGUF files, measured side by side in one run:
 //! prefill of 512 tokens and greedy decode of 64 tokens.
 //!
-//! `cargo bench --bench model` (checkpoints from `models/fetch.sh`).
+//! `cargo bench --bench model` (checkpoints from `models/fetch.sh`);
+//! `MODEL_R1SERVE_ONLY=1` prints r1serve's rows only (candle-transformers
+//! needs minutes per model), for A/B runs of two r1serve builds.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -96,6 +98,10 @@ fn run() {
         ours(model.as_mut(), &tokens[..32]); // warm-up
         let (op, od) = ours(model.as_mut(), &tokens);
         drop(model);
+        if std::env::var_os("MODEL_R1SERVE_ONLY").is_some() {
+            println!("| {label} | r1serve | {op:.1} | {od:.1} |");
+            continue;
+        }
         let mut reference = load_reference(&path, qwen);
         let (tp, td) = theirs(reference.as_mut(), &tokens);
         println!("| {label} | r1serve | {op:.1} | {od:.1} |");

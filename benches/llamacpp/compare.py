@@ -3,10 +3,16 @@
 
 Two tables, printed as Markdown:
   1. single-stream decode in process: `llama-bench` tg (and pp512 for
-     reference) against `r1serve generate --ignore-eos`;
+     reference) against `r1serve generate --ignore-eos`, with the weight
+     bytes each streams per second next to a parallel memcpy's bytes per
+     second measured in the same run;
   2. streaming chat through each server (llama-server -np 16, r1serve serve
      --max-num-seqs 16), greedy, ignore_eos, no prompt cache: decode tok/s and
      time to first token for 1 and 16 concurrent streams.
+
+Each model argument is `MODEL` or `MODEL=GGUF`: r1serve runs MODEL (a GGUF
+file or a Hugging Face directory), llama.cpp runs GGUF (default: MODEL), so
+a bf16 directory can face llama.cpp on the same weights as a BF16 GGUF.
 
 The servers run one at a time, so they never share the cores. Run it through
 `benches/llamacpp/compare.sh`, which builds both programs first.
@@ -22,9 +28,11 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import numpy as np
 
 
 def cpu_name() -> str:
@@ -57,6 +65,32 @@ def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
+def memcpy_bandwidth(threads: int) -> float:
+    """Bytes copied per second by a memcpy of 512 MiB split over `threads`
+    threads (numpy releases the GIL while copying), median of 5."""
+    size = 512 << 20
+    src = np.ones(size, dtype=np.uint8)
+    dst = np.zeros(size, dtype=np.uint8)
+    bounds = [(i * size // threads, (i + 1) * size // threads) for i in range(threads)]
+    rates = []
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in range(6):
+            t = time.perf_counter()
+            list(pool.map(lambda b: np.copyto(dst[b[0]:b[1]], src[b[0]:b[1]]), bounds))
+            rates.append(size / (time.perf_counter() - t))
+    return statistics.median(rates[1:])
+
+
+def weight_bytes(model: Path) -> int:
+    """Bytes of a checkpoint's tensors: the GGUF file, or the safetensors of
+    a directory. Decode reads each weight once per token, except that only
+    one row of an untied embedding is read, so this slightly over-counts for
+    a model with a separate output matrix."""
+    if model.is_dir():
+        return sum(p.stat().st_size for p in model.glob("*.safetensors"))
+    return model.stat().st_size
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -77,12 +111,12 @@ def llama_bench(bin_dir: Path, gguf: Path, threads: int, tokens: int) -> dict:
     return rates
 
 
-def r1serve_generate(r1: Path, gguf: Path, tokens: int, runs: int = 3) -> float:
+def r1serve_generate(r1: Path, model: Path, tokens: int, runs: int = 3) -> float:
     """Median decode tokens/s of `r1serve generate` over `runs` runs."""
     rates = []
     for _ in range(runs):
         err = subprocess.run(
-            [str(r1), "generate", "--model", str(gguf), "--chat", "--ignore-eos",
+            [str(r1), "generate", "--model", str(model), "--chat", "--ignore-eos",
              "--temperature", "0", "--max-tokens", str(tokens),
              "--prompt", "Write a long story about a dragon."],
             check=True, capture_output=True, text=True, env={**os.environ, "RUST_LOG": "warn"},
@@ -181,17 +215,21 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=128, help="tokens generated per stream")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for llama.cpp")
     ap.add_argument("--logs", type=Path, default=Path("/tmp"), help="where the server logs go")
-    ap.add_argument("gguf", type=Path, nargs="+")
+    ap.add_argument("models", nargs="+", metavar="MODEL[=GGUF]")
     a = ap.parse_args()
 
     print(f"CPU: {cpu_name()}, {os.cpu_count()} logical CPUs, ISA: {cpu_isa()}")
     print(f"load average before: {load_average()}")
+    memcpy = memcpy_bandwidth(os.cpu_count())
     bench_rows, serve_rows = [], []
-    for gguf in a.gguf:
-        name = gguf.name.removesuffix(".gguf")
+    for arg in a.models:
+        model, _, gguf = arg.partition("=")
+        model = Path(model)
+        gguf = Path(gguf) if gguf else model
+        name = model.name.removesuffix(".gguf")
         lb = llama_bench(a.llama_bin, gguf, a.threads, a.tokens)
-        gen = r1serve_generate(a.r1serve, gguf, a.tokens)
-        bench_rows.append((name, lb["tg"], gen, lb["pp"]))
+        gen = r1serve_generate(a.r1serve, model, a.tokens)
+        bench_rows.append((name, lb["tg"], gen, lb["pp"], weight_bytes(gguf), weight_bytes(model)))
         port = free_port()
         ctx = 16 * (a.tokens + 256)
         ll = serve_and_measure(
@@ -200,7 +238,7 @@ def main() -> None:
             f"http://127.0.0.1:{port}/v1", a.tokens, a.logs / f"llama-server-{name}.log")
         port = free_port()
         r1 = serve_and_measure(
-            [str(a.r1serve), "serve", "--model", str(gguf), "--max-num-seqs", "16",
+            [str(a.r1serve), "serve", "--model", str(model), "--max-num-seqs", "16",
              "--no-prefix-caching", "--served-model-name", "bench",
              "--host", "127.0.0.1", "--port", str(port)],
             f"http://127.0.0.1:{port}/v1", a.tokens, a.logs / f"r1serve-{name}.log")
@@ -208,10 +246,14 @@ def main() -> None:
 
     print(f"load average after: {load_average()}\n")
     print(f"### In process, single stream: llama-bench tg{a.tokens} vs `r1serve generate` (tokens/s)\n")
-    print(f"| model | llama-bench tg{a.tokens} | r1serve generate | ratio | llama-bench pp512 |")
-    print("|---|---|---|---|---|")
-    for name, tg, gen, pp in bench_rows:
-        print(f"| {name} | {tg:.1f} | {gen:.1f} | {gen / tg:.2f}× | {pp:.1f} |")
+    print(f"memcpy over {os.cpu_count()} threads: {memcpy / 1e9:.2f} GB/s. Weight GB/s: the checkpoint's "
+          "tensor bytes × tokens/s; of memcpy: that over the memcpy's bytes/s.\n")
+    print(f"| model | llama-bench tg{a.tokens} | r1serve generate | ratio | llama.cpp weight GB/s "
+          "| r1serve weight GB/s | r1serve of memcpy | llama-bench pp512 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, tg, gen, pp, lbytes, rbytes in bench_rows:
+        print(f"| {name} | {tg:.1f} | {gen:.1f} | {gen / tg:.2f}× | {lbytes * tg / 1e9:.2f} "
+              f"| {rbytes * gen / 1e9:.2f} | {rbytes * gen / memcpy:.0%} | {pp:.1f} |")
     print(f"\n### Streaming chat through the servers, {a.tokens} tokens, ignore_eos, no prompt cache\n")
     print("| model | streams | llama-server decode tok/s | r1serve decode tok/s | ratio "
           "| llama-server TTFT | r1serve TTFT | TTFT ratio |")

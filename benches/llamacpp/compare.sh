@@ -5,9 +5,13 @@
 # single-stream decode; streaming chat through each server at 1 and 16
 # streams) naming the CPU and its instruction set.
 #
-# Usage: benches/llamacpp/compare.sh [GGUF ...]
-#   default GGUFs: SmolLM2-135M Q4_1 and Qwen2.5-Coder-0.5B Q4_K_M from
-#   models/fetch.sh. Environment: PYTHON (needs httpx; default: the tests'
+# Usage: benches/llamacpp/compare.sh [--bf16 | MODEL[=GGUF] ...]
+#   default: SmolLM2-135M Q4_1, Qwen2.5-Coder-0.5B and 1.5B Q4_K_M from
+#   models/fetch.sh. MODEL=GGUF: r1serve runs MODEL (GGUF or HF directory),
+#   llama.cpp runs GGUF. --bf16: the bf16 HF directories of Qwen2.5-Coder-0.5B
+#   and 1.5B (built by the safetensors parity tests, which this runs first)
+#   against BF16 GGUFs of the same values (benches/llamacpp/bf16_gguf.py,
+#   written to R1SERVE_CACHE/bf16). Environment: PYTHON (needs httpx and numpy; default: the tests'
 #   venv when present, else python3), TOKENS (default 128), THREADS (llama.cpp
 #   threads; default: all CPUs, as r1serve uses), LLAMACPP_* as in build.sh.
 # Run it on an otherwise idle machine: both programs are bandwidth-bound.
@@ -25,9 +29,23 @@ if [[ -z "$python" ]]; then
     [[ -x "$python" ]] || python=python3
 fi
 
-if [[ $# -eq 0 ]]; then
-    set -- "$cache/models/SmolLM2-135M-Instruct.Q4_1.gguf" \
-           "$cache/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+models="$cache/models"
+if [[ "${1:-}" == "--bf16" ]]; then
+    (cd "$repo" && cargo test --release --test safetensors safetensors_qwen2 >&2)
+    gguf_py="$cache/dl/llama-cpp-python-${LLAMACPP_PY_VERSION:-0.3.36}/vendor/llama.cpp/gguf-py"
+    [[ -d "$gguf_py" ]] || gguf_py="$(dirname "$llama_bin")/src/gguf-py"
+    mkdir -p "$cache/bf16"
+    set --
+    for size in 0.5b 1.5b; do
+        out="$cache/bf16/qwen2.5-coder-$size-instruct-bf16.gguf"
+        [[ -f "$out" ]] || "$python" "$repo/benches/llamacpp/bf16_gguf.py" "$gguf_py" \
+            "$models/qwen2.5-coder-$size-instruct-q4_k_m.gguf" "$out"
+        set -- "$@" "$models/hf-qwen2.5-coder-$size-bf16=$out"
+    done
+elif [[ $# -eq 0 ]]; then
+    set -- "$models/SmolLM2-135M-Instruct.Q4_1.gguf" \
+           "$models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf" \
+           "$models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
 fi
 
 exec "$python" "$repo/benches/llamacpp/compare.py" \

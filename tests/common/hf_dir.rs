@@ -1,6 +1,6 @@
 //! Builds a Hugging Face-layout directory (config.json, two safetensors
-//! shards with an index, tokenizer files) from the Qwen2.5-0.5B GGUF by
-//! dequantizing every tensor, so the safetensors path is tested on real
+//! shards with an index, tokenizer files) from a Qwen2.5 GGUF (0.5B or
+//! 1.5B) by dequantizing every tensor to bf16, so the safetensors path is tested on real
 //! weights. Cached next to the checkpoints; rebuilt when missing. Built in a
 //! scratch directory and renamed into place, so no test ever maps a shard
 //! that another one is still writing.
@@ -14,31 +14,24 @@ use std::path::{Path, PathBuf};
 /// The bf16 Qwen2.5-Coder-0.5B directory with its tokenizer files, built on
 /// first use.
 pub fn qwen05_bf16() -> PathBuf {
-    let gguf = super::qwen05();
-    qwen05_hf_dir(&gguf, |dir| {
-        let file = r1serve::model::weights::GgufFile::open(&gguf).unwrap();
-        let tok = r1serve::tokenizer::Tokenizer::from_gguf(&file.content, &gguf).unwrap();
-        tok.inner().save(dir.join("tokenizer.json"), false).unwrap();
-        let config = serde_json::json!({
-            "bos_token": null,
-            "eos_token": tok.eos_token(),
-            "add_bos_token": false,
-            "chat_template": tok.chat_template(),
-        });
-        std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
-    })
+    bf16_dir(&super::qwen05(), "hf-qwen2.5-coder-0.5b-bf16")
 }
 
-/// The directory, built on first use.
-pub fn qwen05_hf_dir(gguf: &Path, tokenizer_json: impl Fn(&Path)) -> PathBuf {
+/// The bf16 Qwen2.5-Coder-1.5B directory with its tokenizer files, built on
+/// first use.
+pub fn qwen15_bf16() -> PathBuf {
+    bf16_dir(&super::qwen15(), "hf-qwen2.5-coder-1.5b-bf16")
+}
+
+/// The directory `name` beside `gguf`, built from it on first use.
+fn bf16_dir(gguf: &Path, name: &str) -> PathBuf {
     static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_builder = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
-    const NAME: &str = "hf-qwen2.5-coder-0.5b-bf16";
-    let done = gguf.parent().unwrap().join(NAME);
+    let done = gguf.parent().unwrap().join(name);
     if done.join("complete").exists() {
         return done;
     }
-    let dir = done.with_file_name(format!("{NAME}.building-{}", std::process::id()));
+    let dir = done.with_file_name(format!("{name}.building-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let mut f = std::fs::File::open(gguf).unwrap();
@@ -100,7 +93,7 @@ pub fn qwen05_hf_dir(gguf: &Path, tokenizer_json: impl Fn(&Path)) -> PathBuf {
     let gen =
         serde_json::json!({"eos_token_id": [151645, 151643], "temperature": 0.7, "top_p": 0.8});
     std::fs::write(dir.join("generation_config.json"), gen.to_string()).unwrap();
-    tokenizer_json(&dir);
+    write_tokenizer(gguf, &dir);
     std::fs::write(dir.join("complete"), b"").unwrap();
     if done.exists() && !done.join("complete").exists() {
         // Left half-built by an older helper that wrote in place.
@@ -111,4 +104,18 @@ pub fn qwen05_hf_dir(gguf: &Path, tokenizer_json: impl Fn(&Path)) -> PathBuf {
         std::fs::remove_dir_all(&dir).unwrap();
     }
     done
+}
+
+/// tokenizer.json and a tokenizer_config.json with the GGUF's chat template.
+fn write_tokenizer(gguf: &Path, dir: &Path) {
+    let file = r1serve::model::weights::GgufFile::open(gguf).unwrap();
+    let tok = r1serve::tokenizer::Tokenizer::from_gguf(&file.content, gguf).unwrap();
+    tok.inner().save(dir.join("tokenizer.json"), false).unwrap();
+    let config = serde_json::json!({
+        "bos_token": null,
+        "eos_token": tok.eos_token(),
+        "add_bos_token": false,
+        "chat_template": tok.chat_template(),
+    });
+    std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
 }

@@ -53,6 +53,11 @@ pub fn qwen05() -> PathBuf {
     models_dir().join("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
 }
 
+/// Qwen2.5-Coder-1.5B-Instruct Q4_K_M.
+pub fn qwen15() -> PathBuf {
+    models_dir().join("qwen2.5-coder-1.5b-instruct-q4_k_m.gguf")
+}
+
 /// The header (tokenizer and template) of DeepSeek-R1-Distill-Qwen-7B Q4_K_M.
 pub fn r1_header() -> PathBuf {
     models_dir().join("DeepSeek-R1-Distill-Qwen-7B-Q4_K_M.head.gguf")
