@@ -11,9 +11,10 @@
 #   llama.cpp runs GGUF. --bf16: the bf16 HF directories of Qwen2.5-Coder-0.5B
 #   and 1.5B (built by the safetensors parity tests, which this runs first)
 #   against BF16 GGUFs of the same values (benches/llamacpp/bf16_gguf.py,
-#   written to R1SERVE_CACHE/bf16). Environment: PYTHON (needs httpx and numpy; default: the tests'
-#   venv when present, else python3), TOKENS (default 128), THREADS (llama.cpp
-#   threads; default: all CPUs, as r1serve uses), LLAMACPP_* as in build.sh.
+#   written to R1SERVE_CACHE/bf16).
+# Environment: PYTHON (needs httpx and numpy; default: the tests' venv when
+#   present, else python3), TOKENS (default 128), THREADS (llama.cpp threads;
+#   default: all CPUs, as r1serve uses), LLAMACPP_* as in build.sh.
 # Run it on an otherwise idle machine: both programs are bandwidth-bound.
 set -euo pipefail
 

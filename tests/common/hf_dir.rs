@@ -1,9 +1,9 @@
 //! Builds a Hugging Face-layout directory (config.json, two safetensors
 //! shards with an index, tokenizer files) from a Qwen2.5 GGUF (0.5B or
-//! 1.5B) by dequantizing every tensor to bf16, so the safetensors path is tested on real
-//! weights. Cached next to the checkpoints; rebuilt when missing. Built in a
-//! scratch directory and renamed into place, so no test ever maps a shard
-//! that another one is still writing.
+//! 1.5B) by dequantizing every tensor to bf16, so the safetensors path is
+//! tested on real weights. Cached next to the checkpoints; rebuilt when
+//! missing. Built in a scratch directory and renamed into place, so no test
+//! ever maps a shard that another one is still writing.
 
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
