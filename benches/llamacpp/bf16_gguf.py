@@ -7,8 +7,8 @@ the quantized checkpoints (tests/common/hf_dir.rs). Both dequantize every
 tensor to f32 and round it to bf16 (nearest, ties to even), so llama.cpp's
 file and r1serve's directory hold the same values. One-dimensional tensors
 (norms, biases) are rounded the same way but stored as F32, the type
-llama.cpp's own converter gives them; metadata
-(tokenizer, chat template, hyperparameters) is copied unchanged.
+llama.cpp's own converter gives them; metadata (tokenizer, chat template,
+hyperparameters) is copied unchanged.
 
 Usage: bf16_gguf.py GGUF_PY_DIR IN.gguf OUT.gguf
   GGUF_PY_DIR: llama.cpp's gguf-py directory (from the llama-cpp-python
