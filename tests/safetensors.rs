@@ -19,7 +19,7 @@ use r1serve::kernels::linear::Embedding;
 use r1serve::kv_cache::storage::KvDtype;
 use r1serve::model::config::Arch;
 use r1serve::model::decoder::Decoder;
-use r1serve::model::load::{load, LoadOptions};
+use r1serve::model::load::{load, LoadOptions, LoadedModel};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -30,24 +30,25 @@ fn hf_dir() -> PathBuf {
 #[test]
 fn safetensors_qwen2_matches_candle_transformers_qwen2() {
     let dir = hf_dir();
-    let m = load(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let mut m = load(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
     assert_eq!(m.generation_config.temperature, Some(0.7));
     assert!(m.tokenizer.eos_ids().contains(&151643));
-    same_greedy_tokens_as_candle_qwen2(&dir, &common::qwen05());
+    same_greedy_tokens_as_candle_qwen2(&mut m, &dir, &common::qwen05());
 }
 
 #[test]
 fn safetensors_qwen2_1_5b_matches_candle_transformers_qwen2() {
-    same_greedy_tokens_as_candle_qwen2(&common::hf_dir::qwen15_bf16(), &common::qwen15());
+    let dir = common::hf_dir::qwen15_bf16();
+    let mut m = load(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    same_greedy_tokens_as_candle_qwen2(&mut m, &dir, &common::qwen15());
 }
 
-/// 5 chat prompts × 32 greedy tokens of r1serve on the bf16 directory `dir`
+/// 5 chat prompts × 32 greedy tokens of `m`, loaded from the bf16 directory `dir`,
 /// equal candle-transformers' `qwen2` on the same shards widened to f32 (bf16
 /// weights, f32 compute on both sides). First-step logits agree to 1e-3
 /// relative: the two sum dot products of ≤ 8960 terms in different orders,
 /// each off by ≲ √8960 · 2⁻²⁴ ≈ 6e-6 relative, compounded over ≤ 28 layers.
-fn same_greedy_tokens_as_candle_qwen2(dir: &Path, gguf: &Path) {
-    let mut m = load(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
+fn same_greedy_tokens_as_candle_qwen2(m: &mut LoadedModel, dir: &Path, gguf: &Path) {
     let prompts = common::chat_prompts(gguf);
     let cfg: candle_transformers::models::qwen2::Config =
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
