@@ -3,6 +3,7 @@
 
 use crate::engine::types::{EngineRequest, SamplingParams};
 use crate::engine::{Engine, EngineConfig};
+use crate::kernels::device::DeviceOptions;
 use crate::model::load::{load, LoadOptions};
 use anyhow::{Context, Result};
 use futures::StreamExt;
@@ -16,6 +17,8 @@ pub struct GenerateOptions {
     pub model: String,
     /// Hub revision.
     pub revision: Option<String>,
+    /// Where the forward pass runs.
+    pub device: DeviceOptions,
     /// The prompt text.
     pub prompt: String,
     /// Wrap the prompt as a user message with the model's chat template.
@@ -38,6 +41,7 @@ pub async fn run(opts: GenerateOptions) -> Result<()> {
         &opts.model,
         &LoadOptions {
             revision: opts.revision.clone(),
+            device: opts.device,
         },
     )?;
     let tokenizer = model.tokenizer.clone();

@@ -22,6 +22,7 @@ use r1serve::engine::reasoning_control::{LoopGuardMode, ReasoningConfig, DEFAULT
 use r1serve::engine::{Engine, EngineConfig};
 use r1serve::eval::run::{run, EvalOptions, Target};
 use r1serve::eval::score::report;
+use r1serve::kernels::device::{DeviceOptions, DeviceSpec};
 use r1serve::kv_cache::storage::KvDtype;
 use r1serve::kv_events::KvEventsConfig;
 use r1serve::metrics::{Metrics, MetricsCompat};
@@ -105,6 +106,29 @@ struct EvalArgs {
     serve_flags: Vec<String>,
 }
 
+/// Where the forward pass runs.
+#[derive(Debug, Args)]
+struct DeviceArgs {
+    /// `auto` (a CUDA GPU when this build has CUDA and one is present, else
+    /// the CPU), `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value_t = DeviceSpec::Auto)]
+    device: DeviceSpec,
+    /// Fraction of the GPU's memory r1serve may use for weights,
+    /// activations and the KV cache together (vLLM's flag); the KV cache
+    /// gets what the weights leave, unless --kv-cache-memory says otherwise.
+    #[arg(long, default_value_t = 0.9)]
+    gpu_memory_utilization: f64,
+}
+
+impl DeviceArgs {
+    fn options(&self) -> DeviceOptions {
+        DeviceOptions {
+            device: self.device,
+            gpu_memory_utilization: self.gpu_memory_utilization,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 struct GenerateArgs {
     /// Model: a GGUF file, a Hugging Face directory, or a Hub repo id.
@@ -113,6 +137,8 @@ struct GenerateArgs {
     /// Hub revision (branch, tag or commit) when `--model` is a repo id.
     #[arg(long)]
     revision: Option<String>,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// The prompt.
     #[arg(long)]
     prompt: String,
@@ -178,6 +204,8 @@ struct ServeArgs {
     /// Hub revision (branch, tag or commit) when `--model` is a repo id.
     #[arg(long)]
     revision: Option<String>,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// Name clients pass as `model`; defaults to the model's own name.
     #[arg(long)]
     served_model_name: Option<String>,
@@ -406,6 +434,7 @@ fn main() -> Result<()> {
             runtime.block_on(r1serve::generate::run(r1serve::generate::GenerateOptions {
                 model: args.model,
                 revision: args.revision,
+                device: args.device.options(),
                 prompt: args.prompt,
                 chat: args.chat,
                 max_tokens: args.max_tokens,
@@ -527,6 +556,7 @@ fn load_model(args: &ServeArgs) -> Result<ServedModel> {
         &args.model,
         &LoadOptions {
             revision: args.revision.clone(),
+            device: args.device.options(),
         },
     )?;
     let tokenizer = Arc::clone(&loaded.tokenizer);

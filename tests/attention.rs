@@ -11,20 +11,8 @@ use r1serve::kernels::attention::{
 use r1serve::kv_cache::storage::{KvCache, KvDtype, KvGeometry};
 use r1serve::types::BlockId;
 
-/// Small deterministic generator so failures reproduce.
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self) -> f32 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        ((self.next() + 1.0) * 0.5 * n as f32) as usize % n
-    }
-}
+mod common;
+use common::Lcg;
 
 /// Runs one batch of `(ctx_len, q_len)` sequences and compares.
 fn run(

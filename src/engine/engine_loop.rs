@@ -124,7 +124,8 @@ impl Engine {
             // Whole blocks: a context that ends inside a block still needs it.
             let want = (config.max_num_seqs * max_model_len).div_ceil(config.block_size) as u64
                 * block_bytes;
-            (available_memory() * 2 / 5).min(want)
+            let room = info.kv_memory.unwrap_or_else(|| available_memory() * 2 / 5);
+            room.min(want)
         });
         let num_blocks = info
             .kv

@@ -14,7 +14,7 @@ use super::tensor::RawTensor;
 use crate::kv_cache::spec::KvSpec;
 use crate::kv_cache::storage::KvDtype;
 use crate::types::TokenId;
-use anyhow::Result;
+use anyhow::{bail, Result};
 
 /// How rotary embeddings pair up dimensions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,6 +23,22 @@ pub enum RopeStyle {
     Half,
     /// Pairs `(2i, 2i + 1)`: llama.cpp permutes Llama's q/k weights for this.
     Interleaved,
+}
+
+/// Fails unless two activations hold the same number of values in rows of
+/// the same width: what every element-wise op needs. Arguments are
+/// `(values, width)` of each.
+pub fn same_shape(x: (usize, usize), y: (usize, usize)) -> Result<()> {
+    if x != y {
+        bail!(
+            "shape mismatch: {}×{} vs {}×{}",
+            x.0 / x.1.max(1),
+            x.1,
+            y.0 / y.1.max(1),
+            y.1
+        );
+    }
+    Ok(())
 }
 
 /// A device that runs forward passes.
@@ -43,6 +59,13 @@ pub trait Backend: Send + Sync + 'static {
 
     /// A short name for logs (`cpu`, `cuda:0`).
     fn name(&self) -> String;
+
+    /// Bytes of device memory left for the KV cache once the weights are
+    /// loaded, where the device has its own memory (a GPU, sized by
+    /// `--gpu-memory-utilization`); `None` sizes the cache from host RAM.
+    fn kv_memory_budget(&self) -> Option<u64> {
+        None
+    }
 
     /// Takes a `(out, in)` weight and an optional bias onto the device.
     fn linear(&self, weight: RawTensor, bias: Option<Vec<f32>>) -> Result<Self::Linear>;

@@ -4,7 +4,7 @@
 //! [`super::attention`].
 
 use super::attention::{paged_attention, write_kv, AttnSeq, AttnShape};
-use super::backend::{Backend, RopeStyle};
+use super::backend::{self, Backend, RopeStyle};
 use super::linear::{Embedding, Linear};
 use super::ops;
 use super::tensor::RawTensor;
@@ -33,16 +33,7 @@ impl HostAct {
 }
 
 fn same_shape(x: &HostAct, y: &HostAct) -> Result<()> {
-    if x.width != y.width || x.data.len() != y.data.len() {
-        bail!(
-            "shape mismatch: {}×{} vs {}×{}",
-            x.rows(),
-            x.width,
-            y.rows(),
-            y.width
-        );
-    }
-    Ok(())
+    backend::same_shape((x.data.len(), x.width), (y.data.len(), y.width))
 }
 
 /// The host CPU, with every core of the calling rayon pool.

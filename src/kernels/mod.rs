@@ -20,10 +20,13 @@ mod attention_simd;
 pub mod backend;
 pub mod bytes;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod dense;
 #[cfg(target_arch = "x86_64")]
 mod dense_amx;
 mod dense_simd;
+pub mod device;
 pub mod isa;
 pub mod latent_attention;
 mod latent_simd;

@@ -189,29 +189,67 @@ pub fn load_stack<B: Backend>(
     } else {
         b.linear(embed_raw, None)?
     };
-    let info = ModelInfo {
-        arch: format!("{:?}", c.arch).to_lowercase(),
-        device: backend.name(),
-        vocab_size: c.vocab_size,
-        max_position_embeddings: c.max_position_embeddings,
-        kv: KvSpec::uniform(
-            LayerKvSpec::Full {
-                num_kv_heads: c.num_kv_heads,
-                k_dim: hd,
-                v_dim: hd,
-            },
-            c.num_layers,
-        ),
-    };
-    Ok(Decoder {
-        norm: norm("output_norm.weight")?,
-        embed,
-        layers,
-        lm_head,
-        rope,
-        info,
-        cache: None,
+    let norm = norm("output_norm.weight")?;
+    Ok(Decoder::assemble(
         backend,
         config,
-    })
+        DecoderWeights {
+            embed,
+            layers,
+            norm,
+            lm_head,
+        },
+        rope,
+    ))
+}
+
+/// Everything a [`Decoder`] multiplies, on its device.
+pub struct DecoderWeights<B: Backend> {
+    /// Token embeddings.
+    pub embed: B::Embedding,
+    /// The layers, in order.
+    pub layers: Vec<DecoderLayer<B>>,
+    /// The final norm.
+    pub norm: B::Vector,
+    /// The output projection.
+    pub lm_head: B::Linear,
+}
+
+impl<B: Backend> Decoder<B> {
+    /// A decoder of weights already on `backend`'s device (loaded by
+    /// [`load_stack`], or generated there by a benchmark's synthetic model).
+    pub fn assemble(
+        backend: B,
+        config: ModelConfig,
+        weights: DecoderWeights<B>,
+        rope: Rope,
+    ) -> Self {
+        let c = &config;
+        let info = ModelInfo {
+            arch: format!("{:?}", c.arch).to_lowercase(),
+            device: backend.name(),
+            vocab_size: c.vocab_size,
+            max_position_embeddings: c.max_position_embeddings,
+            kv: KvSpec::uniform(
+                LayerKvSpec::Full {
+                    num_kv_heads: c.num_kv_heads,
+                    k_dim: c.head_dim,
+                    v_dim: c.head_dim,
+                },
+                c.num_layers,
+            ),
+            kv_memory: backend.kv_memory_budget(),
+        };
+        Decoder {
+            norm: weights.norm,
+            embed: weights.embed,
+            layers: weights.layers,
+            lm_head: weights.lm_head,
+            rope,
+            info,
+            cache: None,
+            backend,
+            config,
+        }
+    }
 }

@@ -613,6 +613,7 @@ pub fn load(weights: &WeightSource, config: ModelConfig) -> Result<DeepseekV3> {
             },
             c.num_layers,
         ),
+        kv_memory: None,
     };
     Ok(DeepseekV3 {
         norm: vector("output_norm.weight", hidden)?,

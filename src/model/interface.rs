@@ -101,6 +101,9 @@ pub struct ModelInfo {
     pub max_position_embeddings: usize,
     /// What each layer caches per token.
     pub kv: KvSpec,
+    /// Device memory left for the KV cache after loading, on devices with
+    /// memory of their own ([`crate::kernels::backend::Backend::kv_memory_budget`]).
+    pub kv_memory: Option<u64>,
 }
 
 /// A model ready to run steps.

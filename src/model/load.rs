@@ -6,7 +6,8 @@ use super::generation_config::GenerationDefaults;
 use super::interface::Model;
 use super::source::{resolve, ResolvedSource};
 use super::weights::WeightSource;
-use super::{build, open_weights};
+use super::{build_for, open_weights};
+use crate::kernels::device::DeviceOptions;
 use crate::tokenizer::Tokenizer;
 use anyhow::{Context, Result};
 use std::path::Path;
@@ -17,6 +18,8 @@ use std::sync::Arc;
 pub struct LoadOptions {
     /// Hub revision (branch, tag or commit); default `main`.
     pub revision: Option<String>,
+    /// The device the model runs on.
+    pub device: DeviceOptions,
 }
 
 /// A model ready to serve.
@@ -83,7 +86,7 @@ pub fn load(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
         }
     }
     let max_model_len = config.max_position_embeddings;
-    let model = build(&weights, config)?;
+    let model = build_for(&weights, config, &opts.device)?;
     Ok(LoadedModel {
         model,
         tokenizer: Arc::new(tokenizer),

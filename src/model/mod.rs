@@ -26,6 +26,7 @@ pub use interface::{BatchSeq, ForwardBatch, Model, ModelInfo};
 
 use crate::kernels::backend::Backend;
 use crate::kernels::cpu::Cpu;
+use crate::kernels::device::{DeviceOptions, DeviceSpec};
 use anyhow::Result;
 use config::{Arch, ModelConfig};
 use source::ResolvedSource;
@@ -51,6 +52,49 @@ pub fn open_weights(source: &ResolvedSource) -> Result<(WeightSource, ModelConfi
             Ok((weights, config))
         }
     }
+}
+
+/// Builds the model on the device `device` resolves to.
+pub fn build_for(
+    weights: &WeightSource,
+    config: ModelConfig,
+    device: &DeviceOptions,
+) -> Result<Box<dyn Model>> {
+    let deepseek = matches!(config.arch, Arch::DeepseekV2 | Arch::DeepseekV3);
+    match device.resolve()? {
+        // `auto` keeps architectures the GPU cannot run yet on the CPU;
+        // an explicit `cuda` refuses them (in `build_on`).
+        DeviceSpec::Cuda(_) if deepseek && device.device == DeviceSpec::Auto => {
+            tracing::warn!(
+                "{:?} runs on the CPU only: --device auto chose the CPU",
+                config.arch
+            );
+            build(weights, config)
+        }
+        DeviceSpec::Cpu | DeviceSpec::Auto => build(weights, config),
+        DeviceSpec::Cuda(ordinal) => on_cuda(ordinal, device, weights, config),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn on_cuda(
+    ordinal: usize,
+    device: &DeviceOptions,
+    weights: &WeightSource,
+    config: ModelConfig,
+) -> Result<Box<dyn Model>> {
+    let backend = crate::kernels::cuda::Cuda::new(ordinal, device.gpu_memory_utilization)?;
+    build_on(backend, weights, config)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn on_cuda(
+    _: usize,
+    _: &DeviceOptions,
+    _: &WeightSource,
+    _: ModelConfig,
+) -> Result<Box<dyn Model>> {
+    anyhow::bail!("this r1serve was built without CUDA; rebuild with `--features cuda`")
 }
 
 /// Builds the model that `config.arch` names on the CPU: the one table

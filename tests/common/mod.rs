@@ -63,6 +63,31 @@ pub fn r1_header() -> PathBuf {
     models_dir().join("DeepSeek-R1-Distill-Qwen-7B-Q4_K_M.head.gguf")
 }
 
+/// Small deterministic generator so failures reproduce: values uniform
+/// in [-1, 1).
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    /// The next value.
+    pub fn next(&mut self) -> f32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    /// `n` values.
+    pub fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.next()).collect()
+    }
+
+    /// An index below `n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        ((self.next() + 1.0) * 0.5 * n as f32) as usize % n
+    }
+}
+
 /// One sequence through a model with a cache of its own (allocated anew
 /// for the run), fed a few tokens at a time.
 pub struct SoloRun<'a> {

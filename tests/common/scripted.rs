@@ -87,6 +87,7 @@ impl Scripted {
                     },
                     1,
                 ),
+                kv_memory: None,
             },
             block_size: 0,
             slots: Vec::new(),

@@ -48,6 +48,15 @@ pub fn free_port() -> u16 {
         .expect("no free port")
 }
 
+/// How many cores a server's test may count on. A test binary's tests run
+/// side by side (two at a time on a 2-core machine), so a test that compares
+/// the server's latencies against each other holds the machine alone
+/// ([`Server::start_alone`]); every other server holds a shared claim. A
+/// test that starts two servers at once must not share a binary with one
+/// that starts alone: its second shared claim would wait behind the queued
+/// exclusive one, which waits for its first.
+static CPU: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// A running server process, killed on drop.
 pub struct Server {
     /// The server process.
@@ -60,10 +69,32 @@ pub struct Server {
     pub key: Option<&'static str>,
     /// Where the server's stderr goes.
     pub log: PathBuf,
+    /// A shared claim on the machine, for all but [`Server::start_alone`].
+    _shared: Option<tokio::sync::RwLockReadGuard<'static, ()>>,
+    /// The exclusive claim of [`Server::start_alone`].
+    _alone: Option<tokio::sync::RwLockWriteGuard<'static, ()>>,
 }
 
 impl Server {
     pub async fn start(model: &str, extra: &[&str], key: Option<&'static str>) -> Server {
+        let shared = CPU.read().await;
+        Self::spawn(model, extra, key, Some(shared), None).await
+    }
+
+    /// Starts once no other server of this test binary runs, and keeps
+    /// others from starting until dropped: for tests that time the server.
+    pub async fn start_alone(model: &str, extra: &[&str]) -> Server {
+        let alone = CPU.write().await;
+        Self::spawn(model, extra, None, None, Some(alone)).await
+    }
+
+    async fn spawn(
+        model: &str,
+        extra: &[&str],
+        key: Option<&'static str>,
+        shared: Option<tokio::sync::RwLockReadGuard<'static, ()>>,
+        alone: Option<tokio::sync::RwLockWriteGuard<'static, ()>>,
+    ) -> Server {
         let port = free_port();
         let log = std::env::temp_dir().join(format!("r1serve-{}-{port}.log", std::process::id()));
         let stderr = std::fs::File::create(&log).expect("log file");
@@ -101,6 +132,8 @@ impl Server {
                 .expect("HTTP client"),
             key,
             log,
+            _shared: shared,
+            _alone: alone,
         };
         server.wait_ready().await;
         server
