@@ -22,6 +22,7 @@ use r1serve::engine::reasoning_control::{LoopGuardMode, ReasoningConfig, DEFAULT
 use r1serve::engine::{Engine, EngineConfig};
 use r1serve::eval::run::{run, EvalOptions, Target};
 use r1serve::eval::score::report;
+use r1serve::kernels::dense::Precision;
 use r1serve::kernels::device::{DeviceOptions, DeviceSpec};
 use r1serve::kv_cache::storage::KvDtype;
 use r1serve::kv_events::KvEventsConfig;
@@ -118,6 +119,12 @@ struct DeviceArgs {
     /// gets what the weights leave, unless --kv-cache-memory says otherwise.
     #[arg(long, default_value_t = 0.9)]
     gpu_memory_utilization: f64,
+    /// What the CPU multiplies bf16 weights against: `auto` (bf16-rounded
+    /// activations where the CPU has AVX512_BF16 or AMX-BF16, as llama.cpp
+    /// does; f32 elsewhere) or `float32` (f32 activations everywhere: equal
+    /// to an f32 reference up to f32 rounding, slower prefill on those CPUs).
+    #[arg(long, default_value_t = Precision::Auto, value_name = "DTYPE")]
+    dtype: Precision,
 }
 
 impl DeviceArgs {
@@ -125,6 +132,7 @@ impl DeviceArgs {
         DeviceOptions {
             device: self.device,
             gpu_memory_utilization: self.gpu_memory_utilization,
+            precision: self.dtype,
         }
     }
 }
@@ -731,6 +739,20 @@ mod tests {
         }
     }
 
+    #[test]
+    fn dtype_flag() {
+        let dtype = |value: &str| {
+            let argv = ["r1serve", "serve", "--model", "m.gguf", "--dtype", value];
+            Cli::try_parse_from(argv).map(|cli| match cli.command {
+                Command::Serve(args) => args.device.options().precision,
+                other => panic!("parsed as {other:?}"),
+            })
+        };
+        assert_eq!(dtype("float32").unwrap(), Precision::Float32);
+        assert_eq!(dtype("auto").unwrap(), Precision::Auto);
+        assert!(dtype("bfloat8").is_err());
+    }
+
     /// `eval` takes exactly one of `--model` and `--url`, the paper's
     /// sampling by default, and `serve` flags after `--`.
     #[test]
@@ -787,6 +809,7 @@ mod tests {
         assert_eq!(args.max_waiting_requests, 256);
         assert_eq!(args.max_body_bytes, 8 << 20);
         assert_eq!(args.kv_cache_dtype, KvDtype::F16);
+        assert_eq!(args.device.dtype, Precision::Auto);
         assert!(!args.no_prefix_caching);
         assert_eq!(args.max_connections, 512);
         assert_eq!(args.header_timeout, 60);

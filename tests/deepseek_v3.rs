@@ -7,7 +7,9 @@
 //! the real server serving the tiny V3 with R1's template.
 //!
 //! Tolerance: both sides compute in f32 from the same bf16 weights (the FP8
-//! ones dequantized to bf16 the same way), so they differ only by f32
+//! ones dequantized to bf16 the same way; r1serve loaded with f32
+//! activations, `--dtype float32`, since the default rounds them to bf16 on
+//! CPUs with AVX512_BF16, an error the kernel tests bound), so they differ only by f32
 //! rounding in a different order of operations: each dot product of length
 //! k ≤ 320 carries a relative error of about √k·2⁻²⁴ ≈ 1e-6, and 4 layers
 //! with norms, softmaxes and residual adds compound it to ~1e-5 at most
@@ -26,6 +28,7 @@ use common::server::Server;
 use common::{argmax, models_dir, rel_diff, SoloRun};
 use futures::future::join_all;
 use r1serve::engine::EngineConfig;
+use r1serve::kernels::dense::{with_precision, Precision};
 use r1serve::kv_cache::storage::{KvCache, KvDtype};
 use r1serve::model::deepseek_v3::{self, AttentionPath, DeepseekV3};
 use r1serve::model::{open_weights, source::resolve, Model};
@@ -48,10 +51,12 @@ fn tiny(name: &str) -> PathBuf {
     dir
 }
 
+/// Loads with f32 activations (`--dtype float32`), so that the comparisons
+/// below are between two f32 computations on every CPU.
 fn load(dir: &Path) -> anyhow::Result<DeepseekV3> {
     let src = resolve(dir.to_str().unwrap(), None)?;
     let (weights, config) = open_weights(&src)?;
-    deepseek_v3::load(&weights, config)
+    with_precision(Precision::Float32, || deepseek_v3::load(&weights, config))
 }
 
 struct Prompt {

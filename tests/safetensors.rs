@@ -15,6 +15,8 @@ use candle_nn::VarBuilder;
 use common::{argmax, greedy, SoloRun};
 use half::{bf16, f16};
 use r1serve::kernels::cpu::Cpu;
+use r1serve::kernels::dense::{with_precision, Precision};
+use r1serve::kernels::device::DeviceOptions;
 use r1serve::kernels::linear::Embedding;
 use r1serve::kv_cache::storage::KvDtype;
 use r1serve::model::config::Arch;
@@ -27,10 +29,23 @@ fn hf_dir() -> PathBuf {
     common::hf_dir::qwen05_bf16()
 }
 
+/// `--dtype float32`: f32 activations on every CPU, as candle-transformers
+/// computes below (the default rounds them to bf16 on CPUs with
+/// AVX512_BF16, an error the kernel tests bound).
+fn float32() -> LoadOptions {
+    LoadOptions {
+        device: DeviceOptions {
+            precision: Precision::Float32,
+            ..DeviceOptions::default()
+        },
+        ..LoadOptions::default()
+    }
+}
+
 #[test]
 fn safetensors_qwen2_matches_candle_transformers_qwen2() {
     let dir = hf_dir();
-    let mut m = load(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let mut m = load(dir.to_str().unwrap(), &float32()).unwrap();
     assert_eq!(m.generation_config.temperature, Some(0.7));
     assert!(m.tokenizer.eos_ids().contains(&151643));
     same_greedy_tokens_as_candle_qwen2(&mut m, &dir, &common::qwen05());
@@ -39,7 +54,7 @@ fn safetensors_qwen2_matches_candle_transformers_qwen2() {
 #[test]
 fn safetensors_qwen2_1_5b_matches_candle_transformers_qwen2() {
     let dir = common::hf_dir::qwen15_bf16();
-    let mut m = load(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let mut m = load(dir.to_str().unwrap(), &float32()).unwrap();
     same_greedy_tokens_as_candle_qwen2(&mut m, &dir, &common::qwen15());
 }
 
@@ -391,14 +406,16 @@ fn raw_dir(name: &str, config: &serde_json::Value, file: &[u8]) -> PathBuf {
     dir
 }
 
+/// The model in `dir`, with f32 activations (the 16-bit weights' numbers
+/// are compared with their f32 twins').
 fn build_dir(dir: &Path) -> Decoder<Cpu> {
     let src = r1serve::model::source::resolve(dir.to_str().unwrap(), None).unwrap();
     let (w, c) = r1serve::model::open_weights(&src).unwrap();
-    match c.arch {
+    with_precision(Precision::Float32, || match c.arch {
         Arch::Llama => r1serve::model::llama::load(Cpu, &w, c).unwrap(),
         Arch::Qwen2 => r1serve::model::qwen2::load(Cpu, &w, c).unwrap(),
         other => panic!("{other:?} is not a decoder-stack model"),
-    }
+    })
 }
 
 /// Logits after each of a few tokens fed one step at a time (prefill of

@@ -42,6 +42,7 @@
 //! see [`super::isa`]); tests and benches pick a kernel explicitly with
 //! [`DenseMatrix::new_for`].
 
+use std::cell::Cell;
 use std::sync::OnceLock;
 
 use anyhow::{ensure, Result};
@@ -128,6 +129,60 @@ impl KernelIsa for DenseIsa {
     }
 }
 
+/// What bf16 weights are multiplied against (`--dtype`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// Where the CPU multiplies bf16 natively (AVX512_BF16, AMX-BF16),
+    /// against activations rounded to bf16, as llama.cpp and vLLM's CPU
+    /// backend do; elsewhere against f32 activations.
+    #[default]
+    Auto,
+    /// Always against f32 activations: results equal an f32 computation on
+    /// the same weights up to f32 rounding, on every CPU (prefill up to 2×
+    /// slower on CPUs with AVX512_BF16).
+    Float32,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Precision::Auto),
+            "float32" | "float" | "fp32" => Ok(Precision::Float32),
+            _ => Err(format!("unknown dtype `{s}` (expected auto or float32)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::Auto => "auto",
+            Precision::Float32 => "float32",
+        })
+    }
+}
+
+thread_local! {
+    /// The [`Precision`] of the matrices this thread builds: a model is
+    /// loaded on one thread, so a load's setting cannot leak into another
+    /// load running beside it.
+    static PRECISION: Cell<Precision> = const { Cell::new(Precision::Auto) };
+}
+
+/// Runs `f` (a model load) with the dense matrices this thread builds
+/// meanwhile under `precision`.
+pub fn with_precision<T>(precision: Precision, f: impl FnOnce() -> T) -> T {
+    struct Restore(Precision);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            PRECISION.set(self.0);
+        }
+    }
+    let _restore = Restore(PRECISION.replace(precision));
+    f()
+}
+
 impl DenseIsa {
     /// The best supported instruction set no better than `self`.
     pub fn capped(self) -> DenseIsa {
@@ -193,9 +248,16 @@ impl DenseMatrix {
     /// Wraps `bytes`, `rows × cols` little-endian 16-bit values of `kind`
     /// (any alignment), for the best kernels of this CPU. Fails when the
     /// length does not match the shape or `R1SERVE_ISA` is bad.
+    ///
+    /// Under [`Precision::Float32`] (see [`with_precision`]) the kernels
+    /// that round activations are passed over.
     pub fn new(kind: HalfKind, rows: usize, cols: usize, bytes: WeightBytes) -> Result<Self> {
         isa::limit()?;
-        Self::new_for(DenseIsa::detect(), kind, rows, cols, bytes)
+        let mut isa = DenseIsa::detect();
+        if PRECISION.get() == Precision::Float32 && isa.rounds_activations(kind) {
+            isa = DenseIsa::Avx512;
+        }
+        Self::new_for(isa, kind, rows, cols, bytes)
     }
 
     /// [`DenseMatrix::new`] for the kernels of `isa`, or of the best

@@ -352,3 +352,29 @@ fn dispatch_is_capped() {
         DenseIsa::best_under(isa::limit().unwrap())
     );
 }
+
+/// `--dtype float32` keeps bf16 weights off the kernels that round
+/// activations (on CPUs that have them; elsewhere both settings take the
+/// same widening kernel), for the loads inside `with_precision` only.
+#[test]
+fn float32_precision_passes_over_rounding_kernels() {
+    let new = |kind| DenseMatrix::new(kind, 32, 64, owned(weight_bytes(kind, 32, 64, 2))).unwrap();
+    let auto = new(HalfKind::Bf16);
+    let exact = with_precision(Precision::Float32, || new(HalfKind::Bf16));
+    assert!(!exact.isa().rounds_activations(HalfKind::Bf16));
+    assert_eq!(exact.isa(), DenseIsa::detect().min(DenseIsa::Avx512));
+    assert_eq!(new(HalfKind::Bf16).isa(), auto.isa(), "setting leaked");
+    let rounding = auto.isa().rounds_activations(HalfKind::Bf16);
+    eprintln!(
+        "dense::float32_precision_passes_over_rounding_kernels: auto takes {}, float32 {}{}",
+        auto.isa().name(),
+        exact.isa().name(),
+        if rounding {
+            ""
+        } else {
+            " (this CPU has no kernel that rounds activations: both are f32)"
+        }
+    );
+    let f16 = with_precision(Precision::Float32, || new(HalfKind::F16));
+    assert_eq!(f16.isa(), new(HalfKind::F16).isa());
+}

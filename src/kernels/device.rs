@@ -3,6 +3,8 @@
 
 use anyhow::{bail, Result};
 
+use super::dense::Precision;
+
 /// A device named on the command line.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum DeviceSpec {
@@ -52,6 +54,9 @@ pub struct DeviceOptions {
     /// activations and the KV cache), vLLM's `--gpu-memory-utilization`;
     /// default 0.9.
     pub gpu_memory_utilization: f64,
+    /// What the CPU's dense kernels multiply bf16 weights against
+    /// (`--dtype`); default [`Precision::Auto`].
+    pub precision: Precision,
 }
 
 impl Default for DeviceOptions {
@@ -59,6 +64,7 @@ impl Default for DeviceOptions {
         Self {
             device: DeviceSpec::Auto,
             gpu_memory_utilization: 0.9,
+            precision: Precision::Auto,
         }
     }
 }
@@ -114,6 +120,7 @@ mod tests {
         let opts = |device, gpu_memory_utilization| DeviceOptions {
             device,
             gpu_memory_utilization,
+            precision: Precision::Auto,
         };
         assert_eq!(
             opts(DeviceSpec::Cpu, 0.9).resolve().unwrap(),

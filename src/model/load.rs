@@ -50,6 +50,10 @@ fn name_of(spec: &str) -> String {
 
 /// Loads everything `spec` names.
 pub fn load(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
+    crate::kernels::dense::with_precision(opts.device.precision, || load_with(spec, opts))
+}
+
+fn load_with(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
     let source = resolve(spec, opts.revision.as_deref())?;
     let (weights, config) = open_weights(&source)?;
     let mut tokenizer = match (&source, &weights) {
