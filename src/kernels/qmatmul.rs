@@ -27,10 +27,11 @@
 //! without `-C target-feature=+avx2`). The CPU is probed once
 //! ([`Isa::detect`]) and the best kernel set is used: AMX-INT8 tiles for the
 //! 32-element block types, Q4_K and Q6_K (weights repacked at load,
-//! `qmatmul_tiled` and `qmatmul_tiled_k`), AVX-512 VNNI or AVX-VNNI
-//! (`vpdpbusd`), AVX2+FMA, or portable scalar code, which also covers the
-//! types without a SIMD kernel (Q2_K, Q3_K, Q5_K). `R1SERVE_ISA` caps the
-//! choice (see [`super::isa`]).
+//! `qmatmul_tiled` and `qmatmul_tiled_k`), AVX-512 VNNI (`vpdpbusd` on the
+//! same repacked layout for the 32-element types, on ggml's rows for the
+//! rest), AVX-VNNI, AVX2+FMA, or portable scalar code, which also covers
+//! the types without a SIMD kernel (Q2_K, Q3_K, Q5_K). `R1SERVE_ISA` caps
+//! the choice (see [`super::isa`]).
 //! One matrix always runs the same kernels whatever the batch size, so a
 //! row's result never depends on the rows computed with it.
 
@@ -70,13 +71,14 @@ pub enum Isa {
     /// The AVX2 kernels with integer dot products done by AVX-VNNI
     /// `vpdpbusd` (Alder Lake, Sapphire Rapids, Zen 5).
     AvxVnni,
-    /// The AVX2 kernels with integer dot products done by AVX-512 VNNI
-    /// `vpdpbusd` on 256-bit registers (Ice Lake, Zen 4 and later).
+    /// AVX-512 VNNI `vpdpbusd` (Ice Lake, Zen 4 and later): the 32-element
+    /// block types repacked at load into 16-row groups of 512-bit
+    /// registers (`qmatmul_tiled`) when `n` fills whole groups, the rest the
+    /// AVX2 kernels with their integer dot products on 256-bit registers.
     Avx512Vnni,
-    /// [`Isa::Avx512Vnni`], except that the 32-element block types, Q4_K
-    /// and Q6_K are repacked at load for AMX-INT8 tile multiplies and
-    /// column-wise `vpdpbusd` (Sapphire Rapids and later; Linux must grant
-    /// the tile state).
+    /// [`Isa::Avx512Vnni`], with AMX-INT8 tile multiplies for batches, and
+    /// Q4_K and Q6_K repacked too (Sapphire Rapids and later; Linux must
+    /// grant the tile state).
     Amx,
 }
 
@@ -277,23 +279,31 @@ impl QMatrix {
         } else {
             Isa::detect()
         };
+        // With AVX-512 VNNI alone only the 32-element types are repacked:
+        // the k-quants' tiled kernel decodes 10% slower than their row
+        // kernel without AMX to win it back on batches (docs/performance.md).
         #[cfg(target_arch = "x86_64")]
-        if isa == Isa::Amx {
-            let tiled = qmatmul_tiled::TiledWeights::new(dtype, n, k, &data)
+        let tiled = match isa {
+            Isa::Amx => qmatmul_tiled::TiledWeights::new(dtype, n, k, &data)
                 .map(Storage::Tiled)
                 .or_else(|| {
                     qmatmul_tiled_k::TiledKWeights::new(dtype, n, k, &data).map(Storage::TiledK)
-                });
-            if let Some(storage) = tiled {
-                return Ok(Self {
-                    dtype,
-                    n,
-                    k,
-                    isa,
-                    row_bytes,
-                    storage,
-                });
+                }),
+            Isa::Avx512Vnni => {
+                qmatmul_tiled::TiledWeights::new(dtype, n, k, &data).map(Storage::Tiled)
             }
+            _ => None,
+        };
+        #[cfg(target_arch = "x86_64")]
+        if let Some(storage) = tiled {
+            return Ok(Self {
+                dtype,
+                n,
+                k,
+                isa,
+                row_bytes,
+                storage,
+            });
         }
         // Types without a tiled kernel run the AVX-512 VNNI ones.
         if isa == Isa::Amx {
@@ -329,6 +339,12 @@ impl QMatrix {
         self.isa
     }
 
+    /// Whether the weights were repacked into the tiled layout.
+    #[cfg(test)]
+    fn is_tiled(&self) -> bool {
+        !matches!(self.storage, Storage::Rows(_))
+    }
+
     /// Size of the weights in bytes, i.e. what one call reads from memory.
     pub fn size_in_bytes(&self) -> usize {
         match &self.storage {
@@ -362,15 +378,19 @@ impl QMatrix {
             Storage::Tiled(t) => {
                 let xq = t.quantize(x, m);
                 let tile = tile_rows(self.n).next_multiple_of(qmatmul_tiled::GROUP);
-                // SAFETY: tiled storage is only built when `Isa::Amx` is
-                // supported.
-                for_each_tile(out, self.n, tile, |j0, o| unsafe { t.tile(&xq, j0, o) });
+                let amx = self.isa == Isa::Amx;
+                // SAFETY: tiled storage is only built for `Isa::Amx` and
+                // `Isa::Avx512Vnni`, when supported.
+                for_each_tile(out, self.n, tile, |j0, o| unsafe {
+                    t.tile(&xq, j0, o, amx)
+                });
             }
             #[cfg(target_arch = "x86_64")]
             Storage::TiledK(t) => {
                 let xq = t.quantize(x, m);
                 let tile = tile_rows(self.n).next_multiple_of(qmatmul_tiled::GROUP);
-                // SAFETY: as above.
+                // SAFETY: this storage is only built when `Isa::Amx` is
+                // supported.
                 for_each_tile(out, self.n, tile, |j0, o| unsafe { t.tile(&xq, j0, o) });
             }
         }

@@ -151,37 +151,43 @@ fn rows_are_batch_invariant() {
     }
 }
 
-/// On CPUs with AMX the 32-element block types, Q4_K and Q6_K really take
-/// the tiled path (so the tests above exercise it), and the rest fall back
-/// to AVX-512.
+/// On CPUs with AVX-512 VNNI the 32-element block types take the tiled
+/// layout when the rows fill whole groups, and with AMX Q4_K and Q6_K too
+/// (so the tests above run its kernels: `vpdpbusd` alone, and AMX for
+/// batches where the CPU has it); the rest keep ggml's rows with the
+/// AVX-512 VNNI kernels.
 #[test]
-fn amx_layout_is_used_where_it_applies() {
-    if !Isa::available().contains(&Isa::Amx) {
-        let amx = Isa::Amx;
-        let run = isa::path_run(amx.level(), amx.is_supported());
-        isa::report(
-            "qmatmul::amx_layout_is_used_where_it_applies",
-            &[(amx.name(), run)],
-        );
-        return;
-    }
-    for dtype in ALL {
-        let tiled = QMatrix::from_qtensor_for(&weights(dtype, 32, 256, 1), Isa::Amx).unwrap();
-        let ragged = QMatrix::from_qtensor_for(&weights(dtype, 24, 256, 1), Isa::Amx).unwrap();
-        let has_tiles =
-            dtype.block_size() == QK || matches!(dtype, GgmlDType::Q4K | GgmlDType::Q6K);
-        let want = if has_tiles { Isa::Amx } else { Isa::Avx512Vnni };
-        assert_eq!(tiled.isa(), want, "{dtype:?}");
-        assert_eq!(ragged.isa(), Isa::Avx512Vnni, "{dtype:?} with n = 24");
-        // As large as ggml's blocks for the 32-element types; Q4_K's scales
-        // take whole bytes (+3%) and Q6_K's quants too (+22%).
-        let ggml = 32 * 256 / dtype.block_size() * dtype.type_size();
-        let size = tiled.size_in_bytes();
-        match dtype {
-            GgmlDType::Q4K => assert!(size <= ggml * 103 / 100, "Q4K: {size}"),
-            GgmlDType::Q6K => assert!(size <= ggml * 4 / 3, "Q6K: {size}"),
-            _ if has_tiles => assert_eq!(size, ggml, "{dtype:?}"),
-            _ => assert_eq!(size, ggml, "{dtype:?}"),
+fn tiled_layout_is_used_where_it_applies() {
+    let paths = [Isa::Avx512Vnni, Isa::Amx];
+    isa::report(
+        "qmatmul::tiled_layout_is_used_where_it_applies",
+        &paths.map(|i| (i.name(), isa::path_run(i.level(), i.is_supported()))),
+    );
+    let available = Isa::available();
+    for isa in paths.into_iter().filter(|i| available.contains(i)) {
+        for dtype in ALL {
+            let tiled = QMatrix::from_qtensor_for(&weights(dtype, 32, 256, 1), isa).unwrap();
+            let ragged = QMatrix::from_qtensor_for(&weights(dtype, 24, 256, 1), isa).unwrap();
+            let has_tiles = dtype.block_size() == QK
+                || (isa == Isa::Amx && matches!(dtype, GgmlDType::Q4K | GgmlDType::Q6K));
+            assert_eq!(tiled.is_tiled(), has_tiles, "{isa:?} {dtype:?}");
+            let want = if has_tiles { isa } else { Isa::Avx512Vnni };
+            assert_eq!(tiled.isa(), want, "{isa:?} {dtype:?}");
+            assert!(!ragged.is_tiled(), "{isa:?} {dtype:?} with n = 24");
+            assert_eq!(
+                ragged.isa(),
+                Isa::Avx512Vnni,
+                "{isa:?} {dtype:?} with n = 24"
+            );
+            // As large as ggml's blocks for the 32-element types; Q4_K's
+            // scales take whole bytes (+3%) and Q6_K's quants too (+22%).
+            let ggml = 32 * 256 / dtype.block_size() * dtype.type_size();
+            let size = tiled.size_in_bytes();
+            match dtype {
+                GgmlDType::Q4K => assert!(size <= ggml * 103 / 100, "Q4K: {size}"),
+                GgmlDType::Q6K => assert!(size <= ggml * 4 / 3, "Q6K: {size}"),
+                _ => assert_eq!(size, ggml, "{dtype:?}"),
+            }
         }
     }
 }

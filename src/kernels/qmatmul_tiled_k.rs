@@ -199,9 +199,9 @@ impl TiledKWeights {
         // SAFETY: forwarded from the caller.
         unsafe {
             if self.format == Q4K {
-                drive_tile(&Kernels::<Q4K>(self), xq, j0, o)
+                drive_tile(&Kernels::<Q4K>(self), xq, j0, o, true)
             } else {
-                drive_tile(&Kernels::<Q6K>(self), xq, j0, o)
+                drive_tile(&Kernels::<Q6K>(self), xq, j0, o, true)
             }
         }
     }
