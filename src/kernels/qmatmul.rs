@@ -280,8 +280,9 @@ impl QMatrix {
             Isa::detect()
         };
         // With AVX-512 VNNI alone only the 32-element types are repacked:
-        // the k-quants' tiled kernel decodes 10% slower than their row
-        // kernel without AMX to win it back on batches (docs/performance.md).
+        // there the k-quants' tiled kernel would cost 10–20% of
+        // single-stream decode, with no AMX to repay it on batches
+        // (docs/performance.md).
         #[cfg(target_arch = "x86_64")]
         let tiled = match isa {
             Isa::Amx => qmatmul_tiled::TiledWeights::new(dtype, n, k, &data)
