@@ -9,17 +9,17 @@
 //! Tolerance: both sides compute in f32 from the same bf16 weights (the FP8
 //! ones dequantized to bf16 the same way; r1serve loaded with f32
 //! activations, `--dtype float32`, since the default rounds them to bf16 on
-//! CPUs with AVX512_BF16, an error the kernel tests bound), so they differ only by f32
-//! rounding in a different order of operations: each dot product of length
-//! k ≤ 320 carries a relative error of about √k·2⁻²⁴ ≈ 1e-6, and 4 layers
-//! with norms, softmaxes and residual adds compound it to ~1e-5 at most
-//! (measured: ~1e-6). The bound, 1e-4 of the largest logit, is 10× that and
-//! 10× tighter than the 1e-3: an error in the RoPE frequencies as
+//! CPUs with AVX512_BF16, an error the kernel tests bound), so they differ
+//! only by f32 rounding in a different order of operations: each dot product
+//! of length k ≤ 320 carries a relative error of about √k·2⁻²⁴ ≈ 1e-6, and 4
+//! layers with norms, softmaxes and residual adds compound it to ~1e-5 at
+//! most (measured: ~1e-6). The bound, 1e-4 of the largest logit, is 10× that
+//! and 10× tighter than the 1e-3: an error in the RoPE frequencies as
 //! small as bf16 rounding (2⁻⁹ relative) shows as 3e-4 and must fail. The
-//! generator records the smallest top-2 logit gap of its greedy steps
-//! (≥ 9e-4 for these checkpoints, against logits of magnitude ~10), and the
-//! error must stay below half of it, two orders of magnitude above the
-//! measured error, so equal greedy tokens are a meaningful requirement.
+//! generator records the smallest top-2 logit gap of its greedy steps (≥ 9e-4
+//! for these checkpoints, against logits of magnitude ~10), and the error
+//! must stay below half of it, two orders of magnitude above the measured
+//! error, so equal greedy tokens are a meaningful requirement.
 
 mod common;
 
