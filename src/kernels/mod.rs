@@ -5,9 +5,10 @@
 //! ([`attention`], its SIMD body in `attention_simd` over the vector types
 //! of `simd`), the quantized matrix multiplication used by every linear
 //! layer of a GGUF checkpoint
-//! ([`qmatmul`]; SIMD inner loops in `qmatmul_simd`, and on CPUs with AMX
-//! the repacked-weight kernels of `qmatmul_tiled` and `qmatmul_tiled_k` over
-//! the tile plumbing of `amx`), and the dense bf16/f16 matmul ([`dense`];
+//! ([`qmatmul`]; SIMD inner loops on ggml's rows in `qmatmul_simd`, and the
+//! repacked-weight kernels of `qmatmul_tiled` (AVX-512 VNNI and AMX; its
+//! AVX2 reading in `qmatmul_tiled_avx2`) and `qmatmul_tiled_k` over the
+//! tile plumbing of `amx`), and the dense bf16/f16 matmul ([`dense`];
 //! SIMD bodies in `dense_simd`, AMX-BF16 tiles in `dense_amx`). Every
 //! family's runtime dispatch is capped by `R1SERVE_ISA` ([`isa`]).
 //! MLA's attention over one shared latent row per token is
@@ -36,6 +37,8 @@ pub mod qmatmul;
 mod qmatmul_simd;
 #[cfg(target_arch = "x86_64")]
 mod qmatmul_tiled;
+#[cfg(target_arch = "x86_64")]
+mod qmatmul_tiled_avx2;
 #[cfg(target_arch = "x86_64")]
 mod qmatmul_tiled_k;
 mod simd;

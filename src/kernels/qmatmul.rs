@@ -29,7 +29,9 @@
 //! 32-element block types, Q4_K and Q6_K (weights repacked at load,
 //! `qmatmul_tiled` and `qmatmul_tiled_k`), AVX-512 VNNI (`vpdpbusd` on the
 //! same repacked layout for the 32-element types, on ggml's rows for the
-//! rest), AVX-VNNI, AVX2+FMA, or portable scalar code, which also covers
+//! rest), AVX-VNNI (on ggml's rows), AVX2+FMA (the repacked layout read as
+//! 256-bit halves for the 32-element types, `qmatmul_tiled_avx2`; ggml's
+//! rows for the rest), or portable scalar code, which also covers
 //! the types without a SIMD kernel (Q2_K, Q3_K, Q5_K). `R1SERVE_ISA` caps
 //! the choice (see [`super::isa`]).
 //! One matrix always runs the same kernels whatever the batch size, so a
@@ -66,7 +68,10 @@ const PAIR_ROWS: usize = 16;
 pub enum Isa {
     /// Portable Rust, any CPU.
     Scalar,
-    /// AVX2 + FMA + F16C (Haswell and later).
+    /// AVX2 + FMA + F16C (Haswell and later): the 32-element block types
+    /// in the tiled layout of [`Isa::Avx512Vnni`] when `n` fills whole
+    /// groups, read as 256-bit halves (`qmatmul_tiled_avx2`), the rest on
+    /// ggml's rows.
     Avx2,
     /// The AVX2 kernels with integer dot products done by AVX-VNNI
     /// `vpdpbusd` (Alder Lake, Sapphire Rapids, Zen 5).
@@ -159,7 +164,7 @@ pub struct QMatrix {
 enum Storage {
     /// ggml's blocks, row after row.
     Rows(Vec<u8>),
-    /// Repacked for the AMX kernels.
+    /// Repacked into 16-row groups (AVX2, AVX-512 VNNI and AMX kernels).
     #[cfg(target_arch = "x86_64")]
     Tiled(qmatmul_tiled::TiledWeights),
     /// Repacked for the AMX kernels (k-quants).
@@ -254,6 +259,17 @@ impl QMatrix {
     /// [`Isa::detect`] when this CPU cannot run `isa`); used to test and
     /// compare the kernels against each other.
     pub fn from_qtensor_for(t: &QTensor, isa: Isa) -> Result<Self> {
+        Self::build(t, isa, true)
+    }
+
+    /// [`QMatrix::from_qtensor_for`] on ggml's rows even where the CPU has
+    /// a repacked layout (with the AVX-512 VNNI kernels in place of AMX):
+    /// what the repacked kernels replace, for benchmarks to compare.
+    pub fn from_qtensor_on_rows(t: &QTensor, isa: Isa) -> Result<Self> {
+        Self::build(t, isa, false)
+    }
+
+    fn build(t: &QTensor, isa: Isa, repack: bool) -> Result<Self> {
         let dtype = t.dtype();
         ensure!(
             Self::supported(dtype),
@@ -279,18 +295,19 @@ impl QMatrix {
         } else {
             Isa::detect()
         };
-        // With AVX-512 VNNI alone only the 32-element types are repacked:
-        // there the k-quants' tiled kernel would cost 10–20% of
-        // single-stream decode, with no AMX to repay it on batches
-        // (docs/performance.md).
+        // Without AMX only the 32-element types are repacked: there the
+        // k-quants' tiled kernel would cost 10–20% of single-stream decode,
+        // with no AMX to repay it on batches (docs/performance.md). AVX-VNNI
+        // keeps its `vpdpbusd` kernels on ggml's rows.
         #[cfg(target_arch = "x86_64")]
         let tiled = match isa {
+            _ if !repack => None,
             Isa::Amx => qmatmul_tiled::TiledWeights::new(dtype, n, k, &data)
                 .map(Storage::Tiled)
                 .or_else(|| {
                     qmatmul_tiled_k::TiledKWeights::new(dtype, n, k, &data).map(Storage::TiledK)
                 }),
-            Isa::Avx512Vnni => {
+            Isa::Avx2 | Isa::Avx512Vnni => {
                 qmatmul_tiled::TiledWeights::new(dtype, n, k, &data).map(Storage::Tiled)
             }
             _ => None,
@@ -341,8 +358,7 @@ impl QMatrix {
     }
 
     /// Whether the weights were repacked into the tiled layout.
-    #[cfg(test)]
-    fn is_tiled(&self) -> bool {
+    pub fn is_tiled(&self) -> bool {
         !matches!(self.storage, Storage::Rows(_))
     }
 
@@ -380,11 +396,17 @@ impl QMatrix {
                 let xq = t.quantize(x, m);
                 let tile = tile_rows(self.n).next_multiple_of(qmatmul_tiled::GROUP);
                 let amx = self.isa == Isa::Amx;
-                // SAFETY: tiled storage is only built for `Isa::Amx` and
-                // `Isa::Avx512Vnni`, when supported.
-                for_each_tile(out, self.n, tile, |j0, o| unsafe {
-                    t.tile(&xq, j0, o, amx)
-                });
+                // SAFETY: tiled storage is only built for `Isa::Amx`,
+                // `Isa::Avx512Vnni` and `Isa::Avx2`, when supported.
+                if self.isa == Isa::Avx2 {
+                    for_each_tile(out, self.n, tile, |j0, o| unsafe {
+                        t.tile_avx2(&xq, j0, o)
+                    });
+                } else {
+                    for_each_tile(out, self.n, tile, |j0, o| unsafe {
+                        t.tile(&xq, j0, o, amx)
+                    });
+                }
             }
             #[cfg(target_arch = "x86_64")]
             Storage::TiledK(t) => {

@@ -44,29 +44,29 @@ pub(super) const AMX_MIN_ROWS: usize = 8;
 
 /// How many blocks ahead of the one being multiplied the VNNI kernel
 /// prefetches its quants (2–4 KiB; 16 blocks into L1 was 9% slower).
-const PREFETCH_BLOCKS: usize = 8;
+pub(super) const PREFETCH_BLOCKS: usize = 8;
 
 /// Format selectors (const generics cannot take enums).
-const Q4_0: u8 = 0;
-const Q4_1: u8 = 1;
-const Q5_0: u8 = 2;
-const Q5_1: u8 = 3;
-const Q8_0: u8 = 4;
+pub(super) const Q4_0: u8 = 0;
+pub(super) const Q4_1: u8 = 1;
+pub(super) const Q5_0: u8 = 2;
+pub(super) const Q5_1: u8 = 3;
+pub(super) const Q8_0: u8 = 4;
 
-const fn nibbles(f: u8) -> bool {
+pub(super) const fn nibbles(f: u8) -> bool {
     f != Q8_0
 }
 
-const fn high_bit(f: u8) -> bool {
+pub(super) const fn high_bit(f: u8) -> bool {
     f == Q5_0 || f == Q5_1
 }
 
-const fn has_min(f: u8) -> bool {
+pub(super) const fn has_min(f: u8) -> bool {
     f == Q4_1 || f == Q5_1
 }
 
 /// What the stored unsigned quants exceed ggml's signed ones by.
-const fn offset(f: u8) -> i32 {
+pub(super) const fn offset(f: u8) -> i32 {
     match f {
         Q4_0 => 8,
         Q5_0 => 16,
@@ -76,7 +76,7 @@ const fn offset(f: u8) -> i32 {
 }
 
 /// Quant bytes of one block of a group.
-const fn qs_bytes(f: u8) -> usize {
+pub(super) const fn qs_bytes(f: u8) -> usize {
     if nibbles(f) {
         GROUP * QK / 2
     } else {
@@ -106,10 +106,10 @@ pub(super) fn line_bytes_mut(lines: &mut [Line]) -> &mut [u8] {
 /// A `(n, k)` weight matrix in the layout described in the module docs.
 #[derive(Debug, Clone)]
 pub(crate) struct TiledWeights {
-    format: u8,
+    pub(super) format: u8,
     k: usize,
     /// Blocks per weight row.
-    nb: usize,
+    pub(super) nb: usize,
     group_bytes: usize,
     data: Vec<Line>,
 }
@@ -144,11 +144,11 @@ impl TiledWeights {
         Some(tw)
     }
 
-    fn qh_offset(&self) -> usize {
+    pub(super) fn qh_offset(&self) -> usize {
         self.nb * qs_bytes(self.format)
     }
 
-    fn d_offset(&self) -> usize {
+    pub(super) fn d_offset(&self) -> usize {
         self.qh_offset()
             + if high_bit(self.format) {
                 self.nb * 64
@@ -157,7 +157,7 @@ impl TiledWeights {
             }
     }
 
-    fn min_offset(&self) -> usize {
+    pub(super) fn min_offset(&self) -> usize {
         self.d_offset() + self.nb * 32
     }
 
@@ -260,7 +260,7 @@ impl TiledWeights {
     }
 
     /// The bytes of weight-row group `g`.
-    fn group(&self, g: usize) -> &[u8] {
+    pub(super) fn group(&self, g: usize) -> &[u8] {
         &self.bytes()[g * self.group_bytes..][..self.group_bytes]
     }
 
