@@ -9,6 +9,10 @@
 #   LLAMACPP_PY_VERSION  llama-cpp-python version whose vendored llama.cpp is built (default 0.3.36)
 #   LLAMACPP_SDIST       path of that sdist (.tar.gz); fetched into R1SERVE_CACHE/dl when absent
 #   R1SERVE_CACHE        cache root (default ~/.cache/r1serve); binaries go to llama.cpp-<version>/bin
+#   LLAMACPP_NO_AMX=1    native build without ggml's AMX backend, in llama.cpp-<version>-noamx: on a
+#                        2-core AMX Xeon VM (2026-12-01) that backend segfaulted in
+#                        ggml_backend_amx_mul_mat on every model (`--repack 0` avoids it, but also
+#                        turns off the AVX-512 repacked kernels this build keeps)
 # Prints the directory holding the two binaries on its last line of stdout.
 set -euo pipefail
 
@@ -23,6 +27,11 @@ done
 version="${LLAMACPP_PY_VERSION:-0.3.36}"
 cache="${R1SERVE_CACHE:-$HOME/.cache/r1serve}"
 root="$cache/llama.cpp-$version"
+cflags=""
+if [[ -n "${LLAMACPP_NO_AMX:-}" ]]; then
+    root="$root-noamx"
+    cflags="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+fi
 bin="$root/bin"
 
 if [[ -x "$bin/llama-server" && -x "$bin/llama-bench" ]]; then
@@ -61,6 +70,7 @@ fi
 
 build="$root/build"
 cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+    -DCMAKE_C_FLAGS="$cflags" -DCMAKE_CXX_FLAGS="$cflags" \
     -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF >&2
 cmake --build "$build" --config Release --target llama-server llama-bench "$jobs" >&2
 

@@ -8,7 +8,7 @@
 //! ([`qmatmul`]; SIMD inner loops on ggml's rows in `qmatmul_simd`, and the
 //! repacked-weight kernels of `qmatmul_tiled` (AVX-512 VNNI and AMX; its
 //! AVX2 reading in `qmatmul_tiled_avx2`) and `qmatmul_tiled_k` over the
-//! tile plumbing of `amx`), and the dense bf16/f16 matmul ([`dense`];
+//! tile plumbing of `amx`; activations quantized in `quantize`), and the dense bf16/f16 matmul ([`dense`];
 //! SIMD bodies in `dense_simd`, AMX-BF16 tiles in `dense_amx`). Every
 //! family's runtime dispatch is capped by `R1SERVE_ISA` ([`isa`]).
 //! MLA's attention over one shared latent row per token is
@@ -41,6 +41,7 @@ mod qmatmul_tiled;
 mod qmatmul_tiled_avx2;
 #[cfg(target_arch = "x86_64")]
 mod qmatmul_tiled_k;
+mod quantize;
 mod simd;
 pub mod tensor;
 

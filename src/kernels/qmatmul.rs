@@ -47,6 +47,7 @@ use rayon::prelude::*;
 
 use super::isa::{self, KernelIsa, Level};
 use super::qmatmul_simd;
+use super::quantize::{quantize_row_pairs, quantize_row_q8, quantize_row_q8k};
 #[cfg(target_arch = "x86_64")]
 use super::{qmatmul_tiled, qmatmul_tiled_k};
 
@@ -215,7 +216,7 @@ pub(crate) struct Q8Pair {
 }
 
 impl Q8Pair {
-    const ZERO: Self = Self {
+    pub(crate) const ZERO: Self = Self {
         qs: [128; 2 * QK],
         scale: [0.0; 16],
     };
@@ -613,76 +614,6 @@ impl Q8xK {
         d: 0.0,
         bsums: [0; QK_K / 16],
     };
-}
-
-/// candle's `BlockQ8_0::from_float` (and `BlockQ8_1::from_float` when
-/// `with_s`), plus the offset correction `corr` for weights stored with
-/// `offset`.
-pub(crate) fn quantize_row_q8(x: &[f32], out: &mut [Q8x32], with_s: bool, offset: i32) {
-    for (xs, y) in x.chunks_exact(QK).zip(out.iter_mut()) {
-        let (d16, sum) = quantize_block_q8(xs, &mut y.qs);
-        y.d = d16.to_f32();
-        y.corr = -offset * sum;
-        y.s = if with_s {
-            (f16::from_f32(sum as f32) * d16).to_f32()
-        } else {
-            0.0
-        };
-    }
-}
-
-/// [`quantize_row_q8`] straight into the pair layout.
-fn quantize_row_pairs(x: &[f32], out: &mut [Q8Pair]) {
-    let mut qs = [0i8; QK];
-    for (xs, p) in x.chunks_exact(2 * QK).zip(out.iter_mut()) {
-        for (half, xs) in xs.chunks_exact(QK).enumerate() {
-            let (d16, _) = quantize_block_q8(xs, &mut qs);
-            for (u, q) in p.qs[half * QK..(half + 1) * QK].iter_mut().zip(&qs) {
-                *u = (*q as u8) ^ 0x80;
-            }
-            p.scale[8 * half..8 * half + 8].fill(d16.to_f32());
-        }
-    }
-}
-
-/// One block of candle's Q8_0 quantization: the quants into `qs`, and the
-/// f16 scale and the sum of the quants.
-fn quantize_block_q8(xs: &[f32], qs: &mut [i8]) -> (f16, i32) {
-    let amax = xs.iter().fold(0f32, |a, &v| a.max(v.abs()));
-    let d = amax / 127.0;
-    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-    let mut sum = 0i32;
-    for (q, &v) in qs.iter_mut().zip(xs) {
-        *q = (v * id).round() as i8;
-        sum += *q as i32;
-    }
-    (f16::from_f32(d), sum)
-}
-
-/// candle's `BlockQ8K::from_float`.
-pub(crate) fn quantize_row_q8k(x: &[f32], out: &mut [Q8xK]) {
-    for (xs, y) in x.chunks_exact(QK_K).zip(out.iter_mut()) {
-        let mut max = 0f32;
-        let mut amax = 0f32;
-        for &v in xs {
-            if amax < v.abs() {
-                amax = v.abs();
-                max = v;
-            }
-        }
-        if amax == 0.0 {
-            *y = Q8xK::ZERO;
-            continue;
-        }
-        let iscale = -128f32 / max;
-        for (q, &v) in y.qs.iter_mut().zip(xs) {
-            *q = (iscale * v).round().min(127.0) as i8;
-        }
-        for (bs, qs) in y.bsums.iter_mut().zip(y.qs.chunks_exact(16)) {
-            *bs = qs.iter().map(|&q| q as i32).sum::<i32>() as i16;
-        }
-        y.d = 1.0 / iscale;
-    }
 }
 
 /// Reads the little-endian f16 at `b[o..o + 2]`.

@@ -33,7 +33,8 @@ use std::arch::x86_64::*;
 use candle_core::quantized::GgmlDType;
 
 use super::amx;
-use super::qmatmul::{quantize_row_q8, Q8x32, QK};
+use super::qmatmul::{Q8x32, QK};
+use super::quantize::quantize_row_q8;
 
 /// Weight rows per group: one 512-bit register holds four bytes of each.
 pub(crate) const GROUP: usize = 16;

@@ -17,8 +17,9 @@ use std::arch::x86_64::*;
 use candle_core::quantized::GgmlDType;
 
 use super::amx;
-use super::qmatmul::{k4_scales, quantize_row_q8k, unpack_k, KBlock, Q8xK, QK_K};
+use super::qmatmul::{k4_scales, unpack_k, KBlock, Q8xK, QK_K};
 use super::qmatmul_tiled::{drive_tile, line_bytes, line_bytes_mut, Line, TileKernels, GROUP};
+use super::quantize::quantize_row_q8k;
 
 /// Format selectors (const generics cannot take enums).
 const Q4K: u8 = 0;
@@ -286,35 +287,98 @@ impl TiledKWeights {
     /// `R` activation rows (`xs`, row-major super-blocks) against group `g`
     /// with `vpdpbusd` on broadcast activation bytes: lane `i` of result `j`
     /// is weight row `16g + i` for activation row `j`.
+    ///
+    /// This is the decode kernel, written as one body over raw offsets:
+    /// helpers that return register arrays are not always inlined under
+    /// `target_feature` (the AMX path's [`Scales`], 26 vectors, is a call per
+    /// super-block whose result goes through the stack). Sub-blocks go in
+    /// pairs, so Q4_K reads each quant line once for both of its nibbles.
+    /// The software prefetch made single-stream decode ~1.1× faster on an AMX
+    /// Xeon (docs/performance.md).
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     fn group_vnni<const F: u8, const R: usize>(&self, g: usize, xs: &[Q8xK]) -> [__m512; R] {
         let group = self.group(g);
         let nsb = self.nsb;
+        assert!(xs.len() >= R * nsb, "{R} rows of {nsb} super-blocks");
+        let end = self.dmin_offset() + if F == Q4K { 32 * nsb } else { 0 };
+        assert!(group.len() >= end, "group of {} bytes", group.len());
+        let p = group.as_ptr();
+        // SAFETY (these loads): every offset below is inside the group, whose
+        // regions `new` sized for `nsb` super-blocks (asserted above).
+        let line = |o: usize| unsafe { _mm512_loadu_si512(p.add(o).cast()) };
+        let bytes16 = |o: usize| unsafe { _mm_loadu_si128(p.add(o).cast()) };
+        let half = |o: usize| unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.add(o).cast())) };
+        let (sc_at, mn_at) = (self.sc_offset(), self.mn_offset());
+        let (d_at, dmin_at) = (self.d_offset(), self.dmin_offset());
+        let low = _mm512_set1_epi8(0xF);
         let mut acc = [_mm512_setzero_ps(); R];
         for b in 0..nsb {
-            let sv = self.scales::<F>(group, b);
+            let q = qs_bytes(F) * b;
+            // As in the 32-element kernel: a group is one stream of bytes,
+            // so ask for the quants 4 KiB ahead into L2 (past the group's
+            // end, its scales or the next group: read soon; never faults).
+            for l in (0..qs_bytes(F)).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(q + 4096 + l).cast());
+            }
             let mut t = [_mm512_setzero_si512(); R];
-            for s in 0..nsub(F) {
-                let w = self.unpack::<F>(group, b, s);
-                for (j, t) in t.iter_mut().enumerate() {
-                    let y = &xs[j * nsb + b];
-                    let x = &y.qs[sub(F) * s..][..sub(F)];
-                    let xw = |r: usize| {
-                        let v: [u8; 4] = std::array::from_fn(|k| x[4 * r + k] as u8);
-                        _mm512_set1_epi32(i32::from_le_bytes(v))
-                    };
-                    // Two chains halve the dependency on vpdpbusd's latency.
-                    let mut c0 = _mm512_setzero_si512();
-                    let mut c1 = _mm512_setzero_si512();
-                    for r in (0..sub(F) / 4).step_by(2) {
-                        c0 = _mm512_dpbusd_epi32(c0, w[r], xw(r));
-                        c1 = _mm512_dpbusd_epi32(c1, w[r + 1], xw(r + 1));
+            for s in (0..nsub(F)).step_by(2) {
+                let mut w = [[_mm512_setzero_si512(); 8]; 2];
+                if F == Q4K {
+                    let [lo, hi] = &mut w;
+                    for (r, (lo, hi)) in lo.iter_mut().zip(hi).enumerate() {
+                        let raw = line(q + 512 * (s / 2) + 64 * r);
+                        *lo = _mm512_and_si512(raw, low);
+                        *hi = _mm512_and_si512(_mm512_srli_epi16::<4>(raw), low);
                     }
-                    *t = accumulate::<F>(*t, _mm512_add_epi32(c0, c1), &sv, s, y);
+                } else {
+                    for (h, w) in w.iter_mut().enumerate() {
+                        for (r, w) in w.iter_mut().take(4).enumerate() {
+                            *w = line(q + 256 * (s + h) + 64 * r);
+                        }
+                    }
+                }
+                let sc = [s, s + 1].map(|ss| {
+                    let v = bytes16(sc_at + nsub(F) * GROUP * b + GROUP * ss);
+                    if F == Q4K {
+                        _mm512_cvtepu8_epi32(v)
+                    } else {
+                        _mm512_cvtepi8_epi32(v)
+                    }
+                });
+                for (j, t) in t.iter_mut().enumerate() {
+                    // SAFETY: `j·nsb + b < R·nsb ≤ xs.len()` (asserted).
+                    let y = unsafe { xs.get_unchecked(j * nsb + b) };
+                    for (h, (w, sc)) in w.iter().zip(sc).enumerate() {
+                        let x = y.qs.as_ptr().wrapping_add(sub(F) * (s + h));
+                        // SAFETY: element `4r + 3 < sub(F)` of sub-block
+                        // `s + h < nsub(F)` is inside `y.qs`.
+                        let xw = |r: usize| unsafe {
+                            _mm512_set1_epi32(x.add(4 * r).cast::<i32>().read_unaligned())
+                        };
+                        // Two chains halve the dependency on vpdpbusd's latency.
+                        let mut c0 = _mm512_setzero_si512();
+                        let mut c1 = _mm512_setzero_si512();
+                        for r in (0..sub(F) / 4).step_by(2) {
+                            c0 = _mm512_dpbusd_epi32(c0, w[r], xw(r));
+                            c1 = _mm512_dpbusd_epi32(c1, w[r + 1], xw(r + 1));
+                        }
+                        *t = accumulate::<F>(*t, _mm512_add_epi32(c0, c1), sc, s + h, y);
+                    }
                 }
             }
+            let d = half(d_at + 32 * b);
+            let (dmin, mn) = if F == Q4K {
+                let mn = std::array::from_fn(|i| {
+                    _mm512_cvtepu8_epi32(bytes16(mn_at + 128 * b + GROUP * i))
+                });
+                (half(dmin_at + 32 * b), mn)
+            } else {
+                (_mm512_setzero_ps(), [_mm512_setzero_si512(); 8])
+            };
             for (j, acc) in acc.iter_mut().enumerate() {
-                *acc = finish::<F>(t[j], &sv, &xs[j * nsb + b], *acc);
+                // SAFETY: as above.
+                let y = unsafe { xs.get_unchecked(j * nsb + b) };
+                *acc = finish::<F>(t[j], d, dmin, &mn, y, *acc);
             }
         }
         acc
@@ -359,12 +423,12 @@ impl TiledKWeights {
                     for (j, t) in t.iter_mut().enumerate() {
                         // SAFETY: a row of `c` is 16 i32.
                         let ci = unsafe { _mm512_loadu_si512(c[j].as_ptr().cast()) };
-                        *t = accumulate::<F>(*t, ci, &sv, s + h, &xs[j * nsb + b]);
+                        *t = accumulate::<F>(*t, ci, sv.sc[s + h], s + h, &xs[j * nsb + b]);
                     }
                 }
             }
             for (j, acc) in acc.iter_mut().enumerate() {
-                *acc = finish::<F>(t[j], &sv, &xs[j * nsb + b], *acc);
+                *acc = finish::<F>(t[j], sv.d, sv.dmin, &sv.mn, &xs[j * nsb + b], *acc);
             }
         }
         for (row, acc) in out.iter_mut().zip(acc) {
@@ -375,35 +439,44 @@ impl TiledKWeights {
     }
 }
 
-/// Adds sub-block `s`'s scaled integer dot products (`isum`, 16 weight
-/// rows) to `t`; Q6_K's +32 offset leaves through the activation sums.
+/// Adds sub-block `s`'s integer dot products (`isum`, 16 weight rows) times
+/// its scales `sc` to `t`; Q6_K's +32 offset leaves through the activation
+/// sums.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 #[inline]
-fn accumulate<const F: u8>(t: __m512i, isum: __m512i, sv: &Scales, s: usize, y: &Q8xK) -> __m512i {
+fn accumulate<const F: u8>(t: __m512i, isum: __m512i, sc: __m512i, s: usize, y: &Q8xK) -> __m512i {
     let isum = if F == Q6K {
         _mm512_sub_epi32(isum, _mm512_set1_epi32(32 * i32::from(y.bsums[s])))
     } else {
         isum
     };
-    _mm512_add_epi32(t, _mm512_mullo_epi32(sv.sc[s], isum))
+    _mm512_add_epi32(t, _mm512_mullo_epi32(sc, isum))
 }
 
 /// Folds a super-block's exact integer sum `t` into `acc`:
-/// `acc + t·(d·dx) − (Σ min·Σx)·(dmin·dx)`, ggml's per-super-block formula.
+/// `acc + t·(d·dx) − (Σ min·Σx)·(dmin·dx)`, ggml's per-super-block formula
+/// (`dmin` and the mins `mn` only for Q4_K).
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 #[inline]
-fn finish<const F: u8>(t: __m512i, sv: &Scales, y: &Q8xK, acc: __m512) -> __m512 {
+fn finish<const F: u8>(
+    t: __m512i,
+    d: __m512,
+    dmin: __m512,
+    mn: &[__m512i; 8],
+    y: &Q8xK,
+    acc: __m512,
+) -> __m512 {
     let dx = _mm512_set1_ps(y.d);
-    let acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_mul_ps(sv.d, dx), acc);
+    let acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_mul_ps(d, dx), acc);
     if F != Q4K {
         return acc;
     }
     let mut msum = _mm512_setzero_si512();
-    for (s, mn) in sv.mn.iter().enumerate() {
+    for (s, mn) in mn.iter().enumerate() {
         let xsum = i32::from(y.bsums[2 * s]) + i32::from(y.bsums[2 * s + 1]);
         msum = _mm512_add_epi32(msum, _mm512_mullo_epi32(*mn, _mm512_set1_epi32(xsum)));
     }
-    _mm512_fnmadd_ps(_mm512_cvtepi32_ps(msum), _mm512_mul_ps(sv.dmin, dx), acc)
+    _mm512_fnmadd_ps(_mm512_cvtepi32_ps(msum), _mm512_mul_ps(dmin, dx), acc)
 }
 
 /// The k-quant kernels for format `F`.
