@@ -1,17 +1,17 @@
-//! Activation rows quantized for the integer matmul kernels: candle's (and
-//! ggml's) Q8_0 / Q8_1 blocks of 32 and Q8_K super-blocks of 256.
+//! Activation rows quantized for the integer matmul kernels as candle
+//! quantizes them: Q8_0 / Q8_1 blocks of 32 and Q8_K super-blocks of 256.
 //!
 //! # Why two builds of one body
 //!
 //! Every quantized matmul quantizes its activation rows first, q, k and v
 //! each their own copy, so a decode step of a 1.5B model rounds half a
 //! million values. `f32::round` (halves away from zero) has no instruction
-//! in the x86-64 baseline and compiled to a call to `roundf` per value: at
-//! one row that was a fifth of a 4864 × 896 Q4_K matmul's time on an AMX
-//! Xeon (docs/performance.md). The same body compiled with AVX2 enabled
-//! lets LLVM round with `vroundps` (`trunc(x + copysign(0.5 − ulp, x))`,
-//! exact for every f32) and vectorize the loops, so both builds give the
-//! same bits (tested), and the choice is only a matter of speed.
+//! in the x86-64 baseline and compiled to a call to `roundf` per value: in
+//! the Q4_K matmul bench on an AMX Xeon, quantizing (with `roundf`) took a
+//! fifth of the samples (docs/performance.md). The same body compiled with
+//! AVX2 enabled lets LLVM round with `vroundps` (`trunc(x + copysign(0.5 −
+//! ulp, x))`, exact for every f32) and vectorize the loops, so both builds
+//! give the same bits (tested), and the choice is only a matter of speed.
 
 use half::f16;
 
