@@ -5,11 +5,12 @@
 //! ([`attention`], its SIMD body in `attention_simd` over the vector types
 //! of `simd`), the quantized matrix multiplication used by every linear
 //! layer of a GGUF checkpoint
-//! ([`qmatmul`]; SIMD inner loops on ggml's rows in `qmatmul_simd`, and the
+//! ([`qmatmul`]; SIMD inner loops on ggml's rows in `qmatmul_simd`, the
 //! repacked-weight kernels of `qmatmul_tiled` (AVX-512 VNNI and AMX; its
 //! AVX2 reading in `qmatmul_tiled_avx2`) and `qmatmul_tiled_k` over the
-//! tile plumbing of `amx`; activations quantized in `quantize`), and the dense bf16/f16 matmul ([`dense`];
-//! SIMD bodies in `dense_simd`, AMX-BF16 tiles in `dense_amx`). Every
+//! tile plumbing of `amx`, and the activations' quantization in
+//! `quantize`), and the dense bf16/f16 matmul ([`dense`]; SIMD bodies in
+//! `dense_simd`, AMX-BF16 tiles in `dense_amx`). Every
 //! family's runtime dispatch is capped by `R1SERVE_ISA` ([`isa`]).
 //! MLA's attention over one shared latent row per token is
 //! [`latent_attention`].
