@@ -293,8 +293,10 @@ impl TiledKWeights {
     /// `target_feature` (the AMX path's [`Scales`], 26 vectors, is a call per
     /// super-block whose result goes through the stack). Sub-blocks go in
     /// pairs, so Q4_K reads each quant line once for both of its nibbles.
-    /// The software prefetch made single-stream decode ~1.1× faster on an AMX
-    /// Xeon (docs/performance.md).
+    /// With the software prefetch this made single-stream decode ~1.1× faster
+    /// on an AMX Xeon; the old body with only the prefetch added was not
+    /// (docs/performance.md). The AMX path keeps the helpers: there a group's
+    /// scales serve up to 16 activation rows.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     fn group_vnni<const F: u8, const R: usize>(&self, g: usize, xs: &[Q8xK]) -> [__m512; R] {
         let group = self.group(g);
