@@ -5,16 +5,22 @@
 //! to the latent outputs, so per-head keys and values of cached tokens are
 //! never formed.
 //!
-//! Each sequence's rows are widened to f32 once per call and shared by all
-//! its heads and queries; groups of heads of a query row then run in
-//! parallel on the SIMD body of [`super::latent_simd`] (AVX-512, AVX2+FMA+F16C
-//! or portable, dispatched at run time). A row's result depends only on its
-//! own query and its sequence's cache, so batching does not change it.
+//! Two bodies, dispatched at run time. Where the CPU has AMX-BF16 and the
+//! cache is not f32, [`super::latent_amx`] runs both products on tiles in
+//! bf16 (the op is compute-bound: every cached row meets every head).
+//! Otherwise each sequence's rows are widened to f32 once per call and
+//! shared by all its heads and queries; groups of heads of a query row then
+//! run in parallel on the f32 SIMD body of [`super::latent_simd`] (AVX-512,
+//! AVX2+FMA+F16C or portable); an f32 cache, which asks for exact
+//! arithmetic, always gets this one. A row's result depends only on its own
+//! query and its sequence's cache, so batching does not change it.
 //!
 //! [`LayerKvSpec::Latent`]: crate::kv_cache::spec::LayerKvSpec::Latent
 
-use super::attention::{AttnSeq, Isa};
-use super::isa::KernelIsa;
+use super::attention::AttnSeq;
+use super::isa::{KernelIsa, Level};
+#[cfg(target_arch = "x86_64")]
+use super::latent_amx;
 use super::latent_simd;
 use super::simd::{self, LANES};
 use crate::kv_cache::storage::{KvGeometry, LayerKv, SlotAddr};
@@ -22,6 +28,7 @@ use crate::types::BlockId;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
 use std::cell::RefCell;
+use std::sync::OnceLock;
 
 /// The latent rows of positions `0..len` of a sequence, widened to f32:
 /// `len × geom.k_dim` values.
@@ -31,22 +38,11 @@ pub fn read_rows(
     block_table: &[BlockId],
     len: usize,
 ) -> Result<Vec<f32>> {
-    if geom.num_kv_heads != 1 || geom.v_dim != 0 {
-        bail!("not a latent layer: {geom:?}");
-    }
-    if block_table.len() * geom.block_size < len {
-        bail!(
-            "block table of {} blocks cannot hold {len} tokens",
-            block_table.len()
-        );
-    }
+    check_table(geom, block_table, len)?;
     let w = geom.k_dim;
     let mut rows = vec![0f32; len * w];
     for (p, row) in rows.chunks_exact_mut(w).enumerate() {
         let block = block_table[p / geom.block_size].index();
-        if block >= geom.num_blocks {
-            bail!("block {block} is outside the pool");
-        }
         let at = SlotAddr {
             block,
             head: 0,
@@ -55,6 +51,28 @@ pub fn read_rows(
         layer.read(geom, at, row, &mut []);
     }
     Ok(rows)
+}
+
+/// Fails unless `geom` is a latent layer and `block_table` holds positions
+/// `0..len` in blocks of the pool.
+fn check_table(geom: &KvGeometry, block_table: &[BlockId], len: usize) -> Result<()> {
+    if geom.num_kv_heads != 1 || geom.v_dim != 0 {
+        bail!("not a latent layer: {geom:?}");
+    }
+    let blocks = len.div_ceil(geom.block_size);
+    if block_table.len() < blocks {
+        bail!(
+            "block table of {} blocks cannot hold {len} tokens",
+            block_table.len()
+        );
+    }
+    if let Some(b) = block_table[..blocks]
+        .iter()
+        .find(|b| b.index() >= geom.num_blocks)
+    {
+        bail!("block {} is outside the pool", b.index());
+    }
+    Ok(())
 }
 
 /// Causal attention of `q` (`rows × num_heads × k_dim`) over each
@@ -110,6 +128,28 @@ fn latent_attention_on(
                 s.ctx_len
             );
         }
+        check_table(geom, s.block_table, s.ctx_len)?;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::AmxBf16 && !matches!(layer, LayerKv::F32(_)) {
+        let rows: Vec<latent_amx::Row> = seqs
+            .iter()
+            .flat_map(|s| {
+                (0..s.q_len).map(|i| latent_amx::Row {
+                    table: s.block_table,
+                    n: s.ctx_len - s.q_len + i + 1,
+                    index: s.q_start + i,
+                })
+            })
+            .collect();
+        let dims = latent_amx::Dims::new(num_heads, w, v_dim);
+        // SAFETY: `Isa::AmxBf16` is dispatched only where the CPU has its
+        // instruction sets; the tables were checked above, and `q` and
+        // `out` by the caller.
+        unsafe { latent_amx::attention(q, out, layer, geom, &rows, dims, scale) };
+        return Ok(());
+    }
+    for s in seqs {
         let cache = read_rows(layer, geom, s.block_table, s.ctx_len)?;
         let q_rows = &q[s.q_start * num_heads * w..(s.q_start + s.q_len) * num_heads * w];
         let o_rows =
@@ -130,6 +170,73 @@ fn latent_attention_on(
             });
     }
     Ok(())
+}
+
+/// The latent kernel's bodies, least preferred first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Isa {
+    Portable,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    /// Tiles in bf16; the f32 body for f32 caches.
+    #[cfg(target_arch = "x86_64")]
+    AmxBf16,
+}
+
+impl KernelIsa for Isa {
+    #[cfg(target_arch = "x86_64")]
+    const ALL: &'static [Isa] = &[Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::AmxBf16];
+    #[cfg(not(target_arch = "x86_64"))]
+    const ALL: &'static [Isa] = &[Isa::Portable];
+
+    fn level(self) -> Level {
+        match self {
+            Isa::Portable => Level::Scalar,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => Level::Avx2,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => Level::Avx512,
+            #[cfg(target_arch = "x86_64")]
+            Isa::AmxBf16 => Level::Amx,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Isa::Portable => "portable",
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => "AVX2+FMA+F16C",
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => "AVX-512F",
+            #[cfg(target_arch = "x86_64")]
+            Isa::AmxBf16 => "AMX-BF16",
+        }
+    }
+
+    /// Probed once per process (asking for the tile state is a syscall).
+    fn is_supported(self) -> bool {
+        static SUPPORTED: OnceLock<[bool; 4]> = OnceLock::new();
+        let s = SUPPORTED.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            {
+                let avx2 = is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c");
+                let avx512 = avx2 && is_x86_feature_detected!("avx512f");
+                let amx = avx512
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512bf16")
+                    && super::amx::bf16_available();
+                [true, avx2, avx512, amx]
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            [true, false, false, false]
+        });
+        s[self as usize]
+    }
 }
 
 /// Most query heads per task (the largest divisor of the head count up to
@@ -155,7 +262,7 @@ fn attend(isa: Isa, q: &[f32], keys: &[f32], shape: (usize, usize, f32), o: &mut
         unsafe {
             match isa {
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => attend_avx512(q, keys, shape, o, scratch),
+                Isa::Avx512 | Isa::AmxBf16 => attend_avx512(q, keys, shape, o, scratch),
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx2 => attend_avx2(q, keys, shape, o, scratch),
                 Isa::Portable => latent_simd::attend::<simd::Portable>(q, keys, shape, o, scratch),
@@ -205,6 +312,124 @@ mod tests {
         for &isa in &isas {
             check_against_f64(isa, (6, 4, 3, 11, 2));
             check_against_f64(isa, (40, 20, 6, 37, 3));
+        }
+    }
+
+    /// The AMX body on 16-bit and fp8 caches (the ones it serves) against
+    /// an f64 evaluation: several jobs with a partial last one, tasks of
+    /// several jobs (contexts past 2048), heads and
+    /// widths that need padding, blocks of 8, 16 and 32 positions out of
+    /// order, several queries, and R1's shape.
+    ///
+    /// The reference takes the kernel's inputs: the scaled query and the
+    /// cached values rounded to bf16 (round to nearest even, as
+    /// `vcvtneps2bf16`). The bound comes from what the kernel still rounds:
+    /// each score is an f32 sum of `w` exact products, off by at most
+    /// δ = w · 2⁻²⁴ · Σ_d |q̃_d k̃_d|, so normalised weights change by a factor
+    /// within e^{±2δ}; the weights are rounded to bf16 (2⁻⁹) and normalised
+    /// by their unrounded sum (2⁻⁹ more); `exp` (5·10⁻⁶ in each weight and
+    /// in the sum) and the f32 sums add 1.2·10⁻⁵. Each output is within
+    /// (e^{2δ_max}·(1 + 2⁻⁹)²·(1 + 1.2·10⁻⁵) − 1) · Σ_j p_j |ṽ_jd| of the
+    /// reference.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn amx_body_within_bf16_rounding_of_f64() {
+        let isas = Isa::to_test("latent_attention::amx_body_within_bf16_rounding_of_f64");
+        if !isas.contains(&Isa::AmxBf16) {
+            return;
+        }
+        for dtype in [KvDtype::F16, KvDtype::Bf16, KvDtype::Fp8E4m3] {
+            for shape in [
+                (40, 20, 20, 600, 2, 16),
+                (40, 20, 20, 2300, 2, 16),
+                (48, 32, 16, 70, 3, 8),
+                (64, 64, 32, 530, 1, 32),
+                (576, 512, 128, 300, 1, 16),
+            ] {
+                check_amx(dtype, shape);
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn check_amx(
+        dtype: KvDtype,
+        (w, v_dim, heads, ctx, q_len, bs): (usize, usize, usize, usize, usize, usize),
+    ) {
+        let spec = KvSpec::uniform(LayerKvSpec::Latent { width: w, v_dim }, 1);
+        let blocks = ctx.div_ceil(bs);
+        let mut cache = KvCache::new(&spec, bs, blocks + 1, dtype).unwrap();
+        let table: Vec<BlockId> = (1..=blocks).rev().map(|b| BlockId(b as u32)).collect();
+        // Pseudo-random values whose spread changes every 300 positions
+        // (jobs hold 256) by factors that move scores by more than the AMX
+        // body's `LAZY`, so that maxima grow and fall from job to job and
+        // both the rescaling of a task's sums and the merge of tasks matter.
+        let rows: Vec<f32> = (0..ctx * w)
+            .map(|i| {
+                let x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
+                (x as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * [1.0, 8.0, 40.0][i / w / 300 % 3]
+            })
+            .collect();
+        let geom = cache.geometries[0];
+        write_kv(&mut cache.layers[0], &geom, &table, 0, &rows, &[]).unwrap();
+        let stored = read_rows(&cache.layers[0], &geom, &table, ctx).unwrap();
+        let q: Vec<f32> = (0..q_len * heads * w)
+            .map(|i| ((i * 13 % 17) as f32 - 8.0) / 5.0 / (w as f32).sqrt())
+            .collect();
+        let seq = AttnSeq {
+            q_start: 0,
+            q_len,
+            ctx_len: ctx,
+            block_table: &table,
+        };
+        let scale = 0.3;
+        let mut out = vec![0f32; q_len * heads * v_dim];
+        latent_attention_on(
+            Isa::AmxBf16,
+            &q,
+            &mut out,
+            &cache.layers[0],
+            &geom,
+            &[seq],
+            (heads, v_dim, scale),
+        )
+        .unwrap();
+        let bf = |x: f32| half::bf16::from_f32(x).to_f64();
+        let stored: Vec<f64> = stored.iter().map(|&x| bf(x)).collect();
+        for i in 0..q_len {
+            let pos = ctx - q_len + i;
+            for h in 0..heads {
+                let qh: Vec<f64> = q[(i * heads + h) * w..][..w]
+                    .iter()
+                    .map(|&x| bf(x * scale))
+                    .collect();
+                let key = |p: usize| &stored[p * w..(p + 1) * w];
+                let dot = |p: usize, f: fn(f64) -> f64| -> f64 {
+                    qh.iter().zip(key(p)).map(|(a, b)| f(a * b)).sum()
+                };
+                let s: Vec<f64> = (0..=pos).map(|p| dot(p, |x| x)).collect();
+                let delta = (0..=pos)
+                    .map(|p| w as f64 * 2f64.powi(-24) * dot(p, f64::abs))
+                    .fold(0f64, f64::max);
+                let r = 2f64.powi(-9);
+                let factor = (2.0 * delta).exp() * (1.0 + r).powi(2) * (1.0 + 1.2e-5) - 1.0;
+                let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
+                for d in 0..v_dim {
+                    let (want, mag) = (0..=pos).fold((0f64, 0f64), |(a, b), p| {
+                        let pw = (s[p] - m).exp() / z;
+                        let v = stored[p * w + d];
+                        (a + pw * v, b + pw * v.abs())
+                    });
+                    let got = out[(i * heads + h) * v_dim + d] as f64;
+                    assert!(
+                        (got - want).abs() <= factor * mag,
+                        "{dtype:?} w {w} heads {heads} ctx {ctx} block {bs}: q {i} head {h} \
+                         dim {d}: {got} vs {want} (bound {})",
+                        factor * mag
+                    );
+                }
+            }
         }
     }
 

@@ -30,6 +30,8 @@ mod dense_amx;
 mod dense_simd;
 pub mod device;
 pub mod isa;
+#[cfg(target_arch = "x86_64")]
+mod latent_amx;
 pub mod latent_attention;
 mod latent_simd;
 pub mod linear;

@@ -267,7 +267,7 @@ mod x86 {
 
     /// AVX-512F: one register. Needs `avx512f`.
     #[derive(Clone, Copy)]
-    pub struct Avx512(__m512);
+    pub struct Avx512(pub __m512);
 
     impl F32x16 for Avx512 {
         #[inline(always)]
