@@ -8,9 +8,11 @@
 //!    generated (R1's 256 would take 6.3 GB); routing runs over all 256.
 //! 2. one MLA layer's absorbed decode attention (128 heads over latent rows
 //!    of 512 + 64, f16 cache) at 1k, 16k and 64k context, batch 1 and 8:
-//!    time against the latent bytes read over memcpy bandwidth, and the
-//!    multiply-adds it does per second (128 heads share each row, so it does
-//!    ~128 multiply-adds per byte: compute, not memory, bounds it on a CPU).
+//!    time against the latent bytes read over memcpy bandwidth ("of bound":
+//!    one thread's memcpy, the target's measure; "of all": a memcpy split
+//!    over every thread), and the flops it does per second (128 heads share
+//!    each row, ~240 flops per byte: compute, not memory, bounds it on a CPU
+//!    without AMX).
 //!
 //! `cargo bench --bench deepseek [-- moe|mla]` (only the named table; peak memory ~3.5 GB: the experts of a
 //! batch of 16 and a 64k × 8 latent cache). `DS_QUICK=1` stops at 16k.
@@ -28,6 +30,7 @@ use r1serve::model::config::Arch;
 use r1serve::model::deepseek_config::DeepseekConfig;
 use r1serve::model::moe::{routing, run_experts, Mlp};
 use r1serve::types::BlockId;
+use rayon::prelude::*;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -113,13 +116,20 @@ fn expert_bytes(inner: usize) -> usize {
     3 * inner * HIDDEN / GgmlDType::Q4K.block_size() * GgmlDType::Q4K.type_size()
 }
 
-/// Bytes per second of a memcpy of 512 MiB (far beyond any cache).
-fn memcpy_bandwidth() -> f64 {
+/// Bytes per second of a memcpy of 512 MiB (far beyond any cache) on one
+/// thread, and split over the rayon threads.
+fn memcpy_bandwidth() -> (f64, f64) {
     let n = 512 << 20;
     let src = vec![1u8; n];
     let mut dst = vec![0u8; n];
-    let t = time(3, || dst.copy_from_slice(black_box(&src)));
-    n as f64 / t
+    let one = time(3, || dst.copy_from_slice(black_box(&src)));
+    let chunk = n.div_ceil(rayon::current_num_threads());
+    let all = time(3, || {
+        dst.par_chunks_mut(chunk)
+            .zip(src.par_chunks(chunk))
+            .for_each(|(d, s)| d.copy_from_slice(black_box(s)))
+    });
+    (n as f64 / one, n as f64 / all)
 }
 
 fn r1_config() -> anyhow::Result<DeepseekConfig> {
@@ -191,13 +201,13 @@ fn moe_table(bandwidth: f64) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn mla_table(bandwidth: f64, contexts: &[usize]) -> anyhow::Result<()> {
+fn mla_table((bandwidth, parallel): (f64, f64), contexts: &[usize]) -> anyhow::Result<()> {
     let width = LORA + ROPE;
     let block = 16;
     println!("\nMLA absorbed decode attention ({HEADS} heads over latent rows of {LORA} + {ROPE}, f16 cache)");
     println!(
-        "{:>6} {:>5} | {:>9} | {:>10} {:>10} | {:>8} {:>7} | {:>9}",
-        "ctx", "batch", "MB read", "time", "bound", "GB/s", "of bound", "GFLOP/s"
+        "{:>6} {:>5} | {:>9} | {:>10} {:>10} | {:>8} {:>7} {:>7} | {:>9}",
+        "ctx", "batch", "MB read", "time", "bound", "GB/s", "of bound", "of all", "GFLOP/s"
     );
     let mut rng = Rng(11);
     for &ctx in contexts {
@@ -246,7 +256,7 @@ fn mla_table(bandwidth: f64, contexts: &[usize]) -> anyhow::Result<()> {
             let bound = bytes / bandwidth;
             let flops = (batch * ctx * HEADS * (width + LORA) * 2) as f64;
             println!(
-                "{:>6} {:>5} | {:>9.1} | {:>8.2}ms {:>8.2}ms | {:>8.2} {:>6.1}% | {:>9.1}",
+                "{:>6} {:>5} | {:>9.1} | {:>8.2}ms {:>8.2}ms | {:>8.2} {:>7.1}% {:>6.1}% | {:>9.1}",
                 ctx,
                 batch,
                 bytes / 1e6,
@@ -254,6 +264,7 @@ fn mla_table(bandwidth: f64, contexts: &[usize]) -> anyhow::Result<()> {
                 bound * 1e3,
                 bytes / t / 1e9,
                 100.0 * bound / t,
+                100.0 * bytes / parallel / t,
                 flops / t / 1e9
             );
         }
@@ -263,12 +274,13 @@ fn mla_table(bandwidth: f64, contexts: &[usize]) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let quick = std::env::var_os("DS_QUICK").is_some();
-    let bandwidth = memcpy_bandwidth();
+    let (bandwidth, parallel) = memcpy_bandwidth();
     println!(
-        "isa: {:?}, rayon threads: {}, memcpy {:.1} GB/s",
+        "isa: {:?}, rayon threads: {}, memcpy {:.1} GB/s (one thread; {:.1} GB/s on all)",
         r1serve::kernels::Isa::detect(),
         rayon::current_num_threads(),
-        bandwidth / 1e9
+        bandwidth / 1e9,
+        parallel / 1e9
     );
     // Cargo passes `--bench`; another argument names the one table to run.
     let only = std::env::args().skip(1).find(|a| !a.starts_with("--"));
@@ -284,5 +296,5 @@ fn main() -> anyhow::Result<()> {
     } else {
         &[1024, 16384, 65536]
     };
-    mla_table(bandwidth, contexts)
+    mla_table((bandwidth, parallel), contexts)
 }

@@ -36,6 +36,9 @@ use std::cell::RefCell;
 /// count, so that results do not depend on the machine's cores.
 const TASKS_PER_ROW: usize = 8;
 
+/// Steps of the score product per pass over the keys (see [`job`]).
+const S_STEPS: usize = 6;
+
 /// Positions per job: the gathered keys and values, the scores and the
 /// partial output of 128 heads (~1 MiB for R1's rows) stay in L2.
 pub(super) const JOB: usize = 256;
@@ -142,6 +145,8 @@ struct Scratch {
     pt: TileBuf,
     /// Per head, the factor a job rescales its task's sums by.
     corr: Vec<f32>,
+    /// The runs of positions of the job being gathered (see [`gather`]).
+    segments: Vec<(*const u8, usize, usize)>,
 }
 
 thread_local! {
@@ -264,7 +269,7 @@ unsafe fn job<E: SimdLoad>(
 ) {
     let c32 = cnt.next_multiple_of(32);
     gather(keys, geom, (table, start, cnt), d, sc);
-    let calls = (d.hp / 32) * (c32 / 32 + d.vp / 32);
+    let calls = (d.hp / 32) * (c32 / 32 * (d.wp / 32).div_ceil(S_STEPS) + d.vp / 32);
     let mut prefetch = Prefetch::new(keys, geom, table, next, calls);
     amx::configure(16, 64);
     let ktv = sc.ktv.get::<u16>(d.wp * JOB).as_ptr();
@@ -273,18 +278,22 @@ unsafe fn job<E: SimdLoad>(
     let pb = sc.pb.get::<u32>(d.hp * JOB / 2).as_mut_ptr();
     let pt = sc.pt.get::<u32>(d.hp * JOB / 2).as_mut_ptr();
     sc.corr.resize(d.hp, 0.0);
+    // The key width in panels of `S_STEPS` steps: a pair of query tiles'
+    // panel stays in L1 while every key tile passes it.
     for g in (0..d.hp / 16).step_by(2) {
-        let a = [0, 1].map(|i| qb.as_ptr().add((g + i) * 16 * d.wp) as *const u8);
-        for t in (0..c32 / 16).step_by(2) {
-            let b = [0, 1].map(|i| ktv.add((t + i) * 32) as *const u8);
-            let c = [0, 1].map(|i| [0, 1].map(|j| s.add((g + i) * 16 * JOB + (t + j) * 16)));
-            prefetch.step();
-            amx::gemm_bf16_2x2(
-                (a, d.wp * 2, 64),
-                (b, JOB * 4, 16 * JOB * 4),
-                d.wp / 32,
-                (c, JOB * 4, false),
-            );
+        for k0 in (0..d.wp / 32).step_by(S_STEPS) {
+            let a = [0, 1].map(|i| qb.as_ptr().add((g + i) * 16 * d.wp + 32 * k0) as *const u8);
+            for t in (0..c32 / 16).step_by(2) {
+                let b = [0, 1].map(|i| ktv.add(k0 * 32 * JOB + (t + i) * 32) as *const u8);
+                let c = [0, 1].map(|i| [0, 1].map(|j| s.add((g + i) * 16 * JOB + (t + j) * 16)));
+                prefetch.step();
+                amx::gemm_bf16_2x2(
+                    (a, d.wp * 2, 64),
+                    (b, JOB * 4, 16 * JOB * 4),
+                    S_STEPS.min(d.wp / 32 - k0),
+                    (c, JOB * 4, k0 > 0),
+                );
+            }
         }
     }
     for h in 0..d.hp {
@@ -469,31 +478,41 @@ unsafe fn gather<E: SimdLoad>(
     let idx = _mm512_loadu_si512(INTERLEAVE.as_ptr().cast());
     let ktv = sc.ktv.get::<u16>(d.wp * JOB).as_mut_ptr();
     let vt = sc.vt.get::<u16>(d.vp * JOB).as_mut_ptr();
+    // The job's runs of at most 16 positions inside one block: where each
+    // starts in the cache, its first position in the job, its length.
+    sc.segments.clear();
     let mut p = start;
     while p < start + cnt {
         let slot = p % bs;
         let len = (bs - slot).min(start + cnt - p).min(16);
-        let j = p - start;
         let kp = keys
             .as_ptr()
             .add(geom.k_base(table[p / bs].index(), 0) + slot);
-        let mask = lanes(len);
-        for pr in 0..d.wp / 2 {
-            let r0 = load_row(kp, (2 * pr, d.w, bs, len));
-            let r1 = load_row(kp, (2 * pr + 1, d.w, bs, len));
-            let pairs = _mm512_permutex2var_epi16(
-                _mm512_castsi256_si512(r0),
-                idx,
-                _mm512_castsi256_si512(r1),
-            );
-            _mm512_mask_storeu_epi32(ktv.add((pr * JOB + j) * 2).cast(), mask, pairs);
-            for (dim, r) in [(2 * pr, r0), (2 * pr + 1, r1)] {
-                if dim < d.vp {
-                    _mm256_mask_storeu_epi16(vt.add(dim * JOB + j).cast(), mask, r);
+        sc.segments.push((kp.cast(), p - start, len));
+        p += len;
+    }
+    // Sixteen pairs of dimensions at a time over every run: the lines
+    // written (16 KiB of each layout) stay in L1 until they are complete.
+    for p0 in (0..d.wp / 2).step_by(16) {
+        for &(kp, j, len) in &sc.segments {
+            let kp = kp.cast::<E>();
+            let mask = lanes(len);
+            for pr in p0..(p0 + 16).min(d.wp / 2) {
+                let r0 = load_row(kp, (2 * pr, d.w, bs, len));
+                let r1 = load_row(kp, (2 * pr + 1, d.w, bs, len));
+                let pairs = _mm512_permutex2var_epi16(
+                    _mm512_castsi256_si512(r0),
+                    idx,
+                    _mm512_castsi256_si512(r1),
+                );
+                _mm512_mask_storeu_epi32(ktv.add((pr * JOB + j) * 2).cast(), mask, pairs);
+                for (dim, r) in [(2 * pr, r0), (2 * pr + 1, r1)] {
+                    if dim < d.vp {
+                        _mm256_mask_storeu_epi16(vt.add(dim * JOB + j).cast(), mask, r);
+                    }
                 }
             }
         }
-        p += len;
     }
     let c32 = cnt.next_multiple_of(32);
     let vt = sc.vt.get::<u16>(d.vp * JOB);
