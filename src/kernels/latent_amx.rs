@@ -151,6 +151,16 @@ struct Scratch {
 
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+    static SPARE: RefCell<Spare> = RefCell::new(Spare::default());
+}
+
+/// The calling thread's buffers, kept between calls: the bf16 queries and
+/// the partials (fresh ones, 256 KiB each for R1, would page-fault on every
+/// layer).
+#[derive(Default)]
+struct Spare {
+    qb: TileBuf,
+    parts: Vec<Partial>,
 }
 
 /// Attention of the query rows `rows` (`q`: rows of `heads × w`, scaled by
@@ -171,15 +181,16 @@ pub(super) unsafe fn attention(
     d: Dims,
     scale: f32,
 ) {
-    let mut qbuf = TileBuf::default();
-    let qb = qbuf.get::<u16>(rows.len() * d.hp * d.wp);
+    let mut spare = SPARE.with_borrow_mut(std::mem::take);
+    let qb = spare.qb.get::<u16>(rows.len() * d.hp * d.wp);
     for (r, row) in rows.iter().enumerate() {
-        for h in 0..d.heads {
-            let src = &q[(row.index * d.heads + h) * d.w..][..d.w];
-            let dst = &mut qb[(r * d.hp + h) * d.wp..][..d.w];
-            for (b, &x) in dst.iter_mut().zip(src) {
-                *b = half::bf16::from_f32(x * scale).to_bits();
-            }
+        for h in 0..d.hp {
+            // The buffer is reused: padding must be written as zeros.
+            let dst = &mut qb[(r * d.hp + h) * d.wp..][..d.wp];
+            let dims = if h < d.heads { d.w } else { 0 };
+            let src = &q[(row.index * d.heads + h.min(d.heads - 1)) * d.w..][..dims];
+            queries_bf16(src, scale, &mut dst[..dims]);
+            dst[dims..].fill(0);
         }
     }
     let qb = &*qb;
@@ -199,9 +210,12 @@ pub(super) unsafe fn attention(
         .collect();
     let mut acc: Vec<Option<Partial>> = rows.iter().map(|_| None).collect();
     let wave = 2 * rayon::current_num_threads().max(1);
-    let mut parts: Vec<Partial> = (0..wave.min(tasks.len()))
-        .map(|_| Partial::new(d))
-        .collect();
+    let mut fresh = || {
+        let mut p = spare.parts.pop().unwrap_or_else(|| Partial::new(d));
+        p.fit(d);
+        p
+    };
+    let mut parts: Vec<Partial> = (0..wave.min(tasks.len())).map(|_| fresh()).collect();
     for batch in tasks.chunks(wave) {
         parts[..batch.len()]
             .par_iter_mut()
@@ -223,7 +237,7 @@ pub(super) unsafe fn attention(
         for (part, &(r, _, _)) in parts.iter_mut().zip(batch) {
             match &mut acc[r] {
                 Some(a) => a.merge(part, d),
-                slot => *slot = Some(std::mem::replace(part, Partial::new(d))),
+                slot => *slot = Some(std::mem::replace(part, fresh())),
             }
         }
     }
@@ -237,6 +251,22 @@ pub(super) unsafe fn attention(
                 *o = ot[x * d.hp + h] * inv;
             }
         }
+    }
+    spare
+        .parts
+        .extend(parts.into_iter().chain(acc.into_iter().flatten()));
+    SPARE.with_borrow_mut(|s| *s = spare);
+}
+
+/// `dst` = bf16(`scale` · `src`), rounded to nearest even.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+unsafe fn queries_bf16(src: &[f32], scale: f32, dst: &mut [u16]) {
+    let sv = _mm512_set1_ps(scale);
+    for (s, d) in src.chunks(16).zip(dst.chunks_mut(16)) {
+        let m = lanes(s.len());
+        let x = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, s.as_ptr()), sv);
+        let b: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(x));
+        _mm256_mask_storeu_epi16(d.as_mut_ptr().cast(), m, b);
     }
 }
 
