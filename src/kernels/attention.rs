@@ -160,8 +160,7 @@ fn key_chunk(block_size: usize) -> usize {
     KEY_CHUNK.next_multiple_of(lcm)
 }
 
-/// Instruction sets the kernel body is compiled for (this one's and
-/// [`super::latent_attention`]'s).
+/// Instruction sets the kernel body is compiled for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Isa {
     #[cfg(target_arch = "x86_64")]

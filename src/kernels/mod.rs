@@ -13,7 +13,8 @@
 //! `dense_simd`, AMX-BF16 tiles in `dense_amx`). Every
 //! family's runtime dispatch is capped by `R1SERVE_ISA` ([`isa`]).
 //! MLA's attention over one shared latent row per token is
-//! [`latent_attention`].
+//! [`latent_attention`] (f32 SIMD bodies in `latent_simd`, AMX-BF16 tiles
+//! in `latent_amx`).
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
