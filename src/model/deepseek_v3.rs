@@ -176,27 +176,45 @@ impl DeepseekV3 {
         }
         let kv = &cache.layers[layer];
         let mut out = vec![0f32; rows * heads * vd];
+        // The absorbed sequences run together, their query rows packed in
+        // order: each per-head `W_UK`/`W_UV` is read once for all of them,
+        // and the latent attention spreads their rows over the threads.
+        let absorbed = |s: &AttnSeq| match self.path {
+            AttentionPath::Auto => s.q_len == 1,
+            AttentionPath::Absorbed => true,
+            AttentionPath::Materialized => false,
+        };
+        let mut packed: Vec<AttnSeq> = Vec::new();
+        let mut q_packed = Vec::new();
         for s in seqs {
             let q_seq = &q[s.q_start * heads * qk..(s.q_start + s.q_len) * heads * qk];
-            let o_seq = &mut out[s.q_start * heads * vd..(s.q_start + s.q_len) * heads * vd];
-            let absorbed = match self.path {
-                AttentionPath::Auto => s.q_len == 1,
-                AttentionPath::Absorbed => true,
-                AttentionPath::Materialized => false,
-            };
-            let local = AttnSeq { q_start: 0, ..*s };
-            if absorbed {
-                self.absorbed(attn, q_seq, o_seq, kv, geom, &local)?;
+            if absorbed(s) {
+                packed.push(AttnSeq {
+                    q_start: q_packed.len() / (heads * qk),
+                    ..*s
+                });
+                q_packed.extend_from_slice(q_seq);
             } else {
+                let o_seq = &mut out[s.q_start * heads * vd..(s.q_start + s.q_len) * heads * vd];
                 let ctx = read_rows(kv, geom, s.block_table, s.ctx_len)?;
+                let local = AttnSeq { q_start: 0, ..*s };
                 self.materialized(attn, q_seq, o_seq, &ctx, &local)?;
+            }
+        }
+        if !packed.is_empty() {
+            let mut o_packed = vec![0f32; q_packed.len() / qk * vd];
+            self.absorbed(attn, &q_packed, &mut o_packed, kv, geom, &packed)?;
+            for (s, p) in seqs.iter().filter(|s| absorbed(s)).zip(&packed) {
+                let n = s.q_len * heads * vd;
+                out[s.q_start * heads * vd..][..n]
+                    .copy_from_slice(&o_packed[p.q_start * heads * vd..][..n]);
             }
         }
         attn.o.forward(&out, rows)
     }
 
     /// `W_UK` folded into the queries, attention over the latent rows, then
-    /// `W_UV`.
+    /// `W_UV`, for the sequences `seqs` whose query rows `q` holds.
     fn absorbed(
         &self,
         attn: &Mla,
@@ -204,7 +222,7 @@ impl DeepseekV3 {
         out: &mut [f32],
         kv: &LayerKv,
         geom: &KvGeometry,
-        s: &AttnSeq,
+        seqs: &[AttnSeq],
     ) -> Result<()> {
         let ds = &self.ds;
         let (heads, nope, rope, lora, vd) = (
@@ -214,7 +232,8 @@ impl DeepseekV3 {
             ds.kv_lora_rank,
             ds.v_head_dim,
         );
-        let (qk, width, n) = (ds.qk_head_dim(), lora + rope, s.q_len);
+        let (qk, width) = (ds.qk_head_dim(), lora + rope);
+        let n = q.len() / (heads * qk);
         let mut q_abs = vec![0f32; n * heads * width];
         for head in 0..heads {
             let q_nope = columns(q, heads * qk, head * qk, nope);
@@ -227,7 +246,7 @@ impl DeepseekV3 {
         }
         let mut o_lat = vec![0f32; n * heads * lora];
         let shape = (heads, lora, self.softmax_scale);
-        latent_attention(&q_abs, &mut o_lat, kv, geom, &[*s], shape)?;
+        latent_attention(&q_abs, &mut o_lat, kv, geom, seqs, shape)?;
         for head in 0..heads {
             let v = attn.uv[head].forward(&columns(&o_lat, heads * lora, head * lora, lora), n)?;
             for t in 0..n {
