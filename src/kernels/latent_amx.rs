@@ -36,6 +36,10 @@ use std::cell::RefCell;
 /// count, so that results do not depend on the machine's cores.
 const TASKS_PER_ROW: usize = 8;
 
+/// The most bytes of task partials one call holds at once (they stay with
+/// the calling thread between calls).
+const WAVE_BYTES: usize = 16 << 20;
+
 /// Steps of the score product per pass over the keys (see [`job`]).
 const S_STEPS: usize = 6;
 
@@ -99,6 +103,15 @@ impl Partial {
         };
         p.fit(d);
         p
+    }
+
+    /// A partial without buffers, in the place of one that moved.
+    fn empty() -> Self {
+        Partial {
+            max: Vec::new(),
+            sum: Vec::new(),
+            ot: TileBuf::default(),
+        }
     }
 
     /// Sizes the buffers for `d`.
@@ -209,7 +222,9 @@ pub(super) unsafe fn attention(
         })
         .collect();
     let mut acc: Vec<Option<Partial>> = rows.iter().map(|_| None).collect();
-    let wave = 2 * rayon::current_num_threads().max(1);
+    // Tasks run in waves whose partials (256 KiB each for R1) stay within
+    // `WAVE_BYTES`, at least two per thread.
+    let wave = (WAVE_BYTES / (4 * d.vp * d.hp)).max(2 * rayon::current_num_threads());
     let mut fresh = || {
         let mut p = spare.parts.pop().unwrap_or_else(|| Partial::new(d));
         p.fit(d);
@@ -237,7 +252,12 @@ pub(super) unsafe fn attention(
         for (part, &(r, _, _)) in parts.iter_mut().zip(batch) {
             match &mut acc[r] {
                 Some(a) => a.merge(part, d),
-                slot => *slot = Some(std::mem::replace(part, fresh())),
+                slot => *slot = Some(std::mem::replace(part, Partial::empty())),
+            }
+        }
+        for part in &mut parts {
+            if part.max.is_empty() {
+                *part = fresh();
             }
         }
     }
