@@ -45,7 +45,7 @@ const S_STEPS: usize = 6;
 
 /// Positions per job: the gathered keys and values, the scores and the
 /// partial output of 128 heads (~1 MiB for R1's rows) stay in L2.
-pub(super) const JOB: usize = 256;
+const JOB: usize = 256;
 
 /// A run of positions of a sequence: the first and how many.
 type Span = (usize, usize);
@@ -86,8 +86,10 @@ pub(super) struct Row<'a> {
     pub index: usize,
 }
 
-/// Per head, the maximum score, the sum of the exponentials and `Oᵀ`
-/// (`vp × hp`), for one job or merged over several.
+/// Per head, a reference point for the exponentials (a score the task saw,
+/// at most [`LAZY`] below its maximum), the sum of the exponentials of the
+/// scores less that point, and `Oᵀ` (`vp × hp`) with the same weights; for
+/// one task, or merged over several.
 struct Partial {
     max: Vec<f32>,
     sum: Vec<f32>,
@@ -96,11 +98,7 @@ struct Partial {
 
 impl Partial {
     fn new(d: Dims) -> Self {
-        let mut p = Partial {
-            max: Vec::new(),
-            sum: Vec::new(),
-            ot: TileBuf::default(),
-        };
+        let mut p = Partial::empty();
         p.fit(d);
         p
     }
@@ -121,7 +119,7 @@ impl Partial {
         self.ot.get::<f32>(d.vp * d.hp);
     }
 
-    /// Folds `p`, the job after those already in `self`, into `self`.
+    /// Folds `p`, the task after those already in `self`, into `self`.
     fn merge(&mut self, p: &mut Partial, d: Dims) {
         let hp = d.hp;
         let mut a = vec![0f32; hp];
