@@ -198,19 +198,13 @@ impl KernelIsa for Isa {
 
     /// Whether this CPU can run the kernel body of `self`.
     fn is_supported(self) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let avx2 = is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-                && is_x86_feature_detected!("f16c");
-            match self {
-                Isa::Avx512 => avx2 && is_x86_feature_detected!("avx512f"),
-                Isa::Avx2 => avx2,
-                Isa::Portable => true,
-            }
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => isa::cpu().avx512,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => isa::cpu().avx2,
+            Isa::Portable => true,
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        true
     }
 }
 

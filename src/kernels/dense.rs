@@ -43,7 +43,6 @@
 //! [`DenseMatrix::new_for`].
 
 use std::cell::Cell;
-use std::sync::OnceLock;
 
 use anyhow::{ensure, Result};
 use half::{bf16, f16};
@@ -96,25 +95,16 @@ impl KernelIsa for DenseIsa {
         }
     }
 
-    /// Whether this CPU can run the kernels of `self` (probed once per
-    /// process).
+    /// Whether this CPU can run the kernels of `self`.
     fn is_supported(self) -> bool {
-        static SUPPORTED: OnceLock<[bool; 5]> = OnceLock::new();
-        let s = SUPPORTED.get_or_init(|| {
-            #[cfg(target_arch = "x86_64")]
-            {
-                let avx2 = is_x86_feature_detected!("avx2")
-                    && is_x86_feature_detected!("fma")
-                    && is_x86_feature_detected!("f16c");
-                let avx512 = avx2 && is_x86_feature_detected!("avx512f");
-                let bf16 = avx512 && is_x86_feature_detected!("avx512bf16");
-                let amx = bf16 && super::amx::bf16_available();
-                [true, avx2, avx512, bf16, amx]
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            [true, false, false, false, false]
-        });
-        s[self as usize]
+        let cpu = isa::cpu();
+        match self {
+            DenseIsa::Scalar => true,
+            DenseIsa::Avx2 => cpu.avx2,
+            DenseIsa::Avx512 => cpu.avx512,
+            DenseIsa::Avx512Bf16 => cpu.avx512bf16,
+            DenseIsa::AmxBf16 => cpu.amx_bf16,
+        }
     }
 
     /// A name for test and bench output.

@@ -89,6 +89,58 @@ pub(crate) fn allowed(level: Level, on_cpu: bool) -> bool {
     on_cpu && level <= cap()
 }
 
+/// The instruction sets of this CPU that the kernel families dispatch on,
+/// probed once per process (asking Linux for the AMX tile state is a
+/// syscall). Each field includes the ones it builds on.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Cpu {
+    /// AVX2, FMA and F16C.
+    pub avx2: bool,
+    /// AVX-VNNI (256-bit), with `avx2`.
+    pub avx_vnni: bool,
+    /// AVX-512F, with `avx2`.
+    pub avx512: bool,
+    /// AVX512_VNNI with AVX-512BW and VL, with `avx512`.
+    pub avx512vnni: bool,
+    /// AVX512_BF16, with `avx512`.
+    pub avx512bf16: bool,
+    /// AMX-TILE and AMX-INT8 with the tile state granted, with `avx512vnni`.
+    pub amx_int8: bool,
+    /// AMX-BF16 with the tile state granted, with `avx512bf16` and
+    /// AVX-512BW/VL.
+    pub amx_bf16: bool,
+}
+
+/// [`Cpu`] for this process.
+pub(crate) fn cpu() -> Cpu {
+    static CPU: OnceLock<Cpu> = OnceLock::new();
+    *CPU.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c");
+            let avx512 = avx2 && is_x86_feature_detected!("avx512f");
+            let avx512bw = avx512
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl");
+            let avx512vnni = avx512bw && is_x86_feature_detected!("avx512vnni");
+            let avx512bf16 = avx512 && is_x86_feature_detected!("avx512bf16");
+            Cpu {
+                avx2,
+                avx_vnni: avx2 && is_x86_feature_detected!("avxvnni"),
+                avx512,
+                avx512vnni,
+                avx512bf16,
+                amx_int8: avx512vnni && super::amx::available(),
+                amx_bf16: avx512bf16 && avx512bw && super::amx::bf16_available(),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        Cpu::default()
+    })
+}
+
 /// A kernel family's instruction-set variants. Each names the [`Level`] it
 /// needs, probes this CPU, and has a name for reports; choosing the best
 /// one under `R1SERVE_ISA`, listing the usable ones and reporting them to

@@ -28,7 +28,6 @@ use crate::types::BlockId;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
 use std::cell::RefCell;
-use std::sync::OnceLock;
 
 /// The latent rows of positions `0..len` of a sequence, widened to f32:
 /// `len × geom.k_dim` values.
@@ -215,27 +214,17 @@ impl KernelIsa for Isa {
         }
     }
 
-    /// Probed once per process (asking for the tile state is a syscall).
     fn is_supported(self) -> bool {
-        static SUPPORTED: OnceLock<[bool; 4]> = OnceLock::new();
-        let s = SUPPORTED.get_or_init(|| {
+        let cpu = super::isa::cpu();
+        match self {
+            Isa::Portable => true,
             #[cfg(target_arch = "x86_64")]
-            {
-                let avx2 = is_x86_feature_detected!("avx2")
-                    && is_x86_feature_detected!("fma")
-                    && is_x86_feature_detected!("f16c");
-                let avx512 = avx2 && is_x86_feature_detected!("avx512f");
-                let amx = avx512
-                    && is_x86_feature_detected!("avx512bw")
-                    && is_x86_feature_detected!("avx512vl")
-                    && is_x86_feature_detected!("avx512bf16")
-                    && super::amx::bf16_available();
-                [true, avx2, avx512, amx]
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            [true, false, false, false]
-        });
-        s[self as usize]
+            Isa::Avx2 => cpu.avx2,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => cpu.avx512,
+            #[cfg(target_arch = "x86_64")]
+            Isa::AmxBf16 => cpu.amx_bf16,
+        }
     }
 }
 
@@ -373,27 +362,13 @@ mod tests {
         let geom = cache.geometries[0];
         write_kv(&mut cache.layers[0], &geom, &table, 0, &rows, &[]).unwrap();
         let stored = read_rows(&cache.layers[0], &geom, &table, ctx).unwrap();
-        let q: Vec<f32> = (0..q_len * heads * w)
-            .map(|i| ((i * 13 % 17) as f32 - 8.0) / 5.0 / (w as f32).sqrt())
-            .collect();
-        let seq = AttnSeq {
-            q_start: 0,
-            q_len,
-            ctx_len: ctx,
-            block_table: &table,
-        };
         let scale = 0.3;
-        let mut out = vec![0f32; q_len * heads * v_dim];
-        latent_attention_on(
+        let (q, out) = attend_queries(
             Isa::AmxBf16,
-            &q,
-            &mut out,
-            &cache.layers[0],
-            &geom,
-            &[seq],
+            &cache,
+            (&table, ctx, q_len),
             (heads, v_dim, scale),
-        )
-        .unwrap();
+        );
         let bf = |x: f32| half::bf16::from_f32(x).to_f64();
         let stored: Vec<f64> = stored.iter().map(|&x| bf(x)).collect();
         for i in 0..q_len {
@@ -433,6 +408,40 @@ mod tests {
         }
     }
 
+    /// Queries of a fixed pattern (magnitudes up to 1.6/√w) for the last
+    /// `q_len` of `ctx` positions of one sequence with blocks `table` in
+    /// layer 0 of `cache`, and their attention on `isa`.
+    fn attend_queries(
+        isa: Isa,
+        cache: &KvCache,
+        (table, ctx, q_len): (&[BlockId], usize, usize),
+        (heads, v_dim, scale): (usize, usize, f32),
+    ) -> (Vec<f32>, Vec<f32>) {
+        let geom = cache.geometries[0];
+        let w = geom.k_dim;
+        let q: Vec<f32> = (0..q_len * heads * w)
+            .map(|i| ((i * 13 % 17) as f32 - 8.0) / 5.0 / (w as f32).sqrt())
+            .collect();
+        let seq = AttnSeq {
+            q_start: 0,
+            q_len,
+            ctx_len: ctx,
+            block_table: table,
+        };
+        let mut out = vec![0f32; q_len * heads * v_dim];
+        latent_attention_on(
+            isa,
+            &q,
+            &mut out,
+            &cache.layers[0],
+            &geom,
+            &[seq],
+            (heads, v_dim, scale),
+        )
+        .unwrap();
+        (q, out)
+    }
+
     fn check_against_f64(
         isa: Isa,
         (w, v_dim, heads, ctx, q_len): (usize, usize, usize, usize, usize),
@@ -448,26 +457,7 @@ mod tests {
             .collect();
         let geom = cache.geometries[0];
         write_kv(&mut cache.layers[0], &geom, &table, 0, &rows, &[]).unwrap();
-        let q: Vec<f32> = (0..q_len * heads * w)
-            .map(|i| ((i * 13 % 17) as f32 - 8.0) / 5.0 / (w as f32).sqrt())
-            .collect();
-        let seq = AttnSeq {
-            q_start: 0,
-            q_len,
-            ctx_len: ctx,
-            block_table: &table,
-        };
-        let mut out = vec![0f32; q_len * heads * v_dim];
-        latent_attention_on(
-            isa,
-            &q,
-            &mut out,
-            &cache.layers[0],
-            &geom,
-            &[seq],
-            (heads, v_dim, 0.3),
-        )
-        .unwrap();
+        let (q, out) = attend_queries(isa, &cache, (&table, ctx, q_len), (heads, v_dim, 0.3));
         for i in 0..q_len {
             let pos = ctx - q_len + i;
             for h in 0..heads {

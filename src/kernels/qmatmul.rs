@@ -37,8 +37,6 @@
 //! One matrix always runs the same kernels whatever the batch size, so a
 //! row's result never depends on the rows computed with it.
 
-use std::sync::OnceLock;
-
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
@@ -108,29 +106,16 @@ impl KernelIsa for Isa {
         }
     }
 
-    /// Whether this CPU can run the kernels of `self` (probed once per
-    /// process).
+    /// Whether this CPU can run the kernels of `self`.
     fn is_supported(self) -> bool {
-        static SUPPORTED: OnceLock<[bool; 5]> = OnceLock::new();
-        let s = SUPPORTED.get_or_init(|| {
-            #[cfg(target_arch = "x86_64")]
-            {
-                let avx2 = is_x86_feature_detected!("avx2")
-                    && is_x86_feature_detected!("fma")
-                    && is_x86_feature_detected!("f16c");
-                let avx512vnni = avx2
-                    && is_x86_feature_detected!("avx512f")
-                    && is_x86_feature_detected!("avx512bw")
-                    && is_x86_feature_detected!("avx512vl")
-                    && is_x86_feature_detected!("avx512vnni");
-                let avxvnni = avx2 && is_x86_feature_detected!("avxvnni");
-                let amx = avx512vnni && super::amx::available();
-                [true, avx2, avxvnni, avx512vnni, amx]
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            [true, false, false, false, false]
-        });
-        s[self as usize]
+        let cpu = isa::cpu();
+        match self {
+            Isa::Scalar => true,
+            Isa::Avx2 => cpu.avx2,
+            Isa::AvxVnni => cpu.avx_vnni,
+            Isa::Avx512Vnni => cpu.avx512vnni,
+            Isa::Amx => cpu.amx_int8,
+        }
     }
 
     /// A name for test and bench output.
