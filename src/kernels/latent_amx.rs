@@ -303,8 +303,8 @@ fn lanes(n: usize) -> u16 {
 /// head's maximum grows, its sums so far are rescaled (rarely, after the
 /// first jobs), and the products accumulate into them on the tiles.
 /// While its tiles compute, the rows of `next` (the positions of the
-/// thread's next job) are prefetched into L2, so that the next gather does
-/// not wait for memory.
+/// thread's next job) are prefetched, so that the next gather does not
+/// wait for memory.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c")]
 unsafe fn job<E: SimdLoad>(
     keys: &[E],
@@ -443,8 +443,9 @@ unsafe fn exp(x: __m512) -> __m512 {
     _mm512_scalef_ps(p, n)
 }
 
-/// Prefetches into L2 the cache lines of a range of positions' blocks, a
-/// share at each [`Prefetch::step`].
+/// Prefetches the cache lines of a range of positions' blocks, a share at
+/// each [`Prefetch::step`], into L1 and L2 (`T0`: faster than `T1`, into L2
+/// only, on the AMX Xeon).
 struct Prefetch<E> {
     /// Each block's first element, its lines following on.
     blocks: Vec<*const E>,
