@@ -242,6 +242,59 @@ pub(super) unsafe fn dot_bf16(
     }
 }
 
+/// Integer dot products of `rows` (the configured count) activation rows
+/// with two 16-row weight operands over `steps` steps of 64 elements, into
+/// `c[operand][row][weight row]`: per step, `tileloadd` the signed
+/// activation bytes (`a + 64·step`, rows `a_stride` bytes apart) and each
+/// operand's 1 KiB of unsigned bytes in the VNNI layout (`w[operand] +
+/// 1024·step`), then `tdpbsud` into that operand's accumulator tile. The
+/// sums stay in the tiles for all steps: one store per operand.
+///
+/// # Safety
+///
+/// [`configure`] must have been called on this thread with `k = 64` and
+/// the row count `c` is read with; the pointers must cover those rows and
+/// steps; [`available`] must hold.
+pub(super) unsafe fn dot_i8(
+    a: *const i8,
+    a_stride: usize,
+    w: [*const u8; 2],
+    steps: usize,
+    c: &mut [[[i32; 16]; 16]; 2],
+) {
+    let [c0, c1] = c;
+    // SAFETY: per the contract, each tile load reads configured rows of
+    // memory the caller owns, and each store writes at most 16 rows of 64
+    // bytes into `c`. Tile registers persist between the asm blocks: no
+    // compiled code uses them.
+    unsafe {
+        asm!("tilezero tmm0", "tilezero tmm3", options(nostack, nomem));
+        for s in 0..steps {
+            asm!(
+                "tileloadd tmm1, [{a} + {sa}*1]",
+                "tileloadd tmm2, [{w0} + {s64}*1]",
+                "tileloadd tmm5, [{w1} + {s64}*1]",
+                "tdpbsud tmm0, tmm1, tmm2",
+                "tdpbsud tmm3, tmm1, tmm5",
+                a = in(reg) a.add(64 * s),
+                sa = in(reg) a_stride,
+                w0 = in(reg) w[0].add(1024 * s),
+                w1 = in(reg) w[1].add(1024 * s),
+                s64 = in(reg) 64usize,
+                options(nostack, readonly),
+            );
+        }
+        asm!(
+            "tilestored [{c0} + {s64}*1], tmm0",
+            "tilestored [{c1} + {s64}*1], tmm3",
+            c0 = in(reg) c0.as_mut_ptr(),
+            c1 = in(reg) c1.as_mut_ptr(),
+            s64 = in(reg) 64usize,
+            options(nostack),
+        );
+    }
+}
+
 /// A 2×2 block of tiles of a bf16 matrix product with f32 accumulation:
 /// for `i`, `j` in 0..2, `c[i][j] (+)= Σ_s A_i(s) · B_j(s)` over `steps`
 /// steps, where `A_i(s)` is the tile of 16 rows × 32 bf16 at

@@ -173,8 +173,11 @@ pub(crate) struct Q8x32 {
 }
 
 /// An activation block in Q8_K form (identical values to candle's `BlockQ8K`).
+/// Aligned to a cache line so that a row of blocks is a row of 64-byte
+/// aligned quant lines for AMX tile loads (an unaligned `tileloadd` costs
+/// several aligned ones; [`super::amx::TileBuf`]).
 #[derive(Debug, Clone, Copy)]
-#[repr(C)]
+#[repr(C, align(64))]
 pub(crate) struct Q8xK {
     pub(crate) qs: [i8; QK_K],
     pub(crate) d: f32,

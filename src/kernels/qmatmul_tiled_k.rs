@@ -4,13 +4,15 @@
 //! Q4_K keeps its nibbles (the low and high halves of 8 × 64 bytes are two
 //! consecutive sub-blocks, ggml's pairing); Q6_K is stored as bytes (quant +
 //! 32), 8 bits instead of 6.56, to keep its unpacking out of the hot loop.
-//! Sub-block scales and mins are bytes, `[sub-block][row]`.
+//! Sub-block scales are bytes, `[sub-block][row]`; Q4_K mins are bytes
+//! `[sub-block pair][row][2]`, a pair a 16-bit lane each for `vpdpwssd`.
 //!
 //! Per (activation row, weight row, super-block) the integer part, `Σ scale
-//! · (q·x)` and `Σ min · Σx`, is exact and computed the same way after
-//! either kernel ([`accumulate`] for each sub-block's `q·x`, then
-//! [`finish`]), so the AMX and VNNI kernels agree bit for bit, as for the
-//! 32-element types.
+//! · (q·x)` and `Σ min · Σx`, is exact whichever kernel sums it (VNNI per
+//! sub-block with [`accumulate`]; AMX per sub-block for Q6_K, per
+//! super-block with the scales folded into the quants for Q4_K), and
+//! [`finish`] turns it into floats the same way after each, so the AMX and
+//! VNNI kernels agree bit for bit, as for the 32-element types.
 
 use std::arch::x86_64::*;
 
@@ -60,10 +62,12 @@ pub(crate) struct TiledKWeights {
 }
 
 /// A super-block's per-row constants for 16 weight rows, widened once for
-/// every activation row.
+/// every activation row: the sub-block scales (Q6_K's AMX path; Q4_K's are
+/// folded into its unpacked quants), the mins (Q4_K) and the super-block
+/// scales.
 struct Scales {
     sc: [__m512i; 16],
-    mn: [__m512i; 8],
+    mn: [__m512i; 4],
     d: __m512,
     dmin: __m512,
 }
@@ -156,7 +160,7 @@ impl TiledKWeights {
                             let (sc, mn) = k4_scales(&blk[4..16]);
                             for s in 0..8 {
                                 group[128 * b + GROUP * s + i] = sc[s];
-                                group[mn_off + 128 * b + GROUP * s + i] = mn[s];
+                                group[mn_off + 128 * b + 32 * (s / 2) + 2 * i + s % 2] = mn[s];
                             }
                         } else {
                             group[d_off + 32 * b + 2 * i..][..2].copy_from_slice(&blk[208..210]);
@@ -211,8 +215,9 @@ impl TiledKWeights {
         &line_bytes(&self.data)[g * self.group_bytes..][..self.group_bytes]
     }
 
-    /// The 16 weight rows' scales, mins and super-block scales of
-    /// super-block `b`.
+    /// The 16 weight rows' mins and super-block scales of super-block `b`,
+    /// and their sub-block scales unless Q4_K's (which [`Self::unpack_scaled`]
+    /// folds into the quants).
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     #[inline]
     fn scales<const F: u8>(&self, group: &[u8], b: usize) -> Scales {
@@ -228,60 +233,77 @@ impl TiledKWeights {
         };
         let mut s = Scales {
             sc: [_mm512_setzero_si512(); 16],
-            mn: [_mm512_setzero_si512(); 8],
+            mn: [_mm512_setzero_si512(); 4],
             d: half(self.d_offset()),
             dmin: _mm512_setzero_ps(),
         };
-        let sc_at = self.sc_offset() + nsub(F) * GROUP * b;
-        for (j, sc) in s.sc.iter_mut().take(nsub(F)).enumerate() {
-            let v = bytes16(sc_at + GROUP * j);
-            *sc = if F == Q4K {
-                _mm512_cvtepu8_epi32(v)
-            } else {
-                _mm512_cvtepi8_epi32(v)
-            };
-        }
         if F == Q4K {
-            let mn_at = self.mn_offset() + 128 * b;
-            for (j, mn) in s.mn.iter_mut().enumerate() {
-                *mn = _mm512_cvtepu8_epi32(bytes16(mn_at + GROUP * j));
-            }
+            s.mn = mins(group, self.mn_offset() + 128 * b);
             s.dmin = half(self.dmin_offset());
+        } else {
+            let sc_at = self.sc_offset() + nsub(F) * GROUP * b;
+            for (j, sc) in s.sc.iter_mut().enumerate() {
+                *sc = _mm512_cvtepi8_epi32(bytes16(sc_at + GROUP * j));
+            }
         }
         s
     }
 
-    /// Sub-block `s` of super-block `b` as unsigned quant registers, register
-    /// `r` holding elements `4r..4r + 4` of the sub-block for the 16 rows
-    /// (8 registers for Q4_K, 4 for Q6_K).
+    /// Q4_K sub-block `s` of super-block `b` as nibble bytes, register `r`
+    /// holding elements `4r..4r + 4` of the sub-block for the 16 rows.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     #[inline]
-    fn unpack<const F: u8>(&self, group: &[u8], b: usize, s: usize) -> [__m512i; 8] {
-        let load = |o: usize| {
-            let q = &group[o..o + 64];
+    fn unpack_q4k(&self, group: &[u8], b: usize, s: usize) -> [__m512i; 8] {
+        let at = qs_bytes(Q4K) * b + 512 * (s / 2);
+        let low = _mm512_set1_epi8(0xF);
+        std::array::from_fn(|r| {
+            let q = &group[at + 64 * r..][..64];
             // SAFETY: `q` is 64 readable bytes; the load is unaligned.
-            unsafe { _mm512_loadu_si512(q.as_ptr().cast()) }
-        };
-        let mut w = [_mm512_setzero_si512(); 8];
-        if F == Q4K {
-            let low = _mm512_set1_epi8(0xF);
-            let at = qs_bytes(F) * b + 512 * (s / 2);
-            for (r, w) in w.iter_mut().enumerate() {
-                let raw = load(at + 64 * r);
-                let raw = if s % 2 == 1 {
-                    _mm512_srli_epi16::<4>(raw)
-                } else {
-                    raw
-                };
-                *w = _mm512_and_si512(raw, low);
-            }
-        } else {
-            let at = qs_bytes(F) * b + 256 * s;
-            for (r, w) in w.iter_mut().take(4).enumerate() {
-                *w = load(at + 64 * r);
+            let raw = unsafe { _mm512_loadu_si512(q.as_ptr().cast()) };
+            let raw = if s % 2 == 1 {
+                _mm512_srli_epi16::<4>(raw)
+            } else {
+                raw
+            };
+            _mm512_and_si512(raw, low)
+        })
+    }
+
+    /// Q4_K super-block `b` as the AMX path's weight operands, with the
+    /// sub-block scales folded into the quants. A 6-bit scale times a 4-bit
+    /// quant needs 10 bits, so the scale is split, `sc = 8·(sc >> 3) + (sc &
+    /// 7)`: both parts times a quant are bytes (≤ 105), and `Σ sc·q·x = 8·Σ
+    /// (sc >> 3)·q·x + Σ (sc & 7)·q·x` exactly, each sum over the whole
+    /// super-block in one accumulator tile. `out[s]` is sub-block `s` times
+    /// `sc >> 3` and `out[8 + s]` times `sc & 7`, registers as in
+    /// [`Self::unpack_q4k`]: a 64-element tile step (two sub-blocks) is
+    /// 1 KiB of consecutive lines.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn unpack_scaled(&self, group: &[u8], b: usize, out: &mut [[__m512i; 8]]) {
+        let out = &mut out[..2 * nsub(Q4K)];
+        let sc_at = self.sc_offset() + nsub(Q4K) * GROUP * b;
+        let even = _mm512_set1_epi16(0x00FF);
+        for s in 0..nsub(Q4K) {
+            let v = &group[sc_at + GROUP * s..][..16];
+            // SAFETY: `v` is 16 readable bytes; the load is unaligned.
+            let sc = _mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(v.as_ptr().cast()) });
+            // Row i's scale in both 16-bit halves of its lane.
+            let sc = _mm512_or_si512(sc, _mm512_slli_epi32::<16>(sc));
+            let parts = [
+                _mm512_srli_epi16::<3>(sc),
+                _mm512_and_si512(sc, _mm512_set1_epi16(7)),
+            ];
+            let q = self.unpack_q4k(group, b, s);
+            for (h, part) in parts.into_iter().enumerate() {
+                for (o, q) in out[nsub(Q4K) * h + s].iter_mut().zip(q) {
+                    // Each byte's product fits its byte: the 16-bit products
+                    // of the even and the odd bytes leave each other alone.
+                    let lo = _mm512_mullo_epi16(_mm512_and_si512(q, even), part);
+                    let hi = _mm512_mullo_epi16(_mm512_andnot_si512(even, q), part);
+                    *o = _mm512_or_si512(lo, hi);
+                }
             }
         }
-        w
     }
 
     /// `R` activation rows (`xs`, row-major super-blocks) against group `g`
@@ -370,12 +392,9 @@ impl TiledKWeights {
             }
             let d = half(d_at + 32 * b);
             let (dmin, mn) = if F == Q4K {
-                let mn = std::array::from_fn(|i| {
-                    _mm512_cvtepu8_epi32(bytes16(mn_at + 128 * b + GROUP * i))
-                });
-                (half(dmin_at + 32 * b), mn)
+                (half(dmin_at + 32 * b), mins(group, mn_at + 128 * b))
             } else {
-                (_mm512_setzero_ps(), [_mm512_setzero_si512(); 8])
+                (_mm512_setzero_ps(), [_mm512_setzero_si512(); 4])
             };
             for (j, acc) in acc.iter_mut().enumerate() {
                 // SAFETY: as above.
@@ -386,11 +405,11 @@ impl TiledKWeights {
         acc
     }
 
-    /// `R` activation rows (`xs`, row-major super-blocks) against one group
-    /// (Q4_K's sub-blocks already `unpacked`), two sub-blocks per AMX step,
-    /// into `out[j][16·gg..]`.
+    /// `R` activation rows (`xs`, row-major super-blocks) against one Q4_K
+    /// group (its super-blocks `unpacked` by [`Self::unpack_scaled`]), a
+    /// super-block per pair of accumulator tiles, into `out[j][16·gg..]`.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn group_amx<const F: u8, const R: usize>(
+    unsafe fn group_amx_q4k<const R: usize>(
         &self,
         group: &[u8],
         unpacked: &[[__m512i; 8]],
@@ -398,47 +417,98 @@ impl TiledKWeights {
         out: &mut [&mut [f32]],
         gg: usize,
     ) {
+        const SB: usize = 2 * nsub(Q4K);
         // SAFETY: the caller guarantees AMX was granted.
-        unsafe { amx::configure(R, sub(F)) };
+        unsafe { amx::configure(R, 64) };
+        let mut c = [[[0i32; 16]; 16]; 2];
+        let nsb = self.nsb;
+        assert!(unpacked.len() >= SB * nsb && xs.len() >= R * nsb);
+        let a_stride = nsb * size_of::<Q8xK>();
+        let mut acc = [_mm512_setzero_ps(); R];
+        for b in 0..nsb {
+            let w = [0, nsub(Q4K)].map(|h| unpacked[SB * b + h].as_ptr().cast::<u8>());
+            // SAFETY: tiles are configured for `R` rows of 64 bytes;
+            // activation row `j` of super-block `b` is `xs[j·nsb + b]` (`R`
+            // rows exist, asserted), each with `QK_K` quants; each weight
+            // operand is `QK_K / 64` KiB of `unpacked` (asserted).
+            unsafe { amx::dot_i8(xs[b].qs.as_ptr(), a_stride, w, QK_K / 64, &mut c) };
+            let sv = self.scales::<Q4K>(group, b);
+            for (j, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: a row of `c` is 16 i32.
+                let [upper, lower] = c
+                    .each_ref()
+                    .map(|c| unsafe { _mm512_loadu_si512(c[j].as_ptr().cast()) });
+                let t = _mm512_add_epi32(_mm512_slli_epi32::<3>(upper), lower);
+                *acc = finish::<Q4K>(t, sv.d, sv.dmin, &sv.mn, &xs[j * nsb + b], *acc);
+            }
+        }
+        store_rows(out, gg, acc);
+    }
+
+    /// `R` activation rows (`xs`, row-major super-blocks) against one Q6_K
+    /// group, two 16-element sub-blocks per AMX step, into `out[j][16·gg..]`.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn group_amx_q6k<const R: usize>(
+        &self,
+        group: &[u8],
+        xs: &[Q8xK],
+        out: &mut [&mut [f32]],
+        gg: usize,
+    ) {
+        // SAFETY: the caller guarantees AMX was granted.
+        unsafe { amx::configure(R, sub(Q6K)) };
         let mut c = [[[0i32; 16]; 16]; 2];
         let nsb = self.nsb;
         let a_stride = nsb * size_of::<Q8xK>();
         let mut acc = [_mm512_setzero_ps(); R];
         for b in 0..nsb {
-            let sv = self.scales::<F>(group, b);
+            let sv = self.scales::<Q6K>(group, b);
             let mut t = [_mm512_setzero_si512(); R];
-            for s in (0..nsub(F)).step_by(2) {
-                let w = [s, s + 1].map(|ss| {
-                    if F == Q4K {
-                        unpacked[nsub(F) * b + ss].as_ptr().cast::<u8>()
-                    } else {
-                        group[qs_bytes(F) * b + 256 * ss..].as_ptr()
-                    }
-                });
-                let a = [s, s + 1].map(|ss| xs[b].qs[sub(F) * ss..].as_ptr());
-                // SAFETY: tiles are configured for `R` rows of `sub(F)`
-                // elements; activation row `j` of super-block `b` is
-                // `xs[j·nsb + b]`, `R` rows exist, and each weight operand is
-                // `sub(F) / 4` × 64 readable bytes.
+            for s in (0..nsub(Q6K)).step_by(2) {
+                let w = [s, s + 1].map(|ss| group[qs_bytes(Q6K) * b + 256 * ss..].as_ptr());
+                let a = [s, s + 1].map(|ss| xs[b].qs[sub(Q6K) * ss..].as_ptr());
+                // SAFETY: tiles are configured for `R` rows of 16 elements;
+                // activation row `j` of super-block `b` is `xs[j·nsb + b]`,
+                // `R` rows exist, and each weight operand is 4 × 64
+                // readable bytes.
                 unsafe { amx::dot_blocks(a, a_stride, w, &mut c) };
                 for (h, c) in c.iter().enumerate() {
                     for (j, t) in t.iter_mut().enumerate() {
                         // SAFETY: a row of `c` is 16 i32.
                         let ci = unsafe { _mm512_loadu_si512(c[j].as_ptr().cast()) };
-                        *t = accumulate::<F>(*t, ci, sv.sc[s + h], s + h, &xs[j * nsb + b]);
+                        *t = accumulate::<Q6K>(*t, ci, sv.sc[s + h], s + h, &xs[j * nsb + b]);
                     }
                 }
             }
             for (j, acc) in acc.iter_mut().enumerate() {
-                *acc = finish::<F>(t[j], sv.d, sv.dmin, &sv.mn, &xs[j * nsb + b], *acc);
+                *acc = finish::<Q6K>(t[j], sv.d, sv.dmin, &sv.mn, &xs[j * nsb + b], *acc);
             }
         }
-        for (row, acc) in out.iter_mut().zip(acc) {
-            let dst = &mut row[GROUP * gg..][..GROUP];
-            // SAFETY: `dst` holds 16 f32.
-            unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), acc) };
-        }
+        store_rows(out, gg, acc);
     }
+}
+
+/// Stores each activation row's 16 sums at `row[16·gg..]`.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn store_rows<const R: usize>(out: &mut [&mut [f32]], gg: usize, acc: [__m512; R]) {
+    for (row, acc) in out.iter_mut().zip(acc) {
+        let dst = &mut row[GROUP * gg..][..GROUP];
+        // SAFETY: `dst` holds 16 f32.
+        unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), acc) };
+    }
+}
+
+/// A Q4_K super-block's mins for 16 weight rows at `at`: register `p`
+/// holds sub-blocks `2p` and `2p + 1` as the two 16-bit halves of each
+/// row's lane (stored so, 32 bytes a pair).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+fn mins(group: &[u8], at: usize) -> [__m512i; 4] {
+    std::array::from_fn(|p| {
+        let v = &group[at + 32 * p..][..32];
+        // SAFETY: `v` is 32 readable bytes; the load is unaligned.
+        _mm512_cvtepu8_epi16(unsafe { _mm256_loadu_si256(v.as_ptr().cast()) })
+    })
 }
 
 /// Adds sub-block `s`'s integer dot products (`isum`, 16 weight rows) times
@@ -464,7 +534,7 @@ fn finish<const F: u8>(
     t: __m512i,
     d: __m512,
     dmin: __m512,
-    mn: &[__m512i; 8],
+    mn: &[__m512i; 4],
     y: &Q8xK,
     acc: __m512,
 ) -> __m512 {
@@ -473,10 +543,21 @@ fn finish<const F: u8>(
     if F != Q4K {
         return acc;
     }
+    // Sums of 32 quants are 16-bit: sub-block pairs' sums side by side in a
+    // dword, lanes 0, 1, 4 and 5 (the in-lane pairwise add of the 16 sums
+    // of 16), meet their weight rows' pairs of mins in `vpdpwssd`.
+    // SAFETY: `bsums` is 16 readable i16; the load is unaligned.
+    let b = unsafe { _mm256_loadu_si256(y.bsums.as_ptr().cast()) };
+    let xsum = _mm256_hadd_epi16(b, b);
+    let pair = [
+        _mm256_extract_epi32::<0>(xsum),
+        _mm256_extract_epi32::<1>(xsum),
+        _mm256_extract_epi32::<4>(xsum),
+        _mm256_extract_epi32::<5>(xsum),
+    ];
     let mut msum = _mm512_setzero_si512();
-    for (s, mn) in mn.iter().enumerate() {
-        let xsum = i32::from(y.bsums[2 * s]) + i32::from(y.bsums[2 * s + 1]);
-        msum = _mm512_add_epi32(msum, _mm512_mullo_epi32(*mn, _mm512_set1_epi32(xsum)));
+    for (mn, pair) in mn.iter().zip(pair) {
+        msum = _mm512_dpwssd_epi32(msum, *mn, _mm512_set1_epi32(pair));
     }
     _mm512_fnmadd_ps(_mm512_cvtepi32_ps(msum), _mm512_mul_ps(dmin, dx), acc)
 }
@@ -491,11 +572,11 @@ impl<const F: u8> TileKernels for Kernels<'_, F> {
         self.0.nsb
     }
 
-    /// Q4_K's sub-blocks are unpacked once per group for AMX; Q6_K's bytes
-    /// are used as stored.
+    /// Q4_K's super-blocks are unpacked (scales folded in) once per group
+    /// for AMX; Q6_K's bytes are used as stored.
     fn unpacked_len(&self) -> usize {
         if F == Q4K {
-            self.0.nsb * nsub(F)
+            self.0.nsb * 2 * nsub(F)
         } else {
             0
         }
@@ -508,9 +589,9 @@ impl<const F: u8> TileKernels for Kernels<'_, F> {
 
     unsafe fn unpack(&self, g: usize, unpacked: &mut [[__m512i; 8]]) {
         let group = self.0.group(g);
-        for (i, u) in unpacked.iter_mut().enumerate() {
+        for (b, u) in unpacked.chunks_exact_mut(2 * nsub(F)).enumerate() {
             // SAFETY: forwarded from the caller.
-            *u = unsafe { self.0.unpack::<F>(group, i / nsub(F), i % nsub(F)) };
+            unsafe { self.0.unpack_scaled(group, b, u) };
         }
     }
 
@@ -522,10 +603,14 @@ impl<const F: u8> TileKernels for Kernels<'_, F> {
         out: &mut [&mut [f32]],
         gg: usize,
     ) {
+        let group = self.0.group(g);
         // SAFETY: forwarded from the caller.
         unsafe {
-            self.0
-                .group_amx::<F, R>(self.0.group(g), unpacked, xs, out, gg)
+            if F == Q4K {
+                self.0.group_amx_q4k::<R>(group, unpacked, xs, out, gg)
+            } else {
+                self.0.group_amx_q6k::<R>(group, xs, out, gg)
+            }
         }
     }
 }
