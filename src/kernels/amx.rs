@@ -295,6 +295,61 @@ pub(super) unsafe fn dot_i8(
     }
 }
 
+/// [`dot_i8`] for signed weight bytes (`tdpbssd`) and three weight
+/// operands: `c[operand][row][weight row]` over `steps` steps of 64
+/// elements. The third operand reuses the first's tile register once its
+/// product is issued.
+///
+/// # Safety
+///
+/// As for [`dot_i8`].
+pub(super) unsafe fn dot_s8x3(
+    a: *const i8,
+    a_stride: usize,
+    w: [*const i8; 3],
+    steps: usize,
+    c: &mut [[[i32; 16]; 16]; 3],
+) {
+    let [c0, c1, c2] = c;
+    // SAFETY: as in `dot_i8`.
+    unsafe {
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm3",
+            "tilezero tmm6",
+            options(nostack, nomem)
+        );
+        for s in 0..steps {
+            asm!(
+                "tileloadd tmm1, [{a} + {sa}*1]",
+                "tileloadd tmm2, [{w0} + {s64}*1]",
+                "tileloadd tmm5, [{w1} + {s64}*1]",
+                "tdpbssd tmm0, tmm1, tmm2",
+                "tdpbssd tmm3, tmm1, tmm5",
+                "tileloadd tmm2, [{w2} + {s64}*1]",
+                "tdpbssd tmm6, tmm1, tmm2",
+                a = in(reg) a.add(64 * s),
+                sa = in(reg) a_stride,
+                w0 = in(reg) w[0].add(1024 * s),
+                w1 = in(reg) w[1].add(1024 * s),
+                w2 = in(reg) w[2].add(1024 * s),
+                s64 = in(reg) 64usize,
+                options(nostack, readonly),
+            );
+        }
+        asm!(
+            "tilestored [{c0} + {s64}*1], tmm0",
+            "tilestored [{c1} + {s64}*1], tmm3",
+            "tilestored [{c2} + {s64}*1], tmm6",
+            c0 = in(reg) c0.as_mut_ptr(),
+            c1 = in(reg) c1.as_mut_ptr(),
+            c2 = in(reg) c2.as_mut_ptr(),
+            s64 = in(reg) 64usize,
+            options(nostack),
+        );
+    }
+}
+
 /// A 2×2 block of tiles of a bf16 matrix product with f32 accumulation:
 /// for `i`, `j` in 0..2, `c[i][j] (+)= Σ_s A_i(s) · B_j(s)` over `steps`
 /// steps, where `A_i(s)` is the tile of 16 rows × 32 bf16 at

@@ -122,13 +122,15 @@ fn matches_candle_model_shapes() {
 }
 
 /// Each row's result does not depend on which rows come with it: batches
-/// of 6 (VNNI groups of 4 and 2) and 21 rows (AMX chunks of 16, 4 and 1)
-/// equal every row computed alone, bit for bit, for every instruction set.
+/// of 6 (VNNI groups of 4 and 2), 11 (AMX chunks of 8, 2 and 1; Q6_K from
+/// its stored bytes) and 21 rows (AMX chunks of 16, 4 and 1; Q4_K and Q6_K
+/// with their scales folded into unpacked quants) equal every row computed
+/// alone, bit for bit, for every instruction set.
 #[test]
 fn rows_are_batch_invariant() {
     let (k, n) = (768, 64);
     let isas = Isa::to_test("qmatmul::rows_are_batch_invariant");
-    for m in [6, 21] {
+    for m in [6, 11, 21] {
         let x = random(m * k, 17 + m as u64);
         for dtype in ALL {
             let q = weights(dtype, n, k, 23);

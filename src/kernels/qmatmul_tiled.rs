@@ -418,9 +418,9 @@ pub(super) trait TileKernels {
     type Act;
     /// Activation blocks per row.
     fn row_blocks(&self) -> usize;
-    /// Unpacked-block slots a group needs before AMX reads it (0: AMX reads
-    /// the stored bytes).
-    fn unpacked_len(&self) -> usize;
+    /// Unpacked-block slots a group needs before AMX reads it for a batch
+    /// of `m` rows (0: AMX reads the stored bytes).
+    fn unpacked_len(&self, m: usize) -> usize;
     /// `R` activation rows (`xs`, row-major) against group `g` with
     /// `vpdpbusd`: lane `i` of result `j` is weight row `16g + i` of row `j`.
     ///
@@ -457,7 +457,7 @@ impl<const F: u8> TileKernels for Kernels<'_, F> {
         self.0.nb
     }
 
-    fn unpacked_len(&self) -> usize {
+    fn unpacked_len(&self, _m: usize) -> usize {
         if nibbles(F) {
             self.0.nb
         } else {
@@ -540,7 +540,7 @@ pub(super) unsafe fn drive_tile<K: TileKernels>(
         }
         return;
     }
-    with_unpacked(k.unpacked_len(), |unpacked| {
+    with_unpacked(k.unpacked_len(m), |unpacked| {
         for (gg, g) in groups.enumerate() {
             // SAFETY: forwarded from the caller.
             unsafe { k.unpack(g, unpacked) };
