@@ -70,6 +70,37 @@ struct Scales {
     dmin: __m512,
 }
 
+impl Scales {
+    /// As one unpacked slot, stored beside the super-block's quants so that
+    /// every chunk of activation rows loads them instead of widening them.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn to_slot(&self) -> [__m512i; 8] {
+        let [m0, m1, m2, m3] = self.mn;
+        let (d, dmin) = (_mm512_castps_si512(self.d), _mm512_castps_si512(self.dmin));
+        [
+            m0,
+            m1,
+            m2,
+            m3,
+            d,
+            dmin,
+            _mm512_setzero_si512(),
+            _mm512_setzero_si512(),
+        ]
+    }
+
+    /// The inverse of [`Self::to_slot`].
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    fn from_slot(slot: &[__m512i; 8]) -> Self {
+        Self {
+            mn: [slot[0], slot[1], slot[2], slot[3]],
+            d: _mm512_castsi512_ps(slot[4]),
+            dmin: _mm512_castsi512_ps(slot[5]),
+        }
+    }
+}
+
 impl TiledKWeights {
     /// Repacks ggml super-blocks (`n` rows of `k` elements) when the type has
     /// a tiled kernel and `n` fills whole groups; `None` otherwise.
@@ -269,7 +300,7 @@ impl TiledKWeights {
     /// 1 KiB of consecutive lines.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     fn unpack_scaled(&self, group: &[u8], b: usize, out: &mut [[__m512i; 8]]) {
-        let out = &mut out[..2 * nsub(Q4K)];
+        let out = &mut out[..QUANT_SLOTS[Q4K as usize]];
         let sc_at = self.sc_offset() + nsub(Q4K) * GROUP * b;
         let even = _mm512_set1_epi16(0x00FF);
         for s in 0..nsub(Q4K) {
@@ -304,7 +335,7 @@ impl TiledKWeights {
     /// 64-element tile step is 1 KiB of consecutive lines.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     fn unpack_digits(&self, group: &[u8], b: usize, out: &mut [[__m512i; 8]]) {
-        let out = &mut out[..24];
+        let out = &mut out[..QUANT_SLOTS[Q6K as usize]];
         let sc_at = self.sc_offset() + nsub(Q6K) * GROUP * b;
         let (centre, low) = (_mm512_set1_epi8(32), _mm512_set1_epi16(0x00FF));
         for s in 0..nsub(Q6K) {
@@ -439,7 +470,6 @@ impl TiledKWeights {
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn group_amx_q4k<const R: usize>(
         &self,
-        group: &[u8],
         unpacked: &[[__m512i; 8]],
         xs: &[Q8xK],
         out: &mut [&mut [f32]],
@@ -460,7 +490,7 @@ impl TiledKWeights {
             // rows exist, asserted), each with `QK_K` quants; each weight
             // operand is `QK_K / 64` KiB of `unpacked` (asserted).
             unsafe { amx::dot_i8(xs[b].qs.as_ptr(), a_stride, w, QK_K / 64, &mut c) };
-            let sv = self.scales::<Q4K>(group, b);
+            let sv = Scales::from_slot(&unpacked[SB * b + QUANT_SLOTS[Q4K as usize]]);
             for (j, acc) in acc.iter_mut().enumerate() {
                 // SAFETY: a row of `c` is 16 i32.
                 let [upper, lower] = c
@@ -479,7 +509,6 @@ impl TiledKWeights {
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn group_amx_q6k<const R: usize>(
         &self,
-        group: &[u8],
         unpacked: &[[__m512i; 8]],
         xs: &[Q8xK],
         out: &mut [&mut [f32]],
@@ -501,7 +530,7 @@ impl TiledKWeights {
             // rows exist, asserted), each with `QK_K` quants; each weight
             // operand is `QK_K / 64` KiB of `unpacked` (asserted).
             unsafe { amx::dot_s8x3(xs[b].qs.as_ptr(), a_stride, w, QK_K / 64, &mut c) };
-            let sv = self.scales::<Q6K>(group, b);
+            let sv = Scales::from_slot(&unpacked[SB * b + QUANT_SLOTS[Q6K as usize]]);
             for (j, acc) in acc.iter_mut().enumerate() {
                 // SAFETY: a row of `c` is 16 i32.
                 let [d0, d1, d2] = c
@@ -674,13 +703,14 @@ fn finish<const F: u8>(
 /// 16 1.2× faster, at 512 2.2×).
 const Q6K_UNPACK_MIN_ROWS: usize = 16;
 
-/// Unpacked slots (of 8 lines) a super-block of format `F` takes.
+/// Unpacked slots (of 8 lines) of a super-block's quants, by format: two
+/// operands of 8 KiB for Q4_K, three digit copies of 4 KiB for Q6_K.
+const QUANT_SLOTS: [usize; 2] = [2 * nsub(Q4K), 24];
+
+/// Unpacked slots a super-block of format `f` takes: its quants, then its
+/// [`Scales`].
 const fn unpacked_slots(f: u8) -> usize {
-    if f == Q4K {
-        2 * nsub(Q4K)
-    } else {
-        24
-    }
+    QUANT_SLOTS[f as usize] + 1
 }
 
 /// The k-quant kernels for format `F`.
@@ -693,9 +723,8 @@ impl<const F: u8> TileKernels for Kernels<'_, F> {
         self.0.nsb
     }
 
-    /// Both formats' super-blocks are unpacked (scales folded in) once per
-    /// group for AMX: two operands of 8 KiB for Q4_K, three digit copies
-    /// of 4 KiB for Q6_K. Q6_K's unpacking costs about what 16 rows'
+    /// Both formats' super-blocks are unpacked (scales folded in, and
+    /// their [`Scales`] widened) once per group for AMX. Q6_K's unpacking costs about what 16 rows'
     /// products save, so smaller batches read its stored bytes
     /// ([`TiledKWeights::group_amx_q6k_stored`]).
     fn unpacked_len(&self, m: usize) -> usize {
@@ -721,6 +750,7 @@ impl<const F: u8> TileKernels for Kernels<'_, F> {
                 } else {
                     self.0.unpack_digits(group, b, u)
                 }
+                u[QUANT_SLOTS[F as usize]] = self.0.scales::<F>(group, b).to_slot();
             }
         }
     }
@@ -737,11 +767,11 @@ impl<const F: u8> TileKernels for Kernels<'_, F> {
         // SAFETY: forwarded from the caller.
         unsafe {
             if F == Q4K {
-                self.0.group_amx_q4k::<R>(group, unpacked, xs, out, gg)
+                self.0.group_amx_q4k::<R>(unpacked, xs, out, gg)
             } else if unpacked.is_empty() {
                 self.0.group_amx_q6k_stored::<R>(group, xs, out, gg)
             } else {
-                self.0.group_amx_q6k::<R>(group, unpacked, xs, out, gg)
+                self.0.group_amx_q6k::<R>(unpacked, xs, out, gg)
             }
         }
     }

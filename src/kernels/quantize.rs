@@ -12,6 +12,9 @@
 //! AVX2 enabled lets LLVM round with `vroundps` (`trunc(x + copysign(0.5 −
 //! ulp, x))`, exact for every f32) and vectorize the loops, so both builds
 //! give the same bits (tested), and the choice is only a matter of speed.
+//! Q8_K's scan for the largest magnitude and its saturating casts stayed
+//! scalar in that build, so its AVX2 body is written in intrinsics, the
+//! portable one kept as its reference (same bits, tested).
 
 use half::f16;
 
@@ -187,15 +190,18 @@ fn block_q8(xs: &[f32], qs: &mut [i8]) -> (f16, i32) {
 #[inline(always)]
 fn row_q8k(x: &[f32], out: &mut [Q8xK]) {
     for (xs, y) in x.chunks_exact(QK_K).zip(out.iter_mut()) {
-        // candle keeps the first value of the largest magnitude (NaNs never
-        // win). Finding the magnitude first and then its first holder gives
-        // the same value, and the first loop vectorizes.
-        let amax = xs.iter().fold(0f32, |a, &v| a.max(v.abs()));
+        let mut max = 0f32;
+        let mut amax = 0f32;
+        for &v in xs {
+            if amax < v.abs() {
+                amax = v.abs();
+                max = v;
+            }
+        }
         if amax == 0.0 {
             *y = Q8xK::ZERO;
             continue;
         }
-        let max = xs.iter().copied().find(|v| v.abs() == amax).unwrap_or(amax);
         let iscale = -128f32 / max;
         for (q, &v) in y.qs.iter_mut().zip(xs) {
             *q = (iscale * v).round().min(127.0) as i8;
@@ -249,6 +255,15 @@ mod tests {
             vec![0.0; len],
             (0..len).map(|_| random()).collect(),
             (0..len).map(|_| 1e-30 * random()).collect(),
+            // Non-finite values: NaN never holds the maximum and quantizes
+            // to 127 (`f32::min`); an infinity makes every other value 0.
+            (0..len)
+                .map(|i| match i % 97 {
+                    5 => f32::NAN,
+                    50 if i % 3 == 0 => f32::NEG_INFINITY,
+                    _ => random(),
+                })
+                .collect(),
         ]
     }
 
