@@ -11,7 +11,9 @@
 //! `tmm2`/`tmm5` two weight groups' 16 pairs × 16 rows, `tmm0`/`tmm3` f32.
 //! [`gemm_bf16_2x2`] (16 rows, 64-byte rows) adds `tmm6`/`tmm7` as two more
 //! accumulators: a 2×2 block of output tiles, so each loaded tile serves two
-//! products.
+//! products. [`dot_i8`] and [`dot_s8x3`] (64-byte rows, the k-quants with
+//! their scales folded into the weights) keep `dot_bf16`'s tiles for int8,
+//! the third operand of `dot_s8x3` accumulating in `tmm6`.
 
 use std::arch::asm;
 use std::arch::x86_64::__cpuid_count;
