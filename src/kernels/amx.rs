@@ -211,37 +211,9 @@ pub(super) unsafe fn dot_bf16(
     blocks: usize,
     c: &mut [[[f32; 16]; 16]; 2],
 ) {
-    let [c0, c1] = c;
-    // SAFETY: per the contract, each tile load reads configured rows of
-    // memory the caller owns, and each store writes at most 16 rows of 64
-    // bytes into `c`. Tile registers persist between the asm blocks: no
-    // compiled code uses them.
-    unsafe {
-        asm!("tilezero tmm0", "tilezero tmm3", options(nostack, nomem));
-        for b in 0..blocks {
-            asm!(
-                "tileloadd tmm1, [{a} + {sa}*1]",
-                "tileloadd tmm2, [{w0} + {s64}*1]",
-                "tileloadd tmm5, [{w1} + {s64}*1]",
-                "tdpbf16ps tmm0, tmm1, tmm2",
-                "tdpbf16ps tmm3, tmm1, tmm5",
-                a = in(reg) a.add(64 * b),
-                sa = in(reg) a_stride,
-                w0 = in(reg) w[0].add(1024 * b),
-                w1 = in(reg) w[1].add(1024 * b),
-                s64 = in(reg) 64usize,
-                options(nostack, readonly),
-            );
-        }
-        asm!(
-            "tilestored [{c0} + {s64}*1], tmm0",
-            "tilestored [{c1} + {s64}*1], tmm3",
-            c0 = in(reg) c0.as_mut_ptr(),
-            c1 = in(reg) c1.as_mut_ptr(),
-            s64 = in(reg) 64usize,
-            options(nostack),
-        );
-    }
+    let c = c.each_mut().map(|c| c.as_mut_ptr().cast());
+    // SAFETY: forwarded from the caller.
+    unsafe { dot_pair(Product::Bf16, a, a_stride, w, blocks, c) }
 }
 
 /// Integer dot products of `rows` (the configured count) activation rows
@@ -264,33 +236,74 @@ pub(super) unsafe fn dot_i8(
     steps: usize,
     c: &mut [[[i32; 16]; 16]; 2],
 ) {
-    let [c0, c1] = c;
+    let c = c.each_mut().map(|c| c.as_mut_ptr().cast());
+    // SAFETY: forwarded from the caller.
+    unsafe { dot_pair(Product::I8, a.cast(), a_stride, w, steps, c) }
+}
+
+/// The tile product [`dot_pair`] runs.
+#[derive(Clone, Copy)]
+enum Product {
+    /// `tdpbf16ps`: bf16 pairs, f32 sums.
+    Bf16,
+    /// `tdpbsud`: signed activation bytes times unsigned weight bytes, i32
+    /// sums.
+    I8,
+}
+
+/// The body of [`dot_bf16`] and [`dot_i8`] (same tiles and steps; only the
+/// product differs): accumulators `tmm0`/`tmm3`, activations `tmm1`,
+/// weights `tmm2`/`tmm5`, each sum tile stored once to `c` (16 rows of 64
+/// bytes).
+///
+/// # Safety
+///
+/// As for the public functions, with `product` matching the data.
+unsafe fn dot_pair(
+    product: Product,
+    a: *const u8,
+    a_stride: usize,
+    w: [*const u8; 2],
+    steps: usize,
+    c: [*mut u8; 2],
+) {
     // SAFETY: per the contract, each tile load reads configured rows of
     // memory the caller owns, and each store writes at most 16 rows of 64
     // bytes into `c`. Tile registers persist between the asm blocks: no
     // compiled code uses them.
     unsafe {
         asm!("tilezero tmm0", "tilezero tmm3", options(nostack, nomem));
+        // One step with the tile product `$op` (asm templates take only
+        // literals, so the product is spliced in by a macro).
+        macro_rules! step {
+            ($op:literal, $a:expr, $w0:expr, $w1:expr) => {
+                asm!(
+                    "tileloadd tmm1, [{a} + {sa}*1]",
+                    "tileloadd tmm2, [{w0} + {s64}*1]",
+                    "tileloadd tmm5, [{w1} + {s64}*1]",
+                    concat!($op, " tmm0, tmm1, tmm2"),
+                    concat!($op, " tmm3, tmm1, tmm5"),
+                    a = in(reg) $a,
+                    sa = in(reg) a_stride,
+                    w0 = in(reg) $w0,
+                    w1 = in(reg) $w1,
+                    s64 = in(reg) 64usize,
+                    options(nostack, readonly),
+                )
+            };
+        }
         for s in 0..steps {
-            asm!(
-                "tileloadd tmm1, [{a} + {sa}*1]",
-                "tileloadd tmm2, [{w0} + {s64}*1]",
-                "tileloadd tmm5, [{w1} + {s64}*1]",
-                "tdpbsud tmm0, tmm1, tmm2",
-                "tdpbsud tmm3, tmm1, tmm5",
-                a = in(reg) a.add(64 * s),
-                sa = in(reg) a_stride,
-                w0 = in(reg) w[0].add(1024 * s),
-                w1 = in(reg) w[1].add(1024 * s),
-                s64 = in(reg) 64usize,
-                options(nostack, readonly),
-            );
+            let (a, w0, w1) = (a.add(64 * s), w[0].add(1024 * s), w[1].add(1024 * s));
+            match product {
+                Product::Bf16 => step!("tdpbf16ps", a, w0, w1),
+                Product::I8 => step!("tdpbsud", a, w0, w1),
+            }
         }
         asm!(
             "tilestored [{c0} + {s64}*1], tmm0",
             "tilestored [{c1} + {s64}*1], tmm3",
-            c0 = in(reg) c0.as_mut_ptr(),
-            c1 = in(reg) c1.as_mut_ptr(),
+            c0 = in(reg) c[0],
+            c1 = in(reg) c[1],
             s64 = in(reg) 64usize,
             options(nostack),
         );
