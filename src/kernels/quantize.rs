@@ -66,6 +66,10 @@ fn simd() -> bool {
 /// the VEX encodings: it never contracts a multiply and an add on its own).
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
+    use std::arch::x86_64::*;
+
+    use half::f16;
+
     use super::{Q8Pair, Q8x32, Q8xK, QK, QK_K};
 
     /// [`super::row_q8`] in AVX2 intrinsics: as for Q8_K, LLVM kept the
@@ -73,53 +77,24 @@ mod avx2 {
     /// 0.5B's prefill (mostly Q5_0 and Q8_0 matrices).
     #[target_feature(enable = "avx2,fma")]
     pub(super) fn row_q8(x: &[f32], out: &mut [Q8x32], with_s: bool, offset: i32) {
-        use half::f16;
-        use std::arch::x86_64::*;
-        let sign = _mm256_set1_ps(-0.0);
-        // 0.5 minus an ulp, as in `row_q8k`.
-        let half = _mm256_set1_ps(0.5 - f32::EPSILON / 4.0);
         let (lo, hi) = (_mm256_set1_ps(-128.0), _mm256_set1_ps(127.0));
         for (xs, y) in x.chunks_exact(QK).zip(out.iter_mut()) {
-            let xs: &[f32; QK] = xs.try_into().unwrap();
-            // SAFETY (the loads below): `xs` is QK readable f32 and every
-            // offset is at most QK − 8; the loads are unaligned.
-            let at = |i: usize| unsafe { _mm256_loadu_ps(xs.as_ptr().add(i)) };
-            let mut m = _mm256_setzero_ps();
-            for i in (0..QK).step_by(8) {
-                // The running maximum second: a NaN value is never kept.
-                m = _mm256_max_ps(_mm256_andnot_ps(sign, at(i)), m);
-            }
-            let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
-            let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-            let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
-            let d = amax / 127.0;
+            let d = abs_max(xs) / 127.0;
             let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
-            let mut q = [_mm256_setzero_si256(); QK / 8];
-            for (i, q) in q.iter_mut().enumerate() {
-                let x = _mm256_mul_ps(at(8 * i), id);
-                let r = _mm256_add_ps(x, _mm256_or_ps(_mm256_and_ps(x, sign), half));
-                let r = _mm256_round_ps::<_MM_FROUND_TO_ZERO>(r);
-                // `as i8` saturates and makes NaN 0.
-                let nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(r, r);
-                let r = _mm256_andnot_ps(nan, _mm256_min_ps(_mm256_max_ps(r, lo), hi));
-                *q = _mm256_cvttps_epi32(r);
+            let mut sum = 0;
+            for (xs, qs) in xs.chunks_exact(16).zip(y.qs.chunks_exact_mut(16)) {
+                // Not `.map` with a closure: one that was not inlined cost
+                // a call and a `vzeroupper` per use.
+                let mut q = [_mm256_setzero_si256(); 2];
+                for (h, q) in q.iter_mut().enumerate() {
+                    let r = round_away(_mm256_mul_ps(load8(&xs[8 * h..]), id));
+                    // `as i8` saturates and makes NaN 0.
+                    let nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(r, r);
+                    let r = _mm256_andnot_ps(nan, _mm256_min_ps(_mm256_max_ps(r, lo), hi));
+                    *q = _mm256_cvttps_epi32(r);
+                }
+                sum += store_bytes(q, qs);
             }
-            let sums = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
-            for (h, pair) in q.chunks_exact(2).enumerate() {
-                let w =
-                    _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(pair[0], pair[1]));
-                let bytes =
-                    _mm_packs_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256::<1>(w));
-                let dst = &mut y.qs[16 * h..][..16];
-                // SAFETY: `dst` is 16 writable bytes; the store is unaligned.
-                unsafe { _mm_storeu_si128(dst.as_mut_ptr().cast(), bytes) };
-            }
-            let s = _mm_add_epi32(
-                _mm256_castsi256_si128(sums),
-                _mm256_extracti128_si256::<1>(sums),
-            );
-            let s = _mm_hadd_epi32(s, s);
-            let sum = _mm_cvtsi128_si32(_mm_hadd_epi32(s, s));
             let d16 = f16::from_f32(d);
             y.d = d16.to_f32();
             y.corr = -offset * sum;
@@ -141,24 +116,10 @@ mod avx2 {
     /// AMX Q4_K matmul's time at 512 rows.
     #[target_feature(enable = "avx2,fma")]
     pub(super) fn row_q8k(x: &[f32], out: &mut [Q8xK]) {
-        use std::arch::x86_64::*;
         let sign = _mm256_set1_ps(-0.0);
-        // 0.5 minus an ulp: `trunc(x + copysign(this, x))` rounds halves
-        // away from zero and everything else to nearest, exactly.
-        let half = _mm256_set1_ps(0.5 - f32::EPSILON / 4.0);
+        let top = _mm256_set1_ps(127.0);
         for (xs, y) in x.chunks_exact(QK_K).zip(out.iter_mut()) {
-            let xs: &[f32; QK_K] = xs.try_into().unwrap();
-            // SAFETY (the loads below): `xs` is QK_K readable f32 and every
-            // offset is at most QK_K − 8; the loads are unaligned.
-            let at = |i: usize| unsafe { _mm256_loadu_ps(xs.as_ptr().add(i)) };
-            let mut m = _mm256_setzero_ps();
-            for i in (0..QK_K).step_by(8) {
-                // The running maximum second: a NaN value is never kept.
-                m = _mm256_max_ps(_mm256_andnot_ps(sign, at(i)), m);
-            }
-            let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
-            let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-            let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+            let amax = abs_max(xs);
             if amax == 0.0 {
                 *y = Q8xK::ZERO;
                 continue;
@@ -166,39 +127,80 @@ mod avx2 {
             // The first value of that magnitude, as the scalar scan keeps.
             let target = _mm256_set1_ps(amax);
             let mut max = amax;
-            for i in (0..QK_K).step_by(8) {
-                let hit = _mm256_cmp_ps::<_CMP_EQ_OQ>(_mm256_andnot_ps(sign, at(i)), target);
+            for v in xs.chunks_exact(8) {
+                let hit = _mm256_cmp_ps::<_CMP_EQ_OQ>(_mm256_andnot_ps(sign, load8(v)), target);
                 let bits = _mm256_movemask_ps(hit);
                 if bits != 0 {
-                    max = xs[i + bits.trailing_zeros() as usize];
+                    max = v[bits.trailing_zeros() as usize];
                     break;
                 }
             }
             let iscale = -128f32 / max;
-            let (scale, top) = (_mm256_set1_ps(iscale), _mm256_set1_ps(127.0));
-            for (j, bs) in y.bsums.iter_mut().enumerate() {
+            let scale = _mm256_set1_ps(iscale);
+            let blocks = xs.chunks_exact(16).zip(y.qs.chunks_exact_mut(16));
+            for ((xs, qs), bs) in blocks.zip(y.bsums.iter_mut()) {
                 let mut q = [_mm256_setzero_si256(); 2];
                 for (h, q) in q.iter_mut().enumerate() {
-                    let x = _mm256_mul_ps(scale, at(16 * j + 8 * h));
-                    let r = _mm256_add_ps(x, _mm256_or_ps(_mm256_and_ps(x, sign), half));
+                    let r = round_away(_mm256_mul_ps(scale, load8(&xs[8 * h..])));
                     // `min` second: a NaN becomes 127, as `f32::min` makes it.
-                    let r = _mm256_min_ps(_mm256_round_ps::<_MM_FROUND_TO_ZERO>(r), top);
-                    *q = _mm256_cvttps_epi32(r);
+                    *q = _mm256_cvttps_epi32(_mm256_min_ps(r, top));
                 }
-                // Values are in -128..=127: packing saturates nothing.
-                let w = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(q[0], q[1]));
-                let bytes =
-                    _mm_packs_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256::<1>(w));
-                let dst = &mut y.qs[16 * j..][..16];
-                // SAFETY: `dst` is 16 writable bytes; the store is unaligned.
-                unsafe { _mm_storeu_si128(dst.as_mut_ptr().cast(), bytes) };
-                let s = _mm256_add_epi32(q[0], q[1]);
-                let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
-                let s = _mm_hadd_epi32(s, s);
-                *bs = _mm_cvtsi128_si32(_mm_hadd_epi32(s, s)) as i16;
+                *bs = store_bytes(q, qs) as i16;
             }
             y.d = 1.0 / iscale;
         }
+    }
+
+    /// The first 8 values of `v`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn load8(v: &[f32]) -> __m256 {
+        let v = &v[..8];
+        // SAFETY: `v` is 8 readable f32; the load is unaligned.
+        unsafe { _mm256_loadu_ps(v.as_ptr()) }
+    }
+
+    /// The largest magnitude in `xs` (a multiple of 8 long); a NaN never
+    /// wins, as in the scalar scans.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn abs_max(xs: &[f32]) -> f32 {
+        let sign = _mm256_set1_ps(-0.0);
+        let mut m = _mm256_setzero_ps();
+        for v in xs.chunks_exact(8) {
+            // The running maximum second: a NaN operand is never kept.
+            m = _mm256_max_ps(_mm256_andnot_ps(sign, load8(v)), m);
+        }
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)))
+    }
+
+    /// `x` rounded to an integer, halves away from zero (`f32::round`):
+    /// `trunc(x + copysign(0.5 − ulp, x))`, exact for every f32.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn round_away(x: __m256) -> __m256 {
+        let half = _mm256_set1_ps(0.5 - f32::EPSILON / 4.0);
+        let sign = _mm256_and_ps(x, _mm256_set1_ps(-0.0));
+        _mm256_round_ps::<_MM_FROUND_TO_ZERO>(_mm256_add_ps(x, _mm256_or_ps(sign, half)))
+    }
+
+    /// Stores 16 integers in -128..=127 (two registers of 8) as bytes in
+    /// `dst` and returns their sum.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn store_bytes(q: [__m256i; 2], dst: &mut [i8]) -> i32 {
+        // In range: packing saturates nothing.
+        let w = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(q[0], q[1]));
+        let bytes = _mm_packs_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256::<1>(w));
+        let dst = &mut dst[..16];
+        // SAFETY: `dst` is 16 writable bytes; the store is unaligned.
+        unsafe { _mm_storeu_si128(dst.as_mut_ptr().cast(), bytes) };
+        let s = _mm256_add_epi32(q[0], q[1]);
+        let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
+        let s = _mm_hadd_epi32(s, s);
+        _mm_cvtsi128_si32(_mm_hadd_epi32(s, s))
     }
 }
 
