@@ -95,14 +95,7 @@ mod avx2 {
                 }
                 sum += store_bytes(q, qs);
             }
-            let d16 = f16::from_f32(d);
-            y.d = d16.to_f32();
-            y.corr = -offset * sum;
-            y.s = if with_s {
-                (f16::from_f32(sum as f32) * d16).to_f32()
-            } else {
-                0.0
-            };
+            super::set_block_sums(y, f16::from_f32(d), sum, with_s, offset);
         }
     }
 
@@ -208,14 +201,22 @@ mod avx2 {
 fn row_q8(x: &[f32], out: &mut [Q8x32], with_s: bool, offset: i32) {
     for (xs, y) in x.chunks_exact(QK).zip(out.iter_mut()) {
         let (d16, sum) = block_q8(xs, &mut y.qs);
-        y.d = d16.to_f32();
-        y.corr = -offset * sum;
-        y.s = if with_s {
-            (f16::from_f32(sum as f32) * d16).to_f32()
-        } else {
-            0.0
-        };
+        set_block_sums(y, d16, sum, with_s, offset);
     }
+}
+
+/// A Q8_0/Q8_1 block's scale, offset correction and (with `with_s`) scaled
+/// sum, from its f16 scale and the sum of its quants: shared by both
+/// builds so they cannot drift apart.
+#[inline(always)]
+fn set_block_sums(y: &mut Q8x32, d16: f16, sum: i32, with_s: bool, offset: i32) {
+    y.d = d16.to_f32();
+    y.corr = -offset * sum;
+    y.s = if with_s {
+        (f16::from_f32(sum as f32) * d16).to_f32()
+    } else {
+        0.0
+    };
 }
 
 #[inline(always)]
