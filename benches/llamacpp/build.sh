@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds llama.cpp's llama-server and llama-bench natively (-DGGML_NATIVE=ON, Release) outside the repo,
+# Builds llama.cpp's llama-server and llama-bench natively (-DGGML_NATIVE=ON, Release; see LLAMACPP_ISA) outside the repo,
 # for the side-by-side comparison in benches/llamacpp/compare.sh. The sources come from the
 # llama-cpp-python sdist (which vendors llama.cpp), fetched with pip when it is not already on disk.
 # Idempotent: when both binaries exist it only prints their directory.
@@ -13,6 +13,10 @@
 #                        2-core AMX Xeon VM (2026-12-01) that backend segfaulted in
 #                        ggml_backend_amx_mul_mat on every model (`--repack 0` avoids it, but also
 #                        turns off the AVX-512 repacked kernels this build keeps)
+#   LLAMACPP_ISA=avx2    a portable AVX2/FMA/F16C build (-DGGML_NATIVE=OFF, no AVX-512 or AMX), in
+#                        llama.cpp-<version>-avx2: with R1SERVE_ISA=avx2 (compare.sh sets it), both
+#                        programs run their AVX2 kernels, so an AVX-512 machine can measure what an
+#                        AVX2-only CPU runs
 # Prints the directory holding the two binaries on its last line of stdout.
 set -euo pipefail
 
@@ -28,7 +32,14 @@ version="${LLAMACPP_PY_VERSION:-0.3.36}"
 cache="${R1SERVE_CACHE:-$HOME/.cache/r1serve}"
 root="$cache/llama.cpp-$version"
 cflags=""
-if [[ -n "${LLAMACPP_NO_AMX:-}" ]]; then
+native=ON
+if [[ "${LLAMACPP_ISA:-}" == avx2 ]]; then
+    root="$root-avx2"
+    native=OFF
+elif [[ -n "${LLAMACPP_ISA:-}" ]]; then
+    echo "$0: LLAMACPP_ISA=${LLAMACPP_ISA} is not 'avx2'" >&2
+    exit 2
+elif [[ -n "${LLAMACPP_NO_AMX:-}" ]]; then
     root="$root-noamx"
     cflags="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 fi
@@ -69,7 +80,7 @@ if [[ ! -f "$src/CMakeLists.txt" ]]; then
 fi
 
 build="$root/build"
-cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=$native \
     -DCMAKE_C_FLAGS="$cflags" -DCMAKE_CXX_FLAGS="$cflags" \
     -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF >&2
 cmake --build "$build" --config Release --target llama-server llama-bench "$jobs" >&2

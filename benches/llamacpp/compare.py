@@ -219,6 +219,8 @@ def main() -> None:
     a = ap.parse_args()
 
     print(f"CPU: {cpu_name()}, {os.cpu_count()} logical CPUs, ISA: {cpu_isa()}")
+    if os.environ.get("R1SERVE_ISA"):
+        print(f"r1serve capped at R1SERVE_ISA={os.environ['R1SERVE_ISA']}; llama.cpp from {a.llama_bin}")
     print(f"load average before: {load_average()}")
     memcpy = memcpy_bandwidth(os.cpu_count())
     bench_rows, serve_rows = [], []

@@ -14,7 +14,9 @@
 #   written to R1SERVE_CACHE/bf16).
 # Environment: PYTHON (needs httpx and numpy; default: the tests' venv when
 #   present, else python3), TOKENS (default 128), THREADS (llama.cpp threads;
-#   default: all CPUs, as r1serve uses), LLAMACPP_* as in build.sh.
+#   default: all CPUs, as r1serve uses), LLAMACPP_* as in build.sh;
+#   LLAMACPP_ISA=avx2 also runs r1serve under R1SERVE_ISA=avx2, so both sides
+#   use their AVX2 kernels only.
 # Run it on an otherwise idle machine: both programs are bandwidth-bound.
 set -euo pipefail
 
@@ -22,6 +24,9 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cache="${R1SERVE_CACHE:-$HOME/.cache/r1serve}"
 
 llama_bin="$("$repo/benches/llamacpp/build.sh" | tail -n 1)"
+if [[ "${LLAMACPP_ISA:-}" == avx2 ]]; then
+    export R1SERVE_ISA=avx2
+fi
 (cd "$repo" && cargo build --release --bin r1serve >&2)
 
 python="${PYTHON:-}"

@@ -28,12 +28,13 @@
 //! ([`Isa::detect`]) and the best kernel set is used: AMX-INT8 tiles for the
 //! 32-element block types, Q4_K and Q6_K (weights repacked at load,
 //! `qmatmul_tiled` and `qmatmul_tiled_k`), AVX-512 VNNI (`vpdpbusd` on the
-//! same repacked layout for the 32-element types, on ggml's rows for the
-//! rest), AVX-VNNI (on ggml's rows), AVX2+FMA (the repacked layout read as
-//! 256-bit halves for the 32-element types, `qmatmul_tiled_avx2`; ggml's
-//! rows for the rest), or portable scalar code, which also covers
-//! the types without a SIMD kernel (Q2_K, Q3_K, Q5_K). `R1SERVE_ISA` caps
-//! the choice (see [`super::isa`]).
+//! same repacked layout), AVX2+FMA (the repacked layout read as 256-bit
+//! halves, `qmatmul_tiled_avx2` and `qmatmul_tiled_k`'s AVX2 path),
+//! AVX-VNNI (on ggml's rows), or portable scalar code, which also covers
+//! the types without a SIMD kernel (Q2_K, Q3_K, Q5_K). Types and shapes the
+//! repacked layout does not take (Q5_K; `n` not a multiple of 16) use
+//! ggml's rows with the best row kernel. `R1SERVE_ISA` caps the choice (see
+//! [`super::isa`]).
 //! One matrix always runs the same kernels whatever the batch size, so a
 //! row's result never depends on the rows computed with it.
 
@@ -67,22 +68,21 @@ const PAIR_ROWS: usize = 16;
 pub enum Isa {
     /// Portable Rust, any CPU.
     Scalar,
-    /// AVX2 + FMA + F16C (Haswell and later): the 32-element block types
-    /// in the tiled layout of [`Isa::Avx512Vnni`] when `n` fills whole
-    /// groups, read as 256-bit halves (`qmatmul_tiled_avx2`), the rest on
-    /// ggml's rows.
+    /// AVX2 + FMA + F16C (Haswell and later): the 32-element block types,
+    /// Q4_K and Q6_K in the tiled layout of [`Isa::Avx512Vnni`] when `n`
+    /// fills whole groups, read as 256-bit halves, the rest on ggml's rows.
     Avx2,
     /// The AVX2 kernels with integer dot products done by AVX-VNNI
     /// `vpdpbusd` (Alder Lake, Sapphire Rapids, Zen 5).
     AvxVnni,
     /// AVX-512 VNNI `vpdpbusd` (Ice Lake, Zen 4 and later): the 32-element
-    /// block types repacked at load into 16-row groups of 512-bit
-    /// registers (`qmatmul_tiled`) when `n` fills whole groups, the rest the
-    /// AVX2 kernels with their integer dot products on 256-bit registers.
+    /// block types, Q4_K and Q6_K repacked at load into 16-row groups of
+    /// 512-bit registers (`qmatmul_tiled`, `qmatmul_tiled_k`) when `n`
+    /// fills whole groups, the rest the AVX2 kernels with their integer dot
+    /// products on 256-bit registers.
     Avx512Vnni,
-    /// [`Isa::Avx512Vnni`], with AMX-INT8 tile multiplies for batches, and
-    /// Q4_K and Q6_K repacked too (Sapphire Rapids and later; Linux must
-    /// grant the tile state).
+    /// [`Isa::Avx512Vnni`], with AMX-INT8 tile multiplies for batches
+    /// (Sapphire Rapids and later; Linux must grant the tile state).
     Amx,
 }
 
@@ -284,20 +284,15 @@ impl QMatrix {
         } else {
             Isa::detect()
         };
-        // Without AMX only the 32-element types are repacked: there the
-        // k-quants' tiled kernel would cost 10–20% of single-stream decode,
-        // with no AMX to repay it on batches (docs/performance.md). AVX-VNNI
-        // keeps its `vpdpbusd` kernels on ggml's rows.
         #[cfg(target_arch = "x86_64")]
         let tiled = match isa {
             _ if !repack => None,
-            Isa::Amx => qmatmul_tiled::TiledWeights::new(dtype, n, k, &data)
-                .map(Storage::Tiled)
-                .or_else(|| {
-                    qmatmul_tiled_k::TiledKWeights::new(dtype, n, k, &data).map(Storage::TiledK)
-                }),
-            Isa::Avx2 | Isa::Avx512Vnni => {
-                qmatmul_tiled::TiledWeights::new(dtype, n, k, &data).map(Storage::Tiled)
+            Isa::Amx | Isa::Avx512Vnni | Isa::Avx2 => {
+                qmatmul_tiled::TiledWeights::new(dtype, n, k, &data)
+                    .map(Storage::Tiled)
+                    .or_else(|| {
+                        qmatmul_tiled_k::TiledKWeights::new(dtype, n, k, &data).map(Storage::TiledK)
+                    })
             }
             _ => None,
         };
@@ -401,9 +396,17 @@ impl QMatrix {
             Storage::TiledK(t) => {
                 let xq = t.quantize(x, m);
                 let tile = tile_rows(self.n).next_multiple_of(qmatmul_tiled::GROUP);
-                // SAFETY: this storage is only built when `Isa::Amx` is
-                // supported.
-                for_each_tile(out, self.n, tile, |j0, o| unsafe { t.tile(&xq, j0, o) });
+                let amx = self.isa == Isa::Amx;
+                // SAFETY: as for `Storage::Tiled`.
+                if self.isa == Isa::Avx2 {
+                    for_each_tile(out, self.n, tile, |j0, o| unsafe {
+                        t.tile_avx2(&xq, j0, o)
+                    });
+                } else {
+                    for_each_tile(out, self.n, tile, |j0, o| unsafe {
+                        t.tile(&xq, j0, o, amx)
+                    });
+                }
             }
         }
     }

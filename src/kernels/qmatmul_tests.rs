@@ -153,11 +153,11 @@ fn rows_are_batch_invariant() {
     }
 }
 
-/// On CPUs with AVX2 (but not AVX-VNNI alone) the 32-element block types
-/// take the tiled layout when the rows fill whole groups, and with AMX Q4_K
-/// and Q6_K too (so the tests above run its kernels: AVX2 halves,
-/// `vpdpbusd` alone, and AMX for batches where the CPU has it); the rest
-/// keep ggml's rows, with the AVX-512 VNNI kernels in place of AMX.
+/// On CPUs with AVX2 (but not AVX-VNNI alone) the 32-element block types,
+/// Q4_K and Q6_K take the tiled layout when the rows fill whole groups (so
+/// the tests above run its kernels: AVX2 halves, `vpdpbusd` alone, and AMX
+/// for batches where the CPU has it); the rest keep ggml's rows, with the
+/// AVX-512 VNNI kernels in place of AMX.
 #[test]
 fn tiled_layout_is_used_where_it_applies() {
     let paths = [Isa::Avx2, Isa::Avx512Vnni, Isa::Amx];
@@ -170,8 +170,8 @@ fn tiled_layout_is_used_where_it_applies() {
         for dtype in ALL {
             let tiled = QMatrix::from_qtensor_for(&weights(dtype, 32, 256, 1), isa).unwrap();
             let ragged = QMatrix::from_qtensor_for(&weights(dtype, 24, 256, 1), isa).unwrap();
-            let has_tiles = dtype.block_size() == QK
-                || (isa == Isa::Amx && matches!(dtype, GgmlDType::Q4K | GgmlDType::Q6K));
+            let has_tiles =
+                dtype.block_size() == QK || matches!(dtype, GgmlDType::Q4K | GgmlDType::Q6K);
             assert_eq!(tiled.is_tiled(), has_tiles, "{isa:?} {dtype:?}");
             let rows_isa = if isa == Isa::Amx {
                 Isa::Avx512Vnni
@@ -190,6 +190,46 @@ fn tiled_layout_is_used_where_it_applies() {
                 GgmlDType::Q4K => assert!(size <= ggml * 103 / 100, "Q4K: {size}"),
                 GgmlDType::Q6K => assert!(size <= ggml * 4 / 3, "Q6K: {size}"),
                 _ => assert_eq!(size, ggml, "{dtype:?}"),
+            }
+        }
+    }
+}
+
+/// Every tiled kernel computes each block's (or super-block's) exact
+/// integer sum and folds it in with the same f32 operations, so the AVX2
+/// halves, `vpdpbusd` and AMX give the same bits, at one row (the decode
+/// kernels) and in batches.
+#[test]
+fn tiled_kernels_agree_across_instruction_sets() {
+    let paths = [Isa::Avx2, Isa::Avx512Vnni, Isa::Amx];
+    isa::report(
+        "qmatmul::tiled_kernels_agree_across_instruction_sets",
+        &paths.map(|i| (i.name(), isa::path_run(i.level(), i.is_supported()))),
+    );
+    let available = Isa::available();
+    let isas: Vec<_> = paths
+        .into_iter()
+        .filter(|i| available.contains(i))
+        .collect();
+    let (k, n) = (768, 48);
+    for dtype in ALL {
+        let q = weights(dtype, n, k, 29);
+        for m in [1, 6, 21] {
+            let x = random(m * k, 31 + m as u64);
+            let mut first: Option<(Isa, Vec<f32>)> = None;
+            for &isa in &isas {
+                let w = QMatrix::from_qtensor_for(&q, isa).unwrap();
+                if !w.is_tiled() {
+                    continue;
+                }
+                let mut got = vec![0f32; m * n];
+                w.matmul(&x, m, &mut got);
+                match &first {
+                    None => first = Some((isa, got)),
+                    Some((base, want)) => {
+                        assert_eq!(&got, want, "{dtype:?} m={m}: {isa:?} vs {base:?}")
+                    }
+                }
             }
         }
     }

@@ -36,7 +36,7 @@ use super::qmatmul_tiled::{
 };
 
 /// Weight rows one 256-bit register holds four bytes of.
-const HALF: usize = GROUP / 2;
+pub(super) const HALF: usize = GROUP / 2;
 
 impl TiledWeights {
     /// Computes the weight rows `j0..j0 + width` (whole groups) of every
@@ -49,22 +49,54 @@ impl TiledWeights {
         // SAFETY: forwarded from the caller.
         unsafe {
             match self.format {
-                Q4_0 => drive::<Q4_0>(self, xq, j0, o),
-                Q4_1 => drive::<Q4_1>(self, xq, j0, o),
-                Q5_0 => drive::<Q5_0>(self, xq, j0, o),
-                Q5_1 => drive::<Q5_1>(self, xq, j0, o),
-                _ => drive::<Q8_0>(self, xq, j0, o),
+                Q4_0 => drive_halves(&Halves::<Q4_0>(self), xq, j0, o),
+                Q4_1 => drive_halves(&Halves::<Q4_1>(self), xq, j0, o),
+                Q5_0 => drive_halves(&Halves::<Q5_0>(self), xq, j0, o),
+                Q5_1 => drive_halves(&Halves::<Q5_1>(self), xq, j0, o),
+                _ => drive_halves(&Halves::<Q8_0>(self), xq, j0, o),
             }
         }
     }
 }
 
-/// Activation rows go four, two or one at a time, each chunk over every
-/// half-group of the tile, so the chunk's blocks stay in L1 while the
-/// tile's weights cycle through L2.
+/// A tiled format's AVX2 kernels, which [`drive_halves`] runs over a tile.
+pub(super) trait HalfKernels {
+    /// The quantized activation blocks the kernels read.
+    type Act;
+    /// Activation blocks per row.
+    fn row_blocks(&self) -> usize;
+    /// `R` activation rows (`xs`, row-major) against weight rows
+    /// `8h..8h + 8` of group `g`: lane `i` of result `j` is weight row
+    /// `16g + 8h + i` for activation row `j`.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C must be supported.
+    unsafe fn half<const R: usize>(&self, g: usize, h: usize, xs: &[Self::Act]) -> [__m256; R];
+    /// One activation row against group `g` in a single pass, both halves
+    /// block by block, so that a decode step streams each weight line from
+    /// memory once; the same arithmetic per lane as [`Self::half`].
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C must be supported.
+    unsafe fn single(&self, g: usize, xs: &[Self::Act]) -> [__m256; 2];
+}
+
+/// Runs `k` over the weight rows `j0..j0 + width` (whole groups) of every
+/// activation row `i`, into `o[i][..width]`. Activation rows go four, two
+/// or one at a time, each chunk over every half-group of the tile, so the
+/// chunk's blocks stay in L1 while the tile's weights cycle through L2.
+///
+/// # Safety
+///
+/// AVX2, FMA and F16C must be supported.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn drive<const F: u8>(t: &TiledWeights, xq: &[Q8x32], j0: usize, o: &mut [&mut [f32]]) {
-    let (m, nb) = (o.len(), t.nb);
+pub(super) unsafe fn drive_halves<K: HalfKernels>(
+    k: &K,
+    xq: &[K::Act],
+    j0: usize,
+    o: &mut [&mut [f32]],
+) {
+    let (m, nb) = (o.len(), k.row_blocks());
     let width = o.first().map_or(0, |r| r.len());
     debug_assert!(j0.is_multiple_of(GROUP) && width.is_multiple_of(GROUP));
     let mut i0 = 0;
@@ -73,8 +105,9 @@ fn drive<const F: u8>(t: &TiledWeights, xq: &[Q8x32], j0: usize, o: &mut [&mut [
         let xs = &xq[i0 * nb..(i0 + rows) * nb];
         let out = &mut o[i0..i0 + rows];
         for (gg, g) in (j0 / GROUP..(j0 + width) / GROUP).enumerate() {
+            // SAFETY (the kernels): forwarded from the caller.
             if rows == 1 {
-                let [lo, hi] = single::<F>(t, g, xs);
+                let [lo, hi] = unsafe { k.single(g, xs) };
                 store(out, GROUP * gg, [lo]);
                 store(out, GROUP * gg + HALF, [hi]);
                 continue;
@@ -82,9 +115,9 @@ fn drive<const F: u8>(t: &TiledWeights, xq: &[Q8x32], j0: usize, o: &mut [&mut [
             for h in 0..2 {
                 let col = GROUP * gg + HALF * h;
                 match rows {
-                    4 => store(out, col, half::<F, 4>(t, g, h, xs)),
-                    2 => store(out, col, half::<F, 2>(t, g, h, xs)),
-                    _ => store(out, col, half::<F, 1>(t, g, h, xs)),
+                    4 => store(out, col, unsafe { k.half::<4>(g, h, xs) }),
+                    2 => store(out, col, unsafe { k.half::<2>(g, h, xs) }),
+                    _ => store(out, col, unsafe { k.half::<1>(g, h, xs) }),
                 }
             }
         }
@@ -98,6 +131,27 @@ fn store<const R: usize>(out: &mut [&mut [f32]], col: usize, acc: [__m256; R]) {
         let dst = &mut row[col..col + HALF];
         // SAFETY: `dst` holds 8 f32; the store is unaligned.
         unsafe { _mm256_storeu_ps(dst.as_mut_ptr(), acc) };
+    }
+}
+
+/// The 32-element types' AVX2 kernels for format `F`.
+struct Halves<'a, const F: u8>(&'a TiledWeights);
+
+impl<const F: u8> HalfKernels for Halves<'_, F> {
+    type Act = Q8x32;
+
+    fn row_blocks(&self) -> usize {
+        self.0.nb
+    }
+
+    unsafe fn half<const R: usize>(&self, g: usize, h: usize, xs: &[Q8x32]) -> [__m256; R] {
+        // SAFETY: forwarded from the caller.
+        unsafe { half::<F, R>(self.0, g, h, xs) }
+    }
+
+    unsafe fn single(&self, g: usize, xs: &[Q8x32]) -> [__m256; 2] {
+        // SAFETY: forwarded from the caller.
+        unsafe { single::<F>(self.0, g, xs) }
     }
 }
 

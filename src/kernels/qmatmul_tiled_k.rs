@@ -12,8 +12,10 @@
 //! sub-block with [`accumulate`]; AMX per super-block with the scales
 //! folded into unpacked quants, split in two parts for Q4_K and in three
 //! base-7 digits for Q6_K, or per sub-block from Q6_K's stored bytes for
-//! batches under 16 rows), and [`finish`] turns it into floats the same way
-//! after each, so the AMX and VNNI kernels agree bit for bit, as for the
+//! batches under 16 rows; AVX2 per sub-block with `vpmaddubsw`, in
+//! [`avx2_path`], on eight weight rows at a time), and [`finish`] (or its
+//! 8-lane copy in `avx2_path`) turns it into floats the same way after each,
+//! so the AMX, VNNI and AVX2 kernels agree bit for bit, as for the
 //! 32-element types.
 
 use std::arch::x86_64::*;
@@ -25,6 +27,7 @@ use super::qmatmul_tiled::{drive_tile, line_bytes, line_bytes_mut, Line, TileKer
 use super::quantize::quantize_row_q8k;
 
 mod amx_path;
+mod avx2_path;
 
 use amx_path::{unpacked_slots, Q6K_UNPACK_MIN_ROWS, QUANT_SLOTS};
 
@@ -202,14 +205,14 @@ impl TiledKWeights {
     ///
     /// # Safety
     ///
-    /// `Isa::Amx` must be supported (AVX-512 VNNI, and AMX granted).
-    pub(crate) unsafe fn tile(&self, xq: &[Q8xK], j0: usize, o: &mut [&mut [f32]]) {
+    /// AVX-512 VNNI must be supported, and AMX granted when `amx`.
+    pub(crate) unsafe fn tile(&self, xq: &[Q8xK], j0: usize, o: &mut [&mut [f32]], amx: bool) {
         // SAFETY: forwarded from the caller.
         unsafe {
             if self.format == Q4K {
-                drive_tile(&Kernels::<Q4K>(self), xq, j0, o, true)
+                drive_tile(&Kernels::<Q4K>(self), xq, j0, o, amx)
             } else {
-                drive_tile(&Kernels::<Q6K>(self), xq, j0, o, true)
+                drive_tile(&Kernels::<Q6K>(self), xq, j0, o, amx)
             }
         }
     }
