@@ -23,7 +23,7 @@ use std::arch::x86_64::*;
 use super::super::qmatmul::Q8xK;
 use super::super::qmatmul_tiled::GROUP;
 use super::super::qmatmul_tiled_avx2::{drive_halves, HalfKernels, HALF};
-use super::{nsub, qs_bytes, TiledKWeights, Q4K, Q6K};
+use super::{nsub, qs_bytes, sub, TiledKWeights, Q4K, Q6K};
 
 impl TiledKWeights {
     /// Computes the weight rows `j0..j0 + width` (whole groups) of every
@@ -43,184 +43,140 @@ impl TiledKWeights {
         }
     }
 
-    /// Super-block `b` of half `h` of `group` against `R` activation rows
-    /// (`xs`, row-major super-blocks): each row's exact integer sum for the
-    /// eight weight rows.
+    /// `R` activation rows (`xs`, row-major super-blocks) against halves
+    /// `h0..h0 + H` of group `g`: lane `i` of result `[h][j]` is weight row
+    /// `16g + 8(h0 + h) + i` for activation row `j`. With `H = 2` (one row,
+    /// a decode step) both halves go super-block by super-block, so each
+    /// weight line is streamed from memory once.
+    ///
+    /// One body over raw offsets, as the VNNI decode kernel: helpers that
+    /// return register arrays were not inlined here (a call, a
+    /// `vzeroupper` and a trip through the stack per super-block).
     #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    fn super_block<const F: u8, const R: usize>(
+    fn rows<const F: u8, const R: usize, const H: usize>(
         &self,
-        group: &[u8],
-        b: usize,
-        h: usize,
+        g: usize,
+        h0: usize,
         xs: &[Q8xK],
-    ) -> [__m256i; R] {
+    ) -> [[__m256; R]; H] {
+        let group = self.group(g);
         let nsb = self.nsb;
-        let q = qs_bytes(F) * b + 32 * h;
-        let sc_at = self.sc_offset() + nsub(F) * GROUP * b + HALF * h;
-        assert!(group.len() >= self.mn_offset(), "group of {}", group.len());
+        assert!(h0 + H <= 2, "halves {h0}..{}", h0 + H);
         assert!(xs.len() >= R * nsb, "{R} rows of {nsb} super-blocks");
+        let end = self.dmin_offset() + if F == Q4K { 32 * nsb } else { 0 };
+        assert!(group.len() >= end, "group of {} bytes", group.len());
         let p = group.as_ptr();
-        // SAFETY (these loads): the quants and scales of super-block
-        // `b < nsb` lie before `mn_offset` (asserted).
+        // SAFETY (these loads): every offset below is inside the group, whose
+        // regions `new` sized for `nsb` super-blocks (asserted above).
         let load = |o: usize| unsafe { _mm256_loadu_si256(p.add(o).cast()) };
-        let scales8 = |s: usize| unsafe { _mm_loadl_epi64(p.add(sc_at + GROUP * s).cast()) };
+        let bytes8 = |o: usize| unsafe { _mm_loadl_epi64(p.add(o).cast()) };
+        let bytes16 = |o: usize| unsafe { _mm_loadu_si128(p.add(o).cast()) };
+        let half = |o: usize| _mm256_cvtph_ps(bytes16(o));
+        let (sc_at, mn_at) = (self.sc_offset(), self.mn_offset());
+        let (d_at, dmin_at) = (self.d_offset(), self.dmin_offset());
         let low = _mm256_set1_epi8(0xF);
-        let mut t = [_mm256_setzero_si256(); R];
-        let mut corr = [_mm256_setzero_si256(); R];
-        for s in 0..nsub(F) {
-            let sc = scales8(s);
-            let sc = if F == Q4K {
-                _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(sc, sc))
-            } else {
-                _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(sc, sc))
-            };
-            let mut w = [_mm256_setzero_si256(); 8];
-            if F == Q4K {
-                for (r, w) in w.iter_mut().enumerate() {
-                    let raw = load(q + 512 * (s / 2) + 64 * r);
-                    let raw = if s % 2 == 1 {
-                        _mm256_srli_epi16::<4>(raw)
+        let mut acc = [[_mm256_setzero_ps(); R]; H];
+        for b in 0..nsb {
+            // The first (or only) pass streams the group from memory: ask for
+            // the quants 4 KiB ahead into L2 (past the group's end: its
+            // scales or the next group, read soon; a prefetch never faults).
+            if h0 == 0 {
+                let ahead = p.wrapping_add(qs_bytes(F) * b + 4096);
+                for l in (0..qs_bytes(F)).step_by(64) {
+                    _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(l).cast());
+                }
+            }
+            for (hh, acc) in acc.iter_mut().enumerate() {
+                let h = h0 + hh;
+                let q = qs_bytes(F) * b + 32 * h;
+                let sc8 = |s: usize| bytes8(sc_at + nsub(F) * GROUP * b + GROUP * s + HALF * h);
+                let mut t = [_mm256_setzero_si256(); R];
+                for s in 0..nsub(F) {
+                    let sc = sc8(s);
+                    let sc = if F == Q4K {
+                        _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(sc, sc))
                     } else {
-                        raw
+                        _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(sc, sc))
                     };
-                    *w = _mm256_and_si256(raw, low);
-                }
-            } else {
-                for (r, w) in w.iter_mut().take(4).enumerate() {
-                    *w = load(q + 256 * s + 64 * r);
-                }
-            }
-            for (j, t) in t.iter_mut().enumerate() {
-                // SAFETY: `j·nsb + b < R·nsb ≤ xs.len()` (asserted).
-                let y = unsafe { xs.get_unchecked(j * nsb + b) };
-                let x =
-                    y.qs.as_ptr()
-                        .wrapping_add(if F == Q4K { 32 } else { 16 } * s);
-                // SAFETY: element `4r + 3` of sub-block `s` is inside `y.qs`.
-                let xw = |r: usize| unsafe {
-                    _mm256_set1_epi32(x.add(4 * r).cast::<i32>().read_unaligned())
-                };
-                let pair = |r: usize| _mm256_maddubs_epi16(w[r], xw(r));
-                if F == Q4K {
-                    let mut p16 = pair(0);
-                    for r in 1..8 {
-                        p16 = _mm256_add_epi16(p16, pair(r));
+                    let mut w = [_mm256_setzero_si256(); 8];
+                    if F == Q4K {
+                        for (r, w) in w.iter_mut().enumerate() {
+                            let raw = load(q + 512 * (s / 2) + 64 * r);
+                            let raw = if s % 2 == 1 {
+                                _mm256_srli_epi16::<4>(raw)
+                            } else {
+                                raw
+                            };
+                            *w = _mm256_and_si256(raw, low);
+                        }
+                    } else {
+                        for (r, w) in w.iter_mut().take(4).enumerate() {
+                            *w = load(q + 256 * s + 64 * r);
+                        }
                     }
-                    *t = _mm256_add_epi32(*t, _mm256_madd_epi16(p16, sc));
-                } else {
-                    let p01 = _mm256_add_epi16(pair(0), pair(1));
-                    let p23 = _mm256_add_epi16(pair(2), pair(3));
-                    let both =
-                        _mm256_add_epi32(_mm256_madd_epi16(p01, sc), _mm256_madd_epi16(p23, sc));
-                    *t = _mm256_add_epi32(*t, both);
+                    for (j, t) in t.iter_mut().enumerate() {
+                        // SAFETY: `j·nsb + b < R·nsb ≤ xs.len()` (asserted).
+                        let y = unsafe { xs.get_unchecked(j * nsb + b) };
+                        let x = y.qs.as_ptr().wrapping_add(sub(F) * s);
+                        // SAFETY: element `4r + 3 < sub(F)` of sub-block `s`
+                        // is inside `y.qs`.
+                        let xw = |r: usize| unsafe {
+                            _mm256_set1_epi32(x.add(4 * r).cast::<i32>().read_unaligned())
+                        };
+                        let pair = |r: usize| _mm256_maddubs_epi16(w[r], xw(r));
+                        let sum = if F == Q4K {
+                            let mut p16 = pair(0);
+                            for r in 1..8 {
+                                p16 = _mm256_add_epi16(p16, pair(r));
+                            }
+                            _mm256_madd_epi16(p16, sc)
+                        } else {
+                            let p01 = _mm256_add_epi16(pair(0), pair(1));
+                            let p23 = _mm256_add_epi16(pair(2), pair(3));
+                            _mm256_add_epi32(_mm256_madd_epi16(p01, sc), _mm256_madd_epi16(p23, sc))
+                        };
+                        *t = _mm256_add_epi32(*t, sum);
+                    }
                 }
-            }
-        }
-        if F == Q6K {
-            // Σ scale·bsum over the sub-blocks, two at a time: row `i`'s lane
-            // holds its scales of sub-blocks `2p` and `2p + 1` as 16-bit
-            // halves, the activation row's two bsums are broadcast.
-            for pr in 0..nsub(F) / 2 {
-                let sc =
-                    _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(scales8(2 * pr), scales8(2 * pr + 1)));
-                for (j, c) in corr.iter_mut().enumerate() {
+                if F == Q6K {
+                    // Σ scale·bsum over the sub-blocks, two at a time: row
+                    // `i`'s lane holds its scales of sub-blocks `2pr` and
+                    // `2pr + 1` as 16-bit halves, against the activation
+                    // row's two bsums.
+                    let mut corr = [_mm256_setzero_si256(); R];
+                    for pr in 0..nsub(F) / 2 {
+                        let sc =
+                            _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(sc8(2 * pr), sc8(2 * pr + 1)));
+                        for (j, c) in corr.iter_mut().enumerate() {
+                            // SAFETY: as above.
+                            let y = unsafe { xs.get_unchecked(j * nsb + b) };
+                            let [b0, b1] =
+                                [y.bsums[2 * pr], y.bsums[2 * pr + 1]].map(|v| v as u16 as u32);
+                            let sums = _mm256_set1_epi32((b0 | b1 << 16) as i32);
+                            *c = _mm256_add_epi32(*c, _mm256_madd_epi16(sc, sums));
+                        }
+                    }
+                    for (t, c) in t.iter_mut().zip(corr) {
+                        *t = _mm256_sub_epi32(*t, _mm256_slli_epi32::<5>(c));
+                    }
+                }
+                let d = half(d_at + 32 * b + 16 * h);
+                let (dmin, mn) = if F == Q4K {
+                    let at = mn_at + 128 * b + 16 * h;
+                    let mn = [0, 1, 2, 3].map(|pr| _mm256_cvtepu8_epi16(bytes16(at + 32 * pr)));
+                    (half(dmin_at + 32 * b + 16 * h), mn)
+                } else {
+                    (_mm256_setzero_ps(), [_mm256_setzero_si256(); 4])
+                };
+                for (j, (acc, t)) in acc.iter_mut().zip(t).enumerate() {
                     // SAFETY: as above.
                     let y = unsafe { xs.get_unchecked(j * nsb + b) };
-                    let [b0, b1] = [y.bsums[2 * pr], y.bsums[2 * pr + 1]].map(|v| v as u16 as u32);
-                    let sums = _mm256_set1_epi32((b0 | b1 << 16) as i32);
-                    *c = _mm256_add_epi32(*c, _mm256_madd_epi16(sc, sums));
+                    *acc = finish::<F>(t, d, dmin, &mn, y, *acc);
                 }
             }
-            for (t, c) in t.iter_mut().zip(corr) {
-                *t = _mm256_sub_epi32(*t, _mm256_slli_epi32::<5>(c));
-            }
-        }
-        t
-    }
-
-    /// The eight weight rows' super-block constants of half `h` of
-    /// super-block `b`: `d`, `dmin` and the mins (these two zero for Q6_K).
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    fn constants<const F: u8>(&self, group: &[u8], b: usize, h: usize) -> Constants {
-        let eight = |o: usize| {
-            let e = &group[o + 32 * b + 16 * h..][..16];
-            // SAFETY: `e` is 8 readable f16; the load is unaligned.
-            unsafe { _mm256_cvtph_ps(_mm_loadu_si128(e.as_ptr().cast())) }
-        };
-        if F != Q4K {
-            return Constants {
-                d: eight(self.d_offset()),
-                dmin: _mm256_setzero_ps(),
-                mn: [_mm256_setzero_si256(); 4],
-            };
-        }
-        let mn_at = self.mn_offset() + 128 * b + HALF * 2 * h;
-        Constants {
-            d: eight(self.d_offset()),
-            dmin: eight(self.dmin_offset()),
-            mn: std::array::from_fn(|pr| {
-                let v = &group[mn_at + 32 * pr..][..16];
-                // SAFETY: `v` is 16 readable bytes; the load is unaligned.
-                _mm256_cvtepu8_epi16(unsafe { _mm_loadu_si128(v.as_ptr().cast()) })
-            }),
-        }
-    }
-
-    /// Asks for the quants of the super-block 4 KiB ahead of `b` into L2: a
-    /// group is one stream of bytes (past its end: its scales or the next
-    /// group, read soon; a prefetch never faults).
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    fn prefetch<const F: u8>(group: &[u8], b: usize) {
-        let ahead = group.as_ptr().wrapping_add(qs_bytes(F) * b + 4096);
-        for l in (0..qs_bytes(F)).step_by(64) {
-            _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(l).cast());
-        }
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn half_k<const F: u8, const R: usize>(&self, g: usize, h: usize, xs: &[Q8xK]) -> [__m256; R] {
-        let group = self.group(g);
-        let nsb = self.nsb;
-        let mut acc = [_mm256_setzero_ps(); R];
-        for b in 0..nsb {
-            // The first pass streams the group from memory; the second finds
-            // it in L2.
-            if h == 0 {
-                Self::prefetch::<F>(group, b);
-            }
-            let t = self.super_block::<F, R>(group, b, h, xs);
-            let c = self.constants::<F>(group, b, h);
-            for (j, (acc, t)) in acc.iter_mut().zip(t).enumerate() {
-                *acc = finish::<F>(t, &c, &xs[j * nsb + b], *acc);
-            }
         }
         acc
     }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn single_k<const F: u8>(&self, g: usize, xs: &[Q8xK]) -> [__m256; 2] {
-        let group = self.group(g);
-        let mut acc = [_mm256_setzero_ps(); 2];
-        for (b, y) in xs.iter().enumerate().take(self.nsb) {
-            Self::prefetch::<F>(group, b);
-            for (h, acc) in acc.iter_mut().enumerate() {
-                let [t] = self.super_block::<F, 1>(group, b, h, xs);
-                let c = self.constants::<F>(group, b, h);
-                *acc = finish::<F>(t, &c, y, *acc);
-            }
-        }
-        acc
-    }
-}
-
-/// A super-block's per-row constants for eight weight rows.
-struct Constants {
-    d: __m256,
-    dmin: __m256,
-    mn: [__m256i; 4],
 }
 
 /// Folds a super-block's exact integer sum `t` into `acc`:
@@ -228,9 +184,16 @@ struct Constants {
 /// the AVX-512 kernels' `finish`.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn finish<const F: u8>(t: __m256i, c: &Constants, y: &Q8xK, acc: __m256) -> __m256 {
+fn finish<const F: u8>(
+    t: __m256i,
+    d: __m256,
+    dmin: __m256,
+    mn: &[__m256i; 4],
+    y: &Q8xK,
+    acc: __m256,
+) -> __m256 {
     let dx = _mm256_set1_ps(y.d);
-    let acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_mul_ps(c.d, dx), acc);
+    let acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_mul_ps(d, dx), acc);
     if F != Q4K {
         return acc;
     }
@@ -246,10 +209,10 @@ fn finish<const F: u8>(t: __m256i, c: &Constants, y: &Q8xK, acc: __m256) -> __m2
         _mm256_extract_epi32::<5>(xsum),
     ];
     let mut msum = _mm256_setzero_si256();
-    for (mn, pair) in c.mn.iter().zip(pair) {
+    for (mn, pair) in mn.iter().zip(pair) {
         msum = _mm256_add_epi32(msum, _mm256_madd_epi16(*mn, _mm256_set1_epi32(pair)));
     }
-    _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(c.dmin, dx), acc)
+    _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(dmin, dx), acc)
 }
 
 /// The k-quants' AVX2 kernels for format `F`.
@@ -264,11 +227,13 @@ impl<const F: u8> HalfKernels for Halves<'_, F> {
 
     unsafe fn half<const R: usize>(&self, g: usize, h: usize, xs: &[Q8xK]) -> [__m256; R] {
         // SAFETY: forwarded from the caller.
-        unsafe { self.0.half_k::<F, R>(g, h, xs) }
+        let [acc] = unsafe { self.0.rows::<F, R, 1>(g, h, xs) };
+        acc
     }
 
     unsafe fn single(&self, g: usize, xs: &[Q8xK]) -> [__m256; 2] {
         // SAFETY: forwarded from the caller.
-        unsafe { self.0.single_k::<F>(g, xs) }
+        let [[lo], [hi]] = unsafe { self.0.rows::<F, 1, 2>(g, 0, xs) };
+        [lo, hi]
     }
 }
