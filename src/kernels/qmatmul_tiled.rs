@@ -212,11 +212,13 @@ impl TiledWeights {
                         if high_bit(f) {
                             let qh = u32::from_le_bytes(blk[qh_at..qh_at + 4].try_into().unwrap());
                             let masks = &mut group[qh_off + 64 * b..][..64];
-                            for e in 0..QK {
-                                if qh >> e & 1 == 1 {
-                                    let (r, t) = (e / 4, e % 4);
-                                    masks[8 * r + i / 2] |= 1 << (4 * (i % 2) + t);
-                                }
+                            // Elements `4r..4r + 4` are a nibble of `qh`; the
+                            // nibble's bit `t` is bit `4·(i % 2) + t` of a mask
+                            // byte. (Bit by bit, the branches cost a 0.5B
+                            // checkpoint's load about half a second.)
+                            for r in 0..QK / 4 {
+                                let nibble = (qh >> (4 * r) & 0xF) as u8;
+                                masks[8 * r + i / 2] |= nibble << (4 * (i % 2));
                             }
                         }
                     }
