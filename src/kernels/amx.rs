@@ -5,7 +5,7 @@
 //!
 //! Tile registers used by [`dot_blocks`]: `tmm0`/`tmm3` accumulators (`rows`
 //! activation rows × 16 i32), `tmm1`/`tmm4` activations (`rows` × K i8),
-//! `tmm2`/`tmm5` weights (K/4 rows of 16 weight rows × 4 u8, the VNNI
+//! `tmm2`/`tmm5` weights (K/4 rows of 16 weight rows × 4 u8 or i8, the VNNI
 //! layout), for blocks of K = 16 or 32 elements. [`dot_bf16`] uses the same
 //! tiles configured for 64-byte rows: `tmm1` 32 bf16 activations a row,
 //! `tmm2`/`tmm5` two weight groups' 16 pairs × 16 rows, `tmm0`/`tmm3` f32.
@@ -150,45 +150,54 @@ pub(super) unsafe fn configure(rows: usize, k: usize) {
 /// Integer dot products of two blocks of `K` (the configured 16 or 32)
 /// elements: for `blk` in 0..2, `c[blk][j][i] = Σ_k a[blk][j][k] ·
 /// w[blk][k/4][i][k%4]` over k in 0..K, with `a` signed activation bytes
-/// (row `j` at `a[blk] + j·a_stride`) and `w` unsigned weight bytes (K/4
-/// rows of 64 bytes).
+/// (row `j` at `a[blk] + j·a_stride`) and `w` weight bytes (K/4 rows of 64
+/// bytes), unsigned or, with `SIGNED_W`, signed.
 ///
 /// # Safety
 ///
 /// [`configure`] must have been called on this thread with the row count
 /// `c` is read with; the pointers must cover that many rows.
-pub(super) unsafe fn dot_blocks(
+pub(super) unsafe fn dot_blocks<const SIGNED_W: bool>(
     a: [*const i8; 2],
     a_stride: usize,
     w: [*const u8; 2],
     c: &mut [[[i32; 16]; 16]; 2],
 ) {
     let [c0, c1] = c;
-    // SAFETY: per the contract, each tile load reads the configured rows
-    // from memory the caller owns, and each store writes at most 16 rows of
-    // 64 bytes into `c`.
-    unsafe {
-        asm!(
-            "tilezero tmm0",
-            "tilezero tmm3",
-            "tileloadd tmm1, [{a0} + {sa}*1]",
-            "tileloadd tmm2, [{w0} + {s64}*1]",
-            "tileloadd tmm4, [{a1} + {sa}*1]",
-            "tileloadd tmm5, [{w1} + {s64}*1]",
-            "tdpbsud tmm0, tmm1, tmm2",
-            "tdpbsud tmm3, tmm4, tmm5",
-            "tilestored [{c0} + {s64}*1], tmm0",
-            "tilestored [{c1} + {s64}*1], tmm3",
-            a0 = in(reg) a[0],
-            a1 = in(reg) a[1],
-            sa = in(reg) a_stride,
-            w0 = in(reg) w[0],
-            w1 = in(reg) w[1],
-            s64 = in(reg) 64usize,
-            c0 = in(reg) c0.as_mut_ptr(),
-            c1 = in(reg) c1.as_mut_ptr(),
-            options(nostack),
-        );
+    macro_rules! blocks {
+        ($op:literal) => {
+            // SAFETY: per the contract, each tile load reads the configured
+            // rows from memory the caller owns, and each store writes at
+            // most 16 rows of 64 bytes into `c`.
+            unsafe {
+                asm!(
+                    "tilezero tmm0",
+                    "tilezero tmm3",
+                    "tileloadd tmm1, [{a0} + {sa}*1]",
+                    "tileloadd tmm2, [{w0} + {s64}*1]",
+                    "tileloadd tmm4, [{a1} + {sa}*1]",
+                    "tileloadd tmm5, [{w1} + {s64}*1]",
+                    concat!($op, " tmm0, tmm1, tmm2"),
+                    concat!($op, " tmm3, tmm4, tmm5"),
+                    "tilestored [{c0} + {s64}*1], tmm0",
+                    "tilestored [{c1} + {s64}*1], tmm3",
+                    a0 = in(reg) a[0],
+                    a1 = in(reg) a[1],
+                    sa = in(reg) a_stride,
+                    w0 = in(reg) w[0],
+                    w1 = in(reg) w[1],
+                    s64 = in(reg) 64usize,
+                    c0 = in(reg) c0.as_mut_ptr(),
+                    c1 = in(reg) c1.as_mut_ptr(),
+                    options(nostack),
+                )
+            }
+        };
+    }
+    if SIGNED_W {
+        blocks!("tdpbssd")
+    } else {
+        blocks!("tdpbsud")
     }
 }
 

@@ -341,13 +341,27 @@ impl TiledWeights {
             // SAFETY: tiles are configured for `R` rows; activation row `j`
             // of block `blk` is `xs[j·nb + blk]`, `R` rows exist, and each
             // weight operand is 8 × 64 readable bytes.
-            unsafe { amx::dot_blocks(a, a_stride, w, &mut c) };
-            for (c, blk) in c.iter().zip(b..nb.min(b + 2)) {
-                let (dw, mw) = self.scales::<F>(group, blk);
-                for (j, acc) in acc.iter_mut().enumerate() {
+            unsafe {
+                if signed_for_amx(F) {
+                    amx::dot_blocks::<true>(a, a_stride, w, &mut c)
+                } else {
+                    amx::dot_blocks::<false>(a, a_stride, w, &mut c)
+                }
+            };
+            let used = nb.min(b + 2) - b;
+            let scales = [b, b + used - 1].map(|blk| self.scales::<F>(group, blk));
+            // Row by row, both blocks in order: the same f32 operations
+            // as block by block, with each accumulator loaded once a pair.
+            for (j, acc) in acc.iter_mut().enumerate() {
+                for (h, &(dw, mw)) in scales.iter().enumerate().take(used) {
+                    let y = &xs[j * nb + b + h];
                     // SAFETY: a row of `c` is 16 i32.
-                    let ci = unsafe { _mm512_loadu_si512(c[j].as_ptr().cast()) };
-                    *acc = epilogue::<F>(ci, dw, mw, &xs[j * nb + blk], *acc);
+                    let ci = unsafe { _mm512_loadu_si512(c[h][j].as_ptr().cast()) };
+                    *acc = if signed_for_amx(F) {
+                        fold::<F>(ci, dw, mw, y, *acc)
+                    } else {
+                        epilogue::<F>(ci, dw, mw, y, *acc)
+                    };
                 }
             }
         }
@@ -391,6 +405,17 @@ impl TiledWeights {
             }
         }
         w
+    }
+
+    /// [`Self::unpack`], less the offset where [`signed_for_amx`].
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn unpack_for_amx<const F: u8>(&self, group: &[u8], b: usize) -> [__m512i; 8] {
+        let w = self.unpack::<F>(group, b);
+        if !signed_for_amx(F) {
+            return w;
+        }
+        let off = _mm512_set1_epi8(offset(F) as i8);
+        w.map(|w| _mm512_sub_epi8(w, off))
     }
 
     /// The 16 weight rows' scales (and mins; zero for types without) of
@@ -476,7 +501,7 @@ impl<const F: u8> TileKernels for Kernels<'_, F> {
         let group = self.0.group(g);
         for (b, u) in unpacked.iter_mut().enumerate() {
             // SAFETY: forwarded from the caller.
-            *u = unsafe { self.0.unpack::<F>(group, b) };
+            *u = unsafe { self.0.unpack_for_amx::<F>(group, b) };
         }
     }
 
@@ -589,9 +614,19 @@ fn with_unpacked<T>(len: usize, f: impl FnOnce(&mut [[__m512i; 8]]) -> T) -> T {
     })
 }
 
+/// Whether AMX multiplies this format's unpacked quants as signed bytes
+/// (`tdpbssd`): the 4- and 5-bit types with a fixed offset lose it when
+/// unpacked, so their exact block sums come out of the tiles without the
+/// activations' `corr`, one vector add fewer per row and block. (Q8_0 reads
+/// its stored bytes, which are unsigned.)
+const fn signed_for_amx(f: u8) -> bool {
+    nibbles(f) && offset(f) != 0
+}
+
 /// Folds block sums `c` (16 weight rows, offset still in) into `acc`:
 /// `acc + (c + corr)·(dw·dx) [+ mw·s]`, ggml's per-block formula. Both
-/// kernels go through here so their results are bit-identical.
+/// kernels go through here (or [`fold`] with the offset already out) so
+/// their results are bit-identical.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 #[inline]
 fn epilogue<const F: u8>(c: __m512i, dw: __m512, mw: __m512, y: &Q8x32, acc: __m512) -> __m512 {
@@ -600,6 +635,13 @@ fn epilogue<const F: u8>(c: __m512i, dw: __m512, mw: __m512, y: &Q8x32, acc: __m
     } else {
         c
     };
+    fold::<F>(c, dw, mw, y, acc)
+}
+
+/// [`epilogue`] for exact block sums `c` (the weights' offset out).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+fn fold<const F: u8>(c: __m512i, dw: __m512, mw: __m512, y: &Q8x32, acc: __m512) -> __m512 {
     let scale = _mm512_mul_ps(dw, _mm512_set1_ps(y.d));
     let acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(c), scale, acc);
     if has_min(F) {

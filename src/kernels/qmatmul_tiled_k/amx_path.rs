@@ -255,7 +255,7 @@ impl TiledKWeights {
                 // activation row `j` of super-block `b` is `xs[j·nsb + b]`,
                 // `R` rows exist, and each weight operand is 4 × 64
                 // readable bytes.
-                unsafe { amx::dot_blocks(a, a_stride, w, &mut c) };
+                unsafe { amx::dot_blocks::<false>(a, a_stride, w, &mut c) };
                 for (h, c) in c.iter().enumerate() {
                     for (j, t) in t.iter_mut().enumerate() {
                         // SAFETY: a row of `c` is 16 i32.
