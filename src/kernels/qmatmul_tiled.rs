@@ -20,13 +20,15 @@
 //!
 //! Quants are stored unsigned (ggml's, or Q8_0's plus 128); each block's
 //! integer dot product is exact and loses its offset through the
-//! activations' precomputed `corr`, so both kernels produce the same i32 per
-//! (activation row, weight row, block). The f32 part is one code path
-//! ([`epilogue`]) applied block by block in order, so a row's result is
-//! bit-identical whichever kernel ran and however many rows came with it.
-//! Without AMX every batch uses the VNNI kernel; with it, batches below
-//! [`AMX_MIN_ROWS`] rows still do (no tile traffic), and larger ones use
-//! AMX, whose `tdpbsud` does a 16×16×32 block in one instruction.
+//! activations' precomputed `corr` (AMX multiplies Q4_0 and Q5_0 as signed
+//! quants, offset removed when the group is unpacked, so its sums need no
+//! `corr`), so every kernel produces the same i32 per (activation row,
+//! weight row, block). The f32 part is one code path ([`fold`]) applied
+//! block by block in order, so a row's result is bit-identical whichever
+//! kernel ran and however many rows came with it. Without AMX every batch
+//! uses the VNNI kernel; with it, batches below [`AMX_MIN_ROWS`] rows still
+//! do (no tile traffic), and larger ones use AMX, whose `tdpbsud` (or
+//! `tdpbssd`) does a 16×16×32 block in one instruction.
 
 use std::arch::x86_64::*;
 
@@ -215,7 +217,7 @@ impl TiledWeights {
                             // Elements `4r..4r + 4` are a nibble of `qh`; the
                             // nibble's bit `t` is bit `4·(i % 2) + t` of a mask
                             // byte. (Bit by bit, the branches cost a 0.5B
-                            // checkpoint's load about half a second.)
+                            // checkpoint's load about 0.9 s of CPU.)
                             for r in 0..QK / 4 {
                                 let nibble = (qh >> (4 * r) & 0xF) as u8;
                                 masks[8 * r + i / 2] |= nibble << (4 * (i % 2));
