@@ -334,16 +334,7 @@ mod vdpbf16 {
     /// Sum of the lanes in the same tree order as `F32x16::reduce_add`.
     #[inline(always)]
     unsafe fn reduce(v: __m512) -> f32 {
-        let mut a = [0f32; 16];
-        // SAFETY: `a` holds 16 f32.
-        unsafe { _mm512_storeu_ps(a.as_mut_ptr(), v) };
-        let mut n = 16;
-        while n > 1 {
-            n /= 2;
-            for i in 0..n {
-                a[i] += a[i + n];
-            }
-        }
-        a[0]
+        // SAFETY: AVX-512F is enabled by every caller (`run`).
+        unsafe { super::super::simd::reduce_add_512(v) }
     }
 }
