@@ -46,6 +46,8 @@ use rayon::prelude::*;
 
 use super::isa::{self, KernelIsa, Level};
 use super::qmatmul_simd;
+#[cfg(target_arch = "x86_64")]
+use super::qmatmul_tiled::TiledMatrix;
 use super::quantize::{quantize_row_pairs, quantize_row_q8, quantize_row_q8k};
 #[cfg(target_arch = "x86_64")]
 use super::{qmatmul_tiled, qmatmul_tiled_k};
@@ -376,38 +378,28 @@ impl QMatrix {
                 });
             }
             #[cfg(target_arch = "x86_64")]
-            Storage::Tiled(t) => {
-                let xq = t.quantize(x, m);
-                let tile = tile_rows(self.n).next_multiple_of(qmatmul_tiled::GROUP);
-                let amx = self.isa == Isa::Amx;
-                // SAFETY: tiled storage is only built for `Isa::Amx`,
-                // `Isa::Avx512Vnni` and `Isa::Avx2`, when supported.
-                if self.isa == Isa::Avx2 {
-                    for_each_tile(out, self.n, tile, |j0, o| unsafe {
-                        t.tile_avx2(&xq, j0, o)
-                    });
-                } else {
-                    for_each_tile(out, self.n, tile, |j0, o| unsafe {
-                        t.tile(&xq, j0, o, amx)
-                    });
-                }
-            }
+            Storage::Tiled(t) => self.run_tiled(t, x, m, out),
             #[cfg(target_arch = "x86_64")]
-            Storage::TiledK(t) => {
-                let xq = t.quantize(x, m);
-                let tile = tile_rows(self.n).next_multiple_of(qmatmul_tiled::GROUP);
-                let amx = self.isa == Isa::Amx;
-                // SAFETY: as for `Storage::Tiled`.
-                if self.isa == Isa::Avx2 {
-                    for_each_tile(out, self.n, tile, |j0, o| unsafe {
-                        t.tile_avx2(&xq, j0, o)
-                    });
-                } else {
-                    for_each_tile(out, self.n, tile, |j0, o| unsafe {
-                        t.tile(&xq, j0, o, amx)
-                    });
-                }
-            }
+            Storage::TiledK(t) => self.run_tiled(t, x, m, out),
+        }
+    }
+
+    /// Runs a tiled matrix's kernels for [`QMatrix::isa`] over every tile.
+    #[cfg(target_arch = "x86_64")]
+    fn run_tiled<T: TiledMatrix>(&self, t: &T, x: &[f32], m: usize, out: &mut [f32]) {
+        let xq = t.quantize(x, m);
+        let tile = tile_rows(self.n).next_multiple_of(qmatmul_tiled::GROUP);
+        let amx = self.isa == Isa::Amx;
+        // SAFETY: tiled storage is only built for `Isa::Amx`,
+        // `Isa::Avx512Vnni` and `Isa::Avx2`, when supported.
+        if self.isa == Isa::Avx2 {
+            for_each_tile(out, self.n, tile, |j0, o| unsafe {
+                t.tile_avx2(&xq, j0, o)
+            });
+        } else {
+            for_each_tile(out, self.n, tile, |j0, o| unsafe {
+                t.tile(&xq, j0, o, amx)
+            });
         }
     }
 

@@ -36,6 +36,7 @@ use candle_core::quantized::GgmlDType;
 
 use super::amx;
 use super::qmatmul::{Q8x32, QK};
+use super::qmatmul_tiled_avx2;
 use super::quantize::quantize_row_q8;
 
 /// Weight rows per group: one 512-bit register holds four bytes of each.
@@ -48,6 +49,30 @@ pub(super) const AMX_MIN_ROWS: usize = 8;
 /// How many blocks ahead of the one being multiplied the VNNI kernel
 /// prefetches its quants (2–4 KiB; 16 blocks into L1 was 9% slower).
 pub(super) const PREFETCH_BLOCKS: usize = 8;
+
+/// A weight matrix in the tiled layout: the 32-element types
+/// ([`TiledWeights`]) or the k-quants (`qmatmul_tiled_k::TiledKWeights`),
+/// as `QMatrix` runs it on each instruction set.
+pub(crate) trait TiledMatrix: Sync {
+    /// The quantized activation blocks its kernels read.
+    type Act: Sync;
+    /// Quantizes `m` activation rows as the kernels want them.
+    fn quantize(&self, x: &[f32], m: usize) -> Vec<Self::Act>;
+    /// Computes the weight rows `j0..j0 + width` (whole groups) of every
+    /// activation row `i` into `o[i][..width]`, with AMX for large batches
+    /// when `amx`, else with `vpdpbusd` alone.
+    ///
+    /// # Safety
+    ///
+    /// AVX-512 VNNI must be supported, and AMX granted when `amx`.
+    unsafe fn tile(&self, xq: &[Self::Act], j0: usize, o: &mut [&mut [f32]], amx: bool);
+    /// The same with AVX2, each 64-byte line read as two 256-bit halves.
+    ///
+    /// # Safety
+    ///
+    /// AVX2, FMA and F16C must be supported.
+    unsafe fn tile_avx2(&self, xq: &[Self::Act], j0: usize, o: &mut [&mut [f32]]);
+}
 
 /// Format selectors (const generics cannot take enums).
 pub(super) const Q4_0: u8 = 0;
@@ -227,10 +252,14 @@ impl TiledWeights {
                 }
             });
     }
+}
 
-    /// Quantizes `m` activation rows as the kernels want them (ggml's Q8_0,
-    /// or Q8_1 for the types with a min; `corr` removes the weight offset).
-    pub(crate) fn quantize(&self, x: &[f32], m: usize) -> Vec<Q8x32> {
+impl TiledMatrix for TiledWeights {
+    type Act = Q8x32;
+
+    /// ggml's Q8_0, or Q8_1 for the types with a min; `corr` removes the
+    /// weight offset.
+    fn quantize(&self, x: &[f32], m: usize) -> Vec<Q8x32> {
         use rayon::prelude::*;
         let mut xq = vec![Q8x32::ZERO; m * self.nb];
         let (with_s, off) = (has_min(self.format), offset(self.format));
@@ -244,14 +273,7 @@ impl TiledWeights {
         xq
     }
 
-    /// Computes the weight rows `j0..j0 + width` (whole groups) of every
-    /// activation row `i` into `o[i][..width]`, with AMX for large batches
-    /// when `amx`, else with `vpdpbusd` alone.
-    ///
-    /// # Safety
-    ///
-    /// AVX-512 VNNI must be supported, and AMX granted when `amx`.
-    pub(crate) unsafe fn tile(&self, xq: &[Q8x32], j0: usize, o: &mut [&mut [f32]], amx: bool) {
+    unsafe fn tile(&self, xq: &[Q8x32], j0: usize, o: &mut [&mut [f32]], amx: bool) {
         // SAFETY: forwarded from the caller.
         unsafe {
             match self.format {
@@ -264,6 +286,13 @@ impl TiledWeights {
         }
     }
 
+    unsafe fn tile_avx2(&self, xq: &[Q8x32], j0: usize, o: &mut [&mut [f32]]) {
+        // SAFETY: forwarded from the caller.
+        unsafe { qmatmul_tiled_avx2::tile(self, xq, j0, o) }
+    }
+}
+
+impl TiledWeights {
     /// The bytes of weight-row group `g`.
     pub(super) fn group(&self, g: usize) -> &[u8] {
         &self.bytes()[g * self.group_bytes..][..self.group_bytes]

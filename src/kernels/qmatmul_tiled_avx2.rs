@@ -38,23 +38,21 @@ use super::qmatmul_tiled::{
 /// Weight rows one 256-bit register holds four bytes of.
 pub(super) const HALF: usize = GROUP / 2;
 
-impl TiledWeights {
-    /// Computes the weight rows `j0..j0 + width` (whole groups) of every
-    /// activation row `i` into `o[i][..width]` with AVX2.
-    ///
-    /// # Safety
-    ///
-    /// AVX2, FMA and F16C must be supported.
-    pub(crate) unsafe fn tile_avx2(&self, xq: &[Q8x32], j0: usize, o: &mut [&mut [f32]]) {
-        // SAFETY: forwarded from the caller.
-        unsafe {
-            match self.format {
-                Q4_0 => drive_halves(&Halves::<Q4_0>(self), xq, j0, o),
-                Q4_1 => drive_halves(&Halves::<Q4_1>(self), xq, j0, o),
-                Q5_0 => drive_halves(&Halves::<Q5_0>(self), xq, j0, o),
-                Q5_1 => drive_halves(&Halves::<Q5_1>(self), xq, j0, o),
-                _ => drive_halves(&Halves::<Q8_0>(self), xq, j0, o),
-            }
+/// [`TiledMatrix::tile_avx2`](super::qmatmul_tiled::TiledMatrix::tile_avx2)
+/// for the 32-element types.
+///
+/// # Safety
+///
+/// AVX2, FMA and F16C must be supported.
+pub(super) unsafe fn tile(t: &TiledWeights, xq: &[Q8x32], j0: usize, o: &mut [&mut [f32]]) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        match t.format {
+            Q4_0 => drive_halves(&Halves::<Q4_0>(t), xq, j0, o),
+            Q4_1 => drive_halves(&Halves::<Q4_1>(t), xq, j0, o),
+            Q5_0 => drive_halves(&Halves::<Q5_0>(t), xq, j0, o),
+            Q5_1 => drive_halves(&Halves::<Q5_1>(t), xq, j0, o),
+            _ => drive_halves(&Halves::<Q8_0>(t), xq, j0, o),
         }
     }
 }

@@ -23,7 +23,9 @@ use std::arch::x86_64::*;
 use candle_core::quantized::GgmlDType;
 
 use super::qmatmul::{k4_scales, unpack_k, KBlock, Q8xK, QK_K};
-use super::qmatmul_tiled::{drive_tile, line_bytes, line_bytes_mut, Line, TileKernels, GROUP};
+use super::qmatmul_tiled::{
+    drive_tile, line_bytes, line_bytes_mut, Line, TileKernels, TiledMatrix, GROUP,
+};
 use super::quantize::quantize_row_q8k;
 
 mod amx_path;
@@ -185,9 +187,13 @@ impl TiledKWeights {
                 }
             });
     }
+}
 
-    /// Quantizes `m` activation rows to ggml's Q8_K.
-    pub(crate) fn quantize(&self, x: &[f32], m: usize) -> Vec<Q8xK> {
+impl TiledMatrix for TiledKWeights {
+    type Act = Q8xK;
+
+    /// ggml's Q8_K.
+    fn quantize(&self, x: &[f32], m: usize) -> Vec<Q8xK> {
         use rayon::prelude::*;
         let mut xq = vec![Q8xK::ZERO; m * self.nsb];
         if m > 1 {
@@ -200,13 +206,7 @@ impl TiledKWeights {
         xq
     }
 
-    /// Computes the weight rows `j0..j0 + width` (whole groups) of every
-    /// activation row `i` into `o[i][..width]`.
-    ///
-    /// # Safety
-    ///
-    /// AVX-512 VNNI must be supported, and AMX granted when `amx`.
-    pub(crate) unsafe fn tile(&self, xq: &[Q8xK], j0: usize, o: &mut [&mut [f32]], amx: bool) {
+    unsafe fn tile(&self, xq: &[Q8xK], j0: usize, o: &mut [&mut [f32]], amx: bool) {
         // SAFETY: forwarded from the caller.
         unsafe {
             if self.format == Q4K {
@@ -217,6 +217,13 @@ impl TiledKWeights {
         }
     }
 
+    unsafe fn tile_avx2(&self, xq: &[Q8xK], j0: usize, o: &mut [&mut [f32]]) {
+        // SAFETY: forwarded from the caller.
+        unsafe { avx2_path::tile(self, xq, j0, o) }
+    }
+}
+
+impl TiledKWeights {
     fn group(&self, g: usize) -> &[u8] {
         &line_bytes(&self.data)[g * self.group_bytes..][..self.group_bytes]
     }

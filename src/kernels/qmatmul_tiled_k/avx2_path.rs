@@ -25,24 +25,24 @@ use super::super::qmatmul_tiled::GROUP;
 use super::super::qmatmul_tiled_avx2::{drive_halves, HalfKernels, HALF};
 use super::{nsub, qs_bytes, sub, TiledKWeights, Q4K, Q6K};
 
-impl TiledKWeights {
-    /// Computes the weight rows `j0..j0 + width` (whole groups) of every
-    /// activation row `i` into `o[i][..width]` with AVX2.
-    ///
-    /// # Safety
-    ///
-    /// AVX2, FMA and F16C must be supported.
-    pub(crate) unsafe fn tile_avx2(&self, xq: &[Q8xK], j0: usize, o: &mut [&mut [f32]]) {
-        // SAFETY: forwarded from the caller.
-        unsafe {
-            if self.format == Q4K {
-                drive_halves(&Halves::<Q4K>(self), xq, j0, o)
-            } else {
-                drive_halves(&Halves::<Q6K>(self), xq, j0, o)
-            }
+/// [`TiledMatrix::tile_avx2`](super::TiledMatrix::tile_avx2) for Q4_K and
+/// Q6_K.
+///
+/// # Safety
+///
+/// AVX2, FMA and F16C must be supported.
+pub(super) unsafe fn tile(t: &TiledKWeights, xq: &[Q8xK], j0: usize, o: &mut [&mut [f32]]) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        if t.format == Q4K {
+            drive_halves(&Halves::<Q4K>(t), xq, j0, o)
+        } else {
+            drive_halves(&Halves::<Q6K>(t), xq, j0, o)
         }
     }
+}
 
+impl TiledKWeights {
     /// `R` activation rows (`xs`, row-major super-blocks) against halves
     /// `h0..h0 + H` of group `g`: lane `i` of result `[h][j]` is weight row
     /// `16g + 8(h0 + h) + i` for activation row `j`. With `H = 2` (one row,
