@@ -1,6 +1,7 @@
 //! Dense bf16/f16 matmul on Qwen2.5-0.5B and 1.5B shapes: weight bytes per
 //! second at m = 1 (decode) and m = 16 (a batch of decodes), next to a
-//! parallel memcpy of the same bytes measured in the same run.
+//! parallel memcpy of the same bytes measured in the same run, and the
+//! arithmetic rate at m = 64 (a prefill chunk).
 //!
 //! Every call reads a different copy of the matrix, and the copies together
 //! exceed the last-level cache, so both columns measure DRAM, not cache.
@@ -75,8 +76,19 @@ fn main() -> anyhow::Result<()> {
         DenseIsa::detect().name()
     );
     println!(
-        "{:<4} {:>5} {:>5} | {:>9} {:>7} | {:>9} {:>7} {:>5} | {:>6} {:>5}",
-        "kind", "rows", "cols", "m=1", "GB/s", "m=16", "GB/s", "x m=1", "memcpy", "m=1 %"
+        "{:<4} {:>5} {:>5} | {:>9} {:>7} | {:>9} {:>7} {:>5} | {:>9} {:>7} | {:>6} {:>5}",
+        "kind",
+        "rows",
+        "cols",
+        "m=1",
+        "GB/s",
+        "m=16",
+        "GB/s",
+        "x m=1",
+        "m=64",
+        "GFLOP/s",
+        "memcpy",
+        "m=1 %"
     );
     for &kind in kinds {
         for (rows, cols) in shapes {
@@ -101,8 +113,8 @@ fn main() -> anyhow::Result<()> {
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let raw: Vec<Vec<u8>> = (0..copies).map(|_| bytes.clone()).collect();
-            let mut t = [0f64; 2];
-            for (slot, m) in [1usize, 16].into_iter().enumerate() {
+            let mut t = [0f64; 3];
+            for (slot, m) in [1usize, 16, 64].into_iter().enumerate() {
                 let x = values(m * cols, m as u64);
                 let mut y = vec![0f32; m * rows];
                 t[slot] = time(budget, |call| {
@@ -118,7 +130,7 @@ fn main() -> anyhow::Result<()> {
             });
             let gbs = |t: f64| size as f64 / t / 1e9;
             println!(
-                "{:<4} {:>5} {:>5} | {:>7.1}µs {:>7.1} | {:>7.1}µs {:>7.1} {:>5.2} | {:>6.1} {:>4.0}%",
+                "{:<4} {:>5} {:>5} | {:>7.1}µs {:>7.1} | {:>7.1}µs {:>7.1} {:>5.2} | {:>7.1}µs {:>7.1} | {:>6.1} {:>4.0}%",
                 kind.name(),
                 rows,
                 cols,
@@ -127,6 +139,8 @@ fn main() -> anyhow::Result<()> {
                 t[1] * 1e6,
                 gbs(t[1]),
                 t[1] / t[0],
+                t[2] * 1e6,
+                2.0 * 64.0 * (rows * cols) as f64 / t[2] / 1e9,
                 gbs(t_copy),
                 100.0 * t_copy / t[0],
             );

@@ -17,7 +17,9 @@
 //! [`BLOCK`] weight rows are taken in turn, and each block is applied to up
 //! to four activation rows per pass (two with AVX2) while its widened
 //! vectors sit in registers: a 16-row batch costs about the memory traffic
-//! of one row.
+//! of one row. On AVX2, batches larger than a pass widen each block once, a
+//! panel of columns at a time, and run every row over it from L1
+//! (`dense_batch`).
 //!
 //! # Arithmetic and batch invariance
 //!
@@ -50,6 +52,8 @@ use half::{bf16, f16};
 use super::bytes::{HalfKind, WeightBytes};
 #[cfg(target_arch = "x86_64")]
 use super::dense_amx::TiledBf16;
+#[cfg(target_arch = "x86_64")]
+use super::dense_batch;
 use super::dense_simd::{self, Activations, BLOCK};
 use super::isa::{self, KernelIsa, Level};
 use super::qmatmul::{for_each_tile, tile_rows};
@@ -376,14 +380,16 @@ impl DenseMatrix {
     fn tile(&self, isa: DenseIsa, w: &[u8], act: Activations<'_>, j0: usize, o: &mut [&mut [f32]]) {
         let (m, k) = (o.len(), self.cols);
         let width = o.first().map_or(0, |row| row.len());
+        #[cfg(target_arch = "x86_64")]
+        if let Activations::F32(x) = act {
+            if dense_batch::applies(isa, m) {
+                return self.tile_batched(isa, w, x, j0, o);
+            }
+        }
         let step = dense_simd::rows_per_step(isa);
         for jb in (0..width).step_by(BLOCK) {
             let nb = (width - jb).min(BLOCK);
-            // A partial block repeats its last row; the copies are dropped.
-            let rows: [&[u8]; BLOCK] = std::array::from_fn(|t| {
-                let j = j0 + jb + t.min(nb - 1);
-                &w[2 * k * j..2 * k * (j + 1)]
-            });
+            let rows = self.block_rows(w, j0 + jb, nb);
             let mut i0 = 0;
             while i0 < m {
                 let r = (m - i0).min(step);
@@ -392,6 +398,33 @@ impl DenseMatrix {
                     row[jb..jb + nb].copy_from_slice(&res[..nb]);
                 }
                 i0 += r;
+            }
+        }
+    }
+
+    /// The `nb ≤ BLOCK` weight rows from `j`; a partial block repeats its
+    /// last row, and the callers drop the copies' results.
+    fn block_rows<'w>(&self, w: &'w [u8], j: usize, nb: usize) -> [&'w [u8]; BLOCK] {
+        let k = self.cols;
+        std::array::from_fn(|t| {
+            let j = j + t.min(nb - 1);
+            &w[2 * k * j..2 * k * (j + 1)]
+        })
+    }
+
+    /// [`DenseMatrix::tile`] for batches that take `dense_batch`'s passes.
+    #[cfg(target_arch = "x86_64")]
+    fn tile_batched(&self, isa: DenseIsa, w: &[u8], x: &[f32], j0: usize, o: &mut [&mut [f32]]) {
+        let k = self.cols;
+        let width = o.first().map_or(0, |row| row.len());
+        let mut scratch = dense_batch::Scratch::new();
+        let mut res = vec![[0f32; BLOCK]; o.len()];
+        for jb in (0..width).step_by(BLOCK) {
+            let nb = (width - jb).min(BLOCK);
+            let rows = self.block_rows(w, j0 + jb, nb);
+            dense_batch::block(isa, self.kind, &rows, x, k, &mut scratch, &mut res);
+            for (row, res) in o.iter_mut().zip(&res) {
+                row[jb..jb + nb].copy_from_slice(&res[..nb]);
             }
         }
     }

@@ -150,10 +150,11 @@ fn wide_exponents() {
     }
 }
 
-/// Each row's result does not depend on which rows come with it: a batch
-/// of 17 (passes of 4/2 rows and a single one; AMX tiles of 16 and 1) and
-/// of 6 equal every row computed alone, bit for bit, for every instruction
-/// set.
+/// Each row's result does not depend on which rows come with it: batches
+/// of 6, 17 (passes of 4/3/2 rows and a single one; AMX tiles of 16 and 1)
+/// and 70 (two slabs of accumulators in the batched passes) equal every row
+/// computed alone, bit for bit, for every instruction set, on rows shorter
+/// than a panel of the batched passes and on rows of three panels.
 #[test]
 fn rows_are_batch_invariant() {
     let isas = DenseIsa::to_test("dense::rows_are_batch_invariant");
@@ -161,11 +162,13 @@ fn rows_are_batch_invariant() {
         (HalfKind::Bf16, 75, 130),
         (HalfKind::F16, 75, 130),
         (HalfKind::Bf16, 80, 130),
+        (HalfKind::Bf16, 24, 555),
+        (HalfKind::F16, 24, 555),
     ] {
         let w = weight_bytes(kind, rows, cols, 8);
         for &isa in &isas {
             let mat = DenseMatrix::new_for(isa, kind, rows, cols, owned(w.clone())).unwrap();
-            for m in [6, 17] {
+            for m in [6, 17, 70] {
                 let x = random(m * cols, 9 + m as u64);
                 let mut batch = vec![0f32; m * rows];
                 mat.matmul(&x, m, &mut batch);

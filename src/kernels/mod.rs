@@ -28,6 +28,8 @@ pub mod cuda;
 pub mod dense;
 #[cfg(target_arch = "x86_64")]
 mod dense_amx;
+#[cfg(target_arch = "x86_64")]
+mod dense_batch;
 mod dense_simd;
 pub mod device;
 pub mod isa;
