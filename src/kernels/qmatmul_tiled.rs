@@ -574,29 +574,8 @@ pub(super) unsafe fn drive_tile<K: TileKernels>(
     debug_assert!(j0.is_multiple_of(GROUP) && width.is_multiple_of(GROUP));
     let groups = j0 / GROUP..(j0 + width) / GROUP;
     if !amx || m < AMX_MIN_ROWS {
-        let mut i0 = 0;
-        while i0 < m {
-            let rows = [4, 2, 1].into_iter().find(|&r| r <= m - i0).unwrap();
-            let xs = &xq[i0 * nb..(i0 + rows) * nb];
-            for (gg, g) in groups.clone().enumerate() {
-                let mut acc = [_mm512_setzero_ps(); 4];
-                // SAFETY (these calls and the stores): forwarded from the
-                // caller; `dst` holds 16 f32.
-                unsafe {
-                    match rows {
-                        4 => acc = k.vnni::<4>(g, xs),
-                        2 => acc[..2].copy_from_slice(&k.vnni::<2>(g, xs)),
-                        _ => acc[..1].copy_from_slice(&k.vnni::<1>(g, xs)),
-                    }
-                    for (row, acc) in o[i0..i0 + rows].iter_mut().zip(acc) {
-                        let dst = &mut row[GROUP * gg..][..GROUP];
-                        _mm512_storeu_ps(dst.as_mut_ptr(), acc);
-                    }
-                }
-            }
-            i0 += rows;
-        }
-        return;
+        // SAFETY: forwarded from the caller.
+        return unsafe { drive_vnni(k, xq, groups, o) };
     }
     with_unpacked(k.unpacked_len(m), |unpacked| {
         for (gg, g) in groups.enumerate() {
@@ -621,6 +600,46 @@ pub(super) unsafe fn drive_tile<K: TileKernels>(
             }
         }
     });
+}
+
+/// [`drive_tile`] without AMX: `k.vnni` four, two or one rows at a time
+/// over the output groups `groups`. Its own function so that the stores
+/// and the kernels' register results inline under the AVX-512 features
+/// (in `drive_tile`, which also runs the AMX path, they were calls).
+///
+/// # Safety
+///
+/// AVX-512 VNNI must be available.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn drive_vnni<K: TileKernels>(
+    k: &K,
+    xq: &[K::Act],
+    groups: std::ops::Range<usize>,
+    o: &mut [&mut [f32]],
+) {
+    let (m, nb) = (o.len(), k.row_blocks());
+    let mut i0 = 0;
+    while i0 < m {
+        let rows = [4, 2, 1].into_iter().find(|&r| r <= m - i0).unwrap();
+        let xs = &xq[i0 * nb..(i0 + rows) * nb];
+        for (gg, g) in groups.clone().enumerate() {
+            let mut acc = [_mm512_setzero_ps(); 4];
+            // SAFETY (these calls and the stores): forwarded from the
+            // caller; `dst` holds 16 f32.
+            unsafe {
+                match rows {
+                    4 => acc = k.vnni::<4>(g, xs),
+                    2 => acc[..2].copy_from_slice(&k.vnni::<2>(g, xs)),
+                    _ => acc[..1].copy_from_slice(&k.vnni::<1>(g, xs)),
+                }
+                for (row, acc) in o[i0..i0 + rows].iter_mut().zip(acc) {
+                    let dst = &mut row[GROUP * gg..][..GROUP];
+                    _mm512_storeu_ps(dst.as_mut_ptr(), acc);
+                }
+            }
+        }
+        i0 += rows;
+    }
 }
 
 thread_local! {
