@@ -98,37 +98,27 @@ pub(super) fn block(
     // F16C (`isa`, checked above).
     unsafe {
         match kind {
-            HalfKind::Bf16 => avx2::<bf16>(&wp, wide, x, k, acc, out),
-            HalfKind::F16 => avx2::<f16>(&wp, wide, x, k, acc, out),
+            HalfKind::Bf16 => rows::<bf16>(&wp, wide, x, k, acc, out),
+            HalfKind::F16 => rows::<f16>(&wp, wide, x, k, acc, out),
         }
     }
 }
 
-/// AVX2: three activation rows by two weight rows per step, twelve of the
-/// sixteen registers accumulating.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn avx2<E: SimdLoad>(
-    w: &[*const u8; BLOCK],
-    wide: *mut f32,
-    x: &[f32],
-    k: usize,
-    acc: *mut f32,
-    out: &mut [[f32; BLOCK]],
-) {
-    // SAFETY: forwarded from `block`.
-    unsafe { rows::<Avx2, E, 2, 3>(w, wide, x, k, acc, out) }
-}
+/// Activation rows per step: by [`NW`] weight rows, twelve of AVX2's
+/// sixteen registers accumulate.
+const R: usize = 3;
+/// Weight rows per step.
+const NW: usize = 2;
 
-/// The body of [`block`]: every slab of activation rows over every panel,
-/// `R` activation rows by `NW` weight rows per step.
+/// The body of [`block`]: every slab of activation rows over every panel.
 ///
 /// # Safety
 ///
 /// Every pointer in `w` must reach `2k` readable bytes of `E`, `x` must
 /// hold `out.len()` rows of `k`, `wide` a panel and `acc` a slab's
-/// accumulators, and the CPU must have the features `S` is compiled for.
-#[inline(always)]
-unsafe fn rows<S: F32x16, E: SimdLoad, const NW: usize, const R: usize>(
+/// accumulators, and the CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows<E: SimdLoad>(
     w: &[*const u8; BLOCK],
     wide: *mut f32,
     x: &[f32],
@@ -146,17 +136,16 @@ unsafe fn rows<S: F32x16, E: SimdLoad, const NW: usize, const R: usize>(
             let mut c0 = 0;
             while c0 < k {
                 let len = (k - c0).min(PANEL);
-                widen::<S, E>(w, c0, len, wide);
+                widen::<Avx2, E>(w, c0, len, wide);
                 let mut r0 = 0;
                 while r0 < slab {
                     let n = (slab - r0).min(R);
                     let xr = x[(i0 + r0) * k + c0..].as_ptr();
                     let a = acc.add(r0 * BLOCK * LANES);
                     match n {
-                        n if n == R => panel::<S, NW, R>(wide, xr, k, a, len),
-                        1 => panel::<S, NW, 1>(wide, xr, k, a, len),
-                        2 => panel::<S, NW, 2>(wide, xr, k, a, len),
-                        3 => panel::<S, NW, 3>(wide, xr, k, a, len),
+                        R => panel::<Avx2, NW, R>(wide, xr, k, a, len),
+                        2 => panel::<Avx2, NW, 2>(wide, xr, k, a, len),
+                        1 => panel::<Avx2, NW, 1>(wide, xr, k, a, len),
                         n => unreachable!("{n} rows left of a pass of {R}"),
                     }
                     r0 += n;
@@ -165,7 +154,7 @@ unsafe fn rows<S: F32x16, E: SimdLoad, const NW: usize, const R: usize>(
             }
             for (i, o) in out[i0..i0 + slab].iter_mut().enumerate() {
                 for (t, o) in o.iter_mut().enumerate() {
-                    *o = S::load(acc.add((i * BLOCK + t) * LANES)).reduce_add();
+                    *o = Avx2::load(acc.add((i * BLOCK + t) * LANES)).reduce_add();
                 }
             }
         }
@@ -178,7 +167,7 @@ unsafe fn rows<S: F32x16, E: SimdLoad, const NW: usize, const R: usize>(
 ///
 /// # Safety
 ///
-/// As [`rows`].
+/// As [`rows`], and the CPU must have the features `S` is compiled for.
 #[inline(always)]
 unsafe fn widen<S: F32x16, E: SimdLoad>(
     w: &[*const u8; BLOCK],
@@ -211,7 +200,7 @@ unsafe fn widen<S: F32x16, E: SimdLoad>(
 ///
 /// # Safety
 ///
-/// As [`rows`]; `wide` holds the widened panel.
+/// As [`widen`]; `wide` holds the widened panel.
 #[inline(always)]
 unsafe fn panel<S: F32x16, const NW: usize, const R: usize>(
     wide: *const f32,
