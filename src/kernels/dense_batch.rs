@@ -15,8 +15,8 @@
 //! by two weight rows.
 //!
 //! The AVX-512 kernels keep their streaming passes: with 32 registers they
-//! take four rows per pass, and the same panels, widened or (`vdpbf16ps`)
-//! not, made prefill 3–8% slower on the Xeon measured
+//! take four rows per pass, and on the Xeon measured the same panels made
+//! the widening kernel's prefill 3–8% slower and `vdpbf16ps` no faster
 //! (`docs/performance.md`).
 //!
 //! # Same results, bit for bit
