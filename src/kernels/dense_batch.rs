@@ -32,7 +32,7 @@ use half::{bf16, f16};
 
 use super::bytes::HalfKind;
 use super::dense::DenseIsa;
-use super::dense_simd::{rows_per_step, BLOCK};
+use super::dense_simd::{fma_step, load_tail, rows_per_step, BLOCK};
 use super::isa::KernelIsa;
 use super::simd::{Avx2, F32x16, SimdLoad, LANES};
 
@@ -186,8 +186,10 @@ unsafe fn widen<S: F32x16, E: SimdLoad>(
                 E::load16::<S>(src.add(c)).store(dst.add(c));
                 c += LANES;
             }
+            // Rows may start at any byte of a memory map: the tail is copied
+            // as bytes, never through a `*const E`.
             if full < len {
-                E::load_partial::<S>(src.add(full), len - full).store(dst.add(full));
+                load_tail::<S, E>(row.add(2 * (c0 + full)), len - full).store(dst.add(full));
             }
         }
     }
@@ -221,22 +223,12 @@ unsafe fn panel<S: F32x16, const NW: usize, const R: usize>(
             let mut c = 0;
             while c < full {
                 let wv: [S; NW] = std::array::from_fn(|j| S::load(ws[j].add(c)));
-                for r in 0..R {
-                    let xv = S::load(xs[r].add(c));
-                    for j in 0..NW {
-                        a[r][j] = wv[j].fma(xv, a[r][j]);
-                    }
-                }
+                fma_step(&mut a, &wv, &xs, c, LANES);
                 c += LANES;
             }
             if full < len {
                 let wv: [S; NW] = std::array::from_fn(|j| S::load(ws[j].add(full)));
-                for r in 0..R {
-                    let xv = f32::load_partial::<S>(xs[r].add(full), len - full);
-                    for j in 0..NW {
-                        a[r][j] = wv[j].fma(xv, a[r][j]);
-                    }
-                }
+                fma_step(&mut a, &wv, &xs, full, len - full);
             }
             for (r, a) in a.iter().enumerate() {
                 for (j, a) in a.iter().enumerate() {

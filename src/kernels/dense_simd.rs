@@ -148,12 +148,7 @@ unsafe fn dots<S: F32x16, E: SimdLoad, const NW: usize, const R: usize>(
             for j in 0..NW {
                 wv[j] = E::load16::<S>(w[j].cast::<E>().add(c));
             }
-            for r in 0..R {
-                let xv = S::load(x[r].add(c));
-                for j in 0..NW {
-                    acc[r][j] = wv[j].fma(xv, acc[r][j]);
-                }
-            }
+            fma_step(&mut acc, &wv, &x, c, LANES);
             c += LANES;
         }
         if full < k {
@@ -162,12 +157,7 @@ unsafe fn dots<S: F32x16, E: SimdLoad, const NW: usize, const R: usize>(
             for j in 0..NW {
                 wv[j] = load_tail::<S, E>(w[j].add(2 * full), left);
             }
-            for r in 0..R {
-                let xv = f32::load_partial::<S>(x[r].add(full), left);
-                for j in 0..NW {
-                    acc[r][j] = wv[j].fma(xv, acc[r][j]);
-                }
-            }
+            fma_step(&mut acc, &wv, &x, full, left);
         }
         let mut out = [[0f32; NW]; R];
         for r in 0..R {
@@ -179,13 +169,47 @@ unsafe fn dots<S: F32x16, E: SimdLoad, const NW: usize, const R: usize>(
     }
 }
 
+/// One step of every widening kernel: `a[r][j] += wv[j] · x[r][at..at + n]`
+/// for `n ≤ 16` values of each activation row `x[r]`, zero-padded (a whole
+/// step when `n == LANES`). The streaming kernels and the batched ones
+/// (`dense_batch`) share it, so they round alike.
+///
+/// # Safety
+///
+/// Every row of `xs` must reach `at + n` readable values; the CPU must have
+/// `S`'s features.
+#[inline(always)]
+pub(super) unsafe fn fma_step<S: F32x16, const NW: usize, const R: usize>(
+    a: &mut [[S; NW]; R],
+    wv: &[S; NW],
+    xs: &[*const f32; R],
+    at: usize,
+    n: usize,
+) {
+    for (a, x) in a.iter_mut().zip(xs) {
+        // SAFETY: forwarded from the caller.
+        let xv = unsafe {
+            let p = x.add(at);
+            if n == LANES {
+                S::load(p)
+            } else {
+                f32::load_partial::<S>(p, n)
+            }
+        };
+        for (a, w) in a.iter_mut().zip(wv) {
+            // SAFETY: as above.
+            *a = unsafe { w.fma(xv, *a) };
+        }
+    }
+}
+
 /// Loads `n < 16` values of `E` from `p` (any alignment), zero-padded.
 ///
 /// # Safety
 ///
 /// `p` must reach `2n` readable bytes; the CPU must have `S`'s features.
 #[inline(always)]
-unsafe fn load_tail<S: F32x16, E: SimdLoad>(p: *const u8, n: usize) -> S {
+pub(super) unsafe fn load_tail<S: F32x16, E: SimdLoad>(p: *const u8, n: usize) -> S {
     let mut a = [E::ZERO; LANES];
     // SAFETY: `a` has room for 16 values of two bytes; `p` for `n` of them.
     unsafe {
