@@ -53,6 +53,10 @@ pub struct Tokenizer {
     /// matches them, with each pattern's id.
     added: AhoCorasick,
     added_ids: Vec<TokenId>,
+    /// Ids, added tokens included. Cached: `tokenizers` counts them by
+    /// cloning the whole vocabulary into a map (milliseconds for 151k
+    /// tokens), and request validation asks for every request.
+    vocab_size: usize,
 }
 
 impl Tokenizer {
@@ -87,6 +91,7 @@ impl Tokenizer {
         let mut plain = tokenizers::Tokenizer::new(inner.get_model().clone());
         plain.with_normalizer(inner.get_normalizer().cloned());
         plain.with_pre_tokenizer(inner.get_pre_tokenizer().cloned());
+        let vocab_size = inner.get_vocab_size(true);
         let (eos_token, eos_ids) = match eos {
             Some(eos) => (Some(eos.text), vec![eos.id]),
             None => (None, Vec::new()),
@@ -103,6 +108,7 @@ impl Tokenizer {
             plain,
             added,
             added_ids,
+            vocab_size,
         })
     }
 
@@ -147,7 +153,7 @@ impl Tokenizer {
 
     /// Number of ids, added tokens included.
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        self.vocab_size
     }
 
     /// Whether `id` is a special (control) token, the kind
