@@ -233,9 +233,10 @@ struct ServeArgs {
     /// Most sequences decoded together.
     #[arg(long, default_value_t = 64)]
     max_num_seqs: usize,
-    /// Most tokens processed in one engine step.
-    #[arg(long, default_value_t = 2048)]
-    max_num_batched_tokens: usize,
+    /// Most tokens processed in one engine step; longer prompts are
+    /// prefilled in chunks. Default: 256 on the CPU, 2048 on a GPU.
+    #[arg(long)]
+    max_num_batched_tokens: Option<usize>,
     /// Memory for the KV cache, e.g. `4GiB` or `512MiB`, all committed at
     /// startup; defaults to 40% of available memory.
     #[arg(long, value_parser = parse_bytes, value_name = "SIZE")]
@@ -804,7 +805,7 @@ mod tests {
         assert_eq!(args.kv_cache_memory, Some(1 << 30));
         assert_eq!(args.port, 8000);
         assert_eq!(args.max_num_seqs, 64);
-        assert_eq!(args.max_num_batched_tokens, 2048);
+        assert_eq!(args.max_num_batched_tokens, None);
         assert_eq!(args.block_size, 16);
         assert_eq!(args.max_waiting_requests, 256);
         assert_eq!(args.max_body_bytes, 8 << 20);

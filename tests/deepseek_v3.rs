@@ -368,6 +368,8 @@ fn engine_config(cache_bytes: u64) -> EngineConfig {
     EngineConfig {
         kv_cache_memory: Some(cache_bytes),
         max_model_len: Some(256),
+        // Several whole prompts per step; the chunked test sets its own.
+        max_num_batched_tokens: Some(2048),
         ..Default::default()
     }
 }
@@ -495,7 +497,7 @@ fn engine_chunked_prefill_on_tiny_v3() {
         let (chunked, _) = start(
             &dir,
             EngineConfig {
-                max_num_batched_tokens: 32,
+                max_num_batched_tokens: Some(32),
                 enable_prefix_caching: false,
                 ..engine_config(64 << 20)
             },

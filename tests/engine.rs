@@ -25,6 +25,9 @@ fn config(blocks_mib: u64) -> EngineConfig {
     EngineConfig {
         kv_cache_memory: Some(blocks_mib << 20),
         max_model_len: Some(4096),
+        // Whole prompts of several sequences in one step (the CPU's default
+        // would chunk them); the chunked-prefill test sets its own.
+        max_num_batched_tokens: Some(2048),
         ..Default::default()
     }
 }
@@ -145,7 +148,7 @@ fn chunked_prefill_matches_and_running_stream_keeps_decoding() {
         let (h, _) = start(
             &path,
             EngineConfig {
-                max_num_batched_tokens: 256,
+                max_num_batched_tokens: Some(256),
                 enable_prefix_caching: false,
                 ..config(256)
             },

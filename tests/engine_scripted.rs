@@ -151,13 +151,37 @@ fn prefix_cache_reuses_whole_blocks_and_stays_exact() {
 #[test]
 fn chunked_prefill_matches_the_script() {
     rt().block_on(async {
-        let (h, counters) = start(256, |c| c.max_num_batched_tokens = 32);
+        let (h, counters) = start(256, |c| c.max_num_batched_tokens = Some(32));
         let p = prompt(300, 4);
         let got = run(&h, p.clone(), greedy(10)).await;
         assert_eq!(got.tokens[0], reference(&p, 10));
         // 300 prompt tokens in chunks of 32 take ten steps, then 9 decodes.
         assert_eq!(counters.steps.load(Ordering::Relaxed), 10 + 9);
         h.shutdown();
+    });
+}
+
+#[test]
+fn the_step_budget_defaults_to_the_devices() {
+    rt().block_on(async {
+        let p = prompt(300, 5);
+        // 300 prompt tokens in the model's steps of 40 take eight steps, in
+        // configured steps of 100 three; the first token comes from the last.
+        for (configured, steps) in [(None, 8), (Some(100), 3)] {
+            let tok = tokenizer();
+            let (model, counters) = Scripted::new(tok.vocab_size(), 4096);
+            let h = start_model(model.with_step_tokens(40), tok, 256, |c| {
+                c.max_num_batched_tokens = configured
+            });
+            let got = run(&h, p.clone(), greedy(1)).await;
+            assert_eq!(got.tokens[0], reference(&p, 1));
+            assert_eq!(
+                counters.steps.load(Ordering::Relaxed),
+                steps,
+                "{configured:?}"
+            );
+            h.shutdown();
+        }
     });
 }
 

@@ -38,8 +38,10 @@ pub struct EngineConfig {
     pub kv_dtype: KvDtype,
     /// Most sequences running at once (default 64).
     pub max_num_seqs: usize,
-    /// Most tokens through the model per step (default 2048).
-    pub max_num_batched_tokens: usize,
+    /// Most tokens through the model per step; default: the device's
+    /// ([`crate::model::ModelInfo::step_tokens`]: 256 on the CPU, 2048 on a
+    /// GPU).
+    pub max_num_batched_tokens: Option<usize>,
     /// Context limit; default: the model's own.
     pub max_model_len: Option<usize>,
     /// Requests allowed to wait before new ones are refused (default 256).
@@ -57,7 +59,7 @@ impl Default for EngineConfig {
             kv_cache_memory: None,
             kv_dtype: KvDtype::F16,
             max_num_seqs: 64,
-            max_num_batched_tokens: 2048,
+            max_num_batched_tokens: None,
             max_model_len: None,
             max_waiting_requests: 256,
             enable_prefix_caching: true,
@@ -116,6 +118,10 @@ impl Engine {
         if config.block_size == 0 || max_model_len == 0 {
             bail!("block size and max model length must be positive");
         }
+        let step_tokens = config.max_num_batched_tokens.unwrap_or(info.step_tokens);
+        if step_tokens == 0 {
+            bail!("the most tokens per step must be positive");
+        }
         let block_bytes = info.kv.block_bytes(config.block_size, config.kv_dtype) as u64;
         if block_bytes == 0 {
             bail!("the model declares no KV cache");
@@ -146,6 +152,14 @@ impl Engine {
             token_bytes,
             (1u64 << 30) / token_bytes as u64,
             info.device,
+        );
+        tracing::info!(
+            "at most {step_tokens} tokens per step{}",
+            if config.max_num_batched_tokens.is_none() {
+                " (the device's default)"
+            } else {
+                ""
+            }
         );
         // The loop runs on a worker of its own pool: the kernels' parallel
         // loops then start from inside the pool, where the calling thread
@@ -203,7 +217,7 @@ impl Engine {
             kv_events,
             sched: Scheduler::new(SchedulerConfig {
                 max_num_seqs: config.max_num_seqs,
-                max_num_batched_tokens: config.max_num_batched_tokens,
+                max_num_batched_tokens: step_tokens,
                 max_seqs_per_request: (config.max_num_seqs / 4).max(1),
             }),
             model,

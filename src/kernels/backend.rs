@@ -67,6 +67,12 @@ pub trait Backend: Send + Sync + 'static {
         None
     }
 
+    /// Most tokens one engine step should carry on this device when
+    /// `--max-num-batched-tokens` does not say: enough rows for the
+    /// device's matmuls to run at their batched rate, and no more, since
+    /// every running stream waits for the whole step.
+    fn step_tokens(&self) -> usize;
+
     /// Takes a `(out, in)` weight and an optional bias onto the device.
     fn linear(&self, weight: RawTensor, bias: Option<Vec<f32>>) -> Result<Self::Linear>;
     /// Takes a `(vocab, width)` table onto the device.

@@ -36,6 +36,15 @@ fn same_shape(x: &HostAct, y: &HostAct) -> Result<()> {
     backend::same_shape((x.data.len(), x.width), (y.data.len(), y.width))
 }
 
+/// Tokens per engine step on the CPU unless configured. The batched
+/// kernels reach their rate by a few dozen rows, while steps of thousands
+/// of tokens push the activations (an MLP's are tokens × intermediate × 4
+/// bytes: 40 MB at 2048 tokens for Qwen2.5-0.5B) out of the caches: a long
+/// prompt prefills 3–14% faster in steps of 256 than of 2048, and the
+/// streams decoding beside it stall for an eighth as long per step
+/// (docs/performance.md, "Steps of 256 tokens on the CPU").
+pub const CPU_STEP_TOKENS: usize = 256;
+
 /// The host CPU, with every core of the calling rayon pool.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Cpu;
@@ -50,6 +59,10 @@ impl Backend for Cpu {
 
     fn name(&self) -> String {
         "cpu".into()
+    }
+
+    fn step_tokens(&self) -> usize {
+        CPU_STEP_TOKENS
     }
 
     fn linear(&self, weight: RawTensor, bias: Option<Vec<f32>>) -> Result<Linear> {

@@ -239,6 +239,7 @@ impl<B: Backend> Decoder<B> {
                 c.num_layers,
             ),
             kv_memory: backend.kv_memory_budget(),
+            step_tokens: backend.step_tokens(),
         };
         Decoder {
             norm: weights.norm,

@@ -104,6 +104,9 @@ pub struct ModelInfo {
     /// Device memory left for the KV cache after loading, on devices with
     /// memory of their own ([`crate::kernels::backend::Backend::kv_memory_budget`]).
     pub kv_memory: Option<u64>,
+    /// Most tokens per engine step unless configured
+    /// ([`crate::kernels::backend::Backend::step_tokens`]).
+    pub step_tokens: usize,
 }
 
 /// A model ready to run steps.

@@ -88,6 +88,7 @@ impl Scripted {
                     1,
                 ),
                 kv_memory: None,
+                step_tokens: 2048,
             },
             block_size: 0,
             slots: Vec::new(),
@@ -95,6 +96,12 @@ impl Scripted {
             cycle: None,
         };
         (model, counters)
+    }
+
+    /// The same model declaring `tokens` as its device's step budget.
+    pub fn with_step_tokens(mut self, tokens: usize) -> Self {
+        self.info.step_tokens = tokens;
+        self
     }
 
     /// A model that repeats `cycle` forever, whatever the context.

@@ -326,6 +326,12 @@ impl Backend for Cuda {
         format!("cuda:{}", self.ordinal)
     }
 
+    /// vLLM's chunked-prefill default: a GPU's matmuls want hundreds of
+    /// rows, and a step of 2048 tokens still takes tens of milliseconds.
+    fn step_tokens(&self) -> usize {
+        2048
+    }
+
     fn linear(&self, weight: RawTensor, bias: Option<Vec<f32>>) -> Result<CudaLinear> {
         let dims = weight.dims();
         let [out, inp] = dims[..] else {
