@@ -468,6 +468,9 @@ mod gpu {
         fn name(&self) -> String {
             "cpu-bf16-weights".into()
         }
+        fn step_tokens(&self) -> usize {
+            Cpu.step_tokens()
+        }
         fn linear(
             &self,
             weight: RawTensor,
