@@ -233,9 +233,10 @@ struct ServeArgs {
     /// Most sequences decoded together.
     #[arg(long, default_value_t = 64)]
     max_num_seqs: usize,
-    /// Most tokens processed in one engine step, at least --max-num-seqs;
-    /// longer prompts are prefilled in chunks. Default: 256 on the CPU,
-    /// 2048 on a GPU, or --max-num-seqs if that is more.
+    /// Most tokens processed in one engine step; longer prompts are
+    /// prefilled in chunks, and every running sequence decodes in every
+    /// step even past it. Default: 256 on the CPU, 2048 on a GPU, or
+    /// --max-num-seqs if that is more.
     #[arg(long)]
     max_num_batched_tokens: Option<usize>,
     /// Memory for the KV cache, e.g. `4GiB` or `512MiB`, all committed at

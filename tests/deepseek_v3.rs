@@ -498,7 +498,6 @@ fn engine_chunked_prefill_on_tiny_v3() {
             &dir,
             EngineConfig {
                 max_num_batched_tokens: Some(32),
-                max_num_seqs: 8,
                 enable_prefix_caching: false,
                 ..engine_config(64 << 20)
             },

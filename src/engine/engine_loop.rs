@@ -38,9 +38,10 @@ pub struct EngineConfig {
     pub kv_dtype: KvDtype,
     /// Most sequences running at once (default 64).
     pub max_num_seqs: usize,
-    /// Most tokens through the model per step, at least `max_num_seqs`;
-    /// default: the device's ([`crate::model::ModelInfo::step_tokens`]: 256
-    /// on the CPU, 2048 on a GPU), or `max_num_seqs` if that is more.
+    /// Most tokens through the model per step (every running sequence's
+    /// decode runs even past it); default: the device's
+    /// ([`crate::model::ModelInfo::step_tokens`]: 256 on the CPU, 2048 on a
+    /// GPU), or `max_num_seqs` if that is more.
     pub max_num_batched_tokens: Option<usize>,
     /// Context limit; default: the model's own.
     pub max_model_len: Option<usize>,
@@ -118,18 +119,22 @@ impl Engine {
         if config.block_size == 0 || max_model_len == 0 {
             bail!("block size and max model length must be positive");
         }
-        // Every running sequence's decode must fit in one step: the
-        // scheduler takes decodes in admission order, so with a smaller
-        // budget the last admitted would wait for the first to finish.
-        let step_tokens = match config.max_num_batched_tokens {
-            Some(n) if n < config.max_num_seqs.max(1) => bail!(
-                "--max-num-batched-tokens ({n}) is smaller than --max-num-seqs ({}): \
-                 a step must hold one decode of every running sequence",
+        // Every running sequence decodes in every step, so a budget below
+        // `max_num_seqs` would leave prefills no room while the slots are
+        // full; the device's default is raised to fit them.
+        let step_tokens = config
+            .max_num_batched_tokens
+            .unwrap_or(info.step_tokens.max(config.max_num_seqs));
+        if step_tokens == 0 {
+            bail!("the most tokens per step must be positive");
+        }
+        if step_tokens < config.max_num_seqs {
+            tracing::warn!(
+                "--max-num-batched-tokens ({step_tokens}) is below --max-num-seqs ({}): \
+                 while more than {step_tokens} sequences decode, prompts wait",
                 config.max_num_seqs
-            ),
-            Some(n) => n,
-            None => info.step_tokens.max(config.max_num_seqs),
-        };
+            );
+        }
         let block_bytes = info.kv.block_bytes(config.block_size, config.kv_dtype) as u64;
         if block_bytes == 0 {
             bail!("the model declares no KV cache");

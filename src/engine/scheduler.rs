@@ -32,7 +32,8 @@ use std::collections::{HashMap, VecDeque};
 pub struct SchedulerConfig {
     /// Most sequences running at once.
     pub max_num_seqs: usize,
-    /// Most tokens through the model in one step.
+    /// Most tokens through the model in one step, save that every running
+    /// sequence's decode runs in every step even past it.
     pub max_num_batched_tokens: usize,
     /// Most samples of one request running at once.
     pub max_seqs_per_request: usize,
@@ -124,23 +125,23 @@ impl Scheduler {
         // whole step: each costs a vocabulary-sized row of logits.
         let mut logit_rows = MAX_PROMPT_LOGIT_ROWS;
 
-        // Decodes first, so a long prefill never stalls running streams;
-        // then prefill chunks of running sequences, in admission order.
+        // Decodes first, so a long prefill never stalls running streams,
+        // and all of them even past the budget: a decode left out would wait
+        // for the ones admitted before it to finish. Then prefill chunks of
+        // running sequences, in admission order, in what the budget has left.
         let mut order: Vec<SeqId> = self.running.clone();
         order.sort_by_key(|id| self.seqs[id].num_uncomputed() > 1);
         for id in order {
-            if budget == 0 {
-                break;
-            }
             if !self.running.contains(&id) {
                 continue; // preempted earlier in this loop
             }
             let seq = &self.seqs[&id];
             let rows = seq.wants_prompt_logits();
-            let n =
-                seq.num_uncomputed()
-                    .min(budget)
-                    .min(if rows { logit_rows } else { usize::MAX });
+            let room = if seq.num_uncomputed() == 1 { 1 } else { budget };
+            let n = seq
+                .num_uncomputed()
+                .min(room)
+                .min(if rows { logit_rows } else { usize::MAX });
             if n == 0 {
                 continue;
             }
@@ -159,7 +160,7 @@ impl Scheduler {
             }
             if ok {
                 out.scheduled.push((id, n));
-                budget -= n;
+                budget = budget.saturating_sub(n);
                 if rows {
                     logit_rows -= n;
                 }
@@ -310,6 +311,40 @@ mod tests {
             assert!(total <= 64);
             run_step(&mut s, &mut kv, &o);
         }
+    }
+
+    #[test]
+    fn every_decode_runs_even_past_the_budget() {
+        let mut kv = KvCacheManager::new(100, 16, true);
+        let mut s = Scheduler::new(cfg(8, 12));
+        for i in 1..=6 {
+            s.add(seq(i, 2));
+        }
+        let o = s.schedule(&mut kv);
+        assert_eq!(o.scheduled.len(), 6);
+        run_step(&mut s, &mut kv, &o);
+        // Six sequences decoding against a budget of three: all six run in
+        // every step, none waits for the others to finish.
+        s.config.max_num_batched_tokens = 3;
+        for _ in 0..3 {
+            let o = s.schedule(&mut kv);
+            let mut ids: Vec<u64> = o
+                .scheduled
+                .iter()
+                .map(|(id, n)| {
+                    assert_eq!(*n, 1);
+                    id.0
+                })
+                .collect();
+            ids.sort_unstable();
+            assert_eq!(ids, [1, 2, 3, 4, 5, 6]);
+            run_step(&mut s, &mut kv, &o);
+        }
+        // A prompt arriving now waits: the decodes used the budget up.
+        s.add(seq(7, 2));
+        let o = s.schedule(&mut kv);
+        assert_eq!(o.scheduled.len(), 6);
+        assert_eq!(s.num_waiting(), 1);
     }
 
     #[test]
