@@ -4,8 +4,10 @@
 //! catch-up of many, so chunked prefill and recompute after preemption need
 //! no special mode.
 //!
-//! Running sequences that decode go first, then running prefills, then new
-//! admissions. When blocks run out, the most recently admitted running
+//! Running sequences that decode go first, all of them even past the
+//! budget (a decode left out would wait for the ones admitted before it to
+//! finish), then running prefills, then new admissions, in what the budget
+//! has left. When blocks run out, the most recently admitted running
 //! sequence is preempted: its blocks are freed and it goes back to the head
 //! of the queue, to be recomputed (through the prefix cache when possible).
 //!
