@@ -122,15 +122,16 @@ fn matches_candle_model_shapes() {
 }
 
 /// Each row's result does not depend on which rows come with it: batches
-/// of 6 (VNNI groups of 4 and 2), 11 (AMX chunks of 8, 2 and 1; Q6_K from
-/// its stored bytes) and 21 rows (AMX chunks of 16, 4 and 1; Q4_K and Q6_K
-/// with their scales folded into unpacked quants) equal every row computed
-/// alone, bit for bit, for every instruction set.
+/// of 6 (VNNI groups of 4 and 2), 11 (AMX chunks of 8, 2 and 1; the
+/// k-quants through VNNI, below their AMX minimum of 16) and 21 rows (AMX
+/// chunks of 16, 4 and 1; Q4_K and Q6_K with their scales folded into
+/// unpacked quants) and 27 rows (chunks of 16, 8, 2 and 1) equal every row
+/// computed alone, bit for bit, for every instruction set.
 #[test]
 fn rows_are_batch_invariant() {
     let (k, n) = (768, 64);
     let isas = Isa::to_test("qmatmul::rows_are_batch_invariant");
-    for m in [6, 11, 21] {
+    for m in [6, 11, 21, 27] {
         let x = random(m * k, 17 + m as u64);
         for dtype in ALL {
             let q = weights(dtype, n, k, 23);
@@ -182,13 +183,14 @@ fn tiled_layout_is_used_where_it_applies() {
             assert_eq!(tiled.isa(), want, "{isa:?} {dtype:?}");
             assert!(!ragged.is_tiled(), "{isa:?} {dtype:?} with n = 24");
             assert_eq!(ragged.isa(), rows_isa, "{isa:?} {dtype:?} with n = 24");
-            // As large as ggml's blocks for the 32-element types; Q4_K's
-            // scales take whole bytes (+3%) and Q6_K's quants too (+22%).
+            // As large as ggml's blocks for the 32-element types, and for
+            // Q6_K up to each group's last 64-byte line; Q4_K's scales take
+            // whole bytes (+3%).
             let ggml = 32 * 256 / dtype.block_size() * dtype.type_size();
             let size = tiled.size_in_bytes();
             match dtype {
                 GgmlDType::Q4K => assert!(size <= ggml * 103 / 100, "Q4K: {size}"),
-                GgmlDType::Q6K => assert!(size <= ggml * 4 / 3, "Q6K: {size}"),
+                GgmlDType::Q6K => assert_eq!(size, 2 * (ggml / 2).next_multiple_of(64), "Q6K"),
                 _ => assert_eq!(size, ggml, "{dtype:?}"),
             }
         }

@@ -26,9 +26,9 @@
 //! weight row, block). The f32 part is one code path ([`fold`]) applied
 //! block by block in order, so a row's result is bit-identical whichever
 //! kernel ran and however many rows came with it. Without AMX every batch
-//! uses the VNNI kernel; with it, batches below [`AMX_MIN_ROWS`] rows still
-//! do (no tile traffic), and larger ones use AMX, whose `tdpbsud` (or
-//! `tdpbssd`) does a 16×16×32 block in one instruction.
+//! uses the VNNI kernel; with it, batches below [`AMX_MIN_ROWS`] rows (16
+//! for the k-quants) still do (no tile traffic), and larger ones use AMX,
+//! whose `tdpbsud` (or `tdpbssd`) does a 16×16×32 block in one instruction.
 
 use std::arch::x86_64::*;
 
@@ -476,9 +476,13 @@ pub(super) trait TileKernels {
     type Act;
     /// Activation blocks per row.
     fn row_blocks(&self) -> usize;
-    /// Unpacked-block slots a group needs before AMX reads it for a batch
-    /// of `m` rows (0: AMX reads the stored bytes).
-    fn unpacked_len(&self, m: usize) -> usize;
+    /// The smallest batch that AMX multiplies; smaller ones take `vnni`.
+    fn amx_min_rows(&self) -> usize {
+        AMX_MIN_ROWS
+    }
+    /// Unpacked-block slots a group needs before AMX reads it (0: AMX
+    /// reads the stored bytes).
+    fn unpacked_len(&self) -> usize;
     /// `R` activation rows (`xs`, row-major) against group `g` with
     /// `vpdpbusd`: lane `i` of result `j` is weight row `16g + i` of row `j`.
     ///
@@ -515,7 +519,7 @@ impl<const F: u8> TileKernels for Kernels<'_, F> {
         self.0.nb
     }
 
-    fn unpacked_len(&self, _m: usize) -> usize {
+    fn unpacked_len(&self) -> usize {
         if nibbles(F) {
             self.0.nb
         } else {
@@ -554,7 +558,7 @@ impl<const F: u8> TileKernels for Kernels<'_, F> {
 
 /// The batch driver of both tiled modules, for output columns `j0..` (whole
 /// groups) of every activation row in `o` (`xq`: `k.row_blocks()` blocks a
-/// row). Without `amx`, or below [`AMX_MIN_ROWS`] rows, batches go through
+/// row). Without `amx`, or below `k.amx_min_rows()` rows, batches go through
 /// `k.vnni` four, two or one rows at a time; larger ones with `amx` go group
 /// by group: `k.unpack` fills its slots once, then `k.amx` runs chunks of
 /// 16, 8, 4, 2 or 1 rows.
@@ -573,11 +577,11 @@ pub(super) unsafe fn drive_tile<K: TileKernels>(
     let width = o.first().map_or(0, |r| r.len());
     debug_assert!(j0.is_multiple_of(GROUP) && width.is_multiple_of(GROUP));
     let groups = j0 / GROUP..(j0 + width) / GROUP;
-    if !amx || m < AMX_MIN_ROWS {
+    if !amx || m < k.amx_min_rows() {
         // SAFETY: forwarded from the caller.
         return unsafe { drive_vnni(k, xq, groups, o) };
     }
-    with_unpacked(k.unpacked_len(m), |unpacked| {
+    with_unpacked(k.unpacked_len(), |unpacked| {
         for (gg, g) in groups.enumerate() {
             // SAFETY: forwarded from the caller.
             unsafe { k.unpack(g, unpacked) };

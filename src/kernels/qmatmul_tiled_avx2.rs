@@ -63,6 +63,10 @@ pub(super) trait HalfKernels {
     type Act;
     /// Activation blocks per row.
     fn row_blocks(&self) -> usize;
+    /// The most activation rows [`Self::half`] takes at once (4 or 8).
+    fn max_rows(&self) -> usize {
+        4
+    }
     /// `R` activation rows (`xs`, row-major) against weight rows
     /// `8h..8h + 8` of group `g`: lane `i` of result `j` is weight row
     /// `16g + 8h + i` for activation row `j`.
@@ -99,7 +103,10 @@ pub(super) unsafe fn drive_halves<K: HalfKernels>(
     debug_assert!(j0.is_multiple_of(GROUP) && width.is_multiple_of(GROUP));
     let mut i0 = 0;
     while i0 < m {
-        let rows = [4, 2, 1].into_iter().find(|&r| r <= m - i0).unwrap();
+        let rows = [8, 4, 2, 1]
+            .into_iter()
+            .find(|&r| r <= m - i0 && r <= k.max_rows())
+            .unwrap();
         let xs = &xq[i0 * nb..(i0 + rows) * nb];
         let out = &mut o[i0..i0 + rows];
         for (gg, g) in (j0 / GROUP..(j0 + width) / GROUP).enumerate() {
@@ -113,6 +120,7 @@ pub(super) unsafe fn drive_halves<K: HalfKernels>(
             for h in 0..2 {
                 let col = GROUP * gg + HALF * h;
                 match rows {
+                    8 => store(out, col, unsafe { k.half::<8>(g, h, xs) }),
                     4 => store(out, col, unsafe { k.half::<4>(g, h, xs) }),
                     2 => store(out, col, unsafe { k.half::<2>(g, h, xs) }),
                     _ => store(out, col, unsafe { k.half::<1>(g, h, xs) }),

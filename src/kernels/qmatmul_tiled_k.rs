@@ -2,8 +2,10 @@
 //! 16 weight rows a group, each scaled sub-block (32 elements for Q4_K, 16
 //! for Q6_K) stored as 64-byte rows of four elements of every weight row.
 //! Q4_K keeps its nibbles (the low and high halves of 8 × 64 bytes are two
-//! consecutive sub-blocks, ggml's pairing); Q6_K is stored as bytes (quant +
-//! 32), 8 bits instead of 6.56, to keep its unpacking out of the hot loop.
+//! consecutive sub-blocks, ggml's pairing). Q6_K keeps its 6 bits (quant +
+//! 32, 0..=63), so that a decode step streams ggml's bytes and no more: a
+//! sub-block's lines 0–2 in the low six bits of three lines, whose top two
+//! bits carry line 3's value, two bits each ([`q6_line`] rebuilds a line).
 //! Sub-block scales are bytes, `[sub-block][row]`; Q4_K mins are bytes
 //! `[sub-block pair][row][2]`, a pair a 16-bit lane each for `vpdpwssd`.
 //!
@@ -11,12 +13,11 @@
 //! · (q·x)` and `Σ min · Σx`, is exact whichever kernel sums it (VNNI per
 //! sub-block with [`accumulate`]; AMX per super-block with the scales
 //! folded into unpacked quants, split in two parts for Q4_K and in three
-//! base-7 digits for Q6_K, or per sub-block from Q6_K's stored bytes for
-//! batches under 16 rows; AVX2 per sub-block with `vpmaddubsw`, in
-//! [`avx2_path`], on eight weight rows at a time), and [`finish`] (or its
-//! 8-lane copy in `avx2_path`) turns it into floats the same way after each,
-//! so the AMX, VNNI and AVX2 kernels agree bit for bit, as for the
-//! 32-element types.
+//! base-7 digits for Q6_K, for batches of 16 rows and more; AVX2 per
+//! sub-block with `vpmaddubsw`, in [`avx2_path`], on eight weight rows at
+//! a time), and [`finish`] (or its 8-lane copy in `avx2_path`) turns it
+//! into floats the same way after each, so the AMX, VNNI and AVX2 kernels
+//! agree bit for bit, as for the 32-element types.
 
 use std::arch::x86_64::*;
 
@@ -31,7 +32,7 @@ use super::quantize::quantize_row_q8k;
 mod amx_path;
 mod avx2_path;
 
-use amx_path::{unpacked_slots, Q6K_UNPACK_MIN_ROWS, QUANT_SLOTS};
+use amx_path::{unpacked_slots, AMX_MIN_ROWS_K, QUANT_SLOTS};
 
 /// Format selectors (const generics cannot take enums).
 const Q4K: u8 = 0;
@@ -56,7 +57,41 @@ const fn qs_bytes(f: u8) -> usize {
     if f == Q4K {
         GROUP * QK_K / 2
     } else {
-        GROUP * QK_K
+        GROUP * QK_K * 3 / 4
+    }
+}
+
+/// Bytes of a Q6_K sub-block: three lines of 64.
+const Q6_SUB: usize = 192;
+
+/// Line `r` (0..4) of a Q6_K sub-block as the stored byte values (quant +
+/// 32) from the sub-block's three lines `l0..l2`: lines 0–2 are their low
+/// six bits, and line 3's bits `2i..2i + 2` are the top two bits of line
+/// `i`. The 16-bit shifts carry bits across byte boundaries only into bits
+/// that the masks clear.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+fn q6_line(l0: __m512i, l1: __m512i, l2: __m512i, r: usize) -> __m512i {
+    let six = _mm512_set1_epi8(0x3F);
+    match r {
+        0 => _mm512_and_si512(l0, six),
+        1 => _mm512_and_si512(l1, six),
+        2 => _mm512_and_si512(l2, six),
+        _ => {
+            // (a & c) | (b & !c), bit by bit.
+            const SELECT: i32 = 0xE4;
+            let low = _mm512_ternarylogic_epi32::<SELECT>(
+                _mm512_srli_epi16::<6>(l0),
+                _mm512_srli_epi16::<4>(l1),
+                _mm512_set1_epi8(0x03),
+            );
+            let all = _mm512_ternarylogic_epi32::<SELECT>(
+                low,
+                _mm512_srli_epi16::<2>(l2),
+                _mm512_set1_epi8(0x0F),
+            );
+            _mm512_and_si512(all, six)
+        }
     }
 }
 
@@ -174,10 +209,11 @@ impl TiledKWeights {
                             group[d_off + 32 * b + 2 * i..][..2].copy_from_slice(&blk[208..210]);
                             unpack_k(dtype, blk, &mut kb);
                             for s in 0..16 {
-                                for r in 0..4 {
-                                    for t in 0..4 {
-                                        let q = kb.q[16 * s + 4 * r + t] + 32;
-                                        qs[256 * s + 64 * r + 4 * i + t] = q as u8;
+                                let sub = &mut qs[Q6_SUB * s..][..Q6_SUB];
+                                for t in 0..4 {
+                                    let q = |r: usize| (kb.q[16 * s + 4 * r + t] + 32) as u8;
+                                    for r in 0..3 {
+                                        sub[64 * r + 4 * i + t] = q(r) | (q(3) >> (2 * r)) << 6;
                                     }
                                 }
                                 group[256 * b + GROUP * s + i] = kb.scales[s] as i8 as u8;
@@ -303,8 +339,10 @@ impl TiledKWeights {
                     }
                 } else {
                     for (h, w) in w.iter_mut().enumerate() {
+                        let at = q + Q6_SUB * (s + h);
+                        let [l0, l1, l2] = [0, 1, 2].map(|r| line(at + 64 * r));
                         for (r, w) in w.iter_mut().take(4).enumerate() {
-                            *w = line(q + 256 * (s + h) + 64 * r);
+                            *w = q6_line(l0, l1, l2, r);
                         }
                     }
                 }
@@ -427,16 +465,14 @@ impl<const F: u8> TileKernels for Kernels<'_, F> {
         self.0.nsb
     }
 
+    fn amx_min_rows(&self) -> usize {
+        AMX_MIN_ROWS_K
+    }
+
     /// Both formats' super-blocks are unpacked (scales folded in, and
-    /// their [`Scales`] widened) once per group for AMX. Q6_K's unpacking costs about what 16 rows'
-    /// products save, so smaller batches read its stored bytes
-    /// ([`TiledKWeights::group_amx_q6k_stored`]).
-    fn unpacked_len(&self, m: usize) -> usize {
-        if F == Q6K && m < Q6K_UNPACK_MIN_ROWS {
-            0
-        } else {
-            self.0.nsb * unpacked_slots(F)
-        }
+    /// their [`Scales`] widened) once per group for AMX.
+    fn unpacked_len(&self) -> usize {
+        self.0.nsb * unpacked_slots(F)
     }
 
     unsafe fn vnni<const R: usize>(&self, g: usize, xs: &[Q8xK]) -> [__m512; R] {
@@ -461,19 +497,16 @@ impl<const F: u8> TileKernels for Kernels<'_, F> {
 
     unsafe fn amx<const R: usize>(
         &self,
-        g: usize,
+        _g: usize,
         unpacked: &[[__m512i; 8]],
         xs: &[Q8xK],
         out: &mut [&mut [f32]],
         gg: usize,
     ) {
-        let group = self.0.group(g);
         // SAFETY: forwarded from the caller.
         unsafe {
             if F == Q4K {
                 self.0.group_amx_q4k::<R>(unpacked, xs, out, gg)
-            } else if unpacked.is_empty() {
-                self.0.group_amx_q6k_stored::<R>(group, xs, out, gg)
             } else {
                 self.0.group_amx_q6k::<R>(unpacked, xs, out, gg)
             }

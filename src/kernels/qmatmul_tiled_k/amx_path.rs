@@ -1,15 +1,14 @@
 //! The AMX path of the k-quant tiled kernels: each group's super-blocks
-//! unpacked once (for batches of 16 rows and more, or of 8 for Q4_K) with
+//! unpacked once (for batches of [`AMX_MIN_ROWS_K`] rows and more) with
 //! their sub-block scales folded into the quants, so a super-block is one
-//! run of full K = 64 tile products per accumulator, and the small-batch
-//! Q6_K path that reads the stored bytes instead.
+//! run of full K = 64 tile products per accumulator.
 
 use std::arch::x86_64::*;
 
 use super::super::amx;
 use super::super::qmatmul::{Q8xK, QK_K};
 use super::super::qmatmul_tiled::GROUP;
-use super::{accumulate, finish, nsub, qs_bytes, sub, Scales, TiledKWeights, Q4K, Q6K};
+use super::{finish, nsub, q6_line, qs_bytes, Scales, TiledKWeights, Q4K, Q6K, Q6_SUB};
 
 impl Scales {
     /// As one unpacked slot, stored beside the super-block's quants so that
@@ -121,10 +120,14 @@ impl TiledKWeights {
                 let d = _mm512_cvtepu16_epi32(d);
                 _mm512_or_si512(d, _mm512_slli_epi32::<16>(d))
             });
+            let lines = &group[qs_bytes(Q6K) * b + Q6_SUB * s..][..Q6_SUB];
+            let [l0, l1, l2] = [0, 1, 2].map(|l| {
+                let v = &lines[64 * l..][..64];
+                // SAFETY: `v` is 64 readable bytes; the load is unaligned.
+                unsafe { _mm512_loadu_si512(v.as_ptr().cast()) }
+            });
             for r in 0..4 {
-                let q = &group[qs_bytes(Q6K) * b + 256 * s + 64 * r..][..64];
-                // SAFETY: `q` is 64 readable bytes; the load is unaligned.
-                let q = _mm512_sub_epi8(unsafe { _mm512_loadu_si512(q.as_ptr().cast()) }, centre);
+                let q = _mm512_sub_epi8(q6_line(l0, l1, l2, r), centre);
                 let even = _mm512_srai_epi16::<8>(_mm512_slli_epi16::<8>(q));
                 let odd = _mm512_srai_epi16::<8>(q);
                 let line = 4 * s + r;
@@ -220,62 +223,15 @@ impl TiledKWeights {
         }
         store_rows(out, gg, acc);
     }
-
-    /// `R` activation rows (`xs`, row-major super-blocks) against one Q6_K
-    /// group's stored bytes, two 16-element sub-blocks per AMX step (K =
-    /// 16: a quarter of a tile product), each sum scaled on the vector
-    /// units: for batches too small to pay for [`Self::unpack_digits`].
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub(super) unsafe fn group_amx_q6k_stored<const R: usize>(
-        &self,
-        group: &[u8],
-        xs: &[Q8xK],
-        out: &mut [&mut [f32]],
-        gg: usize,
-    ) {
-        // SAFETY: the caller guarantees AMX was granted.
-        unsafe { amx::configure(R, sub(Q6K)) };
-        let mut c = [[[0i32; 16]; 16]; 2];
-        let nsb = self.nsb;
-        let a_stride = nsb * size_of::<Q8xK>();
-        let mut acc = [_mm512_setzero_ps(); R];
-        for b in 0..nsb {
-            let sv = self.scales::<Q6K>(group, b);
-            let sc_at = self.sc_offset() + nsub(Q6K) * GROUP * b;
-            let sc: [__m512i; 16] = std::array::from_fn(|s| {
-                let v = &group[sc_at + GROUP * s..][..16];
-                // SAFETY: `v` is 16 readable bytes; the load is unaligned.
-                _mm512_cvtepi8_epi32(unsafe { _mm_loadu_si128(v.as_ptr().cast()) })
-            });
-            let mut t = [_mm512_setzero_si512(); R];
-            for s in (0..nsub(Q6K)).step_by(2) {
-                let w = [s, s + 1].map(|ss| group[qs_bytes(Q6K) * b + 256 * ss..].as_ptr());
-                let a = [s, s + 1].map(|ss| xs[b].qs[sub(Q6K) * ss..].as_ptr());
-                // SAFETY: tiles are configured for `R` rows of 16 elements;
-                // activation row `j` of super-block `b` is `xs[j·nsb + b]`,
-                // `R` rows exist, and each weight operand is 4 × 64
-                // readable bytes.
-                unsafe { amx::dot_blocks::<false>(a, a_stride, w, &mut c) };
-                for (h, c) in c.iter().enumerate() {
-                    for (j, t) in t.iter_mut().enumerate() {
-                        // SAFETY: a row of `c` is 16 i32.
-                        let ci = unsafe { _mm512_loadu_si512(c[j].as_ptr().cast()) };
-                        *t = accumulate::<Q6K>(*t, ci, sc[s + h], s + h, &xs[j * nsb + b]);
-                    }
-                }
-            }
-            for (j, acc) in acc.iter_mut().enumerate() {
-                *acc = finish::<Q6K>(t[j], sv.d, sv.dmin, &sv.mn, &xs[j * nsb + b], *acc);
-            }
-        }
-        store_rows(out, gg, acc);
-    }
 }
 
-/// The smallest batch for which Q6_K's AMX path unpacks its digit copies
-/// (at 8 rows the unpacking made the Q6_K bench's matmul 1.25× slower, at
-/// 16 1.2× faster, at 512 2.2×).
-pub(super) const Q6K_UNPACK_MIN_ROWS: usize = 16;
+/// The smallest batch that the k-quants multiply with AMX. Unpacking a
+/// group costs about what 16 rows of tile products save: below, the VNNI
+/// kernel reads the stored quants directly (on the matmul bench's 4864 ×
+/// 896 matrices at 8 rows, VNNI took 0.5–0.7× AMX's time for Q4_K and 0.8×
+/// for Q6_K; 8 and 12 streams of Qwen2.5-Coder-1.5B Q4_K_M decoded 19%
+/// faster than with AMX from 8 rows).
+pub(super) const AMX_MIN_ROWS_K: usize = 16;
 
 /// Unpacked slots (of 8 lines) of a super-block's quants, by format: two
 /// operands of 8 KiB for Q4_K, three digit copies of 4 KiB for Q6_K.

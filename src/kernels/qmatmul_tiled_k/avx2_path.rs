@@ -9,21 +9,22 @@
 //! many pairs are added before widening follows from the operand ranges.
 //! Q8_K activations lie in −128..=127. Q4_K quants are at most 15: a pair
 //! sums to at most 2·15·128 = 3 840, a 32-element sub-block's 16 pairs per
-//! row to 30 720 in two lanes of eight, below 2¹⁵. Q6_K's stored quants
-//! (quant + 32) are at most 63: a pair reaches 16 128, two pairs 32 256, so a
-//! 16-element sub-block is two such sums. The widening `vpmaddwd` multiplies
-//! by the sub-block's scale in the same instruction (the scale in both 16-bit
-//! halves of a row's lane), and Q6_K's +32 leaves through `Σ scale·bsum` per
-//! super-block. Every super-block's integer sum is thus the one the AVX-512
-//! kernels compute, and [`finish`] is their f32 formula in the same order, so
-//! the AVX2 kernels give the same bits as the VNNI and AMX ones.
+//! row to 30 720 in two lanes of eight, below 2¹⁵. Q6_K's quants, rebuilt
+//! from their six-bit lines as quant + 32, are at most 63: a pair reaches
+//! 16 128, two pairs 32 256, so a 16-element sub-block is two such sums.
+//! The widening `vpmaddwd` multiplies by the sub-block's scale in the same
+//! instruction (the scale in both 16-bit halves of a row's lane), and Q6_K's
+//! +32 leaves through `Σ scale·bsum` per super-block. Every super-block's
+//! integer sum is thus the one the AVX-512 kernels compute, and [`finish`]
+//! is their f32 formula in the same order, so the AVX2 kernels give the
+//! same bits as the VNNI and AMX ones.
 
 use std::arch::x86_64::*;
 
 use super::super::qmatmul::Q8xK;
 use super::super::qmatmul_tiled::GROUP;
 use super::super::qmatmul_tiled_avx2::{drive_halves, HalfKernels, HALF};
-use super::{nsub, qs_bytes, sub, TiledKWeights, Q4K, Q6K};
+use super::{nsub, qs_bytes, sub, TiledKWeights, Q4K, Q6K, Q6_SUB};
 
 /// [`TiledMatrix::tile_avx2`](super::TiledMatrix::tile_avx2) for Q4_K and
 /// Q6_K.
@@ -110,8 +111,10 @@ impl TiledKWeights {
                             *w = _mm256_and_si256(raw, low);
                         }
                     } else {
+                        let at = q + Q6_SUB * s;
+                        let [l0, l1, l2] = [0, 1, 2].map(|r| load(at + 64 * r));
                         for (r, w) in w.iter_mut().take(4).enumerate() {
-                            *w = load(q + 256 * s + 64 * r);
+                            *w = q6_half_line(l0, l1, l2, r);
                         }
                     }
                     for (j, t) in t.iter_mut().enumerate() {
@@ -179,6 +182,29 @@ impl TiledKWeights {
     }
 }
 
+/// Half of [`super::q6_line`]: eight weight rows' stored bytes of line `r`
+/// of a sub-block, from the halves of its three lines.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn q6_half_line(l0: __m256i, l1: __m256i, l2: __m256i, r: usize) -> __m256i {
+    let six = _mm256_set1_epi8(0x3F);
+    match r {
+        0 => _mm256_and_si256(l0, six),
+        1 => _mm256_and_si256(l1, six),
+        2 => _mm256_and_si256(l2, six),
+        _ => {
+            let part = |v: __m256i, m: i8| _mm256_and_si256(v, _mm256_set1_epi8(m));
+            _mm256_or_si256(
+                _mm256_or_si256(
+                    part(_mm256_srli_epi16::<6>(l0), 0x03),
+                    part(_mm256_srli_epi16::<4>(l1), 0x0C),
+                ),
+                part(_mm256_srli_epi16::<2>(l2), 0x30),
+            )
+        }
+    }
+}
+
 /// Folds a super-block's exact integer sum `t` into `acc`:
 /// `acc + t·(d·dx) − (Σ min·Σx)·(dmin·dx)`, in the operations and order of
 /// the AVX-512 kernels' `finish`.
@@ -223,6 +249,18 @@ impl<const F: u8> HalfKernels for Halves<'_, F> {
 
     fn row_blocks(&self) -> usize {
         self.0.nsb
+    }
+
+    /// Q6_K's sub-blocks take four weight registers, not eight, which
+    /// leaves room for eight rows' sums: its rebuilt bytes then serve
+    /// twice the rows (at 512 rows, the matmul bench's time with eight was
+    /// 0.86× that with four; Q4_K's with eight was 1.12×).
+    fn max_rows(&self) -> usize {
+        if F == Q6K {
+            8
+        } else {
+            4
+        }
     }
 
     unsafe fn half<const R: usize>(&self, g: usize, h: usize, xs: &[Q8xK]) -> [__m256; R] {
