@@ -235,8 +235,8 @@ struct ServeArgs {
     max_num_seqs: usize,
     /// Most tokens processed in one engine step; longer prompts are
     /// prefilled in chunks, and every running sequence decodes in every
-    /// step even past it. Default: 256 on the CPU, 2048 on a GPU, or
-    /// --max-num-seqs if that is more.
+    /// step even past it. Default: 256 on a CPU with AMX, 128 on other CPUs,
+    /// 2048 on a GPU, or --max-num-seqs if that is more.
     #[arg(long)]
     max_num_batched_tokens: Option<usize>,
     /// Memory for the KV cache, e.g. `4GiB` or `512MiB`, all committed at

@@ -40,7 +40,7 @@ pub struct EngineConfig {
     pub max_num_seqs: usize,
     /// Most tokens through the model per step (every running sequence's
     /// decode runs even past it); default: the device's
-    /// ([`crate::model::ModelInfo::step_tokens`]: 256 on the CPU, 2048 on a
+    /// ([`crate::model::ModelInfo::step_tokens`]: 128 or 256 on the CPU, 2048 on a
     /// GPU), or `max_num_seqs` if that is more.
     pub max_num_batched_tokens: Option<usize>,
     /// Context limit; default: the model's own.

@@ -5,6 +5,7 @@
 
 use super::attention::{paged_attention, write_kv, AttnSeq, AttnShape};
 use super::backend::{self, Backend, RopeStyle};
+use super::isa;
 use super::linear::{Embedding, Linear};
 use super::ops;
 use super::tensor::RawTensor;
@@ -36,14 +37,25 @@ fn same_shape(x: &HostAct, y: &HostAct) -> Result<()> {
     backend::same_shape((x.data.len(), x.width), (y.data.len(), y.width))
 }
 
-/// Tokens per engine step on the CPU unless configured. The batched
-/// kernels reach their rate by a few dozen rows, while steps of thousands
-/// of tokens push the activations (an MLP's are tokens × intermediate × 4
-/// bytes: 40 MB at 2048 tokens for Qwen2.5-0.5B) out of the caches: a long
-/// prompt prefills 3–14% faster in steps of 256 than of 2048, and the
-/// streams decoding beside it stall for an eighth as long per step
-/// (docs/performance.md, "Steps of 256 tokens on the CPU").
-pub const CPU_STEP_TOKENS: usize = 256;
+/// Tokens per engine step on this CPU unless configured: the fewest rows at
+/// which its batched kernels run at their rate. Steps of thousands of tokens
+/// push the activations (an MLP's are tokens × intermediate × 4 bytes: 40 MB
+/// at 2048 tokens for Qwen2.5-0.5B) out of the caches, and every running
+/// stream waits for the whole step. AMX tiles want 256 rows (a long prompt
+/// prefills up to 8% slower in steps of 128); the VNNI and AVX2 kernels
+/// reach their rate by 128, where 16 concurrent chats get their first token
+/// 10–15% sooner and decoding streams stall 35–50% less while a long prompt
+/// arrives (docs/performance.md, "Steps of 128 tokens without AMX").
+pub fn cpu_step_tokens() -> usize {
+    let cpu = isa::cpu();
+    // A bad `R1SERVE_ISA` is reported by weight loading; no panic here.
+    let amx_allowed = isa::limit().is_ok_and(|cap| cap >= isa::Level::Amx);
+    if amx_allowed && (cpu.amx_int8 || cpu.amx_bf16) {
+        256
+    } else {
+        128
+    }
+}
 
 /// The host CPU, with every core of the calling rayon pool.
 #[derive(Clone, Copy, Debug, Default)]
@@ -62,7 +74,7 @@ impl Backend for Cpu {
     }
 
     fn step_tokens(&self) -> usize {
-        CPU_STEP_TOKENS
+        cpu_step_tokens()
     }
 
     fn linear(&self, weight: RawTensor, bias: Option<Vec<f32>>) -> Result<Linear> {

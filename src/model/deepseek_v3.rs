@@ -25,7 +25,7 @@ use super::moe::{Mlp, Moe};
 use super::weights::{RawTensor, WeightSource};
 use crate::kernels::attention::{write_kv, AttnSeq};
 use crate::kernels::bytes::{HalfKind, WeightBytes};
-use crate::kernels::cpu::CPU_STEP_TOKENS;
+use crate::kernels::cpu::cpu_step_tokens;
 use crate::kernels::latent_attention::{latent_attention, read_rows};
 use crate::kernels::linear::{Embedding, Linear};
 use crate::kernels::ops::{self, RopeTables};
@@ -634,7 +634,7 @@ pub fn load(weights: &WeightSource, config: ModelConfig) -> Result<DeepseekV3> {
             c.num_layers,
         ),
         kv_memory: None,
-        step_tokens: CPU_STEP_TOKENS,
+        step_tokens: cpu_step_tokens(),
     };
     Ok(DeepseekV3 {
         norm: vector("output_norm.weight", hidden)?,
