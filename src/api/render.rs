@@ -59,8 +59,8 @@ pub async fn render_chat(
     }))
 }
 
-/// Handles `POST /v1/completions/render`: a list, as vLLM answers, with one
-/// entry because a request has one prompt here.
+/// Handles `POST /v1/completions/render`: a list, as vLLM answers, with
+/// one entry per prompt of the request.
 pub async fn render_completion(
     State(state): State<AppState>,
     Json(request): Json<CompletionRequest>,
@@ -68,18 +68,22 @@ pub async fn render_completion(
     let model = state.model()?;
     model.check_name(request.model.as_deref())?;
     let completion = request.validate()?;
-    let (_, token_ids) = completion_prompt(&state, &model, completion.prompt, false).await?;
-    sampling_params(
-        &model,
-        &completion.params,
-        token_ids.len(),
-        Some(DEFAULT_MAX_TOKENS),
-    )?;
-    Ok(Json(vec![RenderResponse {
-        request_id: completion_id(),
-        token_ids,
-        features: None,
-        model: model.name.clone(),
-        stream: completion.params.stream,
-    }]))
+    let mut rendered = Vec::with_capacity(completion.prompts.len());
+    for prompt in completion.prompts {
+        let (_, token_ids) = completion_prompt(&state, &model, prompt, false).await?;
+        sampling_params(
+            &model,
+            &completion.params,
+            token_ids.len(),
+            Some(DEFAULT_MAX_TOKENS),
+        )?;
+        rendered.push(RenderResponse {
+            request_id: completion_id(),
+            token_ids,
+            features: None,
+            model: model.name.clone(),
+            stream: completion.params.stream,
+        });
+    }
+    Ok(Json(rendered))
 }

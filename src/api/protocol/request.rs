@@ -709,8 +709,8 @@ pub struct ValidatedChat {
 /// A checked legacy completion request.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ValidatedCompletion {
-    /// The prompt.
-    pub prompt: Prompt,
+    /// The prompts: one, or a batch, each answered with `n` choices.
+    pub prompts: Vec<Prompt>,
     /// Prepend the prompt to the output text.
     pub echo: bool,
     /// Generation parameters.
@@ -1200,27 +1200,16 @@ impl CompletionRequest {
     /// Checks the whole request: prompt shape, unsupported options and
     /// generation parameters.
     pub fn validate(&self) -> Result<ValidatedCompletion, ApiError> {
-        let batch_error = |len: usize| {
-            ApiError::bad_request(
-                "prompt",
-                format!(
-                    "batched prompts are not supported: send one prompt per request (got {len})"
-                ),
-            )
+        let prompts = match &self.prompt {
+            CompletionPrompt::Text(text) => vec![Prompt::Text(text.clone())],
+            CompletionPrompt::Tokens(tokens) => vec![Prompt::Tokens(tokens.clone())],
+            CompletionPrompt::Texts(texts) => texts.iter().cloned().map(Prompt::Text).collect(),
+            CompletionPrompt::TokenLists(lists) => {
+                lists.iter().cloned().map(Prompt::Tokens).collect()
+            }
         };
-        let prompt = match &self.prompt {
-            CompletionPrompt::Text(text) => Prompt::Text(text.clone()),
-            CompletionPrompt::Tokens(tokens) => Prompt::Tokens(tokens.clone()),
-            CompletionPrompt::Texts(texts) => match texts.as_slice() {
-                [text] => Prompt::Text(text.clone()),
-                _ => return Err(batch_error(texts.len())),
-            },
-            CompletionPrompt::TokenLists(lists) => match lists.as_slice() {
-                [tokens] => Prompt::Tokens(tokens.clone()),
-                _ => return Err(batch_error(lists.len())),
-            },
-        };
-        if matches!(&prompt, Prompt::Tokens(tokens) if tokens.is_empty()) {
+        let empty = |p: &Prompt| matches!(p, Prompt::Tokens(tokens) if tokens.is_empty());
+        if prompts.is_empty() || prompts.iter().any(empty) {
             return Err(ApiError::bad_request(
                 "prompt",
                 "'prompt' must not be empty",
@@ -1255,8 +1244,21 @@ impl CompletionRequest {
                 ));
             }
         }
+        // Every prompt of a batch gets `n` choices: the response's size is
+        // their product, bounded as `n` alone is.
+        let choices = prompts.len() as i64 * i64::from(params.n);
+        if choices > MAX_N {
+            return Err(ApiError::bad_request(
+                "prompt",
+                format!(
+                    "{} prompts of {} choices each make {choices} choices, more than {MAX_N}",
+                    prompts.len(),
+                    params.n
+                ),
+            ));
+        }
         Ok(ValidatedCompletion {
-            prompt,
+            prompts,
             echo: self.echo.unwrap_or(false),
             params,
             constraint: self.structured.constraint()?,

@@ -41,6 +41,35 @@ pub struct Usage {
     pub completion_tokens_details: Option<CompletionTokensDetails>,
 }
 
+/// The usage of several requests answered together (a batch of prompts):
+/// every count adds up, and a breakdown is present where any part has it.
+impl std::iter::Sum for Usage {
+    fn sum<I: Iterator<Item = Usage>>(iter: I) -> Usage {
+        iter.fold(Usage::default(), |a, b| Usage {
+            prompt_tokens: a.prompt_tokens.saturating_add(b.prompt_tokens),
+            completion_tokens: a.completion_tokens.saturating_add(b.completion_tokens),
+            total_tokens: a.total_tokens.saturating_add(b.total_tokens),
+            prompt_tokens_details: match (a.prompt_tokens_details, b.prompt_tokens_details) {
+                (None, None) => None,
+                (x, y) => Some(PromptTokensDetails {
+                    cached_tokens: x.map_or(0, |d| d.cached_tokens)
+                        + y.map_or(0, |d| d.cached_tokens),
+                }),
+            },
+            completion_tokens_details: match (
+                a.completion_tokens_details,
+                b.completion_tokens_details,
+            ) {
+                (None, None) => None,
+                (x, y) => Some(CompletionTokensDetails {
+                    reasoning_tokens: x.map_or(0, |d| d.reasoning_tokens)
+                        + y.map_or(0, |d| d.reasoning_tokens),
+                }),
+            },
+        })
+    }
+}
+
 /// `usage.prompt_tokens_details`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PromptTokensDetails {

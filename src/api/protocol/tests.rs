@@ -353,33 +353,42 @@ fn stop_rules() {
 
 #[test]
 fn completion_prompt_shapes() {
+    let text = |t: &str| Prompt::Text(t.into());
     let cases = [
-        (json!("text"), Prompt::Text("text".into())),
-        (json!([1, 2, 3]), Prompt::Tokens(vec![1, 2, 3])),
-        (json!(["only"]), Prompt::Text("only".into())),
-        (json!([[4, 5]]), Prompt::Tokens(vec![4, 5])),
-        (json!(""), Prompt::Text(String::new())),
+        (json!("text"), vec![text("text")]),
+        (json!([1, 2, 3]), vec![Prompt::Tokens(vec![1, 2, 3])]),
+        (json!(["only"]), vec![text("only")]),
+        (json!([[4, 5]]), vec![Prompt::Tokens(vec![4, 5])]),
+        (json!(""), vec![text("")]),
+        (json!(["a", "b"]), vec![text("a"), text("b")]),
+        (
+            json!([[1], [2, 3]]),
+            vec![Prompt::Tokens(vec![1]), Prompt::Tokens(vec![2, 3])],
+        ),
     ];
     for (prompt, expected) in cases {
         let checked = completion_with(json!({ "prompt": prompt }))
             .validate()
             .unwrap();
-        assert_eq!(checked.prompt, expected);
+        assert_eq!(checked.prompts, expected);
     }
 }
 
 #[test]
 fn completion_rules() {
     let error = |extra: Value| completion_with(extra).validate().unwrap_err();
+    // A batch's choices are bounded as `n` is: 128 in all.
+    let prompts = vec!["a"; 64];
+    assert!(completion_with(json!({"prompt": prompts, "n": 2}))
+        .validate()
+        .is_ok());
+    let prompts = vec!["a"; 65];
     assert_eq!(
-        error(json!({"prompt": ["a", "b"]})).param.as_deref(),
+        error(json!({"prompt": prompts, "n": 2})).param.as_deref(),
         Some("prompt")
     );
-    assert!(error(json!({"prompt": ["a", "b"]}))
-        .message
-        .contains("one prompt per request"));
     assert_eq!(
-        error(json!({"prompt": [[1], [2]]})).param.as_deref(),
+        error(json!({"prompt": [[1], []]})).param.as_deref(),
         Some("prompt")
     );
     assert_eq!(
