@@ -11,7 +11,7 @@ import schemathesis
 
 MAX_N = 2
 MAX_TOKENS = 4
-GENERATION_PATHS = ("/v1/chat/completions", "/v1/completions")
+GENERATION_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
 
 
 def _is_int(value):
@@ -25,12 +25,15 @@ def map_body(ctx, body):
     n = body.get("n")
     if _is_int(n) and 1 <= n <= 128:
         body["n"] = min(n, MAX_N)
-    for field in ("max_tokens", "max_completion_tokens"):
+    for field in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
         value = body.get(field)
         if _is_int(value) and value >= 1:
             body[field] = min(value, MAX_TOKENS)
     # Without a limit a chat request generates up to the end of the context.
-    if body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
+    if ctx.operation.path == "/v1/responses":
+        if body.get("max_output_tokens") is None:
+            body["max_output_tokens"] = MAX_TOKENS
+    elif body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
         body["max_tokens"] = MAX_TOKENS
     min_tokens = body.get("min_tokens")
     if _is_int(min_tokens) and min_tokens >= 0:

@@ -9,32 +9,11 @@
 
 mod common;
 
-use std::path::PathBuf;
-
-use common::server::{Server, QWEN};
+use common::server::{qwen_reasoning_template, Server, QWEN};
 use serde_json::{json, Value};
 
-const GENERATION_PROMPT: &str = "<|im_start|>assistant\\n";
-
-/// Qwen2.5's own template with `<think>\n` after its generation prompt.
-fn reasoning_template() -> PathBuf {
-    let tok = common::gguf_tokenizer(&common::qwen05());
-    let mut template = tok.chat_template().expect("Qwen's template").to_string();
-    let at = template
-        .rfind(GENERATION_PROMPT)
-        .expect("the template writes a generation prompt")
-        + GENERATION_PROMPT.len();
-    template.insert_str(at, "<think>\\n");
-    let path = std::env::temp_dir().join(format!(
-        "r1serve-structured-{}-qwen-think.jinja",
-        std::process::id()
-    ));
-    std::fs::write(&path, template).expect("write template");
-    path
-}
-
 async fn start() -> Server {
-    let template = reasoning_template();
+    let template = qwen_reasoning_template("structured");
     let template = template.to_string_lossy().into_owned();
     Server::start(QWEN, &["--chat-template", &template], None).await
 }

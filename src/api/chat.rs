@@ -45,34 +45,8 @@ pub async fn chat_completions(
     let arrived = Instant::now();
     let model = state.model()?;
     model.check_name(request.model.as_deref())?;
-    let chat = request.validate()?;
     warn_unknown_fields("/v1/chat/completions", &request.unknown);
-    let tools = shown_tools(&chat);
-    let tool_stream = ToolCallStream::new(
-        tools.map_or(ToolCallParser::None, |_| model.tool_parser),
-        tools.is_none_or(|tools| tools.parallel),
-    );
-    let constraint = match tools.filter(|t| t.choice.forces_call()) {
-        Some(tools) => Some(forced_call(&model, tools)?),
-        None => chat.constraint.clone(),
-    };
-    let grammar = match constraint {
-        Some(c) => Some(compile_constraint(&state, &model, c).await?),
-        None => None,
-    };
-    let kwargs = request.chat_template_kwargs.unwrap_or_default();
-    let (prompt, prompt_ids) = chat_prompt(&state, &model, &chat, kwargs).await?;
-    // Only a reasoning model's output is measured against the question.
-    let script = (model.reasoning != ReasoningParser::None)
-        .then(|| question_script(&chat.messages))
-        .flatten();
-    let mut params = sampling_params(&model, &chat.params, prompt_ids.len(), None)?;
-    let starts_inside =
-        model.reasoning == ReasoningParser::DeepSeekR1 && prompt_opens_reasoning(&prompt);
-    params.reasoning = reasoning_params(&model, &chat.thinking, params.max_tokens, starts_inside)?;
-    params.grammar = grammar;
-    let generation = Generation::submit(&model, prompt_ids, params, arrived, &tool_stream)?
-        .with_prompt_script(script);
+    let (chat, generation) = submit(&state, &model, request, arrived).await?;
     let reply = Reply {
         id: chat_completion_id(),
         created: unix_timestamp(),
@@ -92,6 +66,47 @@ pub async fn chat_completions(
         // which aborts the request in the engine.
         reply.collect(generation, chat.params.n).await
     }
+}
+
+/// Checks a chat request, templates it with its tools, constrains it
+/// (`response_format`, vLLM's fields, or a `tool_choice` that forces a
+/// call) and submits it to the engine: what `/v1/chat/completions` and
+/// `/v1/responses` share. Each choice parses its output for tool calls
+/// when the model is shown tools.
+pub(super) async fn submit(
+    state: &AppState,
+    model: &Arc<ServedModel>,
+    request: ChatCompletionRequest,
+    arrived: Instant,
+) -> Result<(ValidatedChat, Generation), ApiError> {
+    let chat = request.validate()?;
+    let tools = shown_tools(&chat);
+    let tool_stream = ToolCallStream::new(
+        tools.map_or(ToolCallParser::None, |_| model.tool_parser),
+        tools.is_none_or(|tools| tools.parallel),
+    );
+    let constraint = match tools.filter(|t| t.choice.forces_call()) {
+        Some(tools) => Some(forced_call(model, tools)?),
+        None => chat.constraint.clone(),
+    };
+    let grammar = match constraint {
+        Some(c) => Some(compile_constraint(state, model, c).await?),
+        None => None,
+    };
+    let kwargs = request.chat_template_kwargs.unwrap_or_default();
+    let (prompt, prompt_ids) = chat_prompt(state, model, &chat, kwargs).await?;
+    // Only a reasoning model's output is measured against the question.
+    let script = (model.reasoning != ReasoningParser::None)
+        .then(|| question_script(&chat.messages))
+        .flatten();
+    let mut params = sampling_params(model, &chat.params, prompt_ids.len(), None)?;
+    let starts_inside =
+        model.reasoning == ReasoningParser::DeepSeekR1 && prompt_opens_reasoning(&prompt);
+    params.reasoning = reasoning_params(model, &chat.thinking, params.max_tokens, starts_inside)?;
+    params.grammar = grammar;
+    let generation = Generation::submit(model, prompt_ids, params, arrived, &tool_stream)?
+        .with_prompt_script(script);
+    Ok((chat, generation))
 }
 
 /// The script of the question being answered (the last user message),
@@ -453,7 +468,7 @@ impl Reply {
 
 /// Adds streamed tool-call pieces to a choice's calls: a piece with an id
 /// starts a call, the others extend the arguments of the call they name.
-fn merge_tool_calls(calls: &mut Vec<ToolCall>, pieces: Vec<DeltaToolCall>) {
+pub(super) fn merge_tool_calls(calls: &mut Vec<ToolCall>, pieces: Vec<DeltaToolCall>) {
     for piece in pieces {
         match piece.id {
             Some(id) => calls.push(ToolCall {

@@ -13,6 +13,7 @@ pub mod ops;
 pub mod prompt_logprobs;
 pub mod protocol;
 pub mod render;
+pub mod responses;
 pub mod router;
 pub mod server;
 pub mod sse;

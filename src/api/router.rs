@@ -26,7 +26,7 @@ use tracing::Span;
 
 use super::error::ApiError;
 use super::state::AppState;
-use super::{chat, completions, models, ops, render, tokenize};
+use super::{chat, completions, models, ops, render, responses, tokenize};
 
 /// Header carrying the request id in both directions.
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -60,6 +60,7 @@ pub fn router(state: AppState, config: &RouterConfig) -> Router {
         .route(HEALTH, get(ops::health))
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/completions", post(completions::completions))
+        .route("/v1/responses", post(responses::responses))
         .route("/v1/chat/completions/render", post(render::render_chat))
         .route("/v1/completions/render", post(render::render_completion))
         .route("/v1/models", get(models::list_models))

@@ -1,10 +1,13 @@
 //! Server-sent events framed byte-for-byte as OpenAI does.
 //!
-//! Each event is `data: <compact JSON>\n\n` and the stream ends with
-//! `data: [DONE]\n\n`; there are no `event:`/`id:` lines, comments or
-//! keep-alives, because some OpenAI clients parse the stream line by line
-//! and choke on anything else. axum's `Sse` type would do the same framing
-//! but adds nothing we need, so the body is built by hand.
+//! On the chat and completions routes each event is `data: <compact
+//! JSON>\n\n` and the stream ends with `data: [DONE]\n\n`; there are no
+//! `event:`/`id:` lines, comments or keep-alives, because some OpenAI
+//! clients parse the stream line by line and choke on anything else. The
+//! Responses API names each event (`event: <type>\n` before its data line)
+//! and ends without `[DONE]`, as OpenAI's does ([`named_event`]). axum's
+//! `Sse` type would do the same framing but adds nothing we need, so the
+//! body is built by hand.
 
 use std::convert::Infallible;
 
@@ -25,6 +28,18 @@ pub const DONE_EVENT: &[u8] = b"data: [DONE]\n\n";
 /// [`super::protocol`] does; callers can send [`error_event`] instead.
 pub fn json_event<T: Serialize + ?Sized>(value: &T) -> Result<Bytes, serde_json::Error> {
     let mut buf = b"data: ".to_vec();
+    serde_json::to_writer(&mut buf, value)?;
+    buf.extend_from_slice(b"\n\n");
+    Ok(Bytes::from(buf))
+}
+
+/// Frames `value` as one event named `name`: `event: <name>\n` and a
+/// `data:` line, as the Responses API streams.
+pub fn named_event<T: Serialize + ?Sized>(
+    name: &str,
+    value: &T,
+) -> Result<Bytes, serde_json::Error> {
+    let mut buf = format!("event: {name}\ndata: ").into_bytes();
     serde_json::to_writer(&mut buf, value)?;
     buf.extend_from_slice(b"\n\n");
     Ok(Bytes::from(buf))
@@ -76,6 +91,12 @@ mod tests {
     fn json_event_is_compact_data_line() {
         let bytes = json_event(&json!({"a": [1, 2], "b": "x y"})).unwrap();
         assert_eq!(&bytes[..], b"data: {\"a\":[1,2],\"b\":\"x y\"}\n\n");
+    }
+
+    #[test]
+    fn named_event_has_an_event_line() {
+        let bytes = named_event("response.created", &json!({"a": 1})).unwrap();
+        assert_eq!(&bytes[..], b"event: response.created\ndata: {\"a\":1}\n\n");
     }
 
     #[test]

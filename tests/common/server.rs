@@ -371,3 +371,23 @@ pub fn usage_adds_up(usage: &Value) {
     );
     assert!(prompt > 0, "{usage}");
 }
+
+/// Qwen2.5's own chat template (tools and all) with `<think>\n` after its
+/// generation prompt, as the DeepSeek-R1 distills' templates open the
+/// reasoning; written to a temporary file named after `tag`.
+pub fn qwen_reasoning_template(tag: &str) -> PathBuf {
+    const GENERATION_PROMPT: &str = "<|im_start|>assistant\\n";
+    let tok = super::gguf_tokenizer(&super::qwen05());
+    let mut template = tok.chat_template().expect("Qwen's template").to_string();
+    let at = template
+        .rfind(GENERATION_PROMPT)
+        .expect("the template writes a generation prompt")
+        + GENERATION_PROMPT.len();
+    template.insert_str(at, "<think>\\n");
+    let path = std::env::temp_dir().join(format!(
+        "r1serve-{tag}-{}-qwen-think.jinja",
+        std::process::id()
+    ));
+    std::fs::write(&path, template).expect("write template");
+    path
+}

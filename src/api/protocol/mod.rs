@@ -10,6 +10,7 @@
 //!
 //! Split by direction: [`request`] (request bodies and their validation),
 //! [`response`] (responses, stream chunks, logprob serialization),
+//! [`responses`] (OpenAI's Responses API and its translation to a chat),
 //! [`consensus`] (the self-consistency extension and its vote),
 //! [`structured`] (structured-output fields in OpenAI's and vLLM's dialects),
 //! [`thinking`] (reasoning budgets in their dialects), [`reasoning_field`]
@@ -21,6 +22,7 @@ mod consensus;
 mod reasoning_field;
 mod request;
 mod response;
+mod responses;
 mod structured;
 #[cfg(test)]
 mod tests;
@@ -32,6 +34,7 @@ pub use consensus::*;
 pub use reasoning_field::*;
 pub use request::*;
 pub use response::*;
+pub use responses::*;
 pub use structured::*;
 pub use thinking::*;
 pub use tools::*;
