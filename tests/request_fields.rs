@@ -61,6 +61,7 @@ async fn smollm_honors_vllm_request_fields() {
     generation_prompt_and_continuation(&server).await;
     chat_echo(&server).await;
     prompt_logprobs(&server).await;
+    continuous_usage_stats(&server).await;
     unknown_and_refused_fields(&server).await;
     plain_defaults_without_an_r1_template(&server).await;
 }
@@ -377,6 +378,68 @@ async fn prompt_logprobs(server: &Server) {
             "prompt_logprobs",
         )
         .await;
+}
+
+/// vLLM's `stream_options.continuous_usage_stats`: with `include_usage`,
+/// every chunk carries the usage so far (a completion batch's chunks their
+/// own prompt's), ending at the final usage chunk's counts; without
+/// `include_usage` no chunk carries any, as in vLLM.
+async fn continuous_usage_stats(server: &Server) {
+    let options = json!({"include_usage": true, "continuous_usage_stats": true});
+    let body = json!({"messages": user("Count to ten."), "max_tokens": 12,
+                      "temperature": 0, "stream": true, "stream_options": options});
+    let chunks = server.stream("/v1/chat/completions", &body).await;
+    let (last, running) = chunks.split_last().expect("chunks");
+    let total = &last["usage"];
+    usage_adds_up(total);
+    let mut before = 0;
+    for chunk in running {
+        let usage = &chunk["usage"];
+        usage_adds_up(usage);
+        assert_eq!(usage["prompt_tokens"], total["prompt_tokens"], "{chunk}");
+        let done = usage["completion_tokens"]
+            .as_u64()
+            .expect("completion tokens");
+        assert!(done >= before, "{chunk}");
+        if chunk["choices"][0]["delta"]["content"]
+            .as_str()
+            .is_some_and(|c| !c.is_empty())
+        {
+            assert!(done >= 1, "text before any token: {chunk}");
+        }
+        before = done;
+    }
+    assert_eq!(Some(before), total["completion_tokens"].as_u64());
+    let without = with(
+        &body,
+        json!({"stream_options": {"continuous_usage_stats": true}}),
+    );
+    for chunk in server.stream("/v1/chat/completions", &without).await {
+        assert!(chunk.get("usage").is_none(), "{chunk}");
+    }
+
+    let prompts = ["One, two,", "The sky is"];
+    let mut own = Vec::new();
+    for prompt in prompts {
+        let reply = server
+            .post_ok(
+                "/v1/completions",
+                &json!({"prompt": prompt, "max_tokens": 1}),
+            )
+            .await;
+        own.push(reply["usage"]["prompt_tokens"].clone());
+    }
+    let body = json!({"prompt": prompts, "max_tokens": 6, "ignore_eos": true, "stream": true,
+                      "stream_options": options});
+    let chunks = server.stream("/v1/completions", &body).await;
+    let (last, running) = chunks.split_last().expect("chunks");
+    assert!(running.len() >= 2, "{chunks:?}");
+    for chunk in running {
+        let index = chunk["choices"][0]["index"].as_u64().expect("index") as usize;
+        assert_eq!(chunk["usage"]["prompt_tokens"], own[index], "{chunk}");
+        usage_adds_up(&chunk["usage"]);
+    }
+    assert_eq!(last["usage"]["completion_tokens"], 12, "{last}");
 }
 
 async fn unknown_and_refused_fields(server: &Server) {

@@ -56,6 +56,7 @@ pub async fn chat_completions(
         echo: chat.echo,
         logprobs: chat.params.logprobs.is_some(),
         include_usage: chat.params.include_usage,
+        continuous_usage: chat.params.continuous_usage,
         consensus: chat.consensus.map(|c| (c, state.clone())),
     };
     if chat.params.stream {
@@ -198,6 +199,8 @@ struct Reply {
     echo: Option<String>,
     logprobs: bool,
     include_usage: bool,
+    /// Every chunk carries the usage so far.
+    continuous_usage: bool,
     /// The vote to take over the answers, and the state whose blocking
     /// pool takes it (extraction reads every answer whole).
     consensus: Option<(Consensus, AppState)>,
@@ -358,33 +361,39 @@ impl Reply {
         // OpenAI opens each choice with the role and an empty content.
         let opening: Vec<Bytes> = (0..n)
             .map(|index| {
-                frame(&self.chunk(ChunkChoice {
-                    index,
-                    delta: Delta {
-                        role: Some(Role::Assistant),
-                        content: Some(String::new()),
-                        ..Delta::default()
-                    },
-                    logprobs: None,
-                    finish_reason: None,
-                    reasoning_end: None,
-                    stop_reason: None,
-                }))
-            })
-            .chain(self.echo.iter().flat_map(|echo| {
-                // vLLM sends the echoed text as each choice's first content.
-                (0..n).map(|index| {
-                    frame(&self.chunk(ChunkChoice {
+                self.framed(
+                    self.chunk(ChunkChoice {
                         index,
                         delta: Delta {
-                            content: Some(echo.clone()),
+                            role: Some(Role::Assistant),
+                            content: Some(String::new()),
                             ..Delta::default()
                         },
                         logprobs: None,
                         finish_reason: None,
                         reasoning_end: None,
                         stop_reason: None,
-                    }))
+                    }),
+                    &generation,
+                )
+            })
+            .chain(self.echo.iter().flat_map(|echo| {
+                // vLLM sends the echoed text as each choice's first content.
+                (0..n).map(|index| {
+                    self.framed(
+                        self.chunk(ChunkChoice {
+                            index,
+                            delta: Delta {
+                                content: Some(echo.clone()),
+                                ..Delta::default()
+                            },
+                            logprobs: None,
+                            finish_reason: None,
+                            reasoning_end: None,
+                            stop_reason: None,
+                        }),
+                        &generation,
+                    )
                 })
             }))
             .collect();
@@ -410,7 +419,7 @@ impl Reply {
                     let frames: Vec<Bytes> = updates
                         .into_iter()
                         .filter_map(|u| reply.update_chunk(u))
-                        .map(|c| frame(&c))
+                        .map(|c| reply.framed(c, &generation))
                         .collect();
                     Some((frames, Some((generation, reply, answers))))
                 }
@@ -430,6 +439,15 @@ impl Reply {
             }
         });
         sse_response(stream::iter(opening).chain(body.flat_map(stream::iter)))
+    }
+
+    /// Frames a chunk, with the usage so far when the client asked for it
+    /// in every chunk.
+    fn framed(&self, mut chunk: ChatCompletionChunk, generation: &Generation) -> Bytes {
+        if self.continuous_usage {
+            chunk.usage = Some(Some(generation.usage()));
+        }
+        frame(&chunk)
     }
 
     /// The stream's last frames: the usage chunk when asked for, carrying

@@ -83,6 +83,7 @@ pub async fn completions(
         echo_logprobs,
         prompt_logprobs: completion.params.prompt_logprobs.map(|k| k as usize),
         include_usage: completion.params.include_usage,
+        continuous_usage: completion.params.continuous_usage,
     });
     let tools = ToolCallStream::new(ToolCallParser::None, true);
     let mut parts = Vec::with_capacity(checked.len());
@@ -169,6 +170,8 @@ struct Reply {
     /// what the engine computes.
     prompt_logprobs: Option<usize>,
     include_usage: bool,
+    /// Every chunk carries its prompt's usage so far.
+    continuous_usage: bool,
 }
 
 /// One prompt of a request: its engine request and its choices' state.
@@ -256,14 +259,19 @@ impl Reply {
         Some(prompt_logprobs::wire(self.codec(), &entries))
     }
 
-    fn chunk(&self, choice: CompletionChoice) -> Bytes {
-        let chunk = CompletionChunk::new(
+    /// One choice's chunk; `usage` fills its usage field (continuous
+    /// usage).
+    fn chunk(&self, choice: CompletionChoice, usage: Option<Usage>) -> Bytes {
+        let mut chunk = CompletionChunk::new(
             self.id.clone(),
             self.created,
             self.model.name.clone(),
             vec![choice],
             self.include_usage,
         );
+        if usage.is_some() {
+            chunk.usage = Some(usage);
+        }
         json_event(&chunk).unwrap_or_else(|e| error_event(&ApiError::internal(e)))
     }
 
@@ -418,6 +426,13 @@ impl Part {
         Ok((choices, self.generation.usage()))
     }
 
+    /// One of this part's chunks, with its usage so far when the client
+    /// asked for it in every chunk.
+    fn chunk(&self, choice: CompletionChoice) -> Bytes {
+        let usage = self.reply.continuous_usage.then(|| self.generation.usage());
+        self.reply.chunk(choice, usage)
+    }
+
     /// The frame for one update, or `None` when it carries nothing.
     fn update_frame(&mut self, update: ChoiceUpdate) -> Option<Bytes> {
         if update.content.is_empty() && update.logprobs.is_empty() && update.finish_reason.is_none()
@@ -425,7 +440,7 @@ impl Part {
             return None;
         }
         let logprobs = self.logprobs(update.index, &update.logprobs);
-        Some(self.reply.chunk(CompletionChoice {
+        Some(self.chunk(CompletionChoice {
             index: self.index(update.index),
             text: update.content,
             logprobs,
@@ -443,7 +458,7 @@ impl Part {
         };
         (0..self.offsets.len() as u32)
             .map(|index| {
-                self.reply.chunk(CompletionChoice {
+                self.chunk(CompletionChoice {
                     index: self.index(index),
                     text: prompt.clone(),
                     logprobs: logprobs.clone(),

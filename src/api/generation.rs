@@ -456,6 +456,12 @@ impl Generation {
     ) -> Result<Self, ApiError> {
         let n = params.n;
         let params_starts_inside = params.reasoning.starts_inside;
+        // Known before the engine reports it, for chunks sent ahead of the
+        // first output (vLLM's continuous usage).
+        let usage = RequestUsage {
+            prompt_tokens: prompt.len(),
+            ..RequestUsage::default()
+        };
         let outputs = model
             .engine
             .add_request(EngineRequest { prompt, params })
@@ -476,7 +482,7 @@ impl Generation {
             outputs,
             recorder: RequestRecorder::new(model.name.as_str().into(), arrived),
             choices,
-            usage: RequestUsage::default(),
+            usage,
             prompt_logprobs: None,
             prompt_script: None,
             done: false,

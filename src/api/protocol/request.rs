@@ -177,6 +177,9 @@ pub struct StreamOptions {
     /// Send a final chunk with usage and empty `choices`.
     #[serde(default)]
     pub include_usage: Option<bool>,
+    /// vLLM's: with `include_usage`, every chunk carries the usage so far.
+    #[serde(default)]
+    pub continuous_usage_stats: Option<bool>,
 }
 
 /// Sampling and streaming fields shared by chat and legacy completions.
@@ -666,6 +669,9 @@ pub struct GenerationParams {
     pub stream: bool,
     /// Send a usage chunk at the end of the stream.
     pub include_usage: bool,
+    /// Every chunk carries the usage so far (vLLM's
+    /// `continuous_usage_stats`, which needs `include_usage`, as in vLLM).
+    pub continuous_usage: bool,
     /// Token ids that end generation, sorted and distinct; not yet checked
     /// against the vocabulary size.
     pub stop_token_ids: Vec<TokenId>,
@@ -867,6 +873,9 @@ impl SamplingFields {
                 .as_ref()
                 .and_then(|o| o.include_usage)
                 .unwrap_or(false),
+            continuous_usage: self.stream_options.as_ref().is_some_and(|o| {
+                o.include_usage == Some(true) && o.continuous_usage_stats == Some(true)
+            }),
             stop_token_ids: self.validate_stop_token_ids()?,
             skip_special_tokens,
             include_stop_str_in_output: self.include_stop_str_in_output.unwrap_or(false),
