@@ -218,6 +218,28 @@ async fn echoed_prompts_carry_their_logprobs(server: &Server) {
         }
     }
 
+    // Both at once: the echo's three alternatives do not widen the
+    // `prompt_logprobs` field beyond the one asked for there.
+    let both = server
+        .post_ok(
+            "/v1/completions",
+            &json!({"prompt": prompt, "max_tokens": 1, "temperature": 0, "logprobs": 3,
+                    "echo": true, "prompt_logprobs": 1}),
+        )
+        .await;
+    let field = both["choices"][0]["prompt_logprobs"]
+        .as_array()
+        .expect("prompt_logprobs");
+    assert_eq!(field.len(), ids);
+    for (i, row) in field.iter().enumerate().skip(1) {
+        let row = row.as_object().expect("row");
+        assert!((1..=2).contains(&row.len()), "position {i}: {row:?}");
+        let top = both["choices"][0]["logprobs"]["top_logprobs"][i]
+            .as_object()
+            .expect("top");
+        assert!((3..=4).contains(&top.len()), "position {i}: {top:?}");
+    }
+
     // Streamed: each choice's first chunk is the echo with the same
     // prompt logprobs.
     let chunks = server

@@ -358,42 +358,33 @@ impl Reply {
     }
 
     fn stream(self, generation: Generation, n: u32) -> Response {
-        // OpenAI opens each choice with the role and an empty content.
+        // OpenAI opens each choice with the role and an empty content; vLLM
+        // then sends the echoed text as each choice's first content.
+        let open = |index: u32, delta: Delta| {
+            let choice = ChunkChoice {
+                index,
+                delta,
+                logprobs: None,
+                finish_reason: None,
+                reasoning_end: None,
+                stop_reason: None,
+            };
+            self.framed(self.chunk(choice), &generation)
+        };
+        let role = Delta {
+            role: Some(Role::Assistant),
+            content: Some(String::new()),
+            ..Delta::default()
+        };
         let opening: Vec<Bytes> = (0..n)
-            .map(|index| {
-                self.framed(
-                    self.chunk(ChunkChoice {
-                        index,
-                        delta: Delta {
-                            role: Some(Role::Assistant),
-                            content: Some(String::new()),
-                            ..Delta::default()
-                        },
-                        logprobs: None,
-                        finish_reason: None,
-                        reasoning_end: None,
-                        stop_reason: None,
-                    }),
-                    &generation,
-                )
-            })
+            .map(|index| open(index, role.clone()))
             .chain(self.echo.iter().flat_map(|echo| {
-                // vLLM sends the echoed text as each choice's first content.
                 (0..n).map(|index| {
-                    self.framed(
-                        self.chunk(ChunkChoice {
-                            index,
-                            delta: Delta {
-                                content: Some(echo.clone()),
-                                ..Delta::default()
-                            },
-                            logprobs: None,
-                            finish_reason: None,
-                            reasoning_end: None,
-                            stop_reason: None,
-                        }),
-                        &generation,
-                    )
+                    let content = Delta {
+                        content: Some(echo.clone()),
+                        ..Delta::default()
+                    };
+                    open(index, content)
                 })
             }))
             .collect();

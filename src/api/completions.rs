@@ -246,14 +246,18 @@ impl Reply {
     }
 
     /// The prompt's logprobs in vLLM's `prompt_logprobs` field, with the
-    /// alternatives the client asked for there.
+    /// alternatives the client asked for there: fewer than the engine
+    /// computed when an echo with more `logprobs` raised its count.
     fn prompt_logprobs_field(&self, entries: &[PromptLogprob]) -> Option<PromptLogprobs> {
         let k = self.prompt_logprobs?;
+        if self.echo_logprobs.is_none_or(|echo| echo <= k) {
+            return Some(prompt_logprobs::wire(self.codec(), entries));
+        }
         let entries: Vec<PromptLogprob> = entries
             .iter()
             .map(|e| PromptLogprob {
-                top: e.top.iter().take(k).copied().collect(),
-                ..e.clone()
+                top: e.top[..k.min(e.top.len())].to_vec(),
+                ..*e
             })
             .collect();
         Some(prompt_logprobs::wire(self.codec(), &entries))
@@ -407,7 +411,10 @@ impl Part {
             }
         }
         let entries = self.generation.take_prompt_logprobs();
-        if let Some((echoed, end)) = self.echo_logprobs(entries.clone()).await? {
+        let field = entries
+            .as_deref()
+            .and_then(|e| self.reply.prompt_logprobs_field(e));
+        if let Some((echoed, end)) = self.echo_logprobs(entries).await? {
             for choice in &mut choices {
                 let generated = choice.logprobs.replace(echoed.clone());
                 if let (Some(all), Some(mut generated)) = (choice.logprobs.as_mut(), generated) {
@@ -418,7 +425,7 @@ impl Part {
                 }
             }
         }
-        if let Some(wire) = entries.and_then(|e| self.reply.prompt_logprobs_field(&e)) {
+        if let Some(wire) = field {
             for choice in &mut choices {
                 choice.prompt_logprobs = Some(wire.clone());
             }
