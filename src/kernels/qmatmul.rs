@@ -184,6 +184,12 @@ pub(crate) struct Q8xK {
     pub(crate) qs: [i8; QK_K],
     pub(crate) d: f32,
     pub(crate) bsums: [i16; QK_K / 16],
+    /// The sums of the 32-quant sub-blocks `2p` and `2p + 1` as the low and
+    /// high 16-bit halves of dword `p` (each sum is at most 32·128 in
+    /// magnitude): the activation operand that the k-quant kernels' mins
+    /// meet in `vpmaddwd`/`vpdpwssd`, broadcast straight from memory. It
+    /// lives in the block's padding to its 64-byte alignment.
+    pub(crate) pairs: [i32; QK_K / 64],
 }
 
 /// Activation rows quantized to the weight type's vec-dot type.
@@ -596,7 +602,16 @@ impl Q8xK {
         qs: [0; QK_K],
         d: 0.0,
         bsums: [0; QK_K / 16],
+        pairs: [0; QK_K / 64],
     };
+
+    /// Fills [`Q8xK::pairs`] from [`Q8xK::bsums`].
+    pub(crate) fn pair_sums(&mut self) {
+        for (p, s) in self.pairs.iter_mut().zip(self.bsums.chunks_exact(4)) {
+            let [lo, hi] = [s[0] + s[1], s[2] + s[3]].map(|v| u32::from(v as u16));
+            *p = (lo | hi << 16) as i32;
+        }
+    }
 }
 
 /// Reads the little-endian f16 at `b[o..o + 2]`.

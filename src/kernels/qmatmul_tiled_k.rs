@@ -436,20 +436,11 @@ fn finish<const F: u8>(
     if F != Q4K {
         return acc;
     }
-    // Sums of 32 quants are 16-bit: sub-block pairs' sums side by side in a
-    // dword, lanes 0, 1, 4 and 5 (the in-lane pairwise add of the 16 sums
-    // of 16), meet their weight rows' pairs of mins in `vpdpwssd`.
-    // SAFETY: `bsums` is 16 readable i16; the load is unaligned.
-    let b = unsafe { _mm256_loadu_si256(y.bsums.as_ptr().cast()) };
-    let xsum = _mm256_hadd_epi16(b, b);
-    let pair = [
-        _mm256_extract_epi32::<0>(xsum),
-        _mm256_extract_epi32::<1>(xsum),
-        _mm256_extract_epi32::<4>(xsum),
-        _mm256_extract_epi32::<5>(xsum),
-    ];
+    // Sub-block pairs' sums of 32 quants, side by side in a dword as
+    // `Q8xK::pairs` holds them, meet their weight rows' pairs of mins in
+    // `vpdpwssd`.
     let mut msum = _mm512_setzero_si512();
-    for (mn, pair) in mn.iter().zip(pair) {
+    for (mn, &pair) in mn.iter().zip(&y.pairs) {
         msum = _mm512_dpwssd_epi32(msum, *mn, _mm512_set1_epi32(pair));
     }
     _mm512_fnmadd_ps(_mm512_cvtepi32_ps(msum), _mm512_mul_ps(dmin, dx), acc)

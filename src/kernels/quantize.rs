@@ -140,6 +140,7 @@ mod avx2 {
                 }
                 *bs = store_bytes(q, qs) as i16;
             }
+            y.pair_sums();
             y.d = 1.0 / iscale;
         }
     }
@@ -270,6 +271,7 @@ fn row_q8k(x: &[f32], out: &mut [Q8xK]) {
         for (bs, qs) in y.bsums.iter_mut().zip(y.qs.chunks_exact(16)) {
             *bs = qs.iter().map(|&q| q as i32).sum::<i32>() as i16;
         }
+        y.pair_sums();
         y.d = 1.0 / iscale;
     }
 }
@@ -370,8 +372,8 @@ mod tests {
                 unsafe { avx2::row_q8k(&x, &mut b) };
                 for (a, b) in a.iter().zip(&b) {
                     assert_eq!(
-                        (a.qs, a.bsums, a.d.to_bits()),
-                        (b.qs, b.bsums, b.d.to_bits())
+                        (a.qs, a.bsums, a.pairs, a.d.to_bits()),
+                        (b.qs, b.bsums, b.pairs, b.d.to_bits())
                     );
                 }
             }

@@ -78,10 +78,12 @@ impl TiledKWeights {
         let low = _mm256_set1_epi8(0xF);
         let mut acc = [[_mm256_setzero_ps(); R]; H];
         for b in 0..nsb {
-            // The first (or only) pass streams the group from memory: ask for
-            // the quants 4 KiB ahead into L2 (past the group's end: its
-            // scales or the next group, read soon; a prefetch never faults).
-            if h0 == 0 {
+            // A single row (a decode step) streams the group from memory:
+            // ask for the quants 4 KiB ahead into L2 (past the group's end:
+            // its scales or the next group, read soon; a prefetch never
+            // faults). Batches find a tile's groups in L2 after their first
+            // rows, and the prefetches were 4% of a 512-row matmul's time.
+            if H == 2 {
                 let ahead = p.wrapping_add(qs_bytes(F) * b + 4096);
                 for l in (0..qs_bytes(F)).step_by(64) {
                     _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(l).cast());
@@ -223,19 +225,12 @@ fn finish<const F: u8>(
     if F != Q4K {
         return acc;
     }
-    // Sub-block pairs' sums of 32 activations side by side in a dword, as
-    // the mins are stored: `vpmaddwd` gives each row both products' sum.
-    // SAFETY: `bsums` is 16 readable i16; the load is unaligned.
-    let b = unsafe { _mm256_loadu_si256(y.bsums.as_ptr().cast()) };
-    let xsum = _mm256_hadd_epi16(b, b);
-    let pair = [
-        _mm256_extract_epi32::<0>(xsum),
-        _mm256_extract_epi32::<1>(xsum),
-        _mm256_extract_epi32::<4>(xsum),
-        _mm256_extract_epi32::<5>(xsum),
-    ];
+    // Sub-block pairs' sums of 32 activations side by side in a dword
+    // (`Q8xK::pairs`), as the mins are stored: `vpmaddwd` gives each row
+    // both products' sum. Broadcast from memory, they cost no shuffles:
+    // building them here from the sums of 16 took 8% of a 512-row matmul.
     let mut msum = _mm256_setzero_si256();
-    for (mn, pair) in mn.iter().zip(pair) {
+    for (mn, &pair) in mn.iter().zip(&y.pairs) {
         msum = _mm256_add_epi32(msum, _mm256_madd_epi16(*mn, _mm256_set1_epi32(pair)));
     }
     _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(dmin, dx), acc)
