@@ -18,8 +18,8 @@
 //! `R1SERVE_ISA` (see [`super::isa`]).
 
 use super::attention_simd::{attend, scratch_len, Job, RowStats};
-use super::isa::{self, KernelIsa, Level, PathRun};
-use super::simd::{self, SimdLoad, LANES};
+use super::isa::{self, KernelIsa, PathRun};
+use super::simd::{self, Isa, SimdLoad, LANES};
 use crate::kv_cache::storage::{with_pair, KvGeometry, KvPair, LayerKv, SlotAddr};
 use crate::types::BlockId;
 use anyhow::{bail, Result};
@@ -158,54 +158,6 @@ fn key_chunk(block_size: usize) -> usize {
     }
     let lcm = block_size / a * LANES;
     KEY_CHUNK.next_multiple_of(lcm)
-}
-
-/// Instruction sets the kernel body is compiled for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Isa {
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    Portable,
-}
-
-impl KernelIsa for Isa {
-    #[cfg(target_arch = "x86_64")]
-    const ALL: &'static [Isa] = &[Isa::Portable, Isa::Avx2, Isa::Avx512];
-    #[cfg(not(target_arch = "x86_64"))]
-    const ALL: &'static [Isa] = &[Isa::Portable];
-
-    fn level(self) -> Level {
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => Level::Avx512,
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => Level::Avx2,
-            Isa::Portable => Level::Scalar,
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => "AVX-512F",
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => "AVX2+FMA+F16C",
-            Isa::Portable => "portable",
-        }
-    }
-
-    /// Whether this CPU can run the kernel body of `self`.
-    fn is_supported(self) -> bool {
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => isa::cpu().avx512,
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => isa::cpu().avx2,
-            Isa::Portable => true,
-        }
-    }
 }
 
 /// Reports on stderr, for `test`, which instruction set [`paged_attention`]
@@ -448,6 +400,7 @@ pub fn paged_attention_reference(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::isa::Level;
     use crate::kv_cache::storage::{KvCache, KvDtype};
 
     fn bits<E: SimdLoad>(

@@ -4,11 +4,61 @@
 //! (fused multiply-add included) and reductions use one fixed order, so the
 //! three implementations give bit-identical results.
 
+use super::isa::{KernelIsa, Level};
 use crate::kv_cache::storage::{Fp8E4m3, KvElem};
 use half::{bf16, f16};
 
 /// Lanes per vector.
 pub const LANES: usize = 16;
+
+/// The instruction sets that bodies written over [`F32x16`] are compiled
+/// for: the paged attention and the elementwise ops dispatch on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Isa {
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    Portable,
+}
+
+impl KernelIsa for Isa {
+    #[cfg(target_arch = "x86_64")]
+    const ALL: &'static [Isa] = &[Isa::Portable, Isa::Avx2, Isa::Avx512];
+    #[cfg(not(target_arch = "x86_64"))]
+    const ALL: &'static [Isa] = &[Isa::Portable];
+
+    fn level(self) -> Level {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => Level::Avx512,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => Level::Avx2,
+            Isa::Portable => Level::Scalar,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => "AVX-512F",
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => "AVX2+FMA+F16C",
+            Isa::Portable => "portable",
+        }
+    }
+
+    /// Whether this CPU can run the kernel body of `self`.
+    fn is_supported(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => super::isa::cpu().avx512,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => super::isa::cpu().avx2,
+            Isa::Portable => true,
+        }
+    }
+}
 
 /// Sixteen f32 lanes. Methods are `unsafe` because they are only sound
 /// inside a function compiled for the implementation's instruction set, and
@@ -31,6 +81,8 @@ pub trait F32x16: Copy {
     unsafe fn add(self, o: Self) -> Self;
     /// Lane-wise `self * o`.
     unsafe fn mul(self, o: Self) -> Self;
+    /// Lane-wise `self / o`.
+    unsafe fn div(self, o: Self) -> Self;
     /// Lane-wise `self * b + c` with one rounding.
     unsafe fn fma(self, b: Self, c: Self) -> Self;
     /// Lane-wise maximum.
@@ -221,6 +273,10 @@ impl F32x16 for Portable {
         self.map2(o, |a, b| a * b)
     }
     #[inline(always)]
+    unsafe fn div(self, o: Self) -> Self {
+        self.map2(o, |a, b| a / b)
+    }
+    #[inline(always)]
     unsafe fn fma(self, b: Self, c: Self) -> Self {
         Portable(std::array::from_fn(|i| self.0[i].mul_add(b.0[i], c.0[i])))
     }
@@ -325,6 +381,10 @@ mod x86 {
             Avx512(_mm512_mul_ps(self.0, o.0))
         }
         #[inline(always)]
+        unsafe fn div(self, o: Self) -> Self {
+            Avx512(_mm512_div_ps(self.0, o.0))
+        }
+        #[inline(always)]
         unsafe fn fma(self, b: Self, c: Self) -> Self {
             Avx512(_mm512_fmadd_ps(self.0, b.0, c.0))
         }
@@ -425,6 +485,10 @@ mod x86 {
         #[inline(always)]
         unsafe fn mul(self, o: Self) -> Self {
             self.map2(o, |a, b| _mm256_mul_ps(a, b))
+        }
+        #[inline(always)]
+        unsafe fn div(self, o: Self) -> Self {
+            self.map2(o, |a, b| _mm256_div_ps(a, b))
         }
         #[inline(always)]
         unsafe fn fma(self, b: Self, c: Self) -> Self {
