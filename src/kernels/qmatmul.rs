@@ -174,7 +174,8 @@ pub(crate) struct Q8x32 {
     pub(crate) corr: i32,
 }
 
-/// An activation block in Q8_K form (identical values to candle's `BlockQ8K`).
+/// An activation block in Q8_K form (candle's `BlockQ8K` values, plus the
+/// pair sums the k-quant kernels' mins read).
 /// Aligned to a cache line so that a row of blocks is a row of 64-byte
 /// aligned quant lines for AMX tile loads (an unaligned `tileloadd` costs
 /// several aligned ones; [`super::amx::TileBuf`]).
