@@ -21,7 +21,7 @@ use r1serve::kernels::cpu::Cpu;
 use r1serve::kv_cache::storage::{KvCache, KvDtype, KvGeometry};
 use r1serve::model::decoder::Decoder;
 use r1serve::model::{open_weights, qwen2, source};
-use r1serve::model::{BatchSeq, ForwardBatch, Model};
+use r1serve::model::{BatchSeq, ForwardBatch, Model, RowNeed};
 use r1serve::types::BlockId;
 use std::time::Instant;
 
@@ -231,6 +231,7 @@ fn step_time(model: &mut Decoder<Cpu>, ctx: usize, batch: usize, dtype: KvDtype)
             block_table: table,
             want_logits: true,
             all_logits: false,
+            need: RowNeed::Full,
         });
     }
     let fb = ForwardBatch {

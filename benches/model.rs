@@ -12,7 +12,7 @@ mod common;
 use common::argmax;
 use common::parity::{load_reference, Reference};
 use r1serve::kv_cache::storage::KvDtype;
-use r1serve::model::{build, open_weights, source, BatchSeq, ForwardBatch, Model};
+use r1serve::model::{build, open_weights, source, BatchSeq, ForwardBatch, Model, RowNeed};
 use r1serve::types::BlockId;
 use std::time::Instant;
 
@@ -38,10 +38,12 @@ fn ours(model: &mut dyn Model, tokens: &[u32]) -> (f64, f64) {
                 block_table: table.clone(),
                 want_logits: true,
                 all_logits: false,
+                need: RowNeed::Full,
             }],
             tokens: toks,
         };
-        model.forward(&batch).expect("forward").remove(0)
+        let row = model.forward(&batch).expect("forward").remove(0);
+        row.into_full().expect("asked whole")
     };
     let t = Instant::now();
     let mut next = argmax(&run(tokens.to_vec(), tokens.len()));

@@ -25,7 +25,7 @@ mod gpu {
     use r1serve::kernels::tensor::RawTensor;
     use r1serve::kv_cache::spec::{KvSpec, LayerKvSpec};
     use r1serve::kv_cache::storage::KvDtype;
-    use r1serve::model::{build, build_on, open_weights, source, Model};
+    use r1serve::model::{build, build_on, open_weights, source, LogitsRow, Model, RowNeed};
     use r1serve::types::BlockId;
     use std::sync::Arc;
 
@@ -564,6 +564,112 @@ mod gpu {
         }
     }
 
+    /// Logits rows reduced on the GPU give the host's reductions
+    /// (`kernels::logits` defines them) bit for bit: argmax ties and NaN
+    /// ordering, candidate floors at several temperatures, masked rows, and
+    /// rows with more candidates than the GPU brings back, which come back
+    /// whole (the sampler then takes the same candidates from them).
+    #[test]
+    fn logits_reduction_matches_host() {
+        use r1serve::kernels::logits::{reduce_rows, within};
+        let g = gpu();
+        for width in [37usize, 4_099, 152_064] {
+            let mut rng = common::Lcg(width as u64);
+            let mut rows: Vec<Vec<f32>> = Vec::new();
+            let mut needs = Vec::new();
+            for (i, need) in [
+                RowNeed::Argmax,
+                RowNeed::Within {
+                    nats: 18.0,
+                    limit: 0,
+                },
+                RowNeed::Full,
+                RowNeed::Within {
+                    nats: 30.0,
+                    limit: 40,
+                },
+                RowNeed::Within {
+                    nats: 3.0,
+                    limit: 0,
+                },
+                RowNeed::Argmax,
+                RowNeed::Within {
+                    nats: 60.0,
+                    limit: 0,
+                },
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                // Logit-like spread (±20) on a quantized grid, so ties are common.
+                let mut row: Vec<f32> = rng
+                    .vec(width)
+                    .iter()
+                    .map(|v| (v * 80.0).round() / 4.0)
+                    .collect();
+                match i {
+                    // Masked tokens and a tie for the top at two indices.
+                    1 => {
+                        for j in (0..width).step_by(3) {
+                            row[j] = f32::NEG_INFINITY;
+                        }
+                        row[width / 2] = 40.0;
+                        row[width - 1] = 40.0;
+                    }
+                    // A NaN above everything in total order, a negative NaN below.
+                    5 => {
+                        row[width / 3] = f32::NAN;
+                        row[0] = -f32::NAN;
+                    }
+                    // Flat: every token a candidate, more than the GPU keeps.
+                    6 => row.iter_mut().for_each(|v| *v *= 0.01),
+                    _ => {}
+                }
+                rows.push(row);
+                needs.push(need);
+            }
+            // A row with nothing finite: no candidates.
+            rows.push(vec![f32::NEG_INFINITY; width]);
+            needs.push(RowNeed::Within {
+                nats: 30.0,
+                limit: 0,
+            });
+            let flat: Vec<f32> = rows.concat();
+            let want = reduce_rows(flat.clone(), &needs);
+            let got = g
+                .logits_out(g.from_host(&flat, width).unwrap(), &needs)
+                .unwrap();
+            assert_eq!(got.len(), want.len());
+            for (r, (got, want)) in got.into_iter().zip(want).enumerate() {
+                let got = match (got, needs[r]) {
+                    (LogitsRow::Full(whole), RowNeed::Within { nats, limit }) => {
+                        assert_eq!(whole, rows[r], "width {width}, row {r}: whole row");
+                        LogitsRow::Within(within(&whole, nats, limit))
+                    }
+                    (got, _) => got,
+                };
+                // Bits, so NaN rows compare too.
+                let bits = |row: &LogitsRow| match row {
+                    LogitsRow::Full(v) => {
+                        v.iter().map(|x| ('f', 0, x.to_bits())).collect::<Vec<_>>()
+                    }
+                    LogitsRow::Argmax(t) => vec![('a', *t, 0)],
+                    LogitsRow::Within(c) => c.iter().map(|(t, x)| ('w', *t, x.to_bits())).collect(),
+                };
+                assert_eq!(
+                    bits(&got),
+                    bits(&want),
+                    "width {width}, row {r} ({:?})",
+                    needs[r]
+                );
+            }
+            eprintln!(
+                "logits reduction, width {width}: {} rows equal to the host's",
+                rows.len()
+            );
+        }
+    }
+
     /// Greedy tokens of `reference` and `gpu` for 5 chat prompts × 32
     /// tokens: equal, or the first divergence is a near-tie. `noise` is
     /// the largest disagreement of the two logit vectors on identical
@@ -694,11 +800,14 @@ mod gpu {
                     block_table: tables[i].clone(),
                     want_logits: true,
                     all_logits: false,
+                    need: RowNeed::Argmax,
                 });
             }
             let logits = m.forward(&batch).unwrap();
             for (i, l) in logits.iter().enumerate() {
-                let t = common::argmax(l);
+                let LogitsRow::Argmax(t) = *l else {
+                    panic!("an argmax was asked, {l:?} came back")
+                };
                 outs[i].push(t);
                 feed[i] = vec![t];
             }

@@ -5,7 +5,7 @@
 use super::logits::{LogitsContext, LogitsProcessor};
 use super::prompt_logprobs;
 use super::reasoning_control::{ReasoningConfig, ReasoningTokens};
-use super::sampler::{logprob_entry, sample};
+use super::sampler::{logprob_entry, row_need, sample};
 use super::scheduler::{Scheduler, SchedulerConfig};
 use super::sequence::{GenerationSetup, Sequence};
 use super::types::{
@@ -16,7 +16,7 @@ use super::{Admission, Command, EngineHandle, PanicWatch, Shared};
 use crate::kv_cache::manager::KvCacheManager;
 use crate::kv_cache::storage::KvDtype;
 use crate::kv_events::KvEventSender;
-use crate::model::{BatchSeq, ForwardBatch, Model};
+use crate::model::{BatchSeq, ForwardBatch, LogitsRow, Model};
 use crate::reasoning::ReasoningPhase;
 use crate::tokenizer::Tokenizer;
 use crate::types::{RequestId, SeqId, TokenId};
@@ -412,7 +412,11 @@ impl EngineLoop {
         self.publish_stats();
         let mut batch = ForwardBatch::default();
         for &(sid, n) in &plan.scheduled {
-            let seq = &self.sched.seqs[&sid];
+            let seq = self
+                .sched
+                .seqs
+                .get_mut(&sid)
+                .expect("scheduled sequences exist");
             if let Some(req) = self.requests.get_mut(&seq.request) {
                 if !req.admitted {
                     req.admitted = true;
@@ -430,6 +434,10 @@ impl EngineLoop {
                 }
             }
             let start = seq.num_computed;
+            let want_logits = start + n == seq.tokens.len();
+            let ctx = logits_context(seq);
+            let processed = !seq.processors.is_empty()
+                || (want_logits && seq.control.as_mut().is_some_and(|c| !c.leaves_logits(&ctx)));
             batch
                 .tokens
                 .extend_from_slice(&seq.tokens[start..start + n]);
@@ -437,8 +445,9 @@ impl EngineLoop {
                 num_tokens: n,
                 ctx_len: start + n,
                 block_table: self.kv.block_table(sid).to_vec(),
-                want_logits: start + n == seq.tokens.len(),
+                want_logits,
                 all_logits: seq.wants_prompt_logits(),
+                need: row_need(&seq.params, processed),
             });
         }
         self.steps += 1;
@@ -469,7 +478,9 @@ impl EngineLoop {
             self.kv.commit(sid, &seq.tokens, seq.num_computed);
             let mut rows: Vec<Vec<f32>> = Vec::new();
             if bs.all_logits {
-                rows.extend(logits.by_ref().take(n));
+                // Asked for whole (`BatchSeq::need` covers only the last row
+                // of other sequences), so every row is `Full`.
+                rows.extend(logits.by_ref().take(n).filter_map(LogitsRow::into_full));
                 let k = seq.params.prompt_logprobs.unwrap_or(0);
                 let prompt = &seq.tokens[..seq.prompt_len];
                 if let Some(entries) = self
@@ -484,14 +495,14 @@ impl EngineLoop {
                 continue;
             }
             let row = if bs.all_logits {
-                rows.pop()
+                rows.pop().map(LogitsRow::Full)
             } else {
                 logits.next()
             };
-            let Some(mut l) = row else {
+            let Some(row) = row else {
                 continue;
             };
-            let out = sample_and_advance(seq, &mut l, &self.tokenizer, self.max_model_len);
+            let out = sample_and_advance(seq, row, &self.tokenizer, self.max_model_len);
             let request = seq.request;
             if out.finish_reason.is_some() {
                 self.sched.remove(sid, &mut self.kv);
@@ -542,25 +553,30 @@ impl EngineLoop {
     }
 }
 
+/// What the logits processors of `seq` see of it at its next token.
+fn logits_context(seq: &Sequence) -> LogitsContext {
+    let num_generated = seq.num_generated();
+    LogitsContext {
+        num_generated,
+        tokens_left: seq.params.max_tokens.saturating_sub(num_generated),
+        phase: seq.reasoning.phase(),
+        reasoning_tokens: seq.reasoning.reasoning_tokens(),
+    }
+}
+
 /// Samples the next token of `seq`, appends it, turns it into text and
 /// routes the text to reasoning or answer, deciding whether the sequence
 /// ends here.
 fn sample_and_advance(
     seq: &mut Sequence,
-    logits: &mut [f32],
+    row: LogitsRow,
     tokenizer: &Tokenizer,
     max_model_len: usize,
 ) -> SampleOutput {
     let params: Arc<SamplingParams> = seq.params.clone();
-    let num_generated = seq.num_generated();
-    let ctx = LogitsContext {
-        num_generated,
-        tokens_left: params.max_tokens.saturating_sub(num_generated),
-        phase: seq.reasoning.phase(),
-        reasoning_tokens: seq.reasoning.reasoning_tokens(),
-    };
+    let ctx = logits_context(seq);
     let (processors, control) = (&mut seq.processors, &mut seq.control);
-    let (mut token, raw_logprobs) = sample(logits, &params, &mut seq.sampler, &seq.tokens, |l| {
+    let (mut token, raw_logprobs) = sample(row, &params, &mut seq.sampler, &seq.tokens, |l| {
         for p in processors.iter_mut() {
             p.process(&ctx, l);
         }

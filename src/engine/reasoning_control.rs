@@ -306,6 +306,15 @@ impl ReasoningControl {
             ReasoningPhase::Before | ReasoningPhase::After => {}
         }
     }
+
+    /// Whether the next token's logits (context `ctx`) go to the sampler
+    /// untouched: the reasoning runs free, as it does until a budget, a
+    /// reserve or the loop guard takes over. Decides what
+    /// [`LogitsProcessor::process`] then does with the same `ctx`.
+    pub fn leaves_logits(&mut self, ctx: &LogitsContext) -> bool {
+        self.update(ctx);
+        self.state == State::Free
+    }
 }
 
 impl LogitsProcessor for ReasoningControl {
@@ -434,6 +443,39 @@ mod tests {
             c.end_state(ReasoningPhase::After, FinishReason::Stop),
             ReasoningEnd::Budget
         );
+    }
+
+    /// `leaves_logits` says, before each step, whether `process` will
+    /// leave the row as it is: the engine then lets the device reduce it.
+    #[test]
+    fn leaves_logits_foretells_process() {
+        let mut c = control(Some(2), None);
+        let mut seen = Vec::new();
+        for i in 0..7 {
+            let phase = if i < 5 {
+                ReasoningPhase::Inside
+            } else {
+                ReasoningPhase::After
+            };
+            let ctx = LogitsContext {
+                num_generated: i,
+                tokens_left: 100 - i,
+                phase,
+                reasoning_tokens: i,
+            };
+            let leaves = c.leaves_logits(&ctx);
+            let mut logits: Vec<f32> = (0..64).map(|t| (t % 13) as f32).collect();
+            logits[10] = 20.0;
+            let before = logits.clone();
+            c.process(&ctx, &mut logits);
+            assert_eq!(leaves, logits == before, "step {i}");
+            seen.push(leaves);
+            let token = crate::kernels::logits::argmax(&logits);
+            c.observe(&ctx, token);
+        }
+        // Free for the budget's two tokens, then the forced close and the
+        // masked answer.
+        assert_eq!(seen, [true, true, false, false, false, false, false]);
     }
 
     /// A grammar constrains the answer from its first token: the close

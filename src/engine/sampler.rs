@@ -8,6 +8,7 @@
 //! do not depend on what else is in the batch.
 
 use super::types::{SamplingParams, TokenLogprob};
+use crate::kernels::logits::{argmax, within, LogitsRow, RowNeed, TAIL_NATS};
 use crate::types::TokenId;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -101,36 +102,55 @@ pub(super) fn top_n(values: &[f32], n: usize) -> Vec<(TokenId, f32)> {
     idx.into_iter().map(|i| (i as TokenId, values[i])).collect()
 }
 
-/// The index of the largest value, the lowest on ties: `top_n(values, 1)`
-/// in one pass, without the index buffer and selection that would cost a
-/// vocabulary-sized allocation per greedy token.
-pub(super) fn argmax(values: &[f32]) -> TokenId {
-    let mut best = 0;
-    for (i, v) in values.iter().enumerate().skip(1) {
-        if v.total_cmp(&values[best]).is_gt() {
-            best = i;
+/// What [`sample`] will read of a sequence's next logits row: the whole
+/// row when logits processors (`processed`), penalties or logprobs need
+/// it, else the argmax (greedy) or the candidates of a random draw, which a
+/// device can reduce the row to before it leaves device memory.
+pub fn row_need(params: &SamplingParams, processed: bool) -> RowNeed {
+    let penalized = params.repetition_penalty != 1.0
+        || params.presence_penalty != 0.0
+        || params.frequency_penalty != 0.0;
+    if processed || penalized || params.logprobs.is_some() {
+        RowNeed::Full
+    } else if params.temperature <= 0.0 {
+        RowNeed::Argmax
+    } else {
+        RowNeed::Within {
+            nats: tail_nats(params),
+            limit: params.top_k,
         }
     }
-    best as TokenId
 }
 
-/// Samples one token from `logits` (modified in place) and returns it with
-/// the raw distribution's log-probabilities when the request asked for
-/// logprobs (see [`logprob_entry`]). `process` runs the sequence's logits
-/// processors; `all_tokens` (prompt and output) feed the repetition
-/// penalty.
+/// How far below the best logit a random draw looks.
+fn tail_nats(params: &SamplingParams) -> f32 {
+    TAIL_NATS * params.temperature
+}
+
+/// Samples one token from a logits `row` and returns it with the raw
+/// distribution's log-probabilities when the request asked for logprobs
+/// (see [`logprob_entry`]). A whole row is modified in place: `process`
+/// runs the sequence's logits processors, then the penalties apply
+/// (`all_tokens`, prompt and output, feed the repetition penalty). A
+/// reduced row is what [`row_need`] asked for, so none of those apply, and
+/// it gives the token the whole row would.
 pub fn sample(
-    logits: &mut [f32],
+    row: LogitsRow,
     params: &SamplingParams,
     state: &mut SamplerState,
     all_tokens: &[TokenId],
     process: impl FnOnce(&mut [f32]),
 ) -> (TokenId, Option<Vec<f32>>) {
+    let mut logits = match row {
+        LogitsRow::Full(logits) => logits,
+        LogitsRow::Argmax(token) => return (token, None),
+        LogitsRow::Within(cand) => return (sample_random(cand, params, &mut state.rng), None),
+    };
     // Log-probabilities are reported on the model's raw distribution, as
     // OpenAI and vLLM do, before any request-specific processing.
-    let raw_logprobs = params.logprobs.map(|_| log_softmax(logits));
+    let raw_logprobs = params.logprobs.map(|_| log_softmax(&logits));
 
-    process(logits);
+    process(&mut logits);
     if params.repetition_penalty != 1.0 {
         let seen = state.seen.get_or_insert_with(|| Seen::new(all_tokens));
         for &t in &seen.ids {
@@ -152,9 +172,10 @@ pub fn sample(
     }
 
     let token = if params.temperature <= 0.0 {
-        argmax(logits)
+        argmax(&logits)
     } else {
-        sample_random(logits, params, &mut state.rng)
+        let cand = within(&logits, tail_nats(params), params.top_k);
+        sample_random(cand, params, &mut state.rng)
     };
 
     (token, raw_logprobs)
@@ -173,39 +194,20 @@ pub fn logprob_entry(raw_logprobs: &[f32], token: TokenId, k: usize) -> TokenLog
     }
 }
 
-/// The tokens a random draw chooses among, most likely first (lower index
-/// on ties), with their logits; top-k bounds the sort for big vocabularies.
-fn candidates(logits: &[f32], params: &SamplingParams) -> Vec<(TokenId, f32)> {
-    let k = if params.top_k > 0 {
-        params.top_k.min(logits.len())
-    } else {
-        logits.len()
-    };
-    // Without top-k, sorting a 150k vocabulary per token would dominate the
-    // step; tokens more than 30 nats (after temperature) below the best have
-    // probability under 1e-13 and are dropped before sorting, so only the
-    // few survivors are collected and sorted.
-    let mut cand = if params.top_k == 0 {
-        let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-        let floor = max - 30.0 * params.temperature;
-        let mut kept: Vec<(TokenId, f32)> = logits
-            .iter()
-            .enumerate()
-            .filter(|(_, l)| **l >= floor && l.is_finite())
-            .map(|(i, &l)| (i as TokenId, l))
-            .collect();
-        kept.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        kept
-    } else {
-        top_n(logits, k)
-    };
-    cand.retain(|(_, l)| l.is_finite());
-    cand
-}
-
-fn sample_random(logits: &[f32], params: &SamplingParams, rng: &mut StdRng) -> TokenId {
+/// Draws among `cand` (the tokens within [`tail_nats`] of the best, as
+/// [`within`] orders them, perhaps cut to the top-k already) after top-k,
+/// top-p and min-p cut the tail.
+/// Tokens further down than the tail would have probability under 1e-13,
+/// so the draw does not look at them, with or without top-k.
+fn sample_random(
+    mut cand: Vec<(TokenId, f32)>,
+    params: &SamplingParams,
+    rng: &mut StdRng,
+) -> TokenId {
     let inv_t = 1.0 / params.temperature;
-    let cand = candidates(logits, params);
+    if params.top_k > 0 {
+        cand.truncate(params.top_k);
+    }
     if cand.is_empty() {
         return 0;
     }
@@ -245,6 +247,7 @@ fn sample_random(logits: &[f32], params: &SamplingParams, rng: &mut StdRng) -> T
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::logits::reduce;
 
     fn draw(
         logits: &mut [f32],
@@ -252,7 +255,7 @@ mod tests {
         s: &mut SamplerState,
         all: &[TokenId],
     ) -> (TokenId, Option<Vec<f32>>) {
-        sample(logits, p, s, all, |_| {})
+        sample(LogitsRow::Full(logits.to_vec()), p, s, all, |_| {})
     }
 
     fn greedy() -> SamplingParams {
@@ -308,7 +311,78 @@ mod tests {
             reference.iter().map(|c| c.0).collect::<Vec<_>>(),
             [500, 3, 7, 999, 10]
         );
-        assert_eq!(candidates(&logits, &p), reference);
+        assert_eq!(within(&logits, tail_nats(&p), 0), reference);
+    }
+
+    /// A row reduced as `row_need` asks gives, draw after draw of the same
+    /// seed, the tokens the whole row gives: what lets a device send back
+    /// only the candidates.
+    #[test]
+    fn reduced_rows_draw_the_tokens_of_whole_rows() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let rows: Vec<Vec<f32>> = (0..40)
+            .map(|_| {
+                (0..300)
+                    .map(|i| rng.random::<f32>() * 25.0 - (i % 3) as f32 * 10.0)
+                    .collect()
+            })
+            .collect();
+        let settings = [
+            (0.0, 0, 1.0, 0.0),
+            (1.0, 0, 1.0, 0.0),
+            (0.6, 0, 0.95, 0.0),
+            (0.3, 40, 1.0, 0.0),
+            (1.3, 500, 0.9, 0.05),
+            (2.0, 0, 1.0, 0.1),
+        ];
+        for (temperature, top_k, top_p, min_p) in settings {
+            let p = SamplingParams {
+                temperature,
+                top_k,
+                top_p,
+                min_p,
+                ..Default::default()
+            };
+            let need = row_need(&p, false);
+            assert_ne!(need, RowNeed::Full);
+            let (mut whole, mut reduced) =
+                (SamplerState::new(Some(9), 0), SamplerState::new(Some(9), 0));
+            for row in &rows {
+                let a = sample(LogitsRow::Full(row.clone()), &p, &mut whole, &[], |_| {});
+                let b = sample(reduce(row, need), &p, &mut reduced, &[], |_| {});
+                assert_eq!(a, b, "temperature {temperature}, top_k {top_k}");
+            }
+        }
+        let full = |p: SamplingParams, processed| row_need(&p, processed) == RowNeed::Full;
+        assert!(full(greedy(), true));
+        assert!(full(
+            SamplingParams {
+                logprobs: Some(0),
+                ..greedy()
+            },
+            false
+        ));
+        assert!(full(
+            SamplingParams {
+                repetition_penalty: 1.1,
+                ..greedy()
+            },
+            false
+        ));
+        assert!(full(
+            SamplingParams {
+                presence_penalty: 0.5,
+                ..greedy()
+            },
+            false
+        ));
+        assert!(full(
+            SamplingParams {
+                frequency_penalty: -0.5,
+                ..greedy()
+            },
+            false
+        ));
     }
 
     #[test]
@@ -426,7 +500,8 @@ mod tests {
             ..greedy()
         };
         let mut s = SamplerState::new(Some(1), 0);
-        let (t, raw) = sample(&mut [0.0, 1.0, 0.5], &p, &mut s, &[], |l| l[0] += 10.0);
+        let row = LogitsRow::Full(vec![0.0, 1.0, 0.5]);
+        let (t, raw) = sample(row, &p, &mut s, &[], |l| l[0] += 10.0);
         let lp = logprob_entry(&raw.unwrap(), t, 2);
         assert_eq!(t, 0);
         let lse = (1f32.exp() + 1.0 + 0.5f32.exp()).ln();

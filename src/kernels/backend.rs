@@ -1,15 +1,16 @@
 //! The device seam: every op a forward pass needs, over buffers the device
 //! owns. Architecture files are written once against [`Backend`]; a device
 //! plugs in beside the CPU one by implementing it, without touching them.
-//! Only token ids go in and only the logits the sampler needs come out
-//! ([`Backend::logits_to_host`]), so a device keeps activations, weights and the
-//! KV cache in its own memory.
+//! Only token ids go in and only what the sampler needs of the logits comes
+//! out ([`Backend::logits_out`]), so a device keeps activations, weights and
+//! the KV cache in its own memory.
 //!
 //! Shapes are row-major: one row per token, `width` values per row. Ops
 //! are row-wise except attention, so a token's values never depend on
 //! which other tokens share its step.
 
 use super::attention::{AttnSeq, AttnShape};
+use super::logits::{self, LogitsRow, RowNeed};
 use super::tensor::RawTensor;
 use crate::kv_cache::spec::KvSpec;
 use crate::kv_cache::storage::KvDtype;
@@ -145,4 +146,11 @@ pub trait Backend: Send + Sync + 'static {
     fn gather_rows(&self, x: &Self::Act, rows: &[usize]) -> Result<Self::Act>;
     /// Moves `x` (the logits rows) to host memory, row after row.
     fn logits_to_host(&self, x: Self::Act) -> Result<Vec<f32>>;
+    /// Moves the logits rows `x` to the host, each reduced as its entry of
+    /// `needs` asks ([`logits::reduce`] defines the result). The default
+    /// copies every row and reduces on the host; a device with memory of
+    /// its own reduces before the copy.
+    fn logits_out(&self, x: Self::Act, needs: &[RowNeed]) -> Result<Vec<LogitsRow>> {
+        Ok(logits::reduce_rows(self.logits_to_host(x)?, needs))
+    }
 }

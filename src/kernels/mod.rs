@@ -1,5 +1,6 @@
 //! The device seam ([`backend`]: every op of a forward pass over device
 //! buffers) and its CPU implementation ([`cpu`]): row-wise ops ([`ops`]),
+//! the reductions of logits rows to what the sampler needs ([`logits`]),
 //! linear layers over every weight format ([`linear`]), and compute kernels,
 //! each with a slow reference the tests compare against: paged attention
 //! ([`attention`], its SIMD body in `attention_simd` over the vector types
@@ -38,6 +39,7 @@ mod latent_amx;
 pub mod latent_attention;
 mod latent_simd;
 pub mod linear;
+pub mod logits;
 pub mod ops;
 pub mod qmatmul;
 mod qmatmul_simd;

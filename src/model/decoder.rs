@@ -7,7 +7,7 @@
 //! values whatever it is batched with.
 
 use super::config::ModelConfig;
-use super::interface::{BatchLayout, ForwardBatch, Model, ModelInfo};
+use super::interface::{BatchLayout, ForwardBatch, LogitsRow, Model, ModelInfo};
 use super::layers::Rope;
 use super::weights::WeightSource;
 use crate::kernels::attention::AttnShape;
@@ -85,7 +85,7 @@ impl<B: Backend> Model for Decoder<B> {
         Ok(())
     }
 
-    fn forward(&mut self, batch: &ForwardBatch) -> Result<Vec<Vec<f32>>> {
+    fn forward(&mut self, batch: &ForwardBatch) -> Result<Vec<LogitsRow>> {
         let (b, cfg) = (&self.backend, &self.config);
         let cache = self
             .cache
@@ -95,6 +95,7 @@ impl<B: Backend> Model for Decoder<B> {
             positions,
             seqs,
             logit_rows: last_rows,
+            logit_needs,
         } = batch.layout()?;
         let tables = b.rope_tables(&self.rope.inv_freq, &positions)?;
         let shape = AttnShape {
@@ -128,14 +129,7 @@ impl<B: Backend> Model for Decoder<B> {
         }
         let last = b.gather_rows(&x, &last_rows)?;
         let logits = b.matmul(&self.lm_head, &b.rms_norm(&last, &self.norm, eps)?)?;
-        let logits = b.logits_to_host(logits)?;
-        if last_rows.len() == 1 {
-            // A single stream's row is the buffer itself: no vocabulary-sized
-            // copy per token.
-            return Ok(vec![logits]);
-        }
-        let vocab = logits.len() / last_rows.len();
-        Ok(logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
+        b.logits_out(logits, &logit_needs)
     }
 }
 

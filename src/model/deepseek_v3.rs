@@ -20,7 +20,7 @@
 
 use super::config::{Arch, ModelConfig, RopeStyle};
 use super::deepseek_config::{DeepseekConfig, TopK};
-use super::interface::{BatchLayout, ForwardBatch, Model, ModelInfo};
+use super::interface::{BatchLayout, ForwardBatch, LogitsRow, Model, ModelInfo};
 use super::moe::{Mlp, Moe};
 use super::weights::{RawTensor, WeightSource};
 use crate::kernels::attention::{write_kv, AttnSeq};
@@ -28,6 +28,7 @@ use crate::kernels::bytes::{HalfKind, WeightBytes};
 use crate::kernels::cpu::cpu_step_tokens;
 use crate::kernels::latent_attention::{latent_attention, read_rows};
 use crate::kernels::linear::{Embedding, Linear};
+use crate::kernels::logits::reduce_rows;
 use crate::kernels::ops::{self, RopeTables};
 use crate::kv_cache::spec::{KvSpec, LayerKvSpec};
 use crate::kv_cache::storage::{KvCache, KvDtype, KvGeometry, LayerKv};
@@ -337,7 +338,7 @@ impl Model for DeepseekV3 {
         Ok(())
     }
 
-    fn forward(&mut self, batch: &ForwardBatch) -> Result<Vec<Vec<f32>>> {
+    fn forward(&mut self, batch: &ForwardBatch) -> Result<Vec<LogitsRow>> {
         let mut cache = self
             .cache
             .take()
@@ -349,12 +350,13 @@ impl Model for DeepseekV3 {
 }
 
 impl DeepseekV3 {
-    fn forward_with(&self, batch: &ForwardBatch, cache: &mut KvCache) -> Result<Vec<Vec<f32>>> {
+    fn forward_with(&self, batch: &ForwardBatch, cache: &mut KvCache) -> Result<Vec<LogitsRow>> {
         let t = batch.tokens.len();
         let BatchLayout {
             positions,
             seqs,
             logit_rows: last_rows,
+            logit_needs,
         } = batch.layout()?;
         let mut tables = ops::rope_tables(&self.inv_freq, &positions);
         for v in tables.cos.iter_mut().chain(tables.sin.iter_mut()) {
@@ -383,10 +385,7 @@ impl DeepseekV3 {
         let logits = self
             .lm_head
             .forward(&ops::rms_norm(&last, &self.norm, eps), last_rows.len())?;
-        Ok(logits
-            .chunks_exact(self.cfg.vocab_size)
-            .map(<[f32]>::to_vec)
-            .collect())
+        Ok(reduce_rows(logits, &logit_needs))
     }
 }
 

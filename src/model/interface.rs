@@ -4,6 +4,7 @@
 //! learns which.
 
 use crate::kernels::attention::AttnSeq;
+pub use crate::kernels::logits::{LogitsRow, RowNeed};
 use crate::kv_cache::spec::KvSpec;
 use crate::kv_cache::storage::KvDtype;
 use crate::types::{BlockId, TokenId};
@@ -24,6 +25,9 @@ pub struct BatchSeq {
     /// Whether the logits of every new token are wanted, in order (for
     /// prompt logprobs); the last token's row is then among them.
     pub all_logits: bool,
+    /// What the sampler needs of the last new token's row when only that
+    /// row is wanted; rows for `all_logits` come back whole.
+    pub need: RowNeed,
 }
 
 /// The input of one model step: several sequences of different lengths
@@ -45,6 +49,8 @@ pub struct BatchLayout<'a> {
     pub seqs: Vec<AttnSeq<'a>>,
     /// The rows whose logits are wanted, in order.
     pub logit_rows: Vec<usize>,
+    /// What is needed of each of `logit_rows`.
+    pub logit_needs: Vec<RowNeed>,
 }
 
 impl ForwardBatch {
@@ -60,6 +66,7 @@ impl ForwardBatch {
             positions: Vec::with_capacity(t),
             seqs: Vec::with_capacity(self.seqs.len()),
             logit_rows: Vec::new(),
+            logit_needs: Vec::new(),
         };
         let mut q_start = 0;
         for s in &self.seqs {
@@ -79,8 +86,12 @@ impl ForwardBatch {
             });
             if s.all_logits {
                 layout.logit_rows.extend(q_start..q_start + s.num_tokens);
+                layout
+                    .logit_needs
+                    .extend(std::iter::repeat_n(RowNeed::Full, s.num_tokens));
             } else if s.want_logits {
                 layout.logit_rows.push(q_start + s.num_tokens - 1);
+                layout.logit_needs.push(s.need);
             }
             q_start += s.num_tokens;
         }
@@ -127,6 +138,7 @@ pub trait Model: Send {
     /// Runs one step: writes the new tokens' keys and values into their
     /// blocks and returns the logits (`vocab_size` each) of every sequence
     /// that asked for them, in batch order: one row per new token of a
-    /// sequence with `all_logits`, else one row when `want_logits`.
-    fn forward(&mut self, batch: &ForwardBatch) -> Result<Vec<Vec<f32>>>;
+    /// sequence with `all_logits`, else one row when `want_logits`, reduced
+    /// as [`BatchSeq::need`] asks. A row may always come back whole.
+    fn forward(&mut self, batch: &ForwardBatch) -> Result<Vec<LogitsRow>>;
 }

@@ -22,7 +22,7 @@ pub mod shards;
 pub mod source;
 pub mod weights;
 
-pub use interface::{BatchSeq, ForwardBatch, Model, ModelInfo};
+pub use interface::{BatchSeq, ForwardBatch, LogitsRow, Model, ModelInfo, RowNeed};
 
 use crate::kernels::backend::Backend;
 use crate::kernels::cpu::Cpu;

@@ -6,7 +6,7 @@
 pub mod server;
 
 use r1serve::kv_cache::storage::KvDtype;
-use r1serve::model::{BatchSeq, ForwardBatch, Model};
+use r1serve::model::{BatchSeq, ForwardBatch, Model, RowNeed};
 use r1serve::types::BlockId;
 use std::path::PathBuf;
 
@@ -122,9 +122,11 @@ impl<'a> SoloRun<'a> {
                 block_table: self.table.clone(),
                 want_logits: true,
                 all_logits: false,
+                need: RowNeed::Full,
             }],
         };
-        self.model.forward(&batch).expect("forward").remove(0)
+        let row = self.model.forward(&batch).expect("forward").remove(0);
+        row.into_full().expect("a row asked whole comes back whole")
     }
 }
 

@@ -7,9 +7,10 @@
 //! while still in use therefore changes the output (or fails the step), just
 //! as it would corrupt a real model's attention.
 
+use r1serve::kernels::logits::reduce;
 use r1serve::kv_cache::spec::{KvSpec, LayerKvSpec};
 use r1serve::kv_cache::storage::KvDtype;
-use r1serve::model::{ForwardBatch, Model, ModelInfo};
+use r1serve::model::{ForwardBatch, LogitsRow, Model, ModelInfo, RowNeed};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -128,7 +129,7 @@ impl Model for Scripted {
         Ok(())
     }
 
-    fn forward(&mut self, batch: &ForwardBatch) -> anyhow::Result<Vec<Vec<f32>>> {
+    fn forward(&mut self, batch: &ForwardBatch) -> anyhow::Result<Vec<LogitsRow>> {
         let bs = self.block_size;
         let mut out = Vec::new();
         let mut next = 0;
@@ -159,7 +160,8 @@ impl Model for Scripted {
                     }
                 }
             }
-            out.push(logits);
+            let need = if s.all_logits { RowNeed::Full } else { s.need };
+            out.push(reduce(&logits, need));
         }
         self.counters
             .tokens

@@ -1,13 +1,16 @@
 //! The CUDA backend: weights, activations and the paged KV cache in GPU
 //! memory; r1serve's own kernels (`rowwise.cu`, `attention.cu`) for every
 //! op but the matrix products, which are cuBLAS 16-bit GEMMs accumulating in
-//! f32. Only token ids go up and only the logits rows come back per step.
+//! f32. Only token ids go up and, per step, only what the sampler needs of
+//! the logits comes back (`logits.cu`: an argmax, a draw's candidates, or
+//! whole rows).
 //!
 //! Weights: bf16 and f16 checkpoints are kept as stored; GGUF-quantized and
 //! f32 tensors are widened on the host and rounded once to bf16 at load.
 //! Activations are f32 between ops and rounded to the weight's 16-bit type
 //! as a GEMM's input (what vLLM does for bf16 models).
 
+mod logits;
 mod runtime;
 
 pub use runtime::{device_count, Gpu, Half16};
@@ -15,6 +18,7 @@ pub use runtime::{device_count, Gpu, Half16};
 use super::attention::{AttnSeq, AttnShape};
 use super::backend::{self, Backend, RopeStyle};
 use super::bytes::HalfKind;
+use super::logits::{LogitsRow, RowNeed};
 use super::ops;
 use super::tensor::RawTensor;
 use crate::kv_cache::spec::{KvSpec, LayerKvSpec};
@@ -775,5 +779,9 @@ impl Backend for Cuda {
         self.gpu.stream.memcpy_dtoh(&x.data, buf)?;
         self.gpu.sync()?;
         Ok(buf.as_slice()?[..n].to_vec())
+    }
+
+    fn logits_out(&self, x: CudaAct, needs: &[RowNeed]) -> Result<Vec<LogitsRow>> {
+        logits::logits_out(self, x, needs)
     }
 }

@@ -13,7 +13,7 @@ use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-const FATBINS: [(&str, &[u8]); 3] = [
+const FATBINS: [(&str, &[u8]); 4] = [
     (
         "rowwise",
         include_bytes!(concat!(env!("OUT_DIR"), "/rowwise.fatbin")),
@@ -25,6 +25,10 @@ const FATBINS: [(&str, &[u8]); 3] = [
     (
         "attention_mma",
         include_bytes!(concat!(env!("OUT_DIR"), "/attention_mma.fatbin")),
+    ),
+    (
+        "logits",
+        include_bytes!(concat!(env!("OUT_DIR"), "/logits.fatbin")),
     ),
 ];
 
@@ -226,6 +230,7 @@ fn kernel_names(module: &str) -> Vec<String> {
         ]
         .map(String::from)
         .to_vec(),
+        "logits" => vec!["reduce_logits".to_string()],
         "attention_mma" => ["f16", "bf16"]
             .iter()
             .flat_map(|t| [64, 128].map(|hd| format!("attention_mma_{t}_{hd}")))
