@@ -52,10 +52,58 @@ impl LogitsRow {
     }
 }
 
+/// Values per chunk of the passes over a row: fixed-size chunks of plain
+/// comparisons, which the compiler turns into vector code, so a 152k-entry
+/// row costs microseconds on the engine thread.
+const CHUNK: usize = 16;
+
+/// The largest non-NaN value (−∞ when there is none) and whether any value
+/// is NaN.
+fn max_and_nan(values: &[f32]) -> (f32, bool) {
+    let mut m = [f32::NEG_INFINITY; CHUNK];
+    let mut nan = [false; CHUNK];
+    let chunks = values.chunks_exact(CHUNK);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for j in 0..CHUNK {
+            // A NaN compares false, so it never replaces the maximum.
+            m[j] = if c[j] > m[j] { c[j] } else { m[j] };
+            nan[j] |= c[j].is_nan();
+        }
+    }
+    let mut max = f32::NEG_INFINITY;
+    let mut any_nan = false;
+    for &v in m.iter().chain(tail) {
+        max = if v > max { v } else { max };
+        any_nan |= v.is_nan();
+    }
+    (max, any_nan || nan.iter().any(|&n| n))
+}
+
 /// The index of the largest value in Rust's total order (a NaN with the
-/// sign bit clear is above +∞), the lowest index on ties; 0 for an empty
-/// row.
+/// sign bit clear is above +∞, and +0 above −0), the lowest index on ties;
+/// 0 for an empty row.
 pub fn argmax(values: &[f32]) -> TokenId {
+    let (max, nan) = max_and_nan(values);
+    if nan || max == 0.0 {
+        // Where total order and `>` differ: NaNs, and the two zeros.
+        return argmax_total(values);
+    }
+    // `max` is then the total order's maximum too, and equal values are
+    // equal bits: the first of them.
+    let at = values
+        .chunks(CHUNK)
+        .position(|c| c.iter().fold(false, |hit, &v| hit | (v == max)))
+        .unwrap_or(0);
+    let inner = values[at * CHUNK..]
+        .iter()
+        .position(|&v| v == max)
+        .unwrap_or(0);
+    (at * CHUNK + inner) as TokenId
+}
+
+/// [`argmax`] one comparison at a time: its definition.
+fn argmax_total(values: &[f32]) -> TokenId {
     let mut best = 0;
     for (i, v) in values.iter().enumerate().skip(1) {
         if v.total_cmp(&values[best]).is_gt() {
@@ -70,14 +118,19 @@ pub fn argmax(values: &[f32]) -> TokenId {
 /// first and the lower index first on ties; the first `limit` of them when
 /// `limit` is not 0.
 pub fn within(values: &[f32], nats: f32, limit: usize) -> Vec<(TokenId, f32)> {
-    let max = values.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let floor = max - nats;
-    let mut kept: Vec<(TokenId, f32)> = values
-        .iter()
-        .enumerate()
-        .filter(|(_, v)| **v >= floor && v.is_finite())
-        .map(|(i, &v)| (i as TokenId, v))
-        .collect();
+    let floor = max_and_nan(values).0 - nats;
+    let keep = |v: f32| v >= floor && v.is_finite();
+    let mut kept = Vec::new();
+    for (n, c) in values.chunks(CHUNK).enumerate() {
+        // Most chunks of a row hold no candidate: one test for all of them.
+        if c.iter().fold(false, |hit, &v| hit | (v >= floor)) {
+            for (j, &v) in c.iter().enumerate() {
+                if keep(v) {
+                    kept.push(((n * CHUNK + j) as TokenId, v));
+                }
+            }
+        }
+    }
     sort_candidates(&mut kept, limit);
     kept
 }
@@ -130,7 +183,61 @@ mod tests {
         assert_eq!(argmax(&[1.0, 3.0, 3.0, -1.0]), 1);
         assert_eq!(argmax(&[f32::NEG_INFINITY; 3]), 0);
         assert_eq!(argmax(&[1.0, f32::NAN, f32::INFINITY]), 1);
+        assert_eq!(argmax(&[-1.0, -0.0, 0.0, -0.0]), 2);
         assert_eq!(argmax(&[]), 0);
+    }
+
+    /// The chunked passes give the one-comparison-at-a-time definitions'
+    /// results on rows of every length around the chunk size, with ties,
+    /// masks, zeros and NaNs anywhere.
+    #[test]
+    fn chunked_passes_match_their_definitions() {
+        let mut seed = 7u64;
+        let mut next = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 40) as usize
+        };
+        let specials = [
+            f32::NEG_INFINITY,
+            f32::INFINITY,
+            f32::NAN,
+            -f32::NAN,
+            0.0,
+            -0.0,
+        ];
+        for len in (0..70).chain([151_936]) {
+            for case in 0..12 {
+                let mut row: Vec<f32> =
+                    (0..len).map(|_| (next() % 64) as f32 / 4.0 - 8.0).collect();
+                for _ in 0..case % 4 {
+                    if len > 0 {
+                        let at = next() % len;
+                        row[at] = specials[next() % specials.len()];
+                    }
+                }
+                if case >= 8 {
+                    row.iter_mut().for_each(|v| *v = v.min(0.0) - 0.0);
+                }
+                assert_eq!(argmax(&row), argmax_total(&row), "len {len}: {row:?}");
+                let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                for nats in [0.0, 1.5, 30.0] {
+                    let mut want: Vec<(TokenId, f32)> = row
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, v)| **v >= max - nats && v.is_finite())
+                        .map(|(i, &v)| (i as TokenId, v))
+                        .collect();
+                    want.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                    let got = within(&row, nats, 0);
+                    let bits = |c: &[(TokenId, f32)]| {
+                        c.iter().map(|(t, v)| (*t, v.to_bits())).collect::<Vec<_>>()
+                    };
+                    assert_eq!(bits(&got), bits(&want), "len {len}, nats {nats}");
+                }
+            }
+        }
     }
 
     #[test]
