@@ -71,6 +71,7 @@ pub(super) fn logits_out(cuda: &Cuda, x: CudaAct, needs: &[RowNeed]) -> Result<V
     // buffer holds `rows` rows (or `rows × cap` slots).
     unsafe { l.launch(cfg)? };
     let count = gpu.stream.clone_dtoh(&count)?;
+    gpu.sync()?;
     let fits = |r: usize| count[r] as usize <= CANDIDATES;
     // Slot s of row r is at s × rows + r: the slots every row uses are one
     // prefix of the buffers (an argmax is slot 0).
@@ -87,6 +88,7 @@ pub(super) fn logits_out(cuda: &Cuda, x: CudaAct, needs: &[RowNeed]) -> Result<V
     } else {
         Vec::new()
     };
+    gpu.sync()?;
     let whole: Vec<usize> = (0..rows)
         .filter(|&r| match needs[r] {
             RowNeed::Full => true,
